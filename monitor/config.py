@@ -1,0 +1,355 @@
+"""Typed configuration: YAML in, validated models out, every problem named by its key.
+
+pydantic does the type checking; this module turns its errors into lines a person can act on
+(`models[0].slos[1].target: 1.5 is not allowed: must be less than 1`) and adds the cross-field rules
+(thresholds for unknown labels, SLOs on unknown labels, windows the bucketing cannot represent).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+MINUTE = 60
+HOUR = 3600
+DAY = 86400
+# Windows up to this length are assembled from 1-minute buckets, longer ones from 1-hour buckets.
+FINE_WINDOW_LIMIT = 6 * HOUR
+
+_UNITS = {"s": 1, "m": MINUTE, "h": HOUR, "d": DAY, "w": 7 * DAY}
+_DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used; `problems` holds one line per problem, each naming its key."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(problems))
+
+
+def parse_duration(value: Any) -> int:
+    """'90s', '5m', '72h', '30d', '2w' (or a whole number of seconds) -> seconds."""
+    if isinstance(value, bool):
+        raise ValueError("must be a duration such as 5m, 72h or 30d")
+    if isinstance(value, int):
+        if value <= 0:
+            raise ValueError("must be positive")
+        return value
+    if isinstance(value, str):
+        m = _DURATION_RE.match(value)
+        if m:
+            seconds = int(m.group(1)) * _UNITS[m.group(2)]
+            if seconds <= 0:
+                raise ValueError("must be positive")
+            return seconds
+    raise ValueError("must be a duration such as 5m, 72h or 30d")
+
+
+def format_duration(seconds: int) -> str:
+    """Inverse of parse_duration using the largest exact unit: 300 -> '5m', 86400 -> '1d'."""
+    for unit, size in (("d", DAY), ("h", HOUR), ("m", MINUTE)):
+        if seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+Duration = Annotated[int, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Strict):
+    bootstrap_servers: str = "localhost:9092"
+    predictions_topic: str = "predictions"
+    ground_truth_topic: str = "ground-truth"
+    dead_letter_topic: str = "monitor-dead-letter"
+    group_id: str = "quality-monitor"
+    partitions: int = Field(6, ge=1, le=10_000)
+    replication_factor: int = Field(1, ge=1, le=10)
+    max_message_bytes: int = Field(1 << 20, ge=256)
+    # Security: the names of environment variables, never the secrets themselves.
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username_env: str | None = None
+    sasl_password_env: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+
+
+class JoinConfig(_Strict):
+    ttl: Duration = 72 * HOUR
+    # Beyond this many pending events per model the oldest are expired early (counted), so a flood of
+    # unmatched ids cannot exhaust memory.
+    max_pending: int = Field(2_000_000, ge=1)
+
+
+class FeaturesConfig(_Strict):
+    numeric: list[str] = Field(default_factory=list)
+    categorical: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> FeaturesConfig:
+        both = sorted(set(self.numeric) & set(self.categorical))
+        if both:
+            raise ValueError(f"features {both} are listed as both numeric and categorical")
+        for group in (self.numeric, self.categorical):
+            dupes = sorted({f for f in group if group.count(f) > 1})
+            if dupes:
+                raise ValueError(f"features {dupes} are listed twice")
+        return self
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.numeric, *self.categorical]
+
+
+class DriftConfig(_Strict):
+    """PSI severity bands (as in DESIGN section 5) and the sample-size guard."""
+
+    moderate: float = Field(0.1, gt=0)
+    significant: float = Field(0.25, gt=0)
+    # PSI is not reported for a window with fewer predictions than this: with n events and k bins the
+    # PSI of an unchanged distribution has expected value about (k-1)/n, so 10 bins need a few hundred.
+    min_samples: int = Field(200, ge=1)
+    missing_ratio_alert: float = Field(0.05, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> DriftConfig:
+        if self.significant < self.moderate:
+            raise ValueError("significant must be >= moderate")
+        return self
+
+
+class SLOConfig(_Strict):
+    label: str
+    objective: Literal["recall", "precision"]
+    target: float = Field(gt=0, lt=1)
+    period: Duration = 30 * DAY
+    severity: Literal["page", "ticket"] = "ticket"
+
+    @property
+    def name(self) -> str:
+        return f"{self.label}-{self.objective}"
+
+
+class ModelConfig(_Strict):
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
+    task: Literal["multilabel", "multiclass", "binary"] = "multilabel"
+    labels: list[str] = Field(min_length=1)
+    threshold: float = Field(0.5, ge=0, le=1)
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    reference: Path | None = None
+    features: FeaturesConfig = Field(default_factory=FeaturesConfig)
+    min_events: int = Field(50, ge=1)
+    slos: list[SLOConfig] = Field(default_factory=list)
+    drift: DriftConfig = Field(default_factory=DriftConfig)
+    # Label pairs are tracked for co-occurrence drift among at most this many labels (the first ones
+    # listed): pairs grow quadratically.
+    cooccurrence_max_labels: int = Field(64, ge=0, le=512)
+    # Per-label detail series (calibration bins) only for these labels; None means all.
+    detail_labels: list[str] | None = None
+    latency_slo_seconds: float = Field(0.5, gt=0)
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, labels: list[str]) -> list[str]:
+        dupes = sorted({x for x in labels if labels.count(x) > 1})
+        if dupes:
+            raise ValueError(f"labels {dupes} are listed twice")
+        bad = [x for x in labels if not x or len(x) > 128]
+        if bad:
+            raise ValueError("every label must be a non-empty string of at most 128 characters")
+        return labels
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> ModelConfig:
+        known = set(self.labels)
+        problems = []
+        if self.task == "binary" and len(self.labels) != 1:
+            problems.append(f"task binary needs exactly one label, got {len(self.labels)}")
+        if self.task == "multiclass" and len(self.labels) < 2:
+            problems.append("task multiclass needs at least two labels (classes)")
+        for label, value in self.thresholds.items():
+            if label not in known:
+                problems.append(f"thresholds: {label!r} is not one of the labels {self.labels}")
+            elif not 0 <= value <= 1:
+                problems.append(f"thresholds.{label}: {value} is not allowed: must be in [0, 1]")
+        for i, slo in enumerate(self.slos):
+            if slo.label not in known:
+                problems.append(f"slos[{i}].label: {slo.label!r} is not one of the labels {self.labels}")
+        names = [s.name for s in self.slos]
+        if len(set(names)) != len(names):
+            problems.append("slos: two SLOs share a label and objective")
+        for label in self.detail_labels or []:
+            if label not in known:
+                problems.append(f"detail_labels: {label!r} is not one of the labels {self.labels}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def threshold_for(self, label: str) -> float:
+        return self.thresholds.get(label, self.threshold)
+
+
+class RetrainingConfig(_Strict):
+    url: str = Field(pattern=r"^https?://")
+    secret_env: str = "RETRAIN_WEBHOOK_SECRET"
+    cooldown: Duration = 6 * HOUR
+    # Optional: HMAC secret Alertmanager's webhooks must carry (header X-Mlmon-Signature).
+    inbound_secret_env: str | None = None
+    outbox: Path | None = None
+
+
+class MetricsConfig(_Strict):
+    bind: str = "127.0.0.1"
+    port: int = Field(9108, ge=0, le=65535)
+
+
+class StoreConfig(_Strict):
+    kind: Literal["memory", "rocksdb"] = "memory"
+    data_dir: Path | None = None
+
+
+class MonitorConfig(_Strict):
+    kafka: KafkaConfig = Field(default_factory=KafkaConfig)
+    join: JoinConfig = Field(default_factory=JoinConfig)
+    windows: list[Duration] = Field(
+        default_factory=lambda: [5 * MINUTE, 30 * MINUTE, HOUR, 2 * HOUR, 6 * HOUR, DAY, 3 * DAY, 30 * DAY]
+    )
+    models: list[ModelConfig] = Field(min_length=1)
+    retraining: RetrainingConfig | None = None
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+
+    @field_validator("windows")
+    @classmethod
+    def _windows(cls, windows: list[int]) -> list[int]:
+        if not windows:
+            raise ValueError("at least one window is needed")
+        for w in windows:
+            unit = MINUTE if w <= FINE_WINDOW_LIMIT else HOUR
+            if w % unit:
+                raise ValueError(
+                    f"window {format_duration(w)} is not a whole number of "
+                    f"{'minutes' if unit == MINUTE else 'hours'} (windows up to 6h use 1-minute buckets, "
+                    "longer ones 1-hour buckets)"
+                )
+        if len(set(windows)) != len(windows):
+            raise ValueError("windows are listed twice")
+        return sorted(windows)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> MonitorConfig:
+        problems = []
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            problems.append("models: two models share a name")
+        for i, model in enumerate(self.models):
+            for j, slo in enumerate(model.slos):
+                if slo.period not in self.windows:
+                    problems.append(
+                        f"models[{i}].slos[{j}].period: {format_duration(slo.period)} must be one of the "
+                        f"windows {[format_duration(w) for w in self.windows]}"
+                    )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        for m in self.models:
+            if m.name == name:
+                return m
+        return None
+
+    @property
+    def window_names(self) -> list[str]:
+        return [format_duration(w) for w in self.windows]
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and part.startswith(("function-", "constrained-", "lax-")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _describe(err: dict[str, Any]) -> str:
+    key = _loc(tuple(p for p in err["loc"] if not str(p).startswith("function-")))
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return f"{key}: unknown key (check the spelling; see docs/configuration.md)"
+    if err["type"] == "missing":
+        return f"{key}: required key is missing"
+    value = err.get("input")
+    if isinstance(value, dict | list) or err["type"] in ("value_error", "assertion_error"):
+        return f"{key}: {msg}"
+    return f"{key}: {value!r} is not allowed: {msg}"
+
+
+def parse_config(data: Any, base_dir: Path | None = None, source: str | None = None) -> MonitorConfig:
+    """Validate an already-parsed mapping; relative reference paths resolve against base_dir."""
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): the configuration must be a mapping"], source)
+    try:
+        cfg = MonitorConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError([_describe(e) for e in exc.errors()], source) from None
+    if base_dir is not None:
+        models = [
+            m.model_copy(update={"reference": base_dir / m.reference})
+            if m.reference is not None and not m.reference.is_absolute()
+            else m
+            for m in cfg.models
+        ]
+        cfg = cfg.model_copy(update={"models": models})
+    return cfg
+
+
+def load_config(path: str | Path) -> MonitorConfig:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"cannot read the file: {exc.strerror}"], str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"not valid YAML: {exc}"], str(path)) from None
+    return parse_config(data, base_dir=path.resolve().parent, source=str(path))
+
+
+def check_config(path: str | Path) -> list[str]:
+    """All problems with the config file, including an unreadable reference; empty when usable."""
+    try:
+        cfg = load_config(path)
+    except ConfigError as exc:
+        return exc.problems
+    problems = []
+    for i, m in enumerate(cfg.models):
+        if m.reference is not None and not m.reference.exists():
+            problems.append(f"models[{i}].reference: file {str(m.reference)!r} does not exist")
+    return problems
