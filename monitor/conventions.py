@@ -38,6 +38,9 @@ TOPIC_PREDICTIONS: Final = "predictions"
 TOPIC_GROUND_TRUTH: Final = "ground_truth"
 CALIBRATION_STATS: Final = ("count", "score_sum", "positives")
 CALIBRATION_BINS: Final = 10
+# PSI smoothing: shares are (count + PSI_ALPHA) / (total + PSI_ALPHA * bins) on both sides, so an empty
+# bin never gives ln(0) and the same formula works in PromQL on the additive bin counts.
+PSI_ALPHA: Final = 0.5
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,27 @@ LABEL_OUTCOMES = _m(
 )
 WINDOW_PREDICTIONS = _m("window_predictions", "gauge", _MVW, "Predictions made in the window (additive).")
 WINDOW_JOINED = _m("window_joined", "gauge", _MVW, "Joined events observed in the window (additive).")
+PREDICTED_POSITIVES = _m(
+    "predicted_positives", "gauge", _MVLW, "Predictions in the window with the label predicted (additive)."
+)
+FEATURE_MISSING = _m(
+    "feature_missing", "gauge", (L_MODEL, L_VERSION, L_FEATURE, L_WINDOW),
+    "Predictions in the window without the feature (additive).",
+)
+FEATURE_BIN = _m(
+    "feature_bin", "gauge", (L_MODEL, L_VERSION, L_FEATURE, L_BIN, L_WINDOW),
+    "Predictions per frozen reference bin of a feature in the window (additive; PSI inputs).",
+)
+SCORE_BIN = _m(
+    "score_bin", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_BIN, L_WINDOW),
+    "Predictions per frozen reference bin of a label's score in the window (additive; PSI inputs).",
+)
+REFERENCE_FEATURE_BIN = _m(
+    "reference_feature_bin", "gauge", (L_MODEL, L_FEATURE, L_BIN), "Reference sample count per feature bin."
+)
+REFERENCE_SCORE_BIN = _m(
+    "reference_score_bin", "gauge", (L_MODEL, L_LABEL, L_BIN), "Reference sample count per score bin."
+)
 LABEL_PRECISION = _m("label_precision", "gauge", _MVLW, "Precision TP/(TP+FP); absent when undefined.")
 LABEL_RECALL = _m("label_recall", "gauge", _MVLW, "Recall TP/(TP+FN); absent when undefined.")
 LABEL_F1 = _m("label_f1", "gauge", _MVLW, "F1 2TP/(2TP+FP+FN); absent when undefined.")

@@ -1,0 +1,79 @@
+"""The one entry point, `monitor`. Thin: each verb lives in the module that does the work.
+
+Sub-commands are imported only when invoked, so `monitor replay` never pays for faust, aiokafka or
+grafana-foundation-sdk at start-up.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# verb -> "module:attribute" of a click command.
+_COMMANDS: dict[str, str] = {
+    "replay": "monitor.replay:replay_command",
+    "reference": "monitor.reference:reference_command",
+    "check-config": "monitor.config_cli:check_config_command",
+    "worker": "monitor.stream.worker:worker_command",
+    "broker": "monitor.stream.broker:broker_command",
+    "rules": "monitor.rules.cli:rules_command",
+    "relay": "monitor.relay.cli:relay_command",
+    "dashboards": "monitor.dashboards.cli:dashboards_group",
+    "demo": "monitor.demo:demo_command",
+    "report": "monitor.report:report_command",
+}
+
+_HELP = {
+    "replay": "Replay JSON-lines files through the engine and print the metrics.",
+    "reference": "Build a drift reference (frozen bins) from a JSON-lines sample.",
+    "check-config": "Validate a config file; prints the problems or 'ok'.",
+    "worker": "Run the Kafka stream worker, serving /metrics.",
+    "broker": "Start a local single-node Apache Kafka (KRaft) and block.",
+    "rules": "Generate and check Prometheus rules and their promtool tests.",
+    "relay": "Relay Alertmanager webhooks to the signed retraining webhook.",
+    "dashboards": "Generate or push the Grafana dashboards.",
+    "demo": "Run the whole product locally with simulated traffic.",
+    "report": "Write a self-contained HTML report of one evaluation.",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(_COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = _COMMANDS.get(cmd_name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if not (exc.name or "").startswith("monitor"):
+                raise
+            return _missing(cmd_name)
+        return getattr(module, attr)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        # Listing help must not import every sub-command's heavy dependencies.
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, _HELP.get(name, "")) for name in self.list_commands(ctx)])
+
+
+def _missing(name: str) -> click.Command:
+    @click.command(name=name, help=_HELP.get(name, ""))
+    def _cmd() -> None:
+        raise click.ClickException(f"'monitor {name}' is not available in this build")
+
+    return _cmd
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mlmon", prog_name="monitor")
+def main() -> None:
+    """Streaming quality monitor for classification models."""
+
+
+if __name__ == "__main__":
+    main()

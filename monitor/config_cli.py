@@ -1,0 +1,20 @@
+"""`monitor check-config`."""
+
+from __future__ import annotations
+
+import click
+
+from monitor.config import check_config
+
+
+@click.command("check-config")
+@click.argument("config", type=click.Path(dir_okay=False))
+def check_config_command(config: str) -> None:
+    """Validate CONFIG; print each problem (naming its key) or 'ok'. Exit 1 on problems."""
+    problems = check_config(config)
+    if not problems:
+        click.echo("ok")
+        return
+    for line in problems:
+        click.echo(f"{config}: {line}", err=True)
+    raise SystemExit(1)
