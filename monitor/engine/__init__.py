@@ -1,0 +1,1 @@
+"""The transport-free core: decode, join, aggregate, compute. No Kafka, no HTTP."""

@@ -1,0 +1,90 @@
+"""Events in, state out: the one engine both drivers (Kafka worker, `monitor replay`) run.
+
+Usage: feed raw message bytes with `predictions()` / `ground_truth()` (or `process()` for a mixed,
+ordered batch), then `evaluate(at)` for the figures. Invalid events never raise: they are counted by
+reason and returned, with their bytes, for the driver's dead-letter topic.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from monitor import conventions as c
+from monitor.config import MonitorConfig
+from monitor.engine.figures import Figures, model_figures
+from monitor.engine.model_state import ModelState
+from monitor.events import Decoder, InvalidEvent
+from monitor.reference import Reference, load_reference
+
+PREDICTIONS = c.TOPIC_PREDICTIONS
+GROUND_TRUTH = c.TOPIC_GROUND_TRUTH
+
+
+@dataclass(frozen=True)
+class Rejection:
+    topic: str
+    reason: str
+    detail: str
+    raw: bytes
+
+
+class Engine:
+    def __init__(self, config: MonitorConfig, references: dict[str, Reference | None] | None = None) -> None:
+        self.config = config
+        self.decoder = Decoder(config)
+        if references is None:
+            references = {m.name: load_reference(config, m) for m in config.models}
+        self.models = {m.name: ModelState(config, m, references.get(m.name)) for m in config.models}
+        self.invalid: Counter[tuple[str, str]] = Counter()
+
+    def _reject(self, topic: str, exc: InvalidEvent, raw: bytes, out: list[Rejection]) -> None:
+        self.invalid[(topic, exc.reason)] += 1
+        out.append(Rejection(topic, exc.reason, exc.detail, raw))
+
+    def process(self, items: Iterable[tuple[str, bytes]]) -> list[Rejection]:
+        """Apply a batch of (topic, raw) in order; returns the rejected events."""
+        rejected: list[Rejection] = []
+        decode_p = self.decoder.decode_prediction
+        decode_g = self.decoder.decode_ground_truth
+        models = self.models
+        for topic, raw in items:
+            try:
+                if topic == PREDICTIONS:
+                    p = decode_p(raw)
+                    models[p.model].add_prediction(p)
+                else:
+                    g = decode_g(raw)
+                    models[g.model].add_ground_truth(g)
+            except InvalidEvent as exc:
+                self._reject(topic, exc, raw, rejected)
+        self.flush()
+        return rejected
+
+    def predictions(self, raws: Iterable[bytes]) -> list[Rejection]:
+        return self.process((PREDICTIONS, r) for r in raws)
+
+    def ground_truth(self, raws: Iterable[bytes]) -> list[Rejection]:
+        return self.process((GROUND_TRUTH, r) for r in raws)
+
+    def flush(self) -> None:
+        for state in self.models.values():
+            state.flush()
+
+    @property
+    def latest_event_time(self) -> float | None:
+        marks = [s.join.watermark for s in self.models.values() if s.join.watermark > float("-inf")]
+        return max(marks) if marks else None
+
+    def evaluate(self, at: float | None = None) -> Figures:
+        """Every figure at evaluation time `at` (default: the newest event time seen)."""
+        self.flush()
+        if at is None:
+            at = self.latest_event_time or 0.0
+        out = Figures()
+        for state in self.models.values():
+            model_figures(state, self.config.windows, at, out)
+        for (topic, reason), n in sorted(self.invalid.items()):
+            out.add(c.INVALID_EVENTS_TOTAL, (topic, reason), n)
+        return out

@@ -1,0 +1,1 @@
+"""Pure functions from additive statistics to figures. NaN means undefined (exported as absent)."""

@@ -1,0 +1,145 @@
+"""Windowed additive statistics: one flat float64 vector per (version, time bucket).
+
+Every statistic a figure needs is a count or a sum, laid out by `Layout` into one vector, so a window is
+the element-wise sum of its buckets, two engines' states add up to one engine's, and a correction is the
+same vector subtracted. Buckets are 1 minute wide for windows up to 6h and 1 hour wide beyond, so window
+edges are exact to the bucket width (DESIGN section 5). Counts stay exact in float64 up to 2**53.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from monitor.config import FINE_WINDOW_LIMIT, HOUR, MINUTE
+from monitor.conventions import CALIBRATION_BINS
+from monitor.engine.metrics.estimation import PENDING_STATS
+
+SCORE_BINS = 10  # reference deciles give at most 10 bins
+
+# Positions in the "scalars" field.
+S_PREDICTIONS, S_JOINED, S_SUBSET_N, S_SUBSET_OK, S_CARD_ACTUAL, S_CARD_ACTUAL_N, S_CARD_PRED, S_PENDING = range(8)
+N_SCALARS = 8
+
+
+@dataclass
+class Layout:
+    """Offsets of each named statistic inside a block vector."""
+
+    labels: int
+    feature_bins: list[int]  # bins per watched feature (numeric then categorical), 0 without reference
+    pair_labels: int
+    classes: int  # multiclass: number of classes (confusion matrix); else 0
+    shapes: dict[str, tuple[int, ...]] = field(init=False)
+    offsets: dict[str, int] = field(init=False)
+    size: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        n_pairs = self.pair_labels * (self.pair_labels - 1) // 2 + 1 if self.pair_labels >= 2 else 0
+        self.shapes = {
+            "scalars": (N_SCALARS,),
+            "outcomes": (self.labels, 4),
+            "calib": (self.labels, CALIBRATION_BINS, 3),
+            "pending": (self.labels, CALIBRATION_BINS, PENDING_STATS),
+            "pred_pos": (self.labels,),
+            "score_bins": (self.labels, SCORE_BINS),
+            "feat_bins": (sum(self.feature_bins),),
+            "feat_missing": (len(self.feature_bins),),
+            "pairs": (n_pairs,),
+            "confusion": (self.classes, self.classes),
+        }
+        self.offsets = {}
+        pos = 0
+        for name, shape in self.shapes.items():
+            self.offsets[name] = pos
+            pos += int(np.prod(shape))
+        self.size = pos
+        self.feature_offsets = np.concatenate([[0], np.cumsum(self.feature_bins)[:-1]]).astype(np.int64) \
+            if self.feature_bins else np.empty(0, dtype=np.int64)
+
+    def view(self, block: np.ndarray, name: str) -> np.ndarray:
+        start = self.offsets[name]
+        shape = self.shapes[name]
+        return block[start:start + int(np.prod(shape))].reshape(shape)
+
+
+def fine_bucket(ts: float | np.ndarray) -> np.ndarray:
+    return np.floor_divide(ts, MINUTE).astype(np.int64)
+
+
+class BlockStore:
+    """Blocks per version at two granularities, plus a cumulative block per version (the counters)."""
+
+    def __init__(self, size: int, windows: list[int]) -> None:
+        self.size = size
+        fine = [w for w in windows if w <= FINE_WINDOW_LIMIT]
+        coarse = [w for w in windows if w > FINE_WINDOW_LIMIT]
+        # Buckets are kept for the longest window of their granularity, plus one so an evaluation
+        # slightly before the newest event still sees full windows.
+        self.fine_span = max(fine, default=0) // MINUTE + 1
+        self.coarse_span = max(coarse, default=0) // HOUR + 1
+        self.fine: dict[int, dict[int, np.ndarray]] = {}
+        self.coarse: dict[int, dict[int, np.ndarray]] = {}
+        self.total: dict[int, np.ndarray] = {}
+        self.newest_fine = -(1 << 62)
+
+    def _block(self, store: dict[int, dict[int, np.ndarray]], version: int, bucket: int) -> np.ndarray:
+        per_version = store.setdefault(version, {})
+        block = per_version.get(bucket)
+        if block is None:
+            block = per_version[bucket] = np.zeros(self.size)
+        return block
+
+    def in_retention(self, minute: int) -> tuple[bool, bool]:
+        """(kept in fine blocks, kept in coarse blocks) for a contribution at this minute bucket."""
+        newest = max(self.newest_fine, minute)
+        return (minute > newest - self.fine_span, minute // 60 > newest // 60 - self.coarse_span)
+
+    def add(self, version: int, minute: int, delta: np.ndarray) -> bool:
+        """Add a delta at a minute bucket; returns False when it was older than every window (late)."""
+        total = self.total.get(version)
+        if total is None:
+            total = self.total[version] = np.zeros(self.size)
+        total += delta
+        keep_fine, keep_coarse = self.in_retention(minute)
+        if keep_fine and self.fine_span > 1:
+            self._block(self.fine, version, minute)[:] += delta
+        if keep_coarse and self.coarse_span > 1:
+            self._block(self.coarse, version, minute // 60)[:] += delta
+        return keep_fine or keep_coarse
+
+    def advance(self, minute: int) -> None:
+        """Move the newest bucket forward and drop blocks no window can reach any more."""
+        if minute <= self.newest_fine:
+            return
+        self.newest_fine = minute
+        for store, floor in ((self.fine, minute - self.fine_span), (self.coarse, minute // 60 - self.coarse_span)):
+            for per_version in store.values():
+                for b in [b for b in per_version if b <= floor]:
+                    del per_version[b]
+
+    def versions(self) -> Iterable[int]:
+        return self.total.keys()
+
+    def window_sums(self, version: int, windows: list[int], at: float) -> dict[int, np.ndarray]:
+        """Element-wise sums of the blocks in each window ending at `at` (window -> vector)."""
+        out: dict[int, np.ndarray] = {}
+        for store, unit, group in ((self.fine, MINUTE, [w for w in windows if w <= FINE_WINDOW_LIMIT]),
+                                   (self.coarse, HOUR, [w for w in windows if w > FINE_WINDOW_LIMIT])):
+            if not group:
+                continue
+            current = int(at // unit)
+            blocks = store.get(version, {})
+            # Walk the buckets newest first, taking a copy of the running sum at each window edge.
+            edges = sorted(((current - w // unit, w) for w in group), reverse=True)
+            running = np.zeros(self.size)
+            keys = sorted((b for b in blocks if b <= current), reverse=True)
+            i = 0
+            for floor, w in edges:
+                while i < len(keys) and keys[i] > floor:
+                    running += blocks[keys[i]]
+                    i += 1
+                out[w] = running.copy()
+        return out
