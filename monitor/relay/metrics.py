@@ -90,7 +90,7 @@ class RelayMetrics:
             ["result"], registry=r,
         )
         self.latency = Histogram(
-            DELIVERY_LATENCY.removesuffix("_seconds") + "_seconds",
+            DELIVERY_LATENCY,
             "Time from writing a request to the outbox to the receiver's 2xx.",
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 30, 60, 300, 1800, 3600, 6 * 3600, 86400),
             registry=r,

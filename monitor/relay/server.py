@@ -100,7 +100,8 @@ class Relay:
             self.metrics,
             Backoff(settings.retry_initial, settings.retry_max),
             settings.request_timeout,
-            settings.retention,
+            # Pruning must not forget requests the cooldown still needs to see.
+            max(settings.retention, float(retraining.cooldown)),
             user_agent=f"mlmon-relay/{_version()}",
         )
 
