@@ -455,3 +455,17 @@ def finish(dashboard: db.Dashboard) -> dict[str, Any]:
 def encode(data: dict[str, Any]) -> str:
     """Deterministic text: sorted keys, 2-space indent, trailing newline (diff-friendly when checked in)."""
     return json.dumps(data, sort_keys=True, indent=2, ensure_ascii=False) + "\n"
+
+
+def by_names(*names: str) -> dm.MatcherConfig:
+    """Field matcher for overrides.
+
+    Grafana's schema types matcher options and override values as objects, so the string-valued
+    `byName` matcher (and scalar values such as a line width) do not validate; `byNames` takes an object
+    and matches the same fields.
+    """
+    return dm.MatcherConfig(id_val="byNames", options={"mode": "include", "names": list(names)})
+
+
+def prop(property_id: str, value: dict[str, Any]) -> dm.DynamicConfigValue:
+    return dm.DynamicConfigValue(id_val=property_id, value=value)

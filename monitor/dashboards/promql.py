@@ -68,7 +68,7 @@ def sel(metric: C.MetricDef, *matchers: Matcher, suffix: str = "") -> str:
         if label not in allowed:
             raise ValueError(f"{metric.name} has no label {label!r} (labels: {metric.labels})")
     inner = ", ".join(f"{label}{op}{_quote(value)}" for label, op, value in matchers)
-    return f"{metric.name}{suffix}{{{inner}}}"
+    return f"{metric.name}{suffix}{{{inner}}}" if inner else f"{metric.name}{suffix}"
 
 
 def applicable(metric: C.MetricDef, *matchers: Matcher) -> tuple[Matcher, ...]:
@@ -163,3 +163,35 @@ def histogram_quantile(q: float, metric: C.MetricDef, by: Sequence[str], *filter
         raise ValueError(f"{metric.name} is not a histogram")
     buckets = sum_by([*by, "le"], rate(sel(metric, *filters, suffix="_bucket")))
     return f"histogram_quantile({q:g}, {buckets})"
+
+
+# Wilson 95% interval in count form (DESIGN 5): with S successes out of N trials,
+# (S + z²/2 ± z·sqrt(S(N-S)/N + z²/4)) / (N + z²). Written over summed counts so it is exact for any
+# number of workers and always brackets the point estimate shown beside it.
+_Z = 1.959963984540054
+
+
+def wilson(successes: str, trials: str, *, upper: bool) -> str:
+    sign = "+" if upper else "-"
+    z2 = _Z * _Z
+    # Full precision: rounded constants leave a visible 1e-7 instead of 0 for a lower bound at 0/N.
+    spread = f"sqrt({successes} * ({trials} - {successes}) / ({trials} > 0) + {z2 / 4!r})"
+    return f"({successes} + {z2 / 2!r} {sign} {_Z!r} * {spread}) / ({trials} + {z2!r})"
+
+
+def precision_bound(by: Sequence[str], *filters: Matcher, upper: bool) -> str:
+    return wilson(outcomes(by, (TP,), *filters), outcomes(by, (TP, FP), *filters), upper=upper)
+
+
+def recall_bound(by: Sequence[str], *filters: Matcher, upper: bool) -> str:
+    return wilson(outcomes(by, (TP,), *filters), outcomes(by, (TP, FN), *filters), upper=upper)
+
+
+def avg_by(by: Sequence[str], expr: str) -> str:
+    return agg("avg", by, expr)
+
+
+def share_of_total(by: Sequence[str], metric: C.MetricDef, *filters: Matcher) -> str:
+    """Each group's share of the metric's total over the same filters (a distribution over bins)."""
+    selector = sel(metric, *filters)
+    return f"{sum_by(by, selector)} / on () group_left () ({agg('sum', [], selector)} > 0)"
