@@ -26,6 +26,8 @@ log = logging.getLogger("monitor.relay.delivery")
 
 # Request Timeout and Too Many Requests say "later", not "never".
 _RETRYABLE_4XX = frozenset({408, 429})
+# Even when idle, look at the outbox this often: an operator may re-queue a failed request by hand.
+_IDLE_POLL = 5.0
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,8 @@ class Deliverer:
                 # A broken disk or a bug must not end delivery for good: log, wait, try again.
                 log.exception("relay delivery loop error; retrying in %.1fs", self._backoff.maximum)
                 nxt = time.time() + self._backoff.maximum
-            timeout = max(0.0, min(nxt, next_prune) - time.time()) if nxt is not None else next_prune - now
+            wake_at = min(nxt if nxt is not None else next_prune, next_prune, time.time() + _IDLE_POLL)
+            timeout = max(0.0, wake_at - time.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
