@@ -230,9 +230,8 @@ async def _json_errors(
             raise
         reason = {404: "not_found", 405: "method_not_allowed", 413: "oversized"}.get(exc.status, "http_error")
         resp = _error(exc.status, reason, exc.reason)
-        for name in ("Allow",):
-            if name in exc.headers:
-                resp.headers[name] = exc.headers[name]
+        if "Allow" in exc.headers:  # 405 must say which methods are allowed
+            resp.headers["Allow"] = exc.headers["Allow"]
         return resp
 
 
