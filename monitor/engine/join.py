@@ -3,7 +3,8 @@
 Either side may arrive first. A prediction stays joinable for `ttl` after its timestamp, and after it is
 joined it stays for the rest of that time so a later ground truth can correct it: the old outcome is
 reverted and the new one applied, never doubled. Which ground truth wins does not depend on arrival
-order: the one with the later timestamp, ties going to the later arrival. Expiry runs on event time (the
+order: the one with the later timestamp, ties going to the later arrival (an identical re-send is a
+duplicate). Expiry runs on event time (the
 newest timestamp seen), so a replay and a live worker expire the same events.
 
 The table calls back into a `JoinSink`; it keeps no statistics itself.
@@ -100,6 +101,7 @@ class JoinTable:
         else:
             self.pending[SIDE_GROUND_TRUTH] -= 1
             self.joined += 1
+            self.sink.on_unpend(pred)  # on_prediction counted it as pending; it never was
             self.sink.on_first_join(pred, entry.truth)
             self.sink.on_join(pred, entry.truth, +1)
         self._schedule(p.prediction_id, entry, p.ts + self.ttl)
@@ -118,7 +120,9 @@ class JoinTable:
             self._enforce_cap()
             return
         old = entry.truth
-        if old is not None and (not truth.supersedes(old) or truth.same_as(old)):
+        # A re-sent identical truth is a duplicate; an older one is stale. A newer one with the same labels
+        # still replaces, since it moves the observation time (order-independent either way).
+        if old is not None and (not truth.supersedes(old) or (truth.ts == old.ts and truth.same_as(old))):
             self.duplicates[SIDE_GROUND_TRUTH] += 1
             return
         entry.truth = truth

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from monitor.config import ModelConfig, MonitorConfig
-from monitor.conventions import GROUND_TRUTH_DELAY_BUCKETS, LATENCY_BUCKETS
+from monitor.conventions import GROUND_TRUTH_DELAY_BUCKETS, LATENCY_BUCKETS, SIDE_PREDICTION
 from monitor.engine.join import JoinTable, Pred, Truth
 from monitor.engine.metrics.calibration import score_bins
 from monitor.engine.windows import (
@@ -89,15 +89,17 @@ class ModelState:
         return idx
 
     def add_prediction(self, p: Prediction) -> None:
+        entry = self.join.entries.get(p.prediction_id)
+        if entry is not None and entry.pred is not None:
+            self.join.duplicates[SIDE_PREDICTION] += 1
+            return
         v = self.version_index(p.version)
         self.ignored_scores += p.ignored_scores
         self.last_event["predictions"] = max(self.last_event.get("predictions", p.ts), p.ts)
-        before = self.join.duplicates["prediction"]
+        self.predictions_total[v] += 1
+        if p.latency_s is not None:
+            self.latency[v].observe(p.latency_s)
         self.join.add_prediction(p, v)
-        if self.join.duplicates["prediction"] == before:
-            self.predictions_total[v] += 1
-            if p.latency_s is not None:
-                self.latency[v].observe(p.latency_s)
 
     def add_ground_truth(self, g: GroundTruth) -> None:
         self.ground_truth_total += 1

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.config import MonitorConfig, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE_CONFIG = ROOT / "monitor" / "examples" / "config.yaml"
+
+
+@pytest.fixture(scope="session")
+def example_config() -> MonitorConfig:
+    return load_config(EXAMPLE_CONFIG)
+
+
+def small_config(**model: object) -> MonitorConfig:
+    """A config with one model `m` (labels a, b, c by default) and short windows, for engine tests."""
+    base: dict[str, object] = {"name": "m", "task": "multilabel", "labels": ["a", "b", "c"], "threshold": 0.5}
+    base.update(model)
+    return parse_config({"windows": ["5m", "30m", "1h", "2h", "6h", "1d"], "join": {"ttl": "3d"}, "models": [base]})
