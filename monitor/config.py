@@ -305,7 +305,7 @@ def _describe(err: dict[str, Any]) -> str:
     if err["type"] == "missing":
         return f"{key}: required key is missing"
     value = err.get("input")
-    if isinstance(value, dict | list) or err["type"] in ("value_error", "assertion_error"):
+    if isinstance(value, dict | list):
         return f"{key}: {msg}"
     return f"{key}: {value!r} is not allowed: {msg}"
 

@@ -1,0 +1,73 @@
+"""The command line as a user runs it: replay (the embedded default), reference, check-config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import EXAMPLE_CONFIG, ROOT
+
+EXAMPLE = ROOT / "monitor" / "examples"
+
+
+def monitor(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], capture_output=True, text=True,
+                          check=check, cwd=ROOT, timeout=120)
+
+
+def test_replay_without_arguments_prints_the_example_metrics() -> None:
+    out = monitor("replay").stdout
+    families = {f.name: f for f in text_string_to_metric_families(out)}
+    for name in ("mlmon_label_f1", "mlmon_label_ece", "mlmon_feature_psi", "mlmon_error_budget_burn_rate",
+                 "mlmon_estimated_label_precision", "mlmon_ground_truth_delay_seconds",
+                 "mlmon_prediction_latency_seconds", "mlmon_label_outcomes", "mlmon_predictions", "mlmon_build_info"):
+        assert name in families, name
+    burn = {(s.labels["slo"], s.labels["window"]): s.value for s in families["mlmon_error_budget_burn_rate"].samples}
+    # The example's violence recall collapses in its last hours: the fast windows burn at the maximum.
+    assert burn[("violence-recall", "1h")] > 5
+    assert burn[("spam-precision", "1d")] < 1
+
+
+def test_replay_json_and_at() -> None:
+    out = json.loads(monitor("replay", "--format", "json", "--at", "2026-11-20T06:00:00Z").stdout)
+    assert out["at"].startswith("2026-11-20T06:00:00")
+    preds = [m for m in out["metrics"] if m["name"] == "mlmon_predictions_total"]
+    assert preds and preds[0]["value"] < 8000  # only events up to 06:00 applied
+    burn = {m["labels"]["window"]: m["value"] for m in out["metrics"]
+            if m["name"] == "mlmon_error_budget_burn_rate" and m["labels"]["slo"] == "violence-recall"}
+    assert burn["1h"] < 3  # before the degradation at 08:00
+
+
+def test_reference_round_trip(tmp_path: Path) -> None:
+    out = tmp_path / "ref.json"
+    res = monitor("reference", "--config", str(EXAMPLE_CONFIG), "--model", "moderation", "-o", str(out),
+                  str(EXAMPLE / "predictions.jsonl"))
+    assert "8000 predictions" in res.stdout
+    ref = json.loads(out.read_text())
+    assert len(ref["scores"]["violence"]["edges"]) == 9
+    assert ref["features"]["lang"]["values"][0] == "en"
+
+
+def test_check_config_names_the_key(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("models:\n  - name: m\n    labels: [a, b]\n    thresholds: {a: 2}\n"
+                   "    slos:\n      - {label: zz, objective: recall, target: 0.9}\n"
+                   "windows: [5m, 90s]\nkafka: {bootstrp_servers: x}\n")
+    res = monitor("check-config", str(bad), check=False)
+    assert res.returncode == 1
+    assert "kafka.bootstrp_servers: unknown key" in res.stderr
+    assert "windows" in res.stderr
+    assert monitor("check-config", str(EXAMPLE_CONFIG)).stdout.strip() == "ok"
+
+
+def test_cli_start_up_stays_light() -> None:
+    code = ("import sys; from monitor.cli import main\n"
+            "try:\n    main(['replay', '--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('faust', 'aiokafka', 'kafka', 'evidently', 'pandas', 'grafana_foundation_sdk', "
+            "'sklearn', 'scipy') if m in sys.modules]\nprint('HEAVY=' + ','.join(heavy))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert res.stdout.strip().splitlines()[-1] == "HEAVY="
