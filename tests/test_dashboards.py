@@ -29,9 +29,9 @@ from referencing.jsonschema import DRAFT7
 
 from monitor import conventions as C
 from monitor.config import MonitorConfig, parse_config
-from monitor.dashboards import generate, panel_queries
+from monitor.dashboards import DEFAULT_FOLDER_UID, generate, panel_queries
 from monitor.dashboards.cli import dashboards_group
-from monitor.dashboards.common import encode
+from monitor.dashboards.common import DATASOURCE_UID, encode
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = ROOT.parent / "shared" / "grafana-schema"
@@ -578,3 +578,17 @@ def test_push_reports_grafana_errors_without_the_token(monkeypatch: pytest.Monke
     assert result.exit_code != 0
     assert token not in result.output
     assert "Unauthorized" in result.output or "401" in result.output
+
+
+# --- provisioning files -------------------------------------------------------------------------------------
+
+def test_provisioning_matches_the_dashboards() -> None:
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    datasources = yaml.safe_load((provisioning / "datasources" / "prometheus.yaml").read_text())
+    (source,) = datasources["datasources"]
+    assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
+    assert source["uid"] == DATASOURCE_UID
+    providers = yaml.safe_load((provisioning / "dashboards" / "mlmon.yaml").read_text())
+    (provider,) = providers["providers"]
+    assert provider["type"] == "file" and provider["folderUid"] == DEFAULT_FOLDER_UID
+    assert provider["options"]["path"].startswith("/var/lib/grafana/dashboards")
