@@ -72,6 +72,9 @@ def _le(bound: float) -> str:
 
 
 def prometheus_text(figures: Figures) -> bytes:
+    """Text format 0.0.4. Serve this, never OpenMetrics: in OpenMetrics the counter
+    `mlmon_label_outcomes_total` and the window gauge `mlmon_label_outcomes` (names fixed by DESIGN
+    section 6) would be two families of the same name, and the scrape would fail."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FiguresCollector(lambda: figures))
     return generate_latest(registry)

@@ -85,6 +85,8 @@ class Engine:
         out = Figures()
         for state in self.models.values():
             model_figures(state, self.config.windows, at, out)
-        for (topic, reason), n in sorted(self.invalid.items()):
-            out.add(c.INVALID_EVENTS_TOTAL, (topic, reason), n)
+        # Every (topic, reason) is exported from the start, so rate() and alerts see a zero, not nothing.
+        for topic in (PREDICTIONS, GROUND_TRUTH):
+            for reason in c.ALL_REASONS:
+                out.add(c.INVALID_EVENTS_TOTAL, (topic, reason), self.invalid[(topic, reason)])
         return out
