@@ -11,7 +11,6 @@ from monitor.conventions import ALL_REASONS, Reason
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
 from monitor.events import Decoder, InvalidEvent, parse_timestamp
 from monitor.replay import run_replay
-from tests.conftest import small_config
 from tests.events import BASE, ground_truth, prediction
 
 DATA = Path(__file__).parent / "data"
@@ -36,7 +35,8 @@ def reason_of(decode, raw: bytes) -> str:
     return exc.value.reason
 
 
-GOOD = {"prediction_id": "p", "model": "m", "timestamp": "2026-11-20T10:00:00Z", "scores": {"a": 0.1, "b": 0.2, "c": 0.3}}
+GOOD = {"prediction_id": "p", "model": "m", "timestamp": "2026-11-20T10:00:00Z",
+        "scores": {"a": 0.1, "b": 0.2, "c": 0.3}}
 
 
 @pytest.mark.parametrize(("change", "reason"), [
@@ -160,7 +160,7 @@ def test_bad_input_file_is_counted_and_good_lines_are_exact() -> None:
     good_p = good(preds, decoder.decode_prediction)
     good_g = good(truths, decoder.decode_ground_truth)
     assert 0 < len(good_p) < len(preds) and 0 < len(good_g) < len(truths)
-    engine, figs = run_replay(config, preds, truths)
+    _engine, figs = run_replay(config, preds, truths)
     _, clean = run_replay(config, good_p, good_g)
     invalid = figs.by_name("mlmon_invalid_events_total")
     assert sum(invalid.values()) == len(preds) - len(good_p) + len(truths) - len(good_g)

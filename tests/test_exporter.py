@@ -44,9 +44,9 @@ def test_histograms_are_cumulative_and_match_json(example_config) -> None:
     buckets = [s for s in fam.samples if s.name.endswith("_bucket")]
     values = [s.value for s in buckets]
     assert values == sorted(values) and buckets[-1].labels["le"] == "+Inf"
-    count = [s.value for s in fam.samples if s.name.endswith("_count")][0]
+    count = next(s.value for s in fam.samples if s.name.endswith("_count"))
     assert count == values[-1]
-    js = [m for m in figures_json(figs) if m["name"] == "mlmon_ground_truth_delay_seconds"][0]
+    js = next(m for m in figures_json(figs) if m["name"] == "mlmon_ground_truth_delay_seconds")
     assert js["count"] == count
 
 

@@ -98,5 +98,5 @@ def test_delay_histogram_records_first_join() -> None:
     e = Engine(small_config())
     e.predictions([prediction("p", BASE, S)])
     e.ground_truth([ground_truth("p", BASE + 400, ["a"]), ground_truth("p", BASE + 500, ["b"])])
-    h = [x for x in e.evaluate().histograms if x.metric.name == "mlmon_ground_truth_delay_seconds"][0]
+    h = next(x for x in e.evaluate().histograms if x.metric.name == "mlmon_ground_truth_delay_seconds")
     assert sum(h.counts) == 1 and h.sum == 400

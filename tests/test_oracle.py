@@ -203,7 +203,8 @@ def test_calibration_error_matches_direct_computation() -> None:
         s = np.array([r[0].scores[li] for r in sel])
         y = np.array([r[1].actual[li] for r in sel], dtype=float)
         b = np.digitize(s, edges)
-        ece = sum((b == k).sum() / len(s) * abs(y[b == k].mean() - s[b == k].mean()) for k in range(10) if (b == k).any())
+        ece = sum((b == k).sum() / len(s) * abs(y[b == k].mean() - s[b == k].mean())
+                  for k in range(10) if (b == k).any())
         assert figs.by_name("mlmon_label_ece")[("m", "v1", label, "6h")] == pytest.approx(ece, abs=1e-12)
         count = figs.by_name("mlmon_calibration_bin")
         for k in range(10):
@@ -314,5 +315,6 @@ def test_estimated_quality_tracks_realised_quality_on_calibrated_scores() -> Non
     pred_pos = scores[pend] >= 0.5
     realised_p = precision_score(truth[pend], pred_pos)
     realised_r = recall_score(truth[pend], pred_pos)
-    assert figs.by_name("mlmon_estimated_label_precision")[("m", "v1", "a", "1d")] == pytest.approx(realised_p, abs=0.02)
-    assert figs.by_name("mlmon_estimated_label_recall")[("m", "v1", "a", "1d")] == pytest.approx(realised_r, abs=0.02)
+    key = ("m", "v1", "a", "1d")
+    assert figs.by_name("mlmon_estimated_label_precision")[key] == pytest.approx(realised_p, abs=0.02)
+    assert figs.by_name("mlmon_estimated_label_recall")[key] == pytest.approx(realised_r, abs=0.02)
