@@ -8,7 +8,7 @@ option we chose on purpose (and the tests can prove it).
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -114,6 +114,13 @@ def green_above(target: float) -> db.ThresholdsConfig:
 
 def red_above(*levels: tuple[float, str]) -> db.ThresholdsConfig:
     return thresholds((None, "green"), *levels)
+
+
+def burn_rate_thresholds(factors: Iterable[float]) -> db.ThresholdsConfig:
+    """Colour steps at the burn-rate tier factors: the slowest tier yellow, the fastest dark red."""
+    ordered = sorted(set(factors))
+    colours = ["yellow", "orange", "red", "dark-red"][-len(ordered):] if ordered else []
+    return red_above(*zip(ordered, colours, strict=True))
 
 
 def timeseries_panel(
@@ -276,7 +283,11 @@ def barchart_panel(
 def rows_heatmap_panel(
     title: str, description: str, unit: str, *queries: Q, max_value: float, span: int = 24, height: int = 9
 ) -> heatmap.Panel:
-    """A heatmap of several time series, one row per series (no bucketing: the values are the colours)."""
+    """A heatmap of several time series, one row per series (no bucketing: the values are the colours).
+
+    Layout "unknown" makes Grafana treat the series names as ordinal rows even when a name looks like a
+    number, instead of reading them as bucket bounds.
+    """
     color = (
         heatmap.HeatmapColorOptions()
         .mode(hm.HeatmapColorMode.SCHEME)
@@ -301,7 +312,7 @@ def rows_heatmap_panel(
         .color(color)
         .show_value(cm.VisibilityMode.AUTO)
         .y_axis(heatmap.YAxisConfig().axis_placement(cm.AxisPlacement.LEFT).reverse(False))
-        .rows_frame(heatmap.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.AUTO))
+        .rows_frame(heatmap.RowsHeatmapOptions().layout(cm.HeatmapCellLayout.UNKNOWN))
         .show_legend()
         .mode(cm.TooltipDisplayMode.SINGLE)
         .show_color_scale(True)

@@ -30,13 +30,6 @@ def _continuous_red_to_green() -> db.FieldColor:
     return db.FieldColor().mode(dm.FieldColorModeId.CONTINUOUS_RD_YL_GR)
 
 
-def _burn_rate_colours() -> db.ThresholdsConfig:
-    # The DESIGN's burn-rate tiers: 1x spends the budget exactly over the period, 14.4x pages.
-    factors = sorted({factor for _, factor, _, _ in k.BURN_RATE_TIERS})
-    colours = ["yellow", "orange", "red", "dark-red"]
-    return k.red_above(*zip(factors, colours[-len(factors):], strict=True))
-
-
 def build(config: MonitorConfig) -> dict[str, Any]:
     alerts = f'ALERTS{{alertname=~"{k.ALERTS_REGEX}"}}'
     firing = f'ALERTS{{alertname=~"{k.ALERTS_REGEX}", alertstate="firing"}}'
@@ -174,7 +167,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                     "{{model}} / {{slo}}",
                     instant=True,
                 ),
-            ).thresholds(_burn_rate_colours()).min(0)
+            ).thresholds(k.burn_rate_thresholds(f for _, f, _, _ in k.BURN_RATE_TIERS)).min(0)
         )
         .with_panel(
             k.bargauge_panel(

@@ -40,18 +40,16 @@ def _interval_band(panel: timeseries.Panel) -> timeseries.Panel:
 
 
 def _slo_objective_panel(model: ModelConfig, slo: SLOConfig) -> timeseries.Panel:
-    filters = (
-        q.eq(C.L_MODEL, model.name), q.F_VERSION, q.eq(C.L_LABEL, slo.label), q.F_WINDOW
-    )
+    filters = (q.eq(C.L_MODEL, model.name), q.F_VERSION, q.eq(C.L_LABEL, slo.label), q.F_WINDOW)
     point = q.recall if slo.objective == "recall" else q.precision
     bound = q.recall_bound if slo.objective == "recall" else q.precision_bound
     panel = k.timeseries_panel(
         f"{model.name} · {slo.label} {slo.objective} (SLO {slo.target:.0%} over "
         f"{format_duration(slo.period)})",
         f"{slo.objective.capitalize()} of label {slo.label!r} over the selected rolling window, from outcome "
-        f"counts summed over versions and workers, with its Wilson 95% interval shaded. The dashed line is "
-        f"the SLO target {slo.target:g}; a wide band means too few labelled events to judge (rare-label "
-        f"instability) rather than a breach. Severity: {slo.severity}.",
+        f"counts summed over versions and workers, with its Wilson 95% interval as dashed lines. The dashed "
+        f"threshold is the SLO target {slo.target:g}; a wide interval means too few labelled events to judge "
+        f"(rare-label instability) rather than a breach. Severity: {slo.severity}.",
         k.UNIT_RATIO,
         Q(point(_ML, *filters), slo.objective),
         Q(bound(_ML, *filters, upper=False), LOWER),
@@ -64,8 +62,6 @@ def _slo_burn_panel(config: MonitorConfig, model: ModelConfig, slo: SLOConfig) -
     tiers = k.tier_windows(config)
     windows = sorted({w for _, _, long_w, short_w in tiers for w in (long_w, short_w)},
                      key=config.window_names.index)
-    factors = sorted({factor for _, factor, _, _ in tiers})
-    colours = ["yellow", "orange", "red", "dark-red"][-len(factors):] if factors else []
     expr = q.max_by(
         [C.L_WINDOW],
         q.sel(
@@ -85,7 +81,7 @@ def _slo_burn_panel(config: MonitorConfig, model: ModelConfig, slo: SLOConfig) -
         k.UNIT_FACTOR,
         Q(expr, "{{window}}"),
     ).min(0)
-    return k.dashed_thresholds(panel, k.red_above(*zip(factors, colours, strict=True)))
+    return k.dashed_thresholds(panel, k.burn_rate_thresholds(f for _, f, _, _ in tiers))
 
 
 def _tier_table_query(config: MonitorConfig) -> str:
