@@ -104,14 +104,21 @@ def build(config: MonitorConfig) -> dict[str, Any]:
         .with_panel(
             k.barchart_panel(
                 "Score distribution · $label",
-                "Share of the window's predictions in each frozen reference score bin for this label. "
-                "With reference deciles an unchanged distribution puts about 10% in every bin; mass "
-                "piling into the top or bottom bins is the drift the PSI above measures.",
+                "Share of predictions in each frozen reference score bin for this label: the selected "
+                "window next to the reference sample. With reference deciles the reference puts about "
+                "10% in every bin; the window's mass moving to other bins is the drift the PSI above "
+                "measures. (The reference counts are the same on every worker, so shares are exact.)",
                 k.UNIT_RATIO,
                 Q(q.share_of_total(bins, C.SCORE_BIN, *_MVLW), instant=True, table=True),
+                Q(q.share_of_total(bins, C.REFERENCE_SCORE_BIN, q.F_MODEL, q.F_LABEL), instant=True,
+                  table=True),
                 x_field=C.L_BIN,
                 span=8,
-                transformations=[k.organize({"Value": "share of predictions"}), k.sort_by(C.L_BIN)],
+                transformations=[
+                    k.merge(),
+                    k.organize({"Value #A": "selected window", "Value #B": "reference"}),
+                    k.sort_by(C.L_BIN),
+                ],
             ).repeat(C.L_LABEL).repeat_direction("h").max_per_row(3)
         )
         .with_row(db.Row("Input drift (window $window)"))
