@@ -1,0 +1,341 @@
+"""Whole-engine snapshots in a safe, versioned binary format: `dump(engine)` / `load(config, refs, data)`.
+
+The Kafka worker checkpoints one engine per partition together with its input offsets (docs/worker.md),
+so a restore followed by a replay from those offsets applies every event exactly once.
+
+Format: a zip of `.npy` members (numpy's npz) read with `allow_pickle=False`, plus one member `meta`
+holding orjson bytes for the small structured parts. Nothing in it can execute code when loaded, so a
+party able to write the state topic can corrupt figures but not take over the worker. Arrays are stored
+column-wise (one array per field over all pending joins or all blocks), which keeps a snapshot of
+100,000 pending joins a few dozen members rather than 100,000 objects.
+
+What a model's state holds, and where it goes:
+  counters and small maps      -> meta (JSON)
+  window blocks, cumulative    -> `<m>.fine.*`, `<m>.coarse.*`, `<m>.total.*` (keys + stacked vectors)
+  histograms                   -> `<m>.latency`, `<m>.delay`
+  the join table               -> `<m>.join.*` columns, ids in meta; the expiry heap is rebuilt
+"""
+
+from __future__ import annotations
+
+import heapq
+import io
+import zipfile
+from collections import Counter
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import orjson
+
+from monitor.config import MonitorConfig
+from monitor.conventions import LATENCY_BUCKETS
+from monitor.engine.engine import Engine
+from monitor.engine.join import Entry, JoinTable, Pred, Truth
+from monitor.engine.model_state import Histogram, ModelState
+from monitor.engine.windows import BlockStore
+from monitor.reference import Reference
+
+FORMAT = "mlmon.engine-snapshot"
+VERSION = 1
+# A declared uncompressed size above this is refused before anything is inflated (zip bombs).
+MAX_UNCOMPRESSED = 8 << 30
+
+# The attributes this module saves or knowingly rebuilds; tests compare them with the live classes so a
+# field added to the engine cannot be silently dropped from checkpoints.
+MODEL_STATE_FIELDS = frozenset({
+    "cfg", "reference", "n_labels", "multiclass", "features", "n_numeric", "pair_labels", "layout", "store",
+    "join", "versions", "version_names", "predictions_total", "latency", "delay", "ground_truth_total",
+    "ignored_scores", "late", "last_event", "_preds", "_unpend", "_joins", "_pairs",
+})
+JOIN_FIELDS = frozenset({
+    "ttl", "max_entries", "sink", "entries", "_heap", "_seq", "watermark", "pending", "expired", "duplicates",
+    "corrections", "joined",
+})
+STORE_FIELDS = frozenset({"size", "fine_span", "coarse_span", "fine", "coarse", "total", "newest_fine"})
+
+
+class SnapshotError(Exception):
+    """A snapshot that cannot be restored under this configuration (or is not a snapshot at all)."""
+
+
+# --- dump ------------------------------------------------------------------------------------------------
+def dump(engine: Engine, extra: Mapping[str, Any] | None = None, compress: bool = True) -> bytes:
+    """Serialise the engine's whole state; `extra` (JSON-able) travels along, e.g. input offsets."""
+    engine.flush()  # queued statistics become blocks; after this the per-batch queues are empty
+    arrays: dict[str, np.ndarray] = {}
+    models: list[dict[str, Any]] = []
+    for i, state in enumerate(engine.models.values()):
+        models.append(_dump_model(state, f"m{i}", arrays))
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        "extra": dict(extra or {}),
+        "invalid": [[topic, reason, n] for (topic, reason), n in engine.invalid.items()],
+        "models": models,
+    }
+    arrays["meta"] = np.frombuffer(orjson.dumps(meta), dtype=np.uint8)
+    buf = io.BytesIO()
+    (np.savez_compressed if compress else np.savez)(buf, allow_pickle=False, **arrays)
+    return buf.getvalue()
+
+
+def _dump_model(state: ModelState, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    if state._preds or state._unpend or state._joins:
+        raise SnapshotError("model state has unflushed statistics")
+    width = len(LATENCY_BUCKETS) + 1
+    arrays[f"{prefix}.latency"] = (np.stack([h.counts for h in state.latency]) if state.latency
+                                   else np.zeros((0, width)))
+    arrays[f"{prefix}.delay"] = state.delay.counts.copy()
+    _dump_store(state.store, prefix, arrays)
+    ids = _dump_join(state.join, state.n_labels, prefix, arrays)
+    join = state.join
+    return {
+        "name": state.cfg.name,
+        "labels": list(state.cfg.labels),
+        "task": state.cfg.task,
+        "block_size": state.layout.size,
+        "versions": list(state.version_names),
+        "predictions_total": list(state.predictions_total),
+        "latency_sum": [h.sum for h in state.latency],
+        "delay_sum": state.delay.sum,
+        "ground_truth_total": state.ground_truth_total,
+        "ignored_scores": state.ignored_scores,
+        "late": dict(state.late),
+        "last_event": dict(state.last_event),
+        "newest_fine": state.store.newest_fine,
+        "join": {
+            "ids": ids,
+            "seq": join._seq,
+            "watermark": None if join.watermark == float("-inf") else join.watermark,
+            "pending": dict(join.pending),
+            "expired": dict(join.expired),
+            "duplicates": dict(join.duplicates),
+            "corrections": join.corrections,
+            "joined": join.joined,
+        },
+    }
+
+
+def _dump_store(store: BlockStore, prefix: str, arrays: dict[str, np.ndarray]) -> None:
+    for name, blocks in (("fine", store.fine), ("coarse", store.coarse)):
+        keys = [(v, b) for v, per_version in blocks.items() for b in per_version]
+        arrays[f"{prefix}.{name}.keys"] = np.array(keys, dtype=np.int64).reshape(len(keys), 2)
+        arrays[f"{prefix}.{name}.blocks"] = (np.stack([blocks[v][b] for v, b in keys]) if keys
+                                            else np.zeros((0, store.size)))
+    versions = list(store.total)
+    arrays[f"{prefix}.total.keys"] = np.array(versions, dtype=np.int64)
+    arrays[f"{prefix}.total.blocks"] = (np.stack([store.total[v] for v in versions]) if versions
+                                        else np.zeros((0, store.size)))
+
+
+def _dump_join(join: JoinTable, n_labels: int, prefix: str, arrays: dict[str, np.ndarray]) -> list[str]:
+    ids = list(join.entries)
+    n = len(ids)
+    has_pred = np.zeros(n, dtype=bool)
+    pred_ts = np.zeros(n)
+    pred_version = np.zeros(n, dtype=np.int64)
+    scores = np.zeros((n, n_labels))
+    predicted = np.zeros((n, n_labels), dtype=bool)
+    has_truth = np.zeros(n, dtype=bool)
+    truth_ts = np.zeros(n)
+    known = np.zeros((n, n_labels), dtype=bool)
+    actual = np.zeros((n, n_labels), dtype=bool)
+    full = np.zeros(n, dtype=bool)
+    seq = np.zeros(n, dtype=np.int64)
+    expires = np.zeros(n)
+    for i, entry in enumerate(join.entries.values()):
+        expires[i] = entry.expires
+        p = entry.pred
+        if p is not None:
+            has_pred[i] = True
+            pred_ts[i] = p.ts
+            pred_version[i] = p.version
+            scores[i] = p.scores
+            predicted[i] = p.predicted
+        t = entry.truth
+        if t is not None:
+            has_truth[i] = True
+            truth_ts[i] = t.ts
+            known[i] = t.known
+            actual[i] = t.actual
+            full[i] = t.full
+            seq[i] = t.seq
+    columns = {"has_pred": has_pred, "pred_ts": pred_ts, "pred_version": pred_version, "scores": scores,
+               "predicted": predicted, "has_truth": has_truth, "truth_ts": truth_ts, "known": known,
+               "actual": actual, "full": full, "seq": seq, "expires": expires}
+    for name, column in columns.items():
+        arrays[f"{prefix}.join.{name}"] = column
+    return ids
+
+
+# --- load ------------------------------------------------------------------------------------------------
+def load(config: MonitorConfig, references: dict[str, Reference | None] | None, data: bytes) -> Engine:
+    return restore(config, references, data)[0]
+
+
+def restore(config: MonitorConfig, references: dict[str, Reference | None] | None,
+            data: bytes) -> tuple[Engine, dict[str, Any]]:
+    """The engine a snapshot describes, under `config`, and the snapshot's `extra`.
+
+    Models in the snapshot that the config no longer has are dropped; models the config added start
+    empty. A model whose labels, task or statistics layout changed cannot be restored (SnapshotError).
+    """
+    arrays = _open(data)
+    try:
+        meta = orjson.loads(arrays.pop("meta").tobytes())
+    except orjson.JSONDecodeError:
+        raise SnapshotError("snapshot metadata is not valid JSON") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SnapshotError("not an engine snapshot")
+    if meta.get("version") != VERSION:
+        raise SnapshotError(f"snapshot format version {meta.get('version')} is not supported (this build reads "
+                            f"{VERSION})")
+    engine = Engine(config, references)
+    try:
+        for i, m in enumerate(meta["models"]):
+            state = engine.models.get(m["name"])
+            if state is not None:
+                _load_model(state, m, f"m{i}", arrays)
+        engine.invalid = Counter({(topic, reason): int(n) for topic, reason, n in meta["invalid"]})
+        extra = meta["extra"]
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise SnapshotError(f"snapshot is malformed: {type(exc).__name__}: {exc}") from None
+    return engine, extra
+
+
+def peek_extra(data: bytes) -> dict[str, Any]:
+    """Only the `extra` part (cheap: reads the metadata member alone)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        meta = orjson.loads(np.load(zf.open("meta.npy"), allow_pickle=False).tobytes())
+    return dict(meta.get("extra", {}))
+
+
+def _open(data: bytes) -> dict[str, np.ndarray]:
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            if sum(info.file_size for info in zf.infolist()) > MAX_UNCOMPRESSED:
+                raise SnapshotError("snapshot declares an implausible uncompressed size")
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            return {name: npz[name] for name in npz.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
+        raise SnapshotError(f"not a readable snapshot: {exc}") from None
+
+
+def _check(state: ModelState, m: dict[str, Any]) -> None:
+    cfg = state.cfg
+    problems = []
+    if m["labels"] != list(cfg.labels):
+        problems.append(f"labels {m['labels']} became {list(cfg.labels)}")
+    if m["task"] != cfg.task:
+        problems.append(f"task {m['task']} became {cfg.task}")
+    if m["block_size"] != state.layout.size:
+        problems.append("the statistics layout changed (features, reference bins or co-occurrence labels)")
+    if problems:
+        raise SnapshotError(f"model {cfg.name!r}: the snapshot was taken under another configuration: "
+                            + "; ".join(problems))
+
+
+def _load_model(state: ModelState, m: dict[str, Any], prefix: str, arrays: dict[str, np.ndarray]) -> None:
+    _check(state, m)
+    for name in m["versions"]:
+        state.version_index(name)
+    state.predictions_total[:] = [int(x) for x in m["predictions_total"]]
+    latency = arrays[f"{prefix}.latency"]
+    for h, counts, total in zip(state.latency, latency, m["latency_sum"], strict=True):
+        _set_histogram(h, counts, total)
+    _set_histogram(state.delay, arrays[f"{prefix}.delay"], m["delay_sum"])
+    state.ground_truth_total = int(m["ground_truth_total"])
+    state.ignored_scores = int(m["ignored_scores"])
+    state.late = {k: int(v) for k, v in m["late"].items()}
+    state.last_event = {k: float(v) for k, v in m["last_event"].items()}
+    _load_store(state.store, int(m["newest_fine"]), prefix, arrays, len(m["versions"]))
+    _load_join(state.join, m["join"], state.n_labels, len(m["versions"]), prefix, arrays)
+
+
+def _set_histogram(h: Histogram, counts: np.ndarray, total: float) -> None:
+    if counts.shape != h.counts.shape:
+        raise SnapshotError("histogram buckets changed")
+    h.counts[:] = counts
+    h.sum = float(total)
+
+
+def _load_store(store: BlockStore, newest_fine: int, prefix: str, arrays: dict[str, np.ndarray],
+                n_versions: int) -> None:
+    store.newest_fine = newest_fine
+    for name, target in (("fine", store.fine), ("coarse", store.coarse)):
+        keys = arrays[f"{prefix}.{name}.keys"]
+        blocks = _blocks(arrays[f"{prefix}.{name}.blocks"], len(keys), store.size)
+        for (v, b), block in zip(keys.tolist(), blocks, strict=True):
+            _version_ok(v, n_versions)
+            target.setdefault(v, {})[b] = block
+    keys = arrays[f"{prefix}.total.keys"]
+    for v, block in zip(keys.tolist(), _blocks(arrays[f"{prefix}.total.blocks"], len(keys), store.size),
+                        strict=True):
+        _version_ok(v, n_versions)
+        store.total[v] = block
+    # Blocks a shorter window list no longer reaches go now rather than at the next event.
+    store.newest_fine -= 1
+    store.advance(newest_fine)
+
+
+def _blocks(stacked: np.ndarray, n: int, size: int) -> list[np.ndarray]:
+    if stacked.dtype != np.float64 or stacked.shape != (n, size):
+        raise SnapshotError("window blocks have the wrong shape")
+    # Separate writable vectors: the store adds into them in place.
+    return [row.copy() for row in stacked]
+
+
+def _version_ok(v: int, n_versions: int) -> None:
+    if not 0 <= v < n_versions:
+        raise SnapshotError("a block names an unknown model version")
+
+
+def _load_join(join: JoinTable, m: dict[str, Any], n_labels: int, n_versions: int, prefix: str,
+               arrays: dict[str, np.ndarray]) -> None:
+    ids = m["ids"]
+    n = len(ids)
+    col = {name: arrays[f"{prefix}.join.{name}"] for name in (
+        "has_pred", "pred_ts", "pred_version", "scores", "predicted", "has_truth", "truth_ts", "known",
+        "actual", "full", "seq", "expires")}
+    shapes = {"scores": (n, n_labels), "predicted": (n, n_labels), "known": (n, n_labels),
+              "actual": (n, n_labels)}
+    for name, arr in col.items():
+        if arr.shape != shapes.get(name, (n,)):
+            raise SnapshotError(f"join column {name} has the wrong shape")
+    if n and (col["pred_version"][col["has_pred"]] >= n_versions).any():
+        raise SnapshotError("a pending prediction names an unknown model version")
+    if not all(isinstance(pid, str) for pid in ids):
+        raise SnapshotError("prediction ids must be strings")
+    # Column -> Python objects once, so the per-entry loop below is attribute stores only.
+    has_pred, pred_ts, pred_version = col["has_pred"].tolist(), col["pred_ts"].tolist(), col["pred_version"].tolist()
+    has_truth, truth_ts, full, seq = col["has_truth"].tolist(), col["truth_ts"].tolist(), col["full"].tolist(), \
+        col["seq"].tolist()
+    expires = col["expires"].tolist()
+    scores, predicted = col["scores"].astype(np.float64), col["predicted"].astype(bool)
+    known, actual = col["known"].astype(bool), col["actual"].astype(bool)
+    entries: dict[str, Entry] = {}
+    for i, pid in enumerate(ids):
+        entry = Entry()
+        entry.expires = expires[i]
+        if has_pred[i]:
+            p = Pred.__new__(Pred)
+            p.ts, p.version, p.scores, p.predicted = pred_ts[i], pred_version[i], scores[i], predicted[i]
+            entry.pred = p
+        if has_truth[i]:
+            t = Truth.__new__(Truth)
+            t.ts, t.known, t.actual, t.full, t.seq = truth_ts[i], known[i], actual[i], full[i], seq[i]
+            entry.truth = t
+        entries[pid] = entry
+    join.entries = entries
+    # One heap item per live entry is what the table would hold after skipping stale items; a sorted list
+    # is a valid heap.
+    join._heap = sorted((e.expires, pid) for pid, e in entries.items())
+    heapq.heapify(join._heap)
+    join._seq = int(m["seq"])
+    join.watermark = float("-inf") if m["watermark"] is None else float(m["watermark"])
+    join.pending = {k: int(v) for k, v in m["pending"].items()}
+    join.expired = Counter({k: int(v) for k, v in m["expired"].items()})
+    join.duplicates = Counter({k: int(v) for k, v in m["duplicates"].items()})
+    join.corrections = int(m["corrections"])
+    join.joined = int(m["joined"])
