@@ -1,0 +1,349 @@
+"""`monitor worker` against a real broker: exact figures, kill -9, scale-out, dead letters.
+
+Each test runs the worker as a subprocess (`python -m monitor.cli worker`) on topics of its own and
+compares its /metrics with `monitor replay` on the same events, evaluated at the same fixed time (the
+hidden `--at`). Counts must match exactly; sums of scores may differ in the last bits because the
+worker adds them in another order (tolerance 1e-9).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor import conventions as c
+from monitor.config import MonitorConfig, load_config
+from monitor.exporter import prometheus_text
+from monitor.replay import run_replay
+from monitor.simulate import TrafficSpec, generate
+from monitor.stream.broker import free_port
+from tests.conftest import EXAMPLE_CONFIG, ROOT
+from tests.kafka_fixtures import create_topic, kafka_bootstrap, unique_topic  # noqa: F401
+
+pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+
+Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+# Series that add up across workers (counts and sums); ratios do not and are compared per worker only.
+ADDITIVE_GAUGES = {
+    c.LABEL_OUTCOMES.name, c.WINDOW_PREDICTIONS.name, c.WINDOW_JOINED.name, c.PREDICTED_POSITIVES.name,
+    c.FEATURE_MISSING.name, c.FEATURE_BIN.name, c.SCORE_BIN.name, c.CALIBRATION_BIN.name, c.PENDING_IN_WINDOW.name,
+    c.SLO_EVENTS.name, c.LABEL_SUPPORT.name, c.PENDING_JOINS.name, c.CONFUSION.name,
+}
+# Worker-only series, or constants every worker exports whole (the reference, SLO targets).
+NOT_COMPARED = {c.CONSUMER_LAG.name, c.BUILD_INFO.name + "_info"}
+PER_WORKER_CONSTANTS = {c.REFERENCE_FEATURE_BIN.name, c.REFERENCE_SCORE_BIN.name, c.REFERENCE_POSITIVE_RATE.name,
+                        c.SLO_TARGET.name}
+
+
+# --- helpers -------------------------------------------------------------------------------------------------
+def parse(text: str) -> Series:
+    out: Series = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name in NOT_COMPARED or family.name in NOT_COMPARED:
+                continue
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def assert_series_equal(got: Series, want: Series, rel: float = 1e-9, abs_: float = 1e-9) -> None:
+    missing, unexpected = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    assert not missing and not unexpected, f"missing {missing[:4]}, unexpected {unexpected[:4]}"
+    bad = [(k, got[k], v) for k, v in want.items() if not math.isclose(got[k], v, rel_tol=rel, abs_tol=abs_)]
+    assert not bad, f"{len(bad)} of {len(want)} series differ, e.g. {bad[:4]}"
+
+
+def write_config(tmp_path: Path, bootstrap: str, partitions: int = 4) -> tuple[Path, MonitorConfig]:
+    data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    name = unique_topic("w")
+    data["kafka"] = {"bootstrap_servers": bootstrap, "predictions_topic": f"{name}-predictions",
+                     "ground_truth_topic": f"{name}-truth", "dead_letter_topic": f"{name}-dlq",
+                     "group_id": f"{name}-group", "partitions": partitions}
+    for m in data["models"]:
+        m["reference"] = str((EXAMPLE_CONFIG.parent / m["reference"]).resolve())
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path, load_config(path)
+
+
+def key_of(raw: bytes) -> bytes | None:
+    try:
+        pid = orjson.loads(raw).get("prediction_id")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return pid.encode() if isinstance(pid, str) else None
+
+
+def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None] | None = None) -> None:
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=256 << 10)
+        await producer.start()
+        try:
+            futures = [await producer.send(topic, value=v, key=key_of(v) if keys is None else keys[i])
+                       for i, v in enumerate(values)]
+            await asyncio.gather(*futures)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+class WorkerProcess:
+    def __init__(self, config_path: Path, at: float, tmp_path: Path, checkpoint_interval: float = 0.5) -> None:
+        self.port = free_port()
+        self.log = tmp_path / f"worker-{self.port}.log"
+        env = {**os.environ, "MLMON_SESSION_TIMEOUT_MS": "3000", "MLMON_CHECKPOINT_INTERVAL": str(checkpoint_interval)}
+        with open(self.log, "wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "monitor.cli", "worker", "--config", str(config_path),
+                 "--metrics-port", str(self.port), "--at", repr(float(at))],
+                cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=10) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def scrape(self) -> Series:
+        status, body = self.get("/metrics")
+        assert status == 200
+        return parse(body.decode())
+
+    def try_scrape(self) -> Series | None:
+        try:
+            return self.scrape()
+        except (OSError, AssertionError):
+            return None
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def total(series: Series, name: str) -> float:
+    return sum(v for (n, _), v in series.items() if n == name)
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 90.0, workers: list[WorkerProcess] = ()) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        for w in workers:
+            assert w.proc.poll() is None, f"worker exited with {w.proc.returncode}:\n{w.output()[-3000:]}"
+        time.sleep(0.25)
+    logs = "\n".join(w.output()[-3000:] for w in workers)
+    raise AssertionError(f"timed out waiting for {what}\n{logs}")
+
+
+def drained(workers: list[WorkerProcess], expected: Series) -> Callable[[], bool]:
+    """True once the workers together have applied every event (the cumulative counters match)."""
+    names = [c.PREDICTIONS_TOTAL.name, c.GROUND_TRUTH_TOTAL.name, c.INVALID_EVENTS_TOTAL.name]
+
+    def check() -> bool:
+        scrapes = [w.try_scrape() for w in workers]
+        if any(s is None for s in scrapes):
+            return False
+        return all(sum(total(s, n) for s in scrapes) == total(expected, n) for n in names)
+
+    return check
+
+
+@pytest.fixture
+def workers() -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for w in started:
+        if w.proc.poll() is None:
+            w.proc.kill()
+            w.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def stream() -> tuple[list[bytes], list[bytes], float]:
+    preds, truths = generate(TrafficSpec(n=3000, rate=2.0, seed=5))
+    at = float(max(ts for ts, _ in preds + truths))
+    return [r for _, r in preds], [r for _, r in truths], at
+
+
+def replay_series(config: MonitorConfig, preds: list[bytes], truths: list[bytes], at: float) -> Series:
+    _, figures = run_replay(config, preds, truths, at)
+    return parse(prometheus_text(figures).decode())
+
+
+# --- the tests -----------------------------------------------------------------------------------------------
+def test_worker_metrics_equal_replay(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
+    preds, truths, at = stream
+    path, config = write_config(tmp_path, kafka_bootstrap)
+    expected = replay_series(config, preds, truths, at)
+    # The worker starts first and creates the topics; the producers come later.
+    w = WorkerProcess(path, at, tmp_path)
+    workers.append(w)
+    wait_for("the worker to join its group", lambda: w.get("/healthz")[0] == 200 if w.try_scrape() else False,
+             workers=workers)
+    produce(kafka_bootstrap, config.kafka.predictions_topic, preds)
+    produce(kafka_bootstrap, config.kafka.ground_truth_topic, truths)
+    wait_for("the worker to drain", drained([w], expected), workers=workers)
+    assert_series_equal(w.scrape(), expected)
+    status, body = w.get("/healthz")
+    assert status == 200 and orjson.loads(body)["status"] == "ok"
+    lag = [line for line in w.get("/metrics")[1].decode().splitlines() if line.startswith("mlmon_consumer_lag{")]
+    assert len(lag) == 2 * config.kafka.partitions and all(line.endswith(" 0.0") for line in lag)
+    assert w.stop() == 0
+    assert "stopped:" in w.output()
+
+
+def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
+    preds, truths, at = stream
+    path, config = write_config(tmp_path, kafka_bootstrap)
+    expected = replay_series(config, preds, truths, at)
+    kafka = config.kafka
+    # Ground truth is produced in event-time order with its predictions, as in production.
+    cut = len(preds) // 2
+    produce(kafka_bootstrap, kafka.predictions_topic, preds[:cut])
+    first = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3)
+    workers.append(first)
+    wait_for("the first half", lambda: total(first.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == cut,
+             workers=workers)
+    time.sleep(0.6)  # at least one checkpoint covers it
+
+    # The rest arrives in small slices while the worker runs; it is killed in the middle of it.
+    done = threading.Event()
+
+    def feed() -> None:
+        rest = preds[cut:]
+        for i in range(0, len(rest), 150):
+            produce(kafka_bootstrap, kafka.predictions_topic, rest[i:i + 150])
+        for i in range(0, len(truths), 300):
+            produce(kafka_bootstrap, kafka.ground_truth_topic, truths[i:i + 300])
+        done.set()
+
+    feeder = threading.Thread(target=feed)
+    feeder.start()
+    wait_for("progress past the first half",
+             lambda: total(first.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) >= cut + 300, workers=workers)
+    before = first.scrape()
+    first.proc.kill()  # kill -9: no final checkpoint, no leaving the group
+    first.proc.wait(10)
+    assert total(before, c.PREDICTIONS_TOTAL.name) < len(preds) or total(before, c.GROUND_TRUTH_TOTAL.name) < len(truths)
+
+    started = time.monotonic()
+    second = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3)
+    workers.append(second)
+    feeder.join(120)
+    assert done.is_set()
+    wait_for("the restarted worker to drain", drained([second], expected), workers=[second])
+    restart = time.monotonic() - started
+    assert_series_equal(second.scrape(), expected)
+    out = second.output()
+    assert "checkpoint of" in out, out[-2000:]  # it restored state rather than starting over
+    print(f"restart to drained: {restart:.1f} s")
+
+
+def test_two_workers_share_the_partitions_and_add_up(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
+    preds, truths, at = stream
+    path, config = write_config(tmp_path, kafka_bootstrap, partitions=4)
+    expected = replay_series(config, preds, truths, at)
+    # Created up front: producing first would auto-create them with the broker's default of 1 partition.
+    for topic in (config.kafka.predictions_topic, config.kafka.ground_truth_topic):
+        create_topic(kafka_bootstrap, topic, partitions=4)
+    produce(kafka_bootstrap, config.kafka.predictions_topic, preds[:1000])
+    a = WorkerProcess(path, at, tmp_path)
+    workers.append(a)
+    wait_for("the first worker to start", lambda: total(a.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) > 0,
+             workers=workers)
+    b = WorkerProcess(path, at, tmp_path)  # joins later: a rebalance hands over live state
+    workers.append(b)
+    wait_for("the second worker to get partitions",
+             lambda: b.get("/healthz")[0] == 200 and "consuming 0 " not in b.get("/healthz")[1].decode()
+             if b.try_scrape() is not None else False, workers=workers)
+    produce(kafka_bootstrap, config.kafka.predictions_topic, preds[1000:])
+    produce(kafka_bootstrap, config.kafka.ground_truth_topic, truths)
+    wait_for("both workers to drain", drained([a, b], expected), workers=workers)
+    sa, sb = a.scrape(), b.scrape()
+    for s in (sa, sb):
+        assert 0 < total(s, c.PREDICTIONS_TOTAL.name) < len(preds)  # each has a share
+    summed: Series = {}
+    for s in (sa, sb):
+        for key, v in s.items():
+            name = key[0]
+            additive = (name.endswith(("_total", "_bucket", "_count", "_sum")) or name in ADDITIVE_GAUGES)
+            if additive:
+                summed[key] = summed.get(key, 0.0) + v
+    want = {k: v for k, v in expected.items()
+            if k[0].endswith(("_total", "_bucket", "_count", "_sum")) or k[0] in ADDITIVE_GAUGES}
+    assert_series_equal(summed, want)
+    for w in (a, b):
+        assert w.stop() == 0
+
+
+def test_bad_input_goes_to_the_dead_letter_topic(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
+    preds, truths, at = stream
+    path, config = write_config(tmp_path, kafka_bootstrap, partitions=2)
+    kafka = config.kafka
+    bad_preds = [b"{not json", orjson.dumps({"prediction_id": "x1", "model": "nope", "timestamp": 1.8e9,
+                                             "scores": {}}), b""]
+    bad_truths = [orjson.dumps({"prediction_id": "x2", "model": "moderation", "timestamp": "yesterday",
+                                "labels": []})]
+    good_p, good_t = preds[:200], [t for t in truths if orjson.loads(t)["prediction_id"] in
+                                   {orjson.loads(p)["prediction_id"] for p in preds[:200]}]
+    expected = replay_series(config, [*bad_preds, *good_p], [*bad_truths, *good_t], at)
+    w = WorkerProcess(path, at, tmp_path)
+    workers.append(w)
+    wait_for("the worker to start", lambda: w.try_scrape() is not None, workers=workers)
+    # Bad events first, then good ones behind them on the same partitions.
+    produce(kafka_bootstrap, kafka.predictions_topic, [*bad_preds, *good_p],
+            keys=[b"k1", b"k2", None, *[key_of(p) for p in good_p]])
+    produce(kafka_bootstrap, kafka.ground_truth_topic, [*bad_truths, *good_t])
+    wait_for("the worker to drain", drained([w], expected), workers=workers)
+    assert_series_equal(w.scrape(), expected)
+
+    async def read_dlq() -> list:
+        consumer = AIOKafkaConsumer(kafka.dead_letter_topic, bootstrap_servers=kafka_bootstrap,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            out: list = []
+            deadline = time.monotonic() + 30
+            while len(out) < 4 and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    out.extend(records)
+            return out
+        finally:
+            await consumer.stop()
+
+    letters = asyncio.run(read_dlq())
+    assert len(letters) == 4
+    by_value = {r.value: r for r in letters}
+    assert set(by_value) == {*bad_preds, *bad_truths}
+    for r in letters:
+        headers = {k: v.decode() for k, v in r.headers}
+        assert headers[c.DLQ_REASON_HEADER] in c.ALL_REASONS
+        assert headers[c.DLQ_DETAIL_HEADER]
+    h = {k: v.decode() for k, v in by_value[b"{not json"].headers}
+    assert h[c.DLQ_REASON_HEADER] == "invalid_json" and h[c.DLQ_TOPIC_HEADER] == kafka.predictions_topic
+    assert by_value[b"{not json"].key == b"k1"
+    assert {k: v.decode() for k, v in by_value[bad_truths[0]].headers}[c.DLQ_TOPIC_HEADER] == kafka.ground_truth_topic
+    assert w.stop() == 0
