@@ -1,0 +1,1 @@
+"""Kafka side of the monitor: the stream worker and the local Apache Kafka broker launcher."""
