@@ -20,3 +20,7 @@ def small_config(**model: object) -> MonitorConfig:
     base: dict[str, object] = {"name": "m", "task": "multilabel", "labels": ["a", "b", "c"], "threshold": 0.5}
     base.update(model)
     return parse_config({"windows": ["5m", "30m", "1h", "2h", "6h", "1d"], "join": {"ttl": "3d"}, "models": [base]})
+
+
+# The real-Kafka fixture (env var, testcontainers, or a local Apache Kafka from Maven Central jars).
+from tests.kafka_fixtures import kafka_bootstrap  # noqa: E402, F401
