@@ -303,7 +303,7 @@ def test_bad_input_goes_to_the_dead_letter_topic(kafka_bootstrap: str, tmp_path:
     preds, truths, at = stream
     path, config = write_config(tmp_path, kafka_bootstrap, partitions=2)
     kafka = config.kafka
-    bad_preds = [b"{not json", orjson.dumps({"prediction_id": "x1", "model": "nope", "timestamp": 1.8e9,
+    bad_preds = [b"{not json", orjson.dumps({"prediction_id": "x1", "model": "nope", "timestamp": at - 60,
                                              "scores": {}}), b""]
     bad_truths = [orjson.dumps({"prediction_id": "x2", "model": "moderation", "timestamp": "yesterday",
                                 "labels": []})]

@@ -59,23 +59,32 @@ class CheckpointStore:
         ends = await self.reader.end_offsets(tps)
         return {tp.partition: off for tp, off in ends.items()}
 
-    async def read_latest(self, partition: int, end: int | None = None, timeout: float = 60.0) -> Checkpoint | None:
-        """The newest checkpoint of `partition`, or None when there is none yet."""
-        tp = TopicPartition(self.topic, partition)
-        if end is None:
-            end = (await self.reader.end_offsets([tp]))[tp]
-        start = (await self.reader.beginning_offsets([tp]))[tp]
-        if end <= start:
-            return None
-        self.reader.assign([tp])
-        self.reader.seek(tp, end - 1)
+    async def read_latest(self, ends: dict[int, int], timeout: float = 60.0) -> dict[int, Checkpoint | None]:
+        """The newest checkpoint of each partition (None where there is none yet), given the state
+        topic's end offsets; all partitions are fetched together."""
+        tps = {p: TopicPartition(self.topic, p) for p in ends}
+        starts = await self.reader.beginning_offsets(list(tps.values()))
+        wanted = {p: end - 1 for p, end in ends.items() if end > starts[tps[p]]}
+        out: dict[int, Checkpoint | None] = {p: None for p in ends}
+        if not wanted:
+            return out
+        self.reader.assign([tps[p] for p in wanted])
+        for p, offset in wanted.items():
+            self.reader.seek(tps[p], offset)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            batch = await self.reader.getmany(tp, timeout_ms=1000)
-            for record in batch.get(tp, []):
-                if record.offset >= end - 1:
-                    return self._decode(partition, record.value, record.offset)
-        raise TimeoutError(f"could not read the checkpoint of partition {partition} within {timeout:.0f} s")
+        while wanted:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read the checkpoints of partitions {sorted(wanted)} within "
+                                   f"{timeout:.0f} s")
+            batch = await self.reader.getmany(timeout_ms=1000)
+            for tp, records in batch.items():
+                for record in records:
+                    if tp.partition in wanted and record.offset >= wanted[tp.partition]:
+                        out[tp.partition] = self._decode(tp.partition, record.value, record.offset)
+                        del wanted[tp.partition]
+                        self.reader.pause(tp)
+        self.reader.assign([])
+        return out
 
     def _decode(self, partition: int, data: bytes, offset: int) -> Checkpoint:
         engine, extra = snapshot.restore(self.config, self.references, data)

@@ -9,6 +9,7 @@ nothing across mismatched partitions.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import ssl
@@ -108,7 +109,12 @@ async def ensure_topics(config: MonitorConfig, max_state_bytes: int) -> Topics:
                    for name, cfg in wanted.items() if name not in existing]
         if missing:
             await _create(admin, missing)
-            existing = await _partition_counts(admin)
+            # New topics reach the metadata a moment after the create call returns.
+            for _ in range(50):
+                existing = await _partition_counts(admin)
+                if all(t.name in existing for t in missing):
+                    break
+                await asyncio.sleep(0.1)
         state_count = existing.get(topics.state)
         if state_count != count:
             raise SetupError(

@@ -355,24 +355,26 @@ class Worker:
                 raise WorkerError(f"partition {p} was assigned for {sorted(have)} only: the topics' partition "
                                   "counts must be equal (and the group must use the range assignor)")
         ends = await self.store.end_offsets(parts) if parts else {}
+        states: dict[int, PartitionState] = {}
         for p in parts:
-            started = time.monotonic()
             parked = self.parked.pop(p, None)
             if parked is not None and not parked.dirty and _unchanged_since(parked, ends[p]):
-                state = parked
+                states[p] = parked
                 log.info("partition %d: kept in memory (no checkpoint written since ours)", p)
+        started = time.monotonic()
+        loaded = await self.store.read_latest({p: ends[p] for p in parts if p not in states})
+        for p, cp in loaded.items():
+            if cp is not None:
+                states[p] = PartitionState(p, cp.engine, cp.offsets, state_offset=cp.state_offset)
+                self.stats.restored_bytes += cp.size
             else:
-                cp = await self.store.read_latest(p, ends[p])
-                if cp is not None:
-                    state = PartitionState(p, cp.engine, cp.offsets, state_offset=cp.state_offset)
-                    self.stats.restored_bytes += cp.size
-                else:
-                    tps = [TopicPartition(t.predictions, p), TopicPartition(t.ground_truth, p)]
-                    starts = await self.consumer.beginning_offsets(tps)
-                    state = PartitionState(p, Engine(self.config, self.references),
+                tps = [TopicPartition(t.predictions, p), TopicPartition(t.ground_truth, p)]
+                starts = await self.consumer.beginning_offsets(tps)
+                states[p] = PartitionState(p, Engine(self.config, self.references),
                                            {PREDICTIONS: starts[tps[0]], GROUND_TRUTH: starts[tps[1]]})
-                    log.info("partition %d: no checkpoint, starting at %s", p, state.offsets)
-            self.stats.restore_seconds += time.monotonic() - started
+                log.info("partition %d: no checkpoint, starting at %s", p, states[p].offsets)
+        self.stats.restore_seconds += time.monotonic() - started
+        for p, state in sorted(states.items()):
             self.consumer.seek(TopicPartition(t.predictions, p), state.offsets[PREDICTIONS])
             self.consumer.seek(TopicPartition(t.ground_truth, p), state.offsets[GROUND_TRUTH])
             self.partitions[p] = state

@@ -1,0 +1,223 @@
+"""Broker -> worker -> metrics, beside `monitor replay` and a bare aiokafka consumer, on the same events.
+
+    python -m bench.worker_bench [--events N] [--partitions P] [--bootstrap HOST:PORT] [--profile FILE]
+
+1. Generates N predictions of the 6-label example model (monitor.simulate) and their ground truth.
+2. Uses KAFKA_BOOTSTRAP_SERVERS / --bootstrap, else starts a local Apache Kafka (monitor.stream.broker).
+3. Produces both topics keyed by prediction_id (P partitions each), then times, in this one run:
+   - bare: one aiokafka consumer reading both topics with getmany and orjson-decoding every value;
+   - replay: `run_replay` on the same bytes (the engine alone, files already in memory);
+   - worker: the real Worker in this process, from its first applied event to its last, then a scrape
+     of /metrics, and the same figures as replay (checked);
+   - restart: a second Worker on the same group after a graceful stop: time until it has restored every
+     partition from its checkpoint.
+4. Reports events/s and the ratios worker/replay and worker/bare, checkpoint counts and sizes, and
+   the memory per pending join (tracemalloc over predictions that never get ground truth).
+
+With --profile the worker runs under cProfile and the top functions are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import os
+import pstats
+import time
+import tracemalloc
+import urllib.request
+import uuid
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from monitor.config import MonitorConfig, load_config
+from monitor.engine import snapshot
+from monitor.engine.engine import Engine
+from monitor.replay import run_replay
+from monitor.simulate import TrafficSpec, generate
+from monitor.stream.worker import Worker, WorkerOptions
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "monitor" / "examples" / "config.yaml"
+
+
+def bench_config(bootstrap: str, partitions: int) -> MonitorConfig:
+    base = load_config(EXAMPLE)
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    kafka = base.kafka.model_copy(update={
+        "bootstrap_servers": bootstrap, "predictions_topic": f"{name}-predictions",
+        "ground_truth_topic": f"{name}-truth", "dead_letter_topic": f"{name}-dlq", "group_id": f"{name}-group",
+        "partitions": partitions})
+    return base.model_copy(update={"kafka": kafka})
+
+
+async def produce(config: MonitorConfig, preds: list[bytes], truths: list[bytes]) -> float:
+    k = config.kafka
+    admin = AIOKafkaAdminClient(bootstrap_servers=k.bootstrap_servers)
+    await admin.start()
+    await admin.create_topics([NewTopic(t, k.partitions, 1) for t in (k.predictions_topic, k.ground_truth_topic)])
+    await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=k.bootstrap_servers, linger_ms=50, max_batch_size=512 << 10)
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        for topic, values in ((k.predictions_topic, preds), (k.ground_truth_topic, truths)):
+            futures = []
+            for v in values:
+                futures.append(await producer.send(topic, value=v, key=orjson.loads(v)["prediction_id"].encode()))
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def bare_consume(config: MonitorConfig, total: int) -> float:
+    k = config.kafka
+    consumer = AIOKafkaConsumer(bootstrap_servers=k.bootstrap_servers, enable_auto_commit=False,
+                                max_partition_fetch_bytes=4 << 20)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in (k.predictions_topic, k.ground_truth_topic) for p in range(k.partitions)]
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        seen, started = 0, time.perf_counter()
+        while seen < total:
+            batch = await consumer.getmany(timeout_ms=500, max_records=50_000)
+            for records in batch.values():
+                for r in records:
+                    orjson.loads(r.value)
+                seen += len(records)
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+async def run_worker(config: MonitorConfig, total: int, at: float, profile: cProfile.Profile | None
+                     ) -> tuple[float, Worker, bytes]:
+    worker = Worker(config, WorkerOptions(metrics_port=0, metrics_bind="127.0.0.1", at=at,
+                                          session_timeout_ms=6000))
+    # A profile covers start-up too: enabling it mid-flight loses the frames already running.
+    if profile is not None:
+        profile.enable()
+    task = asyncio.create_task(worker.run())
+    # The clock starts once the worker owns its partitions (group joined, nothing applied yet).
+    first = None
+    while worker.stats.events < total:
+        if task.done():
+            task.result()
+        if first is None and worker.joined:
+            first = time.perf_counter()
+        await asyncio.sleep(0.001 if first is None else 0.01)
+    elapsed = time.perf_counter() - (first or time.perf_counter())
+    if profile is not None:
+        profile.disable()
+    body = await asyncio.to_thread(_get, f"http://127.0.0.1:{worker.web.port}/metrics")
+    worker.stop()
+    await task
+    return elapsed, worker, body
+
+
+async def restart(config: MonitorConfig, at: float) -> tuple[float, Worker]:
+    worker = Worker(config, WorkerOptions(metrics_port=0, metrics_bind="127.0.0.1", at=at,
+                                          session_timeout_ms=6000))
+    started = time.perf_counter()
+    task = asyncio.create_task(worker.run())
+    while not worker.joined:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - started
+    worker.stop()
+    await task
+    return elapsed, worker
+
+
+def _get(url: str) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read()
+
+
+def pending_join_memory(config: MonitorConfig, n: int = 50_000) -> tuple[float, float]:
+    """Bytes per pending prediction in memory (tracemalloc) and in a checkpoint."""
+    preds, _ = generate(TrafficSpec(n=n, rate=50.0, label_share=0.0, seed=3))
+    raws = [r for _, r in preds]
+    engine = Engine(config)
+    engine.process([("predictions", raws[0])])
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    engine.predictions(raws[1:])
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    size = len(snapshot.dump(engine, compress=False))
+    return (after - before) / (n - 1), size / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000, help="predictions (ground truth adds about 80%%)")
+    ap.add_argument("--partitions", type=int, default=6)
+    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    ap.add_argument("--profile", help="write the worker's cProfile stats here and print the top entries")
+    args = ap.parse_args()
+
+    broker = None
+    if not args.bootstrap:
+        from monitor.stream.broker import start_broker
+
+        broker = start_broker()
+        args.bootstrap = broker.bootstrap
+    try:
+        spec = TrafficSpec(n=args.events, rate=20.0, seed=7)
+        p, g = generate(spec)
+        preds, truths = [r for _, r in p], [r for _, r in g]
+        total = len(preds) + len(truths)
+        at = float(max(ts for ts, _ in p + g))
+        config = bench_config(args.bootstrap, args.partitions)
+        produce_s = asyncio.run(produce(config, preds, truths))
+        bare_s = asyncio.run(bare_consume(config, total))
+        started = time.perf_counter()
+        _, replay_figures = run_replay(config, preds, truths, at)
+        replay_s = time.perf_counter() - started
+        profile = cProfile.Profile() if args.profile else None
+        worker_s, worker, body = asyncio.run(run_worker(config, total, at, profile))
+        restart_s, restarted = asyncio.run(restart(config, at))
+        mem, snap = pending_join_memory(config)
+
+        from monitor.exporter import prometheus_text
+        from tests.test_worker import assert_series_equal, parse
+
+        assert_series_equal(parse(body.decode()), parse(prometheus_text(replay_figures).decode()))
+        rate = {name: total / s for name, s in (("bare", bare_s), ("replay", replay_s), ("worker", worker_s))}
+        st = worker.stats
+        print(f"events: {total} ({len(preds)} predictions, {len(truths)} ground truth), {args.partitions} partitions, "
+              f"6 labels; produced in {produce_s:.1f} s")
+        print(f"{'path':<8}{'seconds':>10}{'events/s':>12}")
+        for name, s in (("bare", bare_s), ("replay", replay_s), ("worker", worker_s)):
+            print(f"{name:<8}{s:>10.2f}{rate[name]:>12,.0f}")
+        print(f"worker/replay = {rate['worker'] / rate['replay']:.2f}   "
+              f"worker/bare = {rate['worker'] / rate['bare']:.3f}   "
+              "(targets: worker >= 100,000 events/s and >= 0.5 x replay)")
+        print(f"checkpoints: {st.checkpoints} written, {st.checkpoint_bytes / 1e6:.1f} MB in total, "
+              f"{st.checkpoint_seconds:.2f} s spent ({100 * st.checkpoint_seconds / max(worker_s, 1e-9):.0f}% of "
+              f"the run); /metrics identical to replay: yes")
+        rs = restarted.stats
+        print(f"restart after graceful stop: {restart_s:.2f} s to joined and restored "
+              f"({rs.restored_bytes / 1e6:.1f} MB of checkpoints read in {rs.restore_seconds:.2f} s)")
+        print(f"pending join: {mem:.0f} bytes in memory, {snap:.0f} bytes in a checkpoint (tracemalloc, 50k pending)")
+        if profile is not None:
+            profile.dump_stats(args.profile)
+            out = io.StringIO()
+            pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(18)
+            print(out.getvalue())
+    finally:
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    main()
