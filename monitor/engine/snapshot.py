@@ -131,41 +131,38 @@ def _dump_store(store: BlockStore, prefix: str, arrays: dict[str, np.ndarray]) -
 
 def _dump_join(join: JoinTable, n_labels: int, prefix: str, arrays: dict[str, np.ndarray]) -> list[str]:
     ids = list(join.entries)
+    entries = list(join.entries.values())
     n = len(ids)
-    has_pred = np.zeros(n, dtype=bool)
-    pred_ts = np.zeros(n)
-    pred_version = np.zeros(n, dtype=np.int64)
-    scores = np.zeros((n, n_labels))
-    predicted = np.zeros((n, n_labels), dtype=bool)
-    has_truth = np.zeros(n, dtype=bool)
-    truth_ts = np.zeros(n)
-    known = np.zeros((n, n_labels), dtype=bool)
-    actual = np.zeros((n, n_labels), dtype=bool)
-    full = np.zeros(n, dtype=bool)
-    seq = np.zeros(n, dtype=np.int64)
-    expires = np.zeros(n)
-    for i, entry in enumerate(join.entries.values()):
-        expires[i] = entry.expires
-        p = entry.pred
-        if p is not None:
-            has_pred[i] = True
-            pred_ts[i] = p.ts
-            pred_version[i] = p.version
-            scores[i] = p.scores
-            predicted[i] = p.predicted
-        t = entry.truth
-        if t is not None:
-            has_truth[i] = True
-            truth_ts[i] = t.ts
-            known[i] = t.known
-            actual[i] = t.actual
-            full[i] = t.full
-            seq[i] = t.seq
-    columns = {"has_pred": has_pred, "pred_ts": pred_ts, "pred_version": pred_version, "scores": scores,
-               "predicted": predicted, "has_truth": has_truth, "truth_ts": truth_ts, "known": known,
-               "actual": actual, "full": full, "seq": seq, "expires": expires}
-    for name, column in columns.items():
-        arrays[f"{prefix}.join.{name}"] = column
+    # Column by column with comprehensions: a per-entry loop of numpy row stores costs 3x more.
+    preds = [e.pred for e in entries]
+    truths = [e.truth for e in entries]
+    has_pred = np.fromiter((p is not None for p in preds), dtype=bool, count=n)
+    has_truth = np.fromiter((t is not None for t in truths), dtype=bool, count=n)
+    ps = [p for p in preds if p is not None]
+    ts = [t for t in truths if t is not None]
+
+    def column(values: list[Any], rows: np.ndarray, dtype: Any, width: int | None = None) -> np.ndarray:
+        out = np.zeros((n, width) if width else n, dtype=dtype)
+        if values:
+            out[rows] = np.concatenate(values).reshape(len(values), width) if width else np.array(values, dtype=dtype)
+        return out
+
+    columns = {
+        "has_pred": has_pred,
+        "pred_ts": column([p.ts for p in ps], has_pred, np.float64),
+        "pred_version": column([p.version for p in ps], has_pred, np.int64),
+        "scores": column([p.scores for p in ps], has_pred, np.float64, n_labels),
+        "predicted": column([p.predicted for p in ps], has_pred, bool, n_labels),
+        "has_truth": has_truth,
+        "truth_ts": column([t.ts for t in ts], has_truth, np.float64),
+        "known": column([t.known for t in ts], has_truth, bool, n_labels),
+        "actual": column([t.actual for t in ts], has_truth, bool, n_labels),
+        "full": column([t.full for t in ts], has_truth, bool),
+        "seq": column([t.seq for t in ts], has_truth, np.int64),
+        "expires": np.fromiter((e.expires for e in entries), dtype=np.float64, count=n),
+    }
+    for name, col in columns.items():
+        arrays[f"{prefix}.join.{name}"] = col
     return ids
 
 
