@@ -1,0 +1,102 @@
+"""Names of the recorded (cluster-wide) series, derived from the exported metric names in conventions.
+
+Prometheus' `level:metric:operation` convention, with level `mlmon`: `mlmon:label_outcomes:sum` is the sum
+of `mlmon_label_outcomes` across worker processes, and `mlmon:label_precision` is the cluster-wide figure
+that each worker's `mlmon_label_precision` only approximates. Deriving them here (never retyping) keeps a
+rename in conventions a one-line change for the rules too.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from monitor import conventions as c
+
+LEVEL: Final = c.PREFIX.rstrip("_")
+
+
+def _stem(metric: c.MetricDef) -> str:
+    return metric.name.removeprefix(c.PREFIX).removesuffix("_total")
+
+
+def recorded(metric: c.MetricDef, operation: str | None = None) -> str:
+    """`mlmon:<metric>` or `mlmon:<metric>:<operation>`."""
+    return f"{LEVEL}:{_stem(metric)}" + (f":{operation}" if operation else "")
+
+
+# Sums across workers of the additive window gauges.
+LABEL_OUTCOMES_SUM: Final = recorded(c.LABEL_OUTCOMES, "sum")
+WINDOW_PREDICTIONS_SUM: Final = recorded(c.WINDOW_PREDICTIONS, "sum")
+WINDOW_JOINED_SUM: Final = recorded(c.WINDOW_JOINED, "sum")
+PREDICTED_POSITIVES_SUM: Final = recorded(c.PREDICTED_POSITIVES, "sum")
+FEATURE_MISSING_SUM: Final = recorded(c.FEATURE_MISSING, "sum")
+FEATURE_BIN_SUM: Final = recorded(c.FEATURE_BIN, "sum")
+SCORE_BIN_SUM: Final = recorded(c.SCORE_BIN, "sum")
+CALIBRATION_BIN_SUM: Final = recorded(c.CALIBRATION_BIN, "sum")
+SLO_EVENTS_SUM: Final = recorded(c.SLO_EVENTS, "sum")
+ADDITIVE: Final = (
+    (c.LABEL_OUTCOMES, LABEL_OUTCOMES_SUM),
+    (c.WINDOW_PREDICTIONS, WINDOW_PREDICTIONS_SUM),
+    (c.WINDOW_JOINED, WINDOW_JOINED_SUM),
+    (c.PREDICTED_POSITIVES, PREDICTED_POSITIVES_SUM),
+    (c.FEATURE_MISSING, FEATURE_MISSING_SUM),
+    (c.FEATURE_BIN, FEATURE_BIN_SUM),
+    (c.SCORE_BIN, SCORE_BIN_SUM),
+    (c.CALIBRATION_BIN, CALIBRATION_BIN_SUM),
+    (c.SLO_EVENTS, SLO_EVENTS_SUM),
+)
+
+# Reference constants: every worker exports the same values, so they are deduplicated (max), never summed.
+REFERENCE_FEATURE_BIN_MAX: Final = recorded(c.REFERENCE_FEATURE_BIN, "max")
+REFERENCE_SCORE_BIN_MAX: Final = recorded(c.REFERENCE_SCORE_BIN, "max")
+REFERENCE_POSITIVE_RATE_MAX: Final = recorded(c.REFERENCE_POSITIVE_RATE, "max")
+CONSTANTS: Final = (
+    (c.REFERENCE_FEATURE_BIN, REFERENCE_FEATURE_BIN_MAX),
+    (c.REFERENCE_SCORE_BIN, REFERENCE_SCORE_BIN_MAX),
+    (c.REFERENCE_POSITIVE_RATE, REFERENCE_POSITIVE_RATE_MAX),
+)
+
+# Smoothed bin shares, the PSI inputs.
+FEATURE_BIN_SHARE: Final = recorded(c.FEATURE_BIN, "share")
+SCORE_BIN_SHARE: Final = recorded(c.SCORE_BIN, "share")
+REFERENCE_FEATURE_BIN_SHARE: Final = recorded(c.REFERENCE_FEATURE_BIN, "share")
+REFERENCE_SCORE_BIN_SHARE: Final = recorded(c.REFERENCE_SCORE_BIN, "share")
+
+# Cluster-wide figures, named after the per-worker gauge they replace.
+LABEL_PRECISION: Final = recorded(c.LABEL_PRECISION)
+LABEL_RECALL: Final = recorded(c.LABEL_RECALL)
+LABEL_F1: Final = recorded(c.LABEL_F1)
+LABEL_COVERAGE: Final = recorded(c.LABEL_COVERAGE)
+LABEL_ECE: Final = recorded(c.LABEL_ECE)
+FEATURE_PSI: Final = recorded(c.FEATURE_PSI)
+SCORE_PSI: Final = recorded(c.SCORE_PSI)
+PREDICTED_POSITIVE_RATE: Final = recorded(c.PREDICTED_POSITIVE_RATE)
+FEATURE_MISSING_RATIO: Final = recorded(c.FEATURE_MISSING_RATIO)
+LABEL_COOCCURRENCE_DRIFT: Final = recorded(c.LABEL_COOCCURRENCE_DRIFT)
+DRIFT_SAMPLE_OK: Final = recorded(c.DRIFT_SAMPLE_OK)
+ERROR_BUDGET_BURN_RATE: Final = recorded(c.ERROR_BUDGET_BURN_RATE)
+ERROR_BUDGET_REMAINING: Final = recorded(c.ERROR_BUDGET_REMAINING)
+
+# Inputs of the label-collapse alert: what the window would hold at the reference positive rate.
+PREDICTED_POSITIVES_EXPECTED: Final = recorded(c.PREDICTED_POSITIVES, "expected")
+# TODO(conventions): there is no exported "predicted negatives" metric to derive this name from.
+PREDICTED_NEGATIVES_EXPECTED: Final = f"{LEVEL}:predicted_negatives:expected"
+
+# Rates over fixed ranges (the range is part of the name, as Prometheus recommends).
+LATENCY_RANGE: Final = "5m"
+INVALID_RANGE: Final = "10m"
+PREDICTION_LATENCY_P95: Final = recorded(c.PREDICTION_LATENCY_SECONDS, f"p95_rate{LATENCY_RANGE}")
+INVALID_EVENTS_RATIO: Final = recorded(c.INVALID_EVENTS_TOTAL, f"ratio_rate{INVALID_RANGE}")
+
+# Labels the rules add. TODO(conventions): move L_SIGNAL and L_COLLAPSE (and their values, and the
+# burnrate_tier values in monitor/rules/tiers.py) into monitor/conventions.py.
+L_SIGNAL: Final = "signal"  # why MLMonitorRetrainingRecommended fired
+SIGNAL_FEATURE_DRIFT: Final = "feature_drift"
+SIGNAL_SLO_BURN: Final = "slo_burn"
+L_COLLAPSE: Final = "collapse"  # which way MLMonitorLabelCollapse went
+COLLAPSE_NOTHING: Final = "nothing"
+COLLAPSE_EVERYTHING: Final = "everything"
+L_ALERTNAME: Final = "alertname"
+L_INSTANCE: Final = "instance"
+L_JOB: Final = "job"
+L_LE: Final = "le"

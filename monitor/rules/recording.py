@@ -1,0 +1,165 @@
+"""Recording rules: sum the additive statistics across workers, then compute every ratio from the sums.
+
+Each worker exports its own series and its own ratio gauges, which are exact only when it is the only
+worker. Here the counts are summed first (`sum by` the metric's declared labels, so whatever target labels
+the scrape adds drop out) and precision, recall, F1, ECE, PSI, rates and burn rates are recomputed from the
+sums, so N workers give exactly the figures one worker would. Rules are listed in dependency order in one
+group: Prometheus evaluates a group's rules sequentially, so each sees the previous ones' fresh results.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from monitor import conventions as c
+from monitor.config import ModelConfig, MonitorConfig, format_duration
+from monitor.rules import names as n
+from monitor.rules.promql import by, labels, num, sel
+
+Rule = dict[str, Any]
+TP, FP, FN, TN = c.OUTCOMES
+COUNT, SCORE_SUM, POSITIVES = c.CALIBRATION_STATS
+MVLW = (c.L_MODEL, c.L_VERSION, c.L_LABEL, c.L_WINDOW)
+MVW = (c.L_MODEL, c.L_VERSION, c.L_WINDOW)
+MVFW = (c.L_MODEL, c.L_VERSION, c.L_FEATURE, c.L_WINDOW)
+MLW = (c.L_MODEL, c.L_LABEL, c.L_WINDOW)
+MLS = (c.L_MODEL, c.L_LABEL, c.L_SLO)
+
+
+def record(name: str, expr: str, extra: dict[str, str] | None = None) -> Rule:
+    rule: Rule = {"record": name, "expr": expr}
+    if extra:
+        rule["labels"] = dict(sorted(extra.items()))
+    return rule
+
+
+def outcome_count(group: tuple[str, ...], outcomes: tuple[str, ...], matchers: dict[str, str] | None = None) -> str:
+    if len(outcomes) == 1:
+        return by("sum", group, sel(n.LABEL_OUTCOMES_SUM, {**(matchers or {}), c.L_OUTCOME: outcomes[0]}))
+    return by("sum", group, sel(n.LABEL_OUTCOMES_SUM, matchers, {c.L_OUTCOME: "|".join(outcomes)}))
+
+
+def count_ratio(group: tuple[str, ...], num_outcomes: tuple[str, ...], den_outcomes: tuple[str, ...],
+                matchers: dict[str, str] | None = None) -> str:
+    """sum(num)/sum(den) over outcome counts; absent when the denominator is 0 (undefined, not 0).
+
+    `or 0 * den` keeps the ratio defined (as 0) when no series of the numerator's outcomes exists.
+    """
+    numer = outcome_count(group, num_outcomes, matchers)
+    den = outcome_count(group, den_outcomes, matchers)
+    return f"({numer} or 0 * {den})\n/\n({den} > 0)"
+
+
+def _aggregates() -> list[Rule]:
+    rules = [record(name, by("sum", metric.labels, metric.name)) for metric, name in n.ADDITIVE]
+    rules += [record(name, by("max", metric.labels, metric.name)) for metric, name in n.CONSTANTS]
+    return rules
+
+
+def _quality() -> list[Rule]:
+    tp = outcome_count(MVLW, (TP,))
+    counted = outcome_count(MVLW, (TP, FP, FN))
+    tp_or_zero = f"({tp} or 0 * {counted})"
+    cal = n.CALIBRATION_BIN_SUM
+    gap = f"abs({sel(cal, {c.L_STAT: POSITIVES})} - ignoring ({c.L_STAT}) {sel(cal, {c.L_STAT: SCORE_SUM})})"
+    return [
+        record(n.LABEL_PRECISION, count_ratio(MVLW, (TP,), (TP, FP))),
+        record(n.LABEL_RECALL, count_ratio(MVLW, (TP,), (TP, FN))),
+        # F1 = 2TP / (2TP + FP + FN); defined (as 0) even when precision or recall is not.
+        record(n.LABEL_F1, f"2 * {tp_or_zero}\n/\n(({tp_or_zero} + {counted}) > 0)"),
+        record(n.LABEL_COVERAGE, f"{n.WINDOW_JOINED_SUM}\n/\n({n.WINDOW_PREDICTIONS_SUM} > 0)"),
+        record(n.LABEL_ECE, f"{by('sum', MVLW, gap)}\n/\n({by('sum', MVLW, sel(cal, {c.L_STAT: COUNT}))} > 0)"),
+    ]
+
+
+def _rates() -> list[Rule]:
+    per_window = f"on ({labels(MVW)}) group_left () ({n.WINDOW_PREDICTIONS_SUM} > 0)"
+    # The predictions count broadcast to every label of its model/version/window.
+    predictions_by_label = (f"({n.PREDICTED_POSITIVE_RATE} * 0 + on ({labels(MVW)}) group_left () "
+                            f"{n.WINDOW_PREDICTIONS_SUM})")
+    ref_rate = f"on ({c.L_MODEL}, {c.L_LABEL}) group_left ()"
+    return [
+        record(n.PREDICTED_POSITIVE_RATE, f"{n.PREDICTED_POSITIVES_SUM}\n/ {per_window}"),
+        record(n.FEATURE_MISSING_RATIO, f"{n.FEATURE_MISSING_SUM}\n/ {per_window}"),
+        record(n.PREDICTED_POSITIVES_EXPECTED,
+               f"{predictions_by_label}\n* {ref_rate} {n.REFERENCE_POSITIVE_RATE_MAX}"),
+        record(n.PREDICTED_NEGATIVES_EXPECTED,
+               f"{predictions_by_label}\n* {ref_rate} (1 - {n.REFERENCE_POSITIVE_RATE_MAX})"),
+    ]
+
+
+def _share(counts: str, group: tuple[str, ...]) -> str:
+    """Smoothed share (count + a) / (total + a * bins), as in monitor.engine.metrics.drift.psi."""
+    a = num(c.PSI_ALPHA)
+    total = f"{by('sum', group, counts)} + {a} * {by('count', group, counts)}"
+    return f"({counts} + {a})\n/ on ({labels(group)}) group_left ()\n({total})"
+
+
+def _psi(current_share: str, reference_share: str, ref_on: tuple[str, ...], group: tuple[str, ...]) -> str:
+    match = f"on ({labels(ref_on)}) group_left ()"
+    term = f"({current_share} - {match} {reference_share})\n* ln({current_share} / {match} {reference_share})"
+    return by("sum", group, f"\n{term}\n")
+
+
+def _drift() -> list[Rule]:
+    feature_ref = (c.L_MODEL, c.L_FEATURE)
+    score_ref = (c.L_MODEL, c.L_LABEL)
+    return [
+        record(n.FEATURE_BIN_SHARE, _share(n.FEATURE_BIN_SUM, MVFW)),
+        record(n.REFERENCE_FEATURE_BIN_SHARE, _share(n.REFERENCE_FEATURE_BIN_MAX, feature_ref)),
+        record(n.FEATURE_PSI, _psi(n.FEATURE_BIN_SHARE, n.REFERENCE_FEATURE_BIN_SHARE,
+                                   (*feature_ref, c.L_BIN), MVFW)),
+        record(n.SCORE_BIN_SHARE, _share(n.SCORE_BIN_SUM, MVLW)),
+        record(n.REFERENCE_SCORE_BIN_SHARE, _share(n.REFERENCE_SCORE_BIN_MAX, score_ref)),
+        record(n.SCORE_PSI, _psi(n.SCORE_BIN_SHARE, n.REFERENCE_SCORE_BIN_SHARE, (*score_ref, c.L_BIN), MVLW)),
+        # Label pairs are not exported as additive counts, so this cannot be recomputed exactly. Workers see
+        # random shares of the traffic (partitioned by prediction_id), so a real dependency break shows on
+        # every worker: the minimum over workers with enough data fires only when all of them agree.
+        record(n.LABEL_COOCCURRENCE_DRIFT, by(
+            "min", MVW,
+            f"{c.LABEL_COOCCURRENCE_DRIFT.name}\nand on ({n.L_INSTANCE}, {n.L_JOB}, {labels(MVW)}) "
+            f"({c.DRIFT_SAMPLE_OK.name} == 1)",
+        )),
+    ]
+
+
+def _health() -> list[Rule]:
+    bucket = f"{c.PREDICTION_LATENCY_SECONDS.name}_bucket[{n.LATENCY_RANGE}]"
+    rules = [record(n.PREDICTION_LATENCY_P95, (
+        f"histogram_quantile(0.95, sum by ({c.L_MODEL}, {c.L_VERSION}, {n.L_LE}) (rate({bucket})))"
+    ))]
+    for topic, valid in ((c.TOPIC_PREDICTIONS, c.PREDICTIONS_TOTAL), (c.TOPIC_GROUND_TRUTH, c.GROUND_TRUTH_TOTAL)):
+        invalid = f"rate({sel(c.INVALID_EVENTS_TOTAL.name, {c.L_TOPIC: topic})}[{n.INVALID_RANGE}])"
+        # `or vector(0)`: input that is all invalid has no valid-event series at all.
+        total = f"sum({invalid}) + (sum(rate({valid.name}[{n.INVALID_RANGE}])) or vector(0))"
+        ratio = f"sum by ({c.L_TOPIC}) ({invalid})\n/ on () group_left ()\n(({total}) > 0)"
+        rules.append(record(n.INVALID_EVENTS_RATIO, ratio, {c.L_TOPIC: topic}))
+    return rules
+
+
+def slo_rules(model: ModelConfig) -> list[Rule]:
+    """Burn rate per SLO and window, and the budget left over the SLO's period."""
+    rules = []
+    for slo in model.slos:
+        match = {c.L_MODEL: model.name, c.L_LABEL: slo.label}
+        errors = (FN,) if slo.objective == "recall" else (FP,)
+        ratio = count_ratio(MLW, errors, (TP, *errors), match)
+        # Static model/slo labels repeat what the expression yields; they keep rules of different SLOs
+        # distinct for promtool's duplicate-rule lint.
+        static = {c.L_MODEL: model.name, c.L_SLO: slo.name}
+        rules.append(record(n.ERROR_BUDGET_BURN_RATE, f"{ratio}\n/ (1 - {num(slo.target)})", static))
+        period = sel(n.ERROR_BUDGET_BURN_RATE, {**match, c.L_SLO: slo.name, c.L_WINDOW: format_duration(slo.period)})
+        rules.append(record(n.ERROR_BUDGET_REMAINING, f"1 - {by('max', MLS, period)}", static))
+    return rules
+
+
+def model_rules(model: ModelConfig) -> list[Rule]:
+    enough = f"{sel(n.WINDOW_PREDICTIONS_SUM, {c.L_MODEL: model.name})} >= bool {num(model.drift.min_samples)}"
+    return [record(n.DRIFT_SAMPLE_OK, enough, {c.L_MODEL: model.name}), *slo_rules(model)]
+
+
+def recording_groups(cfg: MonitorConfig) -> list[dict[str, Any]]:
+    rules = _aggregates() + _quality() + _rates() + _drift() + _health()
+    for model in cfg.models:
+        rules += model_rules(model)
+    return [{"name": "mlmon.recording", "rules": rules}]
