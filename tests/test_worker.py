@@ -222,6 +222,8 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     kafka = config.kafka
     # Ground truth is produced in event-time order with its predictions, as in production.
     cut = len(preds) // 2
+    for topic in (kafka.predictions_topic, kafka.ground_truth_topic):
+        create_topic(kafka_bootstrap, topic, partitions=kafka.partitions)
     produce(kafka_bootstrap, kafka.predictions_topic, preds[:cut])
     first = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3)
     workers.append(first)
@@ -247,7 +249,8 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     before = first.scrape()
     first.proc.kill()  # kill -9: no final checkpoint, no leaving the group
     first.proc.wait(10)
-    assert total(before, c.PREDICTIONS_TOTAL.name) < len(preds) or total(before, c.GROUND_TRUTH_TOTAL.name) < len(truths)
+    assert (total(before, c.PREDICTIONS_TOTAL.name) < len(preds)
+            or total(before, c.GROUND_TRUTH_TOTAL.name) < len(truths))  # killed mid-stream
 
     started = time.monotonic()
     second = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3)
@@ -258,8 +261,14 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     restart = time.monotonic() - started
     assert_series_equal(second.scrape(), expected)
     out = second.output()
-    assert "checkpoint of" in out, out[-2000:]  # it restored state rather than starting over
-    print(f"restart to drained: {restart:.1f} s")
+    resumed = [orjson.loads(line.split("resuming at ")[1].replace("'", '"')) for line in out.splitlines()
+               if "resuming at " in line]
+    assert len(resumed) == kafka.partitions, out[-2000:]  # every partition restored state, none started over
+    covered = sum(r["predictions"] for r in resumed)  # topics start at offset 0
+    applied = total(before, c.PREDICTIONS_TOTAL.name)
+    assert covered <= applied
+    print(f"killed after {applied:.0f} predictions, checkpoints covered {covered}: {applied - covered:.0f} "
+          f"re-applied exactly once; restart to drained {restart:.1f} s")
 
 
 def test_two_workers_share_the_partitions_and_add_up(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
