@@ -1,0 +1,231 @@
+"""`monitor rules`: golden files, promtool check/test of the generated rules, and the burn-tier arithmetic."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from monitor import conventions as c
+from monitor.config import DAY, HOUR, MINUTE, load_config, parse_config
+from monitor.engine.metrics import drift
+from monitor.rules import ALERTS_FILE, RECORDING_FILE, TESTS_FILE, RuleOptions, generate, max_burn_rate, write
+from monitor.rules import names as n
+from monitor.rules.check import check
+from monitor.rules.cli import rules_command
+from monitor.rules.promtool_tests import psi
+from monitor.rules.tiers import COLLAPSE_SHARE, nearest_window, tiers_for
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = ROOT / "monitor" / "examples" / "config.yaml"
+GOLDEN = ROOT / "alert_rules"
+RUNBOOKS = ROOT / "docs" / "runbooks"
+TARGETS = (0.5, 0.85, 0.99, 0.999)
+
+needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
+                                    reason="promtool not on PATH (apt-get install prometheus)")
+
+
+def _config(targets: tuple[float, ...] = TARGETS, **model: Any) -> Any:
+    """One model with a page SLO per target (each on its own label) and a ticket SLO."""
+    labels = [f"l{i}" for i in range(len(targets))] + ["t"]
+    slos = [{"label": f"l{i}", "objective": "recall", "target": t, "severity": "page"}
+            for i, t in enumerate(targets)]
+    slos.append({"label": "t", "objective": "precision", "target": 0.9, "severity": "ticket"})
+    spec = {"name": "m", "labels": labels, "slos": slos, **model}
+    return parse_config({"models": [spec]})
+
+
+def _alerts(files: dict[str, str]) -> list[dict[str, Any]]:
+    return [r for g in yaml.safe_load(files[ALERTS_FILE])["groups"] for r in g["rules"]]
+
+
+def _tests(files: dict[str, str]) -> list[dict[str, Any]]:
+    return yaml.safe_load(files[TESTS_FILE])["tests"]
+
+
+def _promtool_ok(files: dict[str, str], tmp_path: Path) -> None:
+    write(files, tmp_path)
+    results = check(tmp_path)
+    assert [r.ok for r in results] == [True, True], "\n".join(r.output for r in results)
+
+
+# --- golden files -----------------------------------------------------------------------------------------
+
+def test_checked_in_rules_match_a_fresh_generation() -> None:
+    files = generate(load_config(EXAMPLE), RuleOptions(), source=EXAMPLE.name)
+    for rel, text in files.items():
+        path = GOLDEN / rel
+        assert path.exists(), f"{path} is missing: run `monitor rules --config {EXAMPLE.relative_to(ROOT)}`"
+        assert path.read_text(encoding="utf-8") == text, (
+            f"{path} differs from a fresh generation: run `monitor rules --config {EXAMPLE.relative_to(ROOT)} "
+            "-o alert_rules` and commit the result"
+        )
+
+
+def test_generation_is_deterministic() -> None:
+    cfg = load_config(EXAMPLE)
+    assert generate(cfg, RuleOptions()) == generate(cfg, RuleOptions())
+
+
+@needs_promtool
+def test_checked_in_rules_pass_promtool_check_and_tests() -> None:
+    results = check(GOLDEN)
+    assert [r.ok for r in results] == [True, True], "\n".join(r.output for r in results)
+
+
+# --- every alert is generated, documented and tested ----------------------------------------------------------
+
+def test_every_alert_has_severity_annotations_runbook_and_tests() -> None:
+    files = generate(load_config(EXAMPLE), RuleOptions())
+    rules = _alerts(files)
+    assert {r["alert"] for r in rules} == set(c.ALL_ALERTS)
+    for rule in rules:
+        assert rule["labels"][c.L_SEVERITY] in c.SEVERITIES
+        assert {"summary", "description", "runbook_url"} <= set(rule["annotations"])
+        assert rule["annotations"]["runbook_url"].endswith(f"/{rule['alert']}.md")
+    tests = _tests(files)
+    checks = [t["alert_rule_test"][0] for t in tests if "alert_rule_test" in t]
+    fired = {check["alertname"] for check in checks if check["exp_alerts"]}
+    silent = {check["alertname"] for check in checks if not check["exp_alerts"]}
+    assert fired == set(c.ALL_ALERTS), f"no firing test for {set(c.ALL_ALERTS) - fired}"
+    assert silent == set(c.ALL_ALERTS), f"no silent test for {set(c.ALL_ALERTS) - silent}"
+    for alert in c.ALL_ALERTS:
+        assert (RUNBOOKS / f"{alert}.md").is_file(), f"docs/runbooks/{alert}.md is missing"
+
+
+def test_runbook_base_and_for_overrides() -> None:
+    opts = RuleOptions(runbook_base="https://example.com/rb/", for_overrides={
+        "*": "1m", c.ALERT_DOWN: "3m", f"{c.ALERT_LABEL_ERROR_BUDGET_BURN}:page_fast": "0s"})
+    rules = _alerts(generate(load_config(EXAMPLE), opts))
+    assert all(r["annotations"]["runbook_url"].startswith("https://example.com/rb/MLMonitor") for r in rules)
+    fors = {(r["alert"], r["labels"].get(c.L_BURNRATE_TIER)): r["for"] for r in rules}
+    assert fors[(c.ALERT_DOWN, None)] == "3m"
+    assert fors[(c.ALERT_LABEL_ERROR_BUDGET_BURN, "page_fast")] == "0s"
+    assert fors[(c.ALERT_LABEL_ERROR_BUDGET_BURN, "ticket_slow")] == "1m"
+    with pytest.raises(ValueError, match="unknown alert"):
+        RuleOptions(for_overrides={"MLMonitorNoSuchAlert": "1m"})
+
+
+def test_rules_use_only_catalogue_metrics() -> None:
+    """Every raw `mlmon_` name in the rules is a metric (or histogram series) of conventions."""
+    import re
+
+    files = generate(load_config(EXAMPLE), RuleOptions())
+    known = {m.name for m in c.ALL_METRICS}
+    known |= {m.name + s for m in c.ALL_METRICS if m.kind == "histogram" for s in ("_bucket", "_sum", "_count")}
+    used = set(re.findall(r"\bmlmon_[a-z_]+", files[RECORDING_FILE] + files[ALERTS_FILE]))
+    assert used <= known, used - known
+    recorded = set(re.findall(r"\bmlmon:[a-z0-9_:]+", files[ALERTS_FILE]))
+    defined = set(re.findall(r"record: (mlmon:[a-z0-9_:]+)", files[RECORDING_FILE]))
+    assert recorded <= defined, recorded - defined
+    assert all(name.startswith(n.LEVEL + ":") for name in defined)
+
+
+# --- tier arithmetic ----------------------------------------------------------------------------------------
+
+EXPECTED_THRESHOLDS = {  # page_fast, page_slow, ticket_fast, ticket_slow
+    0.5: [1.8, 1.8, 1.8, 1.0],
+    0.85: [6.0, 6.0, 3.0, 1.0],
+    0.99: [14.4, 6.0, 3.0, 1.0],
+    0.999: [14.4, 6.0, 3.0, 1.0],
+}
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_tiers_stay_below_the_maximum_burn_rate(target: float) -> None:
+    slo = next(s for s in _config().models[0].slos if s.target == target)
+    tiers = tiers_for(slo, _config().windows)
+    assert [t.name for t in tiers] == ["page_fast", "page_slow", "ticket_fast", "ticket_slow"]
+    assert [t.threshold for t in tiers] == pytest.approx(EXPECTED_THRESHOLDS[target])
+    assert [(t.long_window, t.short_window) for t in tiers] == [
+        (HOUR, 5 * MINUTE), (6 * HOUR, 30 * MINUTE), (DAY, 2 * HOUR), (3 * DAY, 6 * HOUR)]
+    # A total collapse (error ratio 1) burns at max_burn_rate; one at COLLAPSE_SHARE still fires every tier.
+    assert all(t.threshold < COLLAPSE_SHARE * max_burn_rate(target) + 1e-9 for t in tiers)
+    assert [t.nominal for t in tiers] == pytest.approx([14.4, 6.0, 3.0, 1.0])
+
+
+def test_ticket_slos_get_only_ticket_tiers_and_short_windows_map_to_configured_ones() -> None:
+    cfg = parse_config({
+        "windows": ["1m", "5m", "10m", "30m", "1h", "2h"],
+        "models": [{"name": "m", "labels": ["a"], "slos": [
+            {"label": "a", "objective": "recall", "target": 0.9, "period": "2h", "severity": "ticket"}]}],
+    })
+    tiers = tiers_for(cfg.models[0].slos[0], cfg.windows)
+    assert [t.severity for t in tiers] == ["ticket", "ticket"]
+    assert all(t.long_window in cfg.windows and t.short_window in cfg.windows for t in tiers)
+    assert nearest_window([60, 300, 3600], 1000) == 300
+
+
+def test_promtool_scenarios_expect_pages_on_collapse_at_every_target() -> None:
+    """The generated tests themselves assert what the design promises (promtool then checks the rules)."""
+    cfg = _config()
+    tests = _tests(generate(cfg, RuleOptions()))
+    for slo in cfg.models[0].slos:
+        def expected(title: str, slo_name: str = slo.name) -> list[dict[str, str]]:
+            case = next(t for t in tests if t["name"].startswith(f"{c.ALERT_LABEL_ERROR_BUDGET_BURN} m/{slo_name}: ")
+                        and title in t["name"])
+            return [a["exp_labels"] for a in case["alert_rule_test"][0]["exp_alerts"]]
+
+        collapse = expected("total collapse")
+        if slo.severity == "page":
+            assert {a[c.L_BURNRATE_TIER] for a in collapse if a[c.L_SEVERITY] == "page"} == {"page_fast", "page_slow"}
+        assert {a[c.L_BURNRATE_TIER] for a in collapse} >= {"ticket_fast", "ticket_slow"}
+        assert expected("healthy") == []
+        assert expected("below min_events") == []
+        assert expected("recovered") != collapse
+
+
+@needs_promtool
+def test_tiers_at_four_targets_pass_promtool(tmp_path: Path) -> None:
+    _promtool_ok(generate(_config(), RuleOptions()), tmp_path)
+
+
+@needs_promtool
+def test_short_windows_several_models_and_short_for_pass_promtool(tmp_path: Path) -> None:
+    cfg = parse_config({
+        "windows": ["1m", "5m", "10m", "30m", "1h", "2h"],
+        "models": [
+            {"name": "ml", "labels": ["a", "b", "c"], "features": {"numeric": ["x"], "categorical": ["y"]},
+             "min_events": 10, "latency_slo_seconds": 0.2, "detail_labels": ["b"],
+             "drift": {"significant": 0.2, "moderate": 0.1, "min_samples": 50, "missing_ratio_alert": 0.1},
+             "slos": [{"label": "a", "objective": "recall", "target": 0.95, "period": "2h", "severity": "page"},
+                      {"label": "b", "objective": "precision", "target": 0.6, "period": "2h"}]},
+            {"name": "bin", "task": "binary", "labels": ["fraud"], "latency_slo_seconds": 20,
+             "slos": [{"label": "fraud", "objective": "recall", "target": 0.5, "period": "1h", "severity": "page"}]},
+            {"name": "mc", "task": "multiclass", "labels": ["x", "y", "z"], "detail_labels": []},
+        ],
+    })
+    _promtool_ok(generate(cfg, RuleOptions(for_overrides={"*": "1m"}, job="workers")), tmp_path)
+
+
+# --- formulas and the CLI ---------------------------------------------------------------------------------------
+
+def test_psi_in_the_tests_is_the_engines_psi() -> None:
+    ref, cur = [40.0, 0.0, 60.0, 5.0], [3.0, 9.0, 0.0, 100.0]
+    assert psi(ref, cur) == pytest.approx(drift.psi(ref, cur), rel=1e-12)
+
+
+@needs_promtool
+def test_check_reports_a_broken_rule(tmp_path: Path) -> None:
+    write(generate(load_config(EXAMPLE), RuleOptions()), tmp_path)
+    alerts = tmp_path / ALERTS_FILE
+    alerts.write_text(alerts.read_text().replace("> 6\n", "> 7\n", 1))
+    results = check(tmp_path)
+    assert results[0].ok and not results[-1].ok
+    assert "FAILED" in results[-1].output
+
+
+@needs_promtool
+def test_cli_writes_and_checks(tmp_path: Path) -> None:
+    out = tmp_path / "rules"
+    result = CliRunner().invoke(rules_command, ["--config", str(EXAMPLE), "-o", str(out), "--check",
+                                                "--for", "*=1m"])
+    assert result.exit_code == 0, result.output
+    assert (out / TESTS_FILE).is_file() and "SUCCESS" in result.output
+    bad = CliRunner().invoke(rules_command, ["--config", str(EXAMPLE), "-o", str(out), "--for", "nope"])
+    assert bad.exit_code != 0 and "ALERT=DURATION" in bad.output
