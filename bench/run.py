@@ -1,0 +1,271 @@
+"""Whole process against whole process: `monitor replay` vs river's join-and-count on the same stream.
+
+    python -m bench.run [--events N] [--repeat K] [--enforce] [--target 3.0]
+
+1. Writes (once, cached; see bench/make_stream.py) N simulated predictions and their delayed ground truth.
+2. Times each peer as its own subprocess, alternating them K times and keeping the best wall time:
+   `monitor replay --config monitor/examples/config.yaml --predictions P --ground-truth G` and
+   `python bench/river_peer.py --config ... --predictions P --ground-truth G`. CPU time and peak RSS come
+   from GNU /usr/bin/time when installed, else from os.wait4 on the child. Stdout goes to a scratch file
+   (a few hundred KB, not /dev/null) so the two outputs can be cross-checked afterwards.
+3. Cross-checks that both computed the same thing: joined events, per-label F1 and micro F1 from the
+   monitor's cumulative `mlmon_label_outcomes_total` counters against river's values.
+4. Times `monitor --help` and `monitor replay --help` (the CLI must stay light).
+5. Prints a table: events (predictions + ground truths), seconds, events/s, CPU seconds, peak RSS, and
+   the ratio replay/river (events/s of replay over events/s of river; above 1 means replay is faster).
+
+`--enforce` exits 2 when the ratio is below `--target` (the issue's goal: 3x). CI does not run benches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.make_stream import DEFAULT_EVENTS, DEFAULT_SEED, count_lines, stream_paths
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "monitor" / "examples" / "config.yaml"
+RIVER_PEER = Path(__file__).resolve().parent / "river_peer.py"
+DEFAULT_TARGET = 3.0
+
+
+@dataclass
+class Run:
+    seconds: float  # wall
+    cpu_seconds: float  # user + system of the child
+    max_rss_kb: int
+
+
+def monitor_command() -> list[str]:
+    """The installed `monitor` console script itself (not a pyenv/asdf shim, which adds a shell start-up),
+    falling back to `python -m monitor.cli` when the package is not installed as a script."""
+    beside = Path(sys.executable).parent / "monitor"
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return [str(beside)]
+    found = shutil.which("monitor")
+    if found and "shims" not in found:
+        return [found]
+    return [sys.executable, "-m", "monitor.cli"]
+
+
+GNU_TIME = "/usr/bin/time"
+
+
+def gnu_time() -> str | None:
+    """GNU time, when installed: it reports its own child's peak RSS. os.wait4 on a child we spawn
+    directly also counts the memory the child inherited from this process before exec, which inflates
+    small processes (the start-up rows) by our own footprint."""
+    if not (os.path.isfile(GNU_TIME) and os.access(GNU_TIME, os.X_OK)):
+        return None
+    probe = subprocess.run([GNU_TIME, "-f", "%M", "true"], capture_output=True, text=True)
+    return GNU_TIME if probe.returncode == 0 and probe.stderr.strip().isdigit() else None
+
+
+def timed(cmd: list[str], stdout_path: str | None = None, time_bin: str | None = None) -> Run:
+    """Wall time, CPU time and peak RSS (KB) of one subprocess."""
+    report = None
+    if time_bin:
+        fd, report = tempfile.mkstemp(prefix="mlmon-bench-time-")
+        os.close(fd)
+        cmd = [time_bin, "-o", report, "-f", "%M %U %S", *cmd]
+    out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, cwd=ROOT)
+        assert proc.stderr is not None
+        err = proc.stderr.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+        elapsed = time.perf_counter() - start
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            sys.stderr.write(err.decode(errors="replace"))
+            raise SystemExit(f"bench: command failed with exit code {proc.returncode}: {' '.join(cmd)}")
+        # ru_maxrss is KB on Linux, bytes on macOS; wait4's CPU time includes the child's own children.
+        rss = usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss
+        cpu = usage.ru_utime + usage.ru_stime
+        if report:
+            fields = Path(report).read_text().split()
+            rss, cpu = int(fields[-3]), float(fields[-2]) + float(fields[-1])
+    finally:
+        if stdout_path:
+            out.close()  # type: ignore[union-attr]
+        if report:
+            os.unlink(report)
+    return Run(elapsed, cpu, rss)
+
+
+def best(runs: list[Run]) -> Run:
+    return min(runs, key=lambda r: r.seconds)
+
+
+# --- cross-check ------------------------------------------------------------------------------------------
+_SAMPLE = re.compile(r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)\{(?P<labels>[^}]*)\} (?P<value>\S+)$')
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def replay_counts(prom_text: str) -> tuple[float, dict[str, dict[str, float]]]:
+    joined = 0.0
+    outcomes: dict[str, dict[str, float]] = {}
+    for line in prom_text.splitlines():
+        if not line.startswith(("mlmon_joined_total{", "mlmon_label_outcomes_total{")):
+            continue
+        m = _SAMPLE.match(line)
+        if not m:
+            continue
+        labels = dict(_LABEL.findall(m["labels"]))
+        value = float(m["value"])
+        if m["name"] == "mlmon_joined_total":
+            joined += value
+        else:
+            per = outcomes.setdefault(labels["label"], {})
+            per[labels["outcome"]] = per.get(labels["outcome"], 0.0) + value
+    return joined, outcomes
+
+
+def _f1(tp: float, fp: float, fn: float) -> float | None:
+    return 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else None
+
+
+def cross_check(replay_out: Path, river_out: Path) -> list[str]:
+    """Differences between the two peers' results (empty when they agree)."""
+    joined, outcomes = replay_counts(replay_out.read_text())
+    river = json.loads(river_out.read_text())
+    problems = []
+    if int(joined) != river["joined"]:
+        problems.append(f"joined: replay {int(joined)} vs river {river['joined']}")
+    totals = [0.0, 0.0, 0.0]
+    for label, per in outcomes.items():
+        tp, fp, fn = (per.get(k, 0.0) for k in ("tp", "fp", "fn"))
+        totals = [totals[0] + tp, totals[1] + fp, totals[2] + fn]
+        theirs = river["labels"].get(label, {}).get("f1")
+        ours = _f1(tp, fp, fn)
+        if (ours is None) != (theirs is None) or (ours is not None and not math.isclose(ours, theirs, rel_tol=1e-9)):
+            problems.append(f"f1[{label}]: replay {ours} vs river {theirs}")
+    micro = _f1(*totals)
+    if micro is not None and not math.isclose(micro, river["micro_f1"] or 0.0, rel_tol=1e-9):
+        problems.append(f"micro_f1: replay {micro} vs river {river['micro_f1']}")
+    return problems
+
+
+# --- report -----------------------------------------------------------------------------------------------
+def _fmt_row(cols: list[str], widths: list[int]) -> str:
+    return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cols, widths, strict=True)))
+
+
+def table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = [_fmt_row(rows[0], widths), "  ".join("-" * w for w in widths)]
+    lines += [_fmt_row(r, widths) for r in rows[1:]]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--events", type=int, default=DEFAULT_EVENTS, help="predictions in the stream (default 100000)")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per peer; the best wall time counts (default 3)")
+    ap.add_argument("--seed", type=int, default=DEFAULT_SEED)
+    ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    ap.add_argument("--target", type=float, default=DEFAULT_TARGET, help="ratio replay/river to reach (default 3)")
+    ap.add_argument("--enforce", action="store_true", help="exit 2 when the ratio is below --target")
+    ap.add_argument("--json", type=Path, help="also write the measurements to this JSON file")
+    args = ap.parse_args(argv)
+    if args.repeat < 1 or args.events < 1:
+        ap.error("--events and --repeat must be at least 1")
+
+    t0 = time.perf_counter()
+    preds, truths = stream_paths(args.events, args.seed)
+    fresh = not (preds.exists() and truths.exists())
+    if fresh:  # in a child, so this process never loads numpy (a forked child's peak RSS starts at ours)
+        subprocess.run([sys.executable, "-m", "bench.make_stream", "--events", str(args.events),
+                        "--seed", str(args.seed)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    n_preds, n_truths = count_lines(preds), count_lines(truths)
+    events = n_preds + n_truths
+    print(f"stream: {n_preds} predictions + {n_truths} ground truths = {events} events "
+          f"({'generated' if fresh else 'cached'} in {preds.parent}, {time.perf_counter() - t0:.1f} s)")
+
+    monitor = monitor_command()
+    time_bin = gnu_time()
+    files = ["--config", str(args.config.resolve()), "--predictions", str(preds), "--ground-truth", str(truths)]
+    replay_cmd = [*monitor, "replay", *files]
+    river_cmd = [sys.executable, str(RIVER_PEER), *files]
+
+    replay_runs: list[Run] = []
+    river_runs: list[Run] = []
+    with tempfile.TemporaryDirectory(prefix="mlmon-bench-out-") as scratch:
+        replay_out, river_out = Path(scratch) / "replay.prom", Path(scratch) / "river.json"
+        for i in range(args.repeat):  # alternate, so a noisy neighbour hurts both peers alike
+            replay_runs.append(timed(replay_cmd, str(replay_out), time_bin))
+            river_runs.append(timed(river_cmd, str(river_out), time_bin))
+            print(f"  run {i + 1}/{args.repeat}: replay {replay_runs[-1].seconds:.2f} s, "
+                  f"river {river_runs[-1].seconds:.2f} s", flush=True)
+        problems = cross_check(replay_out, river_out)
+
+    startup_cmds = {
+        "monitor --help": [*monitor, "--help"],
+        "monitor replay --help": [*monitor, "replay", "--help"],
+        "python -c pass (floor)": [sys.executable, "-c", "pass"],
+    }
+    k = max(3, args.repeat)
+    startup = {name: best([timed(cmd, None, time_bin) for _ in range(k)]) for name, cmd in startup_cmds.items()}
+
+    rp, rv = best(replay_runs), best(river_runs)
+    replay_eps, river_eps = events / rp.seconds, events / rv.seconds
+    ratio = replay_eps / river_eps
+    rows = [["peer", "events", "seconds", "events/s", "CPU s", "peak RSS"]]
+    for name, r, eps in (("monitor replay", rp, replay_eps), ("river join-and-count", rv, river_eps)):
+        rows.append([name, f"{events:,}", f"{r.seconds:.2f}", f"{eps:,.0f}", f"{r.cpu_seconds:.2f}",
+                     f"{r.max_rss_kb / 1024:.0f} MiB"])
+    print()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+          f"best of {args.repeat}; peak RSS from {'GNU time' if time_bin else 'os.wait4'}")
+    print(table(rows))
+    cpu_ratio = rv.cpu_seconds / rp.cpu_seconds if rp.cpu_seconds else math.inf
+    print(f"\nratio replay/river: {ratio:.2f}x by wall time (target {args.target:g}x); "
+          f"{cpu_ratio:.2f}x by CPU time (steadier on a busy machine)")
+    print(f"\nstart-up (best of {k}):")
+    print(table([["command", "seconds", "CPU s", "peak RSS"]]
+                + [[k, f"{v.seconds:.3f}", f"{v.cpu_seconds:.3f}", f"{v.max_rss_kb / 1024:.0f} MiB"]
+                   for k, v in startup.items()]))
+    if problems:
+        print("\ncross-check FAILED, the peers disagree:\n  " + "\n  ".join(problems))
+    else:
+        print("\ncross-check: replay and river agree (joined events, per-label F1, micro F1)")
+
+    if args.json:
+        args.json.write_text(json.dumps({
+            "events": events, "predictions": n_preds, "ground_truth": n_truths, "repeat": args.repeat,
+            "cores": os.cpu_count(), "python": platform.python_version(),
+            "replay": {"seconds": rp.seconds, "events_per_s": replay_eps, "cpu_seconds": rp.cpu_seconds,
+                       "max_rss_kb": rp.max_rss_kb,
+                       "all_seconds": [r.seconds for r in replay_runs]},
+            "river": {"seconds": rv.seconds, "events_per_s": river_eps, "cpu_seconds": rv.cpu_seconds,
+                      "max_rss_kb": rv.max_rss_kb,
+                      "all_seconds": [r.seconds for r in river_runs]},
+            "ratio": ratio, "cpu_ratio": cpu_ratio, "target": args.target,
+            "startup": {k: {"seconds": v.seconds, "cpu_seconds": v.cpu_seconds, "max_rss_kb": v.max_rss_kb}
+                        for k, v in startup.items()},
+            "cross_check_problems": problems,
+        }, indent=2) + "\n")
+    if problems:
+        return 1
+    if args.enforce and ratio < args.target:
+        print(f"\nbench: FAIL: monitor replay is {ratio:.2f}x river's join-and-count, below the {args.target:g}x "
+              f"target (replay {replay_eps:,.0f} events/s, river {river_eps:,.0f} events/s)", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
