@@ -35,7 +35,7 @@ from monitor.stream.broker import free_port
 from tests.conftest import EXAMPLE_CONFIG, ROOT
 from tests.kafka_fixtures import create_topic, kafka_bootstrap, unique_topic  # noqa: F401
 
-pytestmark = [pytest.mark.kafka, pytest.mark.timeout(240)]
+kafka_test = pytest.mark.kafka
 
 Series = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -194,6 +194,8 @@ def replay_series(config: MonitorConfig, preds: list[bytes], truths: list[bytes]
 
 
 # --- the tests -----------------------------------------------------------------------------------------------
+@kafka_test
+@pytest.mark.timeout(240)
 def test_worker_metrics_equal_replay(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
     preds, truths, at = stream
     path, config = write_config(tmp_path, kafka_bootstrap)
@@ -215,6 +217,8 @@ def test_worker_metrics_equal_replay(kafka_bootstrap: str, tmp_path: Path, strea
     assert "stopped:" in w.output()
 
 
+@kafka_test
+@pytest.mark.timeout(240)
 def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
     preds, truths, at = stream
     path, config = write_config(tmp_path, kafka_bootstrap)
@@ -271,6 +275,8 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
           f"re-applied exactly once; restart to drained {restart:.1f} s")
 
 
+@kafka_test
+@pytest.mark.timeout(240)
 def test_two_workers_share_the_partitions_and_add_up(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
     preds, truths, at = stream
     path, config = write_config(tmp_path, kafka_bootstrap, partitions=4)
@@ -308,6 +314,8 @@ def test_two_workers_share_the_partitions_and_add_up(kafka_bootstrap: str, tmp_p
         assert w.stop() == 0
 
 
+@kafka_test
+@pytest.mark.timeout(240)
 def test_bad_input_goes_to_the_dead_letter_topic(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
     preds, truths, at = stream
     path, config = write_config(tmp_path, kafka_bootstrap, partitions=2)
@@ -356,3 +364,50 @@ def test_bad_input_goes_to_the_dead_letter_topic(kafka_bootstrap: str, tmp_path:
     assert by_value[b"{not json"].key == b"k1"
     assert {k: v.decode() for k, v in by_value[bad_truths[0]].headers}[c.DLQ_TOPIC_HEADER] == kafka.ground_truth_topic
     assert w.stop() == 0
+
+
+# --- without a broker ------------------------------------------------------------------------------------------
+def test_security_options_come_from_the_config_and_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from monitor.config import KafkaConfig
+    from monitor.stream.kafka_setup import SetupError, client_options
+
+    plain = client_options(KafkaConfig())
+    assert plain == {"bootstrap_servers": "localhost:9092", "security_protocol": "PLAINTEXT"}
+    sasl = KafkaConfig(security_protocol="SASL_PLAINTEXT", sasl_mechanism="SCRAM-SHA-512",
+                       sasl_username_env="T_KAFKA_USER", sasl_password_env="T_KAFKA_PASSWORD")
+    monkeypatch.delenv("T_KAFKA_PASSWORD", raising=False)
+    monkeypatch.setenv("T_KAFKA_USER", "monitor")
+    with pytest.raises(SetupError, match="T_KAFKA_PASSWORD is not set"):
+        client_options(sasl)
+    monkeypatch.setenv("T_KAFKA_PASSWORD", "s3cret")
+    opts = client_options(sasl)
+    assert (opts["sasl_mechanism"], opts["sasl_plain_username"], opts["sasl_plain_password"]) == \
+        ("SCRAM-SHA-512", "monitor", "s3cret")
+    with pytest.raises(SetupError, match="ssl"):
+        client_options(KafkaConfig(security_protocol="SSL", ssl_cafile="/nonexistent/ca.pem"))
+
+
+def test_rejections_are_paired_with_their_records_even_for_equal_bytes() -> None:
+    from types import SimpleNamespace
+
+    from monitor.engine.engine import Engine
+    from monitor.stream.worker import _match
+
+    config = load_config(EXAMPLE_CONFIG)
+    values = [b"", b"{bad", b"", b"{bad"]
+    records = [SimpleNamespace(offset=i, value=v) for i, v in enumerate(values)]
+    items = [("predictions", b"" if r.value is None else r.value) for r in records]
+    rejected = Engine(config).process(items)
+    assert [r.offset for r in _match(rejected, items, records)] == [0, 1, 2, 3]
+
+
+def test_at_accepts_epoch_seconds_and_rfc3339() -> None:
+    import click
+
+    from monitor.stream.worker import _parse_at
+
+    assert _parse_at("1795651200.5") == 1795651200.5
+    assert _parse_at("2026-11-20T00:00:00Z") == 1795132800.0
+    assert _parse_at(None) is None
+    with pytest.raises(click.BadParameter):
+        _parse_at("1e30")

@@ -65,7 +65,8 @@ class WorkerOptions:
     session_timeout_ms: int = 10_000
     rebalance_timeout_ms: int = 60_000
     max_state_bytes: int = 256 << 20
-    max_batch: int = 50_000
+    # Bounded so one batch never blocks the loop (heartbeats, scrapes) for more than about a second.
+    max_batch: int = 20_000
     connect_timeout: float = 120.0
 
 
@@ -262,6 +263,9 @@ class Worker:
                            records: list[ConsumerRecord]) -> None:
         assert self.producer is not None and self.topics is not None
         for r, record in zip(rejected, _match(rejected, items, records), strict=True):
+            if record is None:  # the engine handed back other bytes than it was given: cannot happen today
+                log.error("dead letter without its source record (reason %s); not sent", r.reason)
+                continue
             headers = [(c.DLQ_REASON_HEADER, r.reason.encode()), (c.DLQ_DETAIL_HEADER, r.detail.encode()),
                        (c.DLQ_TOPIC_HEADER, record.topic.encode()),
                        (DLQ_PARTITION_HEADER, str(partition).encode()),
@@ -389,14 +393,14 @@ def _unchanged_since(parked: PartitionState, end: int) -> bool:
 
 
 def _match(rejected: list[Rejection], items: list[tuple[str, bytes]],
-           records: list[ConsumerRecord]) -> Iterator[ConsumerRecord]:
+           records: list[ConsumerRecord]) -> Iterator[ConsumerRecord | None]:
     """The record of each rejection. Rejections come in item order and carry the very bytes object that
     was passed in, so one forward scan pairs them (equal bytes always get the same verdict)."""
     i = 0
     for r in rejected:
-        while not (items[i][1] is r.raw and items[i][0] == r.topic):
+        while i < len(items) and not (items[i][1] is r.raw and items[i][0] == r.topic):
             i += 1
-        yield records[i]
+        yield records[i] if i < len(items) else None
         i += 1
 
 
