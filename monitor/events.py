@@ -135,6 +135,9 @@ class _ModelSchema:
         self.thresholds = np.array([cfg.threshold_for(x) for x in cfg.labels], dtype=np.float64)
         self.multiclass = cfg.task == "multiclass"
         self.numeric = set(cfg.features.numeric)
+        self.label_set = frozenset(cfg.labels)
+        self.all_known = np.ones(len(cfg.labels), dtype=bool)
+        self.all_known.setflags(write=False)
         self.categorical = set(cfg.features.categorical)
 
 
@@ -276,7 +279,7 @@ class Decoder:
             actual = self._label_set(labels, schema, "labels")
             if schema.multiclass and int(actual.sum()) != 1:
                 raise InvalidEvent(Reason.INVALID_LABELS, "multiclass labels must hold exactly one class")
-            return GroundTruth(pid, schema.cfg.name, ts, np.ones(n, dtype=bool), actual, True)
+            return GroundTruth(pid, schema.cfg.name, ts, schema.all_known, actual, True)
         if isinstance(labels, dict):
             if schema.multiclass:
                 raise InvalidEvent(Reason.INVALID_LABELS, "multiclass labels must be a list of one class")
@@ -295,3 +298,135 @@ class Decoder:
                 known[i] = True
             return GroundTruth(pid, schema.cfg.name, ts, known, actual, bool(known.all()))
         raise InvalidEvent(Reason.WRONG_TYPE, "labels must be a list or an object of label -> 0/1")
+
+
+class BatchDecoder:
+    """Decodes a batch of raw events, fast for the common shape and exact for everything else.
+
+    The common shape (string id, RFC 3339 timestamp, a number in [0, 1] for every label, no served list,
+    well-typed features, full ground truth as a list) is checked with plain comparisons and its scores
+    become rows of one matrix per model, thresholded in one numpy call. Anything else goes through
+    `Decoder`, which gives the precise rejection reason; so the fast path only has to be sure when it
+    accepts, never when it rejects.
+    """
+
+    def __init__(self, decoder: Decoder) -> None:
+        self.decoder = decoder
+        self.max_bytes = decoder.max_bytes
+
+    def predictions(self, raws: list[bytes]) -> list[Prediction | InvalidEvent]:
+        out: list[Prediction | InvalidEvent | None] = [None] * len(raws)
+        rows: dict[str, tuple[_ModelSchema, list[int], list[list[float]]]] = {}
+        pending: list[tuple[int, str, str, str, float, dict[str, Any] | None, float | None, int]] = []
+        schemas = self.decoder.schemas
+        loads = orjson.loads
+        fromiso = datetime.fromisoformat
+        for i, raw in enumerate(raws):
+            try:
+                if len(raw) > self.max_bytes:
+                    raise ValueError
+                obj = loads(raw)
+                pid = obj["prediction_id"]
+                schema = schemas[obj["model"]]
+                scores = obj["scores"]
+                row = [scores[label] for label in schema.labels]
+                ts_raw = obj["timestamp"]
+                version = obj.get("model_version", "unknown")
+                if (type(pid) is not str or not 0 < len(pid) <= MAX_ID_LENGTH or type(ts_raw) is not str
+                        or type(version) is not str or not 0 < len(version) <= MAX_VERSION_LENGTH
+                        or "predicted" in obj or schema.multiclass):
+                    raise ValueError
+                for v in row:
+                    if (type(v) is not float and type(v) is not int) or not 0.0 <= v <= 1.0:
+                        raise ValueError
+                dt = fromiso(ts_raw)
+                if dt.tzinfo is None:
+                    raise ValueError
+                ts = dt.timestamp()
+                if not EPOCH_2000 <= ts < EPOCH_2100:
+                    raise ValueError
+                features = obj.get("features")
+                if features is not None and not _features_ok(features, schema):
+                    raise ValueError
+                latency = obj.get("latency_ms")
+                if latency is not None:
+                    if (type(latency) is not float and type(latency) is not int) or latency < 0:
+                        raise ValueError
+                    latency = latency / 1000.0
+            except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+                out[i] = self._slow_prediction(raw)
+                continue
+            entry = rows.get(schema.cfg.name)
+            if entry is None:
+                entry = rows[schema.cfg.name] = (schema, [], [])
+            entry[1].append(i)
+            entry[2].append(row)
+            pending.append((i, pid, schema.cfg.name, version, ts, features, latency, len(scores) - len(schema.labels)))
+        made: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for schema, idx, matrix in rows.values():
+            S = np.array(matrix, dtype=np.float64)
+            P = schema.thresholds <= S
+            for k, i in enumerate(idx):
+                made[i] = (S[k], P[k])
+        for i, pid, model, version, ts, features, latency, ignored in pending:
+            s, p = made[i]
+            out[i] = Prediction(pid, model, version, ts, s, p, features, latency, ignored)
+        return out  # type: ignore[return-value]
+
+    def _slow_prediction(self, raw: bytes) -> Prediction | InvalidEvent:
+        try:
+            return self.decoder.decode_prediction(raw)
+        except InvalidEvent as exc:
+            return exc
+
+    def ground_truth(self, raws: list[bytes]) -> list[GroundTruth | InvalidEvent]:
+        out: list[GroundTruth | InvalidEvent] = []
+        schemas = self.decoder.schemas
+        loads = orjson.loads
+        fromiso = datetime.fromisoformat
+        for raw in raws:
+            try:
+                if len(raw) > self.max_bytes:
+                    raise ValueError
+                obj = loads(raw)
+                pid = obj["prediction_id"]
+                schema = schemas[obj["model"]]
+                labels = obj["labels"]
+                ts_raw = obj["timestamp"]
+                if (type(pid) is not str or not 0 < len(pid) <= MAX_ID_LENGTH or type(ts_raw) is not str
+                        or type(labels) is not list or schema.multiclass):
+                    raise ValueError
+                stated = set(labels)
+                if len(stated) != len(labels) or not stated <= schema.label_set:
+                    raise ValueError
+                dt = fromiso(ts_raw)
+                if dt.tzinfo is None:
+                    raise ValueError
+                ts = dt.timestamp()
+                if not EPOCH_2000 <= ts < EPOCH_2100:
+                    raise ValueError
+            except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
+                try:
+                    out.append(self.decoder.decode_ground_truth(raw))
+                except InvalidEvent as exc:
+                    out.append(exc)
+                continue
+            actual = np.zeros(len(schema.labels), dtype=bool)
+            for label in labels:
+                actual[schema.index[label]] = True
+            out.append(GroundTruth(pid, schema.cfg.name, ts, schema.all_known, actual, True))
+        return out
+
+
+def _features_ok(features: Any, schema: _ModelSchema) -> bool:
+    if type(features) is not dict or len(features) > _FEATURES_MAX:
+        return False
+    for name in schema.numeric:
+        v = features.get(name)
+        if v is not None and type(v) is not float and type(v) is not int:
+            return False
+    for name in schema.categorical:
+        v = features.get(name)
+        if v is not None and type(v) is not str and type(v) is not int and type(v) is not bool:
+            return False
+    return True

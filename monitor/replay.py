@@ -7,6 +7,7 @@ newest event time.
 
 from __future__ import annotations
 
+import gc
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -52,6 +53,18 @@ def merge_by_time(predictions: list[bytes], ground_truth: list[bytes], at: float
 def run_replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
                at: float | None = None) -> tuple[Engine, Figures]:
     engine = Engine(config)
+    # The engine's structures (join entries, pending batches) are acyclic and live until the end, so cyclic-GC
+    # passes over them find nothing while re-scanning 100k+ objects: suspend the collector for the replay.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _run(engine, predictions, ground_truth, at)
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+def _run(engine, predictions, ground_truth, at):
     batch: list[tuple[str, bytes]] = []
     for item in merge_by_time(predictions, ground_truth, at):
         batch.append(item)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from monitor.conventions import ALL_REASONS, Reason
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
@@ -177,3 +180,46 @@ def test_bad_input_file_is_counted_and_good_lines_are_exact() -> None:
     want = {(s.metric.name, s.labels): s.value for s in clean.samples if s.metric.name not in skip}
     assert got == want
     assert figs.by_name("mlmon_joined_total")[("m", "v1")] > 0
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, InvalidEvent) or isinstance(b, InvalidEvent):
+        return isinstance(a, InvalidEvent) and isinstance(b, InvalidEvent) and a.reason == b.reason
+    return all(
+        (np.array_equal(x, y) if isinstance(x, np.ndarray) else x == y)
+        for x, y in ((getattr(a, f), getattr(b, f)) for f in a.__slots__)
+    )
+
+
+_value = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers(-2, 2), st.booleans(),
+                   st.text(max_size=3), st.none())
+
+
+@settings(max_examples=400, deadline=None)
+@given(pid=st.one_of(st.text(max_size=5), st.integers(-(10**6), 10**6)), model=st.sampled_from(["m", "mc", "zz"]),
+       ts=st.one_of(st.sampled_from(["2026-11-20T10:00:00Z", "2026-11-20T10:00:00.5+02:00", "2026-11-20T10:00:00", "1999-01-01T00:00:00Z", "x"]),
+                    st.integers(0, 5_000_000_000_000)),
+       scores=st.one_of(st.fixed_dictionaries({k: st.floats(0, 1) for k in "abc"},
+                                              optional={"x": st.floats(0, 1), "q": _value}),
+                        st.fixed_dictionaries({"x": st.floats(0, 1), "y": st.floats(0, 1)}),
+                        st.dictionaries(st.sampled_from(["a", "b", "c", "x", "y", "q"]), _value)),
+       features=st.one_of(st.none(), st.dictionaries(st.sampled_from(["n", "lang", "z"]), _value)),
+       labels=st.one_of(st.lists(st.sampled_from(["a", "b", "c", "x", "zz"]), max_size=4),
+                        st.dictionaries(st.sampled_from(["a", "b", "zz"]), _value), _value))
+def test_batch_decoder_agrees_with_the_exact_decoder(pid, model, ts, scores, features, labels) -> None:
+    """The fast batch path must accept exactly what the per-event decoder accepts, with the same values,
+    and reject with the same reason (it falls back to that decoder)."""
+    from monitor.events import BatchDecoder
+
+    d = Decoder(cfg())
+    batch = BatchDecoder(d)
+    pred = orjson.dumps({"prediction_id": pid, "model": model, "timestamp": ts, "scores": scores,
+                         "features": features, "latency_ms": 3})
+    truth = orjson.dumps({"prediction_id": pid, "model": model, "timestamp": ts, "labels": labels})
+    for raw, fast, slow in ((pred, batch.predictions, d.decode_prediction),
+                            (truth, batch.ground_truth, d.decode_ground_truth)):
+        try:
+            expected = slow(raw)
+        except InvalidEvent as exc:
+            expected = exc
+        assert _same(fast([raw])[0], expected)

@@ -15,7 +15,7 @@ from monitor import conventions as c
 from monitor.config import MonitorConfig
 from monitor.engine.figures import Figures, model_figures
 from monitor.engine.model_state import ModelState
-from monitor.events import Decoder, InvalidEvent
+from monitor.events import BatchDecoder, Decoder, InvalidEvent
 from monitor.reference import Reference, load_reference
 
 PREDICTIONS = c.TOPIC_PREDICTIONS
@@ -34,6 +34,7 @@ class Engine:
     def __init__(self, config: MonitorConfig, references: dict[str, Reference | None] | None = None) -> None:
         self.config = config
         self.decoder = Decoder(config)
+        self.batch = BatchDecoder(self.decoder)
         if references is None:
             references = {m.name: load_reference(config, m) for m in config.models}
         self.models = {m.name: ModelState(config, m, references.get(m.name)) for m in config.models}
@@ -44,21 +45,30 @@ class Engine:
         out.append(Rejection(topic, exc.reason, exc.detail, raw))
 
     def process(self, items: Iterable[tuple[str, bytes]]) -> list[Rejection]:
-        """Apply a batch of (topic, raw) in order; returns the rejected events."""
+        """Apply a batch of (topic, raw) in order; returns the rejected events.
+
+        Decoding is order-independent, so each topic's events are decoded as one batch first; the join
+        then walks the events in their given order."""
+        items = list(items)
+        pred_raws = [raw for topic, raw in items if topic == PREDICTIONS]
+        truth_raws = [raw for topic, raw in items if topic != PREDICTIONS]
+        preds = iter(self.batch.predictions(pred_raws))
+        truths = iter(self.batch.ground_truth(truth_raws))
         rejected: list[Rejection] = []
-        decode_p = self.decoder.decode_prediction
-        decode_g = self.decoder.decode_ground_truth
         models = self.models
         for topic, raw in items:
-            try:
-                if topic == PREDICTIONS:
-                    p = decode_p(raw)
-                    models[p.model].add_prediction(p)
+            if topic == PREDICTIONS:
+                p = next(preds)
+                if isinstance(p, InvalidEvent):
+                    self._reject(topic, p, raw, rejected)
                 else:
-                    g = decode_g(raw)
+                    models[p.model].add_prediction(p)
+            else:
+                g = next(truths)
+                if isinstance(g, InvalidEvent):
+                    self._reject(topic, g, raw, rejected)
+                else:
                     models[g.model].add_ground_truth(g)
-            except InvalidEvent as exc:
-                self._reject(topic, exc, raw, rejected)
         self.flush()
         return rejected
 

@@ -7,6 +7,7 @@ dict operations and list appends.
 
 from __future__ import annotations
 
+import bisect
 from typing import Any
 
 import numpy as np
@@ -39,10 +40,11 @@ class Histogram:
     def __init__(self, buckets: tuple[float, ...]) -> None:
         self.buckets = np.asarray(buckets)
         self.counts = np.zeros(len(buckets) + 1)
+        self._edges = [float(b) for b in buckets]  # bisect on a list: no numpy call per observation
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[np.searchsorted(self.buckets, value, side="left")] += 1
+        self.counts[bisect.bisect_left(self._edges, value)] += 1
         self.sum += value
 
 
@@ -135,10 +137,11 @@ class ModelState:
         late = {"predictions": 0, "ground_truth": 0}
 
         def group_ids(versions: np.ndarray, minutes: np.ndarray) -> np.ndarray:
-            return np.fromiter(
-                (groups.setdefault((int(v), int(m)), len(groups)) for v, m in zip(versions, minutes, strict=True)),
-                dtype=np.int64, count=len(versions),
-            )
+            # Few distinct (version, minute) pairs per batch: map the unique ones, not every event.
+            keys, inverse = np.unique(versions.astype(np.int64) << 32 | minutes, return_inverse=True)
+            ids = np.fromiter((groups.setdefault((int(k >> 32), int(k & 0xFFFFFFFF)), len(groups)) for k in keys),
+                              dtype=np.int64, count=len(keys))
+            return ids[inverse.ravel()]
 
         L = self.layout
         size = L.size
@@ -167,7 +170,11 @@ class ModelState:
             self.late[topic] += n
 
     def _count_late(self, ts: np.ndarray) -> int:
-        return sum(1 for m in fine_bucket(ts) if not any(self.store.in_retention(int(m))))
+        m = fine_bucket(ts)
+        st = self.store
+        newest = np.maximum(st.newest_fine, m)
+        kept = (m > newest - st.fine_span) | (m // 60 > newest // 60 - st.coarse_span)
+        return int(m.size - np.count_nonzero(kept))
 
     def _prediction_cells(self, preds: list[Pred], features: list[dict[str, Any] | None],
                           base: np.ndarray, idx: list[np.ndarray], w: list[np.ndarray]) -> None:
