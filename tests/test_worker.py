@@ -211,8 +211,12 @@ def test_worker_metrics_equal_replay(kafka_bootstrap: str, tmp_path: Path, strea
     assert_series_equal(w.scrape(), expected)
     status, body = w.get("/healthz")
     assert status == 200 and orjson.loads(body)["status"] == "ok"
-    lag = [line for line in w.get("/metrics")[1].decode().splitlines() if line.startswith("mlmon_consumer_lag{")]
-    assert len(lag) == 2 * config.kafka.partitions and all(line.endswith(" 0.0") for line in lag)
+
+    def no_lag() -> bool:  # known per partition once a fetch response has come back for it
+        lag = [line for line in w.get("/metrics")[1].decode().splitlines() if line.startswith("mlmon_consumer_lag{")]
+        return len(lag) == 2 * config.kafka.partitions and all(line.endswith(" 0.0") for line in lag)
+
+    wait_for("consumer lag 0 on every partition", no_lag, timeout=30, workers=workers)
     assert w.stop() == 0
     assert "stopped:" in w.output()
 

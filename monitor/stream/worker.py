@@ -367,15 +367,19 @@ class Worker:
                 log.info("partition %d: kept in memory (no checkpoint written since ours)", p)
         started = time.monotonic()
         loaded = await self.store.read_latest({p: ends[p] for p in parts if p not in states})
+        fresh = [p for p, cp in loaded.items() if cp is None]
+        # One offsets request for all fresh partitions: this callback must end well within the session
+        # timeout, or the coordinator drops the member before its first heartbeat.
+        tps = [TopicPartition(topic, p) for p in fresh for topic in (t.predictions, t.ground_truth)]
+        starts = await self.consumer.beginning_offsets(tps) if tps else {}
         for p, cp in loaded.items():
             if cp is not None:
                 states[p] = PartitionState(p, cp.engine, cp.offsets, state_offset=cp.state_offset)
                 self.stats.restored_bytes += cp.size
             else:
-                tps = [TopicPartition(t.predictions, p), TopicPartition(t.ground_truth, p)]
-                starts = await self.consumer.beginning_offsets(tps)
-                states[p] = PartitionState(p, Engine(self.config, self.references),
-                                           {PREDICTIONS: starts[tps[0]], GROUND_TRUTH: starts[tps[1]]})
+                states[p] = PartitionState(p, Engine(self.config, self.references), {
+                    PREDICTIONS: starts[TopicPartition(t.predictions, p)],
+                    GROUND_TRUTH: starts[TopicPartition(t.ground_truth, p)]})
                 log.info("partition %d: no checkpoint, starting at %s", p, states[p].offsets)
         self.stats.restore_seconds += time.monotonic() - started
         for p, state in sorted(states.items()):
