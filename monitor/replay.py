@@ -13,26 +13,20 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import click
 import orjson
 
 from monitor.config import ConfigError, MonitorConfig, load_config
-from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
+from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Decoded, Engine
 from monitor.engine.figures import Figures
 from monitor.events import InvalidEvent, parse_timestamp
 
+T = TypeVar("T")
+
 BATCH = 8192
 EXAMPLE = resources.files("monitor") / "examples"
-
-
-def _event_time(raw: bytes) -> float:
-    """Event time for ordering only; an unreadable line sorts first and is rejected by the engine."""
-    try:
-        obj = orjson.loads(raw)
-        return parse_timestamp(obj.get("timestamp")) if isinstance(obj, dict) else float("-inf")
-    except (orjson.JSONDecodeError, InvalidEvent):
-        return float("-inf")
 
 
 def read_lines(path: Path) -> list[bytes]:
@@ -40,7 +34,41 @@ def read_lines(path: Path) -> list[bytes]:
         return [line.rstrip(b"\r\n") for line in fh if line.strip()]
 
 
-def merge_by_time(predictions: list[bytes], ground_truth: list[bytes], at: float | None) -> Iterator[tuple[str, bytes]]:
+def run_replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
+               at: float | None = None) -> tuple[Engine, Figures]:
+    engine = Engine(config)
+    # The engine's long-lived structures (join entries) are acyclic: cyclic-GC passes over them find
+    # nothing while re-scanning 100k+ objects, so the collector is paused for the replay.
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        for chunk in _chunks(decoded_by_time(engine, predictions, ground_truth, at), BATCH):
+            engine.apply(chunk)
+    finally:
+        if was_enabled:
+            gc.enable()
+    return engine, engine.evaluate(at)
+
+
+def decoded_by_time(engine: Engine, predictions: list[bytes], ground_truth: list[bytes],
+                    at: float | None) -> list[Decoded]:
+    """Both files decoded (once) and merged by event time, predictions first on ties; events that could
+    not be decoded come first (they carry no usable time) and are rejected by the engine."""
+    keyed: list[tuple[float, int, Decoded]] = []
+    for order, topic, lines in ((0, PREDICTIONS, predictions), (1, GROUND_TRUTH, ground_truth)):
+        for chunk in _chunks(lines, BATCH):
+            for topic_, raw, event in engine.decode([(topic, raw) for raw in chunk]):
+                ts = float("-inf") if isinstance(event, InvalidEvent) else event.ts
+                if at is None or ts <= at:
+                    keyed.append((ts, order, (topic_, raw, event)))
+    keyed.sort(key=lambda k: (k[0], k[1]))
+    return [k[2] for k in keyed]
+
+
+def merge_by_time(predictions: list[bytes], ground_truth: list[bytes],
+                  at: float | None) -> Iterator[tuple[str, bytes]]:
+    """The raw (topic, bytes) sequence replay applies, for drivers that feed the engine raw messages
+    (tests producing to Kafka, benchmarks)."""
     keyed = [(_event_time(r), 0, PREDICTIONS, r) for r in predictions]
     keyed += [(_event_time(r), 1, GROUND_TRUTH, r) for r in ground_truth]
     keyed.sort(key=lambda x: (x[0], x[1]))
@@ -50,29 +78,17 @@ def merge_by_time(predictions: list[bytes], ground_truth: list[bytes], at: float
         yield topic, raw
 
 
-def run_replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
-               at: float | None = None) -> tuple[Engine, Figures]:
-    engine = Engine(config)
-    # The engine's structures (join entries, pending batches) are acyclic and live until the end, so cyclic-GC
-    # passes over them find nothing while re-scanning 100k+ objects: suspend the collector for the replay.
-    was_enabled = gc.isenabled()
-    gc.disable()
+def _event_time(raw: bytes) -> float:
     try:
-        return _run(engine, predictions, ground_truth, at)
-    finally:
-        if was_enabled:
-            gc.enable()
+        obj = orjson.loads(raw)
+        return parse_timestamp(obj.get("timestamp")) if isinstance(obj, dict) else float("-inf")
+    except (orjson.JSONDecodeError, InvalidEvent):
+        return float("-inf")
 
 
-def _run(engine, predictions, ground_truth, at):
-    batch: list[tuple[str, bytes]] = []
-    for item in merge_by_time(predictions, ground_truth, at):
-        batch.append(item)
-        if len(batch) >= BATCH:
-            engine.process(batch)
-            batch = []
-    engine.process(batch)
-    return engine, engine.evaluate(at)
+def _chunks(seq: list[T], size: int) -> Iterator[list[T]]:
+    for i in range(0, len(seq), size):
+        yield seq[i:i + size]
 
 
 def _parse_at(value: str | None) -> float | None:

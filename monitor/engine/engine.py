@@ -15,11 +15,14 @@ from monitor import conventions as c
 from monitor.config import MonitorConfig
 from monitor.engine.figures import Figures, model_figures
 from monitor.engine.model_state import ModelState
-from monitor.events import BatchDecoder, Decoder, InvalidEvent
+from monitor.events import BatchDecoder, Decoder, GroundTruth, InvalidEvent, Prediction
 from monitor.reference import Reference, load_reference
 
 PREDICTIONS = c.TOPIC_PREDICTIONS
 GROUND_TRUTH = c.TOPIC_GROUND_TRUTH
+
+
+Decoded = tuple[str, bytes, "Prediction | GroundTruth | InvalidEvent"]
 
 
 @dataclass(frozen=True)
@@ -45,30 +48,26 @@ class Engine:
         out.append(Rejection(topic, exc.reason, exc.detail, raw))
 
     def process(self, items: Iterable[tuple[str, bytes]]) -> list[Rejection]:
-        """Apply a batch of (topic, raw) in order; returns the rejected events.
+        """Apply a batch of (topic, raw) in order; returns the rejected events."""
+        return self.apply(self.decode(list(items)))
 
-        Decoding is order-independent, so each topic's events are decoded as one batch first; the join
-        then walks the events in their given order."""
-        items = list(items)
-        pred_raws = [raw for topic, raw in items if topic == PREDICTIONS]
-        truth_raws = [raw for topic, raw in items if topic != PREDICTIONS]
-        preds = iter(self.batch.predictions(pred_raws))
-        truths = iter(self.batch.ground_truth(truth_raws))
+    def decode(self, items: list[tuple[str, bytes]]) -> list[Decoded]:
+        """Decode a batch (order-independent, so each topic's events are decoded together)."""
+        preds = iter(self.batch.predictions([raw for topic, raw in items if topic == PREDICTIONS]))
+        truths = iter(self.batch.ground_truth([raw for topic, raw in items if topic != PREDICTIONS]))
+        return [(topic, raw, next(preds) if topic == PREDICTIONS else next(truths)) for topic, raw in items]
+
+    def apply(self, decoded: Iterable[Decoded]) -> list[Rejection]:
+        """Join and aggregate decoded events in the given order; invalid ones are counted and returned."""
         rejected: list[Rejection] = []
         models = self.models
-        for topic, raw in items:
-            if topic == PREDICTIONS:
-                p = next(preds)
-                if isinstance(p, InvalidEvent):
-                    self._reject(topic, p, raw, rejected)
-                else:
-                    models[p.model].add_prediction(p)
+        for topic, raw, event in decoded:
+            if isinstance(event, InvalidEvent):
+                self._reject(topic, event, raw, rejected)
+            elif topic == PREDICTIONS:
+                models[event.model].add_prediction(event)  # type: ignore[arg-type]
             else:
-                g = next(truths)
-                if isinstance(g, InvalidEvent):
-                    self._reject(topic, g, raw, rejected)
-                else:
-                    models[g.model].add_ground_truth(g)
+                models[event.model].add_ground_truth(event)  # type: ignore[arg-type]
         self.flush()
         return rejected
 
