@@ -36,16 +36,19 @@ def _parse_for(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--runbook-base", default=DEFAULT_RUNBOOK_BASE, show_default=True,
               help="URL prefix of docs/runbooks/ (runbook_url = prefix + AlertName.md).")
 @click.option("--job", default=DEFAULT_JOB, show_default=True, help="Prometheus scrape job of the workers.")
+@click.option("--ece-threshold", type=click.FloatRange(0, 1, min_open=True), default=RuleOptions.ece_threshold,
+              show_default=True, help="MLMonitorCalibrationDrift fires above this ECE.")
 @click.option("--for", "for_items", multiple=True, metavar="ALERT=DURATION",
               help="Override a `for:` duration (alert name, MLMonitorLabelErrorBudgetBurn:<tier>, or *). "
                    "Repeatable.")
 def rules_command(config_path: str | None, out_dir: str, run_check: bool, runbook_base: str, job: str,
-                  for_items: tuple[str, ...]) -> None:
+                  ece_threshold: float, for_items: tuple[str, ...]) -> None:
     """Generate recording rules, alert rules and promtool tests from the config."""
     path = config_path or _bundled_config()
     try:
         cfg = load_config(path)
-        opts = RuleOptions(runbook_base=runbook_base, job=job, for_overrides=_parse_for(for_items))
+        opts = RuleOptions(runbook_base=runbook_base, job=job, ece_threshold=ece_threshold,
+                           for_overrides=_parse_for(for_items))
     except ConfigError as exc:
         raise click.ClickException("\n".join(exc.problems)) from None
     except ValueError as exc:

@@ -252,6 +252,7 @@ def _calibration_cases(opts: RuleOptions, model: ModelConfig, w: Windows) -> Ite
     scenarios = [
         ("overconfident", big, 0.0, True),
         ("calibrated", big, 0.95 * big, False),
+        ("miscalibrated by half the threshold", big, (0.95 - opts.ece_threshold / 2) * big, False),
         (f"overconfident on {model.min_events - 1} events (below min_events)", model.min_events - 1.0, 0.0, False),
     ]
     for scenario, count, positives, fires in scenarios:

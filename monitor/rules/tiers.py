@@ -3,9 +3,12 @@
 The SRE workbook's tiers for a 30d period spend 2% of the budget in 1h (14.4x), 5% in 6h (6x), 10% in 1d
 (3x) and 10% in 3d (1x), each confirmed over a short window of 1/12 of the long one. A burn rate cannot
 exceed 1/(1 - target) (every event an error): at target 0.85 that is 6.67x, so a 14.4x tier would never
-fire and a label that stops working entirely would page no one. Each threshold is therefore capped at
-COLLAPSE_SHARE of that maximum: a collapse (error ratio >= COLLAPSE_SHARE) fires every tier at any target,
-while targets above ~0.94 keep the workbook's numbers unchanged.
+fire and a label that stops working entirely would page no one. Each threshold is therefore capped at a
+share of the way from burn rate 1 (exactly on budget) to that maximum: 0.9 for the fast page tier, 0.5
+for the slower ones, whose long windows are mostly filled with events from before an incident (at 0.9 a
+6h tier would wait 5.4h on a total collapse). The cap never drops below 1, so no tier fires while the SLO
+is met, and a collapse fires every tier at any target; targets from about 0.94 up keep the workbook's
+numbers unchanged.
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from typing import Final
 
 from monitor.config import SLOConfig
 
-COLLAPSE_SHARE: Final = 0.9
 SHORT_WINDOW_DIVISOR: Final = 12
 
 
@@ -27,13 +29,14 @@ class TierSpec:
     severity: str
     budget_share: float  # of the period's error budget spent over the long window before firing
     period_divisor: int  # long window = period / divisor (1h for a 30d period at 720)
+    cap_share: float  # threshold <= 1 + cap_share * (max burn rate - 1)
 
 
 TIER_SPECS: Final = (
-    TierSpec("page_fast", "page", 0.02, 720),
-    TierSpec("page_slow", "page", 0.05, 120),
-    TierSpec("ticket_fast", "ticket", 0.10, 30),
-    TierSpec("ticket_slow", "ticket", 0.10, 10),
+    TierSpec("page_fast", "page", 0.02, 720, 0.9),
+    TierSpec("page_slow", "page", 0.05, 120, 0.5),
+    TierSpec("ticket_fast", "ticket", 0.10, 30, 0.5),
+    TierSpec("ticket_slow", "ticket", 0.10, 10, 0.5),
 )
 TIER_NAMES: Final = tuple(t.name for t in TIER_SPECS)
 
@@ -45,7 +48,8 @@ class Tier:
     long_window: int  # seconds, one of the configured windows
     short_window: int
     nominal: float  # the workbook's burn rate for this budget share over the actual long window
-    threshold: float  # min(nominal, COLLAPSE_SHARE * max burn rate), rounded for the rule text
+    cap: float  # 1 + cap_share * (max burn rate - 1)
+    threshold: float  # min(nominal, cap), rounded for the rule text
 
 
 def max_burn_rate(target: float) -> float:
@@ -53,8 +57,13 @@ def max_burn_rate(target: float) -> float:
     return 1.0 / (1.0 - target)
 
 
-def capped_threshold(nominal: float, target: float) -> float:
-    return float(f"{min(nominal, COLLAPSE_SHARE * max_burn_rate(target)):.6g}")
+def burn_cap(target: float, share: float) -> float:
+    """The burn rate `share` of the way from 1 (on budget) to every event an error."""
+    return 1.0 + share * (max_burn_rate(target) - 1.0)
+
+
+def capped_threshold(nominal: float, target: float, share: float) -> float:
+    return float(f"{min(nominal, burn_cap(target, share)):.6g}")
 
 
 def nearest_window(windows: Sequence[int], ideal: float) -> int:
@@ -71,5 +80,7 @@ def tiers_for(slo: SLOConfig, windows: Sequence[int]) -> list[Tier]:
         long_w = nearest_window(windows, slo.period / spec.period_divisor)
         short_w = nearest_window(windows, long_w / SHORT_WINDOW_DIVISOR)
         nominal = spec.budget_share * slo.period / long_w
-        out.append(Tier(spec.name, spec.severity, long_w, short_w, nominal, capped_threshold(nominal, slo.target)))
+        cap = burn_cap(slo.target, spec.cap_share)
+        out.append(Tier(spec.name, spec.severity, long_w, short_w, nominal, cap,
+                        capped_threshold(nominal, slo.target, spec.cap_share)))
     return out
