@@ -38,6 +38,7 @@ from monitor.events import InvalidEvent, parse_timestamp
 from monitor.exporter import FiguresCollector
 from monitor.reference import Reference, load_reference
 from monitor.stream.checkpoints import CheckpointStore
+from monitor.stream.gc_policy import GcPolicy
 from monitor.stream.kafka_setup import SetupError, Topics, client_options, ensure_topics
 from monitor.stream.web import WebServer
 
@@ -114,6 +115,7 @@ class Worker:
         self.last_poll = 0.0
         self._dead_letter_futures: list[asyncio.Future[Any]] = []
         self._next_checkpoint = 0.0
+        self.gc = GcPolicy() if os.environ.get("MLMON_WORKER_GC_FREEZE", "1") != "0" else None
         registry = CollectorRegistry(auto_describe=False)
         registry.register(FiguresCollector(self.figures))
         registry.register(_LagCollector(self))
@@ -201,6 +203,8 @@ class Worker:
                 except (KafkaError, OSError) as exc:
                     log.warning("stopping a Kafka client: %s", exc)
         await self.web.stop()
+        if self.gc is not None:
+            self.gc.close()
         elapsed = time.monotonic() - self.stats.started
         log.info("stopped: %d events in %d batches (%.0f/s over the run), %d dead letters, %d checkpoints "
                  "(%.1f MB, %.2f s)", self.stats.events, self.stats.batches, self.stats.events / max(elapsed, 1e-9),
@@ -219,6 +223,8 @@ class Worker:
             if batch:
                 async with self.lock:
                     await self._apply(batch)
+                if self.gc is not None:
+                    self.gc.after_batch()
             if time.monotonic() >= self._next_checkpoint:
                 started = time.monotonic()
                 async with self.lock:
