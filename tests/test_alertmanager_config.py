@@ -28,9 +28,18 @@ RULES = ROOT / "alert_rules" / ALERTS_FILE
 AMTOOL = shutil.which("amtool")
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
 
-needs_amtool = pytest.mark.skipif(AMTOOL is None, reason="amtool not on PATH (apt-get install prometheus-alertmanager)")
-needs_alertmanager = pytest.mark.skipif(ALERTMANAGER is None,
-                                        reason="alertmanager not on PATH (apt-get install prometheus-alertmanager)")
+_amtool_missing = pytest.mark.skipif(AMTOOL is None,
+                                     reason="amtool not on PATH (apt-get install prometheus-alertmanager)")
+_alertmanager_missing = pytest.mark.skipif(ALERTMANAGER is None,
+                                           reason="alertmanager not on PATH (apt-get install prometheus-alertmanager)")
+
+
+def needs_amtool(test: Any) -> Any:
+    return pytest.mark.prometheus(_amtool_missing(test))
+
+
+def needs_alertmanager(test: Any) -> Any:
+    return pytest.mark.prometheus(_alertmanager_missing(test))
 
 PAGER, TICKET, RELAY = "pager", "ticket", "retraining-relay"
 

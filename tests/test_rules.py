@@ -37,8 +37,12 @@ GOLDEN = ROOT / "alert_rules"
 RUNBOOKS = ROOT / "docs" / "runbooks"
 TARGETS = (0.5, 0.85, 0.99, 0.999)
 
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool not on PATH (apt-get install prometheus)")
+_promtool_missing = pytest.mark.skipif(shutil.which("promtool") is None,
+                                      reason="promtool not on PATH (apt-get install prometheus)")
+
+
+def needs_promtool(test: Any) -> Any:
+    return pytest.mark.prometheus(_promtool_missing(test))
 
 
 def _config(targets: tuple[float, ...] = TARGETS, **model: Any) -> Any:
@@ -194,6 +198,7 @@ def test_promtool_scenarios_expect_pages_on_collapse_at_every_target() -> None:
 
 
 @needs_promtool
+@pytest.mark.slow
 def test_tiers_at_four_targets_pass_promtool(tmp_path: Path) -> None:
     _promtool_ok(generate(_config(), RuleOptions()), tmp_path)
 
@@ -327,6 +332,7 @@ SAME_FIGURES = [
 
 
 @pytest.mark.prometheus
+@pytest.mark.slow
 @pytest.mark.parametrize(("recorded", "exported", "on"), SAME_FIGURES, ids=[f[0] for f in SAME_FIGURES])
 def test_recorded_figures_equal_the_engines_on_the_example(
         prometheus_on_example: int, recorded: str, exported: c.MetricDef, on: tuple[str, ...]) -> None:
@@ -339,6 +345,7 @@ def test_recorded_figures_equal_the_engines_on_the_example(
 
 
 @pytest.mark.prometheus
+@pytest.mark.slow
 def test_the_examples_degradation_alerts_on_the_example(prometheus_on_example: int) -> None:
     """The example's violence-recall collapse pages (burn and collapse); its input drift raises feature drift.
 
