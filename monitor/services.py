@@ -14,6 +14,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Sequence
@@ -143,7 +144,10 @@ class Prometheus(_Process):
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         """Instant query; the result vector (raises on a PromQL error)."""
-        body = json.loads(_get(f"{self.url}/api/v1/query?query={urllib.parse.quote(expr)}", timeout=10))
+        try:
+            body = json.loads(_get(f"{self.url}/api/v1/query?query={urllib.parse.quote(expr)}", timeout=10))
+        except urllib.error.HTTPError as exc:  # Prometheus answers 400/422 with the error in the body
+            body = json.loads(exc.read() or b"{}")
         if body.get("status") != "success":
             raise ServiceError(f"query failed: {body.get('error')}")
         return list(body["data"]["result"])
@@ -156,7 +160,7 @@ class Prometheus(_Process):
                 result = self.query(expr)
                 if result:
                     return result
-            except OSError:
+            except (OSError, ServiceError):
                 pass
             if time.monotonic() > deadline:
                 raise ServiceError(f"no result for {expr!r} within {timeout:.0f}s")
