@@ -32,15 +32,6 @@ DS = dm.DataSourceRef(type_val="prometheus", uid="${" + DATASOURCE_VAR + "}")
 TAG = "mlmon"
 GRAFANA_VERSION = "11.6.0"
 
-# Multi-window multi-burn-rate tiers of DESIGN section 5 for a 30d SLO period:
-# (severity, burn-rate factor, long window, short window).
-BURN_RATE_TIERS: tuple[tuple[str, float, str, str], ...] = (
-    ("page", 14.4, "1h", "5m"),
-    ("page", 6.0, "6h", "30m"),
-    ("ticket", 3.0, "1d", "2h"),
-    ("ticket", 1.0, "3d", "6h"),
-)
-
 # Regex matching every alert this product defines (they share a prefix by convention).
 ALERTS_REGEX = "|".join(sorted(C.ALL_ALERTS))
 
@@ -405,12 +396,6 @@ def window_variable(config: MonitorConfig, preferred: str) -> db.CustomVariable:
         .options([dm.VariableOption(text=n, value=n, selected=n == default) for n in names])
         .current(dm.VariableOption(text=default, value=default, selected=True))
     )
-
-
-def tier_windows(config: MonitorConfig) -> list[tuple[str, float, str, str]]:
-    """The burn-rate tiers whose two windows the config actually computes."""
-    windows = set(config.window_names)
-    return [t for t in BURN_RATE_TIERS if t[2] in windows and t[3] in windows]
 
 
 def drift_bands(config: MonitorConfig) -> tuple[float, float]:

@@ -17,6 +17,7 @@ from monitor.config import MonitorConfig
 from monitor.dashboards import common as k
 from monitor.dashboards import promql as q
 from monitor.dashboards.common import Q
+from monitor.rules.tiers import tiers_for
 
 UID = "mlmon-executive"
 TITLE = "ML monitor / Executive"
@@ -156,8 +157,8 @@ def build(config: MonitorConfig) -> dict[str, Any]:
             k.bargauge_panel(
                 "Highest SLO burn rates",
                 "The five SLOs burning their error budget fastest over the selected window: error ratio / "
-                "(1 - target). 1x spends the budget exactly over the SLO period; the colours are the "
-                "alerting tiers (3x and 6x and 14.4x).",
+                "(1 - target). 1x spends the budget exactly over the SLO period; the colours mark the "
+                "alert tiers' thresholds of the configured SLOs (capped by each target, docs/alerting.md).",
                 k.UNIT_FACTOR,
                 Q(
                     "topk(5, "
@@ -167,7 +168,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                     "{{model}} / {{slo}}",
                     instant=True,
                 ),
-            ).thresholds(k.burn_rate_thresholds(f for _, f, _, _ in k.BURN_RATE_TIERS)).min(0)
+            ).thresholds(k.burn_rate_thresholds(_tier_thresholds(config))).min(0)
         )
         .with_panel(
             k.bargauge_panel(
@@ -193,3 +194,8 @@ def build(config: MonitorConfig) -> dict[str, Any]:
         )
     )
     return k.finish(dash)
+
+
+def _tier_thresholds(config: MonitorConfig) -> list[float]:
+    """The distinct alert thresholds of all configured SLO tiers (the alert rules' own numbers)."""
+    return sorted({t.threshold for m in config.models for s in m.slos for t in tiers_for(s, config.windows)})

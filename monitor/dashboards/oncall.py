@@ -17,6 +17,7 @@ from monitor.config import ModelConfig, MonitorConfig, SLOConfig, format_duratio
 from monitor.dashboards import common as k
 from monitor.dashboards import promql as q
 from monitor.dashboards.common import Q
+from monitor.rules.tiers import tiers_for
 
 UID = "mlmon-oncall"
 TITLE = "ML monitor / On-call"
@@ -59,9 +60,9 @@ def _slo_objective_panel(model: ModelConfig, slo: SLOConfig) -> timeseries.Panel
 
 
 def _slo_burn_panel(config: MonitorConfig, model: ModelConfig, slo: SLOConfig) -> timeseries.Panel:
-    tiers = k.tier_windows(config)
-    windows = sorted({w for _, _, long_w, short_w in tiers for w in (long_w, short_w)},
-                     key=config.window_names.index)
+    tiers = tiers_for(slo, config.windows)
+    names = {w: format_duration(w) for t in tiers for w in (t.long_window, t.short_window)}
+    windows = [names[w] for w in sorted(names)]
     expr = q.max_by(
         [C.L_WINDOW],
         q.sel(
@@ -71,7 +72,8 @@ def _slo_burn_panel(config: MonitorConfig, model: ModelConfig, slo: SLOConfig) -
             q.one_of(C.L_WINDOW, windows or config.window_names),
         ),
     )
-    tier_text = "; ".join(f"{sev} {factor:g}x over {lw} and {sw}" for sev, factor, lw, sw in tiers)
+    tier_text = "; ".join(f"{t.severity} {t.threshold:g}x over {format_duration(t.long_window)} and "
+                          f"{format_duration(t.short_window)}" for t in tiers)
     panel = k.timeseries_panel(
         f"{model.name} · {slo.name} burn rate by window",
         f"Error-budget burn rate of SLO {slo.name} for each window the alert tiers use: error ratio / "
@@ -81,24 +83,28 @@ def _slo_burn_panel(config: MonitorConfig, model: ModelConfig, slo: SLOConfig) -
         k.UNIT_FACTOR,
         Q(expr, "{{window}}"),
     ).min(0)
-    return k.dashed_thresholds(panel, k.burn_rate_thresholds(f for _, f, _, _ in tiers))
+    return k.dashed_thresholds(panel, k.burn_rate_thresholds(t.threshold for t in tiers))
 
 
 def _tier_table_query(config: MonitorConfig) -> str:
-    """One series per SLO and tier: min(burn over long window, burn over short window) / tier factor.
+    """One series per SLO and tier: min(burn over long window, burn over short window) / tier threshold.
 
-    The tier fires at >= 1 (both windows above the factor), so the value reads as "share of the way to
-    firing".
+    The thresholds are the alert rules' own (capped by the SLO's target, docs/alerting.md), so the value
+    reads as "share of the way to firing": the tier fires at >= 1.
     """
     parts = []
-    for severity, factor, long_w, short_w in k.tier_windows(config):
-        per_window = q.max_by(
-            [C.L_MODEL, C.L_LABEL, C.L_SLO, C.L_WINDOW],
-            q.sel(C.ERROR_BUDGET_BURN_RATE, q.F_MODEL, q.one_of(C.L_WINDOW, (long_w, short_w))),
-        )
-        both = q.min_by([C.L_MODEL, C.L_LABEL, C.L_SLO], per_window)
-        tier = f"{severity} {factor:g}x {long_w}+{short_w}"
-        parts.append(f'label_replace({both} / {factor:g}, "{C.L_BURNRATE_TIER}", "{tier}", "", "")')
+    for model in config.models:
+        for slo in model.slos:
+            for t in tiers_for(slo, config.windows):
+                long_w, short_w = format_duration(t.long_window), format_duration(t.short_window)
+                per_window = q.max_by(
+                    [C.L_MODEL, C.L_LABEL, C.L_SLO, C.L_WINDOW],
+                    q.sel(C.ERROR_BUDGET_BURN_RATE, q.eq(C.L_MODEL, model.name), q.eq(C.L_SLO, slo.name),
+                          q.one_of(C.L_WINDOW, (long_w, short_w))),
+                )
+                both = q.min_by([C.L_MODEL, C.L_LABEL, C.L_SLO], per_window)
+                tier = f"{t.name} {t.threshold:g}x {long_w}+{short_w}"
+                parts.append(f'label_replace({both} / {t.threshold:g}, "{C.L_BURNRATE_TIER}", "{tier}", "", "")')
     return " or ".join(parts)
 
 
@@ -129,7 +135,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
         for model, slo in slos:
             dash = dash.with_panel(_slo_objective_panel(model, slo))
             dash = dash.with_panel(_slo_burn_panel(config, model, slo))
-        if k.tier_windows(config):
+        if any(m.slos for m in config.models):
             dash = dash.with_panel(
                 k.table_panel(
                     "Burn-rate tiers: how close each tier is to firing",
