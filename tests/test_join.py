@@ -100,3 +100,21 @@ def test_delay_histogram_records_first_join() -> None:
     e.ground_truth([ground_truth("p", BASE + 400, ["a"]), ground_truth("p", BASE + 500, ["b"])])
     h = next(x for x in e.evaluate().histograms if x.metric.name == "mlmon_ground_truth_delay_seconds")
     assert sum(h.counts) == 1 and h.sum == 400
+
+
+def test_expiry_does_not_depend_on_batch_boundaries() -> None:
+    """A partner arriving after the TTL never joins, whether or not a batch-end expiry ran in between."""
+    cfg = parse_config({"windows": ["1h"], "join": {"ttl": "1h"}, "models": [{"name": "m", "labels": ["a", "b", "c"]}]})
+    events = [("predictions", prediction("p", BASE, S)),
+              ("predictions", prediction("q", BASE + 3 * 3600, S)),
+              ("ground_truth", ground_truth("p", BASE + 3 * 3600 + 1, ["a"]))]
+    one = Engine(cfg)
+    one.process(events)
+    split = Engine(cfg)
+    for e in events:
+        split.process([e])
+    for engine in (one, split):
+        figs = engine.evaluate()
+        assert figs.by_name("mlmon_joined_total").get(("m", "v1"), 0) == 0
+        assert figs.by_name("mlmon_join_expired_total")[("m", "prediction")] == 1
+        assert figs.by_name("mlmon_pending_joins")[("m", "ground_truth")] == 1

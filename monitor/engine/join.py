@@ -86,9 +86,18 @@ class JoinTable:
         entry.expires = expires
         heapq.heappush(self._heap, (expires, pid))
 
+    def _live(self, pid: str) -> Entry | None:
+        """The entry for `pid` unless its TTL passed at the current watermark (then it expires now, so the
+        outcome never depends on when the last batch-end expiry ran)."""
+        entry = self.entries.get(pid)
+        if entry is not None and entry.expires < self.watermark:
+            self._drop(pid, entry)
+            return None
+        return entry
+
     def add_prediction(self, p: Prediction, version: int) -> None:
         self.watermark = max(self.watermark, p.ts)
-        entry = self.entries.get(p.prediction_id)
+        entry = self._live(p.prediction_id)
         if entry is None:
             entry = self.entries[p.prediction_id] = Entry()
         elif entry.pred is not None:
@@ -111,7 +120,7 @@ class JoinTable:
         self.watermark = max(self.watermark, g.ts)
         self._seq += 1
         truth = Truth(g, self._seq)
-        entry = self.entries.get(g.prediction_id)
+        entry = self._live(g.prediction_id)
         if entry is None:
             entry = self.entries[g.prediction_id] = Entry()
             entry.truth = truth
@@ -154,6 +163,9 @@ class JoinTable:
         entry = self.entries.get(pid)
         if entry is None or entry.expires != expires:
             return  # rescheduled or already gone
+        self._drop(pid, entry)
+
+    def _drop(self, pid: str, entry: Entry) -> None:
         del self.entries[pid]
         if entry.pred is None:
             self.pending[SIDE_GROUND_TRUTH] -= 1

@@ -92,7 +92,7 @@ class ModelState:
 
     def add_prediction(self, p: Prediction) -> None:
         entry = self.join.entries.get(p.prediction_id)
-        if entry is not None and entry.pred is not None:
+        if entry is not None and entry.pred is not None and entry.expires >= max(self.join.watermark, p.ts):
             self.join.duplicates[SIDE_PREDICTION] += 1
             return
         v = self.version_index(p.version)

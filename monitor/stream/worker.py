@@ -46,8 +46,6 @@ log = logging.getLogger("monitor.worker")
 
 # Where a dead letter came from, so a consumer of the dead-letter topic can drop the duplicates a crash
 # can cause (dead letters are at-least-once; the invalid-event counters are exact).
-DLQ_PARTITION_HEADER = "mlmon-source-partition"
-DLQ_OFFSET_HEADER = "mlmon-source-offset"
 
 
 class WorkerError(Exception):
@@ -274,8 +272,8 @@ class Worker:
                 continue
             headers = [(c.DLQ_REASON_HEADER, r.reason.encode()), (c.DLQ_DETAIL_HEADER, r.detail.encode()),
                        (c.DLQ_TOPIC_HEADER, record.topic.encode()),
-                       (DLQ_PARTITION_HEADER, str(partition).encode()),
-                       (DLQ_OFFSET_HEADER, str(record.offset).encode())]
+                       (c.DLQ_PARTITION_HEADER, str(partition).encode()),
+                       (c.DLQ_OFFSET_HEADER, str(record.offset).encode())]
             try:
                 fut = await self.producer.send(self.topics.dead_letter, value=record.value, key=record.key,
                                                headers=headers)
