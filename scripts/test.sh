@@ -20,7 +20,7 @@ fi
 
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
 # Fetch Kafka's jars once (cached under ~/.cache/mlmon) so the first Kafka test does not time out on it.
-monitor broker --fetch-only
+python3 -m monitor.cli broker --fetch-only
 
 python3 -m ruff check monitor tests bench
 exec python3 -m pytest -q -p no:cacheprovider "$@"
