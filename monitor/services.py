@@ -76,14 +76,17 @@ class _Process:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise ServiceError(f"{type(self).__name__} exited with {self.proc.returncode}: {self._tail()}")
+                tail = self._tail()
+                self.stop()
+                raise ServiceError(f"{type(self).__name__} exited with {self.proc.returncode}: {tail}")
             try:
                 _get(self.url + self.ready_path, timeout=1.0)
                 return self
             except OSError:
                 time.sleep(0.05)
+        tail = self._tail()
         self.stop()
-        raise ServiceError(f"{type(self).__name__} not ready after {timeout:.0f}s: {self._tail()}")
+        raise ServiceError(f"{type(self).__name__} not ready after {timeout:.0f}s: {tail}")
 
     def _tail(self) -> str:
         try:
@@ -188,6 +191,13 @@ class Alertmanager(_Process):
 
     def alerts(self) -> list[dict[str, Any]]:
         return list(json.loads(_get(f"{self.url}/api/v2/alerts")))
+
+    def post_alerts(self, alerts: Sequence[dict[str, Any]]) -> None:
+        """Send alerts the way Prometheus does (POST /api/v2/alerts)."""
+        request = urllib.request.Request(f"{self.url}/api/v2/alerts", data=json.dumps(list(alerts)).encode(),
+                                         headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            response.read()
 
 
 class StaticMetrics:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,14 @@ EXAMPLE_CONFIG = ROOT / "monitor" / "examples" / "config.yaml"
 @pytest.fixture(scope="session")
 def example_config() -> MonitorConfig:
     return load_config(EXAMPLE_CONFIG)
+
+
+@pytest.fixture(scope="session")
+def example_exposition() -> bytes:
+    """`monitor replay` with no arguments: the bundled example replayed, as one worker's Prometheus text."""
+    replay = subprocess.run([sys.executable, "-m", "monitor.cli", "replay"], capture_output=True, timeout=120,
+                            check=True, cwd=ROOT)
+    return replay.stdout
 
 
 def small_config(**model: object) -> MonitorConfig:

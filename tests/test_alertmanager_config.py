@@ -4,12 +4,9 @@ delivering each kind to its receiver with the burn-tier inhibitions applied."""
 from __future__ import annotations
 
 import json
-import shutil
-import socket
 import subprocess
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -21,25 +18,13 @@ import yaml
 
 from monitor import conventions as c
 from monitor.rules import ALERTS_FILE
+from monitor.services import Alertmanager, binary
+from tests.needs import needs_alertmanager, needs_amtool
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = ROOT / "deploy" / "alertmanager.yml"
 RULES = ROOT / "alert_rules" / ALERTS_FILE
-AMTOOL = shutil.which("amtool")
-ALERTMANAGER = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-
-_amtool_missing = pytest.mark.skipif(AMTOOL is None,
-                                     reason="amtool not on PATH (apt-get install prometheus-alertmanager)")
-_alertmanager_missing = pytest.mark.skipif(ALERTMANAGER is None,
-                                           reason="alertmanager not on PATH (apt-get install prometheus-alertmanager)")
-
-
-def needs_amtool(test: Any) -> Any:
-    return pytest.mark.prometheus(_amtool_missing(test))
-
-
-def needs_alertmanager(test: Any) -> Any:
-    return pytest.mark.prometheus(_alertmanager_missing(test))
+AMTOOL = binary("amtool")
 
 PAGER, TICKET, RELAY = "pager", "ticket", "retraining-relay"
 
@@ -112,12 +97,6 @@ def capture() -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]]]]:
     server.server_close()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _test_config(base: str, tmp: Path) -> Path:
     """deploy/alertmanager.yml with receivers pointed at the capture server and 1s grouping timers."""
     cfg = yaml.safe_load(CONFIG.read_text())
@@ -135,15 +114,6 @@ def _test_config(base: str, tmp: Path) -> Path:
     path = tmp / "alertmanager.yml"
     path.write_text(yaml.safe_dump(cfg))
     return path
-
-
-def _http(url: str, data: Any = None) -> Any:
-    body = None if data is None else json.dumps(data).encode()
-    request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"},
-                                     method="POST" if body else "GET")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        raw = response.read()
-    return json.loads(raw) if raw else None
 
 
 def _alert(**labels: str) -> dict[str, Any]:
@@ -164,23 +134,7 @@ def _wait(predicate: Any, timeout: float = 20) -> None:
 def test_alertmanager_delivers_each_kind_and_inhibits_slow_tiers(
         tmp_path: Path, capture: tuple[str, list[tuple[str, dict[str, Any]]]]) -> None:
     base, received = capture
-    port = _free_port()
-    proc = subprocess.Popen(
-        [ALERTMANAGER, f"--config.file={_test_config(base, tmp_path)}", f"--storage.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address="],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    api = f"http://127.0.0.1:{port}"
-    try:
-        def ready() -> bool:
-            try:
-                urllib.request.urlopen(f"{api}/-/ready", timeout=1).close()
-                return True
-            except OSError:
-                assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-                return False
-
-        _wait(ready)
+    with Alertmanager(_test_config(base, tmp_path), workdir=tmp_path) as am:
         burn = {"alertname": c.ALERT_LABEL_ERROR_BUDGET_BURN, c.L_MODEL: "moderation", c.L_LABEL: "violence",
                 c.L_SLO: "violence-recall"}
         alerts = [
@@ -193,11 +147,11 @@ def test_alertmanager_delivers_each_kind_and_inhibits_slow_tiers(
             _alert(alertname=c.ALERT_DOWN, severity="page", job="mlmon"),
             _alert(alertname=c.ALERT_DOWN, severity="ticket", job="mlmon", instance="w1"),
         ]
-        _http(f"{api}/api/v2/alerts", alerts)
+        am.post_alerts(alerts)
 
         paths = {"/pagerduty", "/alertmanager/tickets", "/alertmanager"}
         _wait(lambda: paths <= {p for p, _ in received})
-        status = {json.dumps(a["labels"], sort_keys=True): a["status"] for a in _http(f"{api}/api/v2/alerts")}
+        status = {json.dumps(a["labels"], sort_keys=True): a["status"] for a in am.alerts()}
         inhibited = {json.loads(k).get("burnrate_tier") or json.loads(k).get("instance")
                      for k, s in status.items() if s["inhibitedBy"]}
         assert inhibited == {"page_slow", "ticket_slow", "w1"}
@@ -216,6 +170,3 @@ def test_alertmanager_delivers_each_kind_and_inhibits_slow_tiers(
         relayed = delivered("/alertmanager")
         assert [r["alertname"] for r in relayed] == [c.ALERT_RETRAINING_RECOMMENDED]
         assert relayed[0][c.L_MODEL] == "moderation"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

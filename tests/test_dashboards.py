@@ -8,13 +8,9 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
-import sys
 import threading
-import time
 import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -32,6 +28,8 @@ from monitor.config import MonitorConfig, parse_config
 from monitor.dashboards import DEFAULT_FOLDER_UID, generate, panel_queries
 from monitor.dashboards.cli import dashboards_group
 from monitor.dashboards.common import DATASOURCE_UID, encode
+from monitor.services import Prometheus, StaticMetrics, binary
+from tests.needs import needs_prometheus, needs_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_DIR = ROOT.parent / "shared" / "grafana-schema"
@@ -264,11 +262,10 @@ def _variable_selectors(data: dict[str, Any]) -> list[str]:
     return out
 
 
-@pytest.mark.prometheus
+@needs_promtool
 def test_every_query_is_valid_promql(dashboards: dict[str, dict[str, Any]], tmp_path: Path) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package prometheus)")
+    promtool = binary("promtool")
+    assert promtool is not None
     rules = []
     variable_sets = [EXAMPLE_VARIABLES, {**EXAMPLE_VARIABLES, "version": ["v7", "v8"], "label": "violence"}]
     for uid, data in dashboards.items():
@@ -285,35 +282,10 @@ def test_every_query_is_valid_promql(dashboards: dict[str, dict[str, Any]], tmp_
 
 # --- every query returns data from a real Prometheus ---------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _StaticMetrics(BaseHTTPRequestHandler):
-    body = b""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _prom_query(port: int, expr: str) -> list[dict[str, Any]]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(expr)}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return list(json.load(response)["data"]["result"])
-
-
-@pytest.mark.prometheus
+@needs_prometheus
 @pytest.mark.slow
 def test_panel_queries_return_data_from_prometheus(
-    dashboards: dict[str, dict[str, Any]], example_config: MonitorConfig, tmp_path: Path
+    dashboards: dict[str, dict[str, Any]], example_exposition: bytes, tmp_path: Path
 ) -> None:
     """The bundled example replayed, its metrics scraped by a real Prometheus, every panel queried.
 
@@ -321,61 +293,23 @@ def test_panel_queries_return_data_from_prometheus(
     those panels are listed and must still parse and run. The full check of every panel
     against the live pipeline belongs to the end-to-end tests.
     """
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.skip("prometheus not installed")
-    # `monitor replay` with no arguments replays the bundled example and prints Prometheus text.
-    replay = subprocess.run([sys.executable, "-m", "monitor.cli", "replay"], capture_output=True, timeout=120,
-                            check=True, cwd=ROOT)
-    _StaticMetrics.body = replay.stdout
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StaticMetrics)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    port = _free_port()
-    (tmp_path / "rules.yml").write_text(
+    rules = tmp_path / "rules.yml"
+    rules.write_text(
         yaml.safe_dump({"groups": [{"name": "t", "rules": [{"alert": C.ALERT_DOWN, "expr": "vector(1)"}]}]})
     )
-    (tmp_path / "prometheus.yml").write_text(
-        yaml.safe_dump(
-            {
-                "global": {"scrape_interval": "200ms", "evaluation_interval": "200ms"},
-                "rule_files": ["rules.yml"],
-                "scrape_configs": [
-                    {"job_name": "mlmon",
-                     "static_configs": [{"targets": [f"127.0.0.1:{server.server_address[1]}"]}]}
-                ],
-            }
-        )
-    )
-    proc = subprocess.Popen(
-        [prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                # rate() needs two samples inside its range: wait for three scrapes.
-                scrapes = f"count_over_time({C.PREDICTIONS_TOTAL.name}[2s]) >= 3"
-                if _prom_query(port, scrapes) and _prom_query(port, "ALERTS"):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.3)
-        else:
-            pytest.fail("Prometheus did not scrape the example metrics in 30 s")
+    with StaticMetrics(example_exposition) as target, \
+            Prometheus([target.target], [rules], interval="200ms", workdir=tmp_path / "prometheus") as prom:
+        # rate() needs two samples inside its range: wait for three scrapes.
+        prom.wait_for(f"count_over_time({C.PREDICTIONS_TOTAL.name}[2s]) >= 3", timeout=30, interval=0.3)
+        prom.wait_for("ALERTS", timeout=30, interval=0.3)
         # Worker-only series (consumer lag) and rates of counters that do not move.
         static_exposition_gaps = {"Consumer lag", "Traffic share by version"}
         empty = []
         for data in dashboards.values():
             for title, expr in panel_queries(data, {**EXAMPLE_VARIABLES, "__rate_interval": "2s"}):
-                if not _prom_query(port, expr) and title not in static_exposition_gaps:
+                if not prom.query(expr) and title not in static_exposition_gaps:
                     empty.append((title, expr))
         assert not empty
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        server.shutdown()
 
 
 # --- CLI ------------------------------------------------------------------------------------------------------

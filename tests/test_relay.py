@@ -11,12 +11,9 @@ import asyncio
 import json
 import logging
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -41,6 +38,8 @@ from monitor.relay import (
     verify_bearer,
     verify_signature,
 )
+from monitor.services import Alertmanager, free_port
+from tests.needs import needs_alertmanager
 
 SECRET = "s3cr3t-relay-key-7f9c2a"  # distinctive, so a leak into logs is unmistakable
 INBOUND = "inb0und-token-41d8e0"
@@ -50,12 +49,6 @@ FAST = RelaySettings(retry_initial=0.02, retry_max=0.15, request_timeout=1.0, sh
 
 
 # --- helpers -------------------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -722,67 +715,47 @@ def test_verify_signature_for_receivers() -> None:
 
 # --- with a real Alertmanager --------------------------------------------------------------------------
 
-AM_BIN = shutil.which("prometheus-alertmanager") or shutil.which("alertmanager")
-
-
-@pytest.mark.prometheus
-@pytest.mark.skipif(AM_BIN is None, reason="needs Debian's prometheus-alertmanager")
-def test_real_alertmanager_repeats_become_one_request(outbox: Path) -> None:
+@needs_alertmanager
+def test_real_alertmanager_repeats_become_one_request(outbox: Path, tmp_path: Path) -> None:
     """Alertmanager 0.25 posts (bearer auth from credentials_file) and repeats every second: one request."""
 
     async def main() -> None:
         rx = await Receiver().start()
         relay = await start_relay(make_config(rx.url, inbound=True), 0, outbox, settings=FAST)
-        with tempfile.TemporaryDirectory() as d:
-            token = Path(d) / "token"
-            token.write_text(INBOUND + "\n")
-            am_port = free_port()
-            (Path(d) / "am.yml").write_text(yaml.safe_dump({
-                "route": {"receiver": "relay", "group_by": ["alertname", "model"], "group_wait": "0s",
-                          "group_interval": "1s", "repeat_interval": "1s"},
-                "receivers": [{"name": "relay", "webhook_configs": [{
-                    "url": relay.webhook_url, "send_resolved": True,
-                    "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token)}},
-                }]}],
-            }))
-            am = subprocess.Popen(
-                [str(AM_BIN), f"--config.file={d}/am.yml", f"--storage.path={d}/data",
-                 f"--web.listen-address=127.0.0.1:{am_port}", "--cluster.listen-address="],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        token = tmp_path / "token"
+        token.write_text(INBOUND + "\n")
+        am = Alertmanager({
+            "route": {"receiver": "relay", "group_by": ["alertname", "model"], "group_wait": "0s",
+                      "group_interval": "1s", "repeat_interval": "1s"},
+            "receivers": [{"name": "relay", "webhook_configs": [{
+                "url": relay.webhook_url, "send_resolved": True,
+                "http_config": {"authorization": {"type": "Bearer", "credentials_file": str(token)}},
+            }]}],
+        }, workdir=tmp_path / "alertmanager")
+        try:
+            # Off the event loop: the in-process relay keeps serving while Alertmanager starts and posts.
+            await asyncio.to_thread(am.start)
+            am_alert = {
+                "labels": {"alertname": ALERT_RETRAINING_RECOMMENDED, "model": "moderation",
+                           "version": "v7", "label": "violence"},
+                "annotations": {"summary": "retrain", "value": "0.61"},
+                "startsAt": "2026-11-20T10:00:00Z",
+            }
+            await asyncio.to_thread(am.post_alerts, [am_alert])
+            await wait_until(lambda: len(rx.accepted) == 1, timeout=10)
+            # Let Alertmanager repeat the notification a few times.
+            await wait_until(
+                lambda: sample(relay, "mlmon_relay_duplicates_total", model="moderation") >= 2,
+                timeout=10,
             )
-            try:
-                am_alert = {
-                    "labels": {"alertname": ALERT_RETRAINING_RECOMMENDED, "model": "moderation",
-                               "version": "v7", "label": "violence"},
-                    "annotations": {"summary": "retrain", "value": "0.61"},
-                    "startsAt": "2026-11-20T10:00:00Z",
-                }
-                async with aiohttp.ClientSession() as s:
-                    t0 = time.monotonic()
-                    while True:
-                        try:
-                            async with s.post(f"http://127.0.0.1:{am_port}/api/v2/alerts", json=[am_alert]) as r:
-                                if r.status == 200:
-                                    break
-                        except aiohttp.ClientError:
-                            pass
-                        assert time.monotonic() - t0 < 10, "alertmanager did not start"
-                        await asyncio.sleep(0.05)
-                    await wait_until(lambda: len(rx.accepted) == 1, timeout=10)
-                    # Let Alertmanager repeat the notification a few times.
-                    await wait_until(
-                        lambda: sample(relay, "mlmon_relay_duplicates_total", model="moderation") >= 2,
-                        timeout=10,
-                    )
-                    assert len(rx.accepted) == 1
-                    body = rx.accepted[0].json
-                    assert body["model"] == "moderation" and body["figures"][0]["values"] == {"value": 0.61}
-                    assert len(body["alerts"][0]["fingerprint"]) == 16  # Alertmanager's own fingerprint
-                    assert sample(relay, "mlmon_relay_webhooks_rejected_total", reason="unauthorized") == 0
-            finally:
-                am.terminate()
-                am.wait(timeout=10)
-                await relay.close()
-                await rx.stop()
+            assert len(rx.accepted) == 1
+            body = rx.accepted[0].json
+            assert body["model"] == "moderation" and body["figures"][0]["values"] == {"value": 0.61}
+            assert len(body["alerts"][0]["fingerprint"]) == 16  # Alertmanager's own fingerprint
+            assert sample(relay, "mlmon_relay_webhooks_rejected_total", reason="unauthorized") == 0
+        finally:
+            am.stop()
+            await relay.close()
+            await rx.stop()
 
     run(main())

@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import shutil
-import socket
-import subprocess
-import sys
-import threading
+import contextlib
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,20 +22,14 @@ from monitor.rules.cli import rules_command
 from monitor.rules.promtool_tests import psi
 from monitor.rules.recording import MLS, MVFW, MVLW, MVW
 from monitor.rules.tiers import TIER_SPECS, burn_cap, nearest_window, tiers_for
+from monitor.services import Prometheus, ServiceError, StaticMetrics
+from tests.needs import needs_prometheus, needs_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "monitor" / "examples" / "config.yaml"
 GOLDEN = ROOT / "alert_rules"
 RUNBOOKS = ROOT / "docs" / "runbooks"
 TARGETS = (0.5, 0.85, 0.99, 0.999)
-
-_promtool_missing = pytest.mark.skipif(shutil.which("promtool") is None,
-                                      reason="promtool not on PATH (apt-get install prometheus)")
-
-
-def needs_promtool(test: Any) -> Any:
-    return pytest.mark.prometheus(_promtool_missing(test))
-
 
 def _config(targets: tuple[float, ...] = TARGETS, **model: Any) -> Any:
     """One model with a page SLO per target (each on its own label) and a ticket SLO."""
@@ -253,65 +239,19 @@ def test_cli_writes_and_checks(tmp_path: Path) -> None:
 
 # --- end to end: the replayed example scraped by a real Prometheus running the generated rules ----------------
 
-class _StaticMetrics(BaseHTTPRequestHandler):
-    body = b""
-
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.end_headers()
-        self.wfile.write(self.body)
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-def _query(port: int, expr: str) -> list[dict[str, Any]]:
-    url = f"http://127.0.0.1:{port}/api/v1/query?query={urllib.parse.quote(expr)}"
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return list(json.load(response)["data"]["result"])
-
-
 @pytest.fixture(scope="module")
-def prometheus_on_example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+def prometheus_on_example(tmp_path_factory: pytest.TempPathFactory, example_exposition: bytes) -> Iterator[Prometheus]:
     """One worker's exposition of the bundled example (12h with a violence-recall collapse and input drift),
     scraped every 200 ms by Prometheus evaluating the rules generated with every `for:` at 0s."""
-    prometheus = shutil.which("prometheus")
-    if prometheus is None:
-        pytest.skip("prometheus not on PATH (apt-get install prometheus)")
     tmp = tmp_path_factory.mktemp("prometheus")
-    replay = subprocess.run([sys.executable, "-m", "monitor.cli", "replay"], capture_output=True, timeout=120,
-                            check=True, cwd=ROOT)
-    _StaticMetrics.body = replay.stdout
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _StaticMetrics)
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
     write(generate(load_config(EXAMPLE), RuleOptions(for_overrides={"*": "0s"})), tmp)
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "200ms", "evaluation_interval": "200ms"},
-        "rule_files": [RECORDING_FILE, ALERTS_FILE],
-        "scrape_configs": [{"job_name": "mlmon", "static_configs": [
-            {"targets": [f"127.0.0.1:{server.server_address[1]}"]}]}],
-    }))
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    proc = subprocess.Popen([prometheus, f"--config.file={tmp / 'prometheus.yml'}",
-                             f"--storage.tsdb.path={tmp / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                if _query(port, f'ALERTS{{alertname="{c.ALERT_LABEL_ERROR_BUDGET_BURN}", alertstate="firing"}}'):
-                    break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        yield port
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        server.shutdown()
+    with StaticMetrics(example_exposition) as target, \
+            Prometheus([target.target], [tmp / RECORDING_FILE, tmp / ALERTS_FILE], interval="200ms",
+                       workdir=tmp / "prometheus") as prom:
+        # Give the rules up to 30 s to page; the tests judge what fired.
+        with contextlib.suppress(ServiceError):
+            prom.wait_for(f'ALERTS{{alertname="{c.ALERT_LABEL_ERROR_BUDGET_BURN}", alertstate="firing"}}', timeout=30)
+        yield prom
 
 
 # (recorded series, the exporter's own figure, labels to match on)
@@ -331,22 +271,22 @@ SAME_FIGURES = [
 ]
 
 
-@pytest.mark.prometheus
+@needs_prometheus
 @pytest.mark.slow
 @pytest.mark.parametrize(("recorded", "exported", "on"), SAME_FIGURES, ids=[f[0] for f in SAME_FIGURES])
 def test_recorded_figures_equal_the_engines_on_the_example(
-        prometheus_on_example: int, recorded: str, exported: c.MetricDef, on: tuple[str, ...]) -> None:
+        prometheus_on_example: Prometheus, recorded: str, exported: c.MetricDef, on: tuple[str, ...]) -> None:
     """With one worker, every figure recomputed from the sums equals the one the engine computed itself."""
-    port = prometheus_on_example
-    both = _query(port, f"{recorded} and on ({', '.join(on)}) {exported.name}")
+    prom = prometheus_on_example
+    both = prom.query(f"{recorded} and on ({', '.join(on)}) {exported.name}")
     assert both, f"no {recorded} series matches {exported.name}"
-    differ = _query(port, f"abs({recorded} - on ({', '.join(on)}) {exported.name}) > 1e-9")
+    differ = prom.query(f"abs({recorded} - on ({', '.join(on)}) {exported.name}) > 1e-9")
     assert differ == []
 
 
-@pytest.mark.prometheus
+@needs_prometheus
 @pytest.mark.slow
-def test_the_examples_degradation_alerts_on_the_example(prometheus_on_example: int) -> None:
+def test_the_examples_degradation_alerts_on_the_example(prometheus_on_example: Prometheus) -> None:
     """The example's violence-recall collapse pages (burn and collapse); its input drift raises feature drift.
 
     The collapse started about 4h before the end of the data and the last hour holds fewer labelled violence
@@ -354,12 +294,12 @@ def test_the_examples_degradation_alerts_on_the_example(prometheus_on_example: i
     error ratio 0.9 at target 0.85) it would not: the 6h window still holds a fifth of pre-collapse events.
     """
     def firing() -> list[dict[str, str]]:
-        return [r["metric"] for r in _query(prometheus_on_example, 'ALERTS{alertstate="firing"}')]
+        return [r["metric"] for r in prometheus_on_example.query('ALERTS{alertstate="firing"}')]
 
     # Rule groups are evaluated independently: give every group a few evaluations (200 ms apart).
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and not any(a["alertname"] == c.ALERT_FEATURE_DRIFT for a in firing()):
-        time.sleep(0.2)
+    with contextlib.suppress(ServiceError):
+        prometheus_on_example.wait_for(f'ALERTS{{alertname="{c.ALERT_FEATURE_DRIFT}", alertstate="firing"}}',
+                                       timeout=10)
     time.sleep(1)
     alerts = firing()
     burn = {(a[c.L_SLO], a[c.L_BURNRATE_TIER]) for a in alerts if a["alertname"] == c.ALERT_LABEL_ERROR_BUDGET_BURN}

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from monitor.services import Alertmanager, Prometheus, ServiceError, StaticMetrics, binary
-
-pytestmark = [pytest.mark.prometheus,
-              pytest.mark.skipif(binary("prometheus") is None, reason="apt-get install prometheus")]
+from monitor.services import Alertmanager, Prometheus, ServiceError, StaticMetrics
+from tests.needs import needs_alertmanager, needs_prometheus
 
 
+@needs_prometheus
 def test_prometheus_scrapes_a_static_target_and_answers_queries() -> None:
     body = b"# TYPE mlmon_demo gauge\nmlmon_demo{model=\"m\"} 3\n"
     with StaticMetrics(body) as target, Prometheus([target.target], interval="200ms") as prom:
@@ -19,6 +18,7 @@ def test_prometheus_scrapes_a_static_target_and_answers_queries() -> None:
             prom.query("sum(")
 
 
+@needs_alertmanager
 def test_alertmanager_starts_without_a_cluster_port() -> None:
     with Alertmanager({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}) as am:
         assert am.alerts() == []

@@ -44,6 +44,8 @@ from typing import IO, Self
 
 import click
 
+from monitor.services import free_port  # re-exported: part of this module's API
+
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "3.9.2"
@@ -240,13 +242,6 @@ def _atomic_write(path: Path, text: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------- broker
-
-
-def free_port() -> int:
-    """A currently free loopback TCP port (the usual bind-to-0 race applies; start() retries)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _random_cluster_id() -> str:
