@@ -197,7 +197,8 @@ _value = st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers
 
 @settings(max_examples=400, deadline=None)
 @given(pid=st.one_of(st.text(max_size=5), st.integers(-(10**6), 10**6)), model=st.sampled_from(["m", "mc", "zz"]),
-       ts=st.one_of(st.sampled_from(["2026-11-20T10:00:00Z", "2026-11-20T10:00:00.5+02:00", "2026-11-20T10:00:00", "1999-01-01T00:00:00Z", "x"]),
+       ts=st.one_of(st.sampled_from(["2026-11-20T10:00:00Z", "2026-11-20T10:00:00.5+02:00", "2026-11-20T10:00:00",
+                                     "1999-01-01T00:00:00Z", "x"]),
                     st.integers(0, 5_000_000_000_000)),
        scores=st.one_of(st.fixed_dictionaries({k: st.floats(0, 1) for k in "abc"},
                                               optional={"x": st.floats(0, 1), "q": _value}),
