@@ -1,0 +1,378 @@
+"""`monitor report`: the HTML debug view. Sections, numbers equal to the figures, no URL, no raw event
+contents, escaping, and a real headless Chromium that must render the charts without a console message."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from html import unescape
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from monitor.config import parse_config
+from monitor.replay import read_lines, run_replay
+from monitor.report import html as fmt
+from monitor.report.build import report_view
+from monitor.report.html import render
+from tests.conftest import ROOT
+
+EXAMPLE = ROOT / "monitor" / "examples"
+CHROMIUM = Path("/usr/bin/chromium")
+M, V = "moderation", "v7"
+LABELS = ("violence", "hate", "spam", "nudity", "self_harm", "harassment")
+
+
+def monitor(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "monitor.cli", *args], capture_output=True, text=True,
+                          check=check, cwd=ROOT, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def example_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("report") / "report.html"
+    res = monitor("report", "-o", str(out))
+    assert "wrote" in res.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def example_figures(example_config):  # type: ignore[no-untyped-def]
+    _, figures = run_replay(example_config, read_lines(EXAMPLE / "predictions.jsonl"),
+                            read_lines(EXAMPLE / "ground_truth.jsonl"))
+    return figures
+
+
+class Cells(HTMLParser):
+    """(window, metric, label) -> text of every element carrying data-metric, inside its window block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cells: dict[tuple[str, str, str], str] = {}
+        self.svgs = 0
+        self._stack: list[tuple[str, dict[str, str | None]]] = []
+        self._open: list[list[object]] = []  # [key, depth, text parts]
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        self.svgs += tag == "svg"
+        if tag in ("input", "br", "meta", "circle", "line", "rect", "polyline", "path"):
+            return
+        self._stack.append((tag, a))
+        if a.get("data-metric"):
+            window = next((str(x.get("data-window")) for _, x in reversed(self._stack) if x.get("data-window")), "")
+            self._open.append([(window, a["data-metric"], a.get("data-label") or ""), len(self._stack), []])
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in ("input", "br", "meta", "circle", "line", "rect", "polyline", "path"):
+            return
+        if self._open and self._open[-1][1] == len(self._stack):
+            key, _, parts = self._open.pop()
+            self.cells.setdefault(key, "".join(parts).strip())  # type: ignore[arg-type]
+        self._stack.pop()
+
+    def handle_data(self, data: str) -> None:
+        in_svg = any(t == "svg" for t, _ in self._stack)
+        for o in self._open:
+            if not in_svg:
+                o[2].append(data)  # type: ignore[union-attr]
+
+
+def cells_of(html: str) -> Cells:
+    p = Cells()
+    p.feed(html)
+    return p
+
+
+# --- content -----------------------------------------------------------------------------------------------
+
+def test_example_report_has_every_section(example_report: Path) -> None:
+    html = example_report.read_text()
+    for anchor in ("quality", "calibration", "drift", "slo", "ground-truth", "health"):
+        assert f'id="{M}-{anchor}"' in html, anchor
+    assert "Evaluated at <b>2026-11-20 11:59:54 UTC</b>" in html
+    assert "Default window: <b>1d</b>" in html
+    # Every window with data is selectable; the default one is checked.
+    assert re.findall(r'aria-label="window (\w+)"', html) == ["5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d"]
+    assert re.search(r'aria-label="window 1d" checked', html)
+    for label in LABELS:
+        assert f"reliability diagram {label}, last 1d" in html
+        assert f"score distribution {label}, last 1d" in html
+    for title in ("feature PSI per window", "score PSI per window", "burn rate per window, violence-recall",
+                  "burn rate per window, spam-precision", "ground-truth delay histogram"):
+        assert f'aria-label="{title}"' in html
+    assert 'class="pill fire">FIRING: page_slow, ticket_fast, ticket_slow' in html  # the example's collapse
+    assert "micro F1" in html and "hamming loss" in html and "subset accuracy" in html
+
+
+def test_table_numbers_equal_the_figures(example_report: Path, example_figures) -> None:  # type: ignore[no-untyped-def]
+    cells = cells_of(example_report.read_text()).cells
+    f = example_figures
+    for window in ("1d", "2h"):
+        for label in LABELS:
+            key = (M, V, label, window)
+            for metric in ("mlmon_label_precision", "mlmon_label_recall", "mlmon_label_f1", "mlmon_label_ece",
+                           "mlmon_score_psi", "mlmon_estimated_label_precision", "mlmon_estimated_label_recall"):
+                value = f.by_name(metric).get(key)
+                text = cells[(window, metric, label)]
+                assert text.startswith(fmt.ratio(value) if value is not None else fmt.DASH), (metric, key, text)
+            lo, hi = f.by_name("mlmon_label_f1_lower").get(key), f.by_name("mlmon_label_f1_upper").get(key)
+            if lo is not None:
+                assert f"{fmt.ratio(lo)}–{fmt.ratio(hi)}" in cells[(window, "mlmon_label_f1", label)]
+            assert cells[(window, "mlmon_label_support", label)] == fmt.count(f.by_name("mlmon_label_support")[key])
+            rate = f.by_name("mlmon_predicted_positive_rate")[key]
+            ref = f.by_name("mlmon_reference_positive_rate")[(M, label)]
+            assert cells[(window, "mlmon_predicted_positive_rate", label)] == f"{rate:.1%} · {ref:.1%}"
+        for metric in ("mlmon_micro_f1", "mlmon_macro_f1", "mlmon_hamming_loss", "mlmon_subset_accuracy"):
+            assert cells[(window, metric, "")] == fmt.ratio(f.by_name(metric)[(M, V, window)])
+    # Spot checks with the literal numbers, so a formatter bug that changes both sides still fails.
+    assert cells[("1d", "mlmon_label_f1", "spam")].startswith("0.967")
+    assert cells[("2h", "mlmon_label_recall", "violence")].startswith("0.000")  # the collapse
+    assert cells[("1d", "mlmon_label_coverage", "")] == "77.4%"
+    remaining = f.by_name("mlmon_error_budget_remaining")[(M, "violence", "violence-recall")]
+    assert cells[("", "mlmon_error_budget_remaining", "")] == fmt.pct(remaining) == "-261.6%"
+
+
+def test_drift_and_slo_tables_equal_the_figures(example_report: Path, example_figures) -> None:  # type: ignore[no-untyped-def]
+    html = example_report.read_text()
+    psi = example_figures.by_name("mlmon_feature_psi")
+    drift = html[html.index('<table class="drift"'):]
+    drift = drift[:drift.index("</table>")]
+    row = drift[drift.index("PSI · text_length"):]
+    row = row[:row.index("</tr>")]
+    shown = re.findall(r">([\d.]+|<span[^>]*>—</span>)</td>", row)
+    assert shown[0].endswith("—</span>")  # 5m: below the sample-size guard, absent, not 0
+    assert shown[1:] == [fmt.ratio(psi[(M, V, "text_length", w)]) for w in ("30m", "1h", "2h", "6h", "1d", "3d", "30d")]
+    assert 'class="sig"' in row and 'class="mod"' in row  # 2.38 significant, 0.130 moderate
+    burn = example_figures.by_name("mlmon_error_budget_burn_rate")
+    tier = html[html.index('data-tier="page_slow"'):]
+    tier = tier[:tier.index("</tr>")]
+    assert fmt.burn(burn[(M, "violence", "violence-recall", "6h")]) in tier
+    assert "would fire" in tier and "3.83×" in tier
+    page_fast = html[html.index('data-tier="page_fast"'):]
+    assert "1h holds 48 events &lt; min_events 50" in page_fast[:page_fast.index("</tr>")]
+
+
+def test_no_url_script_or_external_resource(example_report: Path) -> None:
+    html = example_report.read_text()
+    assert not re.search(r"""(?:src|href|action|srcset|poster|data)\s*=\s*["']?\s*(?:https?:)?//""", html, re.I)
+    assert "http://" not in html and "https://" not in html
+    assert "<script" not in html.lower() and "<link" not in html.lower() and "<iframe" not in html.lower()
+    assert "url(" not in html and "@import" not in html
+
+
+def test_window_option(tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    monitor("report", "--window", "1h", "-o", str(out))
+    assert re.search(r'aria-label="window 1h" checked', out.read_text())
+    res = monitor("report", "--window", "7m", "-o", str(out), check=False)
+    assert res.returncode == 2 and "'7m' is not a configured window" in res.stderr
+
+
+def test_at_option_reports_an_earlier_evaluation(tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    monitor("report", "--config", str(EXAMPLE / "config.yaml"), "--predictions", str(EXAMPLE / "predictions.jsonl"),
+            "--ground-truth", str(EXAMPLE / "ground_truth.jsonl"), "--at", "2026-11-20T06:00:00Z", "-o", str(out))
+    html = out.read_text()
+    assert "Evaluated at <b>2026-11-20 06:00:00 UTC</b>" in html
+    # Before the collapse at 08:00 no page tier fires; the example's violence recall (about 0.70) is below its
+    # 0.85 target from the start, so only the 1x ticket tier does.
+    assert re.findall(r"FIRING: ([\w, ]+)<", html) == ["ticket_slow"]
+
+
+def test_report_command_stays_light() -> None:
+    code = ("import sys; from monitor.cli import main\n"
+            "try:\n    main(['report', '--help'])\nexcept SystemExit:\n    pass\n"
+            "heavy = [m for m in ('numpy', 'evidently', 'pandas', 'faust', 'scipy') if m in sys.modules]\n"
+            "print('HEAVY=' + ','.join(heavy))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert res.stdout.strip().splitlines()[-1] == "HEAVY="
+
+
+# --- hostile names, multiclass, no raw event contents --------------------------------------------------------
+
+EVIL = '<img src=x onerror="alert(1)">'
+SECRET = "SECRET-feature-value-8127"
+KIND = '"><kind'
+
+
+def _multiclass_stream(n: int = 600) -> tuple[list[bytes], list[bytes]]:
+    rng = np.random.default_rng(5)
+    classes = ["a&b", EVIL, "plain"]
+    preds, truth = [], []
+    for i in range(n):
+        ts = 1_790_000_000 + i * 30
+        raw = rng.dirichlet([1, 1, 1])
+        actual = int(rng.choice(3, p=raw))
+        preds.append(json.dumps({"prediction_id": f"pid-{SECRET}-{i}", "model": "router", "timestamp": ts,
+                                 "scores": dict(zip(classes, raw.round(4).tolist(), strict=True)),
+                                 "model_version": "v<2>",
+                                 "features": {KIND: SECRET if i % 2 else "other", "size": float(i % 50)}}).encode())
+        if i % 4:
+            truth.append(json.dumps({"prediction_id": f"pid-{SECRET}-{i}", "model": "router",
+                                     "timestamp": ts + 120, "labels": [classes[actual]]}).encode())
+    return preds, truth
+
+
+def test_multiclass_and_hostile_names_are_escaped(tmp_path: Path) -> None:
+    ref = tmp_path / "ref.jsonl"
+    preds, truth = _multiclass_stream()
+    ref.write_bytes(b"\n".join(preds[:300]) + b"\n")
+    config = parse_config({
+        "windows": ["5m", "1h", "6h", "1d"],
+        "models": [{"name": "router", "task": "multiclass", "labels": ["a&b", EVIL, "plain"],
+                    "reference": str(ref), "features": {"numeric": ["size"], "categorical": [KIND]},
+                    "slos": [{"label": EVIL, "objective": "recall", "target": 0.5, "severity": "page",
+                              "period": "1d"}]}],
+    })
+    view, _, figures = report_view(config, preds, truth)
+    html = render(view)
+    assert EVIL not in html and "<img" not in html
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+    assert "a&amp;b" in html and KIND not in html and "&quot;&gt;&lt;kind" in html and "v&lt;2&gt;" in html
+    assert SECRET not in html and "pid-" not in html  # no raw event contents, not even ids or values
+    assert 'aria-label="confusion matrix, last 1d"' in html
+    cells = cells_of(html).cells
+    accuracy = figures.by_name("mlmon_accuracy")[("router", "v<2>", "1d")]
+    assert cells[("1d", "mlmon_accuracy", "")] == fmt.ratio(accuracy)
+    assert "subset accuracy" not in html  # multiclass shows accuracy + confusion instead
+    assert cells_of(html).svgs > 20
+
+
+def test_empty_stream_still_renders() -> None:
+    config = parse_config({"models": [{"name": "m", "labels": ["x"], "task": "binary"}]})
+    view, _, _ = report_view(config, [], [])
+    html = render(view)
+    assert view.default_window == "30d" and view.windows == ["30d"]
+    assert "No SLOs configured" in html and "<svg" in html
+
+
+# --- a real browser ----------------------------------------------------------------------------------------
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--enable-logging=stderr", "--v=0",
+                  # Any network attempt fails fast and shows up as a console message.
+                  "--host-resolver-rules=MAP * ~NOTFOUND")
+
+
+def chromium(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    profile = tmp / f"profile-{len(list(tmp.iterdir()))}"
+    env = {**os.environ, "LANG": "C.UTF-8"}
+    return subprocess.run([str(CHROMIUM), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                          capture_output=True, text=True, timeout=120, env=env, check=False)
+
+
+def console_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line or "Uncaught" in line]
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """8-bit RGB(A) PNG -> array (h, w, channels), with the stdlib and numpy only (no Pillow here)."""
+    pos, idat = 8, b""
+    width = height = ctype = 0
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos:pos + 4])
+        kind, body = data[pos + 4:pos + 8], data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IHDR":
+            width, height, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            assert depth == 8 and interlace == 0 and ctype in (2, 6)
+        elif kind == b"IDAT":
+            idat += body
+    bpp = 3 if ctype == 2 else 4
+    raw, stride = zlib.decompress(idat), width * bpp
+    out = np.zeros((height, stride), dtype=np.int64)
+    prev = np.zeros(stride, dtype=np.int64)
+    for y in range(height):
+        kind = raw[y * (stride + 1)]
+        line = np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int64)
+        if kind == 0:
+            cur = line
+        elif kind == 1:
+            cur = line.reshape(-1, bpp).cumsum(axis=0).reshape(-1) % 256
+        elif kind == 2:
+            cur = (line + prev) % 256
+        else:  # average / Paeth depend on the pixel to the left: plain loop
+            lb, pb, cb = line.tolist(), prev.tolist(), [0] * stride
+            for i in range(stride):
+                a = cb[i - bpp] if i >= bpp else 0
+                b = pb[i]
+                if kind == 3:
+                    cb[i] = (lb[i] + ((a + b) >> 1)) & 255
+                else:
+                    c = pb[i - bpp] if i >= bpp else 0
+                    p = a + b - c
+                    pa, pbb, pc = abs(p - a), abs(p - b), abs(p - c)
+                    cb[i] = (lb[i] + (a if pa <= pbb and pa <= pc else b if pbb <= pc else c)) & 255
+            cur = np.array(cb, dtype=np.int64)
+        out[y], prev = cur, cur
+    return out.reshape(height, width, bpp)[..., :3]
+
+
+def share_of(img: np.ndarray, hex_colour: str, tolerance: int = 18) -> float:
+    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    return float((np.abs(img - rgb).max(axis=2) <= tolerance).mean())
+
+
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                    "(apt-get install chromium; scripts/test.sh installs it)")
+def test_report_renders_in_headless_chromium(example_report: Path, tmp_path: Path) -> None:
+    # The console check must be able to fail: a page with a script error shows up.
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>undefinedFunction()</script></body></html>")
+    assert any("Uncaught" in line for line in console_lines(chromium(tmp_path, "--dump-dom", bad.as_uri()).stderr))
+
+    png = tmp_path / "report.png"
+    shot = chromium(tmp_path, f"--screenshot={png}", "--window-size=1400,2400", example_report.as_uri())
+    assert png.exists(), shot.stderr[-2000:]
+    assert console_lines(shot.stderr) == []
+    dom = chromium(tmp_path, "--dump-dom", example_report.as_uri())
+    assert console_lines(dom.stderr) == []
+    assert dom.stdout.count("<svg") == example_report.read_text().count("<svg") > 100
+
+    img = decode_png(png.read_bytes())
+    assert img.shape == (2400, 1400, 3)
+    assert float((img.min(axis=2) < 235).mean()) > 0.1  # not a blank page
+    # The charts are drawn: bars and points in the "current" blue, PSI bands, reliability diagonals.
+    assert share_of(img, "#0072B2") > 0.005
+    assert share_of(img, "#fde2e2", 3) > 0.005  # significant-drift band behind the feature PSI bars
+    assert share_of(img, "#eaf5ec", 3) > 0.002  # no-drift band
+
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                    "(apt-get install chromium; scripts/test.sh installs it)")
+def test_evidently_embed_is_sandboxed_and_renders(tmp_path: Path) -> None:
+    pytest.importorskip("evidently")
+    out = tmp_path / "r.html"
+    monitor("report", "--evidently", "-o", str(out))
+    page = out.read_text()
+    frames = re.findall(r'<iframe title="evidently report moderation" sandbox="allow-scripts" [^>]*srcdoc="([^"]*)"',
+                        page)
+    assert len(frames) == 1
+    outside = page.replace(frames[0], "")
+    assert "<script" not in outside and "http://" not in outside and "https://" not in outside
+    doc = unescape(frames[0])
+    assert not re.search(r"""<(?:script|link|img|iframe)[^>]+(?:src|href)\s*=\s*["']?(?:https?:)?//""", doc, re.I)
+    assert "last 1h (369 joined) vs joined events before the last 1h (5,825)" in page
+
+    # Only the embed on screen. Headless virtual time does not advance timers in out-of-process frames,
+    # and Chromium isolates sandboxed frames in their own process, so that isolation is off for this check.
+    only = tmp_path / "only.html"
+    only.write_text(page.replace("</style>", "section.model{display:none}</style>", 1))
+    png = tmp_path / "evidently.png"
+    shot = chromium(tmp_path, "--disable-features=IsolateSandboxedIframes", "--virtual-time-budget=20000",
+                    f"--screenshot={png}", "--window-size=1400,1400", only.as_uri())
+    assert console_lines(shot.stderr) == []
+    img = decode_png(png.read_bytes())
+    red = (img[..., 0] > 200) & (img[..., 1] < 60) & (img[..., 2] < 60)  # evidently's distribution bars
+    assert red.mean() > 0.001
