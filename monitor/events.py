@@ -83,10 +83,23 @@ def _parse_json_slow(raw: bytes) -> Any:
         raise InvalidEvent(Reason.INVALID_UTF8, "the message is not valid UTF-8") from None
     if "NaN" in text or "Infinity" in text:
         try:
-            return json.loads(text)
-        except (ValueError, RecursionError):
+            obj = json.loads(text, parse_int=_parse_int)
+            # A \ud800-style escape makes a str that is not Unicode: orjson refuses it, json accepts it,
+            # and as an id or a version it would later break every checkpoint and every scrape.
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+            return obj
+        except (ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
             pass
     raise InvalidEvent(Reason.INVALID_JSON, "the message is not valid JSON")
+
+
+def _parse_int(digits: str) -> int | float:
+    # As orjson does beyond 64 bits: a float (inf past 1e308), so a huge integer is rejected as not finite
+    # or out of range instead of raising OverflowError in math.isfinite / float().
+    if len(digits) > 19:
+        return float(digits)
+    value = int(digits)
+    return value if -(1 << 63) <= value < (1 << 64) else float(value)
 
 
 def parse_timestamp(value: Any, field: str = "timestamp") -> float:
