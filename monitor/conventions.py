@@ -34,6 +34,7 @@ L_BURNRATE_TIER: Final = "burnrate_tier"
 OUTCOMES: Final = ("tp", "fp", "fn", "tn")
 SIDE_PREDICTION: Final = "prediction"
 SIDE_GROUND_TRUTH: Final = "ground_truth"
+SIDE_JOINED: Final = "joined"  # only on mlmon_join_evicted_total: a joined prediction removed by the cap
 TOPIC_PREDICTIONS: Final = "predictions"
 TOPIC_GROUND_TRUTH: Final = "ground_truth"
 CALIBRATION_STATS: Final = ("count", "score_sum", "positives")
@@ -70,6 +71,11 @@ CORRECTIONS_TOTAL = _m(
 JOIN_EXPIRED_TOTAL = _m(
     "join_expired_total", "counter", (L_MODEL, L_SIDE),
     "Events whose partner did not arrive within the join TTL.",
+)
+JOIN_EVICTED_TOTAL = _m(
+    "join_evicted_total", "counter", (L_MODEL, L_SIDE),
+    "Join entries removed before their TTL by the join.max_pending cap (side: what the entry held; "
+    "prediction and ground_truth ones also count in mlmon_join_expired_total).",
 )
 DUPLICATES_TOTAL = _m("duplicates_total", "counter", (L_MODEL, L_TOPIC), "Duplicate events ignored.")
 INVALID_EVENTS_TOTAL = _m(

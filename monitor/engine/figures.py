@@ -213,6 +213,8 @@ def _model_counters(state: ModelState, out: Figures) -> None:
     for side in (c.SIDE_PREDICTION, c.SIDE_GROUND_TRUTH):
         out.add(c.JOIN_EXPIRED_TOTAL, (model, side), join.expired[side])
         out.add(c.PENDING_JOINS, (model, side), join.pending[side])
+    for side in (c.SIDE_PREDICTION, c.SIDE_GROUND_TRUTH, c.SIDE_JOINED):
+        out.add(c.JOIN_EVICTED_TOTAL, (model, side), join.evicted[side])
     for side, topic in ((c.SIDE_PREDICTION, c.TOPIC_PREDICTIONS), (c.SIDE_GROUND_TRUTH, c.TOPIC_GROUND_TRUTH)):
         out.add(c.DUPLICATES_TOTAL, (model, topic), join.duplicates[side])
     for topic, n in state.late.items():

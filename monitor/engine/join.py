@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from monitor.conventions import SIDE_GROUND_TRUTH, SIDE_PREDICTION
+from monitor.conventions import SIDE_GROUND_TRUTH, SIDE_JOINED, SIDE_PREDICTION
 from monitor.events import GroundTruth, Prediction
 
 
@@ -78,6 +78,9 @@ class JoinTable:
         self.watermark = float("-inf")
         self.pending = {SIDE_PREDICTION: 0, SIDE_GROUND_TRUTH: 0}
         self.expired: Counter[str] = Counter()
+        # Removed early by the max_entries cap, by what the entry held (prediction / ground_truth: still
+        # waiting, so also counted in `expired`; joined: its outcome stays, later corrections miss it).
+        self.evicted: Counter[str] = Counter()
         self.duplicates: Counter[str] = Counter()  # by side
         self.corrections = 0
         self.joined = 0
@@ -85,6 +88,11 @@ class JoinTable:
     def _schedule(self, pid: str, entry: Entry, expires: float) -> None:
         entry.expires = expires
         heapq.heappush(self._heap, (expires, pid))
+        # Rescheduling leaves stale items behind; a flood of re-sent ground truth for one id would grow the
+        # heap without bound while `entries` stays small. Rebuilding at 2x keeps it O(entries), amortised.
+        if len(self._heap) > 2 * len(self.entries) + 1024:
+            self._heap = [(e.expires, k) for k, e in self.entries.items()]
+            heapq.heapify(self._heap)
 
     def _live(self, pid: str) -> Entry | None:
         """The entry for `pid` unless its TTL passed at the current watermark (then it expires now, so the
@@ -156,14 +164,19 @@ class JoinTable:
 
     def _enforce_cap(self) -> None:
         while len(self.entries) > self.max_entries and self._heap:
-            self._pop()
+            entry = self._pop()
+            if entry is not None:
+                side = SIDE_JOINED if entry.pred is not None and entry.truth is not None else \
+                    SIDE_PREDICTION if entry.pred is not None else SIDE_GROUND_TRUTH
+                self.evicted[side] += 1
 
-    def _pop(self) -> None:
+    def _pop(self) -> Entry | None:
         expires, pid = heapq.heappop(self._heap)
         entry = self.entries.get(pid)
         if entry is None or entry.expires != expires:
-            return  # rescheduled or already gone
+            return None  # rescheduled or already gone
         self._drop(pid, entry)
+        return entry
 
     def _drop(self, pid: str, entry: Entry) -> None:
         del self.entries[pid]

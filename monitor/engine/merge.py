@@ -49,6 +49,7 @@ def merge_model_states(config: MonitorConfig, cfg: ModelConfig, reference: Refer
         for side, n in sj.pending.items():
             join.pending[side] = join.pending.get(side, 0) + n
         join.expired.update(sj.expired)
+        join.evicted.update(sj.evicted)
         join.duplicates.update(sj.duplicates)
         join.corrections += sj.corrections
         join.joined += sj.joined

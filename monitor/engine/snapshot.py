@@ -49,8 +49,8 @@ MODEL_STATE_FIELDS = frozenset({
     "ignored_scores", "late", "last_event", "_preds", "_unpend", "_joins", "_pairs",
 })
 JOIN_FIELDS = frozenset({
-    "ttl", "max_entries", "sink", "entries", "_heap", "_seq", "watermark", "pending", "expired", "duplicates",
-    "corrections", "joined",
+    "ttl", "max_entries", "sink", "entries", "_heap", "_seq", "watermark", "pending", "expired", "evicted",
+    "duplicates", "corrections", "joined",
 })
 STORE_FIELDS = frozenset({"size", "fine_span", "coarse_span", "fine", "coarse", "total", "newest_fine"})
 
@@ -110,6 +110,7 @@ def _dump_model(state: ModelState, prefix: str, arrays: dict[str, np.ndarray]) -
             "watermark": None if join.watermark == float("-inf") else join.watermark,
             "pending": dict(join.pending),
             "expired": dict(join.expired),
+            "evicted": dict(join.evicted),
             "duplicates": dict(join.duplicates),
             "corrections": join.corrections,
             "joined": join.joined,
@@ -333,6 +334,8 @@ def _load_join(join: JoinTable, m: dict[str, Any], n_labels: int, n_versions: in
     join.watermark = float("-inf") if m["watermark"] is None else float(m["watermark"])
     join.pending = {k: int(v) for k, v in m["pending"].items()}
     join.expired = Counter({k: int(v) for k, v in m["expired"].items()})
+    # Absent from snapshots written before the counter existed (same format version: it only adds).
+    join.evicted = Counter({k: int(v) for k, v in m.get("evicted", {}).items()})
     join.duplicates = Counter({k: int(v) for k, v in m["duplicates"].items()})
     join.corrections = int(m["corrections"])
     join.joined = int(m["joined"])
