@@ -94,12 +94,39 @@ class KafkaConfig(_Strict):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
 
+    @model_validator(mode="after")
+    def _security_consistent(self) -> KafkaConfig:
+        # A security key the protocol does not use would be ignored without a word: a TLS file with
+        # PLAINTEXT means the operator believes the traffic is encrypted when it is not.
+        problems = []
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        sasl = self.security_protocol.startswith("SASL")
+        for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+            if getattr(self, key) is not None and not tls:
+                problems.append(f"{key} is set but security_protocol {self.security_protocol} does not use TLS "
+                                "(use SSL or SASL_SSL)")
+        for key in ("sasl_mechanism", "sasl_username_env", "sasl_password_env"):
+            if getattr(self, key) is not None and not sasl:
+                problems.append(f"{key} is set but security_protocol {self.security_protocol} does not use SASL "
+                                "(use SASL_SSL or SASL_PLAINTEXT)")
+            elif getattr(self, key) is None and sasl:
+                problems.append(f"{key} is required with security_protocol {self.security_protocol}")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            problems.append("ssl_keyfile needs ssl_certfile (the client certificate it belongs to)")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
 
 class JoinConfig(_Strict):
     ttl: Duration = 72 * HOUR
     # Beyond this many pending events per model the oldest are expired early (counted), so a flood of
     # unmatched ids cannot exhaust memory.
     max_pending: int = Field(2_000_000, ge=1)
+    # Events timestamped more than this ahead of the wall clock are rejected (timestamp_out_of_range):
+    # one event from the far future would otherwise move the event-time watermark there, expiring every
+    # pending join and dropping every window block. None (the default) trusts producers' clocks.
+    max_clock_skew: Duration | None = None
 
 
 class FeaturesConfig(_Strict):
@@ -319,6 +346,11 @@ def parse_config(data: Any, base_dir: Path | None = None, source: str | None = N
     except ValidationError as exc:
         raise ConfigError([_describe(e) for e in exc.errors()], source) from None
     if base_dir is not None:
+        kafka = cfg.kafka
+        tls_files = {key: str(base_dir / value) for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+                     if (value := getattr(kafka, key)) is not None and not Path(value).is_absolute()}
+        if tls_files:
+            cfg = cfg.model_copy(update={"kafka": kafka.model_copy(update=tls_files)})
         models = [
             m.model_copy(update={"reference": base_dir / m.reference})
             if m.reference is not None and not m.reference.is_absolute()

@@ -7,12 +7,13 @@ reason and returned, with their bytes, for the driver's dead-letter topic.
 
 from __future__ import annotations
 
+import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from monitor import conventions as c
-from monitor.config import MonitorConfig
+from monitor.config import MonitorConfig, format_duration
 from monitor.engine.figures import Figures, model_figures
 from monitor.engine.model_state import ModelState
 from monitor.events import BatchDecoder, Decoder, GroundTruth, InvalidEvent, Prediction
@@ -42,6 +43,8 @@ class Engine:
             references = {m.name: load_reference(config, m) for m in config.models}
         self.models = {m.name: ModelState(config, m, references.get(m.name)) for m in config.models}
         self.invalid: Counter[tuple[str, str]] = Counter()
+        self.max_clock_skew = config.join.max_clock_skew
+        self.clock: Callable[[], float] = time.time  # replaceable, for tests
 
     def _reject(self, topic: str, exc: InvalidEvent, raw: bytes, out: list[Rejection]) -> None:
         self.invalid[(topic, exc.reason)] += 1
@@ -55,7 +58,19 @@ class Engine:
         """Decode a batch (order-independent, so each topic's events are decoded together)."""
         preds = iter(self.batch.predictions([raw for topic, raw in items if topic == PREDICTIONS]))
         truths = iter(self.batch.ground_truth([raw for topic, raw in items if topic != PREDICTIONS]))
-        return [(topic, raw, next(preds) if topic == PREDICTIONS else next(truths)) for topic, raw in items]
+        out = [(topic, raw, next(preds) if topic == PREDICTIONS else next(truths)) for topic, raw in items]
+        if self.max_clock_skew is not None:
+            self._reject_future(out)
+        return out
+
+    def _reject_future(self, decoded: list[Decoded]) -> None:
+        limit = self.clock() + self.max_clock_skew  # type: ignore[operator]
+        for i, (topic, raw, event) in enumerate(decoded):
+            if not isinstance(event, InvalidEvent) and event.ts > limit:
+                decoded[i] = (topic, raw, InvalidEvent(
+                    c.Reason.TIMESTAMP_OUT_OF_RANGE,
+                    f"timestamp is more than {format_duration(self.max_clock_skew)} ahead of the clock",  # type: ignore[arg-type]
+                    event.model))
 
     def apply(self, decoded: Iterable[Decoded]) -> list[Rejection]:
         """Join and aggregate decoded events in the given order; invalid ones are counted and returned."""
