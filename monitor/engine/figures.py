@@ -67,6 +67,7 @@ def model_figures(state: ModelState, windows: list[int], at: float, out: Figures
     lay = state.layout
     labels = cfg.labels
     detail = set(cfg.detail_labels) if cfg.detail_labels is not None else set(labels)
+    cells = _confusion_cells(labels, detail) if state.multiclass else []
     longest = max(windows)
     all_versions: dict[int, np.ndarray] = {w: np.zeros(lay.size) for w in windows}
 
@@ -75,7 +76,7 @@ def model_figures(state: ModelState, windows: list[int], at: float, out: Figures
         calib_ref = lay.view(sums[longest], "calib")
         for w in windows:
             all_versions[w] += sums[w]
-            _window_figures(state, version, format_duration(w), sums[w], calib_ref, detail, out)
+            _window_figures(state, version, format_duration(w), sums[w], calib_ref, detail, cells, out)
         total = state.store.total.get(v)
         if total is not None:
             outcomes = lay.view(total, "outcomes")
@@ -90,8 +91,18 @@ def model_figures(state: ModelState, windows: list[int], at: float, out: Figures
     _model_counters(state, out)
 
 
+def _confusion_cells(labels: list[str], detail: set[str]) -> list[tuple[int, int]]:
+    """The (actual, predicted) cells exported: the full matrix, or with detail_labels set only the rows and
+    columns of those classes, so a 500-class model need not export 250,000 cells per window."""
+    n = len(labels)
+    if len(detail) == n:
+        return [(a, p) for a in range(n) for p in range(n)]
+    chosen = [i for i, label in enumerate(labels) if label in detail]
+    return sorted({(d, x) for d in chosen for x in range(n)} | {(x, d) for d in chosen for x in range(n)})
+
+
 def _window_figures(state: ModelState, version: str, window: str, vec: np.ndarray, calib_ref: np.ndarray,
-                    detail: set[str], out: Figures) -> None:
+                    detail: set[str], cells: list[tuple[int, int]], out: Figures) -> None:
     cfg = state.cfg
     model, labels, lay = cfg.name, cfg.labels, state.layout
     mvw = (model, version, window)
@@ -137,9 +148,8 @@ def _window_figures(state: ModelState, version: str, window: str, vec: np.ndarra
     if state.multiclass:
         conf = lay.view(vec, "confusion")
         out.add(c.ACCURACY, mvw, classification.ratio(np.trace(conf), conf.sum()))
-        for a, actual in enumerate(labels):
-            for p, predicted in enumerate(labels):
-                out.add(c.CONFUSION, (model, version, actual, predicted, window), conf[a, p])
+        for a, p in cells:
+            out.add(c.CONFUSION, (model, version, labels[a], labels[p], window), conf[a, p])
     else:
         out.add(c.SUBSET_ACCURACY, mvw, classification.ratio(sc[S_SUBSET_OK], sc[S_SUBSET_N]))
     n_labels = len(labels)
