@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -71,6 +72,20 @@ def format_duration(seconds: int) -> str:
 
 Duration = Annotated[int, BeforeValidator(parse_duration), PlainSerializer(format_duration)]
 
+_ENV_NAME_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def _env_name(value: str) -> str:
+    # The *_env keys name a variable; a secret pasted here instead would be echoed by every "variable X is not
+    # set" message. Portable variable names (POSIX: upper case, digits, _) rule out almost every real secret.
+    if not _ENV_NAME_RE.match(value):
+        raise ValueError("must be the name of an environment variable (A-Z, 0-9 and _) that holds the secret, "
+                         "never the secret itself")
+    return value
+
+
+EnvName = Annotated[str, AfterValidator(_env_name)]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -88,8 +103,8 @@ class KafkaConfig(_Strict):
     # Security: the names of environment variables, never the secrets themselves.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    sasl_username_env: str | None = None
-    sasl_password_env: str | None = None
+    sasl_username_env: EnvName | None = None
+    sasl_password_env: EnvName | None = None
     ssl_cafile: str | None = None
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
@@ -239,10 +254,10 @@ class ModelConfig(_Strict):
 
 class RetrainingConfig(_Strict):
     url: str = Field(pattern=r"^https?://")
-    secret_env: str = "RETRAIN_WEBHOOK_SECRET"
+    secret_env: EnvName = "RETRAIN_WEBHOOK_SECRET"
     cooldown: Duration = 6 * HOUR
     # Optional: HMAC secret Alertmanager's webhooks must carry (header X-Mlmon-Signature).
-    inbound_secret_env: str | None = None
+    inbound_secret_env: EnvName | None = None
     outbox: Path | None = None
 
 
@@ -331,10 +346,17 @@ def _describe(err: dict[str, Any]) -> str:
         return f"{key}: unknown key (check the spelling; see docs/configuration.md)"
     if err["type"] == "missing":
         return f"{key}: required key is missing"
+    if key.endswith("_env"):  # whatever was written there may be a misplaced secret: never echo it
+        return f"{key}: {msg}"
     value = err.get("input")
     if isinstance(value, dict | list):
         return f"{key}: {msg}"
+    if isinstance(value, str) and "://" in value:  # a URL's user-info and query may hold credentials
+        value = _URL_SECRETS_RE.sub(r"\1***@", value.split("?", 1)[0])
     return f"{key}: {value!r} is not allowed: {msg}"
+
+
+_URL_SECRETS_RE = re.compile(r"(://)[^/@\s]*@")
 
 
 def parse_config(data: Any, base_dir: Path | None = None, source: str | None = None) -> MonitorConfig:
