@@ -1,0 +1,72 @@
+"""docker-compose.yml: valid for Compose, every mounted file exists, versions match what the tests use,
+and every service runs a command this build has. (No Docker engine here: the stack itself is exercised
+by tests/test_e2e_alerting.py through monitor.stack, with the same configs.)"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from monitor.config import load_config
+from monitor.dashboards.common import GRAFANA_VERSION
+from monitor.stream.broker import KAFKA_VERSION
+from tests.conftest import ROOT
+
+COMPOSE = ROOT / "docker-compose.yml"
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.mark.skipif(shutil.which("docker-compose") is None, reason="apt-get install docker-compose")
+def test_compose_file_validates() -> None:
+    res = subprocess.run(["docker-compose", "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert res.returncode == 0, res.stderr
+
+
+def test_mounted_files_exist_and_versions_match() -> None:
+    services = compose()["services"]
+    for name, svc in services.items():
+        for volume in svc.get("volumes", []):
+            source = volume.split(":")[0]
+            assert (ROOT / source).exists(), f"{name}: {source} does not exist"
+    assert services["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
+    assert services["grafana"]["image"] == f"grafana/grafana:{GRAFANA_VERSION}"
+
+
+def test_service_commands_exist() -> None:
+    services = compose()["services"]
+    for name in ("worker", "relay"):
+        verb = services[name]["command"][0]
+        res = subprocess.run([sys.executable, "-m", "monitor.cli", verb, "--help"], capture_output=True, cwd=ROOT)
+        assert res.returncode == 0, f"{name}: monitor {verb} --help failed"
+    for name in ("traffic", "receiver"):
+        module = services[name]["entrypoint"][2]
+        res = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, cwd=ROOT)
+        assert res.returncode == 0, f"{name}: python -m {module} --help failed"
+
+
+def test_compose_config_is_valid_and_points_at_the_services() -> None:
+    cfg = load_config(ROOT / "deploy" / "compose" / "config.yaml")
+    services = compose()["services"]
+    assert cfg.kafka.bootstrap_servers.split(":")[0] in services
+    assert cfg.retraining is not None and urlparse(cfg.retraining.url).hostname in services
+    assert cfg.metrics.bind == "0.0.0.0"
+    am = yaml.safe_load((ROOT / "deploy" / "alertmanager.yml").read_text())
+    for receiver in am["receivers"]:
+        for hook in receiver.get("webhook_configs", []):
+            assert urlparse(hook["url"]).hostname in services, hook["url"]
+    prom = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    targets = [t for job in prom["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    for target in targets:
+        assert target.split(":")[0] in services, target
+    assert cfg.models[0].reference is not None
+    assert Path(cfg.models[0].reference).name in {p.name for p in (ROOT / "monitor/examples/reference").iterdir()}
