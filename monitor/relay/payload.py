@@ -62,7 +62,10 @@ def parse_rfc3339(value: str) -> datetime:
     dt = datetime.fromisoformat(value.strip())
     if dt.tzinfo is None:
         raise ValueError("has no time zone")
-    return dt.astimezone(UTC)
+    try:
+        return dt.astimezone(UTC)
+    except OverflowError:  # e.g. year 1 with a positive offset falls before datetime.min in UTC
+        raise ValueError("is out of range") from None
 
 
 def _str_map(value: Any, path: str, required: bool) -> dict[str, str]:
@@ -73,6 +76,12 @@ def _str_map(value: Any, path: str, required: bool) -> dict[str, str]:
     for k, v in value.items():
         if not isinstance(v, str):
             raise PayloadError(f"{path}.{k}: must be a string, got {type(v).__name__}")
+        try:
+            # JSON can escape lone surrogates (\ud800) that no UTF-8 encoder, SQLite or HTTP header takes.
+            k.encode("utf-8")
+            v.encode("utf-8")
+        except UnicodeEncodeError:
+            raise PayloadError(f"{path}: keys and values must be valid Unicode text") from None
     return dict(value)
 
 

@@ -146,6 +146,8 @@ class Relay:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             return self._reject(400, "invalid_json", f"body is not valid JSON: {exc}")
+        except RecursionError:
+            return self._reject(400, "invalid_json", "body is nested too deeply")
         try:
             notification = parse_notification(data)
         except PayloadError as exc:
