@@ -210,6 +210,9 @@ class ModelConfig(_Strict):
     # Per-label detail series (calibration bins) only for these labels; None means all.
     detail_labels: list[str] | None = None
     latency_slo_seconds: float = Field(0.5, gt=0)
+    # Every model version is a label value on every series: past this many, further versions are counted
+    # together as version "_other", so a caller sending ad-hoc versions cannot explode /metrics.
+    max_versions: int = Field(20, ge=1, le=1000)
 
     @field_validator("labels")
     @classmethod

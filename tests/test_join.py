@@ -118,3 +118,12 @@ def test_expiry_does_not_depend_on_batch_boundaries() -> None:
         assert figs.by_name("mlmon_joined_total").get(("m", "v1"), 0) == 0
         assert figs.by_name("mlmon_join_expired_total")[("m", "prediction")] == 1
         assert figs.by_name("mlmon_pending_joins")[("m", "ground_truth")] == 1
+
+
+def test_versions_beyond_the_cap_are_counted_as_other() -> None:
+    e = Engine(small_config(max_versions=3))
+    e.predictions(prediction(f"p{i}", BASE + i, S, version=f"v{i}") for i in range(10))
+    figs = e.evaluate()
+    totals = figs.by_name("mlmon_predictions_total")
+    assert totals == {("m", "v0"): 1, ("m", "v1"): 1, ("m", "v2"): 1, ("m", "_other"): 7}
+    assert {k[1] for k in figs.by_name("mlmon_window_predictions")} == {"v0", "v1", "v2", "_other"}

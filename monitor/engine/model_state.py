@@ -34,6 +34,10 @@ from monitor.events import GroundTruth, Prediction
 from monitor.reference import Reference
 
 
+# The version label of predictions from versions beyond `max_versions` (see ModelConfig).
+OTHER_VERSION = "_other"
+
+
 class Histogram:
     """Cumulative-at-export histogram counts (the Prometheus shape) kept as a numpy vector."""
 
@@ -83,6 +87,8 @@ class ModelState:
     # --- events in ---------------------------------------------------------------------------------
     def version_index(self, name: str) -> int:
         idx = self.versions.get(name)
+        if idx is None and len(self.versions) >= self.cfg.max_versions and name != OTHER_VERSION:
+            return self.version_index(OTHER_VERSION)
         if idx is None:
             idx = self.versions[name] = len(self.version_names)
             self.version_names.append(name)
