@@ -30,7 +30,9 @@ from monitor.config import MINUTE, MonitorConfig, format_duration, parse_config
 from monitor.rules import RuleOptions, tiers_for
 from monitor.services import ServiceError
 from monitor.simulate import TrafficSpec
-from monitor.stack import Feeder, LocalStack, Received, StackError, simulated_events
+from monitor.stack import PAGER_PATH, TICKET_PATH, Feeder, LocalStack, Received, StackError, simulated_events
+from monitor.stream.broker import BrokerError
+from monitor.stream.kafka_setup import SetupError
 
 MODEL = "moderation"
 RATE = 20.0  # predictions per second
@@ -183,14 +185,14 @@ class Observer:
         received = self.stack.receiver.received()
         for r in received[self._seen_received:]:
             body = r.json()
-            if r.path.endswith("pagerduty"):
+            if r.path == PAGER_PATH:
                 self.summary.pages += 1
                 if body.get("event_action") == "trigger" and body["payload"]["summary"] not in self._seen_alerts:
                     self._seen_alerts.add(body["payload"]["summary"])
                     self.note(f"page at the pager: {body['payload']['summary']}")
                 if self.summary.page_after_injection is None and _is_burn_page(r):
                     self.summary.page_after_injection = round(r.at - self.t0 - self.plan.degrade_at, 1)
-            elif r.path.endswith("tickets"):
+            elif r.path == TICKET_PATH:
                 self.summary.tickets += 1
                 for alert in body.get("alerts", []):
                     text = "ticket: " + _alert_text(alert["labels"])
@@ -346,7 +348,7 @@ def demo_command(fast: bool, duration: float | None, no_tui: bool, bootstrap: st
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         summary = run_demo(plan, console, tui=not no_tui and console.is_terminal, bootstrap=bootstrap)
-    except (StackError, ServiceError) as exc:
+    except (StackError, ServiceError, BrokerError, SetupError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         raise click.ClickException("interrupted while starting") from None

@@ -139,6 +139,7 @@ def test_degradation_pages_and_feature_shift_requests_one_signed_retraining(
             prom.wait_for(f'mlmon:error_budget_burn_rate{{model="{MODEL}", slo="violence-recall"}}', timeout=60)
             prom.wait_for(f'mlmon:feature_psi{{model="{MODEL}"}}', timeout=30)
             data_since = time.time()
+            assert data_since < drift_at - 5, "no healthy phase to check: the first figures came too late"
             time.sleep(max(0.0, drift_at - time.time() - 1.0))
             # Every alert series that was pending or firing at any evaluation so far.
             since_start = _labels(prom.query(f"max_over_time(ALERTS[{math.ceil(time.time() - prom_started) + 2}s])"))
