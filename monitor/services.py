@@ -11,6 +11,7 @@ import json
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +34,18 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def with_parent_death_signal(cmd: list[str]) -> list[str]:
+    """Prefix `setpriv --pdeathsig` so a child dies with us even on SIGKILL (no orphaned servers).
+
+    Only from the main thread: the kernel signals the child when the *thread* that forked it exits, so a
+    child started from a short-lived thread would otherwise die with that thread.
+    """
+    setpriv = shutil.which("setpriv")
+    if sys.platform != "linux" or setpriv is None or threading.current_thread() is not threading.main_thread():
+        return cmd
+    return [setpriv, "--pdeathsig", "TERM", "--", *cmd]
 
 
 def binary(*names: str) -> str | None:
@@ -72,7 +85,8 @@ class _Process:
 
     def start(self, timeout: float = 30.0) -> Self:
         with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(with_parent_death_signal(self.command()), stdout=log,
+                                         stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

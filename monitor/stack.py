@@ -49,12 +49,12 @@ from monitor import conventions as c
 from monitor.config import KafkaConfig, MonitorConfig, RetrainingConfig
 from monitor.relay.signing import SIGNATURE_HEADER, verify_signature
 from monitor.rules import ALERTS_FILE, RECORDING_FILE, RuleOptions, generate, write
-from monitor.services import Alertmanager, Prometheus, free_port
+from monitor.services import Alertmanager, Prometheus, free_port, with_parent_death_signal
 from monitor.simulate import TrafficSpec
 from monitor.simulate import generate as simulate
 
 # A private helper of the broker launcher: `setpriv --pdeathsig` so children die with us even on SIGKILL.
-from monitor.stream.broker import LocalKafka, _with_parent_death_signal
+from monitor.stream.broker import LocalKafka
 
 log = logging.getLogger("monitor.stack")
 
@@ -204,7 +204,7 @@ class _Child:
         self.log_path = log_path
         cmd = [sys.executable, "-m", "monitor.cli", *args]
         with open(log_path, "wb") as out:
-            self.proc = subprocess.Popen(_with_parent_death_signal(cmd), stdout=out, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(with_parent_death_signal(cmd), stdout=out, stderr=subprocess.STDOUT,
                                          stdin=subprocess.DEVNULL, env=env, cwd=ROOT)
 
     @property
@@ -236,18 +236,6 @@ class _Child:
                 log.warning("%s ignored SIGTERM for %.0f s; killing it", self.name, timeout)
                 self.proc.kill()
                 self.proc.wait(10)
-
-
-class _Prometheus(Prometheus):
-    # monitor.services starts its children without a parent-death signal: a killed test run would leave
-    # Prometheus and Alertmanager running. (Asked for in services.py itself; see docs/e2e.md.)
-    def command(self) -> list[str]:
-        return _with_parent_death_signal(super().command())
-
-
-class _Alertmanager(Alertmanager):
-    def command(self) -> list[str]:
-        return _with_parent_death_signal(super().command())
 
 
 # --- the stack ----------------------------------------------------------------------------------------------
@@ -357,13 +345,13 @@ class LocalStack:
         key_file.write_text("local-routing-key\n")
         am_config = local_alertmanager_config(self.receiver.url + PAGER_PATH, self.receiver.url + TICKET_PATH,
                                               self.relay.url + "/alertmanager", key_file, self.timers)
-        self.alertmanager = _Alertmanager(am_config, workdir=self.dir / "alertmanager")
+        self.alertmanager = Alertmanager(am_config, workdir=self.dir / "alertmanager")
         self._exit.callback(self.alertmanager.stop)
         self.alertmanager.start()
 
         rules = write(generate(self.config, self.rule_options, source="the stack's config"), self.dir / "rules")
         rule_files = [p for p in rules if p.name in (RECORDING_FILE, ALERTS_FILE)]
-        self.prometheus = _Prometheus([f"127.0.0.1:{self.worker.port}"], rule_files, job=self.rule_options.job,
+        self.prometheus = Prometheus([f"127.0.0.1:{self.worker.port}"], rule_files, job=self.rule_options.job,
                                      interval=self.scrape_interval,
                                      alertmanagers=[f"127.0.0.1:{self.alertmanager.port}"],
                                      workdir=self.dir / "prometheus")

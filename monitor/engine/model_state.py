@@ -33,7 +33,6 @@ from monitor.engine.windows import (
 from monitor.events import GroundTruth, Prediction
 from monitor.reference import Reference
 
-
 # The version label of predictions from versions beyond `max_versions` (see ModelConfig).
 OTHER_VERSION = "_other"
 

@@ -44,7 +44,7 @@ from typing import IO, Self
 
 import click
 
-from monitor.services import free_port  # re-exported: part of this module's API
+from monitor.services import free_port, with_parent_death_signal  # free_port re-exported: part of the API
 
 log = logging.getLogger(__name__)
 
@@ -518,7 +518,7 @@ class LocalKafka:
         self._out = (self.data_dir / "broker.out").open("wb")
         started = time.monotonic()
         self._proc = subprocess.Popen(
-            _with_parent_death_signal(cmd),
+            with_parent_death_signal(cmd),
             stdin=subprocess.DEVNULL,
             stdout=self._out,
             stderr=subprocess.STDOUT,
@@ -675,18 +675,6 @@ def _sweep_orphaned_temp_dirs() -> None:
 def _escape_property(value: str) -> str:
     # java.util.Properties treats backslash as an escape; paths with one would be mangled otherwise.
     return value.replace("\\", "\\\\")
-
-
-def _with_parent_death_signal(cmd: list[str]) -> list[str]:
-    """Prefix `setpriv --pdeathsig` so the JVM dies with us even on SIGKILL (no orphaned brokers).
-
-    Only from the main thread: the kernel signals the child when the *thread* that forked it exits,
-    so a broker started from a short-lived worker thread would otherwise die with that thread.
-    """
-    setpriv = shutil.which("setpriv")
-    if sys.platform != "linux" or setpriv is None or threading.current_thread() is not threading.main_thread():
-        return cmd
-    return [setpriv, "--pdeathsig", "TERM", "--", *cmd]
 
 
 # Brokers still running at interpreter exit are stopped, so a failed test run leaves no JVM behind.
