@@ -63,7 +63,9 @@ def burn_cap(target: float, share: float) -> float:
 
 
 def capped_threshold(nominal: float, target: float, share: float) -> float:
-    return float(f"{min(nominal, burn_cap(target, share)):.6g}")
+    # Never below 1: a tier must not fire while the SLO is met. The nominal burn (budget share x period /
+    # long window) drops under 1 when the configured windows are far from the workbook's ideal ones.
+    return float(f"{max(1.0, min(nominal, burn_cap(target, share))):.6g}")
 
 
 def nearest_window(windows: Sequence[int], ideal: float) -> int:
