@@ -309,3 +309,15 @@ def test_the_examples_degradation_alerts_on_the_example(prometheus_on_example: P
     assert {"text_length", "lang"} <= drifted and "num_links" not in drifted
     collapsed = {(a[c.L_LABEL], a[n.L_COLLAPSE]) for a in alerts if a["alertname"] == c.ALERT_LABEL_COLLAPSE}
     assert collapsed == {("violence", n.COLLAPSE_NOTHING)}
+
+
+def test_no_tier_threshold_below_one_even_with_mismatched_windows() -> None:
+    """Windows far from the workbook's make the nominal burn fall under 1 (a 1h period with 2m windows
+    gives 0.6); a tier must still never fire while the SLO is met."""
+    from monitor.config import SLOConfig
+    from monitor.rules.tiers import tiers_for
+
+    windows = [120, 300, 600, 1800, 3600]
+    for target in (0.5, 0.85, 0.99, 0.999):
+        slo = SLOConfig(label="a", objective="recall", target=target, period=3600, severity="page")
+        assert all(t.threshold >= 1.0 for t in tiers_for(slo, windows)), target
