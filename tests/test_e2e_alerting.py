@@ -58,6 +58,7 @@ HISTORY = 300.0  # seconds of healthy traffic produced at once before the live p
 DRIFT_AT = 25.0  # seconds after the live start
 DEGRADE_AT = 35.0
 QUIET_AFTER_REQUEST = 40.0  # keep watching for a second retraining request this long (about 8 repeats)
+REPEATS_WATCHED = 12.0  # and at least this long after the first relay count (Alertmanager repeats every 5 s)
 DEADLINE = 120.0  # live seconds by which both the page and the request must have arrived
 
 
@@ -187,7 +188,9 @@ def test_degradation_pages_and_feature_shift_requests_one_signed_retraining(
 
             # Exactly one: Alertmanager keeps repeating the firing group; the relay must not send again.
             received_before = _relay_counters(stack.relay.url)["mlmon_relay_webhooks_received_total"]
-            time.sleep(max(0.0, request.at + QUIET_AFTER_REQUEST - time.time()))
+            # At least a few repeat intervals after the first count: the request may have arrived long before
+            # the page (the loop above waits for both), leaving no quiet time to watch otherwise.
+            time.sleep(max(REPEATS_WATCHED, request.at + QUIET_AFTER_REQUEST - time.time()))
             counters = _relay_counters(stack.relay.url)
             assert len(receiver.retraining) == 1, [r.body[:200] for r in receiver.retraining]
             assert counters["mlmon_relay_webhooks_received_total"] > received_before  # repeats did arrive
