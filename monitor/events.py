@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import orjson
 
 from monitor.config import ModelConfig, MonitorConfig
 from monitor.conventions import Reason
+
+E = TypeVar("E")
 
 MAX_ID_LENGTH = 256
 MAX_VERSION_LENGTH = 64
@@ -171,13 +174,19 @@ class Decoder:
         return schema
 
     def decode_prediction(self, raw: bytes) -> Prediction:
+        return self._decode(raw, self._prediction)
+
+    def decode_ground_truth(self, raw: bytes) -> GroundTruth:
+        return self._decode(raw, self._ground_truth)
+
+    def _decode(self, raw: bytes, build: Callable[[dict[str, Any], str, _ModelSchema], E]) -> E:
         obj = parse_json(raw, self.max_bytes)
         pid = _prediction_id(obj)
         schema = self._schema(obj)
         try:
-            return self._prediction(obj, pid, schema)
+            return build(obj, pid, schema)
         except InvalidEvent as exc:
-            exc.model = schema.cfg.name
+            exc.model = schema.cfg.name  # rejections after the model is known are counted for it
             raise
 
     def _prediction(self, obj: dict[str, Any], pid: str, schema: _ModelSchema) -> Prediction:
@@ -271,16 +280,6 @@ class Decoder:
             if not isinstance(v, str | int | bool):
                 raise InvalidEvent(Reason.INVALID_FEATURES, f"features.{name} must be a string or integer")
         return value
-
-    def decode_ground_truth(self, raw: bytes) -> GroundTruth:
-        obj = parse_json(raw, self.max_bytes)
-        pid = _prediction_id(obj)
-        schema = self._schema(obj)
-        try:
-            return self._ground_truth(obj, pid, schema)
-        except InvalidEvent as exc:
-            exc.model = schema.cfg.name
-            raise
 
     def _ground_truth(self, obj: dict[str, Any], pid: str, schema: _ModelSchema) -> GroundTruth:
         ts = parse_timestamp(obj.get("timestamp"))

@@ -11,27 +11,22 @@ import gc
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from importlib import resources
-from pathlib import Path
 from typing import TypeVar
 
 import click
 import orjson
 
-from monitor.config import ConfigError, MonitorConfig, load_config
+from monitor.config import ConfigError, MonitorConfig
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Decoded, Engine
 from monitor.engine.figures import Figures
 from monitor.events import InvalidEvent, parse_timestamp
+from monitor.inputs import EXAMPLE, input_options, load_inputs, read_lines
+
+__all__ = ["EXAMPLE", "read_lines", "run_replay"]
 
 T = TypeVar("T")
 
 BATCH = 8192
-EXAMPLE = resources.files("monitor") / "examples"
-
-
-def read_lines(path: Path) -> list[bytes]:
-    with open(path, "rb") as fh:
-        return [line.rstrip(b"\r\n") for line in fh if line.strip()]
 
 
 def run_replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
@@ -91,21 +86,8 @@ def _chunks(seq: list[T], size: int) -> Iterator[list[T]]:
         yield seq[i:i + size]
 
 
-def _parse_at(value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_timestamp(value, "--at")
-    except InvalidEvent as exc:
-        raise click.BadParameter(exc.detail, param_hint="--at") from None
-
-
 @click.command("replay")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
-              help="Config file (default: the bundled example).")
-@click.option("--predictions", type=click.Path(dir_okay=False, exists=True), help="JSON lines of predictions.")
-@click.option("--ground-truth", type=click.Path(dir_okay=False, exists=True), help="JSON lines of ground truth.")
-@click.option("--at", help="Evaluation time, RFC 3339 (default: the newest event time).")
+@input_options
 @click.option("--format", "fmt", type=click.Choice(["prometheus", "json"]), default="prometheus", show_default=True)
 def replay_command(config_path: str | None, predictions: str | None, ground_truth: str | None,
                    at: str | None, fmt: str) -> None:
@@ -113,24 +95,15 @@ def replay_command(config_path: str | None, predictions: str | None, ground_trut
 
     With no files, replays the bundled example stream (a moderation model with delayed ground truth).
     """
-    with resources.as_file(EXAMPLE) as example:
-        config_file = Path(config_path) if config_path else example / "config.yaml"
-        pred_file = Path(predictions) if predictions else (example / "predictions.jsonl" if not config_path else None)
-        gt_file = Path(ground_truth) if ground_truth else (example / "ground_truth.jsonl" if not config_path else None)
-        try:
-            config = load_config(config_file)
-        except ConfigError as exc:
-            raise click.ClickException("\n".join([str(exc.source or config_file) + ":", *exc.problems])) from None
-        when = _parse_at(at)
-        try:
-            _, figures = run_replay(config, read_lines(pred_file) if pred_file else [],
-                                    read_lines(gt_file) if gt_file else [], when)
-        except ConfigError as exc:
-            raise click.ClickException("; ".join(exc.problems)) from None
+    inputs = load_inputs(config_path, predictions, ground_truth, at)
+    try:
+        _, figures = run_replay(inputs.config, inputs.predictions, inputs.ground_truth, inputs.at)
+    except ConfigError as exc:
+        raise click.ClickException("; ".join(exc.problems)) from None
     if fmt == "json":
         from monitor.exporter import figures_json
 
-        stamp = datetime.fromtimestamp(when, UTC).isoformat() if when is not None else None
+        stamp = datetime.fromtimestamp(inputs.at, UTC).isoformat() if inputs.at is not None else None
         sys.stdout.buffer.write(orjson.dumps({"at": stamp, "metrics": figures_json(figures)}) + b"\n")
     else:
         from monitor.exporter import prometheus_text

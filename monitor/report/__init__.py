@@ -10,15 +10,13 @@ from pathlib import Path
 
 import click
 
+from monitor.inputs import input_options
+
 __all__ = ["report_command"]
 
 
 @click.command("report")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
-              help="Config file (default: the bundled example).")
-@click.option("--predictions", type=click.Path(dir_okay=False, exists=True), help="JSON lines of predictions.")
-@click.option("--ground-truth", type=click.Path(dir_okay=False, exists=True), help="JSON lines of ground truth.")
-@click.option("--at", help="Evaluation time, RFC 3339 (default: the newest event time).")
+@input_options
 @click.option("--window", help="Window shown first, one of the configured windows "
               "(default: the shortest window holding all the data the longest one holds).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, writable=True), default="report.html",

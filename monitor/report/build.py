@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from importlib import resources
-from pathlib import Path
-
 import click
 
-from monitor.config import ConfigError, MonitorConfig, format_duration, load_config
+from monitor.config import ConfigError, MonitorConfig, format_duration
 from monitor.engine.engine import Engine
 from monitor.engine.figures import Figures
-from monitor.replay import EXAMPLE, _parse_at, read_lines, run_replay
+from monitor.inputs import load_inputs
+from monitor.replay import run_replay
 from monitor.report.html import render
 from monitor.report.model import ReportView, build_report
 
@@ -35,22 +33,12 @@ def report_view(config: MonitorConfig, predictions: list[bytes], ground_truth: l
 
 def build_html(config_path: str | None, predictions: str | None, ground_truth: str | None, at: str | None,
                window: str | None, with_evidently: bool = False) -> str:
-    with resources.as_file(EXAMPLE) as example:
-        # As `monitor replay`: no config means the bundled example and its two files; a config without
-        # files means an empty stream (a report of nothing, but a valid one).
-        config_file = Path(config_path) if config_path else example / "config.yaml"
-        pred_file = Path(predictions) if predictions else (None if config_path else example / "predictions.jsonl")
-        gt_file = Path(ground_truth) if ground_truth else (None if config_path else example / "ground_truth.jsonl")
-        try:
-            config = load_config(config_file)
-        except ConfigError as exc:
-            raise click.ClickException("\n".join([str(exc.source or config_file) + ":", *exc.problems])) from None
-        pred_lines = read_lines(pred_file) if pred_file else []
-        gt_lines = read_lines(gt_file) if gt_file else []
-        try:
-            view, _, _ = report_view(config, pred_lines, gt_lines, _parse_at(at), window)
-        except ConfigError as exc:
-            raise click.ClickException("; ".join(exc.problems)) from None
+    inputs = load_inputs(config_path, predictions, ground_truth, at)
+    config, pred_lines, gt_lines = inputs.config, inputs.predictions, inputs.ground_truth
+    try:
+        view, _, _ = report_view(config, pred_lines, gt_lines, inputs.at, window)
+    except ConfigError as exc:
+        raise click.ClickException("; ".join(exc.problems)) from None
     extra: list[str] = []
     if with_evidently:
         from monitor.report.drift_embed import evidently_section
