@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import re
 import signal
-import socket
 import threading
 import time
 import urllib.error
@@ -25,7 +24,6 @@ from pathlib import Path
 import pytest
 
 from monitor import conventions as c
-from monitor.stream import broker as broker_module
 from monitor.stream.broker import LocalKafka, free_port
 from tests.kafka_fixtures import create_topic
 from tests.test_worker import (
@@ -60,20 +58,6 @@ def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalKafka]:
         broker.stop()
 
 
-def _port_free_like_the_jvm(port: int) -> bool:
-    # broker._port_free binds without SO_REUSEADDR, so the TIME_WAIT sockets a graceful stop leaves on the
-    # broker's own port make it report "in use" for 60 s, although the JVM (which sets SO_REUSEADDR, as
-    # every server does) binds at once. A listening socket still makes this bind fail: a running broker is
-    # still detected. Reported as a bug in monitor/stream/broker.py; this is the test-side workaround.
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def additive(series: Series) -> Series:
     return {k: v for k, v in series.items()
             if k[0].endswith(("_total", "_bucket", "_count", "_sum")) or k[0] in ADDITIVE_GAUGES}
@@ -82,8 +66,7 @@ def additive(series: Series) -> Series:
 # --- a. broker restart -----------------------------------------------------------------------------------------
 @pytest.mark.timeout(150)
 def test_worker_survives_a_broker_restart_mid_stream(own_kafka: LocalKafka, tmp_path: Path, stream,  # noqa: F811
-                                                     workers, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    monkeypatch.setattr(broker_module, "_port_free", _port_free_like_the_jvm)
+                                                     workers) -> None:  # noqa: F811
     preds, truths, at = stream
     bootstrap = own_kafka.bootstrap
     path, config = write_config(tmp_path, bootstrap, partitions=4)

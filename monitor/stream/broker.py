@@ -328,6 +328,9 @@ def _failure_report(data_dir: Path | None) -> str:
 
 def _port_free(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the JVM does: TIME_WAIT sockets a graceful stop leaves behind must not make the port look taken
+        # (a restart on the same port would wait 60 s); a listening broker still makes the bind fail.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:

@@ -225,8 +225,14 @@ class Worker:
                     self.gc.after_batch()
             if time.monotonic() >= self._next_checkpoint:
                 started = time.monotonic()
-                async with self.lock:
-                    await self._checkpoint(list(self.partitions.values()))
+                try:
+                    async with self.lock:
+                        await self._checkpoint(list(self.partitions.values()))
+                except (KafkaError, OSError) as exc:
+                    # E.g. no partition leader for longer than the request timeout during a broker outage:
+                    # the failed partitions stay dirty and the last checkpoint stands, so retrying at the
+                    # next interval loses nothing, while exiting would stop consuming for no gain.
+                    log.warning("checkpoint failed (%s); retrying at the next interval", type(exc).__name__)
                 cost = time.monotonic() - started
                 self._next_checkpoint = time.monotonic() + max(self.options.checkpoint_interval,
                                                                cost / self.options.checkpoint_budget)
