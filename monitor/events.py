@@ -330,33 +330,16 @@ class BatchDecoder:
         out: list[Prediction | InvalidEvent | None] = [None] * len(raws)
         rows: dict[str, tuple[_ModelSchema, list[int], list[list[float]]]] = {}
         pending: list[tuple[int, str, str, str, float, dict[str, Any] | None, float | None, int]] = []
-        schemas = self.decoder.schemas
-        loads = orjson.loads
-        fromiso = datetime.fromisoformat
         for i, raw in enumerate(raws):
             try:
-                if len(raw) > self.max_bytes:
-                    raise ValueError
-                obj = loads(raw)
-                pid = obj["prediction_id"]
-                schema = schemas[obj["model"]]
-                scores = obj["scores"]
+                obj, pid, schema, scores, ts = self._common(raw, "scores")
                 row = [scores[label] for label in schema.labels]
-                ts_raw = obj["timestamp"]
                 version = obj.get("model_version", "unknown")
-                if (type(pid) is not str or not 0 < len(pid) <= MAX_ID_LENGTH or type(ts_raw) is not str
-                        or type(version) is not str or not 0 < len(version) <= MAX_VERSION_LENGTH
-                        or "predicted" in obj or schema.multiclass):
+                if type(version) is not str or not 0 < len(version) <= MAX_VERSION_LENGTH or "predicted" in obj:
                     raise ValueError
                 for v in row:
                     if (type(v) is not float and type(v) is not int) or not 0.0 <= v <= 1.0:
                         raise ValueError
-                dt = fromiso(ts_raw)
-                if dt.tzinfo is None:
-                    raise ValueError
-                ts = dt.timestamp()
-                if not EPOCH_2000 <= ts < EPOCH_2100:
-                    raise ValueError
                 features = obj.get("features")
                 if features is not None and not _features_ok(features, schema):
                     raise ValueError
@@ -385,6 +368,26 @@ class BatchDecoder:
             out[i] = Prediction(pid, model, version, ts, s, p, features, latency, ignored)
         return out  # type: ignore[return-value]
 
+    def _common(self, raw: bytes, body: str) -> tuple[dict[str, Any], str, _ModelSchema, Any, float]:
+        """(event, id, model schema, the event's `body` field, time) of a common-shape event; ValueError,
+        KeyError or TypeError send the event to the exact decoder."""
+        if len(raw) > self.max_bytes:
+            raise ValueError
+        obj = orjson.loads(raw)
+        pid = obj["prediction_id"]
+        schema = self.decoder.schemas[obj["model"]]
+        value = obj[body]
+        ts_raw = obj["timestamp"]
+        if type(pid) is not str or not 0 < len(pid) <= MAX_ID_LENGTH or type(ts_raw) is not str or schema.multiclass:
+            raise ValueError
+        dt = datetime.fromisoformat(ts_raw)
+        if dt.tzinfo is None:
+            raise ValueError
+        ts = dt.timestamp()
+        if not EPOCH_2000 <= ts < EPOCH_2100:
+            raise ValueError
+        return obj, pid, schema, value, ts
+
     def _slow_prediction(self, raw: bytes) -> Prediction | InvalidEvent:
         try:
             return self.decoder.decode_prediction(raw)
@@ -393,29 +396,13 @@ class BatchDecoder:
 
     def ground_truth(self, raws: list[bytes]) -> list[GroundTruth | InvalidEvent]:
         out: list[GroundTruth | InvalidEvent] = []
-        schemas = self.decoder.schemas
-        loads = orjson.loads
-        fromiso = datetime.fromisoformat
         for raw in raws:
             try:
-                if len(raw) > self.max_bytes:
-                    raise ValueError
-                obj = loads(raw)
-                pid = obj["prediction_id"]
-                schema = schemas[obj["model"]]
-                labels = obj["labels"]
-                ts_raw = obj["timestamp"]
-                if (type(pid) is not str or not 0 < len(pid) <= MAX_ID_LENGTH or type(ts_raw) is not str
-                        or type(labels) is not list or schema.multiclass):
+                _, pid, schema, labels, ts = self._common(raw, "labels")
+                if type(labels) is not list:
                     raise ValueError
                 stated = set(labels)
                 if len(stated) != len(labels) or not stated <= schema.label_set:
-                    raise ValueError
-                dt = fromiso(ts_raw)
-                if dt.tzinfo is None:
-                    raise ValueError
-                ts = dt.timestamp()
-                if not EPOCH_2000 <= ts < EPOCH_2100:
                     raise ValueError
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
                 try:
