@@ -25,6 +25,19 @@ def example_exposition() -> bytes:
     return replay.stdout
 
 
+def imported_by_cli(args: list[str], modules: tuple[str, ...]) -> list[str]:
+    """Which of `modules` a fresh interpreter has imported after `monitor <args>` (to keep start-up light)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from monitor.cli import main\n"
+            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+            f"print('HEAVY=' + ','.join(m for m in {modules!r} if m in sys.modules))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    heavy = res.stdout.strip().splitlines()[-1].removeprefix("HEAVY=")
+    return heavy.split(",") if heavy else []
+
+
 def small_config(**model: object) -> MonitorConfig:
     """A config with one model `m` (labels a, b, c by default) and short windows, for engine tests."""
     base: dict[str, object] = {"name": "m", "task": "multilabel", "labels": ["a", "b", "c"], "threshold": 0.5}
