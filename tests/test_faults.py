@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from monitor import conventions as c
+from monitor.config import MonitorConfig
 from monitor.stream.broker import LocalKafka, free_port
 from tests.kafka_fixtures import create_topic
 from tests.test_worker import (
@@ -63,17 +64,23 @@ def additive(series: Series) -> Series:
             if k[0].endswith(("_total", "_bucket", "_count", "_sum")) or k[0] in ADDITIVE_GAUGES}
 
 
+def _prepare(tmp_path: Path, bootstrap: str, events: tuple) -> tuple[Path, MonitorConfig, Series]:
+    """A 4-partition config on `bootstrap`, its topics created, and replay's figures as the oracle."""
+    preds, truths, at = events
+    path, config = write_config(tmp_path, bootstrap, partitions=4)
+    for topic in (config.kafka.predictions_topic, config.kafka.ground_truth_topic):
+        create_topic(bootstrap, topic, partitions=config.kafka.partitions)
+    return path, config, replay_series(config, preds, truths, at)
+
+
 # --- a. broker restart -----------------------------------------------------------------------------------------
 @pytest.mark.timeout(150)
 def test_worker_survives_a_broker_restart_mid_stream(own_kafka: LocalKafka, tmp_path: Path, stream,  # noqa: F811
                                                      workers) -> None:  # noqa: F811
     preds, truths, at = stream
     bootstrap = own_kafka.bootstrap
-    path, config = write_config(tmp_path, bootstrap, partitions=4)
+    path, config, expected = _prepare(tmp_path, bootstrap, stream)
     kafka = config.kafka
-    expected = replay_series(config, preds, truths, at)
-    for topic in (kafka.predictions_topic, kafka.ground_truth_topic):
-        create_topic(bootstrap, topic, partitions=kafka.partitions)
     cut = len(preds) // 2
     # Ground truth goes with the predictions it belongs to, as a live system would emit it.
     first_ids = {key_of(p) for p in preds[:cut]}
@@ -290,11 +297,8 @@ def test_scrapes_during_a_rebalance_are_consistent_snapshots(own_kafka: LocalKaf
                                                             stream, workers) -> None:  # noqa: F811
     preds, truths, at = stream
     bootstrap = own_kafka.bootstrap
-    path, config = write_config(tmp_path, bootstrap, partitions=4)
+    path, config, expected = _prepare(tmp_path, bootstrap, stream)
     kafka = config.kafka
-    expected = replay_series(config, preds, truths, at)
-    for topic in (kafka.predictions_topic, kafka.ground_truth_topic):
-        create_topic(bootstrap, topic, partitions=kafka.partitions)
     produce(bootstrap, kafka.predictions_topic, preds[:1000])
     produce(bootstrap, kafka.ground_truth_topic, truths[:800])
 
