@@ -11,53 +11,54 @@ import gc
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from typing import TypeVar
 
 import click
+import numpy as np
 import orjson
 
 from monitor.config import ConfigError, MonitorConfig
-from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Decoded, Engine
+from monitor.engine.columns import DecodedTopic
+from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
 from monitor.engine.figures import Figures
 from monitor.events import InvalidEvent, parse_timestamp
 from monitor.inputs import EXAMPLE, input_options, load_inputs, read_lines
 
 __all__ = ["EXAMPLE", "read_lines", "run_replay"]
 
-T = TypeVar("T")
-
 BATCH = 8192
 
 
 def run_replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
-               at: float | None = None) -> tuple[Engine, Figures]:
-    engine = Engine(config)
+               at: float | None = None, use_native: bool | None = None) -> tuple[Engine, Figures]:
+    engine = Engine(config, use_native=use_native)
     # The engine's long-lived structures (join entries) are acyclic: cyclic-GC passes over them find
     # nothing while re-scanning 100k+ objects, so the collector is paused for the replay.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        for chunk in _chunks(decoded_by_time(engine, predictions, ground_truth, at), BATCH):
-            engine.apply(chunk)
+        preds = engine.decode(PREDICTIONS, predictions)
+        truths = engine.decode(GROUND_TRUTH, ground_truth)
+        sides, index = steps_by_time(preds, truths, at)
+        for start in range(0, len(sides), BATCH):
+            engine.apply(preds, truths, sides[start:start + BATCH], index[start:start + BATCH])
     finally:
         if was_enabled:
             gc.enable()
     return engine, engine.evaluate(at)
 
 
-def decoded_by_time(engine: Engine, predictions: list[bytes], ground_truth: list[bytes],
-                    at: float | None) -> list[Decoded]:
-    """Both files decoded (once) and merged by event time, predictions first on ties; events that could
-    not be decoded come first (they carry no usable time) and are rejected by the engine."""
-    keyed: list[tuple[float, int, Decoded]] = []
-    for order, topic, lines in ((0, PREDICTIONS, predictions), (1, GROUND_TRUTH, ground_truth)):
-        for chunk in _chunks(lines, BATCH):
-            for topic_, raw, event in engine.decode([(topic, raw) for raw in chunk]):
-                ts = float("-inf") if isinstance(event, InvalidEvent) else event.ts
-                if at is None or ts <= at:
-                    keyed.append((ts, order, (topic_, raw, event)))
-    keyed.sort(key=lambda k: (k[0], k[1]))
-    return [k[2] for k in keyed]
+def steps_by_time(predictions: DecodedTopic, ground_truth: DecodedTopic,
+                  at: float | None) -> tuple[np.ndarray, np.ndarray]:
+    """Both topics' events merged by event time, predictions first on ties and file order after that
+    (`np.lexsort` is stable). Events that could not be decoded come first (they carry no usable time) and
+    are rejected by the engine. With `at`, events after it are left out."""
+    ts = np.concatenate([predictions.times(), ground_truth.times()])
+    sides = np.repeat(np.array([0, 1], dtype=np.uint8), [len(predictions), len(ground_truth)])
+    index = np.concatenate([np.arange(len(predictions)), np.arange(len(ground_truth))])
+    order = np.lexsort((sides, ts))
+    if at is not None:
+        order = order[ts[order] <= at]
+    return sides[order], index[order]
 
 
 def merge_by_time(predictions: list[bytes], ground_truth: list[bytes],
@@ -79,11 +80,6 @@ def _event_time(raw: bytes) -> float:
         return parse_timestamp(obj.get("timestamp")) if isinstance(obj, dict) else float("-inf")
     except (orjson.JSONDecodeError, InvalidEvent):
         return float("-inf")
-
-
-def _chunks(seq: list[T], size: int) -> Iterator[list[T]]:
-    for i in range(0, len(seq), size):
-        yield seq[i:i + size]
 
 
 @click.command("replay")

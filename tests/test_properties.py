@@ -38,7 +38,7 @@ def state(engine: Engine) -> dict[tuple[str, int | str], np.ndarray]:
     for name, v in st_.versions.items():
         for w, vec in st_.store.window_sums(v, CFG.windows, AT).items():
             out[(name, w)] = vec
-        out[(name, "total")] = st_.store.total[v]
+        out[(name, "total")] = st_.store.total.get(v, 0.0)  # a version only a duplicate named has none
     return out
 
 

@@ -1,8 +1,13 @@
 """Events in, state out: the one engine both drivers (Kafka worker, `monitor replay`) run.
 
-Usage: feed raw message bytes with `predictions()` / `ground_truth()` (or `process()` for a mixed,
-ordered batch), then `evaluate(at)` for the figures. Invalid events never raise: they are counted by
+Usage: feed raw message bytes with `process()` (a mixed, ordered batch of (topic, bytes)), or decode
+each topic once with `decode()` and apply steps in any order with `apply()` (what replay does to merge
+two files by time); then `evaluate(at)` for the figures. Invalid events never raise: they are counted by
 reason and returned, with their bytes, for the driver's dead-letter topic.
+
+Decoding is the native fast path (docs/native.md) when the extension is built, with the exact Python
+decoder for every event the fast path does not take; without the extension, Python decodes everything.
+Either way the result is columns (engine/columns.py), and the rest of the engine is the same code.
 """
 
 from __future__ import annotations
@@ -11,9 +16,22 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from monitor import conventions as c
 from monitor.config import MonitorConfig, format_duration
+from monitor.engine import native
+from monitor.engine.columns import (
+    DecodedTopic,
+    GroundTruthColumns,
+    PredictionColumns,
+    concat_ground_truth,
+    concat_predictions,
+    from_ground_truth,
+    from_predictions,
+)
 from monitor.engine.figures import Figures, model_figures
 from monitor.engine.model_state import ModelState
 from monitor.events import BatchDecoder, Decoder, GroundTruth, InvalidEvent, Prediction
@@ -21,9 +39,7 @@ from monitor.reference import Reference, load_reference
 
 PREDICTIONS = c.TOPIC_PREDICTIONS
 GROUND_TRUTH = c.TOPIC_GROUND_TRUTH
-
-
-Decoded = tuple[str, bytes, "Prediction | GroundTruth | InvalidEvent"]
+SIDE = {PREDICTIONS: 0, GROUND_TRUTH: 1}
 
 
 @dataclass(frozen=True)
@@ -35,56 +51,132 @@ class Rejection:
 
 
 class Engine:
-    def __init__(self, config: MonitorConfig, references: dict[str, Reference | None] | None = None) -> None:
+    def __init__(self, config: MonitorConfig, references: dict[str, Reference | None] | None = None,
+                 use_native: bool | None = None) -> None:
         self.config = config
+        self.use_native = native.enabled() if use_native is None else use_native
         self.decoder = Decoder(config)
         self.batch = BatchDecoder(self.decoder)
         if references is None:
             references = {m.name: load_reference(config, m) for m in config.models}
-        self.models = {m.name: ModelState(config, m, references.get(m.name)) for m in config.models}
+        self.models = {m.name: ModelState(config, m, references.get(m.name), self.use_native) for m in config.models}
+        self._states = list(self.models.values())
+        self._model_index = {name: i for i, name in enumerate(self.models)}
+        self.fast = (native._native.Decoder(config.kafka.max_message_bytes,  # type: ignore[union-attr]
+                                            native.native_models(config, references))
+                     if self.use_native else None)
         self.invalid: Counter[tuple[str, str]] = Counter()
         self.max_clock_skew = config.join.max_clock_skew
         self.clock: Callable[[], float] = time.time  # replaceable, for tests
 
-    def _reject(self, topic: str, exc: InvalidEvent, raw: bytes, out: list[Rejection]) -> None:
-        self.invalid[(topic, exc.reason)] += 1
-        out.append(Rejection(topic, exc.reason, exc.detail, raw))
+    # --- decoding ------------------------------------------------------------------------------------------
+    def decode(self, topic: str, raws: list[bytes]) -> DecodedTopic:
+        """Decode one topic's messages (order-independent) into per-model columns."""
+        n = len(raws)
+        if self.fast is not None:
+            out = (self.fast.predictions if topic == PREDICTIONS else self.fast.ground_truth)(raws)
+            decoded = DecodedTopic(topic, raws, out["model"].astype(np.int64), out["row"].astype(np.int64),
+                                   [self._block(topic, b) for b in out["blocks"]], {})
+            rest = np.nonzero(decoded.model < 0)[0].tolist()
+            events = [self._exact(topic, raws[i]) for i in rest]
+        else:
+            decoded = DecodedTopic(topic, raws, np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64),
+                                   [None] * len(self._states), {})
+            rest = list(range(n))
+            events = self.batch.predictions(raws) if topic == PREDICTIONS else self.batch.ground_truth(raws)
+        self._add_exact(decoded, rest, events)
+        if self.max_clock_skew is not None:
+            self._reject_future(decoded)
+        return decoded
+
+    def _block(self, topic: str, b: dict[str, Any]) -> Any:
+        if topic == PREDICTIONS:
+            return PredictionColumns(**b)
+        # The fast path only takes full ground truth given as a list of labels.
+        actual = b["actual"]
+        return GroundTruthColumns(b["ids"], b["ts"], np.ones_like(actual), actual, np.ones(len(actual), dtype=bool))
+
+    def _exact(self, topic: str, raw: bytes) -> Prediction | GroundTruth | InvalidEvent:
+        try:
+            if topic == PREDICTIONS:
+                return self.decoder.decode_prediction(raw)
+            return self.decoder.decode_ground_truth(raw)
+        except InvalidEvent as exc:
+            return exc
+
+    def _add_exact(self, decoded: DecodedTopic, positions: list[int],
+                   events: list[Prediction | GroundTruth | InvalidEvent]) -> None:
+        """Append what the exact decoder made of `positions` to the topic's per-model columns."""
+        by_model: dict[int, tuple[list[int], list[Any]]] = {}
+        for i, event in zip(positions, events, strict=True):
+            if isinstance(event, InvalidEvent):
+                decoded.rejected[i] = event
+            else:
+                pos, evs = by_model.setdefault(self._model_index[event.model], ([], []))
+                pos.append(i)
+                evs.append(event)
+        for m, (pos, evs) in by_model.items():
+            state = self._states[m]
+            have = decoded.blocks[m]
+            if decoded.topic == PREDICTIONS:
+                more: Any = from_predictions(evs, state.n_labels, state.feature_spec)
+                base = len(have) if have is not None else 0
+                decoded.blocks[m] = concat_predictions(have, more) if have is not None else more
+            else:
+                more = from_ground_truth(evs, state.n_labels)
+                base = len(have) if have is not None else 0
+                decoded.blocks[m] = concat_ground_truth(have, more) if have is not None else more
+            decoded.model[pos] = m
+            decoded.row[pos] = base + np.arange(len(pos))
+
+    def _reject_future(self, decoded: DecodedTopic) -> None:
+        limit = self.clock() + self.max_clock_skew  # type: ignore[operator]
+        detail = f"timestamp is more than {format_duration(self.max_clock_skew)} ahead of the clock"  # type: ignore[arg-type]
+        for i in np.nonzero(decoded.times() > limit)[0].tolist():
+            decoded.reject(i, InvalidEvent(c.Reason.TIMESTAMP_OUT_OF_RANGE, detail))
+
+    # --- applying ------------------------------------------------------------------------------------------
+    def apply(self, predictions: DecodedTopic | None, ground_truth: DecodedTopic | None, sides: np.ndarray,
+              index: np.ndarray) -> list[Rejection]:
+        """Apply steps in order: step i is event `index[i]` of `predictions` (sides[i] == 0) or of
+        `ground_truth` (1). Invalid events are counted and returned; then the batch is flushed."""
+        topics = (predictions, ground_truth)
+        model = np.full(len(sides), -1, dtype=np.int64)
+        row = np.full(len(sides), -1, dtype=np.int64)
+        for side, decoded in enumerate(topics):
+            if decoded is not None:
+                sel = np.nonzero(sides == side)[0]
+                model[sel] = decoded.model[index[sel]]
+                row[sel] = decoded.row[index[sel]]
+        rejected: list[Rejection] = []
+        for step in np.nonzero(model < 0)[0].tolist():
+            decoded = topics[sides[step]]
+            assert decoded is not None
+            i = int(index[step])
+            exc = decoded.rejected[i]
+            self.invalid[(decoded.topic, exc.reason)] += 1
+            rejected.append(Rejection(decoded.topic, exc.reason, exc.detail, decoded.raws[i]))
+        for m, state in enumerate(self._states):
+            sel = model == m
+            if sel.any():
+                state.apply(sides[sel].astype(np.uint8), row[sel],
+                            predictions.blocks[m] if predictions is not None else None,
+                            ground_truth.blocks[m] if ground_truth is not None else None)
+        self.flush()
+        return rejected
 
     def process(self, items: Iterable[tuple[str, bytes]]) -> list[Rejection]:
         """Apply a batch of (topic, raw) in order; returns the rejected events."""
-        return self.apply(self.decode(list(items)))
-
-    def decode(self, items: list[tuple[str, bytes]]) -> list[Decoded]:
-        """Decode a batch (order-independent, so each topic's events are decoded together)."""
-        preds = iter(self.batch.predictions([raw for topic, raw in items if topic == PREDICTIONS]))
-        truths = iter(self.batch.ground_truth([raw for topic, raw in items if topic != PREDICTIONS]))
-        out = [(topic, raw, next(preds) if topic == PREDICTIONS else next(truths)) for topic, raw in items]
-        if self.max_clock_skew is not None:
-            self._reject_future(out)
-        return out
-
-    def _reject_future(self, decoded: list[Decoded]) -> None:
-        limit = self.clock() + self.max_clock_skew  # type: ignore[operator]
-        for i, (topic, raw, event) in enumerate(decoded):
-            if not isinstance(event, InvalidEvent) and event.ts > limit:
-                decoded[i] = (topic, raw, InvalidEvent(
-                    c.Reason.TIMESTAMP_OUT_OF_RANGE,
-                    f"timestamp is more than {format_duration(self.max_clock_skew)} ahead of the clock",  # type: ignore[arg-type]
-                    event.model))
-
-    def apply(self, decoded: Iterable[Decoded]) -> list[Rejection]:
-        """Join and aggregate decoded events in the given order; invalid ones are counted and returned."""
-        rejected: list[Rejection] = []
-        models = self.models
-        for topic, raw, event in decoded:
-            if isinstance(event, InvalidEvent):
-                self._reject(topic, event, raw, rejected)
-            elif topic == PREDICTIONS:
-                models[event.model].add_prediction(event)  # type: ignore[arg-type]
-            else:
-                models[event.model].add_ground_truth(event)  # type: ignore[arg-type]
-        self.flush()
-        return rejected
+        items = list(items)
+        sides = np.fromiter((SIDE[topic] for topic, _ in items), dtype=np.uint8, count=len(items))
+        preds = [raw for topic, raw in items if topic == PREDICTIONS]
+        truths = [raw for topic, raw in items if topic != PREDICTIONS]
+        index = np.empty(len(items), dtype=np.int64)
+        for side in (0, 1):
+            sel = np.nonzero(sides == side)[0]
+            index[sel] = np.arange(sel.size)
+        return self.apply(self.decode(PREDICTIONS, preds) if preds else None,
+                          self.decode(GROUND_TRUTH, truths) if truths else None, sides, index)
 
     def predictions(self, raws: Iterable[bytes]) -> list[Rejection]:
         return self.process((PREDICTIONS, r) for r in raws)
@@ -93,7 +185,7 @@ class Engine:
         return self.process((GROUND_TRUTH, r) for r in raws)
 
     def flush(self) -> None:
-        for state in self.models.values():
+        for state in self._states:
             state.flush()
 
     @property
@@ -114,3 +206,4 @@ class Engine:
             for reason in c.ALL_REASONS:
                 out.add(c.INVALID_EVENTS_TOTAL, (topic, reason), self.invalid[(topic, reason)])
         return out
+

@@ -1,20 +1,27 @@
 """Per-model state: the join table, the window blocks, and the batch that turns events into block deltas.
 
-Join decisions happen per event (they depend on order); the statistics they produce are queued and
-turned into block deltas once per batch with a single `np.bincount`, so the per-event cost is a few
-dict operations and list appends.
+Join decisions happen per event (they depend on order) inside the join table, native or Python
+(docs/native.md). Everything they produce comes out as columns, and is turned into block deltas once
+per batch with a single `np.bincount`, so no statistic is computed per event in Python.
 """
 
 from __future__ import annotations
 
-import bisect
-from typing import Any
+from typing import NamedTuple
 
 import numpy as np
 
 from monitor.config import ModelConfig, MonitorConfig
-from monitor.conventions import GROUND_TRUTH_DELAY_BUCKETS, LATENCY_BUCKETS, SIDE_PREDICTION
-from monitor.engine.join import JoinTable, Pred, Truth
+from monitor.conventions import GROUND_TRUTH_DELAY_BUCKETS, LATENCY_BUCKETS
+from monitor.engine import native
+from monitor.engine.columns import (
+    FeatureSpec,
+    GroundTruthColumns,
+    PredictionColumns,
+    from_ground_truth,
+    from_predictions,
+)
+from monitor.engine.join import JoinTable
 from monitor.engine.metrics.calibration import score_bins
 from monitor.engine.windows import (
     S_CARD_ACTUAL,
@@ -30,7 +37,6 @@ from monitor.engine.windows import (
     Layout,
     fine_bucket,
 )
-from monitor.events import GroundTruth, Prediction
 from monitor.reference import Reference
 
 # The version label of predictions from versions beyond `max_versions` (see ModelConfig).
@@ -41,24 +47,43 @@ class Histogram:
     """Cumulative-at-export histogram counts (the Prometheus shape) kept as a numpy vector."""
 
     def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = np.asarray(buckets)
+        self.buckets = np.asarray(buckets, dtype=np.float64)
         self.counts = np.zeros(len(buckets) + 1)
-        self._edges = [float(b) for b in buckets]  # bisect on a list: no numpy call per observation
         self.sum = 0.0
 
-    def observe(self, value: float) -> None:
-        self.counts[bisect.bisect_left(self._edges, value)] += 1
-        self.sum += value
+    def observe(self, values: np.ndarray) -> None:
+        # side="left": a value equal to a bound belongs to that bound's bucket (le="bound").
+        self.counts += np.bincount(np.searchsorted(self.buckets, values, side="left"), minlength=self.counts.size)
+        self.sum += float(np.sum(values))
+
+
+class AcceptedPredictions(NamedTuple):
+    """The rows of accepted predictions that the statistics need, queued until the next flush."""
+
+    version: np.ndarray
+    ts: np.ndarray
+    scores: np.ndarray
+    predicted: np.ndarray
+    numeric: np.ndarray
+    categorical: np.ndarray
+
+
+def make_join(config: MonitorConfig, n_labels: int, use_native: bool) -> JoinTable:
+    if use_native:
+        return native._native.Join(config.join.ttl, config.join.max_pending, n_labels)  # type: ignore[no-any-return,union-attr]
+    return JoinTable(config.join.ttl, config.join.max_pending, n_labels)
 
 
 class ModelState:
-    def __init__(self, config: MonitorConfig, cfg: ModelConfig, reference: Reference | None) -> None:
+    def __init__(self, config: MonitorConfig, cfg: ModelConfig, reference: Reference | None,
+                 use_native: bool = False) -> None:
         self.cfg = cfg
         self.reference = reference
         self.n_labels = len(cfg.labels)
         self.multiclass = cfg.task == "multiclass"
         self.features = cfg.features.all
         self.n_numeric = len(cfg.features.numeric)
+        self.feature_spec = FeatureSpec(tuple(cfg.features.numeric), tuple(cfg.features.categorical), reference)
         feature_bins = [reference.features[f].size for f in self.features] if reference else []
         self.pair_labels = reference.pair_labels if reference else 0
         self.layout = Layout(
@@ -68,7 +93,7 @@ class ModelState:
             classes=self.n_labels if self.multiclass else 0,
         )
         self.store = BlockStore(self.layout.size, config.windows)
-        self.join = JoinTable(config.join.ttl, config.join.max_pending, self)
+        self.join = make_join(config, self.n_labels, use_native)
         self.versions: dict[str, int] = {}
         self.version_names: list[str] = []
         self.predictions_total: list[int] = []
@@ -78,10 +103,11 @@ class ModelState:
         self.ignored_scores = 0
         self.late = {"predictions": 0, "ground_truth": 0}
         self.last_event: dict[str, float] = {}
-        self._preds: list[tuple[Pred, dict[str, Any] | None]] = []
-        self._unpend: list[Pred] = []
-        self._joins: list[tuple[Pred, Truth, int]] = []
+        self._preds: list[AcceptedPredictions] = []
         self._pairs = np.triu_indices(self.pair_labels, 1) if self.pair_labels >= 2 else None
+        # What `apply` uses for a topic with no events in the batch.
+        self.no_predictions = from_predictions([], self.n_labels, self.feature_spec)
+        self.no_ground_truth = from_ground_truth([], self.n_labels)
 
     # --- events in ---------------------------------------------------------------------------------
     def version_index(self, name: str) -> int:
@@ -95,47 +121,62 @@ class ModelState:
             self.latency.append(Histogram(LATENCY_BUCKETS))
         return idx
 
-    def add_prediction(self, p: Prediction) -> None:
-        entry = self.join.entries.get(p.prediction_id)
-        if entry is not None and entry.pred is not None and entry.expires >= max(self.join.watermark, p.ts):
-            self.join.duplicates[SIDE_PREDICTION] += 1
-            return
-        v = self.version_index(p.version)
-        self.ignored_scores += p.ignored_scores
-        self.last_event["predictions"] = max(self.last_event.get("predictions", p.ts), p.ts)
-        self.predictions_total[v] += 1
-        if p.latency_s is not None:
-            self.latency[v].observe(p.latency_s)
-        self.join.add_prediction(p, v)
+    def apply(self, kinds: np.ndarray, rows: np.ndarray, preds: PredictionColumns | None,
+              truths: GroundTruthColumns | None) -> None:
+        """Apply steps in order: kind 0 is row `rows[i]` of `preds`, kind 1 a row of `truths`."""
+        P = preds if preds is not None else self.no_predictions
+        G = truths if truths is not None else self.no_ground_truth
+        pred_rows = rows[kinds == 0]
+        gt_rows = rows[kinds == 1]
+        if pred_rows.size:
+            self._assign_versions(P, pred_rows)
+        accepted = self.join.apply(kinds, rows, P.ids, P.ts, P.version, P.scores, P.predicted,
+                                   G.ids, G.ts, G.known, G.actual, G.full)
+        if gt_rows.size:
+            self.ground_truth_total += int(gt_rows.size)
+            self._seen("ground_truth", float(G.ts[gt_rows].max()))
+        if accepted.size:
+            self._count_predictions(P, accepted)
 
-    def add_ground_truth(self, g: GroundTruth) -> None:
-        self.ground_truth_total += 1
-        self.last_event["ground_truth"] = max(self.last_event.get("ground_truth", g.ts), g.ts)
-        self.join.add_ground_truth(g)
+    def _assign_versions(self, P: PredictionColumns, rows: np.ndarray) -> None:
+        # Versions are registered in the order the steps first name them (max_versions keeps the first ones).
+        codes = P.version_code[rows]
+        uniq, first = np.unique(codes, return_index=True)
+        lut = np.empty(len(P.version_names), dtype=np.int64)
+        for code in uniq[np.argsort(first, kind="stable")].tolist():
+            lut[code] = self.version_index(P.version_names[code])
+        P.version[rows] = lut[codes]
 
-    # --- JoinSink ----------------------------------------------------------------------------------
-    def on_prediction(self, pred: Pred, features: dict[str, Any] | None) -> None:
-        self._preds.append((pred, features))
+    def _count_predictions(self, P: PredictionColumns, rows: np.ndarray) -> None:
+        version = P.version[rows]
+        for v, n in enumerate(np.bincount(version).tolist()):
+            self.predictions_total[v] += n
+        latency = P.latency[rows]
+        reported = ~np.isnan(latency)
+        if reported.any():
+            for v in np.unique(version[reported]).tolist():
+                self.latency[v].observe(latency[reported & (version == v)])
+        self.ignored_scores += int(P.ignored[rows].sum())
+        self._seen("predictions", float(P.ts[rows].max()))
+        self._preds.append(AcceptedPredictions(version, P.ts[rows], P.scores[rows], P.predicted[rows],
+                                               P.numeric[rows], P.categorical[rows]))
 
-    def on_unpend(self, pred: Pred) -> None:
-        self._unpend.append(pred)
-
-    def on_join(self, pred: Pred, truth: Truth, sign: int) -> None:
-        self._joins.append((pred, truth, sign))
-
-    def on_first_join(self, pred: Pred, truth: Truth) -> None:
-        self.delay.observe(max(0.0, truth.ts - pred.ts))
+    def _seen(self, topic: str, ts: float) -> None:
+        self.last_event[topic] = max(self.last_event.get(topic, ts), ts)
 
     # --- batch -> block deltas ---------------------------------------------------------------------
     def flush(self) -> None:
-        """Expire old joins, then apply everything queued since the last flush to the blocks."""
+        """Expire old joins, then apply everything produced since the last flush to the blocks."""
         self.join.expire()
         if self.join.watermark > float("-inf"):
             self.store.advance(int(self.join.watermark // 60))
-        if self._preds or self._unpend or self._joins:
-            self._apply()
+        out = self.join.drain()
+        if out["delay"].size:
+            self.delay.observe(out["delay"])
+        if self._preds or out["unpend_ts"].size or out["join_obs"].size:
+            self._apply(out)
 
-    def _apply(self) -> None:
+    def _apply(self, out: dict[str, np.ndarray]) -> None:
         idx: list[np.ndarray] = []
         w: list[np.ndarray] = []
         groups: dict[tuple[int, int], int] = {}
@@ -148,23 +189,21 @@ class ModelState:
                               dtype=np.int64, count=len(keys))
             return ids[inverse.ravel()]
 
-        L = self.layout
-        size = L.size
+        size = self.layout.size
         if self._preds:
-            preds = [p for p, _ in self._preds]
-            g = group_ids(np.array([p.version for p in preds]), fine_bucket(np.array([p.ts for p in preds])))
-            self._prediction_cells(preds, [f for _, f in self._preds], g * size, idx, w)
-            late["predictions"] += self._count_late(np.array([p.ts for p in preds]))
-        if self._unpend:
-            preds = self._unpend
-            g = group_ids(np.array([p.version for p in preds]), fine_bucket(np.array([p.ts for p in preds])))
-            self._pending_cells(preds, g * size, -1.0, idx, w)
-        if self._joins:
-            obs = np.array([max(p.ts, t.ts) for p, t, _ in self._joins])
-            g = group_ids(np.array([p.version for p, _, _ in self._joins]), fine_bucket(obs))
-            self._join_cells(g * size, idx, w)
+            p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*self._preds, strict=True)))
+            self._preds = []
+            g = group_ids(p.version, fine_bucket(p.ts))
+            self._prediction_cells(p, g * size, idx, w)
+            late["predictions"] += self._count_late(p.ts)
+        if out["unpend_ts"].size:
+            g = group_ids(out["unpend_version"], fine_bucket(out["unpend_ts"]))
+            self._pending_cells(out["unpend_scores"], out["unpend_predicted"], g * size, -1.0, idx, w)
+        if out["join_obs"].size:
+            obs = out["join_obs"]
+            g = group_ids(out["join_version"], fine_bucket(obs))
+            self._join_cells(out, g * size, idx, w)
             late["ground_truth"] += self._count_late(obs)
-        self._preds, self._unpend, self._joins = [], [], []
         if not idx:
             return
         deltas = np.bincount(np.concatenate(idx), weights=np.concatenate(w), minlength=len(groups) * size)
@@ -181,12 +220,11 @@ class ModelState:
         kept = (m > newest - st.fine_span) | (m // 60 > newest // 60 - st.coarse_span)
         return int(m.size - np.count_nonzero(kept))
 
-    def _prediction_cells(self, preds: list[Pred], features: list[dict[str, Any] | None],
-                          base: np.ndarray, idx: list[np.ndarray], w: list[np.ndarray]) -> None:
+    def _prediction_cells(self, p: AcceptedPredictions, base: np.ndarray, idx: list[np.ndarray],
+                          w: list[np.ndarray]) -> None:
         L = self.layout
-        n, nl = len(preds), self.n_labels
-        S = np.stack([p.scores for p in preds])
-        P = np.stack([p.predicted for p in preds])
+        S, P = p.scores, p.predicted
+        n, nl = S.shape
         sc = L.offsets["scalars"]
         ones = np.ones(n)
         idx += [base + sc + S_PREDICTIONS, base + sc + S_CARD_PRED]
@@ -194,7 +232,7 @@ class ModelState:
         rows, cols = np.nonzero(P)
         idx.append(base[rows] + L.offsets["pred_pos"] + cols)
         w.append(np.ones(rows.size))
-        self._pending_cells(preds, base, 1.0, idx, w, S, P)
+        self._pending_cells(S, P, base, 1.0, idx, w)
         ref = self.reference
         if ref is not None:
             bins = np.empty((n, nl), dtype=np.int64)
@@ -202,7 +240,7 @@ class ModelState:
                 bins[:, j] = ref.scores[j].bin_numeric(S[:, j])
             idx.append((base[:, None] + L.offsets["score_bins"] + np.arange(nl) * SCORE_BINS + bins).ravel())
             w.append(np.ones(n * nl))
-        self._feature_cells(features, base, idx, w)
+        self._feature_cells(p, base, idx, w)
         if self._pairs is not None:
             k = self.pair_labels
             Pk = P[:, :k]
@@ -213,37 +251,30 @@ class ModelState:
             idx += [base[r] + off + c, base[few] + off + pair_hits.shape[1]]
             w += [np.ones(r.size), np.ones(few.size)]
 
-    def _feature_cells(self, features: list[dict[str, Any] | None], base: np.ndarray,
-                       idx: list[np.ndarray], w: list[np.ndarray]) -> None:
-        if not self.features:
-            return
+    def _feature_cells(self, p: AcceptedPredictions, base: np.ndarray, idx: list[np.ndarray],
+                       w: list[np.ndarray]) -> None:
         L = self.layout
         ref = self.reference
         missing_off = L.offsets["feat_missing"]
         bins_off = L.offsets["feat_bins"]
         for fi, name in enumerate(self.features):
-            values = [f.get(name) if f else None for f in features]
-            present = np.fromiter((v is not None for v in values), dtype=bool, count=len(values))
+            numeric = fi < self.n_numeric
+            values = p.numeric[:, fi] if numeric else p.categorical[:, fi - self.n_numeric]
+            present = ~np.isnan(values) if numeric else values >= 0
             miss = np.nonzero(~present)[0]
             idx.append(base[miss] + missing_off + fi)
             w.append(np.ones(miss.size))
             if ref is None:
                 continue
-            binning = ref.features[name]
             rows = np.nonzero(present)[0]
-            if fi < self.n_numeric:
-                b = binning.bin_numeric(np.array([values[i] for i in rows], dtype=np.float64))
-            else:
-                b = np.fromiter((binning.bin_category(values[i]) for i in rows), dtype=np.int64, count=rows.size)
+            # Categorical values arrive already binned against the reference (columns.FeatureSpec).
+            b = ref.features[name].bin_numeric(values[rows]) if numeric else values[rows]
             idx.append(base[rows] + bins_off + L.feature_offsets[fi] + b)
             w.append(np.ones(rows.size))
 
-    def _pending_cells(self, preds: list[Pred], base: np.ndarray, sign: float, idx: list[np.ndarray],
-                       w: list[np.ndarray], S: np.ndarray | None = None, P: np.ndarray | None = None) -> None:
+    def _pending_cells(self, S: np.ndarray, P: np.ndarray, base: np.ndarray, sign: float, idx: list[np.ndarray],
+                       w: list[np.ndarray]) -> None:
         L = self.layout
-        if S is None or P is None:
-            S = np.stack([p.scores for p in preds])
-            P = np.stack([p.predicted for p in preds])
         n, nl = S.shape
         cb = score_bins(S)
         # pending[label, bin, k]: k = 0/1 count/score sum if predicted positive, 2/3 if negative.
@@ -251,15 +282,12 @@ class ModelState:
         idx += [cell, cell + 1, base + L.offsets["scalars"] + S_PENDING]
         w += [np.full(n * nl, sign), sign * S.ravel(), np.full(n, sign)]
 
-    def _join_cells(self, base: np.ndarray, idx: list[np.ndarray], w: list[np.ndarray]) -> None:
+    def _join_cells(self, out: dict[str, np.ndarray], base: np.ndarray, idx: list[np.ndarray],
+                    w: list[np.ndarray]) -> None:
         L = self.layout
-        joins = self._joins
-        S = np.stack([p.scores for p, _, _ in joins])
-        P = np.stack([p.predicted for p, _, _ in joins])
-        K = np.stack([t.known for _, t, _ in joins])
-        A = np.stack([t.actual for _, t, _ in joins])
-        full = np.fromiter((t.full for _, t, _ in joins), dtype=bool, count=len(joins))
-        sign = np.fromiter((s for _, _, s in joins), dtype=np.float64, count=len(joins))
+        S, P = out["join_scores"], out["join_predicted"]
+        K, A = out["join_known"], out["join_actual"]
+        full, sign = out["join_full"], out["join_sign"]
         nl = self.n_labels
         code = (~A).astype(np.int64) + (~P).astype(np.int64) * 2  # tp 0, fp 1, fn 2, tn 3
         r, c = np.nonzero(K)

@@ -18,7 +18,6 @@ What a model's state holds, and where it goes:
 
 from __future__ import annotations
 
-import heapq
 import io
 import zipfile
 from collections import Counter
@@ -31,7 +30,7 @@ import orjson
 from monitor.config import MonitorConfig
 from monitor.conventions import LATENCY_BUCKETS
 from monitor.engine.engine import Engine
-from monitor.engine.join import Entry, JoinTable, Pred, Truth
+from monitor.engine.join import EXPORT_COLUMNS, JoinTable
 from monitor.engine.model_state import Histogram, ModelState
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
@@ -44,13 +43,15 @@ MAX_UNCOMPRESSED = 8 << 30
 # The attributes this module saves or knowingly rebuilds; tests compare them with the live classes so a
 # field added to the engine cannot be silently dropped from checkpoints.
 MODEL_STATE_FIELDS = frozenset({
-    "cfg", "reference", "n_labels", "multiclass", "features", "n_numeric", "pair_labels", "layout", "store",
-    "join", "versions", "version_names", "predictions_total", "latency", "delay", "ground_truth_total",
-    "ignored_scores", "late", "last_event", "_preds", "_unpend", "_joins", "_pairs",
+    "cfg", "reference", "n_labels", "multiclass", "features", "n_numeric", "feature_spec", "pair_labels",
+    "layout", "store", "join", "versions", "version_names", "predictions_total", "latency", "delay",
+    "ground_truth_total", "ignored_scores", "late", "last_event", "_preds", "_pairs", "no_predictions",
+    "no_ground_truth",
 })
+# The Python join's fields; the native join exports the same state through the same export()/restore().
 JOIN_FIELDS = frozenset({
-    "ttl", "max_entries", "sink", "entries", "_heap", "_seq", "watermark", "pending", "expired", "evicted",
-    "duplicates", "corrections", "joined",
+    "ttl", "max_entries", "n_labels", "entries", "_heap", "seq", "watermark", "pending", "expired", "evicted",
+    "duplicates", "corrections", "joined", "_unpend", "_joins", "_delays",
 })
 STORE_FIELDS = frozenset({"size", "fine_span", "coarse_span", "fine", "coarse", "total", "newest_fine"})
 
@@ -81,15 +82,17 @@ def dump(engine: Engine, extra: Mapping[str, Any] | None = None, compress: bool 
 
 
 def _dump_model(state: ModelState, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    if state._preds or state._unpend or state._joins:
+    if state._preds:
         raise SnapshotError("model state has unflushed statistics")
     width = len(LATENCY_BUCKETS) + 1
     arrays[f"{prefix}.latency"] = (np.stack([h.counts for h in state.latency]) if state.latency
                                    else np.zeros((0, width)))
     arrays[f"{prefix}.delay"] = state.delay.counts.copy()
     _dump_store(state.store, prefix, arrays)
-    ids = _dump_join(state.join, state.n_labels, prefix, arrays)
     join = state.join
+    ids, columns = join.export()
+    for name, col in columns.items():
+        arrays[f"{prefix}.join.{name}"] = col
     return {
         "name": state.cfg.name,
         "labels": list(state.cfg.labels),
@@ -106,7 +109,7 @@ def _dump_model(state: ModelState, prefix: str, arrays: dict[str, np.ndarray]) -
         "newest_fine": state.store.newest_fine,
         "join": {
             "ids": ids,
-            "seq": join._seq,
+            "seq": join.seq,
             "watermark": None if join.watermark == float("-inf") else join.watermark,
             "pending": dict(join.pending),
             "expired": dict(join.expired),
@@ -128,43 +131,6 @@ def _dump_store(store: BlockStore, prefix: str, arrays: dict[str, np.ndarray]) -
     arrays[f"{prefix}.total.keys"] = np.array(versions, dtype=np.int64)
     arrays[f"{prefix}.total.blocks"] = (np.stack([store.total[v] for v in versions]) if versions
                                         else np.zeros((0, store.size)))
-
-
-def _dump_join(join: JoinTable, n_labels: int, prefix: str, arrays: dict[str, np.ndarray]) -> list[str]:
-    ids = list(join.entries)
-    entries = list(join.entries.values())
-    n = len(ids)
-    # Column by column with comprehensions: a per-entry loop of numpy row stores costs 3x more.
-    preds = [e.pred for e in entries]
-    truths = [e.truth for e in entries]
-    has_pred = np.fromiter((p is not None for p in preds), dtype=bool, count=n)
-    has_truth = np.fromiter((t is not None for t in truths), dtype=bool, count=n)
-    ps = [p for p in preds if p is not None]
-    ts = [t for t in truths if t is not None]
-
-    def column(values: list[Any], rows: np.ndarray, dtype: Any, width: int | None = None) -> np.ndarray:
-        out = np.zeros((n, width) if width else n, dtype=dtype)
-        if values:
-            out[rows] = np.concatenate(values).reshape(len(values), width) if width else np.array(values, dtype=dtype)
-        return out
-
-    columns = {
-        "has_pred": has_pred,
-        "pred_ts": column([p.ts for p in ps], has_pred, np.float64),
-        "pred_version": column([p.version for p in ps], has_pred, np.int64),
-        "scores": column([p.scores for p in ps], has_pred, np.float64, n_labels),
-        "predicted": column([p.predicted for p in ps], has_pred, bool, n_labels),
-        "has_truth": has_truth,
-        "truth_ts": column([t.ts for t in ts], has_truth, np.float64),
-        "known": column([t.known for t in ts], has_truth, bool, n_labels),
-        "actual": column([t.actual for t in ts], has_truth, bool, n_labels),
-        "full": column([t.full for t in ts], has_truth, bool),
-        "seq": column([t.seq for t in ts], has_truth, np.int64),
-        "expires": np.fromiter((e.expires for e in entries), dtype=np.float64, count=n),
-    }
-    for name, col in columns.items():
-        arrays[f"{prefix}.join.{name}"] = col
-    return ids
 
 
 # --- load ------------------------------------------------------------------------------------------------
@@ -293,49 +259,20 @@ def _load_join(join: JoinTable, m: dict[str, Any], n_labels: int, n_versions: in
                arrays: dict[str, np.ndarray]) -> None:
     ids = m["ids"]
     n = len(ids)
-    col = {name: arrays[f"{prefix}.join.{name}"] for name in (
-        "has_pred", "pred_ts", "pred_version", "scores", "predicted", "has_truth", "truth_ts", "known",
-        "actual", "full", "seq", "expires")}
+    col = {name: np.ascontiguousarray(arrays[f"{prefix}.join.{name}"], dtype=dtype)
+           for name, dtype in EXPORT_COLUMNS.items()}
     shapes = {"scores": (n, n_labels), "predicted": (n, n_labels), "known": (n, n_labels),
               "actual": (n, n_labels)}
     for name, arr in col.items():
         if arr.shape != shapes.get(name, (n,)):
             raise SnapshotError(f"join column {name} has the wrong shape")
-    if n and (col["pred_version"][col["has_pred"]] >= n_versions).any():
+    versions = col["pred_version"][col["has_pred"]]
+    if n and ((versions < 0) | (versions >= n_versions)).any():
         raise SnapshotError("a pending prediction names an unknown model version")
     if not all(isinstance(pid, str) for pid in ids):
         raise SnapshotError("prediction ids must be strings")
-    # Column -> Python objects once, so the per-entry loop below is attribute stores only.
-    has_pred, pred_ts, pred_version = col["has_pred"].tolist(), col["pred_ts"].tolist(), col["pred_version"].tolist()
-    has_truth, truth_ts, full, seq = col["has_truth"].tolist(), col["truth_ts"].tolist(), col["full"].tolist(), \
-        col["seq"].tolist()
-    expires = col["expires"].tolist()
-    scores, predicted = col["scores"].astype(np.float64), col["predicted"].astype(bool)
-    known, actual = col["known"].astype(bool), col["actual"].astype(bool)
-    entries: dict[str, Entry] = {}
-    for i, pid in enumerate(ids):
-        entry = Entry()
-        entry.expires = expires[i]
-        if has_pred[i]:
-            p = Pred.__new__(Pred)
-            p.ts, p.version, p.scores, p.predicted = pred_ts[i], pred_version[i], scores[i], predicted[i]
-            entry.pred = p
-        if has_truth[i]:
-            t = Truth.__new__(Truth)
-            t.ts, t.known, t.actual, t.full, t.seq = truth_ts[i], known[i], actual[i], full[i], seq[i]
-            entry.truth = t
-        entries[pid] = entry
-    join.entries = entries
-    # One heap item per live entry is what the table would hold after skipping stale items; a sorted list
-    # is a valid heap.
-    join._heap = sorted((e.expires, pid) for pid, e in entries.items())
-    heapq.heapify(join._heap)
-    join._seq = int(m["seq"])
-    join.watermark = float("-inf") if m["watermark"] is None else float(m["watermark"])
-    join.pending = {k: int(v) for k, v in m["pending"].items()}
-    join.expired = Counter({k: int(v) for k, v in m["expired"].items()})
-    # Absent from snapshots written before the counter existed (same format version: it only adds).
-    join.evicted = Counter({k: int(v) for k, v in m.get("evicted", {}).items()})
-    join.duplicates = Counter({k: int(v) for k, v in m["duplicates"].items()})
-    join.corrections = int(m["corrections"])
-    join.joined = int(m["joined"])
+    join.restore(ids, col, int(m["seq"]), float("-inf") if m["watermark"] is None else float(m["watermark"]),
+                 {k: int(v) for k, v in m["pending"].items()}, {k: int(v) for k, v in m["expired"].items()},
+                 # Absent from snapshots written before the counter existed (same format version: it only adds).
+                 {k: int(v) for k, v in m.get("evicted", {}).items()},
+                 {k: int(v) for k, v in m["duplicates"].items()}, int(m["corrections"]), int(m["joined"]))

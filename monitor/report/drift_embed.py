@@ -21,8 +21,7 @@ from typing import Any
 import numpy as np
 
 from monitor.config import ModelConfig, MonitorConfig, format_duration
-from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
-from monitor.events import GroundTruth, Prediction
+from monitor.events import BatchDecoder, Decoder, GroundTruth, Prediction
 from monitor.report.svg import esc
 from monitor.rules.options import RuleOptions
 from monitor.rules.tiers import nearest_window
@@ -40,10 +39,11 @@ def evidently_section(config: MonitorConfig, predictions: Sequence[bytes], groun
         return _card("<p class=\"note\">evidently is not installed (<code>pip install 'mlmon[drift]'</code>): "
                      "no embedded drift report.</p>")
     window = nearest_window(config.windows, RuleOptions().drift_window)
-    engine = Engine(config, references={m.name: None for m in config.models})
-    preds = [e for _, _, e in engine.decode([(PREDICTIONS, r) for r in predictions]) if isinstance(e, Prediction)]
-    truths = [e for _, _, e in engine.decode([(GROUND_TRUTH, r) for r in ground_truth]) if isinstance(e, GroundTruth)]
-    parts = [_model_part(engine, m, preds, truths, at, window) for m in config.models]
+    # Event objects, not the engine's columns: evidently needs the raw feature values.
+    decoder = BatchDecoder(Decoder(config))
+    preds = [e for e in decoder.predictions(list(predictions)) if isinstance(e, Prediction)]
+    truths = [e for e in decoder.ground_truth(list(ground_truth)) if isinstance(e, GroundTruth)]
+    parts = [_model_part(decoder, m, preds, truths, at, window) for m in config.models]
     return _card("".join(parts))
 
 
@@ -54,7 +54,7 @@ def _card(body: str) -> str:
             "and evidently's inline script, isolated in a sandboxed frame.</p>" + body + "</div>")
 
 
-def _model_part(engine: Engine, m: ModelConfig, preds: list[Prediction], truths: list[GroundTruth], at: float,
+def _model_part(decoder: BatchDecoder, m: ModelConfig, preds: list[Prediction], truths: list[GroundTruth], at: float,
                 window: int) -> str:
     latest: dict[str, GroundTruth] = {}
     for t in truths:
@@ -69,7 +69,7 @@ def _model_part(engine: Engine, m: ModelConfig, preds: list[Prediction], truths:
             continue
         (current if p.ts > start else older).append(_row(m, p, gt))
     reference, against = older, f"joined events before the last {format_duration(window)}"
-    sample = _reference_sample(engine, m)
+    sample = _reference_sample(decoder, m)
     if sample is not None:
         reference, against = [_row(m, p, None) for p in sample], "the reference sample in the config"
     title = f"{m.name}: last {format_duration(window)} ({len(current):,} joined) vs {against} ({len(reference):,})"
@@ -82,12 +82,11 @@ def _model_part(engine: Engine, m: ModelConfig, preds: list[Prediction], truths:
             f'srcdoc="{esc(doc)}"></iframe>')
 
 
-def _reference_sample(engine: Engine, m: ModelConfig) -> list[Prediction] | None:
+def _reference_sample(decoder: BatchDecoder, m: ModelConfig) -> list[Prediction] | None:
     if m.reference is None or Path(m.reference).suffix != ".jsonl":
         return None
     lines = [line for line in Path(m.reference).read_bytes().splitlines() if line.strip()]
-    return [e for _, _, e in engine.decode([(PREDICTIONS, r) for r in lines])
-            if isinstance(e, Prediction) and e.model == m.name]
+    return [e for e in decoder.predictions(lines) if isinstance(e, Prediction) and e.model == m.name]
 
 
 def _row(m: ModelConfig, p: Prediction, gt: GroundTruth | None) -> dict[str, Any]:
