@@ -178,6 +178,14 @@ class Engine:
         return self.apply(self.decode(PREDICTIONS, preds) if preds else None,
                           self.decode(GROUND_TRUTH, truths) if truths else None, sides, index)
 
+    def process_topics(self, predictions: list[bytes], ground_truth: list[bytes]) -> list[Rejection]:
+        """Apply a batch of each topic: all its predictions first, then all its ground truths (so a truth
+        in the same batch joins at once instead of waiting)."""
+        sides = np.repeat(np.array([0, 1], dtype=np.uint8), [len(predictions), len(ground_truth)])
+        index = np.concatenate([np.arange(len(predictions)), np.arange(len(ground_truth))])
+        return self.apply(self.decode(PREDICTIONS, predictions) if predictions else None,
+                          self.decode(GROUND_TRUTH, ground_truth) if ground_truth else None, sides, index)
+
     def predictions(self, raws: Iterable[bytes]) -> list[Rejection]:
         return self.process((PREDICTIONS, r) for r in raws)
 

@@ -139,7 +139,7 @@ def load(config: MonitorConfig, references: dict[str, Reference | None] | None, 
 
 
 def restore(config: MonitorConfig, references: dict[str, Reference | None] | None,
-            data: bytes) -> tuple[Engine, dict[str, Any]]:
+            data: bytes, use_native: bool | None = None) -> tuple[Engine, dict[str, Any]]:
     """The engine a snapshot describes, under `config`, and the snapshot's `extra`.
 
     Models in the snapshot that the config no longer has are dropped; models the config added start
@@ -155,7 +155,7 @@ def restore(config: MonitorConfig, references: dict[str, Reference | None] | Non
     if meta.get("version") != VERSION:
         raise SnapshotError(f"snapshot format version {meta.get('version')} is not supported (this build reads "
                             f"{VERSION})")
-    engine = Engine(config, references)
+    engine = Engine(config, references, use_native)
     try:
         for i, m in enumerate(meta["models"]):
             state = engine.models.get(m["name"])

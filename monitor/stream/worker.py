@@ -253,19 +253,19 @@ class Worker:
             (preds if role == PREDICTIONS else truths).extend(records)
         for p, (preds, truths) in by_partition.items():
             state = self.partitions[p]
-            # Predictions first: a ground truth in the same batch then joins at once instead of waiting.
             records = preds + truths
-            items = [(PREDICTIONS, r.value if r.value is not None else b"") for r in preds]
-            items += [(GROUND_TRUTH, r.value if r.value is not None else b"") for r in truths]
-            rejected = state.engine.process(items)
+            pred_values = [r.value if r.value is not None else b"" for r in preds]
+            truth_values = [r.value if r.value is not None else b"" for r in truths]
+            rejected = state.engine.process_topics(pred_values, truth_values)
             if preds:
                 state.offsets[PREDICTIONS] = preds[-1].offset + 1
             if truths:
                 state.offsets[GROUND_TRUTH] = truths[-1].offset + 1
             state.dirty = True
-            state.events += len(items)
-            self.stats.events += len(items)
+            state.events += len(records)
+            self.stats.events += len(records)
             if rejected:
+                items = [(PREDICTIONS, v) for v in pred_values] + [(GROUND_TRUTH, v) for v in truth_values]
                 await self._dead_letter(p, rejected, items, records)
         self.stats.batches += 1
 
