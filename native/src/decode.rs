@@ -1,0 +1,530 @@
+//! The fast path of `monitor.events.BatchDecoder`: events of the common shape become rows of per-model
+//! columns; anything else is left (model -1) to the exact Python decoder, which also words the rejection.
+//! The rules are those of `Decoder` in monitor/events.py, narrowed wherever being sure would cost.
+
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::json::{read_event, Kind, Scalar, Scratch, Top};
+use crate::timestamp;
+
+const MAX_ID_BYTES: usize = 256;
+const MAX_VERSION_BYTES: usize = 64;
+const EPOCH_2000: f64 = 946_684_800.0;
+const EPOCH_2100: f64 = 4_102_444_800.0;
+
+#[derive(Clone, Copy)]
+enum Feature {
+    Numeric(usize),
+    Categorical(usize),
+}
+
+/// One configured model, as the decoder needs it.
+pub struct ModelSpec {
+    pub labels: Vec<String>,
+    pub thresholds: Vec<f64>,
+    pub multiclass: bool,
+    pub n_numeric: usize,
+    pub n_categorical: usize,
+    /// Per categorical feature: value string -> bin, None when the model has no reference.
+    pub categories: Vec<Option<FxHashMap<String, i64>>>,
+    pub other_bin: Vec<i64>,
+    label_index: FxHashMap<String, usize>,
+    features: FxHashMap<String, Feature>,
+}
+
+impl ModelSpec {
+    pub fn new(
+        labels: Vec<String>,
+        thresholds: Vec<f64>,
+        multiclass: bool,
+        numeric: Vec<String>,
+        categorical: Vec<String>,
+        categories: Vec<Option<FxHashMap<String, i64>>>,
+        other_bin: Vec<i64>,
+    ) -> Result<Self, String> {
+        if thresholds.len() != labels.len() {
+            return Err("thresholds must hold one value per label".into());
+        }
+        if categories.len() != categorical.len() || other_bin.len() != categorical.len() {
+            return Err("categories and other_bin must hold one entry per categorical feature".into());
+        }
+        let label_index: FxHashMap<String, usize> = labels.iter().enumerate().map(|(i, l)| (l.clone(), i)).collect();
+        if label_index.len() != labels.len() {
+            return Err("labels must be distinct".into());
+        }
+        let mut features = FxHashMap::default();
+        let named = numeric
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n, Feature::Numeric(i)))
+            .chain(categorical.iter().enumerate().map(|(i, n)| (n, Feature::Categorical(i))));
+        for (name, slot) in named {
+            if features.insert(name.clone(), slot).is_some() {
+                return Err(format!("feature {name:?} is configured twice"));
+            }
+        }
+        Ok(ModelSpec {
+            thresholds,
+            multiclass,
+            n_numeric: numeric.len(),
+            n_categorical: categorical.len(),
+            categories,
+            other_bin,
+            label_index,
+            features,
+            labels,
+        })
+    }
+
+    fn bin(&self, j: usize, value: &str) -> i64 {
+        match &self.categories[j] {
+            None => 0,
+            Some(map) => map.get(value).copied().unwrap_or(self.other_bin[j]),
+        }
+    }
+}
+
+/// Accepted predictions of one model, as columns (row-major matrices).
+#[derive(Default)]
+pub struct PredBlock<'a> {
+    pub ids: Vec<Cow<'a, str>>,
+    pub version_names: Vec<Cow<'a, str>>,
+    version_index: FxHashMap<Cow<'a, str>, i64>,
+    pub version_code: Vec<i64>,
+    pub ts: Vec<f64>,
+    pub scores: Vec<f64>,
+    pub predicted: Vec<bool>,
+    pub latency: Vec<f64>,
+    pub ignored: Vec<i64>,
+    pub numeric: Vec<f64>,
+    pub categorical: Vec<i64>,
+}
+
+impl<'a> PredBlock<'a> {
+    /// Room for every remaining event of the batch: most batches hold one model's events.
+    fn reserve(&mut self, n: usize, spec: &ModelSpec) {
+        let l = spec.labels.len();
+        self.ids.reserve(n);
+        self.version_code.reserve(n);
+        self.ts.reserve(n);
+        self.scores.reserve(n * l);
+        self.predicted.reserve(n * l);
+        self.latency.reserve(n);
+        self.ignored.reserve(n);
+        self.numeric.reserve(n * spec.n_numeric);
+        self.categorical.reserve(n * spec.n_categorical);
+    }
+
+    fn code_of(&mut self, version: Cow<'a, str>) -> i64 {
+        // Consecutive events nearly always share a version: compare with the last one before hashing.
+        if let Some(&last) = self.version_code.last() {
+            if self.version_names[last as usize] == version {
+                return last;
+            }
+        }
+        if let Some(&code) = self.version_index.get(&version) {
+            return code;
+        }
+        let code = self.version_names.len() as i64;
+        self.version_names.push(version.clone());
+        self.version_index.insert(version, code);
+        code
+    }
+}
+
+#[derive(Default)]
+pub struct TruthBlock<'a> {
+    pub ids: Vec<Cow<'a, str>>,
+    pub ts: Vec<f64>,
+    pub actual: Vec<bool>,
+}
+
+pub struct Batch<B> {
+    /// Per event: the model index, -1 when not accepted.
+    pub model: Vec<i32>,
+    /// Per event: the row in its model's block, -1 when not accepted.
+    pub row: Vec<i64>,
+    pub blocks: Vec<B>,
+}
+
+pub struct Decoder {
+    pub max_bytes: usize,
+    pub models: Vec<ModelSpec>,
+    by_name: FxHashMap<String, usize>,
+}
+
+/// Per-event values of one prediction before they are committed to its block (an event can still be
+/// refused half way through).
+#[derive(Default)]
+struct Work {
+    scores: Vec<f64>,
+    numeric: Vec<f64>,
+    categorical: Vec<i64>,
+    number: String,
+}
+
+impl Decoder {
+    pub fn new(max_bytes: usize, names: Vec<String>, models: Vec<ModelSpec>) -> Result<Self, String> {
+        let mut by_name = FxHashMap::default();
+        for (i, name) in names.into_iter().enumerate() {
+            if by_name.insert(name, i).is_some() {
+                return Err("model names must be distinct".into());
+            }
+        }
+        Ok(Decoder { max_bytes, models, by_name })
+    }
+
+    pub fn predictions<'a>(&self, raws: &[&'a [u8]]) -> Batch<PredBlock<'a>> {
+        let mut batch = Batch {
+            model: Vec::with_capacity(raws.len()),
+            row: Vec::with_capacity(raws.len()),
+            blocks: self.models.iter().map(|_| PredBlock::default()).collect(),
+        };
+        let mut scratch = Scratch::default();
+        let mut work = Work::default();
+        for (i, raw) in raws.iter().enumerate() {
+            match self.prediction(raw, &mut scratch, &mut work) {
+                Some((m, top, ts, latency, ignored)) => {
+                    let spec = &self.models[m];
+                    let block = &mut batch.blocks[m];
+                    if block.ids.is_empty() {
+                        block.reserve(raws.len() - i, spec);
+                    }
+                    batch.model.push(m as i32);
+                    batch.row.push(block.ids.len() as i64);
+                    block.ids.push(top.id.unwrap_or_default());
+                    let version = top.version.unwrap_or(Cow::Borrowed("unknown"));
+                    let code = block.code_of(version);
+                    block.version_code.push(code);
+                    block.ts.push(ts);
+                    block.scores.extend_from_slice(&work.scores);
+                    block.predicted.extend(work.scores.iter().zip(&spec.thresholds).map(|(s, t)| s >= t));
+                    block.latency.push(latency);
+                    block.ignored.push(ignored);
+                    block.numeric.extend_from_slice(&work.numeric);
+                    block.categorical.extend_from_slice(&work.categorical);
+                }
+                None => {
+                    batch.model.push(-1);
+                    batch.row.push(-1);
+                }
+            }
+        }
+        batch
+    }
+
+    pub fn ground_truth<'a>(&self, raws: &[&'a [u8]]) -> Batch<TruthBlock<'a>> {
+        let mut batch = Batch {
+            model: Vec::with_capacity(raws.len()),
+            row: Vec::with_capacity(raws.len()),
+            blocks: self.models.iter().map(|_| TruthBlock::default()).collect(),
+        };
+        let mut scratch = Scratch::default();
+        for raw in raws {
+            match self.truth(raw, &mut scratch) {
+                Some((m, id, ts)) => {
+                    let spec = &self.models[m];
+                    let block = &mut batch.blocks[m];
+                    batch.model.push(m as i32);
+                    batch.row.push(block.ids.len() as i64);
+                    block.ids.push(id);
+                    block.ts.push(ts);
+                    let start = block.actual.len();
+                    block.actual.resize(start + spec.labels.len(), false);
+                    for label in &scratch.labels {
+                        block.actual[start + spec.label_index[label.as_ref()]] = true;
+                    }
+                }
+                None => {
+                    batch.model.push(-1);
+                    batch.row.push(-1);
+                }
+            }
+        }
+        batch
+    }
+
+    /// The id, model, timestamp and version checks both kinds share.
+    fn common<'a>(&self, raw: &'a [u8], kind: Kind, scratch: &mut Scratch<'a>) -> Option<(usize, Top<'a>, f64)> {
+        if raw.len() > self.max_bytes {
+            return None;
+        }
+        let text = std::str::from_utf8(raw).ok()?;
+        let top = read_event(text, kind, scratch)?;
+        // Bytes, not characters: a shorter id may still be valid, but then the exact decoder takes it.
+        let id_len = top.id.as_ref()?.len();
+        if !(1..=MAX_ID_BYTES).contains(&id_len) {
+            return None;
+        }
+        let m = *self.by_name.get(top.model.as_deref()?)?;
+        if self.models[m].multiclass {
+            return None;
+        }
+        let ts = timestamp::parse(top.timestamp.as_deref()?.as_bytes())?;
+        if !(EPOCH_2000..EPOCH_2100).contains(&ts) {
+            return None;
+        }
+        Some((m, top, ts))
+    }
+
+    fn prediction<'a>(
+        &self,
+        raw: &'a [u8],
+        scratch: &mut Scratch<'a>,
+        work: &mut Work,
+    ) -> Option<(usize, Top<'a>, f64, f64, i64)> {
+        let (m, top, ts) = self.common(raw, Kind::Prediction, scratch)?;
+        let spec = &self.models[m];
+        if let Some(v) = &top.version {
+            if !(1..=MAX_VERSION_BYTES).contains(&v.len()) {
+                return None;
+            }
+        }
+        if !top.has_scores || has_duplicate_keys(&scratch.scores) {
+            return None;
+        }
+        let n = spec.labels.len();
+        work.scores.clear();
+        work.scores.resize(n, f64::NAN);
+        let mut found = 0;
+        for (key, value) in &scratch.scores {
+            if let Some(&i) = spec.label_index.get(key.as_ref()) {
+                work.scores[i] = match *value {
+                    Scalar::U(u) if u <= 1 => u as f64,
+                    Scalar::F(f) if (0.0..=1.0).contains(&f) => f,
+                    _ => return None,
+                };
+                found += 1;
+            }
+        }
+        if found != n {
+            return None;
+        }
+        let ignored = (scratch.scores.len() - n) as i64;
+
+        work.numeric.clear();
+        work.numeric.resize(spec.n_numeric, f64::NAN);
+        work.categorical.clear();
+        work.categorical.resize(spec.n_categorical, -1);
+        if top.has_features {
+            if has_duplicate_keys(&scratch.features) {
+                return None;
+            }
+            for (key, value) in &scratch.features {
+                match spec.features.get(key.as_ref()) {
+                    None => {}
+                    Some(&Feature::Numeric(j)) => match *value {
+                        Scalar::Null => {}
+                        Scalar::U(u) => work.numeric[j] = u as f64,
+                        Scalar::I(i) => work.numeric[j] = i as f64,
+                        Scalar::F(f) => work.numeric[j] = f,
+                        _ => return None,
+                    },
+                    Some(&Feature::Categorical(j)) => {
+                        // Python bins `str(value)`: True/False for booleans, the decimal digits of an int.
+                        work.categorical[j] = match value {
+                            Scalar::Null => -1,
+                            Scalar::Str(s) => spec.bin(j, s),
+                            Scalar::Bool(true) => spec.bin(j, "True"),
+                            Scalar::Bool(false) => spec.bin(j, "False"),
+                            Scalar::U(u) => {
+                                work.number.clear();
+                                let _ = write!(work.number, "{u}");
+                                spec.bin(j, &work.number)
+                            }
+                            Scalar::I(i) => {
+                                work.number.clear();
+                                let _ = write!(work.number, "{i}");
+                                spec.bin(j, &work.number)
+                            }
+                            _ => return None,
+                        }
+                    }
+                }
+            }
+        }
+
+        let latency = match top.latency {
+            None | Some(Scalar::Null) => f64::NAN,
+            Some(Scalar::U(u)) => u as f64 / 1000.0,
+            Some(Scalar::F(f)) if f >= 0.0 => f / 1000.0,
+            _ => return None,
+        };
+        Some((m, top, ts, latency, ignored))
+    }
+
+    fn truth<'a>(&self, raw: &'a [u8], scratch: &mut Scratch<'a>) -> Option<(usize, Cow<'a, str>, f64)> {
+        let (m, top, ts) = self.common(raw, Kind::GroundTruth, scratch)?;
+        if !top.has_labels {
+            return None;
+        }
+        let spec = &self.models[m];
+        // Repeats among a handful of labels: comparing pairs is cheaper than marking a vector.
+        for (i, label) in scratch.labels.iter().enumerate() {
+            spec.label_index.get(label.as_ref())?;
+            if scratch.labels[..i].contains(label) {
+                return None;
+            }
+        }
+        Some((m, top.id?, ts))
+    }
+}
+
+fn has_duplicate_keys<V>(pairs: &[(Cow<'_, str>, V)]) -> bool {
+    if pairs.len() <= 16 {
+        return pairs.iter().enumerate().any(|(i, (k, _))| pairs[..i].iter().any(|(other, _)| other == k));
+    }
+    let mut seen = FxHashSet::default();
+    !pairs.iter().all(|(k, _)| seen.insert(k.as_ref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decoder(categories: Option<FxHashMap<String, i64>>) -> Decoder {
+        let spec = ModelSpec::new(
+            vec!["a".into(), "b".into()],
+            vec![0.5, 0.7],
+            false,
+            vec!["n".into()],
+            vec!["c".into()],
+            vec![categories],
+            vec![9],
+        )
+        .unwrap();
+        Decoder::new(1000, vec!["m".into()], vec![spec]).unwrap()
+    }
+
+    const HEAD: &str = r#""prediction_id": "p", "model": "m", "timestamp": "2026-01-01T00:00:00Z""#;
+
+    /// scores, predicted, latency, ignored, numeric, categorical, version of one prediction.
+    type Row = (Vec<f64>, Vec<bool>, f64, i64, Vec<f64>, Vec<i64>, String);
+
+    fn one(d: &Decoder, body: &str) -> Option<Row> {
+        let raw = format!("{{{HEAD}, {body}}}");
+        let batch = d.predictions(&[raw.as_bytes()]);
+        if batch.model[0] < 0 {
+            return None;
+        }
+        let b = &batch.blocks[0];
+        Some((
+            b.scores.clone(),
+            b.predicted.clone(),
+            b.latency[0],
+            b.ignored[0],
+            b.numeric.clone(),
+            b.categorical.clone(),
+            b.version_names[b.version_code[0] as usize].to_string(),
+        ))
+    }
+
+    #[test]
+    fn prediction_columns() {
+        let cats: FxHashMap<String, i64> =
+            [("en".into(), 0), ("1".into(), 1), ("True".into(), 2)].into_iter().collect();
+        let d = decoder(Some(cats));
+        let (s, p, lat, ign, num, cat, v) =
+            one(&d, r#""scores": {"b": 0.7, "a": 0, "x": "y"}, "latency_ms": 5, "features": {"n": 3, "c": "en"}"#)
+                .unwrap();
+        assert_eq!(
+            (s, p, lat, ign, num, cat, v.as_str()),
+            (vec![0.0, 0.7], vec![false, true], 0.005, 1, vec![3.0], vec![0], "unknown")
+        );
+        let row = |body: &str| one(&d, &format!(r#""scores": {{"a": 1, "b": 0.5}}, {body}"#));
+        assert_eq!(row(r#""features": {"c": 1}"#).unwrap().5, [1]);
+        assert_eq!(row(r#""features": {"c": true}"#).unwrap().5, [2]);
+        assert_eq!(row(r#""features": {"c": false}"#).unwrap().5, [9]);
+        assert_eq!(row(r#""features": {"c": -3}"#).unwrap().5, [9]);
+        assert_eq!(row(r#""features": {"c": null, "n": null}"#).unwrap().5, [-1]);
+        assert!(row(r#""features": {"n": null}"#).unwrap().4[0].is_nan());
+        assert!(row(r#""latency_ms": null"#).unwrap().2.is_nan());
+        assert_eq!(row(r#""model_version": "v2""#).unwrap().6, "v2");
+        assert_eq!(one(&decoder(None), r#""scores": {"a": 1, "b": 0.5}, "features": {"c": "zz"}"#).unwrap().5, [0]);
+    }
+
+    #[test]
+    fn prediction_refusals() {
+        let d = decoder(None);
+        let refused = |body: &str| one(&d, body).is_none();
+        assert!(refused(r#""scores": {"a": 1}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": true}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": null}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 2}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 1.0000001}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": -0}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0, "b": 0}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0, "x": 1, "x": 2}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "model_version": null"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "model_version": """#));
+        assert!(refused(&format!(r#""scores": {{"a": 1, "b": 0}}, "model_version": "{}""#, "v".repeat(65))));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "latency_ms": -1"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "latency_ms": true"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"n": true}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"n": "1"}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"c": 1.5}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"c": [1]}"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": []"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": ["a"]"#));
+        assert!(!refused(r#""scores": {"a": 1, "b": 0}, "features": {"other": [1e18, {"x": null}]}"#));
+        // Anything as large as 2**63 could have been an integer literal beyond 64 bits.
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"other": [1e300]}"#));
+    }
+
+    #[test]
+    fn common_refusals() {
+        let d = decoder(None);
+        let ok = |raw: &[u8]| d.predictions(&[raw]).model[0] >= 0;
+        let scores = r#""scores": {"a": 1, "b": 0}"#;
+        assert!(ok(format!(
+            r#"{{"prediction_id": "p", "model": "m", "timestamp": "2026-01-01T00:00:00Z", {scores}}}"#
+        )
+        .as_bytes()));
+        assert!(!ok(format!(
+            r#"{{"prediction_id": "", "model": "m", "timestamp": "2026-01-01T00:00:00Z", {scores}}}"#
+        )
+        .as_bytes()));
+        assert!(!ok(format!(
+            r#"{{"prediction_id": "p", "model": "n", "timestamp": "2026-01-01T00:00:00Z", {scores}}}"#
+        )
+        .as_bytes()));
+        assert!(
+            !ok(format!(r#"{{"prediction_id": "p", "model": "m", "timestamp": 1767225600, {scores}}}"#).as_bytes())
+        );
+        assert!(!ok(format!(
+            r#"{{"prediction_id": "p", "model": "m", "timestamp": "2100-01-01T00:00:00Z", {scores}}}"#
+        )
+        .as_bytes()));
+        assert!(!ok(format!(
+            r#"{{"prediction_id": "p", "model": "m", "timestamp": "1999-12-31T23:59:59.999Z", {scores}}}"#
+        )
+        .as_bytes()));
+        assert!(ok(format!(
+            r#"{{"prediction_id": "p", "model": "m", "timestamp": "1999-12-31T23:00:00-01:00", {scores}}}"#
+        )
+        .as_bytes()));
+        assert!(!ok(b"{\"prediction_id\": \"\xff\", \"model\": \"m\"}"));
+        let big = format!(
+            r#"{{"prediction_id": "p", "model": "m", "timestamp": "2026-01-01T00:00:00Z", {scores}, "pad": "{}"}}"#,
+            "x".repeat(1000)
+        );
+        assert!(!ok(big.as_bytes()));
+    }
+
+    #[test]
+    fn ground_truth() {
+        let d = decoder(None);
+        let raws: Vec<String> = [r#"["b"]"#, "[]", r#"["a", "b"]"#, r#"["a", "a"]"#, r#"["c"]"#, r#"{"a": 1}"#, "null"]
+            .iter()
+            .map(|l| format!(r#"{{{HEAD}, "labels": {l}, "scores": 5}}"#))
+            .collect();
+        let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_bytes()).collect();
+        let batch = d.ground_truth(&refs);
+        assert_eq!(batch.model, [0, 0, 0, -1, -1, -1, -1]);
+        assert_eq!(batch.row, [0, 1, 2, -1, -1, -1, -1]);
+        assert_eq!(batch.blocks[0].actual, [false, true, false, false, true, true]);
+    }
+}

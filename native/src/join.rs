@@ -1,0 +1,679 @@
+//! The symmetric prediction / ground-truth join: `monitor.engine.join.JoinTable` together with the
+//! duplicate check of `ModelState.add_prediction`, step for step, so that the Python table stays the
+//! specification and the two can be compared output row by output row.
+//!
+//! Entries live in slots (their label vectors in flat arrays with a stride of `n_labels`) so a step
+//! allocates nothing but a new entry's id. Python's dict keeps insertion order and checkpoints list
+//! entries in it; `born` reproduces that order for `export`.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
+
+/// An expiry: entries leave in `(expires, id)` order, as from Python's heap of tuples. Rust orders
+/// `str` by UTF-8 bytes, which is Python's code point order.
+struct Item {
+    expires: f64,
+    id: Arc<str>,
+}
+
+impl PartialEq for Item {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for Item {}
+
+impl PartialOrd for Item {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Item {
+    /// Reversed, so std's max-heap pops the smallest. Float `==` as in a Python tuple compare (expiry
+    /// times are finite: timestamps within 2000-2100 plus a finite TTL).
+    fn cmp(&self, other: &Self) -> Ordering {
+        other.expires.partial_cmp(&self.expires).unwrap_or(Ordering::Equal).then_with(|| other.id.cmp(&self.id))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Side {
+    Prediction,
+    GroundTruth,
+    Joined,
+}
+
+#[derive(Default, Debug, Clone, PartialEq)]
+pub struct Counters {
+    pub pending_prediction: i64,
+    pub pending_ground_truth: i64,
+    pub expired_prediction: i64,
+    pub expired_ground_truth: i64,
+    pub evicted_prediction: i64,
+    pub evicted_ground_truth: i64,
+    pub evicted_joined: i64,
+    pub duplicates_prediction: i64,
+    pub duplicates_ground_truth: i64,
+    pub corrections: i64,
+    pub joined: i64,
+}
+
+/// What the steps produced since the last drain (the sink calls of the Python table, as columns).
+#[derive(Default, Debug)]
+pub struct Output {
+    pub unpend_version: Vec<i64>,
+    pub unpend_ts: Vec<f64>,
+    pub unpend_scores: Vec<f64>,
+    pub unpend_predicted: Vec<bool>,
+    pub join_version: Vec<i64>,
+    pub join_obs: Vec<f64>,
+    pub join_scores: Vec<f64>,
+    pub join_predicted: Vec<bool>,
+    pub join_known: Vec<bool>,
+    pub join_actual: Vec<bool>,
+    pub join_full: Vec<bool>,
+    pub join_sign: Vec<f64>,
+    pub delay: Vec<f64>,
+}
+
+struct Slot {
+    id: Arc<str>,
+    born: u64,
+    expires: f64,
+    has_pred: bool,
+    pred_ts: f64,
+    pred_version: i64,
+    has_truth: bool,
+    truth_ts: f64,
+    truth_seq: i64,
+    full: bool,
+}
+
+/// A prediction or a ground truth as a step hands it over.
+pub struct PredIn<'a> {
+    pub ts: f64,
+    pub version: i64,
+    pub scores: &'a [f64],
+    pub predicted: &'a [bool],
+}
+
+pub struct TruthIn<'a> {
+    pub ts: f64,
+    pub known: &'a [bool],
+    pub actual: &'a [bool],
+    pub full: bool,
+}
+
+pub struct JoinTable {
+    pub ttl: f64,
+    pub max_entries: usize,
+    pub n_labels: usize,
+    pub watermark: f64,
+    pub seq: i64,
+    pub counters: Counters,
+    pub out: Output,
+    index: FxHashMap<Arc<str>, u32>,
+    slots: Vec<Slot>,
+    free: Vec<u32>,
+    scores: Vec<f64>,
+    predicted: Vec<bool>,
+    known: Vec<bool>,
+    actual: Vec<bool>,
+    heap: BinaryHeap<Item>,
+    births: u64,
+}
+
+/// Python's `max(a, b)`: `b` only when strictly greater.
+fn py_max(a: f64, b: f64) -> f64 {
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
+impl JoinTable {
+    pub fn new(ttl: f64, max_entries: usize, n_labels: usize) -> Self {
+        JoinTable {
+            ttl,
+            max_entries,
+            n_labels,
+            watermark: f64::NEG_INFINITY,
+            seq: 0,
+            counters: Counters::default(),
+            out: Output::default(),
+            index: FxHashMap::default(),
+            slots: Vec::new(),
+            free: Vec::new(),
+            scores: Vec::new(),
+            predicted: Vec::new(),
+            known: Vec::new(),
+            actual: Vec::new(),
+            heap: BinaryHeap::new(),
+            births: 0,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// A prediction step: the duplicate check of `ModelState.add_prediction`, then
+    /// `JoinTable.add_prediction`. True when the prediction was accepted (counted by the model).
+    pub fn add_prediction(&mut self, id: &str, p: &PredIn) -> bool {
+        if let Some(&s) = self.index.get(id) {
+            let slot = &self.slots[s as usize];
+            if slot.has_pred && slot.expires >= py_max(self.watermark, p.ts) {
+                self.counters.duplicates_prediction += 1;
+                return false;
+            }
+        }
+        self.watermark = py_max(self.watermark, p.ts);
+        let s = match self.live(id) {
+            None => self.insert(id),
+            Some(s) if self.slots[s as usize].has_pred => {
+                // Unreachable after the check above (an entry that survived `live` passed it), kept
+                // so the table alone behaves as the Python one.
+                self.counters.duplicates_prediction += 1;
+                return true;
+            }
+            Some(s) => s,
+        };
+        let n = self.n_labels;
+        let at = s as usize * n;
+        self.scores[at..at + n].copy_from_slice(p.scores);
+        self.predicted[at..at + n].copy_from_slice(p.predicted);
+        let slot = &mut self.slots[s as usize];
+        slot.has_pred = true;
+        slot.pred_ts = p.ts;
+        slot.pred_version = p.version;
+        if !slot.has_truth {
+            self.counters.pending_prediction += 1;
+        } else {
+            self.counters.pending_ground_truth -= 1;
+            self.counters.joined += 1;
+            self.emit_unpend(s);
+            self.emit_delay(s);
+            self.emit_join(s, 1.0);
+        }
+        self.schedule(s, p.ts + self.ttl);
+        self.enforce_cap();
+        true
+    }
+
+    /// A ground-truth step: `JoinTable.add_ground_truth`.
+    pub fn add_ground_truth(&mut self, id: &str, g: &TruthIn) {
+        self.watermark = py_max(self.watermark, g.ts);
+        self.seq += 1;
+        let seq = self.seq;
+        let n = self.n_labels;
+        let Some(s) = self.live(id) else {
+            let s = self.insert(id);
+            self.set_truth(s, g, seq);
+            self.counters.pending_ground_truth += 1;
+            self.schedule(s, g.ts + self.ttl);
+            self.enforce_cap();
+            return;
+        };
+        let slot = &self.slots[s as usize];
+        let at = s as usize * n;
+        if slot.has_truth {
+            // (ts, seq) > (old ts, old seq); a newer truth with the same labels and time is a re-send.
+            let supersedes = g.ts > slot.truth_ts || (g.ts == slot.truth_ts && seq > slot.truth_seq);
+            let same = self.known[at..at + n] == *g.known && self.actual[at..at + n] == *g.actual;
+            if !supersedes || (g.ts == slot.truth_ts && same) {
+                self.counters.duplicates_ground_truth += 1;
+                return;
+            }
+        }
+        let (had_truth, has_pred) = (slot.has_truth, slot.has_pred);
+        if !has_pred {
+            self.set_truth(s, g, seq);
+            self.schedule(s, g.ts + self.ttl);
+            return;
+        }
+        if !had_truth {
+            self.counters.pending_prediction -= 1;
+            self.counters.joined += 1;
+            self.set_truth(s, g, seq);
+            self.emit_unpend(s);
+            self.emit_delay(s);
+        } else {
+            self.counters.corrections += 1;
+            self.emit_join(s, -1.0);
+            self.set_truth(s, g, seq);
+        }
+        self.emit_join(s, 1.0);
+    }
+
+    /// Drops everything whose TTL passed at the current watermark.
+    pub fn expire(&mut self) {
+        while self.heap.peek().is_some_and(|top| top.expires < self.watermark) {
+            self.pop();
+        }
+    }
+
+    fn enforce_cap(&mut self) {
+        while self.index.len() > self.max_entries && !self.heap.is_empty() {
+            if let Some(side) = self.pop() {
+                match side {
+                    Side::Prediction => self.counters.evicted_prediction += 1,
+                    Side::GroundTruth => self.counters.evicted_ground_truth += 1,
+                    Side::Joined => self.counters.evicted_joined += 1,
+                }
+            }
+        }
+    }
+
+    /// Pops the heap's smallest item and drops its entry unless the item is stale (the entry was
+    /// rescheduled or is gone); returns what the dropped entry held.
+    fn pop(&mut self) -> Option<Side> {
+        let item = self.heap.pop()?;
+        let s = *self.index.get(&*item.id)?;
+        let slot = &self.slots[s as usize];
+        if slot.expires != item.expires {
+            return None;
+        }
+        let side = match (slot.has_pred, slot.has_truth) {
+            (true, true) => Side::Joined,
+            (true, false) => Side::Prediction,
+            _ => Side::GroundTruth,
+        };
+        self.drop_entry(s);
+        Some(side)
+    }
+
+    /// The entry for `id` unless its TTL passed at the current watermark (then it expires now).
+    fn live(&mut self, id: &str) -> Option<u32> {
+        let s = *self.index.get(id)?;
+        if self.slots[s as usize].expires < self.watermark {
+            self.drop_entry(s);
+            return None;
+        }
+        Some(s)
+    }
+
+    fn drop_entry(&mut self, s: u32) {
+        let slot = &self.slots[s as usize];
+        self.index.remove(&*slot.id);
+        if !slot.has_pred {
+            self.counters.pending_ground_truth -= 1;
+            self.counters.expired_ground_truth += 1;
+        } else if !slot.has_truth {
+            self.counters.pending_prediction -= 1;
+            self.counters.expired_prediction += 1;
+            self.emit_unpend(s);
+        }
+        // A joined entry just leaves: its outcome stays counted.
+        self.slots[s as usize].id = Arc::from("");
+        self.free.push(s);
+    }
+
+    fn insert(&mut self, id: &str) -> u32 {
+        let id: Arc<str> = Arc::from(id);
+        let slot = Slot {
+            id: id.clone(),
+            born: self.births,
+            expires: 0.0,
+            has_pred: false,
+            pred_ts: 0.0,
+            pred_version: 0,
+            has_truth: false,
+            truth_ts: 0.0,
+            truth_seq: 0,
+            full: false,
+        };
+        self.births += 1;
+        let s = match self.free.pop() {
+            Some(s) => {
+                self.slots[s as usize] = slot;
+                s
+            }
+            None => {
+                let n = self.n_labels;
+                self.slots.push(slot);
+                self.scores.resize(self.scores.len() + n, 0.0);
+                self.predicted.resize(self.predicted.len() + n, false);
+                self.known.resize(self.known.len() + n, false);
+                self.actual.resize(self.actual.len() + n, false);
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(id, s);
+        s
+    }
+
+    fn set_truth(&mut self, s: u32, g: &TruthIn, seq: i64) {
+        let n = self.n_labels;
+        let at = s as usize * n;
+        self.known[at..at + n].copy_from_slice(g.known);
+        self.actual[at..at + n].copy_from_slice(g.actual);
+        let slot = &mut self.slots[s as usize];
+        slot.has_truth = true;
+        slot.truth_ts = g.ts;
+        slot.truth_seq = seq;
+        slot.full = g.full;
+    }
+
+    fn schedule(&mut self, s: u32, expires: f64) {
+        let slot = &mut self.slots[s as usize];
+        slot.expires = expires;
+        self.heap.push(Item { expires, id: slot.id.clone() });
+        // Rescheduling leaves stale items behind; rebuilding at 2x keeps the heap O(entries), amortised
+        // (same bound as the Python table, whose pops it does not change: stale items are no-ops).
+        if self.heap.len() > 2 * self.index.len() + 1024 {
+            self.rebuild_heap();
+        }
+    }
+
+    fn rebuild_heap(&mut self) {
+        let slots = &self.slots;
+        self.heap = self
+            .index
+            .values()
+            .map(|&s| {
+                let slot = &slots[s as usize];
+                Item { expires: slot.expires, id: slot.id.clone() }
+            })
+            .collect();
+    }
+
+    fn emit_unpend(&mut self, s: u32) {
+        let (n, at) = (self.n_labels, s as usize * self.n_labels);
+        let slot = &self.slots[s as usize];
+        let o = &mut self.out;
+        o.unpend_version.push(slot.pred_version);
+        o.unpend_ts.push(slot.pred_ts);
+        o.unpend_scores.extend_from_slice(&self.scores[at..at + n]);
+        o.unpend_predicted.extend_from_slice(&self.predicted[at..at + n]);
+    }
+
+    fn emit_delay(&mut self, s: u32) {
+        let slot = &self.slots[s as usize];
+        let d = slot.truth_ts - slot.pred_ts;
+        self.out.delay.push(if d > 0.0 { d } else { 0.0 });
+    }
+
+    fn emit_join(&mut self, s: u32, sign: f64) {
+        let (n, at) = (self.n_labels, s as usize * self.n_labels);
+        let slot = &self.slots[s as usize];
+        let o = &mut self.out;
+        o.join_version.push(slot.pred_version);
+        o.join_obs.push(py_max(slot.pred_ts, slot.truth_ts));
+        o.join_scores.extend_from_slice(&self.scores[at..at + n]);
+        o.join_predicted.extend_from_slice(&self.predicted[at..at + n]);
+        o.join_known.extend_from_slice(&self.known[at..at + n]);
+        o.join_actual.extend_from_slice(&self.actual[at..at + n]);
+        o.join_full.push(slot.full);
+        o.join_sign.push(sign);
+    }
+
+    // --- checkpoints ---------------------------------------------------------------------------------
+
+    /// The entries in insertion order (Python's dict order), label vectors zero where the side is absent.
+    pub fn export(&self) -> Checkpoint {
+        let n = self.n_labels;
+        let mut order: Vec<u32> = self.index.values().copied().collect();
+        order.sort_unstable_by_key(|&s| self.slots[s as usize].born);
+        let mut c = Checkpoint::default();
+        for s in order {
+            let slot = &self.slots[s as usize];
+            let at = s as usize * n;
+            c.ids.push(slot.id.clone());
+            c.expires.push(slot.expires);
+            c.has_pred.push(slot.has_pred);
+            c.has_truth.push(slot.has_truth);
+            if slot.has_pred {
+                c.pred_ts.push(slot.pred_ts);
+                c.pred_version.push(slot.pred_version);
+                c.scores.extend_from_slice(&self.scores[at..at + n]);
+                c.predicted.extend_from_slice(&self.predicted[at..at + n]);
+            } else {
+                c.pred_ts.push(0.0);
+                c.pred_version.push(0);
+                c.scores.extend(std::iter::repeat_n(0.0, n));
+                c.predicted.extend(std::iter::repeat_n(false, n));
+            }
+            if slot.has_truth {
+                c.truth_ts.push(slot.truth_ts);
+                c.seq.push(slot.truth_seq);
+                c.full.push(slot.full);
+                c.known.extend_from_slice(&self.known[at..at + n]);
+                c.actual.extend_from_slice(&self.actual[at..at + n]);
+            } else {
+                c.truth_ts.push(0.0);
+                c.seq.push(0);
+                c.full.push(false);
+                c.known.extend(std::iter::repeat_n(false, n));
+                c.actual.extend(std::iter::repeat_n(false, n));
+            }
+        }
+        c
+    }
+
+    /// Replaces the entries with a checkpoint's (the heap is rebuilt from `(expires, id)`); the counters
+    /// are the caller's to set. Errs on a repeated id or a column of the wrong length.
+    pub fn restore(&mut self, c: Checkpoint) -> Result<(), String> {
+        let (k, n) = (c.ids.len(), self.n_labels);
+        let lengths = [
+            c.has_pred.len(),
+            c.pred_ts.len(),
+            c.pred_version.len(),
+            c.has_truth.len(),
+            c.truth_ts.len(),
+            c.full.len(),
+            c.seq.len(),
+            c.expires.len(),
+        ];
+        let matrices = [c.scores.len(), c.predicted.len(), c.known.len(), c.actual.len()];
+        if lengths.iter().any(|&x| x != k) || matrices.iter().any(|&x| x != k * n) {
+            return Err("join columns of different lengths".into());
+        }
+        let mut index = FxHashMap::default();
+        index.reserve(k);
+        let mut slots = Vec::with_capacity(k);
+        for (i, id) in c.ids.into_iter().enumerate() {
+            if index.insert(id.clone(), i as u32).is_some() {
+                return Err(format!("prediction id {:?} appears twice", &*id));
+            }
+            slots.push(Slot {
+                id,
+                born: i as u64,
+                expires: c.expires[i],
+                has_pred: c.has_pred[i],
+                pred_ts: c.pred_ts[i],
+                pred_version: c.pred_version[i],
+                has_truth: c.has_truth[i],
+                truth_ts: c.truth_ts[i],
+                truth_seq: c.seq[i],
+                full: c.full[i],
+            });
+        }
+        self.index = index;
+        self.slots = slots;
+        self.births = k as u64;
+        self.free.clear();
+        (self.scores, self.predicted, self.known, self.actual) = (c.scores, c.predicted, c.known, c.actual);
+        self.rebuild_heap();
+        self.out = Output::default();
+        Ok(())
+    }
+}
+
+/// The table's entries as columns, one row per entry (the layout of the Python engine's checkpoints).
+#[derive(Default, Debug, Clone)]
+pub struct Checkpoint {
+    pub ids: Vec<Arc<str>>,
+    pub has_pred: Vec<bool>,
+    pub pred_ts: Vec<f64>,
+    pub pred_version: Vec<i64>,
+    pub scores: Vec<f64>,
+    pub predicted: Vec<bool>,
+    pub has_truth: Vec<bool>,
+    pub truth_ts: Vec<f64>,
+    pub known: Vec<bool>,
+    pub actual: Vec<bool>,
+    pub full: Vec<bool>,
+    pub seq: Vec<i64>,
+    pub expires: Vec<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: f64 = 100.0;
+
+    fn table(cap: usize) -> JoinTable {
+        JoinTable::new(TTL, cap, 2)
+    }
+
+    fn pred(t: &mut JoinTable, id: &str, ts: f64) -> bool {
+        t.add_prediction(id, &PredIn { ts, version: 0, scores: &[0.9, 0.1], predicted: &[true, false] })
+    }
+
+    fn ids(t: &JoinTable) -> Vec<String> {
+        t.export().ids.iter().map(|id| id.to_string()).collect()
+    }
+
+    fn truth(t: &mut JoinTable, id: &str, ts: f64, actual: [bool; 2]) {
+        t.add_ground_truth(id, &TruthIn { ts, known: &[true, true], actual: &actual, full: true });
+    }
+
+    #[test]
+    fn either_side_first() {
+        let mut t = table(100);
+        assert!(pred(&mut t, "a", 1000.0));
+        truth(&mut t, "a", 1010.0, [true, false]);
+        truth(&mut t, "b", 1020.0, [false, false]);
+        assert!(pred(&mut t, "b", 1005.0));
+        assert_eq!(t.counters.joined, 2);
+        assert_eq!((t.counters.pending_prediction, t.counters.pending_ground_truth), (0, 0));
+        assert_eq!(t.out.delay, [10.0, 15.0]);
+        assert_eq!(t.out.unpend_ts, [1000.0, 1005.0]);
+        assert_eq!(t.out.join_obs, [1010.0, 1020.0]);
+        assert_eq!(t.out.join_sign, [1.0, 1.0]);
+        assert_eq!(t.out.join_actual, [true, false, false, false]);
+    }
+
+    #[test]
+    fn duplicates_and_corrections() {
+        let mut t = table(100);
+        pred(&mut t, "a", 1000.0);
+        assert!(!pred(&mut t, "a", 1000.0));
+        truth(&mut t, "a", 1010.0, [true, false]);
+        truth(&mut t, "a", 1010.0, [true, false]); // re-send: same time, same labels
+        truth(&mut t, "a", 1005.0, [false, false]); // older: stale
+        assert_eq!(t.counters.duplicates_ground_truth, 2);
+        truth(&mut t, "a", 1010.0, [false, true]); // same time, later arrival, other labels: wins
+        truth(&mut t, "a", 1020.0, [false, true]); // later time, same labels: replaces
+        assert_eq!(t.counters.corrections, 2);
+        assert_eq!(t.out.join_sign, [1.0, -1.0, 1.0, -1.0, 1.0]);
+        assert_eq!(t.out.join_obs, [1010.0, 1010.0, 1010.0, 1010.0, 1020.0]);
+        assert_eq!(&t.out.join_actual[2..6], [true, false, false, true]);
+        assert_eq!(t.out.delay, [10.0]);
+        assert_eq!(t.seq, 5);
+    }
+
+    #[test]
+    fn expiry_on_event_time_and_on_partner_arrival() {
+        let mut t = table(100);
+        pred(&mut t, "a", 1000.0);
+        pred(&mut t, "z", 1150.0); // watermark 1150: "a" (expires 1100) is past its TTL
+        assert_eq!(t.len(), 2); // ... but nothing expired yet
+        truth(&mut t, "a", 1001.0, [true, true]); // drops the old "a" on arrival, waits on its own
+        assert_eq!(t.counters.expired_prediction, 1);
+        assert_eq!(t.counters.pending_ground_truth, 1);
+        assert_eq!(t.out.join_sign.len(), 0);
+        t.watermark = 1102.0;
+        t.expire();
+        assert_eq!(t.len(), 1);
+        t.watermark = 1300.0;
+        t.expire();
+        assert_eq!(t.len(), 0);
+        assert_eq!((t.counters.expired_prediction, t.counters.expired_ground_truth), (2, 1));
+        assert_eq!(t.out.unpend_ts, [1000.0, 1150.0]);
+    }
+
+    #[test]
+    fn expired_prediction_is_no_duplicate() {
+        let mut t = table(100);
+        pred(&mut t, "a", 1000.0);
+        assert!(!pred(&mut t, "a", 1100.0)); // expires 1100 >= max(watermark, ts)
+        assert!(pred(&mut t, "a", 1100.5)); // past its TTL at the new time: a fresh prediction
+        assert_eq!(t.counters.duplicates_prediction, 1);
+        assert_eq!(t.counters.expired_prediction, 1);
+        assert_eq!(t.counters.pending_prediction, 1);
+    }
+
+    #[test]
+    fn cap_evicts_in_expiry_then_id_order() {
+        let mut t = table(2);
+        pred(&mut t, "b", 1000.0);
+        pred(&mut t, "a", 1000.0);
+        truth(&mut t, "a", 1000.0, [true, true]);
+        truth(&mut t, "c", 1000.0, [false, false]); // three entries, all expiring at 1100: "a" goes
+        assert_eq!(t.counters.evicted_joined, 1);
+        pred(&mut t, "d", 999.0); // the smallest expiry: evicts itself
+        assert_eq!(t.counters.evicted_prediction, 1);
+        assert_eq!(t.counters.expired_prediction, 1);
+        assert_eq!(ids(&t), ["b", "c"]);
+        truth(&mut t, "e", 1001.0, [false, false]); // evicts "b" (1100) before "c" (1100, later id)
+        assert_eq!(ids(&t), ["c", "e"]);
+        assert_eq!(t.counters.evicted_prediction, 2);
+    }
+
+    #[test]
+    fn code_point_order_on_ties() {
+        let mut t = table(1);
+        pred(&mut t, "\u{e9}", 1000.0); // U+00E9 sorts after "z"
+        pred(&mut t, "z", 1000.0);
+        assert_eq!(ids(&t), ["\u{e9}"]);
+    }
+
+    #[test]
+    fn heap_stays_bounded_under_resent_truth() {
+        let mut t = table(10);
+        for i in 0..10_000 {
+            truth(&mut t, "a", 1000.0 + i as f64, [i % 2 == 0, false]);
+        }
+        assert!(t.heap.len() <= 2 * t.len() + 1025);
+        t.watermark = 1e9;
+        t.expire();
+        assert_eq!(t.counters.expired_ground_truth, 1);
+        assert_eq!(t.counters.pending_ground_truth, 0);
+    }
+
+    #[test]
+    fn checkpoint_round_trip() {
+        let mut t = table(100);
+        pred(&mut t, "b", 1000.0);
+        truth(&mut t, "a", 990.0, [true, false]);
+        pred(&mut t, "c", 1001.0);
+        truth(&mut t, "c", 1002.0, [false, true]);
+        let c = t.export();
+        assert_eq!(ids(&t), ["b", "a", "c"]);
+        assert_eq!(c.scores, [0.9, 0.1, 0.0, 0.0, 0.9, 0.1]);
+        assert_eq!(c.known, [false, false, true, true, true, true]);
+        assert_eq!(c.seq, [0, 1, 2]);
+        let mut u = table(100);
+        u.restore(c.clone()).unwrap();
+        assert_eq!(format!("{:?}", u.export()), format!("{c:?}"));
+        u.watermark = 1095.0;
+        u.expire();
+        assert_eq!(ids(&u), ["b", "c"]);
+        truth(&mut u, "b", 1003.0, [true, true]);
+        assert_eq!(u.out.join_sign, [1.0]);
+        let mut dup = c.clone();
+        dup.ids[1] = dup.ids[0].clone();
+        assert!(u.restore(dup).is_err());
+        let mut short = c;
+        short.expires.pop();
+        assert!(u.restore(short).is_err());
+    }
+}

@@ -1,0 +1,524 @@
+//! `monitor._native`: the per-event core of the engine (docs/native.md). This file is the PyO3 glue;
+//! the logic, which knows nothing of Python, is in `decode` (with `json` and `timestamp`) and `join`.
+
+mod decode;
+mod join;
+mod json;
+mod timestamp;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use numpy::ndarray::Dimension;
+use numpy::{
+    AllowTypeChange, Element, PyArray1, PyArrayLike1, PyArrayLike2, PyArrayMethods, PyReadonlyArray, PyReadonlyArray1,
+    PyReadonlyArray2, PyUntypedArrayMethods,
+};
+use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use rustc_hash::FxHashMap;
+
+use crate::decode::ModelSpec;
+use crate::join::{Checkpoint, Counters, JoinTable, PredIn, TruthIn};
+
+#[pymodule]
+#[pyo3(name = "_native")]
+fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Decoder>()?;
+    m.add_class::<Join>()?;
+    Ok(())
+}
+
+fn value_error(msg: impl Into<String>) -> PyErr {
+    PyValueError::new_err(msg.into())
+}
+
+/// A vector handed over to numpy without a copy.
+fn column<T: Element>(py: Python<'_>, v: Vec<T>) -> Bound<'_, PyArray1<T>> {
+    PyArray1::from_vec(py, v)
+}
+
+/// A row-major vector as a (rows, cols) matrix, also when `cols` is 0 (a model without numeric or
+/// categorical features), where the length cannot tell the rows.
+fn rows_of<T: Element>(py: Python<'_>, v: Vec<T>, rows: usize, cols: usize) -> PyResult<Bound<'_, PyAny>> {
+    Ok(PyArray1::from_vec(py, v).reshape([rows, cols])?.into_any())
+}
+
+// --- Decoder ----------------------------------------------------------------------------------------
+
+#[pyclass(module = "monitor._native", frozen)]
+struct Decoder {
+    inner: decode::Decoder,
+}
+
+fn required<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny>> {
+    d.get_item(key)?.ok_or_else(|| value_error(format!("model dict has no {key:?}")))
+}
+
+#[pymethods]
+impl Decoder {
+    #[new]
+    fn new(max_bytes: usize, models: Vec<Bound<'_, PyDict>>) -> PyResult<Self> {
+        let mut names = Vec::with_capacity(models.len());
+        let mut specs = Vec::with_capacity(models.len());
+        for m in &models {
+            names.push(required(m, "name")?.extract::<String>()?);
+            let spec = ModelSpec::new(
+                required(m, "labels")?.extract()?,
+                required(m, "thresholds")?.extract()?,
+                required(m, "multiclass")?.extract()?,
+                required(m, "numeric")?.extract()?,
+                required(m, "categorical")?.extract()?,
+                required(m, "categories")?.extract::<Vec<Option<FxHashMap<String, i64>>>>()?,
+                required(m, "other_bin")?.extract()?,
+            )
+            .map_err(value_error)?;
+            specs.push(spec);
+        }
+        let inner = decode::Decoder::new(max_bytes, names, specs).map_err(value_error)?;
+        Ok(Decoder { inner })
+    }
+
+    #[getter]
+    fn max_bytes(&self) -> usize {
+        self.inner.max_bytes
+    }
+
+    /// Decodes a batch of prediction messages (see docs/native.md for the columns).
+    fn predictions<'py>(&self, py: Python<'py>, raws: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyDict>> {
+        let owned = bytes_of(raws)?;
+        let slices: Vec<&[u8]> = owned.iter().map(|b| b.as_bytes()).collect();
+        let batch = self.inner.predictions(&slices);
+        let blocks = PyList::empty(py);
+        for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
+            let d = PyDict::new(py);
+            let k = b.ids.len();
+            d.set_item("ids", strings(py, &b.ids)?)?;
+            d.set_item("version_names", strings(py, &b.version_names)?)?;
+            d.set_item("version_code", column(py, b.version_code))?;
+            d.set_item("ts", column(py, b.ts))?;
+            d.set_item("scores", rows_of(py, b.scores, k, spec.labels.len())?)?;
+            d.set_item("predicted", rows_of(py, b.predicted, k, spec.labels.len())?)?;
+            d.set_item("latency", column(py, b.latency))?;
+            d.set_item("ignored", column(py, b.ignored))?;
+            d.set_item("numeric", rows_of(py, b.numeric, k, spec.n_numeric)?)?;
+            d.set_item("categorical", rows_of(py, b.categorical, k, spec.n_categorical)?)?;
+            blocks.append(d)?;
+        }
+        batch_dict(py, batch.model, batch.row, blocks)
+    }
+
+    /// Decodes a batch of ground-truth messages (see docs/native.md for the columns).
+    fn ground_truth<'py>(&self, py: Python<'py>, raws: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyDict>> {
+        let owned = bytes_of(raws)?;
+        let slices: Vec<&[u8]> = owned.iter().map(|b| b.as_bytes()).collect();
+        let batch = self.inner.ground_truth(&slices);
+        let blocks = PyList::empty(py);
+        for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
+            let d = PyDict::new(py);
+            d.set_item("actual", rows_of(py, b.actual, b.ids.len(), spec.labels.len())?)?;
+            d.set_item("ids", strings(py, &b.ids)?)?;
+            d.set_item("ts", column(py, b.ts))?;
+            blocks.append(d)?;
+        }
+        batch_dict(py, batch.model, batch.row, blocks)
+    }
+}
+
+fn bytes_of<'py>(raws: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+    raws.iter()
+        .map(|item| item.cast_into::<PyBytes>().map_err(|_| PyTypeError::new_err("raws must be a list of bytes")))
+        .collect()
+}
+
+fn strings<'py>(py: Python<'py>, values: &[Cow<'_, str>]) -> PyResult<Bound<'py, PyList>> {
+    PyList::new(py, values.iter().map(|s| PyString::new(py, s)))
+}
+
+fn batch_dict<'py>(
+    py: Python<'py>,
+    model: Vec<i32>,
+    row: Vec<i64>,
+    blocks: Bound<'py, PyList>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("model", PyArray1::from_vec(py, model))?;
+    d.set_item("row", PyArray1::from_vec(py, row))?;
+    d.set_item("blocks", blocks)?;
+    Ok(d)
+}
+
+// --- Join -------------------------------------------------------------------------------------------
+
+#[pyclass(module = "monitor._native")]
+struct Join {
+    table: JoinTable,
+}
+
+/// A column's elements in row-major order, without a copy when the array is C-contiguous.
+fn flat<'a, T: Element + Copy, D: Dimension>(a: &'a PyReadonlyArray<'_, T, D>) -> Cow<'a, [T]> {
+    match a.as_slice() {
+        Ok(s) => Cow::Borrowed(s),
+        Err(_) => Cow::Owned(a.as_array().iter().copied().collect()),
+    }
+}
+
+fn matrix_rows<T: Element>(a: &PyReadonlyArray2<'_, T>, n_labels: usize, name: &str) -> PyResult<usize> {
+    let shape = a.shape();
+    if shape[0] > 0 && shape[1] != n_labels {
+        return Err(value_error(format!("{name} must have {n_labels} columns")));
+    }
+    Ok(shape[0])
+}
+
+fn side_dict<'py>(py: Python<'py>, pairs: &[(&str, i64)]) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (k, v) in pairs {
+        d.set_item(*k, *v)?;
+    }
+    Ok(d)
+}
+
+fn read_sides(d: &Bound<'_, PyDict>, what: &str, sides: &[&str]) -> PyResult<Vec<i64>> {
+    let map: HashMap<String, i64> = d.extract()?;
+    if let Some(k) = map.keys().find(|k| !sides.contains(&k.as_str())) {
+        return Err(value_error(format!("{what} has an unknown side {k:?}")));
+    }
+    Ok(sides.iter().map(|s| map.get(*s).copied().unwrap_or(0)).collect())
+}
+
+const CHECKPOINT_COLUMNS: [&str; 12] = [
+    "has_pred",
+    "pred_ts",
+    "pred_version",
+    "scores",
+    "predicted",
+    "has_truth",
+    "truth_ts",
+    "known",
+    "actual",
+    "full",
+    "seq",
+    "expires",
+];
+
+#[pymethods]
+impl Join {
+    #[new]
+    fn new(ttl: f64, max_entries: usize, n_labels: usize) -> Self {
+        Join { table: JoinTable::new(ttl, max_entries, n_labels) }
+    }
+
+    /// Applies the steps in order; returns the prediction rows accepted (not duplicates).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (kinds, rows, pred_ids, pred_ts, pred_version, scores, predicted, gt_ids, gt_ts, known,
+                        actual, full))]
+    fn apply<'py>(
+        &mut self,
+        py: Python<'py>,
+        kinds: PyReadonlyArray1<'py, u8>,
+        rows: PyReadonlyArray1<'py, i64>,
+        pred_ids: &Bound<'py, PyList>,
+        pred_ts: PyReadonlyArray1<'py, f64>,
+        pred_version: PyReadonlyArray1<'py, i64>,
+        scores: PyReadonlyArray2<'py, f64>,
+        predicted: PyReadonlyArray2<'py, bool>,
+        gt_ids: &Bound<'py, PyList>,
+        gt_ts: PyReadonlyArray1<'py, f64>,
+        known: PyReadonlyArray2<'py, bool>,
+        actual: PyReadonlyArray2<'py, bool>,
+        full: PyReadonlyArray1<'py, bool>,
+    ) -> PyResult<Bound<'py, PyArray1<i64>>> {
+        let n = self.table.n_labels;
+        let (kinds, rows) = (flat(&kinds), flat(&rows));
+        if kinds.len() != rows.len() {
+            return Err(value_error("kinds and rows must have the same length"));
+        }
+        let n_pred = [
+            pred_ids.len(),
+            pred_ts.len(),
+            pred_version.len(),
+            matrix_rows(&scores, n, "scores")?,
+            matrix_rows(&predicted, n, "predicted")?,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(0);
+        let n_gt = [
+            gt_ids.len(),
+            gt_ts.len(),
+            full.len(),
+            matrix_rows(&known, n, "known")?,
+            matrix_rows(&actual, n, "actual")?,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(0);
+        // Checked before any step runs, so a bad batch changes nothing.
+        for (&kind, &row) in kinds.iter().zip(rows.iter()) {
+            let limit = match kind {
+                0 => n_pred,
+                1 => n_gt,
+                _ => return Err(value_error("kinds must be 0 (prediction) or 1 (ground truth)")),
+            };
+            if row < 0 || row as usize >= limit {
+                return Err(PyIndexError::new_err(format!("step row {row} is outside the columns")));
+            }
+        }
+        let (pred_ts, pred_version, scores, predicted) =
+            (flat(&pred_ts), flat(&pred_version), flat(&scores), flat(&predicted));
+        let (gt_ts, known, actual, full) = (flat(&gt_ts), flat(&known), flat(&actual), flat(&full));
+        let mut accepted = Vec::new();
+        for (&kind, &row) in kinds.iter().zip(rows.iter()) {
+            let r = row as usize;
+            let labels = r * n..(r + 1) * n;
+            if kind == 0 {
+                let item = pred_ids.get_item(r)?;
+                let id = item.cast::<PyString>()?.to_str()?;
+                let p = PredIn {
+                    ts: pred_ts[r],
+                    version: pred_version[r],
+                    scores: &scores[labels.clone()],
+                    predicted: &predicted[labels],
+                };
+                if self.table.add_prediction(id, &p) {
+                    accepted.push(row);
+                }
+            } else {
+                let item = gt_ids.get_item(r)?;
+                let id = item.cast::<PyString>()?.to_str()?;
+                let g = TruthIn { ts: gt_ts[r], known: &known[labels.clone()], actual: &actual[labels], full: full[r] };
+                self.table.add_ground_truth(id, &g);
+            }
+        }
+        Ok(PyArray1::from_vec(py, accepted))
+    }
+
+    /// Drops every entry whose TTL passed at the current watermark.
+    fn expire(&mut self) {
+        self.table.expire();
+    }
+
+    /// Returns and clears what the steps and expiries produced since the last drain.
+    fn drain<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let o = std::mem::take(&mut self.table.out);
+        let d = PyDict::new(py);
+        let (u, j) = (o.unpend_ts.len(), o.join_obs.len());
+        d.set_item("unpend_version", column(py, o.unpend_version))?;
+        d.set_item("unpend_ts", column(py, o.unpend_ts))?;
+        d.set_item("unpend_scores", rows_of(py, o.unpend_scores, u, self.table.n_labels)?)?;
+        d.set_item("unpend_predicted", rows_of(py, o.unpend_predicted, u, self.table.n_labels)?)?;
+        d.set_item("join_version", column(py, o.join_version))?;
+        d.set_item("join_obs", column(py, o.join_obs))?;
+        d.set_item("join_scores", rows_of(py, o.join_scores, j, self.table.n_labels)?)?;
+        d.set_item("join_predicted", rows_of(py, o.join_predicted, j, self.table.n_labels)?)?;
+        d.set_item("join_known", rows_of(py, o.join_known, j, self.table.n_labels)?)?;
+        d.set_item("join_actual", rows_of(py, o.join_actual, j, self.table.n_labels)?)?;
+        d.set_item("join_full", column(py, o.join_full))?;
+        d.set_item("join_sign", column(py, o.join_sign))?;
+        d.set_item("delay", column(py, o.delay))?;
+        Ok(d)
+    }
+
+    #[getter]
+    fn get_watermark(&self) -> f64 {
+        self.table.watermark
+    }
+
+    #[setter]
+    fn set_watermark(&mut self, value: f64) {
+        self.table.watermark = value;
+    }
+
+    #[getter]
+    fn seq(&self) -> i64 {
+        self.table.seq
+    }
+
+    #[getter]
+    fn corrections(&self) -> i64 {
+        self.table.counters.corrections
+    }
+
+    #[getter]
+    fn joined(&self) -> i64 {
+        self.table.counters.joined
+    }
+
+    #[getter]
+    fn ttl(&self) -> f64 {
+        self.table.ttl
+    }
+
+    #[getter]
+    fn max_entries(&self) -> usize {
+        self.table.max_entries
+    }
+
+    #[getter]
+    fn n_labels(&self) -> usize {
+        self.table.n_labels
+    }
+
+    #[getter]
+    fn pending<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.table.counters;
+        side_dict(py, &[("prediction", c.pending_prediction), ("ground_truth", c.pending_ground_truth)])
+    }
+
+    #[getter]
+    fn expired<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.table.counters;
+        side_dict(py, &[("prediction", c.expired_prediction), ("ground_truth", c.expired_ground_truth)])
+    }
+
+    #[getter]
+    fn evicted<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.table.counters;
+        side_dict(
+            py,
+            &[
+                ("prediction", c.evicted_prediction),
+                ("ground_truth", c.evicted_ground_truth),
+                ("joined", c.evicted_joined),
+            ],
+        )
+    }
+
+    #[getter]
+    fn duplicates<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.table.counters;
+        side_dict(py, &[("prediction", c.duplicates_prediction), ("ground_truth", c.duplicates_ground_truth)])
+    }
+
+    fn __len__(&self) -> usize {
+        self.table.len()
+    }
+
+    /// The checkpoint: ids in insertion order and one row per entry in each column.
+    fn export<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
+        let c = self.table.export();
+        let (k, l) = (c.ids.len(), self.table.n_labels);
+        let ids = PyList::new(py, c.ids.iter().map(|id| PyString::new(py, id)))?;
+        let d = PyDict::new(py);
+        d.set_item("has_pred", column(py, c.has_pred))?;
+        d.set_item("pred_ts", column(py, c.pred_ts))?;
+        d.set_item("pred_version", column(py, c.pred_version))?;
+        d.set_item("scores", rows_of(py, c.scores, k, l)?)?;
+        d.set_item("predicted", rows_of(py, c.predicted, k, l)?)?;
+        d.set_item("has_truth", column(py, c.has_truth))?;
+        d.set_item("truth_ts", column(py, c.truth_ts))?;
+        d.set_item("known", rows_of(py, c.known, k, l)?)?;
+        d.set_item("actual", rows_of(py, c.actual, k, l)?)?;
+        d.set_item("full", column(py, c.full))?;
+        d.set_item("seq", column(py, c.seq))?;
+        d.set_item("expires", column(py, c.expires))?;
+        Ok((ids, d))
+    }
+
+    /// Replaces the table with a checkpoint taken by `export` (and the counters saved beside it).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (ids, columns, seq, watermark, pending, expired, evicted, duplicates, corrections, joined))]
+    fn restore(
+        &mut self,
+        ids: &Bound<'_, PyList>,
+        columns: &Bound<'_, PyDict>,
+        seq: i64,
+        watermark: Option<f64>,
+        pending: &Bound<'_, PyDict>,
+        expired: &Bound<'_, PyDict>,
+        evicted: &Bound<'_, PyDict>,
+        duplicates: &Bound<'_, PyDict>,
+        corrections: i64,
+        joined: i64,
+    ) -> PyResult<()> {
+        let (k, l) = (ids.len(), self.table.n_labels);
+        for name in columns.keys() {
+            let name: String = name.extract()?;
+            if !CHECKPOINT_COLUMNS.contains(&name.as_str()) {
+                return Err(value_error(format!("unknown join column {name:?}")));
+            }
+        }
+        let get = |name: &str| -> PyResult<Bound<'_, PyAny>> {
+            columns.get_item(name)?.ok_or_else(|| value_error(format!("join column {name} is missing")))
+        };
+        let wrong = |name: &str| value_error(format!("join column {name} has the wrong shape"));
+        macro_rules! vector {
+            ($name:literal, $t:ty) => {{
+                let a: PyArrayLike1<'_, $t, AllowTypeChange> = get($name)?.extract()?;
+                if a.len() != k {
+                    return Err(wrong($name));
+                }
+                a.as_array().iter().copied().collect::<Vec<$t>>()
+            }};
+        }
+        macro_rules! matrix {
+            ($name:literal, $t:ty) => {{
+                let a: PyArrayLike2<'_, $t, AllowTypeChange> = get($name)?.extract()?;
+                if a.shape() != [k, l] {
+                    return Err(wrong($name));
+                }
+                a.as_array().iter().copied().collect::<Vec<$t>>()
+            }};
+        }
+        let mut id_list = Vec::with_capacity(k);
+        for id in ids.iter() {
+            let id = id.cast::<PyString>().map_err(|_| PyTypeError::new_err("prediction ids must be strings"))?;
+            id_list.push(Arc::from(id.to_str()?));
+        }
+        let checkpoint = Checkpoint {
+            ids: id_list,
+            has_pred: vector!("has_pred", bool),
+            pred_ts: vector!("pred_ts", f64),
+            pred_version: vector!("pred_version", i64),
+            scores: matrix!("scores", f64),
+            predicted: matrix!("predicted", bool),
+            has_truth: vector!("has_truth", bool),
+            truth_ts: vector!("truth_ts", f64),
+            known: matrix!("known", bool),
+            actual: matrix!("actual", bool),
+            full: vector!("full", bool),
+            seq: vector!("seq", i64),
+            expires: vector!("expires", f64),
+        };
+        let [pending_prediction, pending_ground_truth] =
+            read_sides(pending, "pending", &["prediction", "ground_truth"])?[..]
+        else {
+            unreachable!()
+        };
+        let [expired_prediction, expired_ground_truth] =
+            read_sides(expired, "expired", &["prediction", "ground_truth"])?[..]
+        else {
+            unreachable!()
+        };
+        let [evicted_prediction, evicted_ground_truth, evicted_joined] =
+            read_sides(evicted, "evicted", &["prediction", "ground_truth", "joined"])?[..]
+        else {
+            unreachable!()
+        };
+        let [duplicates_prediction, duplicates_ground_truth] =
+            read_sides(duplicates, "duplicates", &["prediction", "ground_truth"])?[..]
+        else {
+            unreachable!()
+        };
+        self.table.restore(checkpoint).map_err(value_error)?;
+        self.table.seq = seq;
+        self.table.watermark = watermark.unwrap_or(f64::NEG_INFINITY);
+        self.table.counters = Counters {
+            pending_prediction,
+            pending_ground_truth,
+            expired_prediction,
+            expired_ground_truth,
+            evicted_prediction,
+            evicted_ground_truth,
+            evicted_joined,
+            duplicates_prediction,
+            duplicates_ground_truth,
+            corrections,
+            joined,
+        };
+        Ok(())
+    }
+}
