@@ -5,7 +5,8 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use rustc_hash::{FxHashMap, FxHashSet};
+use ahash::{AHashMap, AHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::json::{read_event, Kind, Scalar, Scratch, Top};
 use crate::timestamp;
@@ -92,7 +93,8 @@ impl ModelSpec {
 pub struct PredBlock<'a> {
     pub ids: Vec<Cow<'a, str>>,
     pub version_names: Vec<Cow<'a, str>>,
-    version_index: FxHashMap<Cow<'a, str>, i64>,
+    // Versions and feature names come from producers: seeded hashing (config lookups use FxHash).
+    version_index: AHashMap<Cow<'a, str>, i64>,
     pub version_code: Vec<i64>,
     pub ts: Vec<f64>,
     pub scores: Vec<f64>,
@@ -377,7 +379,7 @@ fn has_duplicate_keys<V>(pairs: &[(Cow<'_, str>, V)]) -> bool {
     if pairs.len() <= 16 {
         return pairs.iter().enumerate().any(|(i, (k, _))| pairs[..i].iter().any(|(other, _)| other == k));
     }
-    let mut seen = FxHashSet::default();
+    let mut seen = AHashSet::default();
     !pairs.iter().all(|(k, _)| seen.insert(k.as_ref()))
 }
 

@@ -7,10 +7,14 @@
 //! entries in it; `born` reproduces that order for `export`.
 
 use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
-use rustc_hash::FxHashMap;
+use ahash::RandomState;
+
+/// Ids come from producers: a seeded hash keeps crafted ids from colliding on purpose (Python's dict
+/// has the same protection with its randomized str hash).
+type IdMap = HashMap<Arc<str>, u32, RandomState>;
 
 /// An expiry: entries leave in `(expires, id)` order, as from Python's heap of tuples. Rust orders
 /// `str` by UTF-8 bytes, which is Python's code point order.
@@ -117,7 +121,7 @@ pub struct JoinTable {
     pub seq: i64,
     pub counters: Counters,
     pub out: Output,
-    index: FxHashMap<Arc<str>, u32>,
+    index: IdMap,
     slots: Vec<Slot>,
     free: Vec<u32>,
     scores: Vec<f64>,
@@ -147,7 +151,7 @@ impl JoinTable {
             seq: 0,
             counters: Counters::default(),
             out: Output::default(),
-            index: FxHashMap::default(),
+            index: IdMap::default(),
             slots: Vec::new(),
             free: Vec::new(),
             scores: Vec::new(),
@@ -166,7 +170,8 @@ impl JoinTable {
     /// A prediction step: the duplicate check of `ModelState.add_prediction`, then
     /// `JoinTable.add_prediction`. True when the prediction was accepted (counted by the model).
     pub fn add_prediction(&mut self, id: &str, p: &PredIn) -> bool {
-        if let Some(&s) = self.index.get(id) {
+        let found = self.index.get(id).copied();
+        if let Some(s) = found {
             let slot = &self.slots[s as usize];
             if slot.has_pred && slot.expires >= py_max(self.watermark, p.ts) {
                 self.counters.duplicates_prediction += 1;
@@ -174,7 +179,7 @@ impl JoinTable {
             }
         }
         self.watermark = py_max(self.watermark, p.ts);
-        let s = match self.live(id) {
+        let s = match self.live(found) {
             None => self.insert(id),
             Some(s) if self.slots[s as usize].has_pred => {
                 // Unreachable after the check above (an entry that survived `live` passed it), kept
@@ -212,7 +217,8 @@ impl JoinTable {
         self.seq += 1;
         let seq = self.seq;
         let n = self.n_labels;
-        let Some(s) = self.live(id) else {
+        let found = self.index.get(id).copied();
+        let Some(s) = self.live(found) else {
             let s = self.insert(id);
             self.set_truth(s, g, seq);
             self.counters.pending_ground_truth += 1;
@@ -288,9 +294,10 @@ impl JoinTable {
         Some(side)
     }
 
-    /// The entry for `id` unless its TTL passed at the current watermark (then it expires now).
-    fn live(&mut self, id: &str) -> Option<u32> {
-        let s = *self.index.get(id)?;
+    /// The entry found for an id unless its TTL passed at the current watermark (then it expires now).
+    /// Takes the lookup's result so that a step hashes its id once (twice for a new entry).
+    fn live(&mut self, found: Option<u32>) -> Option<u32> {
+        let s = found?;
         if self.slots[s as usize].expires < self.watermark {
             self.drop_entry(s);
             return None;
@@ -474,7 +481,7 @@ impl JoinTable {
         if lengths.iter().any(|&x| x != k) || matrices.iter().any(|&x| x != k * n) {
             return Err("join columns of different lengths".into());
         }
-        let mut index = FxHashMap::default();
+        let mut index = IdMap::default();
         index.reserve(k);
         let mut slots = Vec::with_capacity(k);
         for (i, id) in c.ids.into_iter().enumerate() {
