@@ -18,7 +18,15 @@ if [ ${#need[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# Rust from rustup lives in ~/.cargo/bin, which a non-login shell may not have on PATH: without it the
+# optional native core (docs/native.md) would silently not build.
+if [ -d "$HOME/.cargo/bin" ]; then export PATH="$HOME/.cargo/bin:$PATH"; fi
 python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+# CI tests the native core: its build is optional for users (pure Python runs without it), not here.
+if ! python3 -c "import monitor._native" 2>/dev/null; then
+    echo "scripts/test.sh: monitor._native did not build (is cargo on PATH? see the pip output above)" >&2
+    exit 1
+fi
 # Fetch Kafka's jars once (cached under ~/.cache/mlmon) so the first Kafka test does not time out on it.
 python3 -m monitor.cli broker --fetch-only
 
