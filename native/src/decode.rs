@@ -166,6 +166,10 @@ struct Work {
     numeric: Vec<f64>,
     categorical: Vec<i64>,
     number: String,
+    /// Per label (then per feature): already given by this event.
+    seen: Vec<bool>,
+    /// Indices of the keys that are no label (then no configured feature).
+    extra: Vec<usize>,
 }
 
 impl Decoder {
@@ -285,47 +289,71 @@ impl Decoder {
                 return None;
             }
         }
-        if !top.has_scores || has_duplicate_keys(&scratch.scores) {
+        if !top.has_scores {
             return None;
         }
+        // A repeated key is refused (orjson would keep the last value); labels are caught by `seen`, so
+        // only the extra keys need comparing among themselves.
         let n = spec.labels.len();
         work.scores.clear();
         work.scores.resize(n, f64::NAN);
-        let mut found = 0;
-        for (key, value) in &scratch.scores {
-            if let Some(&i) = spec.label_index.get(key.as_ref()) {
-                work.scores[i] = match *value {
-                    Scalar::U(u) if u <= 1 => u as f64,
-                    Scalar::F(f) if (0.0..=1.0).contains(&f) => f,
-                    _ => return None,
-                };
-                found += 1;
+        work.seen.clear();
+        work.seen.resize(n.max(spec.n_numeric + spec.n_categorical), false);
+        work.extra.clear();
+        for (k, (key, value)) in scratch.scores.iter().enumerate() {
+            // Producers usually list the labels in config order: try that before hashing.
+            let i = match spec.labels.get(k) {
+                Some(label) if label == key => k,
+                _ => match spec.label_index.get(key.as_ref()) {
+                    Some(&i) => i,
+                    None => {
+                        work.extra.push(k);
+                        continue;
+                    }
+                },
+            };
+            if std::mem::replace(&mut work.seen[i], true) {
+                return None;
             }
+            work.scores[i] = match *value {
+                Scalar::U(u) if u <= 1 => u as f64,
+                Scalar::F(f) if (0.0..=1.0).contains(&f) => f,
+                _ => return None,
+            };
         }
-        if found != n {
+        if scratch.scores.len() - work.extra.len() != n || repeats(&scratch.scores, &work.extra) {
             return None;
         }
-        let ignored = (scratch.scores.len() - n) as i64;
+        let ignored = work.extra.len() as i64;
 
         work.numeric.clear();
         work.numeric.resize(spec.n_numeric, f64::NAN);
         work.categorical.clear();
         work.categorical.resize(spec.n_categorical, -1);
         if top.has_features {
-            if has_duplicate_keys(&scratch.features) {
-                return None;
-            }
-            for (key, value) in &scratch.features {
-                match spec.features.get(key.as_ref()) {
-                    None => {}
-                    Some(&Feature::Numeric(j)) => match *value {
+            work.seen.fill(false);
+            work.extra.clear();
+            for (k, (key, value)) in scratch.features.iter().enumerate() {
+                let Some(&feature) = spec.features.get(key.as_ref()) else {
+                    work.extra.push(k);
+                    continue;
+                };
+                let slot = match feature {
+                    Feature::Numeric(j) => j,
+                    Feature::Categorical(j) => spec.n_numeric + j,
+                };
+                if std::mem::replace(&mut work.seen[slot], true) {
+                    return None;
+                }
+                match feature {
+                    Feature::Numeric(j) => match *value {
                         Scalar::Null => {}
                         Scalar::U(u) => work.numeric[j] = u as f64,
                         Scalar::I(i) => work.numeric[j] = i as f64,
                         Scalar::F(f) => work.numeric[j] = f,
                         _ => return None,
                     },
-                    Some(&Feature::Categorical(j)) => {
+                    Feature::Categorical(j) => {
                         // Python bins `str(value)`: True/False for booleans, the decimal digits of an int.
                         work.categorical[j] = match value {
                             Scalar::Null => -1,
@@ -346,6 +374,9 @@ impl Decoder {
                         }
                     }
                 }
+            }
+            if repeats(&scratch.features, &work.extra) {
+                return None;
             }
         }
 
@@ -375,12 +406,13 @@ impl Decoder {
     }
 }
 
-fn has_duplicate_keys<V>(pairs: &[(Cow<'_, str>, V)]) -> bool {
-    if pairs.len() <= 16 {
-        return pairs.iter().enumerate().any(|(i, (k, _))| pairs[..i].iter().any(|(other, _)| other == k));
+/// Whether two of the pairs at `at` have the same key.
+fn repeats<V>(pairs: &[(Cow<'_, str>, V)], at: &[usize]) -> bool {
+    if at.len() <= 16 {
+        return at.iter().enumerate().any(|(i, &a)| at[..i].iter().any(|&b| pairs[a].0 == pairs[b].0));
     }
     let mut seen = AHashSet::default();
-    !pairs.iter().all(|(k, _)| seen.insert(k.as_ref()))
+    !at.iter().all(|&a| seen.insert(pairs[a].0.as_ref()))
 }
 
 #[cfg(test)]
