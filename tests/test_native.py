@@ -1,0 +1,160 @@
+"""The native core against the pure-Python engine it replaces (docs/native.md).
+
+The Python decoder and join are the reference: on the same input, in the same batches, both engines must
+hold the same join table and report the same figures, to the last bit. The streams are built to reach
+every branch of the join (either side first, duplicates, corrections, stale and identical re-sends, TTL
+expiry on partner arrival, cap evictions, versions past `max_versions`) and mix in messages only the
+exact decoder can judge (partial labels, served lists, multiclass, epoch times, garbage).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from monitor.config import parse_config
+from monitor.engine import native, snapshot
+from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
+from monitor.engine.figures import Figures
+from monitor.inputs import load_inputs
+from monitor.replay import run_replay
+from tests.events import BASE
+
+pytestmark = pytest.mark.skipif(native._native is None,
+                                reason="monitor._native is not built (scripts/test.sh requires it)")
+
+CFG = parse_config({
+    "windows": ["5m", "30m", "1h", "6h"],
+    "join": {"ttl": "20m", "max_pending": 8},
+    "models": [
+        {"name": "m", "task": "multilabel", "labels": ["a", "b", "c"], "threshold": 0.5, "thresholds": {"b": 0.3},
+         "max_versions": 2},
+        {"name": "k", "task": "multiclass", "labels": ["x", "y"]},
+    ],
+})
+
+
+def figures_map(f: Figures) -> dict:
+    out: dict = {(s.metric.name, s.labels): s.value for s in f.samples}
+    out.update({(h.metric.name, h.labels): (h.counts, h.sum) for h in f.histograms})
+    return out
+
+
+def join_state(engine: Engine) -> dict:
+    out = {}
+    for name, state in engine.models.items():
+        ids, cols = state.join.export()
+        order = np.argsort(np.array(ids, dtype=object))
+        j = state.join
+        out[name] = (sorted(ids), {k: v[order].tolist() for k, v in cols.items()}, j.seq, j.watermark,
+                     dict(j.pending), {k: v for k, v in dict(j.expired).items() if v},
+                     {k: v for k, v in dict(j.evicted).items() if v},
+                     {k: v for k, v in dict(j.duplicates).items() if v}, j.corrections, j.joined, len(j))
+    return out
+
+
+def assert_same_engines(a: Engine, b: Engine, at: float | None = None) -> None:
+    assert join_state(a) == join_state(b)
+    assert figures_map(a.evaluate(at)) == figures_map(b.evaluate(at))
+
+
+def stamp(dt: int) -> str:
+    return np.datetime_as_string(np.datetime64(int((BASE + dt) * 1000), "ms"), unit="ms") + "Z"
+
+
+ids = st.integers(0, 11).map(lambda i: f"id{i}")
+when = st.integers(0, 45 * 60)
+score = st.one_of(st.floats(0, 1, allow_nan=False), st.sampled_from([0, 1, 0.5, 0.3]))
+multilabel_prediction = st.builds(
+    lambda pid, dt, s, v, lat: {"prediction_id": pid, "model": "m", "model_version": v, "timestamp": stamp(dt),
+                                "scores": dict(zip("abc", s, strict=True)), **({"latency_ms": lat} if lat else {})},
+    ids, when, st.tuples(score, score, score), st.sampled_from(["v1", "v2", "v3"]),
+    st.one_of(st.none(), st.floats(0, 5000)))
+served_prediction = st.builds(
+    lambda pid, dt, s, served: {"prediction_id": pid, "model": "m", "timestamp": BASE + dt,
+                                "scores": dict(zip("abc", s, strict=True)), "predicted": served},
+    ids, when, st.tuples(score, score, score), st.lists(st.sampled_from("abc"), unique=True))
+multiclass_prediction = st.builds(
+    lambda pid, dt, s: {"prediction_id": pid, "model": "k", "timestamp": stamp(dt), "scores": {"x": s, "y": 1 - s}},
+    ids, when, st.floats(0, 1, allow_nan=False))
+full_truth = st.builds(
+    lambda pid, dt, labels: {"prediction_id": pid, "model": "m", "timestamp": stamp(dt), "labels": labels},
+    ids, when, st.lists(st.sampled_from("abc"), unique=True))
+partial_truth = st.builds(
+    lambda pid, dt, labels: {"prediction_id": pid, "model": "m", "timestamp": stamp(dt), "labels": labels},
+    ids, when, st.dictionaries(st.sampled_from("abc"), st.integers(0, 1), min_size=1))
+multiclass_truth = st.builds(
+    lambda pid, dt, c: {"prediction_id": pid, "model": "k", "timestamp": stamp(dt), "labels": [c]},
+    ids, when, st.sampled_from("xy"))
+garbage = st.sampled_from([b"{", b"[]", b'{"prediction_id": "id1"}', b'{"prediction_id":"id2","model":"m",'
+                           b'"timestamp":"2026-11-20T00:00:00Z","scores":{"a":0.1,"b":true,"c":0.2}}', b"\xff"])
+
+predictions = st.one_of(multilabel_prediction, multilabel_prediction, served_prediction, multiclass_prediction)
+truths = st.one_of(full_truth, full_truth, partial_truth, multiclass_truth)
+message = st.one_of(
+    *[st.tuples(st.just(PREDICTIONS), predictions.map(orjson.dumps))] * 3,
+    *[st.tuples(st.just(GROUND_TRUTH), truths.map(orjson.dumps))] * 3,
+    st.tuples(st.sampled_from([PREDICTIONS, GROUND_TRUTH]), garbage),
+)
+# A prediction judged twice: the second truth corrects the first, or is a stale or identical re-send.
+rejudged = st.builds(
+    lambda pid, dt, first, second, later: [
+        (PREDICTIONS, orjson.dumps({"prediction_id": pid, "model": "m", "timestamp": stamp(dt),
+                                    "scores": {"a": 0.9, "b": 0.2, "c": 0.6}})),
+        (GROUND_TRUTH, orjson.dumps({"prediction_id": pid, "model": "m", "timestamp": stamp(dt + 30),
+                                     "labels": first})),
+        (GROUND_TRUTH, orjson.dumps({"prediction_id": pid, "model": "m", "timestamp": stamp(dt + later),
+                                     "labels": second}))],
+    ids, when, st.lists(st.sampled_from("abc"), unique=True), st.lists(st.sampled_from("abc"), unique=True),
+    st.integers(0, 60))
+# A prediction re-sent around the end of its TTL (20m): the duplicate / new-prediction boundary.
+resent = st.builds(
+    lambda pid, dt, delta: [(PREDICTIONS, orjson.dumps({"prediction_id": pid, "model": "m", "timestamp": stamp(t),
+                                                        "scores": {"a": 0.9, "b": 0.2, "c": 0.6}}))
+                            for t in (dt, dt + 1200 + delta)],
+    ids, when, st.integers(-1, 1))
+stream = st.lists(st.one_of(message.map(lambda m: [m]), rejudged, resent), min_size=10, max_size=100).map(
+    lambda parts: [m for part in parts for m in part])
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream, st.lists(st.integers(1, 40), min_size=1, max_size=10))
+def test_native_and_python_engines_agree_on_any_stream(items: list[tuple[str, bytes]], cuts: list[int]) -> None:
+    fast, slow = Engine(CFG, use_native=True), Engine(CFG, use_native=False)
+    pos = 0
+    for k in range(len(items)):
+        if pos >= len(items):
+            break
+        size = cuts[k % len(cuts)]
+        batch = items[pos:pos + size]
+        rejected_fast, rejected_slow = fast.process(batch), slow.process(batch)
+        assert rejected_fast == rejected_slow
+        pos += size
+    assert_same_engines(fast, slow, BASE + 2 * 3600)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(stream, st.integers(0, 150))
+def test_checkpoints_move_between_the_native_and_python_joins(items: list[tuple[str, bytes]], cut: int) -> None:
+    """A snapshot taken by either implementation restores into the other and continues identically."""
+    for source, target in ((True, False), (False, True)):
+        whole = Engine(CFG, use_native=target)
+        first = Engine(CFG, use_native=source)
+        first.process(items[:cut])
+        whole.process(items[:cut])
+        restored, _ = snapshot.restore(CFG, None, snapshot.dump(first), use_native=target)
+        restored.process(items[cut:])
+        whole.process(items[cut:])
+        assert_same_engines(restored, whole, BASE + 2 * 3600)
+
+
+def test_bundled_example_gives_identical_figures() -> None:
+    inputs = load_inputs(None, None, None, None)
+    fast, figures_fast = run_replay(inputs.config, inputs.predictions, inputs.ground_truth, use_native=True)
+    slow, figures_slow = run_replay(inputs.config, inputs.predictions, inputs.ground_truth, use_native=False)
+    assert fast.use_native and not slow.use_native
+    assert figures_map(figures_fast) == figures_map(figures_slow)
+    assert join_state(fast) == join_state(slow)
