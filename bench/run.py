@@ -73,7 +73,8 @@ def gnu_time() -> str | None:
     return GNU_TIME if probe.returncode == 0 and probe.stderr.strip().isdigit() else None
 
 
-def timed(cmd: list[str], stdout_path: str | None = None, time_bin: str | None = None) -> Run:
+def timed(cmd: list[str], stdout_path: str | None = None, time_bin: str | None = None,
+          env: dict[str, str] | None = None) -> Run:
     """Wall time, CPU time and peak RSS (KB) of one subprocess."""
     report = None
     if time_bin:
@@ -83,7 +84,8 @@ def timed(cmd: list[str], stdout_path: str | None = None, time_bin: str | None =
     out = open(stdout_path, "wb") if stdout_path else subprocess.DEVNULL  # noqa: SIM115
     try:
         start = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, cwd=ROOT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.PIPE, cwd=ROOT,
+                                env={**os.environ, **env} if env else None)
         assert proc.stderr is not None
         err = proc.stderr.read()
         _, status, usage = os.wait4(proc.pid, 0)
@@ -104,6 +106,13 @@ def timed(cmd: list[str], stdout_path: str | None = None, time_bin: str | None =
         if report:
             os.unlink(report)
     return Run(elapsed, cpu, rss)
+
+
+def native_engine() -> str:
+    """Which engine `monitor replay` runs here (asked in a child: this process stays free of numpy)."""
+    probe = subprocess.run([sys.executable, "-c", "from monitor.engine import native; print(native.enabled())"],
+                           cwd=ROOT, capture_output=True, text=True, check=True)
+    return "native core" if probe.stdout.strip() == "True" else "pure-Python engine (monitor._native not built)"
 
 
 def best(runs: list[Run]) -> Run:
@@ -201,16 +210,23 @@ def main(argv: list[str] | None = None) -> int:
     replay_cmd = [*monitor, "replay", *files]
     river_cmd = [sys.executable, str(RIVER_PEER), *files]
 
+    engine = native_engine()
+    print(f"monitor replay runs the {engine}")
     replay_runs: list[Run] = []
+    python_runs: list[Run] = []
     river_runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="mlmon-bench-out-") as scratch:
         replay_out, river_out = Path(scratch) / "replay.prom", Path(scratch) / "river.json"
-        for i in range(args.repeat):  # alternate, so a noisy neighbour hurts both peers alike
+        python_out = Path(scratch) / "python.prom"
+        for i in range(args.repeat):  # alternate, so a noisy neighbour hurts every peer alike
             replay_runs.append(timed(replay_cmd, str(replay_out), time_bin))
+            python_runs.append(timed(replay_cmd, str(python_out), time_bin, {"MLMON_NATIVE": "0"}))
             river_runs.append(timed(river_cmd, str(river_out), time_bin))
-            print(f"  run {i + 1}/{args.repeat}: replay {replay_runs[-1].seconds:.2f} s, "
-                  f"river {river_runs[-1].seconds:.2f} s", flush=True)
+            print(f"  run {i + 1}/{args.repeat}: replay {replay_runs[-1].seconds:.2f} s, pure-Python replay "
+                  f"{python_runs[-1].seconds:.2f} s, river {river_runs[-1].seconds:.2f} s", flush=True)
         problems = cross_check(replay_out, river_out)
+        if python_out.read_bytes() != replay_out.read_bytes():
+            problems.append("the native and the pure-Python engine printed different metrics")
 
     startup_cmds = {
         "monitor --help": [*monitor, "--help"],
@@ -220,11 +236,12 @@ def main(argv: list[str] | None = None) -> int:
     k = max(3, args.repeat)
     startup = {name: best([timed(cmd, None, time_bin) for _ in range(k)]) for name, cmd in startup_cmds.items()}
 
-    rp, rv = best(replay_runs), best(river_runs)
+    rp, rv, py = best(replay_runs), best(river_runs), best(python_runs)
     replay_eps, river_eps = events / rp.seconds, events / rv.seconds
     ratio = replay_eps / river_eps
     rows = [["peer", "events", "seconds", "events/s", "CPU s", "peak RSS"]]
-    for name, r, eps in (("monitor replay", rp, replay_eps), ("river join-and-count", rv, river_eps)):
+    for name, r, eps in (("monitor replay", rp, replay_eps), ("river join-and-count", rv, river_eps),
+                         ("replay, MLMON_NATIVE=0", py, events / py.seconds)):
         rows.append([name, f"{events:,}", f"{r.seconds:.2f}", f"{eps:,.0f}", f"{r.cpu_seconds:.2f}",
                      f"{r.max_rss_kb / 1024:.0f} MiB"])
     print()
@@ -241,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if problems:
         print("\ncross-check FAILED, the peers disagree:\n  " + "\n  ".join(problems))
     else:
-        print("\ncross-check: replay and river agree (joined events, per-label F1, micro F1)")
+        print("\ncross-check: replay and river agree (joined events, per-label F1, micro F1); the native and "
+              "pure-Python replays print the same bytes")
 
     if args.json:
         args.json.write_text(json.dumps({
@@ -250,6 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             "replay": {"seconds": rp.seconds, "events_per_s": replay_eps, "cpu_seconds": rp.cpu_seconds,
                        "max_rss_kb": rp.max_rss_kb,
                        "all_seconds": [r.seconds for r in replay_runs]},
+            "engine": engine,
+            "python_replay": {"seconds": py.seconds, "events_per_s": events / py.seconds,
+                              "cpu_seconds": py.cpu_seconds, "max_rss_kb": py.max_rss_kb,
+                              "all_seconds": [r.seconds for r in python_runs]},
             "river": {"seconds": rv.seconds, "events_per_s": river_eps, "cpu_seconds": rv.cpu_seconds,
                       "max_rss_kb": rv.max_rss_kb,
                       "all_seconds": [r.seconds for r in river_runs]},
