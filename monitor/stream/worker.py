@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from monitor import conventions as c
 from monitor.config import ConfigError, MonitorConfig, load_config
+from monitor.engine import native
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine, Rejection
 from monitor.engine.figures import Figures
 from monitor.engine.merge import merged_figures
@@ -184,8 +185,9 @@ class Worker:
                                      {PREDICTIONS: t.predictions, GROUND_TRUTH: t.ground_truth})
         self.consumer.subscribe([t.predictions, t.ground_truth], listener=_Listener(self))
         await self.consumer.start()
-        log.info("group %s: consuming %s and %s (%d partitions), checkpoints in %s", kafka.group_id,
-                 t.predictions, t.ground_truth, t.partitions, t.state)
+        log.info("group %s: consuming %s and %s (%d partitions), checkpoints in %s; %s engine", kafka.group_id,
+                 t.predictions, t.ground_truth, t.partitions, t.state,
+                 "native" if native.enabled() else "pure-Python (monitor._native not built, or MLMON_NATIVE=0)")
 
     async def _shutdown(self) -> None:
         if self.consumer is not None and self.fatal is None and self.store is not None:
