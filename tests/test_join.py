@@ -79,8 +79,9 @@ def test_pending_cap_expires_oldest_first() -> None:
     e = Engine(cfg)
     e.predictions(prediction(f"p{i}", BASE + i, S) for i in range(250))
     state = e.models["m"]
-    assert len(state.join.entries) == 100
-    assert "p249" in state.join.entries and "p0" not in state.join.entries
+    ids, _ = state.join.export()
+    assert len(state.join) == 100
+    assert "p249" in ids and "p0" not in ids
     assert e.evaluate().by_name("mlmon_join_expired_total")[("m", "prediction")] == 150
 
 

@@ -113,7 +113,7 @@ def test_repeated_snapshots_with_expiry_corrections_and_versions(join: dict) -> 
         engine = snapshot.load(config, None, snapshot.dump(engine, compress=False))
         state, ref_state = engine.models["m"], whole.models["m"]
         assert state.join.pending == ref_state.join.pending
-        assert sorted(state.join.entries) == sorted(ref_state.join.entries)
+        assert sorted(state.join.export()[0]) == sorted(ref_state.join.export()[0])
     assert_figures_equal(engine.evaluate(), whole.evaluate(), rel=0, abs_=0)
     assert engine.models["m"].join.expired == whole.models["m"].join.expired
     if not join:
@@ -136,7 +136,7 @@ def test_snapshot_keeps_the_invalid_counts_and_an_empty_engine_round_trips(examp
 def test_fields_of_the_engine_classes_are_all_known_to_the_snapshot(example) -> None:
     """A field added to the engine state must be added to the snapshot too (or listed as derived)."""
     config, _, _ = example
-    state = Engine(config).models["moderation"]
+    state = Engine(config, use_native=False).models["moderation"]  # the native join exports the same columns
     assert isinstance(state, ModelState)
     assert set(vars(state)) == snapshot.MODEL_STATE_FIELDS
     assert isinstance(state.join, JoinTable) and set(vars(state.join)) == snapshot.JOIN_FIELDS
@@ -211,8 +211,8 @@ def test_partition_engines_merged_equal_one_engine(example) -> None:
     # A merged view of one engine is that engine, exactly.
     assert_figures_equal(merged_figures(config, refs, engines[:1]), engines[0].evaluate(), rel=0, abs_=0)
     # The view is built fresh: evaluating it leaves the partition engines untouched.
-    assert merged_engine(config, refs, engines).models["moderation"].join.entries == {}
-    assert engines[0].models["moderation"].join.entries
+    assert len(merged_engine(config, refs, engines).models["moderation"].join) == 0
+    assert len(engines[0].models["moderation"].join) > 0
 
 
 def test_merged_view_of_no_engines_reports_zero_counters(example) -> None:
