@@ -179,6 +179,13 @@ class Decoder:
     def decode_ground_truth(self, raw: bytes) -> GroundTruth:
         return self._decode(raw, self._ground_truth)
 
+    def decode_or_invalid(self, raw: bytes, ground_truth: bool) -> Prediction | GroundTruth | InvalidEvent:
+        """The event, or its rejection as a value (for batch decoders that collect both)."""
+        try:
+            return self.decode_ground_truth(raw) if ground_truth else self.decode_prediction(raw)
+        except InvalidEvent as exc:
+            return exc
+
     def _decode(self, raw: bytes, build: Callable[[dict[str, Any], str, _ModelSchema], E]) -> E:
         obj = parse_json(raw, self.max_bytes)
         pid = _prediction_id(obj)
@@ -349,7 +356,7 @@ class BatchDecoder:
                         raise ValueError
                     latency = latency / 1000.0
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-                out[i] = self._slow_prediction(raw)
+                out[i] = self.decoder.decode_or_invalid(raw, ground_truth=False)
                 continue
             entry = rows.get(schema.cfg.name)
             if entry is None:
@@ -388,12 +395,6 @@ class BatchDecoder:
             raise ValueError
         return obj, pid, schema, value, ts
 
-    def _slow_prediction(self, raw: bytes) -> Prediction | InvalidEvent:
-        try:
-            return self.decoder.decode_prediction(raw)
-        except InvalidEvent as exc:
-            return exc
-
     def ground_truth(self, raws: list[bytes]) -> list[GroundTruth | InvalidEvent]:
         out: list[GroundTruth | InvalidEvent] = []
         for raw in raws:
@@ -405,10 +406,7 @@ class BatchDecoder:
                 if len(stated) != len(labels) or not stated <= schema.label_set:
                     raise ValueError
             except (ValueError, KeyError, TypeError, orjson.JSONDecodeError):
-                try:
-                    out.append(self.decoder.decode_ground_truth(raw))
-                except InvalidEvent as exc:
-                    out.append(exc)
+                out.append(self.decoder.decode_or_invalid(raw, ground_truth=True))  # type: ignore[arg-type]
                 continue
             actual = np.zeros(len(schema.labels), dtype=bool)
             for label in labels:

@@ -18,7 +18,7 @@ import orjson
 
 from monitor.config import ConfigError, MonitorConfig
 from monitor.engine.columns import DecodedTopic
-from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
+from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine, topic_steps
 from monitor.engine.figures import Figures
 from monitor.events import InvalidEvent, parse_timestamp
 from monitor.inputs import EXAMPLE, input_options, load_inputs, read_lines
@@ -53,8 +53,7 @@ def steps_by_time(predictions: DecodedTopic, ground_truth: DecodedTopic,
     (`np.lexsort` is stable). Events that could not be decoded come first (they carry no usable time) and
     are rejected by the engine. With `at`, events after it are left out."""
     ts = np.concatenate([predictions.times(), ground_truth.times()])
-    sides = np.repeat(np.array([0, 1], dtype=np.uint8), [len(predictions), len(ground_truth)])
-    index = np.concatenate([np.arange(len(predictions)), np.arange(len(ground_truth))])
+    sides, index = topic_steps(len(predictions), len(ground_truth))
     order = np.lexsort((sides, ts))
     if at is not None:
         order = order[ts[order] <= at]

@@ -78,7 +78,7 @@ class Engine:
             decoded = DecodedTopic(topic, raws, out["model"].astype(np.int64), out["row"].astype(np.int64),
                                    [self._block(topic, b) for b in out["blocks"]], {})
             rest = np.nonzero(decoded.model < 0)[0].tolist()
-            events = [self._exact(topic, raws[i]) for i in rest]
+            events = [self.decoder.decode_or_invalid(raws[i], topic != PREDICTIONS) for i in rest]
         else:
             decoded = DecodedTopic(topic, raws, np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64),
                                    [None] * len(self._states), {})
@@ -96,14 +96,6 @@ class Engine:
         actual = b["actual"]
         return GroundTruthColumns(b["ids"], b["ts"], np.ones_like(actual), actual, np.ones(len(actual), dtype=bool))
 
-    def _exact(self, topic: str, raw: bytes) -> Prediction | GroundTruth | InvalidEvent:
-        try:
-            if topic == PREDICTIONS:
-                return self.decoder.decode_prediction(raw)
-            return self.decoder.decode_ground_truth(raw)
-        except InvalidEvent as exc:
-            return exc
-
     def _add_exact(self, decoded: DecodedTopic, positions: list[int],
                    events: list[Prediction | GroundTruth | InvalidEvent]) -> None:
         """Append what the exact decoder made of `positions` to the topic's per-model columns."""
@@ -120,12 +112,11 @@ class Engine:
             have = decoded.blocks[m]
             if decoded.topic == PREDICTIONS:
                 more: Any = from_predictions(evs, state.n_labels, state.feature_spec)
-                base = len(have) if have is not None else 0
-                decoded.blocks[m] = concat_predictions(have, more) if have is not None else more
+                concat: Callable[[Any, Any], Any] = concat_predictions
             else:
-                more = from_ground_truth(evs, state.n_labels)
-                base = len(have) if have is not None else 0
-                decoded.blocks[m] = concat_ground_truth(have, more) if have is not None else more
+                more, concat = from_ground_truth(evs, state.n_labels), concat_ground_truth
+            base = 0 if have is None else len(have)
+            decoded.blocks[m] = more if have is None else concat(have, more)
             decoded.model[pos] = m
             decoded.row[pos] = base + np.arange(len(pos))
 
@@ -181,8 +172,7 @@ class Engine:
     def process_topics(self, predictions: list[bytes], ground_truth: list[bytes]) -> list[Rejection]:
         """Apply a batch of each topic: all its predictions first, then all its ground truths (so a truth
         in the same batch joins at once instead of waiting)."""
-        sides = np.repeat(np.array([0, 1], dtype=np.uint8), [len(predictions), len(ground_truth)])
-        index = np.concatenate([np.arange(len(predictions)), np.arange(len(ground_truth))])
+        sides, index = topic_steps(len(predictions), len(ground_truth))
         return self.apply(self.decode(PREDICTIONS, predictions) if predictions else None,
                           self.decode(GROUND_TRUTH, ground_truth) if ground_truth else None, sides, index)
 
@@ -215,3 +205,9 @@ class Engine:
                 out.add(c.INVALID_EVENTS_TOTAL, (topic, reason), self.invalid[(topic, reason)])
         return out
 
+
+
+def topic_steps(n_predictions: int, n_ground_truth: int) -> tuple[np.ndarray, np.ndarray]:
+    """Steps (side, index) over every prediction, then every ground truth, each in its topic's order."""
+    sides = np.repeat(np.array([0, 1], dtype=np.uint8), [n_predictions, n_ground_truth])
+    return sides, np.concatenate([np.arange(n_predictions), np.arange(n_ground_truth)])

@@ -283,15 +283,15 @@ class JoinTable:
     def restore(self, ids: list[str], col: dict[str, np.ndarray], seq: int, watermark: float,
                 pending: dict[str, int], expired: dict[str, int], evicted: dict[str, int],
                 duplicates: dict[str, int], corrections: int, joined: int) -> None:
-        """Replace the whole table with checkpoint columns (shapes already checked by the caller)."""
+        """Replace the whole table with checkpoint columns (shapes and EXPORT_COLUMNS types already checked
+        by the caller)."""
         # Column -> Python objects once, so the per-entry loop below is attribute stores only.
         has_pred, pred_ts, pred_version = col["has_pred"].tolist(), col["pred_ts"].tolist(), \
             col["pred_version"].tolist()
         has_truth, truth_ts, full, seqs = col["has_truth"].tolist(), col["truth_ts"].tolist(), \
             col["full"].tolist(), col["seq"].tolist()
         expires = col["expires"].tolist()
-        scores, predicted = col["scores"].astype(np.float64), col["predicted"].astype(bool)
-        known, actual = col["known"].astype(bool), col["actual"].astype(bool)
+        scores, predicted, known, actual = col["scores"], col["predicted"], col["known"], col["actual"]
         entries: dict[str, Entry] = {}
         for i, pid in enumerate(ids):
             entry = Entry()
