@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from grafana_foundation_sdk.builders import barchart, bargauge, heatmap, prometheus, stat, table, timeseries
 from grafana_foundation_sdk.builders import common as cb
@@ -114,17 +114,25 @@ def burn_rate_thresholds(factors: Iterable[float]) -> db.ThresholdsConfig:
     return red_above(*zip(ordered, colours, strict=True))
 
 
+P = TypeVar("P", timeseries.Panel, stat.Panel, bargauge.Panel, table.Panel, barchart.Panel, heatmap.Panel)
+
+
+def _common(panel: P, title: str, description: str, unit: str, queries: Sequence[Q], span: int, height: int,
+            transformations: Sequence[dm.DataTransformerConfig] = ()) -> P:
+    """What every panel of these dashboards sets the same way: texts, datasource, unit, size, queries."""
+    panel = panel.title(title).description(description).datasource(DS).unit(unit).span(span).height(height)
+    for target in _targets(queries):
+        panel = panel.with_target(target)
+    for transformation in transformations:
+        panel = panel.with_transformation(transformation)
+    return panel
+
+
 def timeseries_panel(
     title: str, description: str, unit: str, *queries: Q, span: int = 12, height: int = 8
 ) -> timeseries.Panel:
     panel = (
         timeseries.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
-        .span(span)
-        .height(height)
         .legend(legend(as_table=True, calcs=["lastNotNull", "min", "max"]))
         .tooltip(tooltip())
         .line_width(1)
@@ -132,8 +140,7 @@ def timeseries_panel(
         .show_points(cm.VisibilityMode.NEVER)
         .span_nulls(False)
     )
-    for target in _targets(queries):
-        panel = panel.with_target(target)
+    panel = _common(panel, title, description, unit, queries, span, height)
     if unit == UNIT_RATIO:
         panel = panel.min(0).max(1)
     return panel
@@ -150,12 +157,6 @@ def stat_panel(
 ) -> stat.Panel:
     panel = (
         stat.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
-        .span(span)
-        .height(height)
         .graph_mode(cm.BigValueGraphMode.AREA)
         .color_mode(cm.BigValueColorMode.VALUE)
         .justify_mode(cm.BigValueJustifyMode.AUTO)
@@ -166,9 +167,7 @@ def stat_panel(
         .orientation(cm.VizOrientation.AUTO)
         .reduce_options(reduce_last())
     )
-    for target in _targets(queries):
-        panel = panel.with_target(target)
-    return panel
+    return _common(panel, title, description, unit, queries, span, height)
 
 
 def bargauge_panel(
@@ -176,12 +175,6 @@ def bargauge_panel(
 ) -> bargauge.Panel:
     panel = (
         bargauge.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
-        .span(span)
-        .height(height)
         .display_mode(cm.BarGaugeDisplayMode.GRADIENT)
         .value_mode(cm.BarGaugeValueMode.COLOR)
         .name_placement(cm.BarGaugeNamePlacement.LEFT)
@@ -194,9 +187,7 @@ def bargauge_panel(
         .reduce_options(reduce_last())
         .orientation(cm.VizOrientation.HORIZONTAL)
     )
-    for target in _targets(queries):
-        panel = panel.with_target(target)
-    return panel
+    return _common(panel, title, description, unit, queries, span, height)
 
 
 def table_panel(
@@ -210,12 +201,6 @@ def table_panel(
 ) -> table.Panel:
     panel = (
         table.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
-        .span(span)
-        .height(height)
         .frame_index(0)
         .show_header(True)
         .cell_height(cm.TableCellHeight.SM)
@@ -223,11 +208,7 @@ def table_panel(
         .inspect(False)
         .filterable(True)
     )
-    for target in _targets(queries):
-        panel = panel.with_target(target)
-    for transformation in transformations:
-        panel = panel.with_transformation(transformation)
-    return panel
+    return _common(panel, title, description, unit, queries, span, height, transformations)
 
 
 def barchart_panel(
@@ -242,12 +223,6 @@ def barchart_panel(
 ) -> barchart.Panel:
     panel = (
         barchart.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
-        .span(span)
-        .height(height)
         .x_field(x_field)
         .orientation(cm.VizOrientation.VERTICAL)
         .x_tick_label_rotation(0)
@@ -262,10 +237,7 @@ def barchart_panel(
         .fill_opacity(80)
         .line_width(1)
     )
-    for target in _targets(queries):
-        panel = panel.with_target(target)
-    for transformation in transformations:
-        panel = panel.with_transformation(transformation)
+    panel = _common(panel, title, description, unit, queries, span, height, transformations)
     if unit == UNIT_RATIO:
         panel = panel.min(0).max(1)
     return panel
@@ -293,12 +265,6 @@ def rows_heatmap_panel(
     )
     panel = (
         heatmap.Panel()
-        .title(title)
-        .description(description)
-        .datasource(DS)
-        .unit(unit)
-        .span(span)
-        .height(height)
         .calculate(False)
         .color(color)
         .show_value(cm.VisibilityMode.AUTO)
@@ -310,9 +276,7 @@ def rows_heatmap_panel(
         .exemplars_color("rgba(255,0,255,0.7)")
         .cell_gap(1)
     )
-    for target in _targets(queries):
-        panel = panel.with_target(target)
-    return panel
+    return _common(panel, title, description, unit, queries, span, height)
 
 
 # --- transformations (Grafana transformer ids and options) -----------------------------------------------
