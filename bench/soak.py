@@ -51,7 +51,7 @@ import yaml
 from monitor.config import MonitorConfig, load_config
 from monitor.services import free_port, with_parent_death_signal
 from monitor.simulate import TrafficSpec, generate
-from monitor.stack import EventProducer
+from monitor.stack import BackgroundLoop, EventProducer
 from monitor.stream.broker import LocalKafka
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -200,8 +200,10 @@ class Poll:
     truths: float
 
 
-class Poller:
+class Poller(BackgroundLoop):
     """GET /metrics every `interval` s in a thread; keeps the three counters of each answer."""
+
+    thread_name = "soak-poller"
 
     def __init__(self, port: int, interval: float) -> None:
         self.url = f"http://127.0.0.1:{port}/metrics"
@@ -209,16 +211,6 @@ class Poller:
         self.polls: list[Poll] = []
         self.errors = 0
         self.scrape_seconds: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="soak-poller", daemon=True)
-
-    def start(self) -> Poller:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
     def latest(self) -> Poll | None:
         return self.polls[-1] if self.polls else None

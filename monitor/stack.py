@@ -470,8 +470,29 @@ def simulated_events(spec: TrafficSpec) -> list[Event]:
     return events
 
 
+class BackgroundLoop:
+    """`_run` in a daemon thread from `start()` to `stop()`. `_run` loops until `self._stop` is set and
+    sleeps by waiting on it, so `stop()` ends it at once instead of after a sleep."""
+
+    thread_name = "mlmon-background"
+    join_timeout = 30.0
+
+    def start(self) -> Self:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(self.join_timeout)
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class Feeder:
+class Feeder(BackgroundLoop):
     """Produces each event when the wall clock reaches its event time (events in the past at once), in a
     thread, the way a live system emits them: the worker evaluates its windows at the wall clock."""
 
@@ -481,14 +502,11 @@ class Feeder:
     sent: Counter[str] = field(default_factory=Counter)
     error: BaseException | None = None
 
+    thread_name = "mlmon-feeder"
+    join_timeout = 10.0
+
     def __post_init__(self) -> None:
         self.done = threading.Event()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mlmon-feeder", daemon=True)
-
-    def start(self) -> Self:
-        self._thread.start()
-        return self
 
     def _run(self) -> None:
         try:
@@ -508,7 +526,3 @@ class Feeder:
             log.exception("feeder failed")
         finally:
             self.done.set()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)

@@ -25,6 +25,7 @@ import pytest
 
 from monitor import conventions as c
 from monitor.config import MonitorConfig
+from monitor.stack import BackgroundLoop
 from monitor.stream.broker import LocalKafka, free_port
 from tests.kafka_fixtures import create_topic
 from tests.test_worker import (
@@ -230,7 +231,7 @@ def _window_seconds(window: str) -> float:
 
 
 @dataclass
-class Scraper:
+class Scraper(BackgroundLoop):
     """Scrapes one worker every `interval` seconds in a thread and checks each body on the spot."""
 
     worker: WorkerProcess
@@ -241,18 +242,6 @@ class Scraper:
     violations: list[str] = field(default_factory=list)
     # Partition sets seen, from mlmon_consumer_lag: proof the scrapes spanned the hand-overs.
     ownership: list[frozenset[str]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self) -> Scraper:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
     def _run(self) -> None:
         url = f"http://127.0.0.1:{self.worker.port}"
