@@ -22,6 +22,7 @@ _COMMANDS: dict[str, str] = {
     "dashboards": "monitor.dashboards.cli:dashboards_group",
     "demo": "monitor.demo:demo_command",
     "report": "monitor.report:report_command",
+    "backtest": "monitor.backtest.cli:backtest_command",
 }
 
 _HELP = {
@@ -35,6 +36,7 @@ _HELP = {
     "dashboards": "Generate or push the Grafana dashboards.",
     "demo": "Run the whole product locally with simulated traffic.",
     "report": "Write a self-contained HTML report of one evaluation.",
+    "backtest": "Which alerts would have fired over a history (real Prometheus).",
 }
 
 

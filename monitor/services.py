@@ -1,6 +1,10 @@
 """The one way to start the real Prometheus and Alertmanager (Debian's packages) for tests, demo and
 benchmarks: free loopback ports, temporary data directories, readiness checked over HTTP, no gossip port.
 
+Which binaries: `MLMON_PROMETHEUS`, `MLMON_PROMTOOL` and `MLMON_ALERTMANAGER` (paths) override the PATH
+lookup, so the same tests run against Debian's Prometheus 2.42 and a Prometheus 3.x build
+(scripts/build_prometheus.sh).
+
 Kafka has its own launcher (monitor/stream/broker.py); the worker and relay are started as `monitor`
 sub-processes or in-process by their own modules.
 """
@@ -8,6 +12,8 @@ sub-processes or in-process by their own modules.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import socket
 import subprocess
@@ -48,13 +54,40 @@ def with_parent_death_signal(cmd: list[str]) -> list[str]:
     return [setpriv, "--pdeathsig", "TERM", "--", *cmd]
 
 
+# binary name -> the environment variable that overrides its PATH lookup.
+BINARY_ENV = {
+    "prometheus": "MLMON_PROMETHEUS",
+    "promtool": "MLMON_PROMTOOL",
+    "prometheus-alertmanager": "MLMON_ALERTMANAGER",
+    "alertmanager": "MLMON_ALERTMANAGER",
+    "amtool": "MLMON_AMTOOL",
+}
+
+
 def binary(*names: str) -> str | None:
-    """The first of `names` on PATH (Debian calls Alertmanager `prometheus-alertmanager`)."""
+    """The first of `names` found: its override variable (BINARY_ENV) if set, else on PATH (Debian
+    calls Alertmanager `prometheus-alertmanager`). An override that is not an executable file raises,
+    rather than silently testing another version."""
+    for name in names:
+        override = os.environ.get(BINARY_ENV.get(name, ""), "")
+        if override:
+            if not (os.path.isfile(override) and os.access(override, os.X_OK)):
+                raise ServiceError(f"{BINARY_ENV[name]}={override} is not an executable file")
+            return override
     for name in names:
         path = shutil.which(name)
         if path:
             return path
     return None
+
+
+def version(exe: str) -> tuple[int, int, int]:
+    """(major, minor, patch) of a Prometheus-family binary, from `--version`."""
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30, check=False)
+    match = re.search(r"version (\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
+    if match is None:
+        raise ServiceError(f"cannot read the version of {exe}: {(out.stdout + out.stderr)[:200]!r}")
+    return int(match[1]), int(match[2]), int(match[3])
 
 
 def _get(url: str, timeout: float = 5.0) -> bytes:
@@ -133,8 +166,10 @@ class Prometheus(_Process):
 
     def __init__(self, targets: Sequence[str], rule_files: Sequence[Path] = (), *, job: str = "mlmon",
                  interval: str = "1s", alertmanagers: Sequence[str] = (), workdir: Path | None = None,
-                 port: int | None = None, extra_config: dict[str, Any] | None = None) -> None:
+                 port: int | None = None, extra_config: dict[str, Any] | None = None,
+                 extra_args: Sequence[str] = ()) -> None:
         super().__init__(workdir, port)
+        self.extra_args = list(extra_args)
         self.exe = binary("prometheus")
         if self.exe is None:
             raise ServiceError("prometheus is not on PATH (apt-get install prometheus)")
@@ -157,17 +192,27 @@ class Prometheus(_Process):
     def command(self) -> list[str]:
         assert self.exe is not None
         return [self.exe, f"--config.file={self.config_path}", f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle"]
+                f"--web.listen-address=127.0.0.1:{self.port}", "--web.enable-lifecycle", *self.extra_args]
 
-    def query(self, expr: str) -> list[dict[str, Any]]:
-        """Instant query; the result vector (raises on a PromQL error)."""
+    def _api(self, path: str, params: dict[str, str], timeout: float) -> list[dict[str, Any]]:
+        url = f"{self.url}/api/v1/{path}?{urllib.parse.urlencode(params)}"
         try:
-            body = json.loads(_get(f"{self.url}/api/v1/query?query={urllib.parse.quote(expr)}", timeout=10))
+            body = json.loads(_get(url, timeout=timeout))
         except urllib.error.HTTPError as exc:  # Prometheus answers 400/422 with the error in the body
             body = json.loads(exc.read() or b"{}")
         if body.get("status") != "success":
             raise ServiceError(f"query failed: {body.get('error')}")
         return list(body["data"]["result"])
+
+    def query(self, expr: str) -> list[dict[str, Any]]:
+        """Instant query; the result vector (raises on a PromQL error)."""
+        return self._api("query", {"query": expr}, timeout=10)
+
+    def query_range(self, expr: str, start: float, end: float, step: float,
+                    timeout: float = 300) -> list[dict[str, Any]]:
+        """Range query; the result matrix (raises on a PromQL error)."""
+        return self._api("query_range", {"query": expr, "start": repr(start), "end": repr(end), "step": repr(step)},
+                         timeout=timeout)
 
     def wait_for(self, expr: str, timeout: float = 30.0, interval: float = 0.2) -> list[dict[str, Any]]:
         """Poll until `expr` returns a non-empty result; returns it (raises on timeout)."""

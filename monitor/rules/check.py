@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,9 @@ class Result:
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
+    from monitor.services import binary  # honours MLMON_PROMTOOL
+
+    path = binary("promtool")
     if path is None:
         raise PromtoolMissing(
             "promtool is not on PATH (Debian: apt-get install -y --no-install-recommends prometheus)"
