@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,22 +195,32 @@ def main(out: str, only: tuple[str, ...], healthy_days: float, failure_hours: fl
     work = [Job(n, out_dir, config, rules, healthy_run_days if n == "healthy" else healthy_days, failure_hours,
                 lead_in_h * 3600, seed, workers if jobs == 1 else 1) for n in chosen]
     began = time.monotonic()
+    settings = {"healthy_days": healthy_days, "failure_hours": failure_hours, "healthy_run_days": healthy_run_days,
+                "lead_in_hours": lead_in_h, "seed": seed, "rules": [str(r) for r in rules]}
+    rows: list[dict[str, Any]] = []
+
+    def record(row: dict[str, Any]) -> None:
+        # Rewritten after every scenario, so a long run's finished rows are readable before it ends.
+        rows.append(row)
+        rows.sort(key=lambda r: names.index(r["scenario"]))
+        summary = {"rows": rows, "targets": targets(rows), "wall_seconds": round(time.monotonic() - began, 1),
+                   "settings": settings, "complete": len(rows) == len(work)}
+        (out_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
+        (out_dir / "table.md").write_text(markdown(rows) + "\n")
+
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
-            rows = list(pool.map(run_one, work))
+            for future in as_completed([pool.submit(run_one, j) for j in work]):
+                record(future.result())
     else:
-        rows = [run_one(j) for j in work]
+        for j in work:
+            record(run_one(j))
     met = targets(rows)
-    summary = {"rows": rows, "targets": met, "wall_seconds": round(time.monotonic() - began, 1),
-               "settings": {"healthy_days": healthy_days, "failure_hours": failure_hours,
-                            "healthy_run_days": healthy_run_days, "lead_in_hours": lead_in_h, "seed": seed,
-                            "rules": [str(r) for r in rules]}}
-    (out_dir / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2))
     click.echo(markdown(rows))
     click.echo("")
     for target, ok in met.items():
         click.echo(f"- {'met' if ok else 'NOT met'}: {target}")
-    click.echo(f"\n({summary['wall_seconds']:.0f} s)", err=True)
+    click.echo(f"\n({time.monotonic() - began:.0f} s)", err=True)
 
 
 if __name__ == "__main__":

@@ -81,13 +81,36 @@ def binary(*names: str) -> str | None:
     return None
 
 
-def version(exe: str) -> tuple[int, int, int]:
-    """(major, minor, patch) of a Prometheus-family binary, from `--version`."""
+PROMETHEUS3_MODULE = "v0.316.0"  # Prometheus 3.16.0, as scripts/build_prometheus.sh builds it
+
+
+def prometheus3_dir() -> Path | None:
+    """Where scripts/build_prometheus.sh put Prometheus 3.x (MLMON_PROMETHEUS3_DIR, else its cache
+    directory), if both binaries are there."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    path = Path(os.environ.get("MLMON_PROMETHEUS3_DIR") or cache / "mlmon" / f"prometheus-{PROMETHEUS3_MODULE}" / "bin")
+    return path if all(os.access(path / name, os.X_OK) for name in ("prometheus", "promtool")) else None
+
+
+def prometheus_builds() -> dict[str, dict[str, str]]:
+    """The Prometheus builds available here, as the environment that selects each: Debian's (on PATH)
+    and 3.x (prometheus3_dir). Tests run under every one."""
+    builds: dict[str, dict[str, str]] = {}
+    on_path = shutil.which("prometheus"), shutil.which("promtool")
+    if on_path[0] and on_path[1]:
+        builds["path"] = {"MLMON_PROMETHEUS": on_path[0], "MLMON_PROMTOOL": on_path[1]}
+    p3 = prometheus3_dir()
+    if p3 is not None:
+        builds["3.x"] = {"MLMON_PROMETHEUS": str(p3 / "prometheus"), "MLMON_PROMTOOL": str(p3 / "promtool")}
+    return builds
+
+
+def version(exe: str) -> str:
+    """The version a Prometheus-family binary reports (`--version`), "unknown" when it states none (a
+    `go install` without the release's -ldflags)."""
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=30, check=False)
-    match = re.search(r"version (\d+)\.(\d+)\.(\d+)", out.stdout + out.stderr)
-    if match is None:
-        raise ServiceError(f"cannot read the version of {exe}: {(out.stdout + out.stderr)[:200]!r}")
-    return int(match[1]), int(match[2]), int(match[3])
+    match = re.search(r"version (\d+\.\d+\.\d+\S*)", out.stdout + out.stderr)
+    return match[1] if match else "unknown"
 
 
 def _get(url: str, timeout: float = 5.0) -> bytes:
@@ -263,7 +286,8 @@ class StaticMetrics:
     """Serves fixed bytes at /metrics on a free port (a stand-in scrape target for tests of rules and
     dashboards fed by `monitor replay`'s exposition)."""
 
-    def __init__(self, body: bytes, port: int = 0) -> None:
+    def __init__(self, body: bytes, port: int = 0,
+                 content_type: str = "text/plain; version=0.0.4; charset=utf-8") -> None:
         self.body = body
         outer = self
 
@@ -271,7 +295,7 @@ class StaticMetrics:
             def do_GET(self) -> None:
                 payload = outer.body
                 self.send_response(200)
-                self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                self.send_header("Content-Type", content_type)
                 self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)

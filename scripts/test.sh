@@ -30,5 +30,13 @@ fi
 # Fetch Kafka's jars once (cached under ~/.cache/mlmon) so the first Kafka test does not time out on it.
 python3 -m monitor.cli broker --fetch-only
 
+# Prometheus 3.x beside Debian's 2.42: the rules' promtool tests and the backtest run under both. Built
+# once from the Go module proxy into ~/.cache/mlmon (scripts/build_prometheus.sh); without Go, or with
+# MLMON_SKIP_PROMETHEUS3=1, those tests skip and say why.
+if [ -z "${MLMON_SKIP_PROMETHEUS3:-}" ]; then
+    p3="$(scripts/build_prometheus.sh)"
+    if [ -n "$p3" ]; then export MLMON_PROMETHEUS3_DIR="$p3"; fi
+fi
+
 python3 -m ruff check monitor tests bench
 exec python3 -m pytest -q -p no:cacheprovider "$@"

@@ -125,8 +125,9 @@ def load_rules(paths: list[Path]) -> Rules:
                 if "record" in rule:
                     rules.recording.append(RecordingRule(str(rule["record"]), expr, labels))
                 elif "alert" in rule:
-                    rules.alerts.append(AlertRule(str(rule["alert"]), expr, _duration(rule.get("for"), where, problems),
-                                                  _duration(rule.get("keep_firing_for"), where, problems), labels,
+                    hold = _duration(rule.get("for"), f"{where} for", problems)
+                    keep = _duration(rule.get("keep_firing_for"), f"{where} keep_firing_for", problems)
+                    rules.alerts.append(AlertRule(str(rule["alert"]), expr, hold, keep, labels,
                                                   name))
                 else:
                     problems.append(f"{where}: neither 'record' nor 'alert'")

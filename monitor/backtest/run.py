@@ -128,7 +128,8 @@ def run_backtest(config: MonitorConfig, predictions: list[bytes], ground_truth: 
 
         began = time.monotonic()
         create_blocks(tools.promtool, om, work / "data")
-        om.unlink()
+        if workdir is None:
+            om.unlink()
         timings["blocks"] = time.monotonic() - began
         log(f"blocks: {timings['blocks']:.1f}s")
 
@@ -144,6 +145,5 @@ def run_backtest(config: MonitorConfig, predictions: list[bytes], ground_truth: 
         alerts = alert_series(matrices, times)
         timings["alerts"] = time.monotonic() - began
         log(f"alerts: {timings['alerts']:.1f}s")
-        v = version(tools.prometheus)
-        return BacktestResult(stats, ".".join(map(str, v)), [str(p) for p in rule_files], len(rules.recording),
+        return BacktestResult(stats, version(tools.prometheus), [str(p) for p in rule_files], len(rules.recording),
                               len(levels), len(rules.alerts), alerts, timings)

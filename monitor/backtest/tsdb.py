@@ -39,7 +39,10 @@ class Tools:
     @classmethod
     def find(cls) -> Tools:
         missing = []
-        prometheus, promtool = binary("prometheus"), binary("promtool")
+        try:
+            prometheus, promtool = binary("prometheus"), binary("promtool")
+        except ServiceError as exc:
+            raise BacktestToolError(str(exc)) from None
         if prometheus is None:
             missing.append("prometheus (set MLMON_PROMETHEUS or apt-get install prometheus)")
         if promtool is None:
