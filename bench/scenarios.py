@@ -191,7 +191,7 @@ def main(out: str, only: tuple[str, ...], healthy_days: float, failure_hours: fl
     if unknown:
         raise click.BadParameter(f"unknown scenario(s) {', '.join(unknown)}; known: {', '.join(names)}",
                                  param_hint="--only")
-    chosen = [n for n in names if not only or n in only]
+    chosen = list(dict.fromkeys(only)) if only else names  # --only's order is the run order
     work = [Job(n, out_dir, config, rules, healthy_run_days if n == "healthy" else healthy_days, failure_hours,
                 lead_in_h * 3600, seed, workers if jobs == 1 else 1) for n in chosen]
     began = time.monotonic()
