@@ -24,7 +24,7 @@ import click
 import orjson
 
 from monitor.backtest import scenarios as sc
-from monitor.backtest.run import AlertSeries, BacktestResult, iso, run_backtest
+from monitor.backtest.run import AlertSeries, BacktestResult, iso, result_from_json, run_backtest
 from monitor.config import load_config
 from monitor.rules.generate import ALERTS_FILE, RECORDING_FILE, generate, write
 
@@ -102,16 +102,28 @@ def summarize(scenario: sc.Scenario, gen: sc.Generated, result: BacktestResult) 
     return row
 
 
-def run_one(job: Job) -> dict[str, Any]:
+def run_one(job: Job, reuse: bool = False) -> dict[str, Any]:
+    """One scenario's backtest and its table row; with `reuse`, the row is computed from the backtest
+    JSON a previous run left in the output directory (if any)."""
     scenario = next(s for s in (*sc.SCENARIOS, sc.HEALTHY) if s.name == job.scenario)
     began = time.monotonic()
     gen = sc.generate(scenario, healthy_days=job.healthy_days, failure_hours=job.failure_hours, seed=job.seed)
     start = gen.onset - job.lead_in_s if gen.onset is not None else None
-    config = load_config(job.config)
-    result = run_backtest(config, gen.predictions, gen.ground_truth, rule_files=list(job.rules), start=start,
-                          end=gen.end, workers=job.workers)
-    doc = result.to_json()
-    (job.out / f"{scenario.name}.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    saved = job.out / f"{scenario.name}.json"
+    try:
+        if reuse and saved.exists():
+            result = result_from_json(orjson.loads(saved.read_bytes()))
+        else:
+            result = run_backtest(load_config(job.config), gen.predictions, gen.ground_truth,
+                                  rule_files=list(job.rules), start=start, end=gen.end, workers=job.workers)
+            saved.write_bytes(orjson.dumps(result.to_json(), option=orjson.OPT_INDENT_2))
+    except Exception as exc:  # one failed backtest must not lose the others' rows
+        print(f"{scenario.name}: FAILED: {exc}", file=sys.stderr, flush=True)
+        return {"scenario": scenario.name, "description": scenario.description, "error": str(exc)[:500],
+                "false_alerts": [], "expected": [{"alert": w.alert, "labels": w.labels, "intended_severity": w.severity,
+                                                  "detected": False, "highest_severity": None,
+                                                  "minutes_from_onset": None, "minutes_from_enough_labels": None,
+                                                  "firing_share": 0.0} for w in scenario.expected]}
     row = summarize(scenario, gen, result)
     row["events"] = {"predictions": len(gen.predictions), "ground_truth": len(gen.ground_truth)}
     row["wall_seconds"] = round(time.monotonic() - began, 1)
@@ -129,6 +141,10 @@ def markdown(rows: list[dict[str, Any]]) -> str:
              "|---|---|---|---|---|---|---|---|"]
     for row in rows:
         false = len(row["false_alerts"])
+        if "error" in row:
+            lines.append(f"| {row['scenario']} ({row['description']}) | backtest failed: {row['error'][:80]} "
+                         "| — | — | — | — | — | — |")
+            continue
         if "expected" not in row:
             names = ", ".join(sorted({f"{a['alert']} ({a['severity']})" for a in row["false_alerts"]}))
             lines.append(f"| {row['scenario']} ({row['description']}) | none | — | — | — | — | — | "
@@ -172,10 +188,12 @@ def targets(rows: list[dict[str, Any]]) -> dict[str, bool]:
 @click.option("--workers", type=int, default=min(4, os.cpu_count() or 1), show_default=True,
               help="Processes evaluating the engine of one backtest (consecutive chunks of its steps).")
 @click.option("--seed", type=int, default=11, show_default=True)
+@click.option("--reuse", is_flag=True, help="Take each scenario's backtest from <out>/<scenario>.json when "
+                                          "present (re-summarise without re-running).")
 @click.option("--rules", "rules_dir", type=click.Path(file_okay=False),
               help="Use these rule files instead of generating them for the scenario config.")
 def main(out: str, only: tuple[str, ...], healthy_days: float, failure_hours: float, healthy_run_days: float,
-         lead_in_h: float, jobs: int, workers: int, seed: int, rules_dir: str | None) -> None:
+         lead_in_h: float, jobs: int, workers: int, seed: int, reuse: bool, rules_dir: str | None) -> None:
     """Run the scenario suite; print the markdown table and which targets are met."""
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -210,11 +228,11 @@ def main(out: str, only: tuple[str, ...], healthy_days: float, failure_hours: fl
 
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as pool:
-            for future in as_completed([pool.submit(run_one, j) for j in work]):
+            for future in as_completed([pool.submit(run_one, j, reuse) for j in work]):
                 record(future.result())
     else:
         for j in work:
-            record(run_one(j))
+            record(run_one(j, reuse))
     met = targets(rows)
     click.echo(markdown(rows))
     click.echo("")

@@ -78,6 +78,25 @@ class BacktestResult:
         }
 
 
+def result_from_json(doc: dict[str, Any]) -> BacktestResult:
+    """A result back from its JSON (what `-o` wrote), for summaries computed later."""
+    h = doc["history"]
+    stats = HistoryStats(parse_iso(h["start"]), parse_iso(h["end"]), float(h["step_seconds"]), int(h["steps"]),
+                         int(h["samples"]), int(h["predictions"]), int(h["ground_truth"]),
+                         {(r["topic"], r["reason"]): int(r["events"]) for r in h["rejected"]})
+    alerts = [AlertSeries(a["alert"], a["labels"], a["for_seconds"], a["keep_firing_for_seconds"],
+                          [Interval(parse_iso(i["start"]), parse_iso(i["end"]) if i["end"] else None,
+                                    i["peak_value"], parse_iso(i["active_since"])) for i in a["intervals"]])
+              for a in doc["alerts"]]
+    rules = doc["rules"]
+    return BacktestResult(stats, doc["prometheus_version"], rules["files"], rules["recording"],
+                          rules["recording_levels"], rules["alerts"], alerts, doc.get("timings_seconds", {}))
+
+
+def parse_iso(value: str) -> float:
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
 

@@ -24,7 +24,8 @@ from monitor.services import Prometheus, ServiceError, binary
 
 # Backfilled history lies in the past: retention is measured from the newest block, but keep it out of
 # the way anyway.
-_PROMETHEUS_ARGS = ("--storage.tsdb.retention.time=100y",)
+# Range queries over long histories of joins (the PSI rules) take minutes on a busy machine: no timeout.
+_PROMETHEUS_ARGS = ("--storage.tsdb.retention.time=100y", "--query.timeout=24h")
 
 
 class BacktestToolError(RuntimeError):
@@ -120,8 +121,9 @@ def _om_value(v: str) -> str:
     return {"NaN": "NaN", "+Inf": "+Inf", "-Inf": "-Inf", "Inf": "+Inf"}.get(v, v)
 
 
-# Prometheus refuses range queries of more than 11,000 points per series.
-MAX_POINTS = 10_000
+# Prometheus refuses range queries of more than 11,000 points per series; smaller pieces also keep each
+# query's memory small.
+MAX_POINTS = 1_440
 
 
 def query_range_chunked(prom: Prometheus, expr: str, start: float, end: float, step: float,
