@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime
 
 from rich.console import Console
@@ -17,7 +18,8 @@ def _when(ts: float) -> str:
 
 
 def print_table(result: BacktestResult, console: Console | None = None) -> None:
-    console = console or Console()
+    # Piped output gets a wide table rather than rich's 80-column default with every cell folded.
+    console = console or (Console() if sys.stdout.isatty() else Console(width=220))
     h = result.history
     end = h.end + h.step
     table = Table(title=f"Alerts that would have fired, {_when(h.start)} to {_when(end)} UTC "
