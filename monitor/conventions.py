@@ -30,6 +30,7 @@ L_SLO: Final = "slo"
 L_PARTITION: Final = "partition"
 L_SEVERITY: Final = "severity"
 L_BURNRATE_TIER: Final = "burnrate_tier"
+L_LABEL_B: Final = "label_b"  # the second label of a label pair (the first is `label`)
 
 OUTCOMES: Final = ("tp", "fp", "fn", "tn")
 SIDE_PREDICTION: Final = "prediction"
@@ -201,6 +202,21 @@ SLO_EVENTS = _m(
 )
 SLO_TARGET = _m("slo_target", "gauge", (L_MODEL, L_LABEL, L_SLO), "The SLO's objective target.")
 
+LABEL_PAIR_PREDICTED = _m(
+    "label_pair_predicted", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_LABEL_B, L_WINDOW),
+    "Predictions in the window with both labels of the pair predicted (additive; with mlmon_predicted_"
+    "positives and mlmon_window_predictions the pair's 2x2 table). Only the pairs of "
+    "mlmon_reference_label_pair are exported.",
+)
+REFERENCE_LABEL_PAIR = _m(
+    "reference_label_pair", "gauge", (L_MODEL, L_LABEL, L_LABEL_B),
+    "Reference predictions with both labels of the pair predicted (the pairs that co-occur most there).",
+)
+REFERENCE_PREDICTIONS = _m("reference_predictions", "gauge", (L_MODEL,), "Predictions in the reference sample.")
+# At most this many label pairs per model get pair counts (the most frequent in the reference), so the
+# series stay linear in the number of labels.
+LABEL_PAIRS_EXPORTED: Final = 32
+
 # --- histograms ----------------------------------------------------------------------------------------
 GROUND_TRUTH_DELAY_SECONDS = _m(
     "ground_truth_delay_seconds", "histogram", (L_MODEL,),
@@ -238,11 +254,13 @@ ALERT_CONSUMER_LAG: Final = "MLMonitorConsumerLag"
 ALERT_INVALID_INPUT: Final = "MLMonitorInvalidInput"
 ALERT_DOWN: Final = "MLMonitorDown"
 ALERT_RETRAINING_RECOMMENDED: Final = "MLMonitorRetrainingRecommended"
+ALERT_VERSION_REGRESSION: Final = "MLMonitorVersionRegression"
+ALERT_ESTIMATED_QUALITY_LOW: Final = "MLMonitorEstimatedQualityLow"
 ALL_ALERTS: Final = (
     ALERT_LABEL_ERROR_BUDGET_BURN, ALERT_FEATURE_DRIFT, ALERT_SCORE_DRIFT, ALERT_LABEL_COLLAPSE,
     ALERT_CALIBRATION_DRIFT, ALERT_MISSING_FEATURES, ALERT_LATENCY_HIGH, ALERT_LABEL_COOCCURRENCE_DRIFT,
     ALERT_GROUND_TRUTH_STALLED, ALERT_CONSUMER_LAG, ALERT_INVALID_INPUT, ALERT_DOWN,
-    ALERT_RETRAINING_RECOMMENDED,
+    ALERT_RETRAINING_RECOMMENDED, ALERT_VERSION_REGRESSION, ALERT_ESTIMATED_QUALITY_LOW,
 )
 SEVERITIES: Final = ("page", "ticket", "info")
 
