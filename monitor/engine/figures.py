@@ -193,6 +193,8 @@ def _drift_figures(state: ModelState, version: str, window: str, vec: np.ndarray
         if enough:
             out.add(c.SCORE_PSI, (model, version, label, window), drift.psi(binning.counts, cur))
     pairs = lay.view(vec, "pairs")
+    for i, j, idx in state.exported_pairs:
+        out.add(c.LABEL_PAIR_PREDICTED, (model, version, cfg.labels[i], cfg.labels[j], window), pairs[idx])
     if enough and pairs.size:
         out.add(c.LABEL_COOCCURRENCE_DRIFT, (model, version, window), drift.psi(ref.pair_counts, pairs))
 
@@ -241,3 +243,7 @@ def _model_counters(state: ModelState, out: Figures) -> None:
         for feature, binning in ref.features.items():
             for b, n in enumerate(binning.counts):
                 out.add(c.REFERENCE_FEATURE_BIN, (model, feature, str(b)), n)
+        if state.exported_pairs:
+            out.add(c.REFERENCE_PREDICTIONS, (model,), ref.n)
+        for i, j, idx in state.exported_pairs:
+            out.add(c.REFERENCE_LABEL_PAIR, (model, cfg.labels[i], cfg.labels[j]), ref.pair_counts[idx])

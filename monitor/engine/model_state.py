@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from monitor.config import ModelConfig, MonitorConfig
-from monitor.conventions import GROUND_TRUTH_DELAY_BUCKETS, LATENCY_BUCKETS
+from monitor.conventions import GROUND_TRUTH_DELAY_BUCKETS, LABEL_PAIRS_EXPORTED, LATENCY_BUCKETS
 from monitor.engine import native
 from monitor.engine.columns import (
     FeatureSpec,
@@ -22,6 +22,7 @@ from monitor.engine.columns import (
     from_predictions,
 )
 from monitor.engine.join import JoinTable
+from monitor.engine.metrics import drift
 from monitor.engine.metrics.calibration import score_bins
 from monitor.engine.windows import (
     S_CARD_ACTUAL,
@@ -105,6 +106,9 @@ class ModelState:
         self.last_event: dict[str, float] = {}
         self._preds: list[AcceptedPredictions] = []
         self._pairs = np.triu_indices(self.pair_labels, 1) if self.pair_labels >= 2 else None
+        # The label pairs with additive pair counts (mlmon_label_pair_predicted), fixed by the reference.
+        self.exported_pairs = (drift.exported_pairs(reference.pair_counts, self.pair_labels, LABEL_PAIRS_EXPORTED)
+                               if reference is not None else [])
         # What `apply` uses for a topic with no events in the batch.
         self.no_predictions = from_predictions([], self.n_labels, self.feature_spec)
         self.no_ground_truth = from_ground_truth([], self.n_labels)

@@ -85,10 +85,11 @@ class RuleOptions:
     drift_window: int = HOUR
     slow_window: int = DAY
     calibration_window: int = 6 * HOUR
-    # The ECE minus twice its sampling scale (mlmon:label_ece:noise) must exceed this, so a true ECE of 0.15
-    # fires on a few thousand labelled events while a calibrated label's sampling ECE does not.
+    # The ECE minus its sampling scale (mlmon:label_ece:noise) must exceed this, so a true ECE of 0.15
+    # fires on a few thousand labelled events while a calibrated label's sampling ECE (about 0.8 to 1.2
+    # times the scale) stays far below.
     ece_threshold: float = 0.12
-    ece_noise_factor: float = 2.0
+    ece_noise_factor: float = 1.0
     collapse_factor: float = 0.1  # collapse: predicted rate below 1/10 of the reference rate (or mirror)
     collapse_min_expected: float = 20.0  # ... where the reference rate expects at least 20 events
     # Every configured window nearest to these is judged; the shortest with enough volume fires first.

@@ -183,7 +183,7 @@ def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: 
          {**collapse, first.short_window: (events, 0.0)}),
         (f"collapse, no labelled events over the last {format_duration(first.short_window)}",
          {**collapse, first.short_window: (0.0, 0.0)}),
-        (f"collapse, the last {format_duration(first.short_window)} right on 3 events (a veto only where 3 are decisive)",
+        (f"collapse, the last {format_duration(first.short_window)} right on 3 events (vetoes only where decisive)",
          {**collapse, first.short_window: (3.0, 0.0)}),
     ]
     minutes = max(_minutes(opts, alert, t.name) for t in tiers)
@@ -327,7 +327,7 @@ def _calibration_cases(opts: RuleOptions, model: ModelConfig, w: Windows) -> Ite
     if label is None:
         return
     big = float(20 * math.ceil(max(100, 2 * model.min_events) / 20))
-    many, some = 4000.0, 400.0
+    many, some = 4000.0, 100.0
     target_ece = 0.15
     scenarios = [  # (title, bin, count, mean score, positives)
         ("overconfident", 9, big, 0.95, 0.0),
