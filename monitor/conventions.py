@@ -30,6 +30,7 @@ L_SLO: Final = "slo"
 L_PARTITION: Final = "partition"
 L_SEVERITY: Final = "severity"
 L_BURNRATE_TIER: Final = "burnrate_tier"
+L_OBJECTIVE: Final = "objective"
 L_LABEL_B: Final = "label_b"  # the second label of a label pair (the first is `label`)
 
 OUTCOMES: Final = ("tp", "fp", "fn", "tn")
@@ -40,6 +41,9 @@ TOPIC_PREDICTIONS: Final = "predictions"
 TOPIC_GROUND_TRUTH: Final = "ground_truth"
 CALIBRATION_STATS: Final = ("count", "score_sum", "positives")
 CALIBRATION_BINS: Final = 10
+# Score histograms of joined events behind the threshold advice (mlmon_threshold_advice): 0.02 resolution.
+THRESHOLD_BINS: Final = 50
+OBJECTIVES: Final = ("recall", "precision", "f1")  # mlmon_threshold_advice{objective}
 # PSI smoothing: shares are (count + PSI_ALPHA) / (total + PSI_ALPHA * bins) on both sides, so an empty
 # bin never gives ln(0) and the same formula works in PromQL on the additive bin counts.
 PSI_ALPHA: Final = 0.5
@@ -202,6 +206,19 @@ SLO_EVENTS = _m(
 )
 SLO_TARGET = _m("slo_target", "gauge", (L_MODEL, L_LABEL, L_SLO), "The SLO's objective target.")
 
+THRESHOLD_ADVICE = _m(
+    "threshold_advice", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_OBJECTIVE, L_WINDOW),
+    "Decision threshold that meets the label's SLO objective (recall: the highest that does; precision: "
+    "the lowest), or maximises F1 without an SLO, on joined events of the window (docs/semantics.md).",
+)
+THRESHOLD_ADVICE_LOWER = _m(
+    "threshold_advice_lower", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_OBJECTIVE, L_WINDOW),
+    "Lower end of the threshold advice's interval (Wilson 95% bounds; docs/semantics.md).",
+)
+THRESHOLD_ADVICE_UPPER = _m(
+    "threshold_advice_upper", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_OBJECTIVE, L_WINDOW),
+    "Upper end of the threshold advice's interval (Wilson 95% bounds; docs/semantics.md).",
+)
 LABEL_PAIR_PREDICTED = _m(
     "label_pair_predicted", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_LABEL_B, L_WINDOW),
     "Predictions in the window with both labels of the pair predicted (additive; with mlmon_predicted_"

@@ -159,3 +159,75 @@ def test_only_the_most_frequent_reference_pairs_are_exported() -> None:
     assert all(counts[k] <= threshold for k in range(66) if k not in {idx for _, _, idx in chosen})
     assert all((iu[0][idx], iu[1][idx]) == (i, j) for i, j, idx in chosen)
     assert exported_pairs(np.array([0.0, 0.0, 0.0, 5.0]), 3, 32) == []
+
+
+# --- threshold advice ---------------------------------------------------------------------------------------
+
+def test_threshold_advice_matches_sklearn_and_scipy_on_joined_events() -> None:
+    """Recall SLO on a, precision SLO on b, none on c (F1): the advice and its interval recomputed by brute
+    force over every candidate threshold with scikit-learn's metrics and scipy's Wilson interval."""
+    from scipy.stats import binomtest
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from monitor.conventions import THRESHOLD_BINS
+    from tests.events import ground_truth
+
+    cfg = small_config(slos=[{"label": "a", "objective": "recall", "target": 0.8, "period": "1d"},
+                             {"label": "b", "objective": "precision", "target": 0.7, "period": "1d"}])
+    rng = np.random.default_rng(11)
+    n = 3000
+    actual = rng.random((n, 3)) < [0.3, 0.2, 0.1]
+    scores = np.where(actual, rng.beta(4, 2, (n, 3)), rng.beta(1.5, 4, (n, 3)))
+    ts = BASE + np.sort(rng.uniform(0, 3000, n))
+    engine = Engine(cfg, {})
+    engine.predictions(prediction(f"p{i}", float(ts[i]), dict(zip("abc", scores[i].tolist(), strict=True)))
+                       for i in range(n))
+    engine.ground_truth(ground_truth(f"p{i}", float(ts[i]) + 1, [x for x, on in zip("abc", actual[i], strict=True)
+                                                                   if on]) for i in range(n))
+    figs = engine.evaluate(float(ts[-1]) + 1)
+    bins = np.minimum((scores * THRESHOLD_BINS).astype(int), THRESHOLD_BINS - 1)
+
+    def wilson(successes: int, total: int) -> tuple[float, float]:
+        ci = binomtest(successes, total).proportion_ci(confidence_level=0.95, method="wilson")
+        return ci.low, ci.high
+
+    ks = range(THRESHOLD_BINS)
+    y = actual
+    for j, label, objective, target in ((0, "a", "recall", 0.8), (1, "b", "precision", 0.7), (2, "c", "f1", None)):
+        pred = {k: bins[:, j] >= k for k in ks}
+        if objective == "recall":
+            best = max(k for k in ks if recall_score(y[:, j], pred[k]) >= target)
+            tps = {k: int(np.sum(y[:, j] & pred[k])) for k in ks}
+            pos = int(y[:, j].sum())
+            lo = max((k for k in ks if wilson(tps[k], pos)[0] >= target), default=0)
+            hi = max(k for k in ks if wilson(tps[k], pos)[1] >= target)
+        elif objective == "precision":
+            defined = [k for k in ks if pred[k].any()]
+            best = min(k for k in defined if precision_score(y[:, j], pred[k]) >= target)
+            tps = {k: int(np.sum(y[:, j] & pred[k])) for k in defined}
+            lo = min(k for k in defined if wilson(tps[k], int(pred[k].sum()))[1] >= target)
+            hi = min(k for k in defined if wilson(tps[k], int(pred[k].sum()))[0] >= target)
+        else:
+            f1 = [f1_score(y[:, j], pred[k]) for k in ks]
+            best = int(np.argmax(f1))
+            tp = [int(np.sum(y[:, j] & pred[k])) for k in ks]
+            half = [(int(np.sum(~y[:, j] & pred[k])) + int(np.sum(y[:, j] & ~pred[k]))) / 2 for k in ks]
+            # The F1 interval of docs/semantics.md: Wilson on TP of TP + (FP+FN)/2 (scipy needs integers, so
+            # the closed form here is checked against binomtest where the count is whole).
+            def f1_bounds(k: int) -> tuple[float, float]:
+                total = tp[k] + half[k]
+                z = 1.959963984540054
+                p = tp[k] / total
+                centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+                spread = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+                if float(total).is_integer():
+                    assert (centre - spread, centre + spread) == pytest.approx(wilson(tp[k], int(total)))
+                return centre - spread, centre + spread
+            floor = f1_bounds(best)[0]
+            close = [k for k in ks if f1_bounds(k)[1] >= floor]
+            lo, hi = min(close), max(close)
+        key = ("m", "v1", label, objective, "1h")
+        got = (figs.by_name("mlmon_threshold_advice")[key], figs.by_name("mlmon_threshold_advice_lower")[key],
+               figs.by_name("mlmon_threshold_advice_upper")[key])
+        assert got == pytest.approx((best / THRESHOLD_BINS, lo / THRESHOLD_BINS, hi / THRESHOLD_BINS)), label
+        assert got[1] <= got[0] <= got[2]

@@ -135,7 +135,6 @@ COLLAPSE_EVERYTHING: Final = "everything"
 STALL_RELATIVE: Final = "relative"  # L_STALL values: against the stream's own rate, or never any
 STALL_NEVER: Final = "never"
 L_STALL: Final = "stall"
-L_OBJECTIVE: Final = "objective"
 L_ALERTNAME: Final = "alertname"
 L_INSTANCE: Final = "instance"
 L_JOB: Final = "job"

@@ -164,7 +164,7 @@ def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: 
     budget = 1 - slo.target
     healthy_errors = math.floor(events * budget / 2)
     collapse = {w: (events, events) for w in cfg.windows}
-    first = tiers[0]
+    first, second = tiers[0], tiers[min(1, len(tiers) - 1)]
     few = float(max(50, model.min_events))
     scenarios: list[tuple[str, WindowState]] = [
         ("total collapse", collapse),
@@ -183,8 +183,8 @@ def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: 
          {**collapse, first.short_window: (events, 0.0)}),
         (f"collapse, no labelled events over the last {format_duration(first.short_window)}",
          {**collapse, first.short_window: (0.0, 0.0)}),
-        (f"collapse, the last {format_duration(first.short_window)} right on 3 events (vetoes only where decisive)",
-         {**collapse, first.short_window: (3.0, 0.0)}),
+        (f"collapse, the last {format_duration(second.short_window)} with 2 errors in 10 events (a rare label)",
+         {**collapse, second.short_window: (10.0, 2.0)}),
     ]
     minutes = max(_minutes(opts, alert, t.name) for t in tiers)
     for title, state in scenarios:
