@@ -214,7 +214,7 @@ def test_threshold_advice_matches_sklearn_and_scipy_on_joined_events() -> None:
             half = [(int(np.sum(~y[:, j] & pred[k])) + int(np.sum(y[:, j] & ~pred[k]))) / 2 for k in ks]
             # The F1 interval of docs/semantics.md: Wilson on TP of TP + (FP+FN)/2 (scipy needs integers, so
             # the closed form here is checked against binomtest where the count is whole).
-            def f1_bounds(k: int) -> tuple[float, float]:
+            def f1_bounds(k: int, tp: list[int] = tp, half: list[float] = half) -> tuple[float, float]:
                 total = tp[k] + half[k]
                 z = 1.959963984540054
                 p = tp[k] / total
