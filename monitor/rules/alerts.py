@@ -219,7 +219,7 @@ def collapse_rules(opts: RuleOptions, w: Windows) -> list[Rule]:
 
 
 def calibration_fixed(opts: RuleOptions, model: ModelConfig, w: Windows) -> dict[str, str]:
-    windows = " / ".join(dict.fromkeys((w.calibration, w.slow)))
+    windows = " / ".join(w.calibration)
     return {"windows": windows, "threshold": num(opts.ece_threshold), "noise_factor": num(opts.ece_noise_factor),
             "min_events": str(model.min_events)}
 
@@ -227,7 +227,7 @@ def calibration_fixed(opts: RuleOptions, model: ModelConfig, w: Windows) -> dict
 def calibration_rules(opts: RuleOptions, model: ModelConfig, w: Windows) -> list[Rule]:
     """F1: ECE above the threshold by more than noise_factor x its sampling scale (mlmon:label_ece:noise)."""
     parts = []
-    for window in dict.fromkeys((w.calibration, w.slow)):
+    for window in w.calibration:
         match = {c.L_MODEL: model.name, c.L_WINDOW: window}
         events = by("sum", MVLW, sel(n.CALIBRATION_BIN_SUM, {**match, c.L_STAT: c.CALIBRATION_STATS[0]}))
         parts.append(f"(\n{sel(n.LABEL_ECE, match)}\n> on ({labels(MVLW)}) "

@@ -29,11 +29,11 @@ DEFAULT_FOR: Final[Mapping[str, str]] = {
     c.ALERT_FEATURE_DRIFT: "30m",
     c.ALERT_SCORE_DRIFT: "30m",
     c.ALERT_LABEL_COLLAPSE: "10m",
-    c.ALERT_CALIBRATION_DRIFT: "1h",
+    c.ALERT_CALIBRATION_DRIFT: "30m",
     c.ALERT_MISSING_FEATURES: "15m",
     c.ALERT_LATENCY_HIGH: "10m",
     c.ALERT_LABEL_COOCCURRENCE_DRIFT: "30m",
-    c.ALERT_GROUND_TRUTH_STALLED: "30m",
+    c.ALERT_GROUND_TRUTH_STALLED: "15m",
     c.ALERT_CONSUMER_LAG: "15m",
     c.ALERT_INVALID_INPUT: "15m",
     c.ALERT_DOWN: "5m",
@@ -70,7 +70,7 @@ class Windows:
     fast: str  # missing features: a broken pipeline shows at once
     drift: str  # PSI, label collapse, co-occurrence: enough predictions for a stable distribution
     slow: str  # calibration and retraining: needs labelled events and persistence
-    calibration: str = ""  # ECE: labelled events enough for a stable estimate, recent enough to matter
+    calibration: tuple[str, ...] = ()  # ECE: each judged, beyond its sampling scale
     collapse: tuple[str, ...] = ()  # label collapse: each judged, the shortest with volume fires first
     stall: tuple[str, ...] = ()  # ground truth stall (counter ranges), against the baseline's ratio
     stall_baseline: str = ""
@@ -84,7 +84,8 @@ class RuleOptions:
     fast_window: int = 30 * MINUTE
     drift_window: int = HOUR
     slow_window: int = DAY
-    calibration_window: int = 6 * HOUR
+    # ECE is judged on each (the 1h window sees a recent shift that longer ones still dilute).
+    calibration_windows: tuple[int, ...] = (HOUR, 6 * HOUR, DAY)
     # The ECE minus its sampling scale (mlmon:label_ece:noise) must exceed this, so a true ECE of 0.15
     # fires on a few thousand labelled events while a calibrated label's sampling ECE (about 0.8 to 1.2
     # times the scale) stays far below.
@@ -143,7 +144,7 @@ class RuleOptions:
             return tuple(format_duration(x) for x in chosen)
 
         return Windows(pick(self.fast_window), pick(self.drift_window), pick(self.slow_window),
-                       pick(self.calibration_window), picks(self.collapse_windows),
+                       picks(self.calibration_windows), picks(self.collapse_windows),
                        tuple(format_duration(x) for x in self.stall_windows),
                        format_duration(self.stall_baseline))
 

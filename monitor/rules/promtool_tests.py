@@ -340,7 +340,7 @@ def _calibration_cases(opts: RuleOptions, model: ModelConfig, w: Windows) -> Ite
     ]
     for scenario, top, count, mean, positives in scenarios:
         case = Case(f"{alert} {model.name}/{label}: {scenario}", alert, _minutes(opts, alert), opts.job)
-        key = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_LABEL: label, c.L_WINDOW: w.calibration}
+        key = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_LABEL: label, c.L_WINDOW: w.calibration[0]}
         for b in BINS:
             stats_ = {COUNT: count, SCORE_SUM: mean * count, POSITIVES: positives} if b == BINS[top] else \
                 {COUNT: 0.0, SCORE_SUM: 0.0, POSITIVES: 0.0}
