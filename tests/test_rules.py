@@ -79,6 +79,25 @@ def test_checked_in_rules_pass_promtool_check_and_tests() -> None:
     assert [r.ok for r in results] == [True, True], "\n".join(r.output for r in results)
 
 
+def _promtool3() -> str | None:
+    """A Prometheus 3.x promtool: $MLMON_PROMTOOL3, or a build cached under ~/.cache/mlmon/prometheus-*."""
+    import os
+
+    if os.environ.get("MLMON_PROMTOOL3"):
+        return os.environ["MLMON_PROMTOOL3"]
+    found = sorted(Path.home().glob(".cache/mlmon/prometheus-*/bin/promtool"))
+    return str(found[-1]) if found else None
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+@pytest.mark.skipif(_promtool3() is None, reason="no Prometheus 3.x promtool (set MLMON_PROMTOOL3)")
+def test_checked_in_rules_pass_a_prometheus_3_promtool() -> None:
+    """The same files under Prometheus 3.x semantics (left-open ranges, its PromQL parser, keep_firing_for)."""
+    results = check(GOLDEN, tool=_promtool3())
+    assert [r.ok for r in results] == [True, True], "\n".join(r.output for r in results)
+
+
 # --- every alert is generated, documented and tested ----------------------------------------------------------
 
 def test_every_alert_has_severity_annotations_runbook_and_tests() -> None:
