@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from monitor import conventions as c
 from monitor.config import DAY, HOUR, MINUTE, load_config, parse_config
 from monitor.engine.metrics import drift
-from monitor.rules import ALERTS_FILE, RECORDING_FILE, TESTS_FILE, RuleOptions, generate, max_burn_rate, write
+from monitor.rules import ALERTS_FILE, RECORDING_FILE, TESTS_FILE, RuleOptions, generate, max_burn_rate, stats, write
 from monitor.rules import names as n
 from monitor.rules.check import check
 from monitor.rules.cli import rules_command
@@ -347,3 +347,37 @@ def test_no_tier_threshold_below_one_even_with_mismatched_windows() -> None:
     for target in (0.5, 0.85, 0.99, 0.999):
         slo = SLOConfig(label="a", objective="recall", target=target, period=3600, severity="page")
         assert all(t.threshold >= 1.0 for t in tiers_for(slo, windows)), target
+
+
+def _values(prom: Prometheus, query: str, keys: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    return {tuple(r["metric"].get(k, "") for k in keys): float(r["value"][1]) for r in prom.query(query)}
+
+
+@needs_prometheus
+@pytest.mark.slow
+def test_recorded_alert_statistics_equal_the_python_formulas_on_the_example(
+        prometheus_on_example: Prometheus) -> None:
+    """Wilson bounds and pair log odds ratios as Prometheus records them from the engine's exported counts,
+    against monitor.rules.stats evaluated on the same counts."""
+    prom = prometheus_on_example
+    mlsw = (*MLS, c.L_WINDOW)
+    errors = _values(prom, n.SLO_ERRORS, mlsw)
+    events = _values(prom, n.SLO_EVENTS, mlsw)
+    lower = _values(prom, n.SLO_ERROR_RATIO_LOWER, mlsw)
+    upper = _values(prom, n.SLO_ERROR_RATIO_UPPER, mlsw)
+    assert lower and set(lower) == {k for k, v in events.items() if v > 0}
+    z = RuleOptions().burn_z
+    for key, value in lower.items():
+        assert value == pytest.approx(stats.wilson_cc_lower(errors[key], events[key], z), abs=1e-12), key
+        assert upper[key] == pytest.approx(stats.wilson_cc_upper(errors[key], events[key], z), abs=1e-12), key
+    pair_keys = (c.L_MODEL, c.L_VERSION, c.L_LABEL, c.L_LABEL_B, c.L_WINDOW)
+    both = _values(prom, c.LABEL_PAIR_PREDICTED.name, pair_keys)
+    positives = _values(prom, c.PREDICTED_POSITIVES.name, MVLW)
+    total = _values(prom, c.WINDOW_PREDICTIONS.name, MVW)
+    recorded = _values(prom, n.LABEL_PAIR_LOG_ODDS, pair_keys)
+    assert recorded and set(recorded) == set(both)
+    for (model, version, first, second, window), value in recorded.items():
+        want, _ = stats.log_odds_ratio(total[(model, version, window)], positives[(model, version, first, window)],
+                                       positives[(model, version, second, window)],
+                                       both[(model, version, first, second, window)])
+        assert value == pytest.approx(want, rel=1e-9)
