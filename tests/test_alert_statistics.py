@@ -14,6 +14,8 @@ import numpy as np
 import pytest
 from scipy.stats import binom
 from scipy.stats.contingency import odds_ratio
+from statsmodels.stats import proportion
+from statsmodels.stats.contingency_tables import Table2x2
 
 from monitor.conventions import LABEL_PAIRS_EXPORTED
 from monitor.engine.engine import Engine
@@ -68,17 +70,15 @@ def test_upper_bound_vetoes_a_real_collapse_rarely() -> None:
 
 
 def test_two_proportion_z_equals_statsmodels() -> None:
-    proportion = pytest.importorskip("statsmodels.stats.proportion")
     for e1, n1, e2, n2 in ((81, 100, 81, 900), (4, 8, 81, 900), (10, 100, 12, 120), (0, 30, 5, 400)):
         theirs, _ = proportion.proportions_ztest([e1, e2], [n1, n2])
         assert stats.two_proportion_z(e1, n1, e2, n2) == pytest.approx(theirs, rel=1e-12)
 
 
 def test_log_odds_ratio_and_variance_equal_statsmodels_and_scipy() -> None:
-    tables = pytest.importorskip("statsmodels.stats.contingency_tables")
     for n, a, b, ab in ((10000, 2000, 2000, 1500), (2000, 400, 400, 80), (300, 60, 60, 0)):
         cells = np.array([[ab, a - ab], [b - ab, n - a - b + ab]])
-        theirs = tables.Table2x2(cells + 0.5, shift_zeros=False)
+        theirs = Table2x2(cells + 0.5, shift_zeros=False)
         lor, var = stats.log_odds_ratio(n, a, b, ab)
         assert lor == pytest.approx(theirs.log_oddsratio, rel=1e-12)
         assert math.sqrt(var) == pytest.approx(theirs.log_oddsratio_se, rel=1e-12)
