@@ -30,6 +30,8 @@ L_SLO: Final = "slo"
 L_PARTITION: Final = "partition"
 L_SEVERITY: Final = "severity"
 L_BURNRATE_TIER: Final = "burnrate_tier"
+L_OBJECTIVE: Final = "objective"
+L_LABEL_B: Final = "label_b"  # the second label of a label pair (the first is `label`)
 
 OUTCOMES: Final = ("tp", "fp", "fn", "tn")
 SIDE_PREDICTION: Final = "prediction"
@@ -39,6 +41,9 @@ TOPIC_PREDICTIONS: Final = "predictions"
 TOPIC_GROUND_TRUTH: Final = "ground_truth"
 CALIBRATION_STATS: Final = ("count", "score_sum", "positives")
 CALIBRATION_BINS: Final = 10
+# Score histograms of joined events behind the threshold advice (mlmon_threshold_advice): 0.02 resolution.
+THRESHOLD_BINS: Final = 50
+OBJECTIVES: Final = ("recall", "precision", "f1")  # mlmon_threshold_advice{objective}
 # PSI smoothing: shares are (count + PSI_ALPHA) / (total + PSI_ALPHA * bins) on both sides, so an empty
 # bin never gives ln(0) and the same formula works in PromQL on the additive bin counts.
 PSI_ALPHA: Final = 0.5
@@ -201,6 +206,34 @@ SLO_EVENTS = _m(
 )
 SLO_TARGET = _m("slo_target", "gauge", (L_MODEL, L_LABEL, L_SLO), "The SLO's objective target.")
 
+THRESHOLD_ADVICE = _m(
+    "threshold_advice", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_OBJECTIVE, L_WINDOW),
+    "Decision threshold that meets the label's SLO objective (recall: the highest that does; precision: "
+    "the lowest), or maximises F1 without an SLO, on joined events of the window (docs/semantics.md).",
+)
+THRESHOLD_ADVICE_LOWER = _m(
+    "threshold_advice_lower", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_OBJECTIVE, L_WINDOW),
+    "Lower end of the threshold advice's interval (Wilson 95% bounds; docs/semantics.md).",
+)
+THRESHOLD_ADVICE_UPPER = _m(
+    "threshold_advice_upper", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_OBJECTIVE, L_WINDOW),
+    "Upper end of the threshold advice's interval (Wilson 95% bounds; docs/semantics.md).",
+)
+LABEL_PAIR_PREDICTED = _m(
+    "label_pair_predicted", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_LABEL_B, L_WINDOW),
+    "Predictions in the window with both labels of the pair predicted (additive; with mlmon_predicted_"
+    "positives and mlmon_window_predictions the pair's 2x2 table). Only the pairs of "
+    "mlmon_reference_label_pair are exported.",
+)
+REFERENCE_LABEL_PAIR = _m(
+    "reference_label_pair", "gauge", (L_MODEL, L_LABEL, L_LABEL_B),
+    "Reference predictions with both labels of the pair predicted (the pairs that co-occur most there).",
+)
+REFERENCE_PREDICTIONS = _m("reference_predictions", "gauge", (L_MODEL,), "Predictions in the reference sample.")
+# At most this many label pairs per model get pair counts (the most frequent in the reference), so the
+# series stay linear in the number of labels.
+LABEL_PAIRS_EXPORTED: Final = 32
+
 # --- histograms ----------------------------------------------------------------------------------------
 GROUND_TRUTH_DELAY_SECONDS = _m(
     "ground_truth_delay_seconds", "histogram", (L_MODEL,),
@@ -238,11 +271,13 @@ ALERT_CONSUMER_LAG: Final = "MLMonitorConsumerLag"
 ALERT_INVALID_INPUT: Final = "MLMonitorInvalidInput"
 ALERT_DOWN: Final = "MLMonitorDown"
 ALERT_RETRAINING_RECOMMENDED: Final = "MLMonitorRetrainingRecommended"
+ALERT_VERSION_REGRESSION: Final = "MLMonitorVersionRegression"
+ALERT_ESTIMATED_QUALITY_LOW: Final = "MLMonitorEstimatedQualityLow"
 ALL_ALERTS: Final = (
     ALERT_LABEL_ERROR_BUDGET_BURN, ALERT_FEATURE_DRIFT, ALERT_SCORE_DRIFT, ALERT_LABEL_COLLAPSE,
     ALERT_CALIBRATION_DRIFT, ALERT_MISSING_FEATURES, ALERT_LATENCY_HIGH, ALERT_LABEL_COOCCURRENCE_DRIFT,
     ALERT_GROUND_TRUTH_STALLED, ALERT_CONSUMER_LAG, ALERT_INVALID_INPUT, ALERT_DOWN,
-    ALERT_RETRAINING_RECOMMENDED,
+    ALERT_RETRAINING_RECOMMENDED, ALERT_VERSION_REGRESSION, ALERT_ESTIMATED_QUALITY_LOW,
 )
 SEVERITIES: Final = ("page", "ticket", "info")
 

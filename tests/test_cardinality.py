@@ -53,10 +53,15 @@ def test_detail_labels_restrict_calibration_bins_and_confusion_cells(
     windows, versions = 8, 1
     assert full[c.CALIBRATION_BIN.name] == 500 * c.CALIBRATION_BINS * 3 * windows * versions
     assert detail[c.CALIBRATION_BIN.name] == DETAIL * c.CALIBRATION_BINS * 3 * windows * versions
+    # The threshold advice follows detail_labels too (its score histograms take memory per label), never
+    # more than three series per label and window.
+    advice = (c.THRESHOLD_ADVICE.name, c.THRESHOLD_ADVICE_LOWER.name, c.THRESHOLD_ADVICE_UPPER.name)
+    for name in advice:
+        assert detail[name] <= DETAIL * windows * versions and full[name] <= 500 * windows * versions
     # Everything else is unchanged: ECE, outcomes and score bins stay per label (score PSI and the score-drift
     # alert are computed from mlmon_score_bin in Prometheus, so it must not follow detail_labels).
-    assert full - Counter({c.CALIBRATION_BIN.name: full[c.CALIBRATION_BIN.name]}) == \
-        detail - Counter({c.CALIBRATION_BIN.name: detail[c.CALIBRATION_BIN.name]})
+    followers = (c.CALIBRATION_BIN.name, *advice)
+    assert full - Counter({x: full[x] for x in followers}) == detail - Counter({x: detail[x] for x in followers})
     assert sum(detail.values()) < 0.55 * sum(full.values())
     # Multiclass: the confusion matrix keeps the detail classes' rows and columns, linear in the classes.
     for n in (50, 500):

@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from monitor import conventions as c
 from monitor.config import DAY, HOUR, MINUTE, load_config, parse_config
 from monitor.engine.metrics import drift
-from monitor.rules import ALERTS_FILE, RECORDING_FILE, TESTS_FILE, RuleOptions, generate, max_burn_rate, write
+from monitor.rules import ALERTS_FILE, RECORDING_FILE, TESTS_FILE, RuleOptions, generate, max_burn_rate, stats, write
 from monitor.rules import names as n
 from monitor.rules.check import check
 from monitor.rules.cli import rules_command
@@ -76,6 +76,25 @@ def test_generation_is_deterministic() -> None:
 @needs_promtool
 def test_checked_in_rules_pass_promtool_check_and_tests() -> None:
     results = check(GOLDEN)
+    assert [r.ok for r in results] == [True, True], "\n".join(r.output for r in results)
+
+
+def _promtool3() -> str | None:
+    """A Prometheus 3.x promtool: $MLMON_PROMTOOL3, or a build cached under ~/.cache/mlmon/prometheus-*."""
+    import os
+
+    if os.environ.get("MLMON_PROMTOOL3"):
+        return os.environ["MLMON_PROMTOOL3"]
+    found = sorted(Path.home().glob(".cache/mlmon/prometheus-*/bin/promtool"))
+    return str(found[-1]) if found else None
+
+
+@pytest.mark.prometheus
+@pytest.mark.slow
+@pytest.mark.skipif(_promtool3() is None, reason="no Prometheus 3.x promtool (set MLMON_PROMTOOL3)")
+def test_checked_in_rules_pass_a_prometheus_3_promtool() -> None:
+    """The same files under Prometheus 3.x semantics (left-open ranges, its PromQL parser, keep_firing_for)."""
+    results = check(GOLDEN, tool=_promtool3())
     assert [r.ok for r in results] == [True, True], "\n".join(r.output for r in results)
 
 
@@ -178,8 +197,15 @@ def test_promtool_scenarios_expect_pages_on_collapse_at_every_target() -> None:
         if slo.severity == "page":
             assert {a[c.L_BURNRATE_TIER] for a in collapse if a[c.L_SEVERITY] == "page"} == {"page_fast", "page_slow"}
         assert {a[c.L_BURNRATE_TIER] for a in collapse} >= {"ticket_fast", "ticket_slow"}
-        assert expected("healthy") == []
+        assert expected("healthy at half") == []
         assert expected("below min_events") == []
+        # Noise: a healthy label on 50 events, and 1.2x the budget on 50 events, fire no tier at any target,
+        # though the burn rate of the second is above the ticket_slow threshold.
+        assert expected("healthy at 0.6 of the budget measured on 50 events") == []
+        assert expected("error ratio 1.2x the budget measured on 50 events") == []
+        # A thin short window (2 errors in a rare label's 10 events) does not veto the second tier.
+        if slo.severity == "page" and slo.target >= 0.85:
+            assert "page_slow" in {a[c.L_BURNRATE_TIER] for a in expected("2 errors in 10 events")}
         assert expected("recovered") != collapse
 
 
@@ -321,3 +347,37 @@ def test_no_tier_threshold_below_one_even_with_mismatched_windows() -> None:
     for target in (0.5, 0.85, 0.99, 0.999):
         slo = SLOConfig(label="a", objective="recall", target=target, period=3600, severity="page")
         assert all(t.threshold >= 1.0 for t in tiers_for(slo, windows)), target
+
+
+def _values(prom: Prometheus, query: str, keys: tuple[str, ...]) -> dict[tuple[str, ...], float]:
+    return {tuple(r["metric"].get(k, "") for k in keys): float(r["value"][1]) for r in prom.query(query)}
+
+
+@needs_prometheus
+@pytest.mark.slow
+def test_recorded_alert_statistics_equal_the_python_formulas_on_the_example(
+        prometheus_on_example: Prometheus) -> None:
+    """Wilson bounds and pair log odds ratios as Prometheus records them from the engine's exported counts,
+    against monitor.rules.stats evaluated on the same counts."""
+    prom = prometheus_on_example
+    mlsw = (*MLS, c.L_WINDOW)
+    errors = _values(prom, n.SLO_ERRORS, mlsw)
+    events = _values(prom, n.SLO_EVENTS, mlsw)
+    lower = _values(prom, n.SLO_ERROR_RATIO_LOWER, mlsw)
+    upper = _values(prom, n.SLO_ERROR_RATIO_UPPER, mlsw)
+    assert lower and set(lower) == {k for k, v in events.items() if v > 0}
+    z = RuleOptions().burn_z
+    for key, value in lower.items():
+        assert value == pytest.approx(stats.wilson_cc_lower(errors[key], events[key], z), abs=1e-12), key
+        assert upper[key] == pytest.approx(stats.wilson_cc_upper(errors[key], events[key], z), abs=1e-12), key
+    pair_keys = (c.L_MODEL, c.L_VERSION, c.L_LABEL, c.L_LABEL_B, c.L_WINDOW)
+    both = _values(prom, c.LABEL_PAIR_PREDICTED.name, pair_keys)
+    positives = _values(prom, c.PREDICTED_POSITIVES.name, MVLW)
+    total = _values(prom, c.WINDOW_PREDICTIONS.name, MVW)
+    recorded = _values(prom, n.LABEL_PAIR_LOG_ODDS, pair_keys)
+    assert recorded and set(recorded) == set(both)
+    for (model, version, first, second, window), value in recorded.items():
+        want, _ = stats.log_odds_ratio(total[(model, version, window)], positives[(model, version, first, window)],
+                                       positives[(model, version, second, window)],
+                                       both[(model, version, first, second, window)])
+        assert value == pytest.approx(want, rel=1e-9)

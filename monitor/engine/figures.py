@@ -13,7 +13,7 @@ import numpy as np
 
 from monitor import conventions as c
 from monitor.config import format_duration
-from monitor.engine.metrics import calibration, classification, drift, estimation, slo
+from monitor.engine.metrics import calibration, classification, drift, estimation, slo, thresholds
 from monitor.engine.model_state import Histogram, ModelState
 from monitor.engine.windows import (
     S_CARD_ACTUAL,
@@ -159,11 +159,32 @@ def _window_figures(state: ModelState, version: str, window: str, vec: np.ndarra
         out.add(c.LABEL_CARDINALITY, (*mvw, source), card)
         out.add(c.LABEL_DENSITY, (*mvw, source), card / n_labels)
 
+    _threshold_figures(state, version, window, vec, out)
     missing = lay.view(vec, "feat_missing")
     for fi, feature in enumerate(state.features):
         out.add(c.FEATURE_MISSING, (model, version, feature, window), missing[fi])
         out.add(c.FEATURE_MISSING_RATIO, (model, version, feature, window), classification.ratio(missing[fi], n_pred))
     _drift_figures(state, version, window, vec, n_pred, out)
+
+
+def _threshold_figures(state: ModelState, version: str, window: str, vec: np.ndarray, out: Figures) -> None:
+    cfg = state.cfg
+    if state.multiclass or not state.advised:
+        return
+    objectives = {}
+    for s in reversed(cfg.slos):  # the first SLO of a label decides its objective
+        objectives[s.label] = (s.objective, s.target)
+    hist = state.layout.view(vec, "thr_hist")
+    for slot, li in enumerate(state.advised):
+        label = cfg.labels[li]
+        objective, target = objectives.get(label, ("f1", None))
+        advice = thresholds.advise(hist[slot, :, 0], hist[slot, :, 1], objective, target)
+        if advice is None:
+            continue
+        key = (cfg.name, version, label, objective, window)
+        out.add(c.THRESHOLD_ADVICE, key, advice.threshold)
+        out.add(c.THRESHOLD_ADVICE_LOWER, key, advice.lower)
+        out.add(c.THRESHOLD_ADVICE_UPPER, key, advice.upper)
 
 
 def _drift_figures(state: ModelState, version: str, window: str, vec: np.ndarray, n_pred: float,
@@ -193,6 +214,8 @@ def _drift_figures(state: ModelState, version: str, window: str, vec: np.ndarray
         if enough:
             out.add(c.SCORE_PSI, (model, version, label, window), drift.psi(binning.counts, cur))
     pairs = lay.view(vec, "pairs")
+    for i, j, idx in state.exported_pairs:
+        out.add(c.LABEL_PAIR_PREDICTED, (model, version, cfg.labels[i], cfg.labels[j], window), pairs[idx])
     if enough and pairs.size:
         out.add(c.LABEL_COOCCURRENCE_DRIFT, (model, version, window), drift.psi(ref.pair_counts, pairs))
 
@@ -241,3 +264,7 @@ def _model_counters(state: ModelState, out: Figures) -> None:
         for feature, binning in ref.features.items():
             for b, n in enumerate(binning.counts):
                 out.add(c.REFERENCE_FEATURE_BIN, (model, feature, str(b)), n)
+        if state.exported_pairs:
+            out.add(c.REFERENCE_PREDICTIONS, (model,), ref.n)
+        for i, j, idx in state.exported_pairs:
+            out.add(c.REFERENCE_LABEL_PAIR, (model, cfg.labels[i], cfg.labels[j]), ref.pair_counts[idx])

@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from monitor.config import ModelConfig, MonitorConfig
-from monitor.conventions import GROUND_TRUTH_DELAY_BUCKETS, LATENCY_BUCKETS
+from monitor.conventions import GROUND_TRUTH_DELAY_BUCKETS, LABEL_PAIRS_EXPORTED, LATENCY_BUCKETS, THRESHOLD_BINS
 from monitor.engine import native
 from monitor.engine.columns import (
     FeatureSpec,
@@ -22,6 +22,7 @@ from monitor.engine.columns import (
     from_predictions,
 )
 from monitor.engine.join import JoinTable
+from monitor.engine.metrics import drift
 from monitor.engine.metrics.calibration import score_bins
 from monitor.engine.windows import (
     S_CARD_ACTUAL,
@@ -86,11 +87,18 @@ class ModelState:
         self.feature_spec = FeatureSpec(tuple(cfg.features.numeric), tuple(cfg.features.categorical), reference)
         feature_bins = [reference.features[f].size for f in self.features] if reference else []
         self.pair_labels = reference.pair_labels if reference else 0
+        # Labels with threshold-advice histograms: the detail labels (all by default), so a model with
+        # hundreds of labels can bound the memory they take. advised_slot[label] = row, or -1.
+        detail = set(cfg.detail_labels) if cfg.detail_labels is not None else set(cfg.labels)
+        self.advised = [] if cfg.task == "multiclass" else [i for i, x in enumerate(cfg.labels) if x in detail]
+        self.advised_slot = np.full(self.n_labels, -1, dtype=np.int64)
+        self.advised_slot[self.advised] = np.arange(len(self.advised))
         self.layout = Layout(
             labels=self.n_labels,
             feature_bins=feature_bins if reference else [0] * len(self.features),
             pair_labels=self.pair_labels,
             classes=self.n_labels if self.multiclass else 0,
+            advised=len(self.advised),
         )
         self.store = BlockStore(self.layout.size, config.windows)
         self.join = make_join(config, self.n_labels, use_native)
@@ -105,6 +113,9 @@ class ModelState:
         self.last_event: dict[str, float] = {}
         self._preds: list[AcceptedPredictions] = []
         self._pairs = np.triu_indices(self.pair_labels, 1) if self.pair_labels >= 2 else None
+        # The label pairs with additive pair counts (mlmon_label_pair_predicted), fixed by the reference.
+        self.exported_pairs = (drift.exported_pairs(reference.pair_counts, self.pair_labels, LABEL_PAIRS_EXPORTED)
+                               if reference is not None else [])
         # What `apply` uses for a topic with no events in the batch.
         self.no_predictions = from_predictions([], self.n_labels, self.feature_spec)
         self.no_ground_truth = from_ground_truth([], self.n_labels)
@@ -296,6 +307,14 @@ class ModelState:
         cal = base[r] + L.offsets["calib"] + c * 30 + score_bins(S[r, c]) * 3
         idx += [cal, cal + 1, cal + 2]
         w += [sign[r], sign[r] * S[r, c], sign[r] * A[r, c]]
+        slot = self.advised_slot[c]
+        a = slot >= 0
+        if a.any():
+            ra, ca = r[a], c[a]
+            hist = (base[ra] + L.offsets["thr_hist"] + slot[a] * (THRESHOLD_BINS * 2)
+                    + score_bins(S[ra, ca], THRESHOLD_BINS) * 2 + A[ra, ca])
+            idx.append(hist)
+            w.append(sign[ra])
         sc = base + L.offsets["scalars"]
         exact = np.all(P == A, axis=1)
         f = np.nonzero(full)[0]

@@ -46,7 +46,7 @@ MODEL_STATE_FIELDS = frozenset({
     "cfg", "reference", "n_labels", "multiclass", "features", "n_numeric", "feature_spec", "pair_labels",
     "layout", "store", "join", "versions", "version_names", "predictions_total", "latency", "delay",
     "ground_truth_total", "ignored_scores", "late", "last_event", "_preds", "_pairs", "no_predictions",
-    "no_ground_truth",
+    "no_ground_truth", "exported_pairs", "advised", "advised_slot",
 })
 # The Python join's fields; the native join exports the same state through the same export()/restore().
 JOIN_FIELDS = frozenset({

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from monitor.config import FINE_WINDOW_LIMIT, HOUR, MINUTE
-from monitor.conventions import CALIBRATION_BINS
+from monitor.conventions import CALIBRATION_BINS, THRESHOLD_BINS
 from monitor.engine.metrics.estimation import PENDING_STATS
 
 SCORE_BINS = 10  # reference deciles give at most 10 bins
@@ -32,6 +32,7 @@ class Layout:
     feature_bins: list[int]  # bins per watched feature (numeric then categorical), 0 without reference
     pair_labels: int
     classes: int  # multiclass: number of classes (confusion matrix); else 0
+    advised: int = 0  # labels with threshold-advice score histograms (the detail labels)
     shapes: dict[str, tuple[int, ...]] = field(init=False)
     offsets: dict[str, int] = field(init=False)
     size: int = field(init=False)
@@ -49,6 +50,8 @@ class Layout:
             "feat_missing": (len(self.feature_bins),),
             "pairs": (n_pairs,),
             "confusion": (self.classes, self.classes),
+            # [advised label, score bin, negatives | positives] of joined events with known truth.
+            "thr_hist": (self.advised, THRESHOLD_BINS, 2),
         }
         self.offsets = {}
         pos = 0

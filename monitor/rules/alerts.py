@@ -15,7 +15,7 @@ from monitor.rules import names as n
 from monitor.rules import texts
 from monitor.rules.options import RuleOptions, Windows
 from monitor.rules.promql import by, labels, num, sel
-from monitor.rules.recording import MLS, MVFW, MVLW, MVW
+from monitor.rules.recording import MLS, MVFW, MVLSW, MVLW, MVW
 from monitor.rules.tiers import Tier, tiers_for
 
 Rule = dict[str, Any]
@@ -28,13 +28,13 @@ def alert_rule(opts: RuleOptions, alert: str, expr: str, severity: str, fixed: d
     # A static `model` label repeats what the expression yields; it keeps the per-model copies of a rule
     # distinct for promtool's duplicate-rule lint.
     rule_labels = {c.L_SEVERITY: severity, **({c.L_MODEL: model.name} if model else {}), **(extra or {})}
-    return {
-        "alert": alert,
-        "expr": expr,
-        "for": opts.for_duration(alert, tier),
-        "labels": dict(sorted(rule_labels.items())),
-        "annotations": texts.render(text_key or alert, opts.runbook_url(alert), fixed),
-    }
+    rule: Rule = {"alert": alert, "expr": expr, "for": opts.for_duration(alert, tier)}
+    keep = opts.keep_firing_for(alert, tier)
+    if keep:
+        rule["keep_firing_for"] = keep
+    rule["labels"] = dict(sorted(rule_labels.items()))
+    rule["annotations"] = texts.render(text_key or alert, opts.runbook_url(alert), fixed)
+    return rule
 
 
 # --- SLO burn -------------------------------------------------------------------------------------------
@@ -44,30 +44,94 @@ def burn_fixed(model: ModelConfig, slo: SLOConfig, tier: Tier) -> dict[str, str]
         "slo": slo.name, "target": num(slo.target), "burnrate_tier": tier.name,
         "long_window": format_duration(tier.long_window), "short_window": format_duration(tier.short_window),
         "threshold": num(tier.threshold), "min_events": str(model.min_events),
+        "error_ratio": num(ratio_threshold(slo, tier.threshold)),
     }
 
 
+def ratio_threshold(slo: SLOConfig, burn_threshold: float) -> float:
+    """The error ratio a burn threshold stands for: threshold x budget (as the rules write it)."""
+    return float(num(burn_threshold * (1 - float(num(slo.target)))))
+
+
 def burn_condition(model: ModelConfig, slo: SLOConfig, window: int, threshold: float) -> str:
-    """Burn over `window` above threshold, on at least min_events events (summed across workers)."""
+    """Burn over `window` above threshold beyond sampling noise: the Wilson lower bound of the error
+    ratio (summed counts) above threshold x budget, and at least min_events events."""
     match = {c.L_MODEL: model.name, c.L_SLO: slo.name, c.L_WINDOW: format_duration(window)}
     burn = by("max", MLS, sel(n.ERROR_BUDGET_BURN_RATE, match))
-    events = by("max", MLS, sel(n.SLO_EVENTS_SUM, match))
-    return f"{burn} > {num(threshold)}\nand on ({labels(MLS)})\n{events} >= {num(model.min_events)}"
+    lower = by("max", MLS, sel(n.SLO_ERROR_RATIO_LOWER, match))
+    events = by("max", MLS, sel(n.SLO_EVENTS, match))
+    return (f"{burn} > {num(threshold)}\nand on ({labels(MLS)})\n{lower} > {num(ratio_threshold(slo, threshold))}"
+            f"\nand on ({labels(MLS)})\n{events} >= {num(model.min_events)}")
 
 
 def burn_rules(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig) -> list[Rule]:
     rules = []
     for slo in model.slos:
         for tier in tiers_for(slo, cfg.windows):
-            short = sel(n.ERROR_BUDGET_BURN_RATE, {c.L_MODEL: model.name, c.L_SLO: slo.name,
-                                                   c.L_WINDOW: format_duration(tier.short_window)})
-            # The short window only vetoes: it stops the alert once it shows recovery, but a short window
-            # with no labelled events at all (a rare label) does not hide a collapse over the long one.
+            short = sel(n.SLO_ERROR_RATIO_UPPER, {c.L_MODEL: model.name, c.L_SLO: slo.name,
+                                                  c.L_WINDOW: format_duration(tier.short_window)})
+            # The short window only vetoes, and only once it shows recovery beyond doubt (the Wilson upper
+            # bound of its error ratio under the threshold): a thin short window (a rare label's 10
+            # labelled events) neither hides a collapse nor makes the alert flap.
             expr = (f"{burn_condition(model, slo, tier.long_window, tier.threshold)}\n"
-                    f"unless on ({labels(MLS)})\n{by('max', MLS, short)} <= {num(tier.threshold)}")
+                    f"unless on ({labels(MLS)})\n{by('max', MLS, short)} <= "
+                    f"{num(ratio_threshold(slo, tier.threshold))}")
             rules.append(alert_rule(opts, c.ALERT_LABEL_ERROR_BUDGET_BURN, expr, tier.severity,
                                     burn_fixed(model, slo, tier), tier=tier.name, model=model,
                                     extra={c.L_BURNRATE_TIER: tier.name, c.L_SLO: slo.name}))
+    return rules
+
+
+def regression_fixed(opts: RuleOptions, slo: SLOConfig, windows: list[str]) -> dict[str, str]:
+    return {"slo": slo.name, "target": num(slo.target), "windows": " / ".join(windows),
+            "z": num(opts.regression_z)}
+
+
+def regression_windows(cfg: MonitorConfig, slo: SLOConfig) -> list[str]:
+    """The long windows of the SLO's two fastest tiers (1h and 6h for a 30d page SLO)."""
+    return list(dict.fromkeys(format_duration(t.long_window) for t in tiers_for(slo, cfg.windows)[:2]))
+
+
+def regression_rules(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig) -> list[Rule]:
+    """A version (a canary) significantly worse than the rest of its model on an SLO label: its error
+    ratio's two-proportion z against the other versions' >= regression_z, and its own Wilson lower bound
+    above the budget, so a canary within its SLO does not page even if it is a little worse."""
+    rules = []
+    group = (c.L_MODEL, c.L_VERSION, c.L_LABEL, c.L_SLO)
+    for slo in model.slos:
+        windows = regression_windows(cfg, slo)
+        parts = []
+        for window in windows:
+            match = {c.L_MODEL: model.name, c.L_SLO: slo.name, c.L_WINDOW: window}
+            parts.append(f"(\n{sel(n.VERSION_REGRESSION_Z, match)} >= {num(opts.regression_z)}\n"
+                         f"and on ({labels(MVLSW)})\n{sel(n.SLO_ERROR_RATIO_LOWER_BY_VERSION, match)} > "
+                         f"{num(1 - float(num(slo.target)))}\n)")
+        rules.append(alert_rule(opts, c.ALERT_VERSION_REGRESSION, by("max", group, "\nor\n".join(parts)),
+                                slo.severity, regression_fixed(opts, slo, windows), model=model,
+                                extra={c.L_SLO: slo.name}))
+    return rules
+
+
+def estimated_fixed(model: ModelConfig, slo: SLOConfig, w: Windows) -> dict[str, str]:
+    return {"slo": slo.name, "objective": slo.objective, "target": num(slo.target), "window": w.drift,
+            "min_samples": str(model.drift.min_samples)}
+
+
+def estimated_rules(opts: RuleOptions, model: ModelConfig, w: Windows) -> list[Rule]:
+    """Early warning before ground truth lands: the estimated (CBPE) precision or recall of predictions
+    still waiting for labels is under the SLO's target on every worker, over enough pending predictions.
+
+    The estimate is a ratio per worker, so the rule takes the largest: every worker must agree."""
+    rules = []
+    for slo in model.slos:
+        metric = c.ESTIMATED_LABEL_RECALL if slo.objective == "recall" else c.ESTIMATED_LABEL_PRECISION
+        match = {c.L_MODEL: model.name, c.L_LABEL: slo.label, c.L_WINDOW: w.drift}
+        estimate = by("max", MVLW, sel(metric.name, match))
+        pending = by("sum", MVW, sel(c.PENDING_IN_WINDOW.name, {c.L_MODEL: model.name, c.L_WINDOW: w.drift}))
+        expr = (f"{estimate} < {num(slo.target)}\nand on ({labels(MVW)})\n"
+                f"{pending} >= {num(model.drift.min_samples)}")
+        rules.append(alert_rule(opts, c.ALERT_ESTIMATED_QUALITY_LOW, expr, TICKET, estimated_fixed(model, slo, w),
+                                model=model, extra={c.L_SLO: slo.name}))
     return rules
 
 
@@ -96,48 +160,80 @@ def score_drift_rules(opts: RuleOptions, model: ModelConfig, w: Windows) -> list
     return [alert_rule(opts, c.ALERT_SCORE_DRIFT, expr, TICKET, drift_fixed(model, w.drift), model=model)]
 
 
+def cooccurrence_fixed(opts: RuleOptions, model: ModelConfig, w: Windows) -> dict[str, str]:
+    return {"window": w.drift, "z": num(opts.pair_z), "change": num(opts.pair_min_log_odds_change),
+            "min_samples": str(model.drift.min_samples)}
+
+
 def cooccurrence_rules(opts: RuleOptions, model: ModelConfig, w: Windows) -> list[Rule]:
+    """F7: a label pair's dependency (log odds ratio of its 2x2 table) moved from the reference's, both
+    beyond sampling noise (|z| >= pair_z) and by at least a factor e^change in odds."""
     if len(model.labels) < 2 or model.task != "multilabel":
         return []
     match = {c.L_MODEL: model.name, c.L_WINDOW: w.drift}
-    expr = f"{sel(n.LABEL_COOCCURRENCE_DRIFT, match)} >= {num(model.drift.significant)}"
-    return [alert_rule(opts, c.ALERT_LABEL_COOCCURRENCE_DRIFT, expr, TICKET, drift_fixed(model, w.drift), model=model)]
+    pair = (c.L_MODEL, c.L_VERSION, c.L_LABEL, c.L_LABEL_B, c.L_WINDOW)
+    ref_on = f"on ({c.L_MODEL}, {c.L_LABEL}, {c.L_LABEL_B}) group_left ()"
+    change = f"abs({sel(n.LABEL_PAIR_LOG_ODDS, match)} - {ref_on} {n.REFERENCE_LABEL_PAIR_LOG_ODDS})"
+    expr = (f"abs({sel(n.LABEL_PAIR_DEPENDENCY_Z, match)}) >= {num(opts.pair_z)}\n"
+            f"and on ({labels(pair)})\n{change} >= {num(opts.pair_min_log_odds_change)}\n"
+            f"and on ({labels(pair)})\n{sel(n.LABEL_PAIR_TOTAL, match)} >= {num(model.drift.min_samples)}")
+    return [alert_rule(opts, c.ALERT_LABEL_COOCCURRENCE_DRIFT, expr, TICKET, cooccurrence_fixed(opts, model, w),
+                       model=model)]
 
 
 def collapse_fixed(opts: RuleOptions, w: Windows) -> dict[str, str]:
-    return {"window": w.drift, "factor": num(opts.collapse_factor), "min_expected": num(opts.collapse_min_expected)}
+    return {"windows": " / ".join(w.collapse), "factor": num(opts.collapse_factor),
+            "min_expected": num(opts.collapse_min_expected)}
 
 
 def collapse_rules(opts: RuleOptions, w: Windows) -> list[Rule]:
     """F2: predicted rate near 0 (or 1) where the reference rate makes that implausible.
 
     "Near" is relative to the reference (under collapse_factor of its positives, or of its negatives) and
-    only judged when the reference rate expects collapse_min_expected events in the window, so rare
-    labels and small windows do not page on sampling noise.
+    judged on every collapse window where the reference rate expects at least collapse_min_expected
+    events: the shortest window with that volume fires first, longer ones keep the alert up when the
+    short one's volume dips (at night), so the alert neither waits for an hour nor flaps. By the Chernoff
+    bound, P(Poisson(20) <= 2) < 1.5e-6 per window.
     """
-    window = {c.L_WINDOW: w.drift}
-    rate = sel(n.PREDICTED_POSITIVE_RATE, window)
     ref = f"on ({c.L_MODEL}, {c.L_LABEL}) group_left ()"
     f, k = num(opts.collapse_factor), num(opts.collapse_min_expected)
-    nothing = (f"{rate} <= {ref} ({f} * {n.REFERENCE_POSITIVE_RATE_MAX})\n"
-            f"and {sel(n.PREDICTED_POSITIVES_EXPECTED, window)} >= {k}")
-    everything = (f"{rate} >= {ref} (1 - {f} * (1 - {n.REFERENCE_POSITIVE_RATE_MAX}))\n"
-                  f"and {sel(n.PREDICTED_NEGATIVES_EXPECTED, window)} >= {k}")
+    group = (c.L_MODEL, c.L_VERSION, c.L_LABEL)
+
+    def any_window(condition: Callable[[dict[str, str]], str], op: str) -> str:
+        parts = [f"(\n{condition({c.L_WINDOW: window})}\n)" for window in w.collapse]
+        return by(op, group, "\nor\n".join(parts))
+
+    def nothing(window: dict[str, str]) -> str:
+        return (f"{sel(n.PREDICTED_POSITIVE_RATE, window)} <= {ref} ({f} * {n.REFERENCE_POSITIVE_RATE_MAX})\n"
+                f"and {sel(n.PREDICTED_POSITIVES_EXPECTED, window)} >= {k}")
+
+    def everything(window: dict[str, str]) -> str:
+        return (f"{sel(n.PREDICTED_POSITIVE_RATE, window)} >= {ref} (1 - {f} * (1 - {n.REFERENCE_POSITIVE_RATE_MAX}))\n"
+                f"and {sel(n.PREDICTED_NEGATIVES_EXPECTED, window)} >= {k}")
+
     fixed = collapse_fixed(opts, w)
-    return [alert_rule(opts, c.ALERT_LABEL_COLLAPSE, expr, PAGE, fixed, f"{c.ALERT_LABEL_COLLAPSE}:{kind}",
-                       extra={n.L_COLLAPSE: kind})
-            for kind, expr in ((n.COLLAPSE_NOTHING, nothing), (n.COLLAPSE_EVERYTHING, everything))]
+    # The value shown is the most extreme rate among the windows that qualify.
+    return [alert_rule(opts, c.ALERT_LABEL_COLLAPSE, any_window(cond, op), PAGE, fixed,
+                       f"{c.ALERT_LABEL_COLLAPSE}:{kind}", extra={n.L_COLLAPSE: kind})
+            for kind, cond, op in ((n.COLLAPSE_NOTHING, nothing, "min"), (n.COLLAPSE_EVERYTHING, everything, "max"))]
 
 
 def calibration_fixed(opts: RuleOptions, model: ModelConfig, w: Windows) -> dict[str, str]:
-    return {"window": w.slow, "threshold": num(opts.ece_threshold), "min_events": str(model.min_events)}
+    windows = " / ".join(w.calibration)
+    return {"windows": windows, "threshold": num(opts.ece_threshold), "noise_factor": num(opts.ece_noise_factor),
+            "min_events": str(model.min_events)}
 
 
 def calibration_rules(opts: RuleOptions, model: ModelConfig, w: Windows) -> list[Rule]:
-    match = {c.L_MODEL: model.name, c.L_WINDOW: w.slow}
-    events = by("sum", MVLW, sel(n.CALIBRATION_BIN_SUM, {**match, c.L_STAT: c.CALIBRATION_STATS[0]}))
-    expr = (f"{sel(n.LABEL_ECE, match)} > {num(opts.ece_threshold)}\n"
-            f"and on ({labels(MVLW)})\n{events} >= {num(model.min_events)}")
+    """F1: ECE above the threshold by more than noise_factor x its sampling scale (mlmon:label_ece:noise)."""
+    parts = []
+    for window in w.calibration:
+        match = {c.L_MODEL: model.name, c.L_WINDOW: window}
+        events = by("sum", MVLW, sel(n.CALIBRATION_BIN_SUM, {**match, c.L_STAT: c.CALIBRATION_STATS[0]}))
+        parts.append(f"(\n{sel(n.LABEL_ECE, match)}\n> on ({labels(MVLW)}) "
+                     f"({num(opts.ece_threshold)} + {num(opts.ece_noise_factor)} * {sel(n.LABEL_ECE_NOISE, match)})"
+                     f"\nand on ({labels(MVLW)})\n{events} >= {num(model.min_events)}\n)")
+    expr = by("max", (c.L_MODEL, c.L_VERSION, c.L_LABEL), "\nor\n".join(parts))
     return [alert_rule(opts, c.ALERT_CALIBRATION_DRIFT, expr, TICKET, calibration_fixed(opts, model, w), model=model)]
 
 
@@ -166,24 +262,39 @@ def latency_rules(opts: RuleOptions, model: ModelConfig) -> list[Rule]:
 
 # --- the monitor's own health ---------------------------------------------------------------------------
 
-def stalled_fixed(opts: RuleOptions) -> dict[str, str]:
-    return {"stall": format_duration(opts.ground_truth_stall)}
+def stalled_fixed(opts: RuleOptions, w: Windows) -> dict[str, str]:
+    return {"windows": " / ".join(w.stall), "baseline": w.stall_baseline,
+            "min_expected": num(opts.stall_min_expected), "stall": format_duration(opts.ground_truth_stall)}
 
 
-def health_rules(opts: RuleOptions) -> list[Rule]:
+def stalled_expr(opts: RuleOptions, w: Windows) -> str:
+    """Ground truth judged against the stream's own rate: none over a window in which the baseline's
+    ground truth per prediction expects at least stall_min_expected (P(0 | Poisson(15)) = 3e-7), or,
+    for a stream with no ground truth over the whole baseline, none for ground_truth_stall."""
+    def increase(metric: c.MetricDef, window: str) -> str:
+        return f"sum by ({c.L_MODEL}) (increase({metric.name}[{window}]))"
+
+    base = w.stall_baseline
+    per_prediction = (f"({increase(c.GROUND_TRUTH_TOTAL, base)}\n/ on ({c.L_MODEL}) "
+                      f"({increase(c.PREDICTIONS_TOTAL, base)} > 0))")
+    parts = [f"(\n{increase(c.PREDICTIONS_TOTAL, window)}\n* on ({c.L_MODEL}) {per_prediction}\n"
+             f">= {num(opts.stall_min_expected)}\nunless on ({c.L_MODEL})\n"
+             f"{increase(c.GROUND_TRUTH_TOTAL, window)} > 0\n)" for window in w.stall]
     stall = format_duration(opts.ground_truth_stall)
-
-    def flowing(metric: c.MetricDef) -> str:
-        return f"sum by ({c.L_MODEL}) (increase({metric.name}[{stall}])) > 0"
-
     # `unless`, not `== 0`: a worker that never accepted ground truth has no such series at all.
-    stalled = f"{flowing(c.PREDICTIONS_TOTAL)}\nunless on ({c.L_MODEL})\n{flowing(c.GROUND_TRUTH_TOTAL)}"
+    never = (f"(\n{increase(c.PREDICTIONS_TOTAL, stall)} > 0\nunless on ({c.L_MODEL})\n"
+             f"{increase(c.GROUND_TRUTH_TOTAL, base)} > 0\n)")
+    # One label set ({model}) for every branch: one alert per stall, whichever branch holds.
+    return by("max", (c.L_MODEL,), "\nor\n".join([*parts, never]))
+
+
+def health_rules(opts: RuleOptions, w: Windows) -> list[Rule]:
     # A partition is owned by one worker, but during a rebalance two may report it: count it once.
     lag = f"sum by ({c.L_TOPIC}) (max by ({c.L_TOPIC}, {c.L_PARTITION}) ({c.CONSUMER_LAG.name}))"
     up = sel("up", {n.L_JOB: opts.job})
     job = {"job": opts.job}
     return [
-        alert_rule(opts, c.ALERT_GROUND_TRUTH_STALLED, stalled, TICKET, stalled_fixed(opts)),
+        alert_rule(opts, c.ALERT_GROUND_TRUTH_STALLED, stalled_expr(opts, w), TICKET, stalled_fixed(opts, w)),
         alert_rule(opts, c.ALERT_CONSUMER_LAG, f"{lag} > {num(opts.consumer_lag_threshold)}", TICKET,
                    {"threshold": num(opts.consumer_lag_threshold)}),
         alert_rule(opts, c.ALERT_INVALID_INPUT, f"{n.INVALID_EVENTS_RATIO} > {num(opts.invalid_ratio)}", TICKET,
@@ -233,7 +344,8 @@ def retraining_rules(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, 
 def alert_groups(cfg: MonitorConfig, opts: RuleOptions) -> list[dict[str, Any]]:
     w = opts.windows(cfg)
     per_model: list[tuple[str, Callable[[ModelConfig], list[Rule]]]] = [
-        ("slo", lambda m: burn_rules(opts, cfg, m)),
+        ("slo", lambda m: burn_rules(opts, cfg, m) + regression_rules(opts, cfg, m)
+         + estimated_rules(opts, m, w)),
         ("quality", lambda m: calibration_rules(opts, m, w) + latency_rules(opts, m)),
         ("drift", lambda m: feature_drift_rules(opts, m, w) + score_drift_rules(opts, m, w)
          + missing_rules(opts, m, w) + cooccurrence_rules(opts, m, w)),
@@ -246,5 +358,5 @@ def alert_groups(cfg: MonitorConfig, opts: RuleOptions) -> list[dict[str, Any]]:
             if rules:
                 groups.append({"name": f"mlmon.{kind}.{model.name}", "rules": rules})
     groups.append({"name": "mlmon.collapse", "rules": collapse_rules(opts, w)})
-    groups.append({"name": "mlmon.health", "rules": health_rules(opts)})
+    groups.append({"name": "mlmon.health", "rules": health_rules(opts, w)})
     return groups

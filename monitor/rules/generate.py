@@ -26,7 +26,7 @@ def _header(source: str, what: str) -> str:
 def generate(cfg: MonitorConfig, opts: RuleOptions | None = None, source: str = "the config") -> dict[str, str]:
     """{relative path: file text}; the same config and options always give byte-identical files."""
     opts = opts or RuleOptions()
-    recording = recording_groups(cfg)
+    recording = recording_groups(cfg, opts)
     alerts = alert_groups(cfg, opts)
     tests = promtool_test_file(cfg, opts, rule_files=[f"../{RECORDING_FILE}", f"../{ALERTS_FILE}"],
                       group_order=[g["name"] for g in recording + alerts])

@@ -34,6 +34,7 @@ FEATURE_BIN_SUM: Final = recorded(c.FEATURE_BIN, "sum")
 SCORE_BIN_SUM: Final = recorded(c.SCORE_BIN, "sum")
 CALIBRATION_BIN_SUM: Final = recorded(c.CALIBRATION_BIN, "sum")
 SLO_EVENTS_SUM: Final = recorded(c.SLO_EVENTS, "sum")
+LABEL_PAIR_SUM: Final = recorded(c.LABEL_PAIR_PREDICTED, "sum")
 ADDITIVE: Final = (
     (c.LABEL_OUTCOMES, LABEL_OUTCOMES_SUM),
     (c.WINDOW_PREDICTIONS, WINDOW_PREDICTIONS_SUM),
@@ -44,16 +45,21 @@ ADDITIVE: Final = (
     (c.SCORE_BIN, SCORE_BIN_SUM),
     (c.CALIBRATION_BIN, CALIBRATION_BIN_SUM),
     (c.SLO_EVENTS, SLO_EVENTS_SUM),
+    (c.LABEL_PAIR_PREDICTED, LABEL_PAIR_SUM),
 )
 
 # Reference constants: every worker exports the same values, so they are deduplicated (max), never summed.
 REFERENCE_FEATURE_BIN_MAX: Final = recorded(c.REFERENCE_FEATURE_BIN, "max")
 REFERENCE_SCORE_BIN_MAX: Final = recorded(c.REFERENCE_SCORE_BIN, "max")
 REFERENCE_POSITIVE_RATE_MAX: Final = recorded(c.REFERENCE_POSITIVE_RATE, "max")
+REFERENCE_LABEL_PAIR_MAX: Final = recorded(c.REFERENCE_LABEL_PAIR, "max")
+REFERENCE_PREDICTIONS_MAX: Final = recorded(c.REFERENCE_PREDICTIONS, "max")
 CONSTANTS: Final = (
     (c.REFERENCE_FEATURE_BIN, REFERENCE_FEATURE_BIN_MAX),
     (c.REFERENCE_SCORE_BIN, REFERENCE_SCORE_BIN_MAX),
     (c.REFERENCE_POSITIVE_RATE, REFERENCE_POSITIVE_RATE_MAX),
+    (c.REFERENCE_LABEL_PAIR, REFERENCE_LABEL_PAIR_MAX),
+    (c.REFERENCE_PREDICTIONS, REFERENCE_PREDICTIONS_MAX),
 )
 
 # Smoothed bin shares, the PSI inputs.
@@ -77,6 +83,36 @@ DRIFT_SAMPLE_OK: Final = recorded(c.DRIFT_SAMPLE_OK)
 ERROR_BUDGET_BURN_RATE: Final = recorded(c.ERROR_BUDGET_BURN_RATE)
 ERROR_BUDGET_REMAINING: Final = recorded(c.ERROR_BUDGET_REMAINING)
 
+# SLO error counts and their continuity-corrected Wilson bounds, over all versions and per version.
+SLO_ERRORS: Final = f"{LEVEL}:slo_errors"
+SLO_EVENTS: Final = recorded(c.SLO_EVENTS)  # from the outcome counts, beside SLO_ERRORS
+SLO_ERROR_RATIO: Final = f"{LEVEL}:slo_error_ratio"
+SLO_ERROR_RATIO_LOWER: Final = f"{SLO_ERROR_RATIO}:wilson_lower"
+SLO_ERROR_RATIO_UPPER: Final = f"{SLO_ERROR_RATIO}:wilson_upper"
+BY_VERSION: Final = "by_version"
+SLO_ERRORS_BY_VERSION: Final = f"{SLO_ERRORS}:{BY_VERSION}"
+SLO_EVENTS_BY_VERSION: Final = f"{SLO_EVENTS}:{BY_VERSION}"
+SLO_ERROR_RATIO_BY_VERSION: Final = f"{SLO_ERROR_RATIO}:{BY_VERSION}"
+SLO_ERROR_RATIO_LOWER_BY_VERSION: Final = f"{SLO_ERROR_RATIO_LOWER}_{BY_VERSION}"
+SLO_ERROR_RATIO_UPPER_BY_VERSION: Final = f"{SLO_ERROR_RATIO_UPPER}_{BY_VERSION}"
+ERROR_BUDGET_BURN_RATE_BY_VERSION: Final = f"{ERROR_BUDGET_BURN_RATE}:{BY_VERSION}"
+# Two-proportion z of a version's error ratio against the rest of its model's versions.
+VERSION_REGRESSION_Z: Final = f"{LEVEL}:slo_version_regression:z"
+
+# ECE's sampling scale (what a calibrated label's ECE is made of), for the calibration alert.
+LABEL_ECE_NOISE: Final = recorded(c.LABEL_ECE, "noise")
+
+# Label pairs: additive counts summed, then the log odds ratio of each pair's 2x2 table.
+LABEL_PAIR_FIRST: Final = recorded(c.LABEL_PAIR_PREDICTED, "first")  # n_a broadcast to the pair
+LABEL_PAIR_SECOND: Final = recorded(c.LABEL_PAIR_PREDICTED, "second")  # n_b
+LABEL_PAIR_TOTAL: Final = recorded(c.LABEL_PAIR_PREDICTED, "predictions")  # n
+REFERENCE_POSITIVES: Final = recorded(c.REFERENCE_POSITIVE_RATE, "count")
+LABEL_PAIR_LOG_ODDS: Final = f"{LEVEL}:label_pair_log_odds_ratio"
+LABEL_PAIR_LOG_ODDS_VAR: Final = f"{LABEL_PAIR_LOG_ODDS}:variance"
+REFERENCE_LABEL_PAIR_LOG_ODDS: Final = f"{LEVEL}:reference_label_pair_log_odds_ratio"
+REFERENCE_LABEL_PAIR_LOG_ODDS_VAR: Final = f"{REFERENCE_LABEL_PAIR_LOG_ODDS}:variance"
+LABEL_PAIR_DEPENDENCY_Z: Final = f"{LEVEL}:label_pair_dependency_change:z"
+
 # Inputs of the label-collapse alert: what the window would hold at the reference positive rate.
 PREDICTED_POSITIVES_EXPECTED: Final = recorded(c.PREDICTED_POSITIVES, "expected")
 # TODO(conventions): there is no exported "predicted negatives" metric to derive this name from.
@@ -96,6 +132,9 @@ SIGNAL_SLO_BURN: Final = "slo_burn"
 L_COLLAPSE: Final = "collapse"  # which way MLMonitorLabelCollapse went
 COLLAPSE_NOTHING: Final = "nothing"
 COLLAPSE_EVERYTHING: Final = "everything"
+STALL_RELATIVE: Final = "relative"  # L_STALL values: against the stream's own rate, or never any
+STALL_NEVER: Final = "never"
+L_STALL: Final = "stall"
 L_ALERTNAME: Final = "alertname"
 L_INSTANCE: Final = "instance"
 L_JOB: Final = "job"

@@ -29,15 +29,33 @@ DEFAULT_FOR: Final[Mapping[str, str]] = {
     c.ALERT_FEATURE_DRIFT: "30m",
     c.ALERT_SCORE_DRIFT: "30m",
     c.ALERT_LABEL_COLLAPSE: "10m",
-    c.ALERT_CALIBRATION_DRIFT: "1h",
+    c.ALERT_CALIBRATION_DRIFT: "30m",
     c.ALERT_MISSING_FEATURES: "15m",
     c.ALERT_LATENCY_HIGH: "10m",
     c.ALERT_LABEL_COOCCURRENCE_DRIFT: "30m",
-    c.ALERT_GROUND_TRUTH_STALLED: "30m",
+    c.ALERT_GROUND_TRUTH_STALLED: "15m",
     c.ALERT_CONSUMER_LAG: "15m",
     c.ALERT_INVALID_INPUT: "15m",
     c.ALERT_DOWN: "5m",
     c.ALERT_RETRAINING_RECOMMENDED: "1h",
+    c.ALERT_VERSION_REGRESSION: "15m",
+    c.ALERT_ESTIMATED_QUALITY_LOW: "30m",
+}
+
+# How long an alert stays up after its condition last held (Prometheus >= 2.42): a thin short window or a
+# quiet night-time volume guard can drop the condition for an evaluation or two during a real incident;
+# holding on keeps one firing per incident instead of resolve-and-refire. Alerts not named keep none.
+DEFAULT_KEEP_FIRING: Final[Mapping[str, str]] = {
+    f"{c.ALERT_LABEL_ERROR_BUDGET_BURN}:page_fast": "30m",
+    f"{c.ALERT_LABEL_ERROR_BUDGET_BURN}:page_slow": "1h",
+    f"{c.ALERT_LABEL_ERROR_BUDGET_BURN}:ticket_fast": "2h",
+    f"{c.ALERT_LABEL_ERROR_BUDGET_BURN}:ticket_slow": "6h",
+    c.ALERT_LABEL_COLLAPSE: "1h",
+    c.ALERT_VERSION_REGRESSION: "1h",
+    c.ALERT_GROUND_TRUTH_STALLED: "1h",
+    c.ALERT_CALIBRATION_DRIFT: "2h",
+    c.ALERT_LABEL_COOCCURRENCE_DRIFT: "1h",
+    c.ALERT_ESTIMATED_QUALITY_LOW: "1h",
 }
 
 
@@ -52,6 +70,10 @@ class Windows:
     fast: str  # missing features: a broken pipeline shows at once
     drift: str  # PSI, label collapse, co-occurrence: enough predictions for a stable distribution
     slow: str  # calibration and retraining: needs labelled events and persistence
+    calibration: tuple[str, ...] = ()  # ECE: each judged, beyond its sampling scale
+    collapse: tuple[str, ...] = ()  # label collapse: each judged, the shortest with volume fires first
+    stall: tuple[str, ...] = ()  # ground truth stall (counter ranges), against the baseline's ratio
+    stall_baseline: str = ""
 
 
 @dataclass(frozen=True)
@@ -62,12 +84,30 @@ class RuleOptions:
     fast_window: int = 30 * MINUTE
     drift_window: int = HOUR
     slow_window: int = DAY
-    # Above a stable model's usual miscalibration (the bundled example's labels sit at 0.10-0.12), so the
-    # alert means "scores stopped meaning what they did". TODO(config): a per-model drift.ece_alert key.
-    ece_threshold: float = 0.15
+    # ECE is judged on each (the 1h window sees a recent shift that longer ones still dilute).
+    calibration_windows: tuple[int, ...] = (HOUR, 6 * HOUR, DAY)
+    # The ECE minus its sampling scale (mlmon:label_ece:noise) must exceed this, so a true ECE of 0.15
+    # fires on a few thousand labelled events while a calibrated label's sampling ECE (about 0.8 to 1.2
+    # times the scale) stays far below.
+    ece_threshold: float = 0.12
+    ece_noise_factor: float = 1.0
     collapse_factor: float = 0.1  # collapse: predicted rate below 1/10 of the reference rate (or mirror)
     collapse_min_expected: float = 20.0  # ... where the reference rate expects at least 20 events
-    ground_truth_stall: int = 6 * HOUR
+    # Every configured window nearest to these is judged; the shortest with enough volume fires first.
+    collapse_windows: tuple[int, ...] = (5 * MINUTE, 30 * MINUTE, HOUR)
+    ground_truth_stall: int = 6 * HOUR  # streams that never had ground truth: none for this long
+    # Ground truth judged against its own recent rate: none over a window where the day's labels-per-
+    # prediction ratio expects at least stall_min_expected (P(0 | Poisson(15)) = 3e-7).
+    stall_windows: tuple[int, ...] = (30 * MINUTE, 2 * HOUR, 6 * HOUR)
+    stall_baseline: int = DAY
+    stall_min_expected: float = 15.0
+    # One-sided z of the continuity-corrected Wilson bounds of SLO error ratios: 3.09 = 0.1% per window.
+    burn_z: float = 3.09
+    # A version significantly worse than the rest of its model: one-sided 1e-4.
+    regression_z: float = 3.72
+    # Label pairs: |z| of the log-odds-ratio change, and the smallest change that matters (a factor 2).
+    pair_z: float = 5.0
+    pair_min_log_odds_change: float = 0.693147
     consumer_lag_threshold: float = 100_000
     invalid_ratio: float = 0.01
 
@@ -88,6 +128,10 @@ class RuleOptions:
             return self.for_overrides[WILDCARD]
         return next(DEFAULT_FOR[k] for k in keys if k in DEFAULT_FOR)
 
+    def keep_firing_for(self, alert: str, tier: str | None = None) -> str | None:
+        keys = ([f"{alert}:{tier}"] if tier else []) + [alert]
+        return next((DEFAULT_KEEP_FIRING[k] for k in keys if k in DEFAULT_KEEP_FIRING), None)
+
     def runbook_url(self, alert: str) -> str:
         return f"{self.runbook_base}{alert}.md"
 
@@ -95,7 +139,14 @@ class RuleOptions:
         def pick(ideal: int) -> str:
             return format_duration(nearest_window(cfg.windows, ideal))
 
-        return Windows(pick(self.fast_window), pick(self.drift_window), pick(self.slow_window))
+        def picks(ideals: tuple[int, ...]) -> tuple[str, ...]:
+            chosen = sorted({nearest_window(cfg.windows, i) for i in ideals})
+            return tuple(format_duration(x) for x in chosen)
+
+        return Windows(pick(self.fast_window), pick(self.drift_window), pick(self.slow_window),
+                       picks(self.calibration_windows), picks(self.collapse_windows),
+                       tuple(format_duration(x) for x in self.stall_windows),
+                       format_duration(self.stall_baseline))
 
 
 def duration_seconds(value: str) -> int:

@@ -17,7 +17,7 @@ from monitor import conventions as c
 from monitor.config import ModelConfig, MonitorConfig, SLOConfig, format_duration
 from monitor.rules import alerts as a
 from monitor.rules import names as n
-from monitor.rules import texts
+from monitor.rules import stats, texts
 from monitor.rules.options import RuleOptions, Windows, duration_seconds
 from monitor.rules.promql import num, series
 from monitor.rules.tiers import Tier, tiers_for
@@ -142,15 +142,17 @@ def _burn_series(case: Case, model: ModelConfig, slo: SLOConfig, state: WindowSt
                    events)
 
 
-def tier_fires(tier: Tier, slo: SLOConfig, min_events: int, state: WindowState) -> float | None:
+def tier_fires(tier: Tier, slo: SLOConfig, min_events: int, state: WindowState, z: float) -> float | None:
     """The rule's condition in Python: the long-window burn when the tier fires, else None."""
     long_events, long_errors = state[tier.long_window]
     short_events, short_errors = state[tier.short_window]
     long_burn = burn(long_errors, long_events, slo.target)
-    short_burn = burn(short_errors, short_events, slo.target)
+    limit = a.ratio_threshold(slo, tier.threshold)
     if long_burn is None or long_burn <= tier.threshold or long_events < min_events:
         return None
-    if short_burn is not None and short_burn <= tier.threshold:
+    if stats.wilson_cc_lower(long_errors, long_events, z) <= limit:
+        return None
+    if short_events > 0 and stats.wilson_cc_upper(short_errors, short_events, z) <= limit:
         return None
     return long_burn
 
@@ -159,12 +161,20 @@ def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: 
     alert = c.ALERT_LABEL_ERROR_BUDGET_BURN
     tiers = tiers_for(slo, cfg.windows)
     events = float(max(2000, 2 * model.min_events))
-    healthy_errors = math.floor(events * (1 - slo.target) / 2)
+    budget = 1 - slo.target
+    healthy_errors = math.floor(events * budget / 2)
     collapse = {w: (events, events) for w in cfg.windows}
-    first = tiers[0]
+    first, second = tiers[0], tiers[min(1, len(tiers) - 1)]
+    few = float(max(50, model.min_events))
     scenarios: list[tuple[str, WindowState]] = [
         ("total collapse", collapse),
         ("healthy at half the budget", {w: (events, healthy_errors) for w in cfg.windows}),
+        # Noise: a healthy label measured on few events (a 0.91 recall on 50 events at target 0.85), and an
+        # error ratio above the budget that the sample cannot tell from it. A fixed min_events fired these.
+        (f"healthy at 0.6 of the budget measured on {few:.0f} events (noise)",
+         {w: (few, float(round(0.6 * budget * few))) for w in cfg.windows}),
+        (f"error ratio 1.2x the budget measured on {few:.0f} events (noise)",
+         {w: (few, float(max(1, round(1.2 * budget * few)))) for w in cfg.windows}),
         (f"collapse on {model.min_events - 1} events (below min_events)",
          {w: (model.min_events - 1.0, model.min_events - 1.0) for w in cfg.windows}),
         (f"collapse on {model.min_events} events, min_events reached only summed over the workers",
@@ -173,17 +183,72 @@ def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: 
          {**collapse, first.short_window: (events, 0.0)}),
         (f"collapse, no labelled events over the last {format_duration(first.short_window)}",
          {**collapse, first.short_window: (0.0, 0.0)}),
+        (f"collapse, the last {format_duration(second.short_window)} with 2 errors in 10 events (a rare label)",
+         {**collapse, second.short_window: (10.0, 2.0)}),
     ]
     minutes = max(_minutes(opts, alert, t.name) for t in tiers)
     for title, state in scenarios:
         case = Case(f"{alert} {model.name}/{slo.name}: {title}", alert, minutes, opts.job)
         _burn_series(case, model, slo, state)
         for tier in tiers:
-            value = tier_fires(tier, slo, model.min_events, state)
+            value = tier_fires(tier, slo, model.min_events, state, opts.burn_z)
             if value is not None:
                 labels = {c.L_MODEL: model.name, c.L_LABEL: slo.label, c.L_SLO: slo.name,
                           c.L_SEVERITY: tier.severity, c.L_BURNRATE_TIER: tier.name}
                 case.expect(labels, alert, opts.runbook_url(alert), a.burn_fixed(model, slo, tier), value)
+        yield case
+
+
+def _regression_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: SLOConfig) -> Iterator[Case]:
+    """A canary (10% of the traffic) against the main version, on the SLO's regression windows."""
+    alert = c.ALERT_VERSION_REGRESSION
+    windows = a.regression_windows(cfg, slo)
+    budget = 1 - slo.target
+    main_n, canary_n = 900.0, 100.0
+    healthy = 0.6 * budget
+    scenarios = [  # (title, canary events, canary errors, main errors)
+        ("canary collapsed", canary_n, canary_n * 0.8, round(main_n * healthy)),
+        ("canary as good as the main version", canary_n, round(canary_n * healthy), round(main_n * healthy)),
+        ("canary worse on 8 events (noise)", 8.0, min(8.0, float(max(1, round(8 * 3 * budget)))),
+         round(main_n * healthy)),
+    ]
+    error_outcome = FN if slo.objective == "recall" else FP
+    for title, cn, ce, me in scenarios:
+        case = Case(f"{alert} {model.name}/{slo.name}: {title}", alert, _minutes(opts, alert), opts.job)
+        for window in windows:
+            for version, (events, errors) in (("main", (main_n, float(me))), ("canary", (cn, float(ce)))):
+                for outcome, value in ((TP, events - errors), (error_outcome, errors)):
+                    case.gauge(c.LABEL_OUTCOMES, {c.L_MODEL: model.name, c.L_VERSION: version, c.L_LABEL: slo.label,
+                                                  c.L_OUTCOME: outcome, c.L_WINDOW: window}, value)
+        z = stats.two_proportion_z(ce, cn, me, main_n)
+        fires = (z is not None and z >= opts.regression_z
+                 and stats.wilson_cc_lower(ce, cn, opts.burn_z) > 1 - float(num(slo.target)))
+        if fires:
+            labels = {c.L_MODEL: model.name, c.L_VERSION: "canary", c.L_LABEL: slo.label, c.L_SLO: slo.name,
+                      c.L_SEVERITY: slo.severity}
+            case.expect(labels, alert, opts.runbook_url(alert), a.regression_fixed(opts, slo, windows), z)
+        yield case
+
+
+def _estimated_cases(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, w: Windows) -> Iterator[Case]:
+    alert = c.ALERT_ESTIMATED_QUALITY_LOW
+    metric = c.ESTIMATED_LABEL_RECALL if slo.objective == "recall" else c.ESTIMATED_LABEL_PRECISION
+    pending = float(2 * model.drift.min_samples)
+    low = round(slo.target - 0.2, 3)
+    scenarios = [  # (title, estimate per worker, pending)
+        ("estimated under the target on every worker", (low, low - 0.05), pending, True),
+        ("estimated under the target on one worker only", (low, min(1.0, slo.target + 0.05)), pending, False),
+        (f"estimated under the target on {model.drift.min_samples - 1} pending predictions", (low, low),
+         model.drift.min_samples - 1.0, False),
+    ]
+    for title, estimates, waiting, fires in scenarios:
+        case = Case(f"{alert} {model.name}/{slo.name}: {title}", alert, _minutes(opts, alert), opts.job)
+        key = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_LABEL: slo.label, c.L_WINDOW: w.drift}
+        case.per_worker(metric, key, estimates)
+        case.gauge(c.PENDING_IN_WINDOW, {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_WINDOW: w.drift}, waiting)
+        if fires:
+            labels = {**key, c.L_SLO: slo.name, c.L_SEVERITY: TICKET}
+            case.expect(labels, alert, opts.runbook_url(alert), a.estimated_fixed(model, slo, w), max(estimates))
         yield case
 
 
@@ -218,26 +283,39 @@ def _drift_cases(opts: RuleOptions, model: ModelConfig, w: Windows, *, alert: st
 
 
 def _collapse_cases(opts: RuleOptions, model: ModelConfig, w: Windows) -> Iterator[Case]:
+    """Series on every collapse window, volumes proportional to the window's length."""
     alert = c.ALERT_LABEL_COLLAPSE
     label, ref_rate = model.labels[0], 0.3
+    windows = [(window, duration_seconds(window)) for window in w.collapse]
+    shortest = windows[0][1]
     big = float(max(1000, math.ceil(opts.collapse_min_expected * 10 / ref_rate)))
     small = float(math.floor((opts.collapse_min_expected - 1) / ref_rate))
-    scenarios = [
+    night = float(math.ceil(opts.collapse_min_expected / ref_rate * shortest / windows[-1][1]))
+    scenarios = [  # (title, predictions in the shortest window, positives there, kind)
         ("predicted for nothing", big, 0.0, n.COLLAPSE_NOTHING),
         ("predicted for everything", big, big, n.COLLAPSE_EVERYTHING),
         ("predicted at the reference rate", big, big * ref_rate, None),
         ("predicted at twice the collapse threshold", big, 2 * opts.collapse_factor * ref_rate * big, None),
         ("not predicted at twice the collapse threshold", big,
          big - 2 * opts.collapse_factor * (1 - ref_rate) * big, None),
-        (f"predicted for nothing in {small:.0f} predictions (reference expects too few)", small, 0.0, None),
     ]
+    if len(windows) > 1:
+        scenarios.append((f"predicted for nothing at night ({night:.0f} predictions in {windows[0][0]}: only the "
+                          f"{windows[-1][0]} window expects enough)", night, 0.0, n.COLLAPSE_NOTHING))
+    total_small = small * shortest / windows[-1][1]
+    scenarios.append((f"predicted for nothing on {small:.0f} predictions in {windows[-1][0]} (reference expects "
+                      "too few)", total_small, 0.0, None))
     for scenario, total, positives, kind in scenarios:
         case = Case(f"{alert} {model.name}/{label}: {scenario}", alert, _minutes(opts, alert), opts.job)
-        key = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_LABEL: label, c.L_WINDOW: w.drift}
-        case.gauge(c.PREDICTED_POSITIVES, key, positives)
-        case.gauge(c.WINDOW_PREDICTIONS, {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_WINDOW: w.drift}, total)
+        for window, seconds in windows:
+            scale = seconds / shortest
+            key = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_LABEL: label, c.L_WINDOW: window}
+            case.gauge(c.PREDICTED_POSITIVES, key, positives * scale)
+            case.gauge(c.WINDOW_PREDICTIONS, {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_WINDOW: window},
+                       total * scale)
         case.gauge(c.REFERENCE_POSITIVE_RATE, {c.L_MODEL: model.name, c.L_LABEL: label}, ref_rate, additive=False)
         if kind:
+            key = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_LABEL: label}
             case.expect({**key, c.L_SEVERITY: PAGE, n.L_COLLAPSE: kind}, f"{alert}:{kind}", opts.runbook_url(alert),
                         a.collapse_fixed(opts, w), positives / total)
         yield case
@@ -249,26 +327,31 @@ def _calibration_cases(opts: RuleOptions, model: ModelConfig, w: Windows) -> Ite
     if label is None:
         return
     big = float(20 * math.ceil(max(100, 2 * model.min_events) / 20))
-    scenarios = [
-        ("overconfident", big, 0.0, True),
-        ("calibrated", big, 0.95 * big, False),
-        ("miscalibrated by half the threshold", big, (0.95 - opts.ece_threshold / 2) * big, False),
-        (f"overconfident on {model.min_events - 1} events (below min_events)", model.min_events - 1.0, 0.0, False),
+    many, some = 4000.0, 100.0
+    target_ece = 0.15
+    scenarios = [  # (title, bin, count, mean score, positives)
+        ("overconfident", 9, big, 0.95, 0.0),
+        ("calibrated", 9, big, 0.95, 0.95 * big),
+        ("miscalibrated by half the threshold", 9, big, 0.95, (0.95 - opts.ece_threshold / 2) * big),
+        (f"overconfident on {model.min_events - 1} events (below min_events)", 9, model.min_events - 1.0, 0.95, 0.0),
+        (f"ECE {target_ece} on {many:.0f} events", 5, many, 0.5, (0.5 - target_ece) * many),
+        (f"ECE {target_ece} on {some:.0f} events (within noise of the threshold)", 5, some, 0.5,
+         (0.5 - target_ece) * some),
     ]
-    for scenario, count, positives, fires in scenarios:
+    for scenario, top, count, mean, positives in scenarios:
         case = Case(f"{alert} {model.name}/{label}: {scenario}", alert, _minutes(opts, alert), opts.job)
-        key = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_LABEL: label, c.L_WINDOW: w.slow}
-        top = BINS[-1]
+        key = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_LABEL: label, c.L_WINDOW: w.calibration[0]}
         for b in BINS:
-            stats = {COUNT: count, SCORE_SUM: 0.95 * count, POSITIVES: positives} if b == top else \
+            stats_ = {COUNT: count, SCORE_SUM: mean * count, POSITIVES: positives} if b == BINS[top] else \
                 {COUNT: 0.0, SCORE_SUM: 0.0, POSITIVES: 0.0}
-            for stat, value in stats.items():
+            for stat, value in stats_.items():
                 case.gauge(c.CALIBRATION_BIN, {**key, c.L_BIN: b, c.L_STAT: stat}, value)
-        ece = abs(positives - 0.95 * count) / count
-        case.checks.append((n.LABEL_ECE, key, ece))
-        if fires:
-            case.expect({**key, c.L_SEVERITY: TICKET}, alert, opts.runbook_url(alert),
-                        a.calibration_fixed(opts, model, w), ece)
+        ece = abs(positives - mean * count) / count
+        noise = stats.ece_noise([(count, mean * count)], count)
+        case.checks += [(n.LABEL_ECE, key, ece), (n.LABEL_ECE_NOISE, key, noise)]
+        if ece > opts.ece_threshold + opts.ece_noise_factor * noise and count >= model.min_events:
+            labels = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_LABEL: label, c.L_SEVERITY: TICKET}
+            case.expect(labels, alert, opts.runbook_url(alert), a.calibration_fixed(opts, model, w), ece)
         yield case
 
 
@@ -321,36 +404,69 @@ def _latency_cases(opts: RuleOptions, model: ModelConfig) -> Iterator[Case]:
 
 
 def _cooccurrence_cases(opts: RuleOptions, model: ModelConfig, w: Windows) -> Iterator[Case]:
+    """Two labels each on 20% of the predictions; in the reference they co-occur on 15% (P(B|A) = 0.75), so
+    85% of the reference carries fewer than two labels."""
     alert = c.ALERT_LABEL_COOCCURRENCE_DRIFT
-    high, low = 2 * model.drift.significant, model.drift.significant / 5
-    scenarios = [
-        ("drifted on every worker", (high * 1.25, high), (1.0, 1.0), high),
-        ("drifted on one worker only", (high, low), (1.0, 1.0), None),
-        ("drifted where no worker has enough predictions", (high, high), (0.0, 0.0), None),
+    first, second = model.labels[0], model.labels[1]
+    ref_n, ref_rate, ref_both = 10000.0, 0.2, 1500.0
+    big = float(max(2000, 10 * model.drift.min_samples))
+    small = float(model.drift.min_samples)
+    scenarios = [  # (title, predictions, each label's positives, both)
+        ("the pair became independent", big, 0.2 * big, 0.04 * big),
+        ("the pair co-occurs as in the reference", big, 0.2 * big, 0.15 * big),
+        (f"the pair weaker on {small:.0f} predictions (noise)", small, 0.2 * small, round(0.12 * small)),
+        (f"the pair independent on {small - 1:.0f} predictions (below min_samples)", small - 1, 0.2 * (small - 1),
+         round(0.04 * (small - 1))),
     ]
-    for scenario, drift, enough, value in scenarios:
+    for scenario, total, each, both in scenarios:
         case = Case(f"{alert} {model.name}: {scenario}", alert, _minutes(opts, alert), opts.job)
-        key = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_WINDOW: w.drift}
-        case.per_worker(c.LABEL_COOCCURRENCE_DRIFT, key, drift)
-        case.per_worker(c.DRIFT_SAMPLE_OK, key, enough)
-        if value is not None:
-            case.expect({**key, c.L_SEVERITY: TICKET}, alert, opts.runbook_url(alert),
-                        a.drift_fixed(model, w.drift), value)
+        mvw = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_WINDOW: w.drift}
+        case.gauge(c.WINDOW_PREDICTIONS, mvw, total)
+        for label in (first, second):
+            case.gauge(c.PREDICTED_POSITIVES, {**mvw, c.L_LABEL: label}, each)
+            case.gauge(c.REFERENCE_POSITIVE_RATE, {c.L_MODEL: model.name, c.L_LABEL: label}, ref_rate, additive=False)
+        pair = {**mvw, c.L_LABEL: first, c.L_LABEL_B: second}
+        case.gauge(c.LABEL_PAIR_PREDICTED, pair, both)
+        case.gauge(c.REFERENCE_LABEL_PAIR, {c.L_MODEL: model.name, c.L_LABEL: first, c.L_LABEL_B: second}, ref_both,
+                   additive=False)
+        case.gauge(c.REFERENCE_PREDICTIONS, {c.L_MODEL: model.name}, ref_n, additive=False)
+        lor, var = stats.log_odds_ratio(total, each, each, both)
+        ref_lor, ref_var = stats.log_odds_ratio(ref_n, ref_n * ref_rate, ref_n * ref_rate, ref_both)
+        z = (lor - ref_lor) / math.sqrt(var + ref_var)
+        case.checks += [(n.LABEL_PAIR_LOG_ODDS, pair, lor), (n.LABEL_PAIR_DEPENDENCY_Z, pair, z)]
+        if abs(z) >= opts.pair_z and abs(lor - ref_lor) >= opts.pair_min_log_odds_change \
+                and total >= model.drift.min_samples:
+            case.expect({**pair, c.L_SEVERITY: TICKET}, alert, opts.runbook_url(alert),
+                        a.cooccurrence_fixed(opts, model, w), abs(z))
         yield case
 
 
 # --- health ----------------------------------------------------------------------------------------------------
 
-def _stalled_cases(opts: RuleOptions, model: ModelConfig) -> Iterator[Case]:
+def _stalled_cases(opts: RuleOptions, model: ModelConfig, w: Windows) -> Iterator[Case]:
+    """Counters over two hours: ground truth that stops after 40 minutes, keeps flowing, trickles, or never
+    existed."""
     alert = c.ALERT_GROUND_TRUTH_STALLED
-    for scenario, predictions, truth, fires in (("predictions without ground truth", 100.0, 0.0, True),
-                                                ("both flowing", 100.0, 5.0, False), ("idle", 0.0, 0.0, False)):
-        case = Case(f"{alert} {model.name}: {scenario}", alert, _minutes(opts, alert), opts.job)
+    minutes = 120
+    stop = 40
+    scenarios = [  # (title, predictions per minute, ground truth per minute until `stop` (None: never), after)
+        (f"ground truth stopped after {stop} minutes", 100.0, 60.0, 0.0, True),
+        ("both flowing", 100.0, 60.0, 60.0, False),
+        (f"a trickle of ground truth, none after {stop} minutes (its rate expects too few)", 10.0, 0.1, 0.0, False),
+        ("predictions without any ground truth", 100.0, None, None, True),
+        ("idle", 0.0, 0.0, 0.0, False),
+    ]
+    for scenario, predictions, before, after, fires in scenarios:
+        case = Case(f"{alert} {model.name}: {scenario}", alert, minutes, opts.job)
         case.counter(c.PREDICTIONS_TOTAL.name, {c.L_MODEL: model.name, c.L_VERSION: VERSION}, predictions, 1000)
-        case.counter(c.GROUND_TRUTH_TOTAL.name, {c.L_MODEL: model.name}, truth, 1000)
+        if before is not None and after is not None:
+            for worker, b, aft in zip(WORKERS, _split(before), _split(after), strict=True):
+                reached = 1000 + b * stop
+                case._put(c.GROUND_TRUTH_TOTAL.name, {c.L_MODEL: model.name}, worker,
+                          f"1000+{_value(b)}x{stop} {_value(reached)}+{_value(aft)}x{minutes - stop}")
         if fires:
             case.expect({c.L_MODEL: model.name, c.L_SEVERITY: TICKET}, alert, opts.runbook_url(alert),
-                        a.stalled_fixed(opts))
+                        a.stalled_fixed(opts, w))
         yield case
 
 
@@ -492,6 +608,8 @@ def cases(cfg: MonitorConfig, opts: RuleOptions) -> list[Case]:
     out: list[Case] = []
     per_model: list[Callable[[ModelConfig], Iterator[Case]]] = [
         lambda m: (case for slo in m.slos for case in _burn_cases(opts, cfg, m, slo)),
+        lambda m: (case for slo in m.slos for case in _regression_cases(opts, cfg, m, slo)),
+        lambda m: (case for slo in m.slos for case in _estimated_cases(opts, m, slo, w)),
         lambda m: _calibration_cases(opts, m, w),
         lambda m: _latency_cases(opts, m),
         lambda m: _drift_cases(opts, m, w, alert=c.ALERT_FEATURE_DRIFT, item_label=c.L_FEATURE,
@@ -508,7 +626,7 @@ def cases(cfg: MonitorConfig, opts: RuleOptions) -> list[Case]:
         for build in per_model:
             out.extend(build(model))
     first = cfg.models[0]
-    out += [*_collapse_cases(opts, first, w), *_stalled_cases(opts, first), *_lag_cases(opts, cfg),
+    out += [*_collapse_cases(opts, first, w), *_stalled_cases(opts, first, w), *_lag_cases(opts, cfg),
             *_invalid_cases(opts, first), *_down_cases(opts)]
     return out
 

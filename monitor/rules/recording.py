@@ -14,6 +14,7 @@ from typing import Any
 from monitor import conventions as c
 from monitor.config import ModelConfig, MonitorConfig, format_duration
 from monitor.rules import names as n
+from monitor.rules.options import RuleOptions
 from monitor.rules.promql import by, labels, num, sel
 
 Rule = dict[str, Any]
@@ -24,6 +25,9 @@ MVW = (c.L_MODEL, c.L_VERSION, c.L_WINDOW)
 MVFW = (c.L_MODEL, c.L_VERSION, c.L_FEATURE, c.L_WINDOW)
 MLW = (c.L_MODEL, c.L_LABEL, c.L_WINDOW)
 MLS = (c.L_MODEL, c.L_LABEL, c.L_SLO)
+MLSW = (*MLS, c.L_WINDOW)
+MVLSW = (c.L_MODEL, c.L_VERSION, c.L_LABEL, c.L_SLO, c.L_WINDOW)
+PAIR = (c.L_MODEL, c.L_VERSION, c.L_LABEL, c.L_LABEL_B, c.L_WINDOW)
 
 
 def record(name: str, expr: str, extra: dict[str, str] | None = None) -> Rule:
@@ -69,7 +73,58 @@ def _quality() -> list[Rule]:
         record(n.LABEL_F1, f"2 * {tp_or_zero}\n/\n(({tp_or_zero} + {counted}) > 0)"),
         record(n.LABEL_COVERAGE, f"{n.WINDOW_JOINED_SUM}\n/\n({n.WINDOW_PREDICTIONS_SUM} > 0)"),
         record(n.LABEL_ECE, f"{by('sum', MVLW, gap)}\n/\n({by('sum', MVLW, sel(cal, {c.L_STAT: COUNT}))} > 0)"),
+        record(n.LABEL_ECE_NOISE, _ece_noise()),
     ]
+
+
+def _ece_noise() -> str:
+    """sum over bins of sqrt(count * mean (1 - mean)) / N (monitor.rules.stats.ece_noise): empty bins drop out."""
+    cal = n.CALIBRATION_BIN_SUM
+    s, cnt = sel(cal, {c.L_STAT: SCORE_SUM}), sel(cal, {c.L_STAT: COUNT})
+    per_bin = f"sqrt(clamp_min({s} * ignoring ({c.L_STAT}) ({cnt} - ignoring ({c.L_STAT}) {s})\n" \
+              f"/ ignoring ({c.L_STAT}) ({cnt} > 0), 0))"
+    return f"{by('sum', MVLW, per_bin)}\n/\n({by('sum', MVLW, cnt)} > 0)"
+
+
+def wilson_lower(errors: str, events: str, z: float) -> str:
+    """monitor.rules.stats.wilson_cc_lower in PromQL; 0 without errors, absent without events."""
+    z2 = z * z
+    root = f"sqrt({num(z2 - 2)} - 1 / {events} + 4 * {errors} * ({events} - {errors} + 1) / {events})"
+    bound = f"(2 * {errors} + {num(z2 - 1)} - {num(z)} * {root})\n/ (2 * (({events} > 0) + {num(z2)}))"
+    return f"clamp_min({bound}, 0)\n* ({errors} > bool 0)"
+
+
+def wilson_upper(errors: str, events: str, z: float) -> str:
+    """monitor.rules.stats.wilson_cc_upper in PromQL; 1 when every event is an error."""
+    z2 = z * z
+    root = f"sqrt({num(z2 + 2)} - 1 / {events} + 4 * {errors} * ({events} - {errors} - 1) / {events})"
+    bound = f"(2 * {errors} + {num(z2 + 1)} + {num(z)} * {root})\n/ (2 * (({events} > 0) + {num(z2)}))"
+    return f"clamp_max({bound}\n+ ({errors} >= bool {events}), 1)"
+
+
+def _slo_statistics(opts: RuleOptions) -> list[Rule]:
+    """Error ratios and their Wilson bounds (all versions, and per version), and each version's
+    two-proportion z against the rest of its model. Inputs are the per-SLO counts of slo_rules."""
+    rules = []
+    for errors, events, ratio, lower, upper in (
+            (n.SLO_ERRORS, n.SLO_EVENTS, n.SLO_ERROR_RATIO, n.SLO_ERROR_RATIO_LOWER, n.SLO_ERROR_RATIO_UPPER),
+            (n.SLO_ERRORS_BY_VERSION, n.SLO_EVENTS_BY_VERSION, n.SLO_ERROR_RATIO_BY_VERSION,
+             n.SLO_ERROR_RATIO_LOWER_BY_VERSION, n.SLO_ERROR_RATIO_UPPER_BY_VERSION)):
+        rules += [
+            record(ratio, f"{errors}\n/ ({events} > 0)"),
+            record(lower, wilson_lower(errors, events, opts.burn_z)),
+            record(upper, wilson_upper(errors, events, opts.burn_z)),
+        ]
+    # The rest of the model: its counts minus the version's.
+    mlsw = f"on ({labels(MLSW)}) group_left ()"
+    rest_e, rest_n = f"(-1 * {n.SLO_ERRORS_BY_VERSION} + {mlsw} {n.SLO_ERRORS})", \
+        f"(-1 * {n.SLO_EVENTS_BY_VERSION} + {mlsw} {n.SLO_EVENTS})"
+    e1, n1 = n.SLO_ERRORS_BY_VERSION, n.SLO_EVENTS_BY_VERSION
+    pooled = f"(({e1} + {rest_e}) / ({n1} + {rest_n}))"
+    var = f"({pooled} * (1 - {pooled}) * (1 / ({n1} > 0) + 1 / ({rest_n} > 0)))"
+    z = f"({e1} / ({n1} > 0) - {rest_e} / ({rest_n} > 0))\n/ sqrt({var} > 0)"
+    rules.append(record(n.VERSION_REGRESSION_Z, z))
+    return rules
 
 
 def _rates() -> list[Rule]:
@@ -123,6 +178,47 @@ def _drift() -> list[Rule]:
     ]
 
 
+def log_odds(both: str, first: str, second: str, total: str) -> tuple[str, str]:
+    """(log odds ratio, variance) of a pair's 2x2 table (monitor.rules.stats.log_odds_ratio)."""
+    cells = (f"({both} + 0.5)", f"({first} - {both} + 0.5)", f"({second} - {both} + 0.5)",
+             f"({total} - {first} - {second} + {both} + 0.5)")
+    ratio = f"ln({cells[0]} * {cells[3]}\n/ ({cells[1]} * {cells[2]}))"
+    return ratio, " + ".join(f"1 / {x}" for x in cells)
+
+
+def _pairs() -> list[Rule]:
+    """Label dependency per exported pair: the log odds ratio of its 2x2 table now and in the reference.
+
+    The odds ratio measures the dependency alone: it does not move when either label's rate moves, nor
+    with the share of events that carry fewer than two labels, and it is 1 for independent labels.
+    """
+    pair, ref_pair = n.LABEL_PAIR_SUM, n.REFERENCE_LABEL_PAIR_MAX
+    to_b = f'label_replace({{}}, "{c.L_LABEL_B}", "$1", "{c.L_LABEL}", "(.+)")'
+    mvlw, mvbw = labels(MVLW), labels((c.L_MODEL, c.L_VERSION, c.L_LABEL_B, c.L_WINDOW))
+    ref_count = f"{n.REFERENCE_POSITIVE_RATE_MAX}\n* on ({c.L_MODEL}) group_left () {n.REFERENCE_PREDICTIONS_MAX}"
+    lor, var = log_odds(pair, n.LABEL_PAIR_FIRST, n.LABEL_PAIR_SECOND, n.LABEL_PAIR_TOTAL)
+    ref_first = f"({ref_pair} * 0 + on ({c.L_MODEL}, {c.L_LABEL}) group_left () {n.REFERENCE_POSITIVES})"
+    ref_second = (f"({ref_pair} * 0 + on ({c.L_MODEL}, {c.L_LABEL_B}) group_left () "
+                  f"{to_b.format(n.REFERENCE_POSITIVES)})")
+    ref_total = f"({ref_pair} * 0 + on ({c.L_MODEL}) group_left () {n.REFERENCE_PREDICTIONS_MAX})"
+    ref_lor, ref_var = log_odds(ref_pair, ref_first, ref_second, ref_total)
+    ref_on = f"on ({c.L_MODEL}, {c.L_LABEL}, {c.L_LABEL_B}) group_left ()"
+    return [
+        record(n.LABEL_PAIR_FIRST, f"{pair} * 0 + on ({mvlw}) group_left () {n.PREDICTED_POSITIVES_SUM}"),
+        record(n.LABEL_PAIR_SECOND,
+               f"{pair} * 0 + on ({mvbw}) group_left () {to_b.format(n.PREDICTED_POSITIVES_SUM)}"),
+        record(n.LABEL_PAIR_TOTAL, f"{pair} * 0 + on ({labels(MVW)}) group_left () {n.WINDOW_PREDICTIONS_SUM}"),
+        record(n.LABEL_PAIR_LOG_ODDS, lor),
+        record(n.LABEL_PAIR_LOG_ODDS_VAR, var),
+        record(n.REFERENCE_POSITIVES, ref_count),
+        record(n.REFERENCE_LABEL_PAIR_LOG_ODDS, ref_lor),
+        record(n.REFERENCE_LABEL_PAIR_LOG_ODDS_VAR, ref_var),
+        record(n.LABEL_PAIR_DEPENDENCY_Z,
+               f"({n.LABEL_PAIR_LOG_ODDS} - {ref_on} {n.REFERENCE_LABEL_PAIR_LOG_ODDS})\n"
+               f"/ sqrt({n.LABEL_PAIR_LOG_ODDS_VAR} + {ref_on} {n.REFERENCE_LABEL_PAIR_LOG_ODDS_VAR})"),
+    ]
+
+
 def _health() -> list[Rule]:
     bucket = f"{c.PREDICTION_LATENCY_SECONDS.name}_bucket[{n.LATENCY_RANGE}]"
     rules = [record(n.PREDICTION_LATENCY_P95, (
@@ -138,7 +234,8 @@ def _health() -> list[Rule]:
 
 
 def slo_rules(model: ModelConfig) -> list[Rule]:
-    """Burn rate per SLO and window, and the budget left over the SLO's period."""
+    """Burn rate per SLO and window (over all versions and per version), the budget left over the SLO's
+    period, and the SLO's error and event counts that the Wilson bounds are computed from."""
     rules = []
     for slo in model.slos:
         match = {c.L_MODEL: model.name, c.L_LABEL: slo.label}
@@ -150,6 +247,13 @@ def slo_rules(model: ModelConfig) -> list[Rule]:
         rules.append(record(n.ERROR_BUDGET_BURN_RATE, f"{ratio}\n/ (1 - {num(slo.target)})", static))
         period = sel(n.ERROR_BUDGET_BURN_RATE, {**match, c.L_SLO: slo.name, c.L_WINDOW: format_duration(slo.period)})
         rules.append(record(n.ERROR_BUDGET_REMAINING, f"1 - {by('max', MLS, period)}", static))
+        for group, err_name, events_name in ((MLW, n.SLO_ERRORS, n.SLO_EVENTS),
+                                             (MVLW, n.SLO_ERRORS_BY_VERSION, n.SLO_EVENTS_BY_VERSION)):
+            counted = outcome_count(group, (TP, *errors), match)
+            rules.append(record(err_name, f"{outcome_count(group, errors, match)} or 0 * {counted}", static))
+            rules.append(record(events_name, counted, static))
+        by_version = count_ratio(MVLW, errors, (TP, *errors), match)
+        rules.append(record(n.ERROR_BUDGET_BURN_RATE_BY_VERSION, f"{by_version}\n/ (1 - {num(slo.target)})", static))
     return rules
 
 
@@ -158,8 +262,10 @@ def model_rules(model: ModelConfig) -> list[Rule]:
     return [record(n.DRIFT_SAMPLE_OK, enough, {c.L_MODEL: model.name}), *slo_rules(model)]
 
 
-def recording_groups(cfg: MonitorConfig) -> list[dict[str, Any]]:
-    rules = _aggregates() + _quality() + _rates() + _drift() + _health()
+def recording_groups(cfg: MonitorConfig, opts: RuleOptions | None = None) -> list[dict[str, Any]]:
+    opts = opts or RuleOptions()
+    rules = _aggregates() + _quality() + _rates() + _drift() + _pairs() + _health()
     for model in cfg.models:
         rules += model_rules(model)
+    rules += _slo_statistics(opts)
     return [{"name": "mlmon.recording", "rules": rules}]

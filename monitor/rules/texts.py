@@ -30,9 +30,10 @@ TEXTS: Final[Mapping[str, Text]] = {
     _BURN: Text(
         "{model}/{label}: {slo} is burning its error budget at {value}x ({burnrate_tier})",
         "Over the last {long_window} the {slo} SLO (target {target}) of model {model} spent its error budget "
-        "{value} times faster than sustainable. Tier {burnrate_tier} fires above {threshold}x over "
-        "{long_window} unless the last {short_window} is back under it, with at least {min_events} "
-        "labelled events.",
+        "{value} times faster than sustainable. Tier {burnrate_tier} fires when the error ratio over "
+        "{long_window} is above {error_ratio} ({threshold}x the budget) beyond sampling noise (its Wilson "
+        "lower bound is), on at least {min_events} labelled events, unless the last {short_window} is "
+        "back under it beyond noise.",
     ),
     c.ALERT_FEATURE_DRIFT: Text(
         "{model} {version}: feature {feature} drifted (PSI {value})",
@@ -46,23 +47,24 @@ TEXTS: Final[Mapping[str, Text]] = {
     ),
     f"{_COLLAPSE}:nothing": Text(
         "{model} {version}: label {label} is predicted for almost nothing",
-        "Label {label} was predicted for a share {value} of the predictions over the last {window}, under "
-        "{factor} of its reference rate, where the reference rate expects at least {min_expected} "
-        "positives (F2 label collapse).",
+        "Label {label} was predicted for a share {value} of the predictions over the last {windows} "
+        "(the lowest among the windows that qualify), under {factor} of its reference rate, where the "
+        "reference rate expects at least {min_expected} positives (F2 label collapse).",
         "%.4f",
     ),
     f"{_COLLAPSE}:everything": Text(
         "{model} {version}: label {label} is predicted for almost everything",
-        "Label {label} was predicted for a share {value} of the predictions over the last {window}: its "
+        "Label {label} was predicted for a share {value} of the predictions over the last {windows}: its "
         "negatives fell under {factor} of the reference, where the reference expects at least "
         "{min_expected} negatives (F2 label collapse).",
         "%.4f",
     ),
     c.ALERT_CALIBRATION_DRIFT: Text(
         "{model} {version}: label {label} is miscalibrated (ECE {value})",
-        "The expected calibration error of label {label} over the last {window} is {value} (above "
-        "{threshold}) on at least {min_events} labelled events: its scores no longer mean what its "
-        "threshold assumes (F1 threshold/calibration drift).",
+        "The expected calibration error of label {label} over the last {windows} is {value}: above "
+        "{threshold} by more than {noise_factor} times its sampling scale, on at least {min_events} "
+        "labelled events. Its scores no longer mean what its threshold assumes (F1 threshold/calibration "
+        "drift).",
     ),
     c.ALERT_MISSING_FEATURES: Text(
         "{model} {version}: feature {feature} missing in a share {value} of predictions",
@@ -75,15 +77,19 @@ TEXTS: Final[Mapping[str, Text]] = {
         "above the model's latency_slo_seconds of {threshold}s (F3 serving latency spike).",
     ),
     c.ALERT_LABEL_COOCCURRENCE_DRIFT: Text(
-        "{model} {version}: label co-occurrence drifted (PSI {value})",
-        "The PSI of the predicted label-pair distribution over the last {window} is at least {value} on "
-        "every worker with enough predictions (significant band >= {significant}; F7 label-dependency "
-        "break).",
+        "{model} {version}: the dependency between {label} and {label_b} changed (z {value})",
+        "Over the last {window} the log odds ratio of labels {label} and {label_b} being predicted "
+        "together moved from the reference's by at least {change} (a factor 2 in odds) and by {value} "
+        "standard errors (alert at |z| >= {z}), on at least {min_samples} predictions (F7 "
+        "label-dependency break).",
+        "%.1f",
     ),
     c.ALERT_GROUND_TRUTH_STALLED: Text(
         "{model}: ground truth stopped arriving",
-        "Predictions for model {model} kept arriving but no ground truth was accepted in the last {stall}: "
-        "quality figures and SLO burn rates are going stale.",
+        "Predictions for model {model} kept arriving but no ground truth was accepted over one of the "
+        "last {windows}, where its ground truth per prediction over the last {baseline} expected at "
+        "least {min_expected} (or none in {stall} on a stream without ground truth): quality figures "
+        "and SLO burn rates are going stale.",
     ),
     c.ALERT_CONSUMER_LAG: Text(
         "Consumer lag on {topic} is {value} messages",
@@ -95,6 +101,20 @@ TEXTS: Final[Mapping[str, Text]] = {
         "A share {value} of the events on {topic} is invalid",
         "Over the last {range} a share {value} of the events on {topic} was rejected to the dead-letter "
         "topic (alert above {threshold}). See mlmon_invalid_events_total by reason.",
+    ),
+    c.ALERT_VERSION_REGRESSION: Text(
+        "{model} {version}: {slo} significantly worse than the other versions (z {value})",
+        "Over the last {windows} the {slo} SLO (target {target}) error ratio of version {version} is "
+        "higher than that of the model's other versions by {value} standard errors (alert at {z}), and "
+        "its own Wilson lower bound is above the budget: roll the version back.",
+        "%.1f",
+    ),
+    c.ALERT_ESTIMATED_QUALITY_LOW: Text(
+        "{model} {version}: estimated {objective} of {label} is {value}, under the {slo} target",
+        "The {objective} of label {label} estimated from calibrated scores (CBPE) for predictions of "
+        "the last {window} still waiting for ground truth is {value} on every worker, under the {slo} "
+        "target {target}, with at least {min_samples} pending predictions: an early warning before "
+        "labels confirm it.",
     ),
     f"{_DOWN}:all": Text(
         "No mlmon worker of job {job} is up",

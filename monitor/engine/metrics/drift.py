@@ -69,3 +69,17 @@ def band(value: float, moderate: float, significant: float) -> str:
 def pair_index(k: int) -> tuple[np.ndarray, np.ndarray]:
     """Row/column indices of the label pairs (i < j) among the first k labels, in a fixed order."""
     return np.triu_indices(k, 1)
+
+
+def exported_pairs(pair_counts: np.ndarray, k: int, limit: int) -> list[tuple[int, int, int]]:
+    """(label i, label j, index in the pair vector) of the pairs that get additive pair counts: the
+    `limit` pairs the reference predicts together most often (ties by index), never one it never does.
+
+    The pair vector is the upper triangle of the first k labels in row order, then "fewer than two".
+    """
+    if k < 2:
+        return []
+    rows, cols = np.triu_indices(k, 1)
+    counts = np.asarray(pair_counts, dtype=np.float64)[:rows.size]
+    order = sorted((i for i in range(rows.size) if counts[i] > 0), key=lambda i: (-counts[i], i))[:limit]
+    return [(int(rows[i]), int(cols[i]), i) for i in sorted(order)]

@@ -1,0 +1,233 @@
+"""The statistics behind the alert rules against independent oracles (scipy, statsmodels, numpy counts).
+
+monitor.rules.stats holds the formulas the recording rules evaluate (the promtool tests check that
+PromQL computes exactly these); here they are checked against what they claim to be: a bound whose
+false-alarm probability is small, a z statistic equal to statsmodels', an odds-ratio interval equal to
+scipy's, and engine pair counts equal to a direct count of the events.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.stats import binom
+from scipy.stats.contingency import odds_ratio
+from statsmodels.stats import proportion
+from statsmodels.stats.contingency_tables import Table2x2
+
+from monitor.conventions import LABEL_PAIRS_EXPORTED
+from monitor.engine.engine import Engine
+from monitor.engine.metrics.drift import exported_pairs
+from monitor.reference import pair_counts, reference_from_lines
+from monitor.rules import stats
+from tests.conftest import small_config
+from tests.events import BASE, prediction
+
+Z = 3.09  # RuleOptions.burn_z
+
+
+def _false_alarm(theta: float, n: int, z: float = Z) -> float:
+    """P(the Wilson lower bound of X/n exceeds theta) for X ~ Binomial(n, theta): exact, from scipy."""
+    first = next((x for x in range(n + 1) if stats.wilson_cc_lower(x, n, z) > theta), None)
+    return 0.0 if first is None else float(binom.sf(first - 1, n, theta))
+
+
+# Threshold x budget -> the worst false-alarm probability per window over window sizes from 50 events up
+# (the table in docs/alerting.md). The bound is a normal approximation: skewed small ratios on few events
+# come out worse than the nominal 0.1%.
+WORST = {0.0144: 0.006, 0.06: 0.0035, 0.15: 0.0025, 0.575: 0.001, 0.915: 0.001}
+
+
+@pytest.mark.parametrize("theta", sorted(WORST))
+def test_wilson_lower_bound_false_alarms_per_window(theta: float) -> None:
+    """A label whose true error ratio sits exactly on a tier's threshold (the worst healthy case): the
+    exact chance that one window's bound says otherwise, for every window size from min_events up."""
+    sizes = [*range(50, 400, 7), 1000, 5000, 20000]
+    chances = [_false_alarm(theta, n) for n in sizes]
+    assert max(chances) <= WORST[theta]
+    assert np.mean(chances) <= 0.003
+
+
+def test_wilson_bounds_bracket_the_ratio_and_the_examples_of_the_docs() -> None:
+    for e, n in ((0, 10), (1, 50), (5, 50), (50, 50), (121, 1000)):
+        assert stats.wilson_cc_lower(e, n, Z) <= e / n <= stats.wilson_cc_upper(e, n, Z)
+    # A healthy 0.91 recall on 50 events (target 0.85): even the slowest tier (error ratio 0.15) is silent.
+    assert stats.wilson_cc_lower(round(0.09 * 50), 50, Z) < 0.15
+    # A measured recall of 0.835 on 121 events (true 0.91) is silent too; a total collapse on 50 is not.
+    assert stats.wilson_cc_lower(round(0.165 * 121), 121, Z) < 0.15
+    assert stats.wilson_cc_lower(50, 50, Z) > 0.575
+
+
+def test_upper_bound_vetoes_a_real_collapse_rarely() -> None:
+    """The short-window veto: P(upper bound <= theta) when the true error ratio is theta."""
+    for theta in (0.06, 0.15, 0.575, 0.915):
+        for n in (3, 10, 30, 100, 1000):
+            last = max((x for x in range(n + 1) if stats.wilson_cc_upper(x, n, Z) <= theta), default=None)
+            p = 0.0 if last is None else float(binom.cdf(last, n, theta))
+            assert p <= 0.01, (theta, n, p)
+
+
+def test_two_proportion_z_equals_statsmodels() -> None:
+    for e1, n1, e2, n2 in ((81, 100, 81, 900), (4, 8, 81, 900), (10, 100, 12, 120), (0, 30, 5, 400)):
+        theirs, _ = proportion.proportions_ztest([e1, e2], [n1, n2])
+        assert stats.two_proportion_z(e1, n1, e2, n2) == pytest.approx(theirs, rel=1e-12)
+
+
+def test_log_odds_ratio_and_variance_equal_statsmodels_and_scipy() -> None:
+    for n, a, b, ab in ((10000, 2000, 2000, 1500), (2000, 400, 400, 80), (300, 60, 60, 0)):
+        cells = np.array([[ab, a - ab], [b - ab, n - a - b + ab]])
+        theirs = Table2x2(cells + 0.5, shift_zeros=False)
+        lor, var = stats.log_odds_ratio(n, a, b, ab)
+        assert lor == pytest.approx(theirs.log_oddsratio, rel=1e-12)
+        assert math.sqrt(var) == pytest.approx(theirs.log_oddsratio_se, rel=1e-12)
+        if ab:  # scipy's sample odds ratio (integer tables, no +0.5) agrees where no cell is empty
+            unshifted = odds_ratio(cells.astype(int), kind="sample").statistic
+            assert math.log(unshifted) == pytest.approx(lor, abs=0.02)
+
+
+def test_a_complete_break_moves_the_log_odds_decisively_whatever_the_share_of_single_labels() -> None:
+    """85% of the reference has fewer than two labels: the pair PSI hardly moves, the odds ratio does."""
+    ref = stats.log_odds_ratio(10000, 2000, 2000, 1500)
+    now = stats.log_odds_ratio(3600, 720, 720, 720 * 720 / 3600)  # an hour of traffic, independent labels
+    z = (now[0] - ref[0]) / math.sqrt(now[1] + ref[1])
+    assert abs(now[0]) < 0.05 and z < -20
+
+
+def test_ece_noise_separates_a_calibrated_label_from_a_true_ece_of_015() -> None:
+    """Simulated labels: the rule's margin (threshold 0.12 + noise) stays silent on calibrated scores in
+    every draw and fires on a true ECE of 0.15 (scores 0.15 too high) on 10,000 labelled events (six hours
+    of a label at half a labelled event per second)."""
+    rng = np.random.default_rng(7)
+
+    def ece_and_noise(n: int, bias: float) -> tuple[float, float]:
+        p = rng.beta(1.2, 3, n)
+        y = rng.random(n) < p
+        s = np.clip(p + bias, 0, 1)
+        bins = np.minimum((s * 10).astype(int), 9)
+        count = np.bincount(bins, minlength=10)
+        ssum = np.bincount(bins, weights=s, minlength=10)
+        pos = np.bincount(bins, weights=y, minlength=10)
+        ece = float(np.abs(pos - ssum).sum() / n)
+        return ece, stats.ece_noise(list(zip(count.tolist(), ssum.tolist(), strict=True)), n)
+
+    for n in (100, 400, 3000):
+        for _ in range(50):
+            ece, noise = ece_and_noise(n, 0.0)
+            assert ece <= 0.12 + noise
+    fired = [e > 0.12 + z for e, z in (ece_and_noise(10000, 0.15) for _ in range(50))]
+    assert all(fired)
+
+
+# --- the engine's pair counts ---------------------------------------------------------------------------
+
+def test_pair_counts_per_window_equal_a_direct_count() -> None:
+    cfg = small_config()
+    rng = np.random.default_rng(3)
+    ref_pred = rng.random((2000, 3)) < [0.3, 0.3, 0.1]
+    ref_pred[:, 1] |= ref_pred[:, 0] & (rng.random(2000) < 0.7)  # a and b go together
+    sample = [prediction(f"r{i}", BASE, dict(zip("abc", (0.9 * row + 0.05).tolist(), strict=True)))
+              for i, row in enumerate(ref_pred)]
+    reference, _ = reference_from_lines(cfg, "m", sample)
+    cur = rng.random((1500, 3)) < [0.3, 0.3, 0.1]  # independent now
+    ts = BASE + rng.uniform(0, 7200, 1500)
+    engine = Engine(cfg, {"m": reference})
+    engine.predictions(prediction(f"c{i}", float(ts[i]), dict(zip("abc", (0.9 * row + 0.05).tolist(), strict=True)))
+                       for i, row in enumerate(cur))
+    at = float(ts.max())
+    figs = engine.evaluate(at)
+    got = figs.by_name("mlmon_label_pair_predicted")
+    for window, seconds in (("5m", 300), ("1h", 3600), ("2h", 7200)):
+        inside = (at // 60 - seconds // 60 < ts // 60) & (ts // 60 <= at // 60)
+        for i, j in ((0, 1), (0, 2), (1, 2)):
+            want = int(np.sum(cur[inside, i] & cur[inside, j]))
+            assert got[("m", "v1", "abc"[i], "abc"[j], window)] == want
+    ref_pairs = figs.by_name("mlmon_reference_label_pair")
+    assert ref_pairs[("m", "a", "b")] == int(np.sum(ref_pred[:, 0] & ref_pred[:, 1]))
+    assert figs.by_name("mlmon_reference_predictions")[("m",)] == 2000
+
+
+def test_only_the_most_frequent_reference_pairs_are_exported() -> None:
+    rng = np.random.default_rng(5)
+    predicted = rng.random((3000, 12)) < rng.uniform(0.05, 0.6, 12)
+    counts = pair_counts(predicted, 12)
+    chosen = exported_pairs(counts, 12, LABEL_PAIRS_EXPORTED)
+    assert len(chosen) == LABEL_PAIRS_EXPORTED < 66
+    iu = np.triu_indices(12, 1)
+    threshold = min(counts[idx] for _, _, idx in chosen)
+    assert all(counts[k] <= threshold for k in range(66) if k not in {idx for _, _, idx in chosen})
+    assert all((iu[0][idx], iu[1][idx]) == (i, j) for i, j, idx in chosen)
+    assert exported_pairs(np.array([0.0, 0.0, 0.0, 5.0]), 3, 32) == []
+
+
+# --- threshold advice ---------------------------------------------------------------------------------------
+
+def test_threshold_advice_matches_sklearn_and_scipy_on_joined_events() -> None:
+    """Recall SLO on a, precision SLO on b, none on c (F1): the advice and its interval recomputed by brute
+    force over every candidate threshold with scikit-learn's metrics and scipy's Wilson interval."""
+    from scipy.stats import binomtest
+    from sklearn.metrics import f1_score, precision_score, recall_score
+
+    from monitor.conventions import THRESHOLD_BINS
+    from tests.events import ground_truth
+
+    cfg = small_config(slos=[{"label": "a", "objective": "recall", "target": 0.8, "period": "1d"},
+                             {"label": "b", "objective": "precision", "target": 0.7, "period": "1d"}])
+    rng = np.random.default_rng(11)
+    n = 3000
+    actual = rng.random((n, 3)) < [0.3, 0.2, 0.1]
+    scores = np.where(actual, rng.beta(4, 2, (n, 3)), rng.beta(1.5, 4, (n, 3)))
+    ts = BASE + np.sort(rng.uniform(0, 3000, n))
+    engine = Engine(cfg, {})
+    engine.predictions(prediction(f"p{i}", float(ts[i]), dict(zip("abc", scores[i].tolist(), strict=True)))
+                       for i in range(n))
+    engine.ground_truth(ground_truth(f"p{i}", float(ts[i]) + 1, [x for x, on in zip("abc", actual[i], strict=True)
+                                                                   if on]) for i in range(n))
+    figs = engine.evaluate(float(ts[-1]) + 1)
+    bins = np.minimum((scores * THRESHOLD_BINS).astype(int), THRESHOLD_BINS - 1)
+
+    def wilson(successes: int, total: int) -> tuple[float, float]:
+        ci = binomtest(successes, total).proportion_ci(confidence_level=0.95, method="wilson")
+        return ci.low, ci.high
+
+    ks = range(THRESHOLD_BINS)
+    y = actual
+    for j, label, objective, target in ((0, "a", "recall", 0.8), (1, "b", "precision", 0.7), (2, "c", "f1", None)):
+        pred = {k: bins[:, j] >= k for k in ks}
+        if objective == "recall":
+            best = max(k for k in ks if recall_score(y[:, j], pred[k]) >= target)
+            tps = {k: int(np.sum(y[:, j] & pred[k])) for k in ks}
+            pos = int(y[:, j].sum())
+            lo = max((k for k in ks if wilson(tps[k], pos)[0] >= target), default=0)
+            hi = max(k for k in ks if wilson(tps[k], pos)[1] >= target)
+        elif objective == "precision":
+            defined = [k for k in ks if pred[k].any()]
+            best = min(k for k in defined if precision_score(y[:, j], pred[k]) >= target)
+            tps = {k: int(np.sum(y[:, j] & pred[k])) for k in defined}
+            lo = min(k for k in defined if wilson(tps[k], int(pred[k].sum()))[1] >= target)
+            hi = min(k for k in defined if wilson(tps[k], int(pred[k].sum()))[0] >= target)
+        else:
+            f1 = [f1_score(y[:, j], pred[k]) for k in ks]
+            best = int(np.argmax(f1))
+            tp = [int(np.sum(y[:, j] & pred[k])) for k in ks]
+            half = [(int(np.sum(~y[:, j] & pred[k])) + int(np.sum(y[:, j] & ~pred[k]))) / 2 for k in ks]
+            # The F1 interval of docs/semantics.md: Wilson on TP of TP + (FP+FN)/2 (scipy needs integers, so
+            # the closed form here is checked against binomtest where the count is whole).
+            def f1_bounds(k: int, tp: list[int] = tp, half: list[float] = half) -> tuple[float, float]:
+                total = tp[k] + half[k]
+                z = 1.959963984540054
+                p = tp[k] / total
+                centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+                spread = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+                if float(total).is_integer():
+                    assert (centre - spread, centre + spread) == pytest.approx(wilson(tp[k], int(total)))
+                return centre - spread, centre + spread
+            floor = f1_bounds(best)[0]
+            close = [k for k in ks if f1_bounds(k)[1] >= floor]
+            lo, hi = min(close), max(close)
+        key = ("m", "v1", label, objective, "1h")
+        got = (figs.by_name("mlmon_threshold_advice")[key], figs.by_name("mlmon_threshold_advice_lower")[key],
+               figs.by_name("mlmon_threshold_advice_upper")[key])
+        assert got == pytest.approx((best / THRESHOLD_BINS, lo / THRESHOLD_BINS, hi / THRESHOLD_BINS)), label
+        assert got[1] <= got[0] <= got[2]
