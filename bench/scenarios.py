@@ -46,7 +46,7 @@ class Job:
 
 
 def _matches(a: AlertSeries, want: sc.Expected) -> bool:
-    return a.alert == want.alert and all(a.labels.get(k) == v for k, v in want.labels.items())
+    return a.alert in want.names and all(a.labels.get(k) == v for k, v in want.labels.items())
 
 
 def _union_seconds(spans: list[tuple[float, float]]) -> float:
@@ -87,7 +87,8 @@ def summarize(scenario: sc.Scenario, gen: sc.Generated, result: BacktestResult) 
         best = max((a.severity for a in hits), key=lambda s: RANK.get(s, -1), default=None)
         first = min(firsts) if firsts else None
         expected.append({
-            "alert": want.alert, "labels": want.labels, "intended_severity": want.severity,
+            "alert": " or ".join(want.names), "labels": want.labels, "intended_severity": want.severity,
+            "fired_as": sorted({f"{a.alert}[{a.severity}]" for a in hits}),
             "detected": bool(at_severity), "highest_severity": best,
             "minutes_from_onset": round((first - onset) / 60, 1) if first is not None else None,
             "minutes_from_enough_labels": (round((first - gen.enough_labels_at) / 60, 1)
@@ -120,7 +121,8 @@ def run_one(job: Job, reuse: bool = False) -> dict[str, Any]:
     except Exception as exc:  # one failed backtest must not lose the others' rows
         print(f"{scenario.name}: FAILED: {exc}", file=sys.stderr, flush=True)
         return {"scenario": scenario.name, "description": scenario.description, "error": str(exc)[:500],
-                "false_alerts": [], "expected": [{"alert": w.alert, "labels": w.labels, "intended_severity": w.severity,
+                "false_alerts": [], "expected": [{"alert": " or ".join(w.names), "labels": w.labels,
+                                                  "intended_severity": w.severity,
                                                   "detected": False, "highest_severity": None,
                                                   "minutes_from_onset": None, "minutes_from_enough_labels": None,
                                                   "firing_share": 0.0} for w in scenario.expected]}
@@ -137,18 +139,18 @@ def _cell(value: object) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     lines = ["| scenario | expected alert | detected | severity (intended) | min from onset | "
-             "min from enough labels | firing share | false alerts |",
-             "|---|---|---|---|---|---|---|---|"]
+             "min from enough labels | firing share | false alerts | other alerts after onset |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         false = len(row["false_alerts"])
         if "error" in row:
             lines.append(f"| {row['scenario']} ({row['description']}) | backtest failed: {row['error'][:80]} "
-                         "| — | — | — | — | — | — |")
+                         "| — | — | — | — | — | — | — |")
             continue
         if "expected" not in row:
             names = ", ".join(sorted({f"{a['alert']} ({a['severity']})" for a in row["false_alerts"]}))
             lines.append(f"| {row['scenario']} ({row['description']}) | none | — | — | — | — | — | "
-                         f"{false}{': ' + names if names else ''} |")
+                         f"{false}{': ' + names if names else ''} | — |")
             continue
         for e in row["expected"]:
             labels = ",".join(f"{k}={v}" for k, v in e["labels"].items())
@@ -156,7 +158,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
                 f"| {row['scenario']} ({row['description']}) | {e['alert']}{'{' + labels + '}' if labels else ''} | "
                 f"{'yes' if e['detected'] else 'no'} | {_cell(e['highest_severity'])} ({e['intended_severity']}) | "
                 f"{_cell(e['minutes_from_onset'])} | {_cell(e['minutes_from_enough_labels'])} | "
-                f"{e['firing_share']:.0%} | {false} |")
+                f"{e['firing_share']:.0%} | {false} | {', '.join(row.get('other_alerts_after_onset', [])) or 'none'} |")
     return "\n".join(lines)
 
 

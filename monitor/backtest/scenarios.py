@@ -173,11 +173,17 @@ def invalid_input(tr: Traffic, bad: np.ndarray, rng: np.random.Generator) -> Non
 
 @dataclass(frozen=True)
 class Expected:
-    """The alert a scenario must raise: its name, severity and labels it must carry."""
+    """The alert a scenario must raise: its name (or one of the alternatives in `also`), severity and labels
+    it must carry."""
 
     alert: str
     severity: str
     labels: dict[str, str] = field(default_factory=dict)
+    also: tuple[str, ...] = ()
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.alert, *self.also)
 
 
 @dataclass(frozen=True)
@@ -195,7 +201,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("label_collapse", "spam scores x0.1 (normal volume: 20% of predictions)", label_collapse,
              (Expected("MLMonitorLabelCollapse", "page", {"label": "spam"}),)),
     Scenario("rare_label_recall", "self_harm (1%) recall 0.89 -> 0.22", rare_recall,
-             (Expected("MLMonitorLabelErrorBudgetBurn", "page", {"label": "self_harm"}),), ("self_harm", False)),
+             (Expected("MLMonitorLabelErrorBudgetBurn", "page", {"label": "self_harm"},
+                       also=("MLMonitorEstimatedQualityLow",)),), ("self_harm", False)),
     Scenario("cooccurrence_break", "violence and hate become independent", cooccurrence_break,
              (Expected("MLMonitorLabelCooccurrenceDrift", "ticket"),)),
     Scenario("ground_truth_stops", "no review arrives after the onset", ground_truth_stops,
@@ -203,7 +210,8 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("score_shift", "nudity scores +0.2", score_shift,
              (Expected("MLMonitorScoreDrift", "ticket", {"label": "nudity"}),)),
     Scenario("canary_recall", "canary v8 (10%) violence recall 0.91 -> 0.19", canary_recall,
-             (Expected("MLMonitorLabelErrorBudgetBurn", "page", {"label": "violence"}),), ("violence", True)),
+             (Expected("MLMonitorLabelErrorBudgetBurn", "page", {"label": "violence"},
+                       also=("MLMonitorVersionRegression", "MLMonitorEstimatedQualityLow")),), ("violence", True)),
     Scenario("latency", "serving latency 3x the 0.5 s SLO", latency,
              (Expected("MLMonitorLatencyHigh", "ticket"),)),
     Scenario("missing_feature", "30% of predictions lack text_length", missing_feature,
