@@ -35,7 +35,7 @@ python3 -m monitor.cli broker --fetch-only
 # MLMON_SKIP_PROMETHEUS3=1, those tests skip and say why.
 if [ -z "${MLMON_SKIP_PROMETHEUS3:-}" ]; then
     p3="$(scripts/build_prometheus.sh)"
-    if [ -n "$p3" ]; then export MLMON_PROMETHEUS3_DIR="$p3"; fi
+    if [ -n "$p3" ]; then export MLMON_PROMETHEUS3_DIR="$p3" MLMON_PROMTOOL3="$p3/promtool"; fi
 fi
 
 python3 -m ruff check monitor tests bench
