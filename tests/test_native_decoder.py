@@ -28,7 +28,7 @@ LABELS = ["a", "b", "c"]
 
 
 def config() -> MonitorConfig:
-    """`m` has a reference (categorical bins), `plain` has none, `mc` is multiclass (never fast)."""
+    """`m` has a reference (categorical bins), `plain` has none, `mc` is multiclass, `bin` is binary."""
     features = {"numeric": ["n", "n2"], "categorical": ["c", "c2"]}
     return parse_config({
         "kafka": {"max_message_bytes": MAX_BYTES},
@@ -37,6 +37,7 @@ def config() -> MonitorConfig:
             {"name": "m", "labels": LABELS, "threshold": 0.5, "thresholds": {"b": 0.25}, "features": features},
             {"name": "plain", "labels": LABELS, "features": features},
             {"name": "mc", "task": "multiclass", "labels": LABELS},
+            {"name": "bin", "task": "binary", "labels": ["a"], "threshold": 0.3},
         ],
     })
 
@@ -52,7 +53,7 @@ def reference(cfg: MonitorConfig) -> Reference:
 
 
 CONFIG = config()
-REFERENCES: dict[str, Reference | None] = {"m": reference(CONFIG), "plain": None, "mc": None}
+REFERENCES: dict[str, Reference | None] = {"m": reference(CONFIG), "plain": None, "mc": None, "bin": None}
 EXACT = Decoder(CONFIG)
 FAST = _native.Decoder(MAX_BYTES, native_models(CONFIG, REFERENCES))
 
@@ -86,13 +87,14 @@ def check_batch(fast: Any, exact: Decoder, config: MonitorConfig, references: di
             assert len(set(block["version_names"])) == len(block["version_names"])
         else:
             assert block["actual"].dtype == np.bool_ and block["actual"].shape == (k, nl)
+            assert block["known"].dtype == np.bool_ and block["known"].shape == (k, nl)
+            assert block["full"].dtype == np.bool_ and block["full"].shape == (k,)
     assert not (out["row"][out["model"] < 0] != -1).any()
     for i, raw in enumerate(raws):
         m = int(out["model"][i])
         if m < 0:
             continue
         row, block, cfg = int(out["row"][i]), out["blocks"][m], models[m]
-        assert cfg.task != "multiclass"
         try:
             ev = exact.decode_prediction(raw) if kind == "prediction" else exact.decode_ground_truth(raw)
         except InvalidEvent as exc:
@@ -104,8 +106,9 @@ def check_batch(fast: Any, exact: Decoder, config: MonitorConfig, references: di
             compare_prediction(ev, block, row, cfg, references.get(cfg.name), raw)
         else:
             assert isinstance(ev, GroundTruth)
-            assert ev.full and ev.known.all()
+            assert block["known"][row].tolist() == ev.known.tolist(), raw
             assert block["actual"][row].tolist() == ev.actual.tolist(), raw
+            assert bool(block["full"][row]) == ev.full, raw
     return int((out["model"] >= 0).sum())
 
 
@@ -138,12 +141,9 @@ def test_example_stream_is_all_fast_and_identical() -> None:
     preds = read_lines(with_files / "predictions.jsonl")
     truths = read_lines(with_files / "ground_truth.jsonl")
     assert check_batch(fast, exact, cfg, refs, preds, "prediction") == len(preds)
-    full = [raw for raw in truths if isinstance(orjson.loads(raw)["labels"], list)]
-    assert len(full) > len(truths) // 2
-    assert check_batch(fast, exact, cfg, refs, full, "ground_truth") == len(full)
-    # Partial ground truth (an object of label -> 0/1) is the exact decoder's.
-    partial = [raw for raw in truths if raw not in set(full)]
-    assert partial and check_batch(fast, exact, cfg, refs, partial, "ground_truth") == 0
+    partial = [raw for raw in truths if isinstance(orjson.loads(raw)["labels"], dict)]
+    assert partial, "the example holds partial ground truth (an object of label -> 0/1)"
+    assert check_batch(fast, exact, cfg, refs, truths, "ground_truth") == len(truths)
 
 
 # --- hand-written edges: accepted, and identical ------------------------------------------------------------
@@ -166,6 +166,11 @@ SCORES = '"scores": {"a": 0.5, "b": 0.25, "c": 0}'
     SCORES + ', "features": {"n": null, "c": -3, "c2": false}',
     SCORES + ', "features": {"c": "True", "c2": null}',
     SCORES + ', "features": {"c": "\\u0065n"}',
+    SCORES + ', "predicted": ["c", "a"]',
+    SCORES + ', "predicted": []',
+    SCORES + ', "predicted": null',
+    SCORES + ', "predicted": ["a", "b", "c"]',
+    SCORES + ', "predicted": ["\\u0062"]',
 ])
 def test_common_shapes_are_fast(body: str) -> None:
     other = '"timestamp": "2026-03-01T12:00:00Z", "model": "plain", "prediction_id": "p2"'
@@ -182,6 +187,50 @@ def test_common_shapes_are_fast(body: str) -> None:
 def test_timestamps_are_fast(ts: str) -> None:
     raw = f'{{"prediction_id": "p", "model": "m", "timestamp": "{ts}", {SCORES}}}'.encode()
     assert check_batch(FAST, EXACT, CONFIG, REFERENCES, [raw], "prediction") == 1
+
+
+@pytest.mark.parametrize("ts", ["1772366400", "1772366400000", "1772366400.25", "1772366400123.5", "946684800",
+                                "4102444799.999999", "946684800000", "4102444799999", "1e9", "1.7e12"])
+def test_epoch_timestamps_are_fast(ts: str) -> None:
+    for kind, body in (("prediction", SCORES), ("ground_truth", '"labels": ["a"]')):
+        raw = f'{{"prediction_id": "p", "model": "m", "timestamp": {ts}, {body}}}'.encode()
+        assert check_batch(FAST, EXACT, CONFIG, REFERENCES, [raw], kind) == 1, ts
+
+
+@pytest.mark.parametrize("ts", ["946684799", "4102444800", "-1767225600", "-0", "0", "1e11", "99999999999.99",
+                                "99999999999", "100000000000000", "4102444800000", "946684799999", "true", "null", "[1767225600]", "1e400"])
+def test_other_epoch_timestamps_are_left_to_the_exact_decoder(ts: str) -> None:
+    raw = f'{{"prediction_id": "p", "model": "m", "timestamp": {ts}, {SCORES}}}'.encode()
+    assert check_batch(FAST, EXACT, CONFIG, REFERENCES, [raw], "prediction") == 0, ts
+
+
+@pytest.mark.parametrize("body", [
+    '"scores": {"a": 0.2, "b": 0.5, "c": 0.3}',
+    '"scores": {"a": 0.5, "b": 0.5, "c": 0.5}',
+    '"scores": {"c": 1, "b": 0, "a": 0}',
+    '"scores": {"a": 0.2, "b": 0.5, "c": 0.3}, "predicted": ["a"]',
+    '"scores": {"a": 0.2, "b": 0.5, "c": 0.3, "d": 0.9}, "predicted": null',
+])
+def test_multiclass_predictions_are_fast(body: str) -> None:
+    raw = f'{{"prediction_id": "p", "model": "mc", "timestamp": "2026-03-01T12:00:00Z", {body}}}'.encode()
+    assert check_batch(FAST, EXACT, CONFIG, REFERENCES, [raw], "prediction") == 1
+
+
+@pytest.mark.parametrize(("model", "body"), [
+    ("mc", '"scores": {"a": 0.2, "b": 0.5, "c": 0.3}, "predicted": []'),
+    ("mc", '"scores": {"a": 0.2, "b": 0.5, "c": 0.3}, "predicted": ["a", "b"]'),
+    ("m", SCORES + ', "predicted": ["a", "a"]'),
+    ("m", SCORES + ', "predicted": ["d"]'),
+    ("m", SCORES + ', "predicted": ["a", "b", "c", "a"]'),
+    ("m", SCORES + ', "predicted": "a"'),
+    ("m", SCORES + ', "predicted": [1]'),
+    ("m", SCORES + ', "predicted": {}'),
+])
+def test_bad_served_lists_are_left_to_the_exact_decoder(model: str, body: str) -> None:
+    raw = f'{{"prediction_id": "p", "model": "{model}", "timestamp": "2026-03-01T12:00:00Z", {body}}}'.encode()
+    assert check_batch(FAST, EXACT, CONFIG, REFERENCES, [raw], "prediction") == 0
+    with pytest.raises(InvalidEvent):
+        EXACT.decode_prediction(raw)
 
 
 @pytest.mark.parametrize("ts", [
@@ -202,6 +251,26 @@ def test_other_timestamps_are_left_to_the_exact_decoder(ts: str) -> None:
 ])
 def test_full_ground_truth_is_fast(raw: bytes) -> None:
     assert check_batch(FAST, EXACT, CONFIG, REFERENCES, [raw], "ground_truth") == 1
+
+
+@pytest.mark.parametrize(("model", "labels"), [
+    ("m", '{"a": 1}'), ("m", '{"b": 0, "a": true}'), ("m", '{"a": false, "b": 1, "c": 0}'),
+    ("plain", '{"c": 1, "\\u0062": 0}'), ("bin", '{"a": 0}'), ("bin", '["a"]'), ("bin", "[]"),
+    ("mc", '["b"]'), ("mc", '["\\u0063"]'),
+])
+def test_partial_binary_and_multiclass_ground_truth_is_fast(model: str, labels: str) -> None:
+    raw = f'{{"prediction_id": "p", "model": "{model}", "timestamp": 1772366400000, "labels": {labels}}}'.encode()
+    assert check_batch(FAST, EXACT, CONFIG, REFERENCES, [raw], "ground_truth") == 1
+
+
+@pytest.mark.parametrize(("model", "labels"), [
+    ("m", "{}"), ("m", '{"a": 2}'), ("m", '{"a": 1.0}'), ("m", '{"a": "1"}'), ("m", '{"a": null}'),
+    ("m", '{"d": 1}'), ("m", '{"a": 1, "a": 1}'), ("mc", '{"a": 1}'), ("mc", "[]"), ("mc", '["a", "b"]'),
+    ("bin", '{"b": 1}'),
+])
+def test_odd_ground_truth_is_left_to_the_exact_decoder(model: str, labels: str) -> None:
+    raw = f'{{"prediction_id": "p", "model": "{model}", "timestamp": 1772366400, "labels": {labels}}}'.encode()
+    assert check_batch(FAST, EXACT, CONFIG, REFERENCES, [raw], "ground_truth") == 0
 
 
 # --- hypothesis: hostile and near-valid events --------------------------------------------------------------
@@ -251,9 +320,15 @@ def key(name: str) -> str:
 
 @st.composite
 def timestamp(draw: st.DrawFn) -> str:
-    if draw(st.integers(0, 30)) == 0:
+    shape = draw(st.integers(0, 30))
+    if shape == 0:
         return draw(st.sampled_from(["1767225600", "1767225600000", "1767225600.5", "null", "true", '"2026-01-01"',
-                                     '""', '"2026-03-01T12:00:00Z "', "[]"]))
+                                     '""', '"2026-03-01T12:00:00Z "', "[]", "-0", "-1767225600", "1e11",
+                                     "99999999999", "4102444800", "4102444799999", "946684800000", "1e400"]))
+    if shape <= 4:  # epoch seconds or milliseconds, around the edges too
+        seconds = draw(st.one_of(st.floats(9e8, 4.2e9), st.integers(9 * 10**8, 42 * 10**8)))
+        scale = draw(st.sampled_from([1, 1000]))
+        return repr(seconds * scale) if draw(st.booleans()) else str(int(seconds * scale))
     odd = st.sampled_from
     year = draw(mostly(odd([2026, 2024, 2000, 2099]), odd([1999, 2100, 2023, 1970, 0])))
     month = draw(mostly(st.integers(1, 12), odd([0, 13, 2, 12, 1])))
@@ -276,7 +351,7 @@ IDS = mostly(
                                         json.dumps("\u00e9" * 256), json.dumps("\u00e9" * 128), "5", "null",
                                         '["p"]'])),
 )
-MODELS = mostly(st.sampled_from(['"m"', '"plain"', '"\\u006d"']), st.sampled_from(['"mc"', '"nope"', "5", "null"]))
+MODELS = mostly(st.sampled_from(['"m"', '"plain"', '"\\u006d"', '"mc"', '"bin"']), st.sampled_from(['"nope"', "5", "null"]))
 
 
 @st.composite
@@ -336,12 +411,16 @@ def prediction(draw: st.DrawFn) -> bytes:
         "latency_ms": mostly(st.one_of(st.floats(0, 1e5).map(repr), st.integers(0, 10**6).map(str),
                                        st.just("null")),
                              st.one_of(NUMBERS, st.sampled_from(["-1", "-0", "-0.0", "true", '"5"']))),
-        "predicted": st.sampled_from(["null", '["a"]', "[]"]),
+        "predicted": mostly(
+            st.lists(st.sampled_from([key("a"), key("b"), key("c")]), max_size=3, unique=True).map(
+                lambda xs: "[" + ",".join(xs) + "]"),
+            st.one_of(st.sampled_from(["null", '["a", "a"]', '["d"]', '["a", "b", "c", "a"]', '"a"', "[1]", "{}",
+                                       '["\\u0061"]']), JUNK)),
         "labels": JUNK,
         "extra": JUNK,
     }
     for name, values in optional.items():
-        if draw(st.integers(0, 19)) < (1 if name in ("predicted", "labels", "extra") else 10):
+        if draw(st.integers(0, 19)) < (1 if name in ("labels", "extra") else 5 if name == "predicted" else 10):
             pairs.append((key(name), draw(values)))
     return mutate(draw, draw(obj(pairs)))
 
@@ -351,9 +430,13 @@ def ground_truth(draw: st.DrawFn) -> bytes:
     pairs = [(key("prediction_id"), draw(IDS)), (key("model"), draw(MODELS)), (key("timestamp"), draw(timestamp()))]
     label = mostly(st.sampled_from([key("a"), key("b"), key("c")]),
                    st.sampled_from([key("d"), '"\\u0062"', "5", "null", '"A"']), odds=12)
+    value = mostly(st.sampled_from(["0", "1", "true", "false"]),
+                   st.sampled_from(["2", "-0", "1.0", "0.0", "null", '"1"', "[]", "-1"]), odds=12)
+    partial = st.lists(st.tuples(label, value), min_size=1, max_size=4).map(
+        lambda ps: "{" + ",".join(f"{k}:{v}" for k, v in ps) + "}")
     labels = mostly(
-        st.lists(label, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"),
-        st.sampled_from(['{"a": 1}', '{"a": 1, "b": 0, "c": true}', "null", '"a"', "{}"]),
+        st.one_of(st.lists(label, max_size=4).map(lambda xs: "[" + ",".join(xs) + "]"), partial),
+        st.sampled_from(['{"a": 1}', '{"a": 1, "b": 0, "c": true}', "null", '"a"', "{}", "[]"]),
     )
     if draw(st.integers(0, 40)):
         pairs.append((key("labels"), draw(labels)))
@@ -416,6 +499,19 @@ def test_generators_reach_the_fast_path(kind: str, strategy: st.SearchStrategy[b
     raws = examples(strategy, 300)
     accepted = check_batch(FAST, EXACT, CONFIG, REFERENCES, raws, kind)
     assert accepted >= len(raws) // 20, (accepted, len(raws))
+    # ... and every shape the fast path takes is among what it accepted.
+    out = (FAST.predictions if kind == "prediction" else FAST.ground_truth)(raws)
+    taken = [orjson.loads(raw) for raw, m in zip(raws, out["model"].tolist(), strict=True) if m >= 0]
+    shapes = {
+        "epoch timestamp": any(not isinstance(e["timestamp"], str) for e in taken),
+        "multiclass": any(e["model"] == "mc" for e in taken),
+        "binary": any(e["model"] == "bin" for e in taken),
+    }
+    if kind == "prediction":
+        shapes["served list"] = any(isinstance(e.get("predicted"), list) for e in taken)
+    else:
+        shapes["partial labels"] = any(isinstance(e["labels"], dict) for e in taken)
+    assert all(shapes.values()), shapes
 
 
 # --- construction -------------------------------------------------------------------------------------------

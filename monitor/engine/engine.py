@@ -90,11 +90,7 @@ class Engine:
         return decoded
 
     def _block(self, topic: str, b: dict[str, Any]) -> Any:
-        if topic == PREDICTIONS:
-            return PredictionColumns(**b)
-        # The fast path only takes full ground truth given as a list of labels.
-        actual = b["actual"]
-        return GroundTruthColumns(b["ids"], b["ts"], np.ones_like(actual), actual, np.ones(len(actual), dtype=bool))
+        return PredictionColumns(**b) if topic == PREDICTIONS else GroundTruthColumns(**b)
 
     def _add_exact(self, decoded: DecodedTopic, positions: list[int],
                    events: list[Prediction | GroundTruth | InvalidEvent]) -> None:

@@ -8,13 +8,15 @@ use std::fmt::Write as _;
 use ahash::{AHashMap, AHashSet};
 use rustc_hash::FxHashMap;
 
-use crate::json::{read_event, Kind, Scalar, Scratch, Top};
+use crate::json::{read_event, Kind, Labels, Scalar, Scratch, Top};
 use crate::timestamp;
 
 const MAX_ID_BYTES: usize = 256;
 const MAX_VERSION_BYTES: usize = 64;
 const EPOCH_2000: f64 = 946_684_800.0;
 const EPOCH_2100: f64 = 4_102_444_800.0;
+/// At or above this an epoch number is milliseconds (as in monitor.events.parse_timestamp).
+const MILLIS_CUTOFF: f64 = 1e11;
 
 #[derive(Clone, Copy)]
 enum Feature {
@@ -80,6 +82,16 @@ impl ModelSpec {
         })
     }
 
+    /// The index of a configured label; producers usually send few labels, so for small label sets a
+    /// scan beats hashing.
+    fn index_of(&self, label: &str) -> Option<usize> {
+        if self.labels.len() <= 8 {
+            self.labels.iter().position(|l| l == label)
+        } else {
+            self.label_index.get(label).copied()
+        }
+    }
+
     fn bin(&self, j: usize, value: &str) -> i64 {
         match &self.categories[j] {
             None => 0,
@@ -141,7 +153,9 @@ impl<'a> PredBlock<'a> {
 pub struct TruthBlock<'a> {
     pub ids: Vec<Cow<'a, str>>,
     pub ts: Vec<f64>,
+    pub known: Vec<bool>,
     pub actual: Vec<bool>,
+    pub full: Vec<bool>,
 }
 
 pub struct Batch<B> {
@@ -163,6 +177,7 @@ pub struct Decoder {
 #[derive(Default)]
 struct Work {
     scores: Vec<f64>,
+    predicted: Vec<bool>,
     numeric: Vec<f64>,
     categorical: Vec<i64>,
     number: String,
@@ -207,7 +222,7 @@ impl Decoder {
                     block.version_code.push(code);
                     block.ts.push(ts);
                     block.scores.extend_from_slice(&work.scores);
-                    block.predicted.extend(work.scores.iter().zip(&spec.thresholds).map(|(s, t)| s >= t));
+                    block.predicted.extend_from_slice(&work.predicted);
                     block.latency.push(latency);
                     block.ignored.push(ignored);
                     block.numeric.extend_from_slice(&work.numeric);
@@ -229,20 +244,18 @@ impl Decoder {
             blocks: self.models.iter().map(|_| TruthBlock::default()).collect(),
         };
         let mut scratch = Scratch::default();
+        let mut work = Work::default();
         for raw in raws {
-            match self.truth(raw, &mut scratch) {
+            match self.truth(raw, &mut scratch, &mut work) {
                 Some((m, id, ts)) => {
-                    let spec = &self.models[m];
                     let block = &mut batch.blocks[m];
                     batch.model.push(m as i32);
                     batch.row.push(block.ids.len() as i64);
                     block.ids.push(id);
                     block.ts.push(ts);
-                    let start = block.actual.len();
-                    block.actual.resize(start + spec.labels.len(), false);
-                    for label in &scratch.labels {
-                        block.actual[start + spec.label_index[label.as_ref()]] = true;
-                    }
+                    block.known.extend_from_slice(&work.seen);
+                    block.actual.extend_from_slice(&work.predicted);
+                    block.full.push(work.seen.iter().all(|&k| k));
                 }
                 None => {
                     batch.model.push(-1);
@@ -266,13 +279,7 @@ impl Decoder {
             return None;
         }
         let m = *self.by_name.get(top.model.as_deref()?)?;
-        if self.models[m].multiclass {
-            return None;
-        }
-        let ts = timestamp::parse(top.timestamp.as_deref()?.as_bytes())?;
-        if !(EPOCH_2000..EPOCH_2100).contains(&ts) {
-            return None;
-        }
+        let ts = event_time(top.timestamp.as_ref()?)?;
         Some((m, top, ts))
     }
 
@@ -325,6 +332,9 @@ impl Decoder {
             return None;
         }
         let ignored = work.extra.len() as i64;
+        if !served_or_derived(spec, top.has_predicted, &scratch.predicted, work) {
+            return None;
+        }
 
         work.numeric.clear();
         work.numeric.resize(spec.n_numeric, f64::NAN);
@@ -389,21 +399,120 @@ impl Decoder {
         Some((m, top, ts, latency, ignored))
     }
 
-    fn truth<'a>(&self, raw: &'a [u8], scratch: &mut Scratch<'a>) -> Option<(usize, Cow<'a, str>, f64)> {
+    /// A ground truth's model, id and time; its known labels are left in `work.seen` and its actual
+    /// ones in `work.predicted`.
+    fn truth<'a>(
+        &self,
+        raw: &'a [u8],
+        scratch: &mut Scratch<'a>,
+        work: &mut Work,
+    ) -> Option<(usize, Cow<'a, str>, f64)> {
         let (m, top, ts) = self.common(raw, Kind::GroundTruth, scratch)?;
-        if !top.has_labels {
-            return None;
-        }
         let spec = &self.models[m];
-        // Repeats among a handful of labels: comparing pairs is cheaper than marking a vector.
-        for (i, label) in scratch.labels.iter().enumerate() {
-            spec.label_index.get(label.as_ref())?;
-            if scratch.labels[..i].contains(label) {
-                return None;
+        let n = spec.labels.len();
+        work.seen.clear();
+        work.predicted.clear();
+        work.predicted.resize(n, false);
+        match top.labels {
+            Labels::Absent => return None,
+            Labels::List => {
+                // Full ground truth: every label known, the listed ones positive.
+                if !label_set(spec, &scratch.labels, &mut work.predicted) {
+                    return None;
+                }
+                if spec.multiclass && scratch.labels.len() != 1 {
+                    return None;
+                }
+                work.seen.resize(n, true);
+            }
+            Labels::Object => {
+                // Partial ground truth: only the stated labels are known (never for multiclass).
+                if spec.multiclass || scratch.label_values.is_empty() {
+                    return None;
+                }
+                work.seen.resize(n, false);
+                for (label, value) in &scratch.label_values {
+                    let i = spec.index_of(label)?;
+                    if std::mem::replace(&mut work.seen[i], true) {
+                        return None;
+                    }
+                    // Exactly what the exact decoder takes: a bool, or the integer 0 or 1.
+                    work.predicted[i] = match *value {
+                        Scalar::Bool(b) => b,
+                        Scalar::U(0) => false,
+                        Scalar::U(1) => true,
+                        _ => return None,
+                    };
+                }
             }
         }
         Some((m, top.id?, ts))
     }
+}
+
+/// Epoch seconds of an event's `timestamp`, as monitor.events.parse_timestamp computes them, when it
+/// lies within the years 2000-2100: an RFC 3339 string of the shape `timestamp::parse` takes, or a
+/// number (seconds, or milliseconds from 1e11 on).
+fn event_time(value: &Scalar<'_>) -> Option<f64> {
+    let ts = match value {
+        Scalar::Str(s) => timestamp::parse(s.as_bytes())?,
+        // Python's float(int) and Rust's `as` both round to nearest; anything in range is exact anyway.
+        number @ (Scalar::U(_) | Scalar::F(_)) => {
+            let v = match *number {
+                Scalar::U(u) => u as f64,
+                Scalar::F(f) => f,
+                _ => unreachable!(),
+            };
+            if v >= MILLIS_CUTOFF {
+                v / 1000.0
+            } else {
+                v
+            }
+        }
+        // Negative numbers and -0 are out of range; anything else is the exact decoder's to word.
+        _ => return None,
+    };
+    (EPOCH_2000..EPOCH_2100).contains(&ts).then_some(ts)
+}
+
+/// Marks `names` in `out` (one slot per configured label); false when one is not a configured label,
+/// is repeated, or there are more names than labels.
+fn label_set(spec: &ModelSpec, names: &[Cow<'_, str>], out: &mut [bool]) -> bool {
+    if names.len() > out.len() {
+        return false;
+    }
+    for name in names {
+        match spec.index_of(name) {
+            Some(i) if !out[i] => out[i] = true,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The predicted labels of a prediction whose scores are in `work.scores`, into `work.predicted`: the
+/// served list when there is one (exactly one class for multiclass), else the highest-scoring class
+/// (the first on ties, as numpy's argmax) for multiclass, else score >= threshold per label.
+fn served_or_derived(spec: &ModelSpec, served: bool, names: &[Cow<'_, str>], work: &mut Work) -> bool {
+    let n = spec.labels.len();
+    work.predicted.clear();
+    if served {
+        work.predicted.resize(n, false);
+        return label_set(spec, names, &mut work.predicted) && (!spec.multiclass || names.len() == 1);
+    }
+    if spec.multiclass {
+        work.predicted.resize(n, false);
+        let mut best = 0;
+        for (i, &s) in work.scores.iter().enumerate().skip(1) {
+            if s > work.scores[best] {
+                best = i;
+            }
+        }
+        work.predicted[best] = true;
+    } else {
+        work.predicted.extend(work.scores.iter().zip(&spec.thresholds).map(|(s, t)| s >= t));
+    }
+    true
 }
 
 /// Whether two of the pairs at `at` have the same key.
@@ -502,7 +611,10 @@ mod tests {
         assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"c": 1.5}"#));
         assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"c": [1]}"#));
         assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": []"#));
-        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": ["a"]"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": ["a", "a"]"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": ["z"]"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": ["a", "b", "a"]"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": "a""#));
         assert!(!refused(r#""scores": {"a": 1, "b": 0}, "features": {"other": [1e18, {"x": null}]}"#));
         // Anything as large as 2**63 could have been an integer literal beyond 64 bits.
         assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"other": [1e300]}"#));
@@ -525,9 +637,11 @@ mod tests {
             r#"{{"prediction_id": "p", "model": "n", "timestamp": "2026-01-01T00:00:00Z", {scores}}}"#
         )
         .as_bytes()));
-        assert!(
-            !ok(format!(r#"{{"prediction_id": "p", "model": "m", "timestamp": 1767225600, {scores}}}"#).as_bytes())
-        );
+        for (ts, fast) in [("1767225600", true), ("1767225600000", true), ("1767225600.5", true), ("-5", false),
+                           ("1e13", false), ("946684799.999", false), ("true", false), ("-0", false)] {
+            let raw = format!(r#"{{"prediction_id": "p", "model": "m", "timestamp": {ts}, {scores}}}"#);
+            assert_eq!(ok(raw.as_bytes()), fast, "{ts}");
+        }
         assert!(!ok(format!(
             r#"{{"prediction_id": "p", "model": "m", "timestamp": "2100-01-01T00:00:00Z", {scores}}}"#
         )
@@ -551,14 +665,68 @@ mod tests {
     #[test]
     fn ground_truth() {
         let d = decoder(None);
-        let raws: Vec<String> = [r#"["b"]"#, "[]", r#"["a", "b"]"#, r#"["a", "a"]"#, r#"["c"]"#, r#"{"a": 1}"#, "null"]
-            .iter()
-            .map(|l| format!(r#"{{{HEAD}, "labels": {l}, "scores": 5}}"#))
-            .collect();
+        let raws: Vec<String> = [
+            r#"["b"]"#,
+            "[]",
+            r#"["a", "b"]"#,
+            r#"["a", "a"]"#,
+            r#"["c"]"#,
+            r#"{"a": 1}"#,
+            "null",
+            r#"{"b": false, "a": true}"#,
+            r#"{"b": 0, "a": 2}"#,
+            r#"{"a": 1, "a": 1}"#,
+            "{}",
+            r#"{"a": 1.0}"#,
+            r#"{"a": -0}"#,
+        ]
+        .iter()
+        .map(|l| format!(r#"{{{HEAD}, "labels": {l}, "scores": 5}}"#))
+        .collect();
         let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_bytes()).collect();
         let batch = d.ground_truth(&refs);
-        assert_eq!(batch.model, [0, 0, 0, -1, -1, -1, -1]);
-        assert_eq!(batch.row, [0, 1, 2, -1, -1, -1, -1]);
-        assert_eq!(batch.blocks[0].actual, [false, true, false, false, true, true]);
+        assert_eq!(batch.model, [0, 0, 0, -1, -1, 0, -1, 0, -1, -1, -1, -1, -1]);
+        assert_eq!(batch.row, [0, 1, 2, -1, -1, 3, -1, 4, -1, -1, -1, -1, -1]);
+        let b = &batch.blocks[0];
+        assert_eq!(b.actual, [false, true, false, false, true, true, true, false, true, false]);
+        assert_eq!(b.known, [true, true, true, true, true, true, true, false, true, true]);
+        assert_eq!(b.full, [true, true, true, false, true]);
+    }
+
+    #[test]
+    fn served_lists_and_multiclass() {
+        let multi = ModelSpec::new(
+            vec!["x".into(), "y".into(), "z".into()],
+            vec![0.5; 3],
+            true,
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+        )
+        .unwrap();
+        let d = Decoder::new(1000, vec!["m".into()], vec![multi]).unwrap();
+        let predicted = |body: &str| {
+            let raw = format!("{{{HEAD}, {body}}}");
+            let batch = d.predictions(&[raw.as_bytes()]);
+            (batch.model[0] >= 0).then(|| batch.blocks[0].predicted.clone())
+        };
+        let scores = r#""scores": {"x": 0.2, "y": 0.4, "z": 0.4}"#;
+        assert_eq!(predicted(scores), Some(vec![false, true, false]));
+        assert_eq!(predicted(&format!(r#"{scores}, "predicted": ["z"]"#)), Some(vec![false, false, true]));
+        assert_eq!(predicted(&format!(r#"{scores}, "predicted": null"#)), Some(vec![false, true, false]));
+        assert_eq!(predicted(&format!(r#"{scores}, "predicted": []"#)), None);
+        assert_eq!(predicted(&format!(r#"{scores}, "predicted": ["x", "y"]"#)), None);
+        let truth = |labels: &str| {
+            let raw = format!(r#"{{{HEAD}, "labels": {labels}}}"#);
+            d.ground_truth(&[raw.as_bytes()]).model[0] >= 0
+        };
+        assert!(truth(r#"["y"]"#));
+        assert!(!truth("[]"));
+        assert!(!truth(r#"["x", "y"]"#));
+        assert!(!truth(r#"{"x": 1}"#));
+        let served = |body: &str| one(&decoder(None), &format!(r#""scores": {{"a": 0.9, "b": 0.9}}, {body}"#));
+        assert_eq!(served(r#""predicted": []"#).unwrap().1, [false, false]);
+        assert_eq!(served(r#""predicted": ["b"]"#).unwrap().1, [false, true]);
     }
 }

@@ -118,9 +118,11 @@ impl Decoder {
         let blocks = PyList::empty(py);
         for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
             let d = PyDict::new(py);
-            d.set_item("actual", rows_of(py, b.actual, b.ids.len(), spec.labels.len())?)?;
             d.set_item("ids", strings(py, &b.ids)?)?;
             d.set_item("ts", column(py, b.ts))?;
+            d.set_item("known", rows_of(py, b.known, b.ids.len(), spec.labels.len())?)?;
+            d.set_item("actual", rows_of(py, b.actual, b.ids.len(), spec.labels.len())?)?;
+            d.set_item("full", column(py, b.full))?;
             blocks.append(d)?;
         }
         batch_dict(py, batch.model, batch.row, blocks)
