@@ -169,6 +169,9 @@ class SideMapping:
     def explain(self, exc: InvalidEvent) -> InvalidEvent:
         """The decoder's rejection of a mapped event, with the expression that read the field at fault."""
         field = self.fields.get(exc.field or "") if exc.field != "model" else self.model_field
+        if exc.field == "features" and self.feature_fields is not None:  # one expression per feature
+            named = exc.detail.split(" ", 1)[0]
+            field = next((f for f in self.feature_fields if f.name == named), None)
         if field is None or exc.expression is not None:
             return exc
         return InvalidEvent(exc.reason, f"{exc.detail} {field.where}", exc.model, exc.field, field.expression)
