@@ -45,9 +45,9 @@ class Shape:
                 for t, recs in self.topics.items()}
 
 
-def ms_stream(seed: int) -> tuple[list[Pred], list[GT]]:
+def ms_stream(seed: int, n: int = 2500) -> tuple[list[Pred], list[GT]]:
     """The oracle's stream with times on whole milliseconds (epoch-ms shapes carry no finer time)."""
-    preds, gts = make_stream(seed)
+    preds, gts = make_stream(seed, n)
     for x in [*preds, *gts]:
         x.ts = round(x.ts * 1000) / 1000
     return preds, gts
@@ -157,3 +157,13 @@ def seldon(preds: list[Pred], gts: list[GT]) -> Shape:
 
 
 SHAPES = {"flat": flat_log, "kserve": kserve, "seldon": seldon}
+
+
+def renamed(shape: Shape, prefix: str) -> Shape:
+    """The shape with topics of its own (`prefix`-<topic>), for tests on a shared broker."""
+    def name(topic: str) -> str:
+        return f"{prefix}-{topic}"
+
+    inputs = {side: {**spec, "topic": name(spec["topic"])} for side, spec in shape.inputs.items()}
+    return Shape(shape.name, inputs, {name(t): r for t, r in shape.topics.items()},
+                 {name(t): e for t, e in shape.envelopes.items()})
