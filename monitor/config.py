@@ -7,6 +7,7 @@ pydantic does the type checking; this module turns its errors into lines a perso
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -286,11 +287,15 @@ class GroundTruthFields(_Strict):
 # the payload in `data`, from ce_* headers (binary mode) or the body (structured mode) (`cloudevents`);
 # or the Kafka record as {key, headers, timestamp, value} (`kafka`).
 Envelope = Literal["none", "cloudevents", "kafka"]
+# How the message value is decoded: JSON; or, for Seldon Core 2 topics, JSON when it parses as JSON and
+# else a protobuf OIP ModelInferResponse (needs the `protobuf` package: pip install mlmon[seldon]).
+Payload = Literal["json", "oip-protobuf"]
 
 
 class PredictionInput(_Strict):
     topic: str | None = Field(None, min_length=1, max_length=249)
     envelope: Envelope = "none"
+    payload: Payload = "json"
     # Messages for which this is false or null are not events of this side and are skipped (e.g. the
     # request half of a request/response log).
     when: Expression | None = None
@@ -300,6 +305,7 @@ class PredictionInput(_Strict):
 class GroundTruthInput(_Strict):
     topic: str | None = Field(None, min_length=1, max_length=249)
     envelope: Envelope = "none"
+    payload: Payload = "json"
     when: Expression | None = None
     fields: GroundTruthFields = Field(default_factory=GroundTruthFields)
 
@@ -464,6 +470,9 @@ class MonitorConfig(_Strict):
                         problems.append(f"models[{i}].input.{side}.envelope: {other.name!r} reads topic {topic!r} "
                                         "with another envelope (one topic, one envelope)")
                         break
+                if spec.payload == "oip-protobuf" and importlib.util.find_spec("google.protobuf") is None:
+                    problems.append(f"models[{i}].input.{side}.payload: oip-protobuf needs the protobuf package "
+                                    "(pip install 'mlmon[seldon]')")
                 is_literal, value = literal_value(spec.fields.model)
                 if not is_literal:
                     continue

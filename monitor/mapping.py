@@ -12,6 +12,8 @@ Rejections name the native field and the expression that read it:
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -223,6 +225,7 @@ class TopicReader:
         self.mappings: list[SideMapping] = []
         self.native = False
         envelopes = set()
+        payloads = set()
         for m in config.models:
             if config.topic_of(m, side) != topic:
                 continue
@@ -232,9 +235,11 @@ class TopicReader:
             else:
                 self.mappings.append(SideMapping(m, side, spec))
                 envelopes.add(spec.envelope)
+                payloads.add(spec.payload)
         if len(envelopes) > 1:  # config validation forbids it; a guard for hand-built configs
             raise ValueError(f"topic {topic!r}: every model reading it must use the same envelope")
         self.envelope = envelopes.pop() if envelopes else "none"
+        self.oip_protobuf = "oip-protobuf" in payloads
         self.plain = not self.mappings
 
     def decode(self, raw: bytes, meta: RecordMeta | None = None) -> Prediction | GroundTruth | InvalidEvent | None:
@@ -243,7 +248,7 @@ class TopicReader:
         if self.plain:
             return self.decoder.decode_or_invalid(raw, ground_truth)
         try:
-            body = parse_json(raw, self.decoder.max_bytes) if self.envelope != "kafka" else _any_json(raw, self.decoder)
+            body = self._body(raw)
             doc = body
             if self.envelope == "cloudevents":
                 doc = cloudevent(body, meta)
@@ -274,6 +279,23 @@ class TopicReader:
             return exc
 
 
+    def _body(self, raw: bytes) -> Any:
+        if not self.oip_protobuf:
+            return parse_json(raw, self.decoder.max_bytes) if self.envelope != "kafka" else _any_json(raw, self.decoder)
+        try:
+            return _any_json(raw, self.decoder)
+        except InvalidEvent as exc:
+            if exc.reason != Reason.INVALID_JSON:
+                raise
+        from monitor.oip_protobuf import OipDecodeError, decode_response
+
+        try:
+            return decode_response(raw)
+        except OipDecodeError:
+            raise InvalidEvent(Reason.INVALID_JSON, "the message is neither JSON nor a protobuf OIP "
+                               "ModelInferResponse") from None
+
+
 def _any_json(raw: bytes, decoder: Decoder) -> Any:
     """A Kafka record's value for the `kafka` envelope: any JSON (not only an object); None if empty."""
     if not raw:
@@ -288,8 +310,9 @@ def _any_json(raw: bytes, decoder: Decoder) -> Any:
 
 def record_lines(lines: list[bytes]) -> tuple[list[bytes], list[RecordMeta]]:
     """Replay's file form of Kafka records, one JSON object a line: `value` (an object or array is the JSON
-    value, a string the value's text), optional `key` (text), `headers` (name -> text) and `timestamp`
-    (epoch ms). A line that is not such an object is kept as a value of its own (and rejected as such)."""
+    value, a string the value's text) or `value_base64` (binary values such as protobuf), optional `key`
+    (text), `headers` (name -> text) and `timestamp` (epoch ms). A line that is not such an object is kept
+    as a value of its own (and rejected as such)."""
     values: list[bytes] = []
     metas: list[RecordMeta] = []
     for line in lines:
@@ -297,12 +320,18 @@ def record_lines(lines: list[bytes]) -> tuple[list[bytes], list[RecordMeta]]:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError:
             obj = None
+        if isinstance(obj, dict) and isinstance(obj.get("value_base64"), str):
+            try:
+                obj["value"] = base64.b64decode(obj["value_base64"], validate=True)
+            except binascii.Error:
+                obj = None
         if not isinstance(obj, dict) or "value" not in obj:
             values.append(line)
             metas.append(RecordMeta())
             continue
         value = obj["value"]
-        values.append(value.encode() if isinstance(value, str) else b"" if value is None else orjson.dumps(value))
+        values.append(value if isinstance(value, bytes) else value.encode() if isinstance(value, str)
+                      else b"" if value is None else orjson.dumps(value))
         key = obj.get("key")
         headers = obj.get("headers") or {}
         ts = obj.get("timestamp")

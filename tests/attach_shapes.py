@@ -6,6 +6,7 @@ mapping that reads it; the native stream is the oracle's (tests/test_oracle.py).
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,9 +29,13 @@ class Record:
 
     def line(self) -> bytes:
         """Replay's record-line form (mapping.record_lines)."""
+        try:
+            value: dict[str, str] = {"value": self.value.decode()}
+        except UnicodeDecodeError:
+            value = {"value_base64": base64.b64encode(self.value).decode()}
         return orjson.dumps({"key": self.key.decode() if self.key is not None else None,
                              "headers": {k: v.decode() for k, v in self.headers},
-                             "timestamp": self.timestamp_ms, "value": self.value.decode()})
+                             "timestamp": self.timestamp_ms, **value})
 
 
 @dataclass
@@ -131,7 +136,23 @@ def kserve(preds: list[Pred], gts: list[GT]) -> Shape:
 SELDON_OUTPUTS = "seldon.default.model.m.outputs"  # <topicPrefix>.<namespace>.model.<model>.outputs
 
 
-def seldon(preds: list[Pred], gts: list[GT]) -> Shape:
+def _oip_protobuf(p: Pred, s: list[int] | None) -> bytes:
+    """A ModelInferResponse as Seldon's model gateway serializes it: scores as typed contents, the served
+    vector as raw little-endian contents (both forms occur)."""
+    from monitor.oip_protobuf import response_class
+
+    msg = response_class()(model_name="m_1", model_version=p.version, id="3f1c0e6a")
+    out = msg.outputs.add(name="predict_proba", datatype="FP64", shape=[1, 3])
+    if s is None:
+        out.contents.fp64_contents.extend(p.scores.tolist())
+    else:  # raw contents are for every output or for none
+        msg.outputs.add(name="predict", datatype="INT64", shape=[1, 3])
+        msg.raw_output_contents.extend([np.asarray(p.scores, dtype="<f8").tobytes(),
+                                        np.asarray(s, dtype="<i8").tobytes()])
+    return msg.SerializeToString()
+
+
+def seldon(preds: list[Pred], gts: list[GT], protobuf: bool = False) -> Shape:
     recs = []
     for p in preds:
         outputs = [{"name": "predict_proba", "shape": [1, 3], "datatype": "FP64", "data": p.scores.tolist()}]
@@ -139,13 +160,18 @@ def seldon(preds: list[Pred], gts: list[GT]) -> Shape:
             outputs.append({"name": "predict", "shape": [1, 3], "datatype": "INT64", "data": s})
         body = {"model_name": "m_1", "model_version": p.version, "id": "3f1c0e6a", "parameters": {},
                 "outputs": outputs}
+        if protobuf:
+            recs.append(Record(_oip_protobuf(p, s), key=p.pid.encode(),
+                               headers=[("seldon-infer-type", b"proto/InferModelRequest")], timestamp_ms=_ms(p.ts)))
+            continue
         recs.append(Record(orjson.dumps(body), key=p.pid.encode(),
                            headers=[("seldon-infer-type", b"json/inferModelRequest")], timestamp_ms=_ms(p.ts)))
     gt_recs = [Record(orjson.dumps({"labels": [x for x, a in zip(LABELS, g.actual, strict=True) if a] if g.full
                                     else {x: int(a) for x, k, a in zip(LABELS, g.known, g.actual, strict=True) if k}}),
                       key=g.pid.encode(), timestamp_ms=_ms(g.ts))
                for g in sorted(gts, key=lambda g: g.order)]
-    inputs = {"predictions": {"topic": SELDON_OUTPUTS, "envelope": "kafka", "fields": {
+    inputs = {"predictions": {"topic": SELDON_OUTPUTS, "envelope": "kafka",
+                              "payload": "oip-protobuf" if protobuf else "json", "fields": {
                   "model": "'m'", "prediction_id": "key", "timestamp": "timestamp",
                   "model_version": "value.model_version",
                   "scores": "value.outputs[?name=='predict_proba'] | [0].data",
@@ -156,7 +182,11 @@ def seldon(preds: list[Pred], gts: list[GT]) -> Shape:
                  {SELDON_OUTPUTS: "kafka", "feedback": "kafka"})
 
 
-SHAPES = {"flat": flat_log, "kserve": kserve, "seldon": seldon}
+def seldon_protobuf(preds: list[Pred], gts: list[GT]) -> Shape:
+    return seldon(preds, gts, protobuf=True)
+
+
+SHAPES = {"flat": flat_log, "kserve": kserve, "seldon": seldon, "seldon_protobuf": seldon_protobuf}
 
 
 def renamed(shape: Shape, prefix: str) -> Shape:

@@ -63,6 +63,7 @@ def read_all(bootstrap: str, topic: str, n: int) -> list:
     # send), so the join needs one partition; Seldon keys every record by its request id.
     ("kserve", 1),
     ("seldon", 3),
+    ("seldon_protobuf", 2),
 ])
 def test_worker_reads_model_server_logs(kafka_bootstrap: str, tmp_path: Path, workers, shape_name: str,  # noqa: F811
                                         partitions: int) -> None:
