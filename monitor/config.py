@@ -7,6 +7,7 @@ pydantic does the type checking; this module turns its errors into lines a perso
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -282,13 +283,30 @@ class GroundTruthFields(_Strict):
     labels: Expression = "labels"
 
 
+# What the expressions see: the message body (`none`); a CloudEvent with its attributes at the top and
+# the payload in `data`, from ce_* headers (binary mode) or the body (structured mode) (`cloudevents`);
+# or the Kafka record as {key, headers, timestamp, value} (`kafka`).
+Envelope = Literal["none", "cloudevents", "kafka"]
+# How the message value is decoded: JSON; or, for Seldon Core 2 topics, JSON when it parses as JSON and
+# else a protobuf OIP ModelInferResponse (needs the `protobuf` package: pip install mlmon[seldon]).
+Payload = Literal["json", "oip-protobuf"]
+
+
 class PredictionInput(_Strict):
     topic: str | None = Field(None, min_length=1, max_length=249)
+    envelope: Envelope = "none"
+    payload: Payload = "json"
+    # Messages for which this is false or null are not events of this side and are skipped (e.g. the
+    # request half of a request/response log).
+    when: Expression | None = None
     fields: PredictionFields = Field(default_factory=PredictionFields)
 
 
 class GroundTruthInput(_Strict):
     topic: str | None = Field(None, min_length=1, max_length=249)
+    envelope: Envelope = "none"
+    payload: Payload = "json"
+    when: Expression | None = None
     fields: GroundTruthFields = Field(default_factory=GroundTruthFields)
 
 
@@ -444,12 +462,22 @@ class MonitorConfig(_Strict):
                 if spec is None:
                     continue
                 key = f"models[{i}].input.{side}.fields.model"
+                topic = self.topic_of(model, side)
+                for other in self.models:
+                    theirs = other.side_input(side)
+                    if other is not model and self.topic_of(other, side) == topic and \
+                            (theirs.envelope if theirs is not None else "none") != spec.envelope:
+                        problems.append(f"models[{i}].input.{side}.envelope: {other.name!r} reads topic {topic!r} "
+                                        "with another envelope (one topic, one envelope)")
+                        break
+                if spec.payload == "oip-protobuf" and importlib.util.find_spec("google.protobuf") is None:
+                    problems.append(f"models[{i}].input.{side}.payload: oip-protobuf needs the protobuf package "
+                                    "(pip install 'mlmon[seldon]')")
                 is_literal, value = literal_value(spec.fields.model)
                 if not is_literal:
                     continue
                 if value != model.name:
                     problems.append(f"{key}: the literal {value!r} must be this model's name {model.name!r}")
-                topic = self.topic_of(model, side)
                 others = [m.name for m in self.models if m is not model and self.topic_of(m, side) == topic]
                 if others:
                     problems.append(f"{key}: a literal model name claims every message of topic {topic!r}, "

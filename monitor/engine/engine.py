@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from monitor import conventions as c
+from monitor import mapping
 from monitor.config import MonitorConfig, format_duration
 from monitor.engine import native
 from monitor.engine.columns import (
@@ -35,6 +36,7 @@ from monitor.engine.columns import (
 from monitor.engine.figures import Figures, model_figures
 from monitor.engine.model_state import ModelState
 from monitor.events import BatchDecoder, Decoder, GroundTruth, InvalidEvent, Prediction
+from monitor.mapping import RecordMeta
 from monitor.reference import Reference, load_reference
 
 PREDICTIONS = c.TOPIC_PREDICTIONS
@@ -48,6 +50,10 @@ class Rejection:
     reason: str
     detail: str
     raw: bytes
+    # The native field at fault and, for a mapped input, the expression that read it (docs/attach.md);
+    # for dead-letter headers and messages, never for metric labels.
+    field: str | None = None
+    expression: str | None = None
 
 
 class Engine:
@@ -65,14 +71,27 @@ class Engine:
         self.fast = (native._native.Decoder(config.kafka.max_message_bytes,  # type: ignore[union-attr]
                                             native.native_models(config, references))
                      if self.use_native else None)
+        # Topics that carry mapped inputs (docs/attach.md) are read by the exact decoder through their reader;
+        # a config without `input:` sections has only plain readers and decodes exactly as before.
+        self.readers = mapping.readers(config, self.decoder)
+        self.default_source = {PREDICTIONS: config.kafka.predictions_topic,
+                               GROUND_TRUTH: config.kafka.ground_truth_topic}
         self.invalid: Counter[tuple[str, str]] = Counter()
         self.max_clock_skew = config.join.max_clock_skew
         self.clock: Callable[[], float] = time.time  # replaceable, for tests
 
     # --- decoding ------------------------------------------------------------------------------------------
-    def decode(self, topic: str, raws: list[bytes]) -> DecodedTopic:
-        """Decode one topic's messages (order-independent) into per-model columns."""
+    def decode(self, topic: str, raws: list[bytes], sources: list[str] | None = None,
+               metas: list[RecordMeta] | None = None) -> DecodedTopic:
+        """Decode one side's messages (order-independent) into per-model columns. `topic` is the side
+        (PREDICTIONS | GROUND_TRUTH); `sources` the Kafka topic (or replay input) of each message, by
+        default the side's default topic; `metas` each message's key, headers and timestamp."""
         n = len(raws)
+        default = self.default_source[topic]
+        if sources is None:
+            sources = [default] * n if not self.readers[(topic, default)].plain else None
+        if sources is not None and not all(self.readers[(topic, s)].plain for s in set(sources)):
+            return self._decode_mapped(topic, raws, sources, metas)
         if self.fast is not None:
             out = (self.fast.predictions if topic == PREDICTIONS else self.fast.ground_truth)(raws)
             decoded = DecodedTopic(topic, raws, out["model"].astype(np.int64), out["row"].astype(np.int64),
@@ -85,6 +104,25 @@ class Engine:
             rest = list(range(n))
             events = self.batch.predictions(raws) if topic == PREDICTIONS else self.batch.ground_truth(raws)
         self._add_exact(decoded, rest, events)
+        if self.max_clock_skew is not None:
+            self._reject_future(decoded)
+        return decoded
+
+    def _decode_mapped(self, topic: str, raws: list[bytes], sources: list[str],
+                       metas: list[RecordMeta] | None) -> DecodedTopic:
+        """Every message through its topic's reader and the exact decoder (the fast paths take only the
+        native shape)."""
+        n = len(raws)
+        decoded = DecodedTopic(topic, raws, np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64),
+                               [None] * len(self._states), {})
+        positions: list[int] = []
+        events: list[Prediction | GroundTruth | InvalidEvent] = []
+        for i, (raw, source) in enumerate(zip(raws, sources, strict=True)):
+            event = self.readers[(topic, source)].decode(raw, metas[i] if metas is not None else None)
+            if event is not None:  # None: a message the mapping's `when` leaves out
+                positions.append(i)
+                events.append(event)
+        self._add_exact(decoded, positions, events)
         if self.max_clock_skew is not None:
             self._reject_future(decoded)
         return decoded
@@ -140,9 +178,12 @@ class Engine:
             decoded = topics[sides[step]]
             assert decoded is not None
             i = int(index[step])
-            exc = decoded.rejected[i]
+            exc = decoded.rejected.get(i)
+            if exc is None:  # skipped by a mapping's `when`: not an event
+                continue
             self.invalid[(decoded.topic, exc.reason)] += 1
-            rejected.append(Rejection(decoded.topic, exc.reason, exc.detail, decoded.raws[i]))
+            rejected.append(Rejection(decoded.topic, exc.reason, exc.detail, decoded.raws[i], exc.field,
+                                      exc.expression))
         for m, state in enumerate(self._states):
             sel = model == m
             if sel.any():
@@ -165,12 +206,16 @@ class Engine:
         return self.apply(self.decode(PREDICTIONS, preds) if preds else None,
                           self.decode(GROUND_TRUTH, truths) if truths else None, sides, index)
 
-    def process_topics(self, predictions: list[bytes], ground_truth: list[bytes]) -> list[Rejection]:
-        """Apply a batch of each topic: all its predictions first, then all its ground truths (so a truth
-        in the same batch joins at once instead of waiting)."""
+    def process_topics(self, predictions: list[bytes], ground_truth: list[bytes],
+                       sources: tuple[list[str] | None, list[str] | None] = (None, None),
+                       metas: tuple[list[RecordMeta] | None, list[RecordMeta] | None] = (None, None)
+                       ) -> list[Rejection]:
+        """Apply a batch of each side: all its predictions first, then all its ground truths (so a truth
+        in the same batch joins at once instead of waiting). `sources` and `metas` per side as in decode."""
         sides, index = topic_steps(len(predictions), len(ground_truth))
-        return self.apply(self.decode(PREDICTIONS, predictions) if predictions else None,
-                          self.decode(GROUND_TRUTH, ground_truth) if ground_truth else None, sides, index)
+        return self.apply(self.decode(PREDICTIONS, predictions, sources[0], metas[0]) if predictions else None,
+                          self.decode(GROUND_TRUTH, ground_truth, sources[1], metas[1]) if ground_truth else None,
+                          sides, index)
 
     def predictions(self, raws: Iterable[bytes]) -> list[Rejection]:
         return self.process((PREDICTIONS, r) for r in raws)
