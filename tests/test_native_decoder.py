@@ -198,7 +198,8 @@ def test_epoch_timestamps_are_fast(ts: str) -> None:
 
 
 @pytest.mark.parametrize("ts", ["946684799", "4102444800", "-1767225600", "-0", "0", "1e11", "99999999999.99",
-                                "99999999999", "100000000000000", "4102444800000", "946684799999", "true", "null", "[1767225600]", "1e400"])
+                                "99999999999", "100000000000000", "4102444800000", "946684799999", "true", "null",
+                                "[1767225600]", "1e400"])
 def test_other_epoch_timestamps_are_left_to_the_exact_decoder(ts: str) -> None:
     raw = f'{{"prediction_id": "p", "model": "m", "timestamp": {ts}, {SCORES}}}'.encode()
     assert check_batch(FAST, EXACT, CONFIG, REFERENCES, [raw], "prediction") == 0, ts
@@ -351,7 +352,8 @@ IDS = mostly(
                                         json.dumps("\u00e9" * 256), json.dumps("\u00e9" * 128), "5", "null",
                                         '["p"]'])),
 )
-MODELS = mostly(st.sampled_from(['"m"', '"plain"', '"\\u006d"', '"mc"', '"bin"']), st.sampled_from(['"nope"', "5", "null"]))
+MODELS = mostly(st.sampled_from(['"m"', '"plain"', '"\\u006d"', '"mc"', '"bin"']),
+                st.sampled_from(['"nope"', "5", "null"]))
 
 
 @st.composite
@@ -527,3 +529,186 @@ def test_bad_models_are_refused() -> None:
         _native.Decoder(100, [{**good[0], "other_bin": []}])
     with pytest.raises(TypeError):
         FAST.predictions([b"{}", "not bytes"])
+
+
+# --- mapped inputs (docs/attach.md): simple paths read by the fast path ------------------------------------
+
+
+def mapped_config(pred_fields: dict[str, Any], gt_fields: dict[str, Any]) -> MonitorConfig:
+    features = {"numeric": ["n", "n2"], "categorical": ["c", "c2"]}
+    return parse_config({
+        "kafka": {"max_message_bytes": MAX_BYTES},
+        "windows": ["5m", "1h"],
+        "models": [
+            {"name": "m", "labels": LABELS, "thresholds": {"b": 0.25}, "features": features,
+             "input": {"predictions": {"topic": "log", "fields": pred_fields},
+                       "ground_truth": {"topic": "review", "fields": gt_fields}}},
+            {"name": "bin", "task": "binary", "labels": ["a"], "features": features,
+             "input": {"predictions": {"topic": "bin-log", "fields": {**pred_fields, "model": "'bin'"}}}},
+        ],
+    })
+
+
+PER_FEATURE = {"model": "kind", "prediction_id": "id", "timestamp": "meta.t", "model_version": "v",
+               "scores": "out[0].data", "score_labels": "out[0].names", "predicted": "served",
+               "features": {"n": "req.n", "n2": "req.deep[1].n2", "c": "req.c", "c2": "c2"}, "latency_ms": "t.ms"}
+ALIGNED = {"model": "kind", "prediction_id": "id", "timestamp": "meta.t", "model_version": "v",
+           "scores": "out[0].data", "predicted": "served", "features": "req", "latency_ms": "t.ms"}
+GT_FIELDS = {"model": "'m'", "prediction_id": "rid", "timestamp": "at", "labels": "gold"}
+MAPPED = {name: mapped_config(fields, GT_FIELDS) for name, fields in (("per-feature", PER_FEATURE),
+                                                                     ("aligned", ALIGNED))}
+
+
+def mapped_engine(name: str) -> Any:
+    from monitor.engine.engine import Engine
+
+    return Engine(MAPPED[name], use_native=True)
+
+
+def check_mapped(engine: Any, side: str, topic: str, raws: list[bytes]) -> int:
+    """Every message the fast path read decodes, through the exact reader, to the same values."""
+    reading = engine.fast_readings[(side, topic)]
+    out = (engine.fast.predictions if side == "predictions" else engine.fast.ground_truth)(raws, reading)
+    reader = engine.readers[(side, topic)]
+    for i, raw in enumerate(raws):
+        m = int(out["model"][i])
+        if m < 0:
+            continue
+        ev = reader.decode(raw)
+        assert not isinstance(ev, InvalidEvent), f"fast path read what the exact reader rejects ({ev}): {raw!r}"
+        assert ev is not None
+        cfg, block, row = engine.config.models[m], out["blocks"][m], int(out["row"][i])
+        assert ev.model == cfg.name and block["ids"][row] == ev.prediction_id
+        assert bits(block["ts"][row]) == bits(ev.ts), raw
+        if isinstance(ev, Prediction):
+            compare_prediction(ev, block, row, cfg, None, raw)
+        else:
+            assert block["known"][row].tolist() == ev.known.tolist(), raw
+            assert block["actual"][row].tolist() == ev.actual.tolist(), raw
+            assert bool(block["full"][row]) == ev.full, raw
+    return int((out["model"] >= 0).sum())
+
+
+GOOD_PER_FEATURE = {"kind": "m", "id": "r1", "meta": {"t": 1795000000000}, "v": "v2",
+                    "out": [{"data": [0.1, 0.9, 0.3], "names": ["c", "a", "b"]}], "served": [1, 0, 1],
+                    "req": {"n": 3, "c": "en", "deep": [{}, {"n2": 1.5}]}, "c2": True, "t": {"ms": 12.5}}
+
+
+@pytest.mark.parametrize("change", [
+    {}, {"served": None}, {"served": "b"}, {"served": ["c", "a"]}, {"served": []}, {"served": [0, 0, 0]},
+    {"served": [True, False, True]}, {"v": None}, {"t": None}, {"t": {"ms": None}},
+    {"meta": {"t": "2026-11-20T10:00:00Z"}}, {"req": None, "c2": None}, {"req": {"n": None, "deep": []}},
+    {"out": [{"data": [0, 1, 0.5], "names": ["a", "b", "c"]}, "ignored"]},
+    {"extra": {"kind": "x", "id": 5}},
+])
+def test_mapped_predictions_are_fast(change: dict[str, Any]) -> None:
+    engine = mapped_engine("per-feature")
+    body = {**GOOD_PER_FEATURE, **change}
+    assert check_mapped(engine, "predictions", "log", [orjson.dumps(body)]) == 1, body
+
+
+@pytest.mark.parametrize("change", [
+    {"kind": "other"}, {"kind": None}, {"id": 5}, {"id": None}, {"meta": {"t": [1]}}, {"v": 7},
+    {"out": [{"data": [0.1, 0.9], "names": ["c", "a", "b"]}]},
+    {"out": [{"data": [0.1, 0.9, 0.3], "names": ["c", "a"]}]},
+    {"out": [{"data": [0.1, 0.9, 0.3], "names": ["c", "a", "a"]}]}, {"out": [{"data": [0.1, 0.9, 0.3]}]},
+    {"out": [{"data": "0.1", "names": ["c", "a", "b"]}]}, {"served": [1, 0]}, {"served": [1, 0, 2]},
+    {"served": 1}, {"served": {"a": 1}}, {"served": ["a", 1]}, {"req": {"n": "3"}}, {"c2": [1]},
+])
+def test_odd_mapped_predictions_are_left_to_the_exact_reader(change: dict[str, Any]) -> None:
+    engine = mapped_engine("per-feature")
+    body = {**GOOD_PER_FEATURE, **change}
+    assert check_mapped(engine, "predictions", "log", [orjson.dumps(body)]) == 0, body
+
+
+def test_mapped_repeats_and_negative_zero_are_left_to_the_exact_reader() -> None:
+    engine = mapped_engine("per-feature")
+    good = orjson.dumps(GOOD_PER_FEATURE)
+    assert check_mapped(engine, "predictions", "log", [good]) == 1
+    for raw in (good[:-1] + b',"id":"r2"}', good.replace(b'"served":[1,0,1]', b'"served":[1,-0,1]'),
+                good.replace(b'"req":{', b'"req":{"n":4,')):
+        assert check_mapped(engine, "predictions", "log", [raw]) == 0, raw
+    # a repeated key off every path changes nothing anyone reads
+    assert check_mapped(engine, "predictions", "log", [good[:-1] + b',"zz":1,"zz":2}']) == 1
+
+
+@pytest.mark.parametrize("gold", [[1, 0, 1], ["a"], "b", {"a": 1, "c": False}, [], [True, True, True]])
+def test_mapped_ground_truth_is_fast(gold: Any) -> None:
+    engine = mapped_engine("aligned")
+    raw = orjson.dumps({"rid": "r1", "at": "2026-11-20T10:00:00Z", "gold": gold})
+    assert check_mapped(engine, "ground_truth", "review", [raw]) == 1
+
+
+@pytest.mark.parametrize("gold", [[1, 0], [2, 0, 1], 7, [["a"]], None, {}, ["a", 1], {"x": 1}])
+def test_odd_mapped_ground_truth_is_left_to_the_exact_reader(gold: Any) -> None:
+    engine = mapped_engine("aligned")
+    raw = orjson.dumps({"rid": "r1", "at": "2026-11-20T10:00:00Z", "gold": gold})
+    assert check_mapped(engine, "ground_truth", "review", [raw]) == 0
+
+
+def test_mapped_binary_scores_and_flags() -> None:
+    engine = mapped_engine("aligned")
+    base = {"id": "r1", "meta": {"t": 1795000000}, "out": [{"data": 0.7}]}
+    for extra in ({}, {"served": 1}, {"served": False}, {"served": ["a"]}, {"req": {"n": 1, "c": 2}}):
+        assert check_mapped(engine, "predictions", "bin-log", [orjson.dumps({**base, **extra})]) == 1, extra
+    for extra in ({"served": 2}, {"out": [{"data": True}]}, {"out": [{"data": "0.7"}]}, {"req": [1]}):
+        assert check_mapped(engine, "predictions", "bin-log", [orjson.dumps({**base, **extra})]) == 0, extra
+
+
+def test_paths_through_one_another_and_envelopes_stay_exact() -> None:
+    from monitor.engine.engine import Engine
+
+    crossing = mapped_config({**ALIGNED, "prediction_id": "meta", "timestamp": "meta.t"}, GT_FIELDS)
+    engine = Engine(crossing, use_native=True)
+    assert ("predictions", "log") not in engine.fast_readings
+    assert ("ground_truth", "review") in engine.fast_readings
+    projected = mapped_config({**ALIGNED, "scores": "out[*].data | [0]"}, GT_FIELDS)
+    assert ("predictions", "log") not in Engine(projected, use_native=True).fast_readings
+
+
+MAPPED_VALUE = st.one_of(st.sampled_from(["null", "0", "1", "-0", "true", "false", "0.5", '"a"', '"b"', '"m"',
+                                          '"r1"', "1795000000000", '"2026-11-20T10:00:00Z"', "[]", "{}"]),
+                         JUNK)
+
+
+@st.composite
+def mapped_prediction(draw: st.DrawFn) -> bytes:
+    """Near-valid bodies of the per-feature shape: a value replaced, a path broken, keys repeated."""
+    body = json.loads(json.dumps(GOOD_PER_FEATURE))
+    text = orjson.dumps(body).decode()
+    for _ in range(draw(st.integers(0, 3))):
+        how = draw(st.integers(0, 5))
+        if how == 0:
+            body[draw(st.sampled_from(sorted(body)))] = json.loads(draw(st.sampled_from(
+                ["null", "0", "1", "[]", "{}", '"m"', "1795000000000"])))
+        elif how == 1:
+            body["served"] = json.loads(draw(st.sampled_from(["[0,1,1]", "[1]", '["a","a"]', '["c"]', "[]", "1",
+                                                              "[true,false,false]", "[0,0,2]", '"a"'])))
+        elif how == 2:
+            body["out"] = [{**GOOD_PER_FEATURE["out"][0],
+                            "data": [draw(st.floats(0, 1)) for _ in range(draw(st.integers(2, 4)))]}]
+        elif how == 3:
+            body["out"] = [{**GOOD_PER_FEATURE["out"][0],
+                            "names": draw(st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=2, max_size=4))}]
+        elif how == 4:
+            body["meta"] = {"t": draw(st.one_of(st.integers(9 * 10**11, 42 * 10**11), st.floats(9e8, 4.2e9)))}
+        text = orjson.dumps(body).decode()
+        if how == 5:  # raw edits: a repeated key, -0, a replaced value
+            key_ = draw(st.sampled_from(['"id"', '"kind"', '"served"', '"n"', '"t"', '"zz"']))
+            at = text.find(key_ + ":")
+            if at >= 0:
+                value = draw(MAPPED_VALUE)
+                text = text[:at] + f"{key_}:{value}," + text[at:]
+    return text.encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(mapped_prediction(), min_size=1, max_size=8))
+def test_fast_mapped_predictions_decode_exactly(raws: list[bytes]) -> None:
+    check_mapped(mapped_engine("per-feature"), "predictions", "log", raws)
+
+
+def test_mapped_generator_reaches_the_fast_path() -> None:
+    raws = examples(mapped_prediction(), 200)
+    accepted = check_mapped(mapped_engine("per-feature"), "predictions", "log", raws)
+    assert len(raws) // 10 <= accepted < len(raws), (accepted, len(raws))

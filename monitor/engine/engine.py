@@ -68,12 +68,18 @@ class Engine:
         self.models = {m.name: ModelState(config, m, references.get(m.name), self.use_native) for m in config.models}
         self._states = list(self.models.values())
         self._model_index = {name: i for i, name in enumerate(self.models)}
-        self.fast = (native._native.Decoder(config.kafka.max_message_bytes,  # type: ignore[union-attr]
-                                            native.native_models(config, references))
-                     if self.use_native else None)
-        # Topics that carry mapped inputs (docs/attach.md) are read by the exact decoder through their reader;
-        # a config without `input:` sections has only plain readers and decodes exactly as before.
+        # Topics that carry mapped inputs (docs/attach.md) are read through their reader; the native fast
+        # path reads those whose fields are simple paths (docs/native.md), the exact reader all the rest.
         self.readers = mapping.readers(config, self.decoder)
+        self.fast = None
+        self.fast_readings: dict[tuple[str, str], int] = {}
+        if self.use_native:
+            readings = native.native_readings(config, self.readers)
+            self.fast = native._native.Decoder(  # type: ignore[union-attr]
+                config.kafka.max_message_bytes, native.native_models(config, references),
+                [(r["kind"], r["mappings"]) for r in readings.values()])
+            self.fast_readings = {key: i for i, (key, ok) in enumerate(zip(readings, self.fast.readable,
+                                                                           strict=True)) if ok}
         self.default_source = {PREDICTIONS: config.kafka.predictions_topic,
                                GROUND_TRUTH: config.kafka.ground_truth_topic}
         self.invalid: Counter[tuple[str, str]] = Counter()
@@ -110,18 +116,31 @@ class Engine:
 
     def _decode_mapped(self, topic: str, raws: list[bytes], sources: list[str],
                        metas: list[RecordMeta] | None) -> DecodedTopic:
-        """Every message through its topic's reader and the exact decoder (the fast paths take only the
-        native shape)."""
+        """Each source's messages through the native fast path when it can read them (the native shape,
+        or a mapping of simple paths), every other message through its topic's reader and the exact
+        decoder."""
         n = len(raws)
         decoded = DecodedTopic(topic, raws, np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64),
                                [None] * len(self._states), {})
+        by_source: dict[str, list[int]] = {}
+        for i, source in enumerate(sources):
+            by_source.setdefault(source, []).append(i)
         positions: list[int] = []
         events: list[Prediction | GroundTruth | InvalidEvent] = []
-        for i, (raw, source) in enumerate(zip(raws, sources, strict=True)):
-            event = self.readers[(topic, source)].decode(raw, metas[i] if metas is not None else None)
-            if event is not None:  # None: a message the mapping's `when` leaves out
-                positions.append(i)
-                events.append(event)
+        for source, where in by_source.items():
+            reader = self.readers[(topic, source)]
+            reading = self.fast_readings.get((topic, source))
+            if self.fast is not None and (reader.plain or reading is not None):
+                decode = self.fast.predictions if topic == PREDICTIONS else self.fast.ground_truth
+                out = decode([raws[i] for i in where], reading)
+                pos = np.array(where, dtype=np.int64)
+                self._add_fast(decoded, pos, out)
+                where = pos[out["model"] < 0].tolist()
+            for i in where:
+                event = reader.decode(raws[i], metas[i] if metas is not None else None)
+                if event is not None:  # None: a message the mapping's `when` leaves out
+                    positions.append(i)
+                    events.append(event)
         self._add_exact(decoded, positions, events)
         if self.max_clock_skew is not None:
             self._reject_future(decoded)
@@ -129,6 +148,22 @@ class Engine:
 
     def _block(self, topic: str, b: dict[str, Any]) -> Any:
         return PredictionColumns(**b) if topic == PREDICTIONS else GroundTruthColumns(**b)
+
+    def _add_fast(self, decoded: DecodedTopic, positions: np.ndarray, out: dict[str, Any]) -> None:
+        """Append what the fast path accepted of the messages at `positions` to the per-model columns."""
+        concat: Callable[[Any, Any], Any] = concat_predictions if decoded.topic == PREDICTIONS else concat_ground_truth
+        base = np.zeros(len(self._states), dtype=np.int64)
+        for m, b in enumerate(out["blocks"]):
+            if not len(b["ids"]):
+                continue
+            have = decoded.blocks[m]
+            base[m] = 0 if have is None else len(have)
+            block = self._block(decoded.topic, b)
+            decoded.blocks[m] = block if have is None else concat(have, block)
+        model = out["model"].astype(np.int64)
+        taken = model >= 0
+        decoded.model[positions[taken]] = model[taken]
+        decoded.row[positions[taken]] = out["row"][taken] + base[model[taken]]
 
     def _add_exact(self, decoded: DecodedTopic, positions: list[int],
                    events: list[Prediction | GroundTruth | InvalidEvent]) -> None:

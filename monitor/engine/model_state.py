@@ -7,6 +7,7 @@ per batch with a single `np.bincount`, so no statistic is computed per event in 
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -199,7 +200,7 @@ class ModelState:
         group = group.ravel()
         size = self.layout.size
         bounds = np.cumsum([0] + [v.size for v, _ in parts])
-        bases = iter([group[a:b] * size for a, b in zip(bounds[:-1], bounds[1:], strict=True)])
+        bases = iter([group[a:b] * size for a, b in itertools.pairwise(bounds)])
         idx: list[np.ndarray] = []
         w: list[np.ndarray] = []
         if p is not None:

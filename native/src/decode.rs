@@ -9,6 +9,7 @@ use ahash::{AHashMap, AHashSet};
 use rustc_hash::FxHashMap;
 
 use crate::json::{read_event, Kind, Labels, Scalar, Scratch, Top};
+use crate::mapped::Reading;
 use crate::timestamp;
 
 const MAX_ID_BYTES: usize = 256;
@@ -170,6 +171,8 @@ pub struct Decoder {
     pub max_bytes: usize,
     pub models: Vec<ModelSpec>,
     by_name: FxHashMap<String, usize>,
+    /// Mapped inputs the fast path reads (mapped.rs); a batch names one, or reads the native shape.
+    pub readings: Vec<Option<Reading>>,
 }
 
 /// Per-event values of one prediction before they are committed to its block (an event can still be
@@ -195,10 +198,11 @@ impl Decoder {
                 return Err("model names must be distinct".into());
             }
         }
-        Ok(Decoder { max_bytes, models, by_name })
+        Ok(Decoder { max_bytes, models, by_name, readings: Vec::new() })
     }
 
-    pub fn predictions<'a>(&self, raws: &[&'a [u8]]) -> Batch<PredBlock<'a>> {
+    /// Decodes predictions of the native shape (`reading` None) or of a mapped input.
+    pub fn predictions<'a>(&'a self, raws: &[&'a [u8]], reading: Option<&'a Reading>) -> Batch<PredBlock<'a>> {
         let mut batch = Batch {
             model: Vec::with_capacity(raws.len()),
             row: Vec::with_capacity(raws.len()),
@@ -207,7 +211,7 @@ impl Decoder {
         let mut scratch = Scratch::default();
         let mut work = Work::default();
         for (i, raw) in raws.iter().enumerate() {
-            match self.prediction(raw, &mut scratch, &mut work) {
+            match self.prediction(raw, reading, &mut scratch, &mut work) {
                 Some((m, top, ts, latency, ignored)) => {
                     let spec = &self.models[m];
                     let block = &mut batch.blocks[m];
@@ -237,7 +241,7 @@ impl Decoder {
         batch
     }
 
-    pub fn ground_truth<'a>(&self, raws: &[&'a [u8]]) -> Batch<TruthBlock<'a>> {
+    pub fn ground_truth<'a>(&'a self, raws: &[&'a [u8]], reading: Option<&'a Reading>) -> Batch<TruthBlock<'a>> {
         let mut batch = Batch {
             model: Vec::with_capacity(raws.len()),
             row: Vec::with_capacity(raws.len()),
@@ -246,7 +250,7 @@ impl Decoder {
         let mut scratch = Scratch::default();
         let mut work = Work::default();
         for raw in raws {
-            match self.truth(raw, &mut scratch, &mut work) {
+            match self.truth(raw, reading, &mut scratch, &mut work) {
                 Some((m, id, ts)) => {
                     let block = &mut batch.blocks[m];
                     batch.model.push(m as i32);
@@ -267,29 +271,41 @@ impl Decoder {
     }
 
     /// The id, model, timestamp and version checks both kinds share.
-    fn common<'a>(&self, raw: &'a [u8], kind: Kind, scratch: &mut Scratch<'a>) -> Option<(usize, Top<'a>, f64)> {
+    fn common<'a>(
+        &'a self,
+        raw: &'a [u8],
+        kind: Kind,
+        reading: Option<&'a Reading>,
+        scratch: &mut Scratch<'a>,
+    ) -> Option<(usize, Top<'a>, f64)> {
         if raw.len() > self.max_bytes {
             return None;
         }
         let text = std::str::from_utf8(raw).ok()?;
-        let top = read_event(text, kind, scratch)?;
+        let (m, top) = match reading {
+            None => {
+                let top = read_event(text, kind, scratch)?;
+                (*self.by_name.get(top.model.as_deref()?)?, top)
+            }
+            Some(r) => r.read(text, |m| &self.models[m].labels, scratch)?,
+        };
         // Bytes, not characters: a shorter id may still be valid, but then the exact decoder takes it.
         let id_len = top.id.as_ref()?.len();
         if !(1..=MAX_ID_BYTES).contains(&id_len) {
             return None;
         }
-        let m = *self.by_name.get(top.model.as_deref()?)?;
         let ts = event_time(top.timestamp.as_ref()?)?;
         Some((m, top, ts))
     }
 
     fn prediction<'a>(
-        &self,
+        &'a self,
         raw: &'a [u8],
+        reading: Option<&'a Reading>,
         scratch: &mut Scratch<'a>,
         work: &mut Work,
     ) -> Option<(usize, Top<'a>, f64, f64, i64)> {
-        let (m, top, ts) = self.common(raw, Kind::Prediction, scratch)?;
+        let (m, top, ts) = self.common(raw, Kind::Prediction, reading, scratch)?;
         let spec = &self.models[m];
         if let Some(v) = &top.version {
             if !(1..=MAX_VERSION_BYTES).contains(&v.len()) {
@@ -402,12 +418,13 @@ impl Decoder {
     /// A ground truth's model, id and time; its known labels are left in `work.seen` and its actual
     /// ones in `work.predicted`.
     fn truth<'a>(
-        &self,
+        &'a self,
         raw: &'a [u8],
+        reading: Option<&'a Reading>,
         scratch: &mut Scratch<'a>,
         work: &mut Work,
     ) -> Option<(usize, Cow<'a, str>, f64)> {
-        let (m, top, ts) = self.common(raw, Kind::GroundTruth, scratch)?;
+        let (m, top, ts) = self.common(raw, Kind::GroundTruth, reading, scratch)?;
         let spec = &self.models[m];
         let n = spec.labels.len();
         work.seen.clear();
@@ -549,7 +566,7 @@ mod tests {
 
     fn one(d: &Decoder, body: &str) -> Option<Row> {
         let raw = format!("{{{HEAD}, {body}}}");
-        let batch = d.predictions(&[raw.as_bytes()]);
+        let batch = d.predictions(&[raw.as_bytes()], None);
         if batch.model[0] < 0 {
             return None;
         }
@@ -623,7 +640,7 @@ mod tests {
     #[test]
     fn common_refusals() {
         let d = decoder(None);
-        let ok = |raw: &[u8]| d.predictions(&[raw]).model[0] >= 0;
+        let ok = |raw: &[u8]| d.predictions(&[raw], None).model[0] >= 0;
         let scores = r#""scores": {"a": 1, "b": 0}"#;
         assert!(ok(format!(
             r#"{{"prediction_id": "p", "model": "m", "timestamp": "2026-01-01T00:00:00Z", {scores}}}"#
@@ -684,7 +701,7 @@ mod tests {
         .map(|l| format!(r#"{{{HEAD}, "labels": {l}, "scores": 5}}"#))
         .collect();
         let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_bytes()).collect();
-        let batch = d.ground_truth(&refs);
+        let batch = d.ground_truth(&refs, None);
         assert_eq!(batch.model, [0, 0, 0, -1, -1, 0, -1, 0, -1, -1, -1, -1, -1]);
         assert_eq!(batch.row, [0, 1, 2, -1, -1, 3, -1, 4, -1, -1, -1, -1, -1]);
         let b = &batch.blocks[0];
@@ -708,7 +725,7 @@ mod tests {
         let d = Decoder::new(1000, vec!["m".into()], vec![multi]).unwrap();
         let predicted = |body: &str| {
             let raw = format!("{{{HEAD}, {body}}}");
-            let batch = d.predictions(&[raw.as_bytes()]);
+            let batch = d.predictions(&[raw.as_bytes()], None);
             (batch.model[0] >= 0).then(|| batch.blocks[0].predicted.clone())
         };
         let scores = r#""scores": {"x": 0.2, "y": 0.4, "z": 0.4}"#;
@@ -719,7 +736,7 @@ mod tests {
         assert_eq!(predicted(&format!(r#"{scores}, "predicted": ["x", "y"]"#)), None);
         let truth = |labels: &str| {
             let raw = format!(r#"{{{HEAD}, "labels": {labels}}}"#);
-            d.ground_truth(&[raw.as_bytes()]).model[0] >= 0
+            d.ground_truth(&[raw.as_bytes()], None).model[0] >= 0
         };
         assert!(truth(r#"["y"]"#));
         assert!(!truth("[]"));

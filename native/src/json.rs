@@ -33,7 +33,7 @@ pub enum Scalar<'a> {
     Other,
 }
 
-fn abort<E: de::Error>() -> E {
+pub fn abort<E: de::Error>() -> E {
     E::custom("left to the exact decoder")
 }
 
@@ -298,17 +298,34 @@ pub struct Scratch<'a> {
     pub labels: Vec<Cow<'a, str>>,
     pub label_values: Vec<(Cow<'a, str>, Scalar<'a>)>,
     pub predicted: Vec<Cow<'a, str>>,
+    /// Values found along a mapped input's paths (mapped.rs), one per compiled path.
+    pub captures: Vec<Option<Node<'a>>>,
     others: Vec<Cow<'a, str>>,
+}
+
+impl Scratch<'_> {
+    pub fn clear(&mut self) {
+        self.scores.clear();
+        self.features.clear();
+        self.labels.clear();
+        self.label_values.clear();
+        self.predicted.clear();
+        self.captures.clear();
+        self.others.clear();
+    }
+}
+
+/// A mapped field's value: a scalar, or an object or a list of scalars (deeper containers are `Other`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node<'a> {
+    Scalar(Scalar<'a>),
+    Object(Vec<(Cow<'a, str>, Scalar<'a>)>),
+    Array(Vec<Scalar<'a>>),
 }
 
 /// Parses one event's JSON into `Top` and `scratch`; None when the fast path must not take it.
 pub fn read_event<'a>(text: &'a str, kind: Kind, scratch: &mut Scratch<'a>) -> Option<Top<'a>> {
-    scratch.scores.clear();
-    scratch.features.clear();
-    scratch.labels.clear();
-    scratch.label_values.clear();
-    scratch.predicted.clear();
-    scratch.others.clear();
+    scratch.clear();
     let mut de = serde_json::Deserializer::from_str(text);
     let top = TopSeed { kind, scratch }.deserialize(&mut de).ok()?;
     de.end().ok()?;
