@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +75,7 @@ class Engine:
         self.fast_readings: dict[tuple[str, str], int] = {}
         if self.use_native:
             readings = native.native_readings(config, self.readers)
-            self.fast = native._native.Decoder(  # type: ignore[union-attr]
+            self.fast = native._native.Decoder(
                 config.kafka.max_message_bytes, native.native_models(config, references),
                 [(r["kind"], r["mappings"]) for r in readings.values()])
             self.fast_readings = {key: i for i, (key, ok) in enumerate(zip(readings, self.fast.readable,
@@ -146,10 +146,10 @@ class Engine:
             self._reject_future(decoded)
         return decoded
 
-    def _block(self, topic: str, b: dict[str, Any]) -> Any:
+    def _block(self, topic: str, b: Mapping[str, Any]) -> Any:
         return PredictionColumns(**b) if topic == PREDICTIONS else GroundTruthColumns(**b)
 
-    def _add_fast(self, decoded: DecodedTopic, positions: np.ndarray, out: dict[str, Any]) -> None:
+    def _add_fast(self, decoded: DecodedTopic, positions: np.ndarray, out: Mapping[str, Any]) -> None:
         """Append what the fast path accepted of the messages at `positions` to the per-model columns."""
         concat: Callable[[Any, Any], Any] = concat_predictions if decoded.topic == PREDICTIONS else concat_ground_truth
         base = np.zeros(len(self._states), dtype=np.int64)

@@ -71,7 +71,7 @@ class AcceptedPredictions(NamedTuple):
 
 def make_join(config: MonitorConfig, n_labels: int, use_native: bool) -> JoinTable:
     if use_native:
-        return native._native.Join(config.join.ttl, config.join.max_pending, n_labels)  # type: ignore[no-any-return,union-attr]
+        return native._native.Join(config.join.ttl, config.join.max_pending, n_labels)  # type: ignore[return-value]
     return JoinTable(config.join.ttl, config.join.max_pending, n_labels)
 
 

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from monitor.config import MonitorConfig
 from monitor.reference import Reference
 
+if TYPE_CHECKING:
+    from monitor._native import ModelDict
+
 try:
-    from monitor import _native  # type: ignore[attr-defined]
+    from monitor import _native
 except ImportError:  # built without a Rust toolchain: the pure-Python engine runs
-    _native = None
+    _native = None  # type: ignore[assignment]
 
 
 def enabled() -> bool:
@@ -19,8 +22,8 @@ def enabled() -> bool:
     return _native is not None and os.environ.get("MLMON_NATIVE", "1") != "0"
 
 
-def native_models(config: MonitorConfig, references: dict[str, Reference | None]) -> list[dict[str, Any]]:
-    out = []
+def native_models(config: MonitorConfig, references: dict[str, Reference | None]) -> list[ModelDict]:
+    out: list[ModelDict] = []
     for m in config.models:
         ref = references.get(m.name)
         cats = list(m.features.categorical)
