@@ -103,6 +103,9 @@ COUNTRIES = ("de", "fr", "us", "gb", "br", "in")
 RATE = 2.0  # predictions per second, all models together (about 14 h for 100k, 6 days for 1M)
 SERVED_SHARE = 0.25
 REFERENCE_SAMPLE = 2000
+# Ground truth arrives within the join's TTL (72h): river's join has no TTL, so a later truth would be
+# joined by river and expired by the monitor, and the cross-check would compare different work.
+MAX_DELAY = 48 * 3600.0
 
 
 def realistic(n: int, seed: int, directory: Path) -> tuple[list[tuple[float, bytes]], list[tuple[float, bytes]]]:
@@ -159,7 +162,7 @@ def _intent(rng: Any, t: Any, served: Any) -> tuple[list[tuple[float, bytes]], l
     channel = rng.choice(len(CHANNELS), n, p=[0.5, 0.2, 0.2, 0.1])
     latency = rng.gamma(3.0, 5.0, n)
     labelled = rng.random(n) < 0.7
-    delay = rng.exponential(1800.0, n) + 10.0
+    delay = np.minimum(rng.exponential(1800.0, n) + 10.0, MAX_DELAY)
     preds, truths = [], []
     for i in range(n):
         pid = f"intent-{i}"
@@ -189,7 +192,7 @@ def _fraud(rng: Any, t: Any, served: Any) -> tuple[list[tuple[float, bytes]], li
     country = rng.choice(len(COUNTRIES), n)
     labelled = rng.random(n) < 0.9
     as_object = rng.random(n) < 0.5
-    delay = rng.exponential(6 * 3600.0, n) + 60.0
+    delay = np.minimum(rng.exponential(6 * 3600.0, n) + 60.0, MAX_DELAY)
     preds, truths = [], []
     for i in range(n):
         pid = f"fraud-{i}"
