@@ -10,16 +10,17 @@ It does what a team would write with river to get the same headline numbers from
 1. read both JSON-lines files and parse every line with orjson;
 2. merge them by event time exactly like monitor/replay.py (a stable sort on (time, side), predictions
    first on ties);
-3. join by prediction_id in a dict, either side first (no TTL, no corrections: a repeated id on the same
-   side is ignored);
-4. derive predicted labels from the scores with the config thresholds (the served `predicted` list if an
-   event has one), and the truth from `labels` (a list = every configured label known; an object = only
-   the listed labels known);
+3. join by prediction_id in a dict per model, either side first (no TTL, no corrections: a repeated id on
+   the same side is ignored);
+4. derive predicted labels from the served `predicted` list when an event has one, else from the scores
+   with the config thresholds (multiclass: the top class), and the truth from `labels` (a list = every
+   configured label known; an object = only the listed labels known);
 5. update river's online metrics once per joined event: per-label precision, recall and F1
    (`multioutput.PerOutput`), micro F1 (`MicroAverage(F1)`), macro F1 (`MacroAverage(F1)`), subset
    accuracy (`ExactMatch`, full ground truth only, as the monitor defines it) and hamming loss
-   (river 0.26 has no Hamming metric: 1 - `MicroAverage(Accuracy)` is the same per-label-slot error rate);
-6. print the final values as one JSON object.
+   (river 0.26 has no Hamming metric: 1 - `MicroAverage(Accuracy)` is the same per-label-slot error rate),
+   and for a multiclass model also `Accuracy` and `ConfusionMatrix` over the class names;
+6. print the final values per model as one JSON object.
 
 River has no windows, intervals, calibration, drift, estimation, SLOs or invalid-event accounting: the
 monitor does strictly more work per event than this script.
@@ -52,17 +53,104 @@ def event_time(value: object) -> float | None:
     return None
 
 
-def load_model(path: str, name: str | None) -> tuple[list[str], dict[str, float]]:
+class Model:
+    """One configured model: its labels, thresholds and task, and river's metrics for it."""
+
+    def __init__(self, cfg: dict) -> None:
+        self.name = cfg["name"]
+        self.labels = list(cfg["labels"])
+        self.label_set = set(self.labels)
+        self.multiclass = cfg.get("task", "multilabel") == "multiclass"
+        default = float(cfg.get("threshold", 0.5))
+        overrides = cfg.get("thresholds") or {}
+        self.thresholds = {label: float(overrides.get(label, default)) for label in self.labels}
+        self.per_precision = multioutput.PerOutput(metrics.Precision())
+        self.per_recall = multioutput.PerOutput(metrics.Recall())
+        self.per_f1 = multioutput.PerOutput(metrics.F1())
+        self.micro_f1 = multioutput.MicroAverage(metrics.F1())
+        self.macro_f1 = multioutput.MacroAverage(metrics.F1())
+        self.micro_acc = multioutput.MicroAverage(metrics.Accuracy())  # 1 - hamming loss
+        self.exact = multioutput.ExactMatch()
+        self.every = (self.per_precision, self.per_recall, self.per_f1, self.micro_f1, self.macro_f1, self.micro_acc)
+        # Multiclass: river's own accuracy and confusion matrix over the class names too (the monitor has both).
+        self.accuracy = metrics.Accuracy()
+        self.confusion = metrics.ConfusionMatrix()
+        self.waiting_pred: dict[str, dict[str, bool]] = {}
+        self.waiting_truth: dict[str, tuple[dict[str, bool], bool]] = {}
+        self.seen_pred: set[str] = set()
+        self.joined = 0
+
+    def predicted(self, obj: dict) -> dict[str, bool] | None:
+        scores = obj.get("scores")
+        if not isinstance(scores, dict):
+            return None
+        served = obj.get("predicted")
+        if served is not None:
+            return {label: label in served for label in self.labels}
+        try:
+            if self.multiclass:
+                top = max(self.labels, key=scores.__getitem__)  # the first of equal maxima, as numpy's argmax
+                return {label: label == top for label in self.labels}
+            return {label: scores[label] >= self.thresholds[label] for label in self.labels}
+        except (KeyError, TypeError):
+            return None
+
+    def actual(self, obj: dict) -> tuple[dict[str, bool], bool] | None:
+        raw = obj.get("labels")
+        if isinstance(raw, list):
+            return {label: label in raw for label in self.labels}, True
+        if isinstance(raw, dict) and raw:
+            y_true = {label: bool(v) for label, v in raw.items() if label in self.label_set}
+            return y_true, len(y_true) == len(self.labels)
+        return None
+
+    def update(self, y_pred: dict[str, bool], y_true: dict[str, bool], full: bool) -> None:
+        self.joined += 1
+        for m in self.every:
+            m.update(y_true, y_pred)
+        if full:
+            self.exact.update(y_true, y_pred)
+            if self.multiclass:
+                p = next(label for label, v in y_pred.items() if v)
+                t = next(label for label, v in y_true.items() if v)
+                self.accuracy.update(t, p)
+                self.confusion.update(t, p)
+
+    def result(self) -> dict:
+        per_label = {
+            label: {"precision": value(self.per_precision.metrics[label]),
+                    "recall": value(self.per_recall.metrics[label]), "f1": value(self.per_f1.metrics[label])}
+            for label in self.labels if label in self.per_f1.metrics
+        }
+        accuracy = value(self.micro_acc)
+        out = {
+            "joined": self.joined, "pending_predictions": len(self.waiting_pred),
+            "pending_ground_truth": len(self.waiting_truth),
+            "micro_f1": value(self.micro_f1), "macro_f1": value(self.macro_f1),
+            "subset_accuracy": value(self.exact) if self.exact._mean.n else None,
+            "hamming_loss": None if accuracy is None else 1.0 - accuracy,
+            "labels": per_label,
+        }
+        if self.multiclass:
+            out["accuracy"] = value(self.accuracy)
+        return out
+
+
+def value(m: metrics.base.Metric) -> float | None:
+    try:
+        v = m.get()
+    except Exception:  # an empty MacroAverage has nothing to average
+        return None
+    return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+
+def load_models(path: str, name: str | None) -> dict[str, Model]:
     with open(path, encoding="utf-8") as fh:
         cfg = yaml.safe_load(fh)
-    models = cfg["models"]
-    model = next((m for m in models if m["name"] == name), None) if name else models[0]
-    if model is None:
+    models = {m["name"]: Model(m) for m in cfg["models"] if name is None or m["name"] == name}
+    if not models:
         raise SystemExit(f"{path}: no model named {name!r}")
-    labels = list(model["labels"])
-    default = float(model.get("threshold", 0.5))
-    overrides = model.get("thresholds") or {}
-    return labels, {label: float(overrides.get(label, default)) for label in labels}
+    return models
 
 
 def read_events(path: str | None, side: int) -> tuple[list[tuple[float, int, dict]], int]:
@@ -90,102 +178,47 @@ def read_events(path: str | None, side: int) -> tuple[list[tuple[float, int, dic
 
 
 def run(config: str, predictions: str | None, ground_truth: str | None, model: str | None) -> dict:
-    labels, thresholds = load_model(config, model)
-    label_set = set(labels)
-    model_name = model
-
+    models = load_models(config, model)
     preds, bad_p = read_events(predictions, 0)
     truths, bad_g = read_events(ground_truth, 1)
     events = preds + truths
     events.sort(key=lambda e: (e[0], e[1]))  # stable: file order within equal keys, as in replay
 
-    per_precision = multioutput.PerOutput(metrics.Precision())
-    per_recall = multioutput.PerOutput(metrics.Recall())
-    per_f1 = multioutput.PerOutput(metrics.F1())
-    micro_f1 = multioutput.MicroAverage(metrics.F1())
-    macro_f1 = multioutput.MacroAverage(metrics.F1())
-    micro_acc = multioutput.MicroAverage(metrics.Accuracy())  # 1 - hamming loss
-    exact = multioutput.ExactMatch()
-    every = (per_precision, per_recall, per_f1, micro_f1, macro_f1, micro_acc)
-
-    waiting_pred: dict[str, dict[str, bool]] = {}
-    waiting_truth: dict[str, tuple[dict[str, bool], bool]] = {}
-    seen_pred: set[str] = set()
-    joined = skipped = 0
-
-    def update(y_pred: dict[str, bool], y_true: dict[str, bool], full: bool) -> None:
-        for m in every:
-            m.update(y_true, y_pred)
-        if full:
-            exact.update(y_true, y_pred)
-
+    skipped = 0
     for _, side, obj in events:
-        if model_name is not None and obj.get("model") != model_name:
+        m = models.get(obj.get("model"))  # type: ignore[arg-type]
+        if m is None:
             skipped += 1
             continue
         pid = obj["prediction_id"]
         if side == 0:
-            if pid in seen_pred:
+            if pid in m.seen_pred:
                 continue
-            scores = obj.get("scores")
-            if not isinstance(scores, dict):
-                skipped += 1
-                continue
-            served = obj.get("predicted")
-            if served is not None:
-                y_pred = {label: label in served for label in labels}
-            else:
-                try:
-                    y_pred = {label: scores[label] >= thresholds[label] for label in labels}
-                except (KeyError, TypeError):
-                    skipped += 1
-                    continue
-            seen_pred.add(pid)
-            truth = waiting_truth.pop(pid, None)
-            if truth is None:
-                waiting_pred[pid] = y_pred
-            else:
-                joined += 1
-                update(y_pred, truth[0], truth[1])
-        else:
-            raw = obj.get("labels")
-            if isinstance(raw, list):
-                y_true = {label: label in raw for label in labels}
-                full = True
-            elif isinstance(raw, dict) and raw:
-                y_true = {label: bool(v) for label, v in raw.items() if label in label_set}
-                full = len(y_true) == len(labels)
-            else:
-                skipped += 1
-                continue
-            y_pred = waiting_pred.pop(pid, None)
+            y_pred = m.predicted(obj)
             if y_pred is None:
-                waiting_truth.setdefault(pid, (y_true, full))
+                skipped += 1
+                continue
+            m.seen_pred.add(pid)
+            truth = m.waiting_truth.pop(pid, None)
+            if truth is None:
+                m.waiting_pred[pid] = y_pred
             else:
-                joined += 1
-                update(y_pred, y_true, full)
+                m.update(y_pred, truth[0], truth[1])
+        else:
+            truth = m.actual(obj)
+            if truth is None:
+                skipped += 1
+                continue
+            y_pred = m.waiting_pred.pop(pid, None)
+            if y_pred is None:
+                m.waiting_truth.setdefault(pid, truth)
+            else:
+                m.update(y_pred, *truth)
 
-    def value(m: metrics.base.Metric) -> float | None:
-        try:
-            v = m.get()
-        except Exception:  # an empty MacroAverage has nothing to average
-            return None
-        return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
-
-    per_label = {
-        label: {"precision": value(per_precision.metrics[label]), "recall": value(per_recall.metrics[label]),
-                "f1": value(per_f1.metrics[label])}
-        for label in labels if label in per_f1.metrics
-    }
-    accuracy = value(micro_acc)
     return {
-        "predictions": len(preds), "ground_truth": len(truths), "joined": joined,
-        "pending_predictions": len(waiting_pred), "pending_ground_truth": len(waiting_truth),
+        "predictions": len(preds), "ground_truth": len(truths), "joined": sum(m.joined for m in models.values()),
         "skipped": bad_p + bad_g + skipped,
-        "micro_f1": value(micro_f1), "macro_f1": value(macro_f1),
-        "subset_accuracy": value(exact) if exact._mean.n else None,
-        "hamming_loss": None if accuracy is None else 1.0 - accuracy,
-        "labels": per_label,
+        "models": {name: m.result() for name, m in models.items()},
     }
 
 
@@ -195,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--config", required=True, help="monitor config (labels and thresholds)")
     ap.add_argument("--predictions", help="JSON lines of predictions")
     ap.add_argument("--ground-truth", help="JSON lines of ground truth")
-    ap.add_argument("--model", help="model name (default: the first configured model)")
+    ap.add_argument("--model", help="only this model (default: every configured model)")
     args = ap.parse_args(argv)
     result = run(args.config, args.predictions, args.ground_truth, args.model)
     sys.stdout.buffer.write(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")

@@ -7,11 +7,14 @@ pydantic does the type checking; this module turns its errors into lines a perso
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import jmespath
 import yaml
+from jmespath.exceptions import JMESPathError
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -193,6 +196,125 @@ class SLOConfig(_Strict):
         return f"{self.label}-{self.objective}"
 
 
+# --- input mapping (docs/attach.md): how to read a model's logs when they are not in the native shape ------
+# Expressions are JMESPath, compiled once here; the decoders look them up with `compiled_expression`.
+_COMPILED: dict[str, Any] = {}
+
+
+def _expression(value: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("must be a JMESPath expression")
+    if value not in _COMPILED:
+        try:
+            _COMPILED[value] = jmespath.compile(value)
+        except JMESPathError as exc:
+            raise ValueError(f"invalid JMESPath expression: {str(exc).splitlines()[0]}") from None
+    return value
+
+
+Expression = Annotated[str, AfterValidator(_expression)]
+
+
+def compiled_expression(expression: str) -> Any:
+    """The compiled form of a validated expression (compiled again only if it never went through a config)."""
+    found = _COMPILED.get(expression)
+    return found if found is not None else _COMPILED.setdefault(expression, jmespath.compile(expression))
+
+
+PathStep = str | int
+
+
+def simple_path(expression: str) -> tuple[PathStep, ...] | None:
+    """The steps of an expression that only walks the document, or None.
+
+    A simple path is a chain of field names (`a.b`, `"quoted name"`) and non-negative list indexes
+    (`outputs[0].data`); steps are str (an object key) and int (a list index). Evaluating it is: start at
+    the body, for each step take that key of an object or that index of a list, and stop with null as soon
+    as a step does not apply (a key of a non-object, an index of a non-list, absent key, index past the
+    end), exactly as JMESPath does. Everything else (literals, projections, functions, negative indexes,
+    filters) is evaluated by the jmespath library. The native decoder's fast path takes exactly these.
+    """
+    steps: list[PathStep] = []
+
+    def walk(node: dict[str, Any]) -> bool:
+        kind = node["type"]
+        if kind == "field":
+            steps.append(node["value"])
+            return True
+        if kind in ("subexpression", "index_expression"):  # children apply in order, each to the last result
+            return all(walk(child) for child in node["children"])
+        if kind == "index" and isinstance(node["value"], int) and node["value"] >= 0:
+            steps.append(node["value"])
+            return True
+        return False
+
+    return tuple(steps) if walk(compiled_expression(expression).parsed) else None
+
+
+def literal_value(expression: str) -> tuple[bool, Any]:
+    """(True, value) for a JMESPath literal (`'moderation'`, `` `"moderation"` ``), else (False, None)."""
+    node = compiled_expression(expression).parsed
+    return (True, node["value"]) if node["type"] == "literal" else (False, None)
+
+
+class PredictionFields(_Strict):
+    """Where each native prediction field is found in the message; a key left out reads the native field."""
+
+    model: Expression = "model"
+    prediction_id: Expression = "prediction_id"
+    timestamp: Expression = "timestamp"
+    model_version: Expression = "model_version"
+    # An object {label: score}; a list aligned with `score_labels` (or with the configured labels);
+    # a single number when the model has one label.
+    scores: Expression = "scores"
+    score_labels: Expression | None = None
+    predicted: Expression = "predicted"
+    # One expression giving an object, or one expression per feature.
+    features: Expression | dict[str, Expression] = "features"
+    latency_ms: Expression = "latency_ms"
+
+
+class GroundTruthFields(_Strict):
+    model: Expression = "model"
+    prediction_id: Expression = "prediction_id"
+    timestamp: Expression = "timestamp"
+    # A list of labels (full), an object label -> 0/1 (partial), one class name, or a 0/1 list aligned
+    # with the configured labels.
+    labels: Expression = "labels"
+
+
+# What the expressions see: the message body (`none`); a CloudEvent with its attributes at the top and
+# the payload in `data`, from ce_* headers (binary mode) or the body (structured mode) (`cloudevents`);
+# or the Kafka record as {key, headers, timestamp, value} (`kafka`).
+Envelope = Literal["none", "cloudevents", "kafka"]
+# How the message value is decoded: JSON; or, for Seldon Core 2 topics, JSON when it parses as JSON and
+# else a protobuf OIP ModelInferResponse (needs the `protobuf` package: pip install mlmon[seldon]).
+Payload = Literal["json", "oip-protobuf"]
+
+
+class PredictionInput(_Strict):
+    topic: str | None = Field(None, min_length=1, max_length=249)
+    envelope: Envelope = "none"
+    payload: Payload = "json"
+    # Messages for which this is false or null are not events of this side and are skipped (e.g. the
+    # request half of a request/response log).
+    when: Expression | None = None
+    fields: PredictionFields = Field(default_factory=PredictionFields)
+
+
+class GroundTruthInput(_Strict):
+    topic: str | None = Field(None, min_length=1, max_length=249)
+    envelope: Envelope = "none"
+    payload: Payload = "json"
+    when: Expression | None = None
+    fields: GroundTruthFields = Field(default_factory=GroundTruthFields)
+
+
+class ModelInput(_Strict):
+    predictions: PredictionInput | None = None
+    ground_truth: GroundTruthInput | None = None
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     task: Literal["multilabel", "multiclass", "binary"] = "multilabel"
@@ -213,6 +335,8 @@ class ModelConfig(_Strict):
     # Every model version is a label value on every series: past this many, further versions are counted
     # together as version "_other", so a caller sending ad-hoc versions cannot explode /metrics.
     max_versions: int = Field(20, ge=1, le=1000)
+    # How this model's events are read when they are not in the native shape (docs/attach.md).
+    input: ModelInput | None = None
 
     @field_validator("labels")
     @classmethod
@@ -250,6 +374,12 @@ class ModelConfig(_Strict):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def side_input(self, side: str) -> PredictionInput | GroundTruthInput | None:
+        """The mapping of one side ("predictions" | "ground_truth"), or None for the native shape."""
+        if self.input is None:
+            return None
+        return self.input.predictions if side == "predictions" else self.input.ground_truth
 
     def threshold_for(self, label: str) -> float:
         return self.thresholds.get(label, self.threshold)
@@ -315,9 +445,62 @@ class MonitorConfig(_Strict):
                         f"models[{i}].slos[{j}].period: {format_duration(slo.period)} must be one of the "
                         f"windows {[format_duration(w) for w in self.windows]}"
                     )
+        problems += self._input_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _input_problems(self) -> list[str]:
+        problems = []
+        role_of: dict[str, str] = {}
+        for role, topic in self.sources():
+            if role_of.setdefault(topic, role) != role:
+                problems.append(f"topic {topic!r} is read both as predictions and as ground truth")
+        for i, model in enumerate(self.models):
+            for side in ("predictions", "ground_truth"):
+                spec = model.side_input(side)
+                if spec is None:
+                    continue
+                key = f"models[{i}].input.{side}.fields.model"
+                topic = self.topic_of(model, side)
+                for other in self.models:
+                    theirs = other.side_input(side)
+                    if other is not model and self.topic_of(other, side) == topic and \
+                            (theirs.envelope if theirs is not None else "none") != spec.envelope:
+                        problems.append(f"models[{i}].input.{side}.envelope: {other.name!r} reads topic {topic!r} "
+                                        "with another envelope (one topic, one envelope)")
+                        break
+                if spec.payload == "oip-protobuf" and importlib.util.find_spec("google.protobuf") is None:
+                    problems.append(f"models[{i}].input.{side}.payload: oip-protobuf needs the protobuf package "
+                                    "(pip install 'mlmon[seldon]')")
+                is_literal, value = literal_value(spec.fields.model)
+                if not is_literal:
+                    continue
+                if value != model.name:
+                    problems.append(f"{key}: the literal {value!r} must be this model's name {model.name!r}")
+                others = [m.name for m in self.models if m is not model and self.topic_of(m, side) == topic]
+                if others:
+                    problems.append(f"{key}: a literal model name claims every message of topic {topic!r}, "
+                                    f"which models {others} read too (give this model its own topic, or read "
+                                    "the model name from the message)")
+        return problems
+
+    def topic_of(self, model: ModelConfig, side: str) -> str:
+        """The Kafka topic (or replay input) that carries `side` ("predictions" | "ground_truth") for `model`."""
+        spec = model.side_input(side)
+        if spec is not None and spec.topic is not None:
+            return spec.topic
+        return self.kafka.predictions_topic if side == "predictions" else self.kafka.ground_truth_topic
+
+    def sources(self) -> list[tuple[str, str]]:
+        """Every (side, topic) the models read: the two default topics first, then each mapped topic once."""
+        out = [("predictions", self.kafka.predictions_topic), ("ground_truth", self.kafka.ground_truth_topic)]
+        for m in self.models:
+            for side in ("predictions", "ground_truth"):
+                pair = (side, self.topic_of(m, side))
+                if pair not in out:
+                    out.append(pair)
+        return out
 
     def model(self, name: str) -> ModelConfig | None:
         for m in self.models:

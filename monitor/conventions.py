@@ -308,6 +308,9 @@ ALL_REASONS: Final = tuple(v for k, v in vars(Reason).items() if k.isupper())
 DLQ_REASON_HEADER: Final = "mlmon-reason"
 DLQ_DETAIL_HEADER: Final = "mlmon-detail"
 DLQ_TOPIC_HEADER: Final = "mlmon-source-topic"
+# The native field at fault, and for a mapped input the expression that read it (docs/attach.md).
+DLQ_FIELD_HEADER: Final = "mlmon-field"
+DLQ_EXPRESSION_HEADER: Final = "mlmon-expression"
 # Where the original message was, so readers can drop the duplicates a worker crash can re-send.
 DLQ_PARTITION_HEADER: Final = "mlmon-source-partition"
 DLQ_OFFSET_HEADER: Final = "mlmon-source-offset"

@@ -33,13 +33,34 @@ _FEATURES_MAX = 1024
 
 
 class InvalidEvent(Exception):
-    """A rejected event: `reason` is a conventions.Reason value, `detail` is safe to log."""
+    """A rejected event: `reason` is a conventions.Reason value, `detail` is safe to log.
 
-    def __init__(self, reason: str, detail: str, model: str | None = None) -> None:
+    `field` is the native event field at fault (None when the message as a whole is, e.g. invalid JSON);
+    `expression` the mapping expression that read it, for events of a mapped input (docs/attach.md).
+    The reason is what metrics count; field and expression only reach dead-letter headers and messages.
+    """
+
+    def __init__(self, reason: str, detail: str, model: str | None = None, field: str | None = None,
+                 expression: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
         self.model = model
+        self.field = field if field is not None else _field_of(detail)
+        self.expression = expression
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+_TOP_FIELDS = ("prediction_id", "model_version", "model", "timestamp", "scores", "predicted", "features",
+               "latency_ms", "labels")
+
+
+def _field_of(detail: str) -> str | None:
+    """The native field a detail starts with ("scores.spam is missing" -> "scores")."""
+    head = detail.split(" ", 1)[0].split(".", 1)[0]
+    return head if head in _TOP_FIELDS else None
 
 
 @dataclass(slots=True)
@@ -186,8 +207,14 @@ class Decoder:
         except InvalidEvent as exc:
             return exc
 
+    def decode_object(self, obj: dict[str, Any], ground_truth: bool) -> Prediction | GroundTruth:
+        """Validate an event already parsed (and, for a mapped input, already put in the native shape)."""
+        return self._validate(obj, self._ground_truth if ground_truth else self._prediction)
+
     def _decode(self, raw: bytes, build: Callable[[dict[str, Any], str, _ModelSchema], E]) -> E:
-        obj = parse_json(raw, self.max_bytes)
+        return self._validate(parse_json(raw, self.max_bytes), build)
+
+    def _validate(self, obj: dict[str, Any], build: Callable[[dict[str, Any], str, _ModelSchema], E]) -> E:
         pid = _prediction_id(obj)
         schema = self._schema(obj)
         try:
@@ -297,11 +324,13 @@ class Decoder:
         if isinstance(labels, list):
             actual = self._label_set(labels, schema, "labels")
             if schema.multiclass and int(actual.sum()) != 1:
-                raise InvalidEvent(Reason.INVALID_LABELS, "multiclass labels must hold exactly one class")
+                raise InvalidEvent(Reason.INVALID_LABELS, "multiclass labels must hold exactly one class",
+                                   field="labels")
             return GroundTruth(pid, schema.cfg.name, ts, schema.all_known, actual, True)
         if isinstance(labels, dict):
             if schema.multiclass:
-                raise InvalidEvent(Reason.INVALID_LABELS, "multiclass labels must be a list of one class")
+                raise InvalidEvent(Reason.INVALID_LABELS, "multiclass labels must be a list of one class",
+                                   field="labels")
             if not labels:
                 raise InvalidEvent(Reason.INVALID_LABELS, "labels must state at least one label")
             known = np.zeros(n, dtype=bool)
@@ -313,7 +342,7 @@ class Decoder:
                 if v is True or (type(v) is int and v == 1):
                     actual[i] = True
                 elif not (v is False or (type(v) is int and v == 0)):
-                    raise InvalidEvent(Reason.WRONG_TYPE, "partial labels must map label -> 0 or 1")
+                    raise InvalidEvent(Reason.WRONG_TYPE, "partial labels must map label -> 0 or 1", field="labels")
                 known[i] = True
             return GroundTruth(pid, schema.cfg.name, ts, known, actual, bool(known.all()))
         raise InvalidEvent(Reason.WRONG_TYPE, "labels must be a list or an object of label -> 0/1")

@@ -29,15 +29,21 @@ BATCH = 8192
 
 
 def run_replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
-               at: float | None = None, use_native: bool | None = None) -> tuple[Engine, Figures]:
+               at: float | None = None, use_native: bool | None = None,
+               inputs: dict[str, list[bytes]] | None = None) -> tuple[Engine, Figures]:
+    """`inputs`: the lines of mapped topics (docs/attach.md), by topic name, beside the default two."""
     engine = Engine(config, use_native=use_native)
     # The engine's long-lived structures (join entries) are acyclic: cyclic-GC passes over them find
     # nothing while re-scanning 100k+ objects, so the collector is paused for the replay.
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        preds = engine.decode(PREDICTIONS, predictions)
-        truths = engine.decode(GROUND_TRUTH, ground_truth)
+        if inputs:
+            preds = _decode_side(engine, config, PREDICTIONS, predictions, inputs)
+            truths = _decode_side(engine, config, GROUND_TRUTH, ground_truth, inputs)
+        else:
+            preds = engine.decode(PREDICTIONS, predictions)
+            truths = engine.decode(GROUND_TRUTH, ground_truth)
         sides, index = steps_by_time(preds, truths, at)
         for start in range(0, len(sides), BATCH):
             engine.apply(preds, truths, sides[start:start + BATCH], index[start:start + BATCH])
@@ -45,6 +51,28 @@ def run_replay(config: MonitorConfig, predictions: list[bytes], ground_truth: li
         if was_enabled:
             gc.enable()
     return engine, engine.evaluate(at)
+
+
+def _decode_side(engine: Engine, config: MonitorConfig, side: str, default: list[bytes],
+                 inputs: dict[str, list[bytes]]) -> DecodedTopic:
+    """One side's default-topic lines and its mapped topics' lines, decoded together. Lines of a topic
+    read with an envelope other than `none` are Kafka records (mapping.record_lines)."""
+    from monitor.mapping import RecordMeta, record_lines
+
+    name = "predictions" if side == PREDICTIONS else "ground_truth"
+    default_topic = config.kafka.predictions_topic if side == PREDICTIONS else config.kafka.ground_truth_topic
+    raws, sources, metas = list(default), [default_topic] * len(default), [RecordMeta()] * len(default)
+    for topic, lines in inputs.items():
+        if (name, topic) not in config.sources():
+            continue
+        if engine.readers[(side, topic)].envelope == "none":
+            values, more = lines, [RecordMeta()] * len(lines)
+        else:
+            values, more = record_lines(lines)
+        raws += values
+        sources += [topic] * len(values)
+        metas += more
+    return engine.decode(side, raws, sources, metas)
 
 
 def steps_by_time(predictions: DecodedTopic, ground_truth: DecodedTopic,
@@ -83,16 +111,20 @@ def _event_time(raw: bytes) -> float:
 
 @click.command("replay")
 @input_options
+@click.option("--input", "topic_files", multiple=True, metavar="TOPIC=FILE",
+              help="JSON lines of a topic named in the config's models[].input (repeatable); "
+                   "--predictions and --ground-truth are the default topics. See docs/attach.md.")
 @click.option("--format", "fmt", type=click.Choice(["prometheus", "json"]), default="prometheus", show_default=True)
 def replay_command(config_path: str | None, predictions: str | None, ground_truth: str | None,
-                   at: str | None, fmt: str) -> None:
+                   at: str | None, topic_files: tuple[str, ...], fmt: str) -> None:
     """Replay prediction and ground-truth files through the engine and print the metrics.
 
     With no files, replays the bundled example stream (a moderation model with delayed ground truth).
     """
     inputs = load_inputs(config_path, predictions, ground_truth, at)
+    mapped = _topic_files(inputs.config, topic_files)
     try:
-        _, figures = run_replay(inputs.config, inputs.predictions, inputs.ground_truth, inputs.at)
+        _, figures = run_replay(inputs.config, inputs.predictions, inputs.ground_truth, inputs.at, inputs=mapped)
     except ConfigError as exc:
         raise click.ClickException("; ".join(exc.problems)) from None
     if fmt == "json":
@@ -104,3 +136,27 @@ def replay_command(config_path: str | None, predictions: str | None, ground_trut
         from monitor.exporter import prometheus_text
 
         sys.stdout.buffer.write(prometheus_text(figures))
+
+
+def _topic_files(config: MonitorConfig, specs: tuple[str, ...]) -> dict[str, list[bytes]]:
+    """--input TOPIC=FILE options: every topic must be one the config reads; every problem named at once."""
+    from pathlib import Path
+
+    known = {topic for _, topic in config.sources()}
+    out: dict[str, list[bytes]] = {}
+    problems = []
+    for spec in specs:
+        topic, sep, path = spec.partition("=")
+        if not sep or not topic or not path:
+            problems.append(f"--input {spec!r}: expected TOPIC=FILE")
+        elif topic not in known:
+            problems.append(f"--input {spec!r}: the config reads no topic {topic!r} (it reads {sorted(known)})")
+        elif topic in out:
+            problems.append(f"--input {spec!r}: topic {topic!r} is given twice")
+        elif not Path(path).is_file():
+            problems.append(f"--input {spec!r}: file {path!r} does not exist")
+        else:
+            out[topic] = read_lines(Path(path))
+    if problems:
+        raise click.UsageError("\n".join(problems))
+    return out

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from monitor import conventions as c
+from monitor import mapping
 from monitor.config import MonitorConfig, format_duration
 from monitor.engine import native
 from monitor.engine.columns import (
@@ -35,6 +36,7 @@ from monitor.engine.columns import (
 from monitor.engine.figures import Figures, model_figures
 from monitor.engine.model_state import ModelState
 from monitor.events import BatchDecoder, Decoder, GroundTruth, InvalidEvent, Prediction
+from monitor.mapping import RecordMeta
 from monitor.reference import Reference, load_reference
 
 PREDICTIONS = c.TOPIC_PREDICTIONS
@@ -48,6 +50,10 @@ class Rejection:
     reason: str
     detail: str
     raw: bytes
+    # The native field at fault and, for a mapped input, the expression that read it (docs/attach.md);
+    # for dead-letter headers and messages, never for metric labels.
+    field: str | None = None
+    expression: str | None = None
 
 
 class Engine:
@@ -62,17 +68,36 @@ class Engine:
         self.models = {m.name: ModelState(config, m, references.get(m.name), self.use_native) for m in config.models}
         self._states = list(self.models.values())
         self._model_index = {name: i for i, name in enumerate(self.models)}
-        self.fast = (native._native.Decoder(config.kafka.max_message_bytes,  # type: ignore[union-attr]
-                                            native.native_models(config, references))
-                     if self.use_native else None)
+        # Topics that carry mapped inputs (docs/attach.md) are read through their reader; the native fast
+        # path reads those whose fields are simple paths (docs/native.md), the exact reader all the rest.
+        self.readers = mapping.readers(config, self.decoder)
+        self.fast = None
+        self.fast_readings: dict[tuple[str, str], int] = {}
+        if self.use_native:
+            readings = native.native_readings(config, self.readers)
+            self.fast = native._native.Decoder(
+                config.kafka.max_message_bytes, native.native_models(config, references),
+                [(r["kind"], r["mappings"]) for r in readings.values()])
+            self.fast_readings = {key: i for i, (key, ok) in enumerate(zip(readings, self.fast.readable,
+                                                                           strict=True)) if ok}
+        self.default_source = {PREDICTIONS: config.kafka.predictions_topic,
+                               GROUND_TRUTH: config.kafka.ground_truth_topic}
         self.invalid: Counter[tuple[str, str]] = Counter()
         self.max_clock_skew = config.join.max_clock_skew
         self.clock: Callable[[], float] = time.time  # replaceable, for tests
 
     # --- decoding ------------------------------------------------------------------------------------------
-    def decode(self, topic: str, raws: list[bytes]) -> DecodedTopic:
-        """Decode one topic's messages (order-independent) into per-model columns."""
+    def decode(self, topic: str, raws: list[bytes], sources: list[str] | None = None,
+               metas: list[RecordMeta] | None = None) -> DecodedTopic:
+        """Decode one side's messages (order-independent) into per-model columns. `topic` is the side
+        (PREDICTIONS | GROUND_TRUTH); `sources` the Kafka topic (or replay input) of each message, by
+        default the side's default topic; `metas` each message's key, headers and timestamp."""
         n = len(raws)
+        default = self.default_source[topic]
+        if sources is None:
+            sources = [default] * n if not self.readers[(topic, default)].plain else None
+        if sources is not None and not all(self.readers[(topic, s)].plain for s in set(sources)):
+            return self._decode_mapped(topic, raws, sources, metas)
         if self.fast is not None:
             out = (self.fast.predictions if topic == PREDICTIONS else self.fast.ground_truth)(raws)
             decoded = DecodedTopic(topic, raws, out["model"].astype(np.int64), out["row"].astype(np.int64),
@@ -89,12 +114,56 @@ class Engine:
             self._reject_future(decoded)
         return decoded
 
-    def _block(self, topic: str, b: dict[str, Any]) -> Any:
-        if topic == PREDICTIONS:
-            return PredictionColumns(**b)
-        # The fast path only takes full ground truth given as a list of labels.
-        actual = b["actual"]
-        return GroundTruthColumns(b["ids"], b["ts"], np.ones_like(actual), actual, np.ones(len(actual), dtype=bool))
+    def _decode_mapped(self, topic: str, raws: list[bytes], sources: list[str],
+                       metas: list[RecordMeta] | None) -> DecodedTopic:
+        """Each source's messages through the native fast path when it can read them (the native shape,
+        or a mapping of simple paths), every other message through its topic's reader and the exact
+        decoder."""
+        n = len(raws)
+        decoded = DecodedTopic(topic, raws, np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64),
+                               [None] * len(self._states), {})
+        by_source: dict[str, list[int]] = {}
+        for i, source in enumerate(sources):
+            by_source.setdefault(source, []).append(i)
+        positions: list[int] = []
+        events: list[Prediction | GroundTruth | InvalidEvent] = []
+        for source, where in by_source.items():
+            reader = self.readers[(topic, source)]
+            reading = self.fast_readings.get((topic, source))
+            if self.fast is not None and (reader.plain or reading is not None):
+                decode = self.fast.predictions if topic == PREDICTIONS else self.fast.ground_truth
+                out = decode([raws[i] for i in where], reading)
+                pos = np.array(where, dtype=np.int64)
+                self._add_fast(decoded, pos, out)
+                where = pos[out["model"] < 0].tolist()
+            for i in where:
+                event = reader.decode(raws[i], metas[i] if metas is not None else None)
+                if event is not None:  # None: a message the mapping's `when` leaves out
+                    positions.append(i)
+                    events.append(event)
+        self._add_exact(decoded, positions, events)
+        if self.max_clock_skew is not None:
+            self._reject_future(decoded)
+        return decoded
+
+    def _block(self, topic: str, b: Mapping[str, Any]) -> Any:
+        return PredictionColumns(**b) if topic == PREDICTIONS else GroundTruthColumns(**b)
+
+    def _add_fast(self, decoded: DecodedTopic, positions: np.ndarray, out: Mapping[str, Any]) -> None:
+        """Append what the fast path accepted of the messages at `positions` to the per-model columns."""
+        concat: Callable[[Any, Any], Any] = concat_predictions if decoded.topic == PREDICTIONS else concat_ground_truth
+        base = np.zeros(len(self._states), dtype=np.int64)
+        for m, b in enumerate(out["blocks"]):
+            if not len(b["ids"]):
+                continue
+            have = decoded.blocks[m]
+            base[m] = 0 if have is None else len(have)
+            block = self._block(decoded.topic, b)
+            decoded.blocks[m] = block if have is None else concat(have, block)
+        model = out["model"].astype(np.int64)
+        taken = model >= 0
+        decoded.model[positions[taken]] = model[taken]
+        decoded.row[positions[taken]] = out["row"][taken] + base[model[taken]]
 
     def _add_exact(self, decoded: DecodedTopic, positions: list[int],
                    events: list[Prediction | GroundTruth | InvalidEvent]) -> None:
@@ -144,9 +213,12 @@ class Engine:
             decoded = topics[sides[step]]
             assert decoded is not None
             i = int(index[step])
-            exc = decoded.rejected[i]
+            exc = decoded.rejected.get(i)
+            if exc is None:  # skipped by a mapping's `when`: not an event
+                continue
             self.invalid[(decoded.topic, exc.reason)] += 1
-            rejected.append(Rejection(decoded.topic, exc.reason, exc.detail, decoded.raws[i]))
+            rejected.append(Rejection(decoded.topic, exc.reason, exc.detail, decoded.raws[i], exc.field,
+                                      exc.expression))
         for m, state in enumerate(self._states):
             sel = model == m
             if sel.any():
@@ -169,12 +241,16 @@ class Engine:
         return self.apply(self.decode(PREDICTIONS, preds) if preds else None,
                           self.decode(GROUND_TRUTH, truths) if truths else None, sides, index)
 
-    def process_topics(self, predictions: list[bytes], ground_truth: list[bytes]) -> list[Rejection]:
-        """Apply a batch of each topic: all its predictions first, then all its ground truths (so a truth
-        in the same batch joins at once instead of waiting)."""
+    def process_topics(self, predictions: list[bytes], ground_truth: list[bytes],
+                       sources: tuple[list[str] | None, list[str] | None] = (None, None),
+                       metas: tuple[list[RecordMeta] | None, list[RecordMeta] | None] = (None, None)
+                       ) -> list[Rejection]:
+        """Apply a batch of each side: all its predictions first, then all its ground truths (so a truth
+        in the same batch joins at once instead of waiting). `sources` and `metas` per side as in decode."""
         sides, index = topic_steps(len(predictions), len(ground_truth))
-        return self.apply(self.decode(PREDICTIONS, predictions) if predictions else None,
-                          self.decode(GROUND_TRUTH, ground_truth) if ground_truth else None, sides, index)
+        return self.apply(self.decode(PREDICTIONS, predictions, sources[0], metas[0]) if predictions else None,
+                          self.decode(GROUND_TRUTH, ground_truth, sources[1], metas[1]) if ground_truth else None,
+                          sides, index)
 
     def predictions(self, raws: Iterable[bytes]) -> list[Rejection]:
         return self.process((PREDICTIONS, r) for r in raws)

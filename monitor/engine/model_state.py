@@ -7,6 +7,7 @@ per batch with a single `np.bincount`, so no statistic is computed per event in 
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple
 
 import numpy as np
@@ -71,7 +72,7 @@ class AcceptedPredictions(NamedTuple):
 
 def make_join(config: MonitorConfig, n_labels: int, use_native: bool) -> JoinTable:
     if use_native:
-        return native._native.Join(config.join.ttl, config.join.max_pending, n_labels)  # type: ignore[no-any-return,union-attr]
+        return native._native.Join(config.join.ttl, config.join.max_pending, n_labels)  # type: ignore[return-value]
     return JoinTable(config.join.ttl, config.join.max_pending, n_labels)
 
 
@@ -188,44 +189,44 @@ class ModelState:
             self._apply(out)
 
     def _apply(self, out: dict[str, np.ndarray]) -> None:
-        idx: list[np.ndarray] = []
-        w: list[np.ndarray] = []
-        groups: dict[tuple[int, int], int] = {}
-        late = {"predictions": 0, "ground_truth": 0}
-
-        def group_ids(versions: np.ndarray, minutes: np.ndarray) -> np.ndarray:
-            # Few distinct (version, minute) pairs per batch: map the unique ones, not every event.
-            keys, inverse = np.unique(versions.astype(np.int64) << 32 | minutes, return_inverse=True)
-            ids = np.fromiter((groups.setdefault((int(k >> 32), int(k & 0xFFFFFFFF)), len(groups)) for k in keys),
-                              dtype=np.int64, count=len(keys))
-            return ids[inverse.ravel()]
-
-        size = self.layout.size
+        # Each contribution goes to the block of its (version, minute): predictions and pending-score
+        # removals at prediction time, joins at observation time. One np.unique over all of them numbers
+        # the blocks, one bincount makes every block's delta, one add_many applies them.
+        parts: list[tuple[np.ndarray, np.ndarray]] = []  # (versions, minutes) per kind of contribution
+        p = None
         if self._preds:
             p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*self._preds, strict=True)))
             self._preds = []
-            g = group_ids(p.version, fine_bucket(p.ts))
-            self._prediction_cells(p, g * size, idx, w)
-            late["predictions"] += self._count_late(p.ts)
-        if out["unpend_ts"].size:
-            g = group_ids(out["unpend_version"], fine_bucket(out["unpend_ts"]))
-            self._pending_cells(out["unpend_scores"], out["unpend_predicted"], g * size, -1.0, idx, w)
-        if out["join_obs"].size:
-            obs = out["join_obs"]
-            g = group_ids(out["join_version"], fine_bucket(obs))
-            self._join_cells(out, g * size, idx, w)
-            late["ground_truth"] += self._count_late(obs)
-        if not idx:
+            parts.append((p.version, fine_bucket(p.ts)))
+        unpend = out["unpend_ts"].size > 0
+        if unpend:
+            parts.append((out["unpend_version"], fine_bucket(out["unpend_ts"])))
+        joins = out["join_obs"].size > 0
+        if joins:
+            parts.append((out["join_version"], fine_bucket(out["join_obs"])))
+        if not parts:
             return
-        deltas = np.bincount(np.concatenate(idx), weights=np.concatenate(w), minlength=len(groups) * size)
-        deltas = deltas.reshape(len(groups), size)
-        for (version, minute), gi in groups.items():
-            self.store.add(version, minute, deltas[gi])
-        for topic, n in late.items():
-            self.late[topic] += n
+        keys = np.concatenate([v.astype(np.int64) << 32 | m for v, m in parts])
+        blocks, group = np.unique(keys, return_inverse=True)
+        group = group.ravel()
+        size = self.layout.size
+        bounds = np.cumsum([0] + [v.size for v, _ in parts])
+        bases = iter([group[a:b] * size for a, b in itertools.pairwise(bounds)])
+        idx: list[np.ndarray] = []
+        w: list[np.ndarray] = []
+        if p is not None:
+            self._prediction_cells(p, next(bases), idx, w)
+            self.late["predictions"] += self._count_late(parts[0][1])
+        if unpend:
+            self._pending_cells(out["unpend_scores"], out["unpend_predicted"], next(bases), -1.0, idx, w)
+        if joins:
+            self._join_cells(out, next(bases), idx, w)
+            self.late["ground_truth"] += self._count_late(parts[-1][1])
+        deltas = np.bincount(np.concatenate(idx), weights=np.concatenate(w), minlength=len(blocks) * size)
+        self.store.add_many(blocks >> 32, blocks & 0xFFFFFFFF, deltas.reshape(len(blocks), size))
 
-    def _count_late(self, ts: np.ndarray) -> int:
-        m = fine_bucket(ts)
+    def _count_late(self, m: np.ndarray) -> int:
+        """Contributions at these minute buckets that no window keeps any more."""
         st = self.store
         newest = np.maximum(st.newest_fine, m)
         kept = (m > newest - st.fine_span) | (m // 60 > newest // 60 - st.coarse_span)

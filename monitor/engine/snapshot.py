@@ -53,7 +53,8 @@ JOIN_FIELDS = frozenset({
     "ttl", "max_entries", "n_labels", "entries", "_heap", "seq", "watermark", "pending", "expired", "evicted",
     "duplicates", "corrections", "joined", "_unpend", "_joins", "_delays",
 })
-STORE_FIELDS = frozenset({"size", "fine_span", "coarse_span", "fine", "coarse", "total", "newest_fine"})
+# `_rings` is derived: the fine blocks it holds are the same arrays as in `fine` (a restore refills it).
+STORE_FIELDS = frozenset({"size", "fine_span", "coarse_span", "fine", "coarse", "total", "newest_fine", "_rings"})
 
 
 class SnapshotError(Exception):

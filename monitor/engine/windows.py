@@ -22,6 +22,7 @@ SCORE_BINS = 10  # reference deciles give at most 10 bins
 # Positions in the "scalars" field.
 S_PREDICTIONS, S_JOINED, S_SUBSET_N, S_SUBSET_OK, S_CARD_ACTUAL, S_CARD_ACTUAL_N, S_CARD_PRED, S_PENDING = range(8)
 N_SCALARS = 8
+NO_MINUTE = -(1 << 62)
 
 
 @dataclass
@@ -73,7 +74,12 @@ def fine_bucket(ts: float | np.ndarray) -> np.ndarray:
 
 
 class BlockStore:
-    """Blocks per version at two granularities, plus a cumulative block per version (the counters)."""
+    """Blocks per version at two granularities, plus a cumulative block per version (the counters).
+
+    `fine`, `coarse` and `total` are plain dicts of vectors (snapshots and merges read and fill them).
+    The fine blocks `add_many` creates are rows of one ring array per version (row = minute % fine_span),
+    so that adding a batch's deltas to hundreds of minutes is one numpy operation, not one per minute.
+    """
 
     def __init__(self, size: int, windows: list[int]) -> None:
         self.size = size
@@ -87,6 +93,8 @@ class BlockStore:
         self.coarse: dict[int, dict[int, np.ndarray]] = {}
         self.total: dict[int, np.ndarray] = {}
         self.newest_fine = -(1 << 62)
+        # Per version: the ring of fine blocks and, per row, the minute it holds (NO_MINUTE: none).
+        self._rings: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _block(self, store: dict[int, dict[int, np.ndarray]], version: int, bucket: int) -> np.ndarray:
         per_version = store.setdefault(version, {})
@@ -112,6 +120,58 @@ class BlockStore:
         if keep_coarse and self.coarse_span > 1:
             self._block(self.coarse, version, minute // 60)[:] += delta
         return keep_fine or keep_coarse
+
+    def add_many(self, versions: np.ndarray, minutes: np.ndarray, deltas: np.ndarray) -> None:
+        """`add(versions[i], minutes[i], deltas[i])` for every i, with distinct (version, minute) pairs,
+        as a few numpy operations per version. Totals and hourly blocks receive the sum of their rows (the
+        same values up to float rounding)."""
+        newest = self.newest_fine
+        ahead = minutes > newest  # (only after a restore) newer than every block: kept like in_retention
+        keep_fine = ((minutes > newest - self.fine_span) | ahead) if self.fine_span > 1 else np.zeros_like(ahead)
+        keep_coarse = (minutes // 60 > newest // 60 - self.coarse_span) | ahead
+        if self.coarse_span <= 1:
+            keep_coarse[:] = False
+        for v in np.unique(versions).tolist():
+            mine = versions == v
+            total = self.total.get(v)
+            if total is None:
+                total = self.total[v] = np.zeros(self.size)
+            total += deltas[mine].sum(axis=0)
+            rows = np.nonzero(mine & keep_fine)[0]
+            if rows.size:
+                if ahead[rows].any():  # minutes a ring row apart could collide: one at a time
+                    for r in rows.tolist():
+                        self._block(self.fine, v, int(minutes[r]))[:] += deltas[r]
+                else:
+                    self._add_fine(v, minutes[rows], deltas[rows])
+            rows = np.nonzero(mine & keep_coarse)[0]
+            if rows.size:
+                hours = minutes[rows] // 60
+                order = np.argsort(hours, kind="stable")
+                hours = hours[order]
+                starts = np.concatenate([[0], np.nonzero(np.diff(hours))[0] + 1])
+                sums = np.add.reduceat(deltas[rows[order]], starts, axis=0)
+                for hour, delta in zip(hours[starts].tolist(), sums, strict=True):
+                    self._block(self.coarse, v, hour)[:] += delta
+
+    def _add_fine(self, version: int, minutes: np.ndarray, deltas: np.ndarray) -> None:
+        """Add rows to fine blocks of distinct minutes less than fine_span apart (distinct ring rows)."""
+        ring_owner = self._rings.get(version)
+        if ring_owner is None:
+            ring_owner = self._rings[version] = (np.zeros((self.fine_span, self.size)),
+                                                 np.full(self.fine_span, NO_MINUTE, dtype=np.int64))
+        ring, owner = ring_owner
+        blocks = self.fine.setdefault(version, {})
+        at = minutes % self.fine_span
+        # Rows whose minute the ring does not hold yet: a new block (claims the row, whose old minute
+        # `advance` has dropped), or one a snapshot or merge put in the dict (adopted into the row).
+        for i in np.nonzero(owner[at] != minutes)[0].tolist():
+            m, r = int(minutes[i]), int(at[i])
+            found = blocks.get(m)
+            ring[r] = 0.0 if found is None else found
+            owner[r] = m
+            blocks[m] = ring[r]
+        ring[at] += deltas
 
     def advance(self, minute: int) -> None:
         """Move the newest bucket forward and drop blocks no window can reach any more."""

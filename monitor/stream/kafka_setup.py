@@ -68,6 +68,8 @@ class Topics:
     dead_letter: str
     state: str
     partitions: int
+    # (side, topic) of each topic a model's input mapping names beyond the two above (docs/attach.md).
+    extra: tuple[tuple[str, str], ...] = ()
 
 
 def state_topic_name(kafka: KafkaConfig) -> str:
@@ -77,21 +79,25 @@ def state_topic_name(kafka: KafkaConfig) -> str:
 async def ensure_topics(config: MonitorConfig, max_state_bytes: int) -> Topics:
     """Create what is missing, check what exists; returns the names and the common partition count."""
     kafka = config.kafka
+    extra = tuple(pair for pair in config.sources()
+                  if pair[1] not in (kafka.predictions_topic, kafka.ground_truth_topic))
     topics = Topics(kafka.predictions_topic, kafka.ground_truth_topic, kafka.dead_letter_topic,
-                    state_topic_name(kafka), kafka.partitions)
+                    state_topic_name(kafka), kafka.partitions, extra)
+    names = (topics.predictions, topics.ground_truth, *(topic for _, topic in extra))
     admin = AIOKafkaAdminClient(client_id="mlmon-worker-admin", **client_options(kafka))
     await admin.start()
     try:
         existing = await _partition_counts(admin)
-        inputs = {name: existing[name] for name in (topics.predictions, topics.ground_truth) if name in existing}
+        inputs = {name: existing[name] for name in names if name in existing}
         # Existing input topics decide the count; new ones follow them, else the config.
         count = next(iter(inputs.values()), kafka.partitions)
         if len(set(inputs.values())) > 1:
             raise SetupError(
-                f"topics {topics.predictions!r} and {topics.ground_truth!r} have different partition counts "
-                f"({inputs[topics.predictions]} and {inputs[topics.ground_truth]}): both must be keyed by "
-                "prediction_id with the same partition count so each prediction meets its ground truth in "
-                "one worker. Recreate one of them, or add partitions to the smaller one before producing."
+                f"input topics have different partition counts ({', '.join(f'{k!r}: {v}' for k, v in inputs.items())})"
+                ": "
+                "all must be keyed by prediction_id with the same partition count so each prediction meets its "
+                "ground truth in one worker. Recreate one of them, or add partitions to the smaller one before "
+                "producing."
             )
         if inputs and count != kafka.partitions:
             log.warning("input topics have %d partitions, config kafka.partitions says %d: using %d",
@@ -99,6 +105,7 @@ async def ensure_topics(config: MonitorConfig, max_state_bytes: int) -> Topics:
         wanted = {
             topics.predictions: {},
             topics.ground_truth: {},
+            **{topic: {} for _, topic in extra},
             topics.dead_letter: {},
             # One checkpoint per input partition, written to the partition of the same number; compaction
             # keeps the latest of each.
@@ -122,7 +129,7 @@ async def ensure_topics(config: MonitorConfig, max_state_bytes: int) -> Topics:
                 "it holds checkpoints of a differently partitioned stream. Use another kafka.group_id (a "
                 "fresh start) or delete the state topic."
             )
-        return Topics(topics.predictions, topics.ground_truth, topics.dead_letter, topics.state, count)
+        return Topics(topics.predictions, topics.ground_truth, topics.dead_letter, topics.state, count, extra)
     finally:
         await admin.close()
 

@@ -37,6 +37,7 @@ from monitor.engine.merge import merged_figures
 from monitor.engine.snapshot import SnapshotError
 from monitor.events import InvalidEvent, parse_timestamp
 from monitor.exporter import FiguresCollector
+from monitor.mapping import RecordMeta
 from monitor.reference import Reference, load_reference
 from monitor.stream.checkpoints import CheckpointStore
 from monitor.stream.gc_policy import GcPolicy
@@ -107,6 +108,9 @@ class Worker:
         self.stats = Stats()
         self.topics: Topics | None = None
         self.roles: dict[str, str] = {}  # Kafka topic -> engine topic
+        self.inputs: list[tuple[str, str]] = []  # (offset key, Kafka topic) of every input topic
+        self.offset_key: dict[str, str] = {}
+        self.mapped = any(m.input is not None for m in config.models)
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.store: CheckpointStore | None = None
@@ -163,7 +167,12 @@ class Worker:
                 log.warning("Kafka not reachable yet (%s); retrying", exc)
                 await asyncio.sleep(2.0)
         t = self.topics
-        self.roles = {t.predictions: PREDICTIONS, t.ground_truth: GROUND_TRUTH}
+        self.roles = {t.predictions: PREDICTIONS, t.ground_truth: GROUND_TRUTH, **{tp: side for side, tp in t.extra}}
+        # Offsets (and checkpoints) are kept per input: the default topics under their side, as always, and
+        # each mapped topic (docs/attach.md) under "topic:<name>".
+        self.inputs = [(PREDICTIONS, t.predictions), (GROUND_TRUTH, t.ground_truth),
+                       *((f"topic:{tp}", tp) for _, tp in t.extra)]
+        self.offset_key = {tp: key for key, tp in self.inputs}
         opts = client_options(kafka)
         client_id = f"mlmon-worker-{socket.gethostname()}-{os.getpid()}"
         self.producer = AIOKafkaProducer(client_id=client_id, acks="all", enable_idempotence=True,
@@ -182,8 +191,8 @@ class Worker:
         await self.producer.start()
         await reader.start()
         self.store = CheckpointStore(self.config, self.references, t.state, self.producer, reader,
-                                     {PREDICTIONS: t.predictions, GROUND_TRUTH: t.ground_truth})
-        self.consumer.subscribe([t.predictions, t.ground_truth], listener=_Listener(self))
+                                     dict(self.inputs))
+        self.consumer.subscribe([tp for _, tp in self.inputs], listener=_Listener(self))
         await self.consumer.start()
         log.info("group %s: consuming %s and %s (%d partitions), checkpoints in %s; %s engine", kafka.group_id,
                  t.predictions, t.ground_truth, t.partitions, t.state,
@@ -246,23 +255,27 @@ class Worker:
             role = self.roles.get(tp.topic)
             if state is None or role is None or not records:
                 continue  # revoked while this batch was in flight
-            floor = state.offsets.get(role, 0)
+            key = self.offset_key[tp.topic]
+            floor = state.offsets.get(key, 0)
             if records[0].offset < floor:  # already applied (restored from a later checkpoint)
                 records = [r for r in records if r.offset >= floor]
                 if not records:
                     continue
             preds, truths = by_partition.setdefault(tp.partition, ([], []))
             (preds if role == PREDICTIONS else truths).extend(records)
+            state.offsets[key] = records[-1].offset + 1
         for p, (preds, truths) in by_partition.items():
             state = self.partitions[p]
             records = preds + truths
             pred_values = [r.value if r.value is not None else b"" for r in preds]
             truth_values = [r.value if r.value is not None else b"" for r in truths]
-            rejected = state.engine.process_topics(pred_values, truth_values)
-            if preds:
-                state.offsets[PREDICTIONS] = preds[-1].offset + 1
-            if truths:
-                state.offsets[GROUND_TRUTH] = truths[-1].offset + 1
+            if self.mapped:  # mapped inputs read their topic, key and headers (docs/attach.md)
+                rejected = state.engine.process_topics(
+                    pred_values, truth_values, ([r.topic for r in preds], [r.topic for r in truths]),
+                    ([RecordMeta(r.key, r.headers, r.timestamp) for r in preds],
+                     [RecordMeta(r.key, r.headers, r.timestamp) for r in truths]))
+            else:
+                rejected = state.engine.process_topics(pred_values, truth_values)
             state.dirty = True
             state.events += len(records)
             self.stats.events += len(records)
@@ -279,6 +292,8 @@ class Worker:
                 log.error("dead letter without its source record (reason %s); not sent", r.reason)
                 continue
             headers = [(c.DLQ_REASON_HEADER, r.reason.encode()), (c.DLQ_DETAIL_HEADER, r.detail.encode()),
+                       *([(c.DLQ_FIELD_HEADER, r.field.encode())] if r.field else []),
+                       *([(c.DLQ_EXPRESSION_HEADER, r.expression.encode())] if r.expression else []),
                        (c.DLQ_TOPIC_HEADER, record.topic.encode()),
                        (c.DLQ_PARTITION_HEADER, str(partition).encode()),
                        (c.DLQ_OFFSET_HEADER, str(record.offset).encode())]
@@ -322,7 +337,7 @@ class Worker:
             s.state_offset = meta.offset
             self.stats.checkpoints += 1
             self.stats.checkpoint_bytes += size
-            for role, topic in ((PREDICTIONS, self.topics.predictions), (GROUND_TRUTH, self.topics.ground_truth)):
+            for role, topic in self.inputs:
                 if role in offsets:
                     commit[TopicPartition(topic, s.partition)] = offsets[role]
         self.stats.checkpoint_seconds += time.monotonic() - started
@@ -363,11 +378,10 @@ class Worker:
 
     async def _assign(self, assigned: set[TopicPartition]) -> None:
         assert self.store is not None and self.consumer is not None and self.topics is not None
-        t = self.topics
         parts = sorted({tp.partition for tp in assigned})
         for p in parts:
             have = {tp.topic for tp in assigned if tp.partition == p}
-            if have != {t.predictions, t.ground_truth}:
+            if have != {tp for _, tp in self.inputs}:
                 raise WorkerError(f"partition {p} was assigned for {sorted(have)} only: the topics' partition "
                                   "counts must be equal (and the group must use the range assignor)")
         ends = await self.store.end_offsets(parts) if parts else {}
@@ -382,7 +396,7 @@ class Worker:
         fresh = [p for p, cp in loaded.items() if cp is None]
         # One offsets request for all fresh partitions: this callback must end well within the session
         # timeout, or the coordinator drops the member before its first heartbeat.
-        tps = [TopicPartition(topic, p) for p in fresh for topic in (t.predictions, t.ground_truth)]
+        tps = [TopicPartition(topic, p) for p in fresh for _, topic in self.inputs]
         starts = await self.consumer.beginning_offsets(tps) if tps else {}
         for p, cp in loaded.items():
             if cp is not None:
@@ -390,13 +404,12 @@ class Worker:
                 self.stats.restored_bytes += cp.size
             else:
                 states[p] = PartitionState(p, Engine(self.config, self.references), {
-                    PREDICTIONS: starts[TopicPartition(t.predictions, p)],
-                    GROUND_TRUTH: starts[TopicPartition(t.ground_truth, p)]})
+                    key: starts[TopicPartition(topic, p)] for key, topic in self.inputs})
                 log.info("partition %d: no checkpoint, starting at %s", p, states[p].offsets)
         self.stats.restore_seconds += time.monotonic() - started
         for p, state in sorted(states.items()):
-            self.consumer.seek(TopicPartition(t.predictions, p), state.offsets[PREDICTIONS])
-            self.consumer.seek(TopicPartition(t.ground_truth, p), state.offsets[GROUND_TRUTH])
+            for key, topic in self.inputs:
+                self.consumer.seek(TopicPartition(topic, p), state.offsets[key])
             self.partitions[p] = state
         # Whatever was parked and not given back now belongs to another worker.
         self.parked.clear()
@@ -442,7 +455,7 @@ class _LagCollector(Collector):
         fam = GaugeMetricFamily(c.CONSUMER_LAG.name, c.CONSUMER_LAG.help, labels=list(c.CONSUMER_LAG.labels))
         if w.consumer is not None and w.topics is not None:
             for p, state in sorted(w.partitions.items()):
-                for role, topic in ((PREDICTIONS, w.topics.predictions), (GROUND_TRUTH, w.topics.ground_truth)):
+                for role, topic in w.inputs:
                     high = w.consumer.highwater(TopicPartition(topic, p))
                     if high is not None:
                         fam.add_metric([topic, str(p)], max(0, high - state.offsets.get(role, 0)))

@@ -8,13 +8,16 @@ use std::fmt::Write as _;
 use ahash::{AHashMap, AHashSet};
 use rustc_hash::FxHashMap;
 
-use crate::json::{read_event, Kind, Scalar, Scratch, Top};
+use crate::json::{read_event, Kind, Labels, Scalar, Scratch, Top};
+use crate::mapped::Reading;
 use crate::timestamp;
 
 const MAX_ID_BYTES: usize = 256;
 const MAX_VERSION_BYTES: usize = 64;
 const EPOCH_2000: f64 = 946_684_800.0;
 const EPOCH_2100: f64 = 4_102_444_800.0;
+/// At or above this an epoch number is milliseconds (as in monitor.events.parse_timestamp).
+const MILLIS_CUTOFF: f64 = 1e11;
 
 #[derive(Clone, Copy)]
 enum Feature {
@@ -80,6 +83,16 @@ impl ModelSpec {
         })
     }
 
+    /// The index of a configured label; producers usually send few labels, so for small label sets a
+    /// scan beats hashing.
+    fn index_of(&self, label: &str) -> Option<usize> {
+        if self.labels.len() <= 8 {
+            self.labels.iter().position(|l| l == label)
+        } else {
+            self.label_index.get(label).copied()
+        }
+    }
+
     fn bin(&self, j: usize, value: &str) -> i64 {
         match &self.categories[j] {
             None => 0,
@@ -141,7 +154,9 @@ impl<'a> PredBlock<'a> {
 pub struct TruthBlock<'a> {
     pub ids: Vec<Cow<'a, str>>,
     pub ts: Vec<f64>,
+    pub known: Vec<bool>,
     pub actual: Vec<bool>,
+    pub full: Vec<bool>,
 }
 
 pub struct Batch<B> {
@@ -156,6 +171,8 @@ pub struct Decoder {
     pub max_bytes: usize,
     pub models: Vec<ModelSpec>,
     by_name: FxHashMap<String, usize>,
+    /// Mapped inputs the fast path reads (mapped.rs); a batch names one, or reads the native shape.
+    pub readings: Vec<Option<Reading>>,
 }
 
 /// Per-event values of one prediction before they are committed to its block (an event can still be
@@ -163,6 +180,7 @@ pub struct Decoder {
 #[derive(Default)]
 struct Work {
     scores: Vec<f64>,
+    predicted: Vec<bool>,
     numeric: Vec<f64>,
     categorical: Vec<i64>,
     number: String,
@@ -180,10 +198,11 @@ impl Decoder {
                 return Err("model names must be distinct".into());
             }
         }
-        Ok(Decoder { max_bytes, models, by_name })
+        Ok(Decoder { max_bytes, models, by_name, readings: Vec::new() })
     }
 
-    pub fn predictions<'a>(&self, raws: &[&'a [u8]]) -> Batch<PredBlock<'a>> {
+    /// Decodes predictions of the native shape (`reading` None) or of a mapped input.
+    pub fn predictions<'a>(&'a self, raws: &[&'a [u8]], reading: Option<&'a Reading>) -> Batch<PredBlock<'a>> {
         let mut batch = Batch {
             model: Vec::with_capacity(raws.len()),
             row: Vec::with_capacity(raws.len()),
@@ -192,7 +211,7 @@ impl Decoder {
         let mut scratch = Scratch::default();
         let mut work = Work::default();
         for (i, raw) in raws.iter().enumerate() {
-            match self.prediction(raw, &mut scratch, &mut work) {
+            match self.prediction(raw, reading, &mut scratch, &mut work) {
                 Some((m, top, ts, latency, ignored)) => {
                     let spec = &self.models[m];
                     let block = &mut batch.blocks[m];
@@ -207,7 +226,7 @@ impl Decoder {
                     block.version_code.push(code);
                     block.ts.push(ts);
                     block.scores.extend_from_slice(&work.scores);
-                    block.predicted.extend(work.scores.iter().zip(&spec.thresholds).map(|(s, t)| s >= t));
+                    block.predicted.extend_from_slice(&work.predicted);
                     block.latency.push(latency);
                     block.ignored.push(ignored);
                     block.numeric.extend_from_slice(&work.numeric);
@@ -222,27 +241,25 @@ impl Decoder {
         batch
     }
 
-    pub fn ground_truth<'a>(&self, raws: &[&'a [u8]]) -> Batch<TruthBlock<'a>> {
+    pub fn ground_truth<'a>(&'a self, raws: &[&'a [u8]], reading: Option<&'a Reading>) -> Batch<TruthBlock<'a>> {
         let mut batch = Batch {
             model: Vec::with_capacity(raws.len()),
             row: Vec::with_capacity(raws.len()),
             blocks: self.models.iter().map(|_| TruthBlock::default()).collect(),
         };
         let mut scratch = Scratch::default();
+        let mut work = Work::default();
         for raw in raws {
-            match self.truth(raw, &mut scratch) {
+            match self.truth(raw, reading, &mut scratch, &mut work) {
                 Some((m, id, ts)) => {
-                    let spec = &self.models[m];
                     let block = &mut batch.blocks[m];
                     batch.model.push(m as i32);
                     batch.row.push(block.ids.len() as i64);
                     block.ids.push(id);
                     block.ts.push(ts);
-                    let start = block.actual.len();
-                    block.actual.resize(start + spec.labels.len(), false);
-                    for label in &scratch.labels {
-                        block.actual[start + spec.label_index[label.as_ref()]] = true;
-                    }
+                    block.known.extend_from_slice(&work.seen);
+                    block.actual.extend_from_slice(&work.predicted);
+                    block.full.push(work.seen.iter().all(|&k| k));
                 }
                 None => {
                     batch.model.push(-1);
@@ -254,35 +271,41 @@ impl Decoder {
     }
 
     /// The id, model, timestamp and version checks both kinds share.
-    fn common<'a>(&self, raw: &'a [u8], kind: Kind, scratch: &mut Scratch<'a>) -> Option<(usize, Top<'a>, f64)> {
+    fn common<'a>(
+        &'a self,
+        raw: &'a [u8],
+        kind: Kind,
+        reading: Option<&'a Reading>,
+        scratch: &mut Scratch<'a>,
+    ) -> Option<(usize, Top<'a>, f64)> {
         if raw.len() > self.max_bytes {
             return None;
         }
         let text = std::str::from_utf8(raw).ok()?;
-        let top = read_event(text, kind, scratch)?;
+        let (m, top) = match reading {
+            None => {
+                let top = read_event(text, kind, scratch)?;
+                (*self.by_name.get(top.model.as_deref()?)?, top)
+            }
+            Some(r) => r.read(text, |m| &self.models[m].labels, scratch)?,
+        };
         // Bytes, not characters: a shorter id may still be valid, but then the exact decoder takes it.
         let id_len = top.id.as_ref()?.len();
         if !(1..=MAX_ID_BYTES).contains(&id_len) {
             return None;
         }
-        let m = *self.by_name.get(top.model.as_deref()?)?;
-        if self.models[m].multiclass {
-            return None;
-        }
-        let ts = timestamp::parse(top.timestamp.as_deref()?.as_bytes())?;
-        if !(EPOCH_2000..EPOCH_2100).contains(&ts) {
-            return None;
-        }
+        let ts = event_time(top.timestamp.as_ref()?)?;
         Some((m, top, ts))
     }
 
     fn prediction<'a>(
-        &self,
+        &'a self,
         raw: &'a [u8],
+        reading: Option<&'a Reading>,
         scratch: &mut Scratch<'a>,
         work: &mut Work,
     ) -> Option<(usize, Top<'a>, f64, f64, i64)> {
-        let (m, top, ts) = self.common(raw, Kind::Prediction, scratch)?;
+        let (m, top, ts) = self.common(raw, Kind::Prediction, reading, scratch)?;
         let spec = &self.models[m];
         if let Some(v) = &top.version {
             if !(1..=MAX_VERSION_BYTES).contains(&v.len()) {
@@ -325,6 +348,9 @@ impl Decoder {
             return None;
         }
         let ignored = work.extra.len() as i64;
+        if !served_or_derived(spec, top.has_predicted, &scratch.predicted, work) {
+            return None;
+        }
 
         work.numeric.clear();
         work.numeric.resize(spec.n_numeric, f64::NAN);
@@ -389,21 +415,121 @@ impl Decoder {
         Some((m, top, ts, latency, ignored))
     }
 
-    fn truth<'a>(&self, raw: &'a [u8], scratch: &mut Scratch<'a>) -> Option<(usize, Cow<'a, str>, f64)> {
-        let (m, top, ts) = self.common(raw, Kind::GroundTruth, scratch)?;
-        if !top.has_labels {
-            return None;
-        }
+    /// A ground truth's model, id and time; its known labels are left in `work.seen` and its actual
+    /// ones in `work.predicted`.
+    fn truth<'a>(
+        &'a self,
+        raw: &'a [u8],
+        reading: Option<&'a Reading>,
+        scratch: &mut Scratch<'a>,
+        work: &mut Work,
+    ) -> Option<(usize, Cow<'a, str>, f64)> {
+        let (m, top, ts) = self.common(raw, Kind::GroundTruth, reading, scratch)?;
         let spec = &self.models[m];
-        // Repeats among a handful of labels: comparing pairs is cheaper than marking a vector.
-        for (i, label) in scratch.labels.iter().enumerate() {
-            spec.label_index.get(label.as_ref())?;
-            if scratch.labels[..i].contains(label) {
-                return None;
+        let n = spec.labels.len();
+        work.seen.clear();
+        work.predicted.clear();
+        work.predicted.resize(n, false);
+        match top.labels {
+            Labels::Absent => return None,
+            Labels::List => {
+                // Full ground truth: every label known, the listed ones positive.
+                if !label_set(spec, &scratch.labels, &mut work.predicted) {
+                    return None;
+                }
+                if spec.multiclass && scratch.labels.len() != 1 {
+                    return None;
+                }
+                work.seen.resize(n, true);
+            }
+            Labels::Object => {
+                // Partial ground truth: only the stated labels are known (never for multiclass).
+                if spec.multiclass || scratch.label_values.is_empty() {
+                    return None;
+                }
+                work.seen.resize(n, false);
+                for (label, value) in &scratch.label_values {
+                    let i = spec.index_of(label)?;
+                    if std::mem::replace(&mut work.seen[i], true) {
+                        return None;
+                    }
+                    // Exactly what the exact decoder takes: a bool, or the integer 0 or 1.
+                    work.predicted[i] = match *value {
+                        Scalar::Bool(b) => b,
+                        Scalar::U(0) => false,
+                        Scalar::U(1) => true,
+                        _ => return None,
+                    };
+                }
             }
         }
         Some((m, top.id?, ts))
     }
+}
+
+/// Epoch seconds of an event's `timestamp`, as monitor.events.parse_timestamp computes them, when it
+/// lies within the years 2000-2100: an RFC 3339 string of the shape `timestamp::parse` takes, or a
+/// number (seconds, or milliseconds from 1e11 on).
+fn event_time(value: &Scalar<'_>) -> Option<f64> {
+    let ts = match value {
+        Scalar::Str(s) => timestamp::parse(s.as_bytes())?,
+        // Python's float(int) and Rust's `as` both round to nearest; anything in range is exact anyway.
+        number @ (Scalar::U(_) | Scalar::F(_)) => {
+            let v = match *number {
+                Scalar::U(u) => u as f64,
+                Scalar::F(f) => f,
+                _ => unreachable!(),
+            };
+            if v >= MILLIS_CUTOFF {
+                v / 1000.0
+            } else {
+                v
+            }
+        }
+        // Negative numbers and -0 are out of range; anything else is the exact decoder's to word.
+        _ => return None,
+    };
+    (EPOCH_2000..EPOCH_2100).contains(&ts).then_some(ts)
+}
+
+/// Marks `names` in `out` (one slot per configured label); false when one is not a configured label,
+/// is repeated, or there are more names than labels.
+fn label_set(spec: &ModelSpec, names: &[Cow<'_, str>], out: &mut [bool]) -> bool {
+    if names.len() > out.len() {
+        return false;
+    }
+    for name in names {
+        match spec.index_of(name) {
+            Some(i) if !out[i] => out[i] = true,
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// The predicted labels of a prediction whose scores are in `work.scores`, into `work.predicted`: the
+/// served list when there is one (exactly one class for multiclass), else the highest-scoring class
+/// (the first on ties, as numpy's argmax) for multiclass, else score >= threshold per label.
+fn served_or_derived(spec: &ModelSpec, served: bool, names: &[Cow<'_, str>], work: &mut Work) -> bool {
+    let n = spec.labels.len();
+    work.predicted.clear();
+    if served {
+        work.predicted.resize(n, false);
+        return label_set(spec, names, &mut work.predicted) && (!spec.multiclass || names.len() == 1);
+    }
+    if spec.multiclass {
+        work.predicted.resize(n, false);
+        let mut best = 0;
+        for (i, &s) in work.scores.iter().enumerate().skip(1) {
+            if s > work.scores[best] {
+                best = i;
+            }
+        }
+        work.predicted[best] = true;
+    } else {
+        work.predicted.extend(work.scores.iter().zip(&spec.thresholds).map(|(s, t)| s >= t));
+    }
+    true
 }
 
 /// Whether two of the pairs at `at` have the same key.
@@ -440,7 +566,7 @@ mod tests {
 
     fn one(d: &Decoder, body: &str) -> Option<Row> {
         let raw = format!("{{{HEAD}, {body}}}");
-        let batch = d.predictions(&[raw.as_bytes()]);
+        let batch = d.predictions(&[raw.as_bytes()], None);
         if batch.model[0] < 0 {
             return None;
         }
@@ -502,7 +628,10 @@ mod tests {
         assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"c": 1.5}"#));
         assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"c": [1]}"#));
         assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": []"#));
-        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": ["a"]"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": ["a", "a"]"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": ["z"]"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": ["a", "b", "a"]"#));
+        assert!(refused(r#""scores": {"a": 1, "b": 0}, "predicted": "a""#));
         assert!(!refused(r#""scores": {"a": 1, "b": 0}, "features": {"other": [1e18, {"x": null}]}"#));
         // Anything as large as 2**63 could have been an integer literal beyond 64 bits.
         assert!(refused(r#""scores": {"a": 1, "b": 0}, "features": {"other": [1e300]}"#));
@@ -511,7 +640,7 @@ mod tests {
     #[test]
     fn common_refusals() {
         let d = decoder(None);
-        let ok = |raw: &[u8]| d.predictions(&[raw]).model[0] >= 0;
+        let ok = |raw: &[u8]| d.predictions(&[raw], None).model[0] >= 0;
         let scores = r#""scores": {"a": 1, "b": 0}"#;
         assert!(ok(format!(
             r#"{{"prediction_id": "p", "model": "m", "timestamp": "2026-01-01T00:00:00Z", {scores}}}"#
@@ -525,9 +654,11 @@ mod tests {
             r#"{{"prediction_id": "p", "model": "n", "timestamp": "2026-01-01T00:00:00Z", {scores}}}"#
         )
         .as_bytes()));
-        assert!(
-            !ok(format!(r#"{{"prediction_id": "p", "model": "m", "timestamp": 1767225600, {scores}}}"#).as_bytes())
-        );
+        for (ts, fast) in [("1767225600", true), ("1767225600000", true), ("1767225600.5", true), ("-5", false),
+                           ("1e13", false), ("946684799.999", false), ("true", false), ("-0", false)] {
+            let raw = format!(r#"{{"prediction_id": "p", "model": "m", "timestamp": {ts}, {scores}}}"#);
+            assert_eq!(ok(raw.as_bytes()), fast, "{ts}");
+        }
         assert!(!ok(format!(
             r#"{{"prediction_id": "p", "model": "m", "timestamp": "2100-01-01T00:00:00Z", {scores}}}"#
         )
@@ -551,14 +682,68 @@ mod tests {
     #[test]
     fn ground_truth() {
         let d = decoder(None);
-        let raws: Vec<String> = [r#"["b"]"#, "[]", r#"["a", "b"]"#, r#"["a", "a"]"#, r#"["c"]"#, r#"{"a": 1}"#, "null"]
-            .iter()
-            .map(|l| format!(r#"{{{HEAD}, "labels": {l}, "scores": 5}}"#))
-            .collect();
+        let raws: Vec<String> = [
+            r#"["b"]"#,
+            "[]",
+            r#"["a", "b"]"#,
+            r#"["a", "a"]"#,
+            r#"["c"]"#,
+            r#"{"a": 1}"#,
+            "null",
+            r#"{"b": false, "a": true}"#,
+            r#"{"b": 0, "a": 2}"#,
+            r#"{"a": 1, "a": 1}"#,
+            "{}",
+            r#"{"a": 1.0}"#,
+            r#"{"a": -0}"#,
+        ]
+        .iter()
+        .map(|l| format!(r#"{{{HEAD}, "labels": {l}, "scores": 5}}"#))
+        .collect();
         let refs: Vec<&[u8]> = raws.iter().map(|r| r.as_bytes()).collect();
-        let batch = d.ground_truth(&refs);
-        assert_eq!(batch.model, [0, 0, 0, -1, -1, -1, -1]);
-        assert_eq!(batch.row, [0, 1, 2, -1, -1, -1, -1]);
-        assert_eq!(batch.blocks[0].actual, [false, true, false, false, true, true]);
+        let batch = d.ground_truth(&refs, None);
+        assert_eq!(batch.model, [0, 0, 0, -1, -1, 0, -1, 0, -1, -1, -1, -1, -1]);
+        assert_eq!(batch.row, [0, 1, 2, -1, -1, 3, -1, 4, -1, -1, -1, -1, -1]);
+        let b = &batch.blocks[0];
+        assert_eq!(b.actual, [false, true, false, false, true, true, true, false, true, false]);
+        assert_eq!(b.known, [true, true, true, true, true, true, true, false, true, true]);
+        assert_eq!(b.full, [true, true, true, false, true]);
+    }
+
+    #[test]
+    fn served_lists_and_multiclass() {
+        let multi = ModelSpec::new(
+            vec!["x".into(), "y".into(), "z".into()],
+            vec![0.5; 3],
+            true,
+            vec![],
+            vec![],
+            vec![],
+            vec![],
+        )
+        .unwrap();
+        let d = Decoder::new(1000, vec!["m".into()], vec![multi]).unwrap();
+        let predicted = |body: &str| {
+            let raw = format!("{{{HEAD}, {body}}}");
+            let batch = d.predictions(&[raw.as_bytes()], None);
+            (batch.model[0] >= 0).then(|| batch.blocks[0].predicted.clone())
+        };
+        let scores = r#""scores": {"x": 0.2, "y": 0.4, "z": 0.4}"#;
+        assert_eq!(predicted(scores), Some(vec![false, true, false]));
+        assert_eq!(predicted(&format!(r#"{scores}, "predicted": ["z"]"#)), Some(vec![false, false, true]));
+        assert_eq!(predicted(&format!(r#"{scores}, "predicted": null"#)), Some(vec![false, true, false]));
+        assert_eq!(predicted(&format!(r#"{scores}, "predicted": []"#)), None);
+        assert_eq!(predicted(&format!(r#"{scores}, "predicted": ["x", "y"]"#)), None);
+        let truth = |labels: &str| {
+            let raw = format!(r#"{{{HEAD}, "labels": {labels}}}"#);
+            d.ground_truth(&[raw.as_bytes()], None).model[0] >= 0
+        };
+        assert!(truth(r#"["y"]"#));
+        assert!(!truth("[]"));
+        assert!(!truth(r#"["x", "y"]"#));
+        assert!(!truth(r#"{"x": 1}"#));
+        let served = |body: &str| one(&decoder(None), &format!(r#""scores": {{"a": 0.9, "b": 0.9}}, {body}"#));
+        assert_eq!(served(r#""predicted": []"#).unwrap().1, [false, false]);
+        assert_eq!(served(r#""predicted": ["b"]"#).unwrap().1, [false, true]);
     }
 }

@@ -33,7 +33,7 @@ pub enum Scalar<'a> {
     Other,
 }
 
-fn abort<E: de::Error>() -> E {
+pub fn abort<E: de::Error>() -> E {
     E::custom("left to the exact decoder")
 }
 
@@ -197,28 +197,73 @@ impl<'de> Visitor<'de> for PairsSeed<'_, 'de> {
     }
 }
 
-/// A list of strings (anything else aborts).
+/// A list of strings (anything else aborts); `null` gives Ok(false) when `nullable`.
 pub struct StringsSeed<'s, 'de> {
     pub out: &'s mut Vec<Cow<'de, str>>,
+    pub nullable: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for StringsSeed<'_, 'de> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
     }
 }
 
 impl<'de> Visitor<'de> for StringsSeed<'_, 'de> {
-    type Value = ();
+    type Value = bool;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a list of strings")
     }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        if self.nullable {
+            Ok(false)
+        } else {
+            Err(abort())
+        }
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
         while let Some(s) = seq.next_element_seed(StrSeed)? {
             self.out.push(s);
         }
-        Ok(())
+        Ok(true)
+    }
+}
+
+/// How a ground truth states its labels.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Labels {
+    #[default]
+    Absent,
+    /// A list of label names (full ground truth), in `Scratch::labels`.
+    List,
+    /// An object of label -> value (partial ground truth), in `Scratch::label_values`.
+    Object,
+}
+
+/// `labels`: a list of strings or an object (anything else, `null` included, aborts).
+struct LabelsSeed<'s, 'de> {
+    list: &'s mut Vec<Cow<'de, str>>,
+    object: &'s mut Vec<(Cow<'de, str>, Scalar<'de>)>,
+}
+
+impl<'de> DeserializeSeed<'de> for LabelsSeed<'_, 'de> {
+    type Value = Labels;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Labels, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for LabelsSeed<'_, 'de> {
+    type Value = Labels;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of labels or an object of label -> 0/1")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Labels, A::Error> {
+        StringsSeed { out: self.list, nullable: false }.visit_seq(seq).map(|_| Labels::List)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Labels, A::Error> {
+        PairsSeed { out: self.object, nullable: false, max: usize::MAX }.visit_map(map).map(|_| Labels::Object)
     }
 }
 
@@ -234,12 +279,15 @@ pub enum Kind {
 pub struct Top<'a> {
     pub id: Option<Cow<'a, str>>,
     pub model: Option<Cow<'a, str>>,
-    pub timestamp: Option<Cow<'a, str>>,
+    /// An RFC 3339 string or an epoch number (anything else is kept too; the decoder refuses it).
+    pub timestamp: Option<Scalar<'a>>,
     pub version: Option<Cow<'a, str>>,
     pub has_scores: bool,
     pub has_features: bool,
     pub latency: Option<Scalar<'a>>,
-    pub has_labels: bool,
+    /// A served label list (not null) is in `Scratch::predicted`.
+    pub has_predicted: bool,
+    pub labels: Labels,
 }
 
 /// Buffers reused from event to event of a batch (cleared by `read_event`).
@@ -248,15 +296,36 @@ pub struct Scratch<'a> {
     pub scores: Vec<(Cow<'a, str>, Scalar<'a>)>,
     pub features: Vec<(Cow<'a, str>, Scalar<'a>)>,
     pub labels: Vec<Cow<'a, str>>,
+    pub label_values: Vec<(Cow<'a, str>, Scalar<'a>)>,
+    pub predicted: Vec<Cow<'a, str>>,
+    /// Values found along a mapped input's paths (mapped.rs), one per compiled path.
+    pub captures: Vec<Option<Node<'a>>>,
     others: Vec<Cow<'a, str>>,
+}
+
+impl Scratch<'_> {
+    pub fn clear(&mut self) {
+        self.scores.clear();
+        self.features.clear();
+        self.labels.clear();
+        self.label_values.clear();
+        self.predicted.clear();
+        self.captures.clear();
+        self.others.clear();
+    }
+}
+
+/// A mapped field's value: a scalar, or an object or a list of scalars (deeper containers are `Other`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Node<'a> {
+    Scalar(Scalar<'a>),
+    Object(Vec<(Cow<'a, str>, Scalar<'a>)>),
+    Array(Vec<Scalar<'a>>),
 }
 
 /// Parses one event's JSON into `Top` and `scratch`; None when the fast path must not take it.
 pub fn read_event<'a>(text: &'a str, kind: Kind, scratch: &mut Scratch<'a>) -> Option<Top<'a>> {
-    scratch.scores.clear();
-    scratch.features.clear();
-    scratch.labels.clear();
-    scratch.others.clear();
+    scratch.clear();
     let mut de = serde_json::Deserializer::from_str(text);
     let top = TopSeed { kind, scratch }.deserialize(&mut de).ok()?;
     de.end().ok()?;
@@ -283,7 +352,6 @@ const SCORES: u32 = 16;
 const FEATURES: u32 = 32;
 const LATENCY: u32 = 64;
 const LABELS: u32 = 128;
-/// `predicted`: a served label set is checked against the config by the exact decoder only.
 const PREDICTED: u32 = 256;
 
 fn field(kind: Kind, key: &str) -> u32 {
@@ -319,7 +387,7 @@ impl<'de> Visitor<'de> for TopSeed<'_, 'de> {
             match f {
                 ID => top.id = Some(map.next_value_seed(StrSeed)?),
                 MODEL => top.model = Some(map.next_value_seed(StrSeed)?),
-                TIMESTAMP => top.timestamp = Some(map.next_value_seed(StrSeed)?),
+                TIMESTAMP => top.timestamp = Some(map.next_value_seed(ScalarSeed)?),
                 VERSION => top.version = Some(map.next_value_seed(StrSeed)?),
                 SCORES => {
                     map.next_value_seed(PairsSeed { out: &mut s.scores, nullable: false, max: usize::MAX })?;
@@ -331,10 +399,11 @@ impl<'de> Visitor<'de> for TopSeed<'_, 'de> {
                 }
                 LATENCY => top.latency = Some(map.next_value_seed(ScalarSeed)?),
                 LABELS => {
-                    map.next_value_seed(StringsSeed { out: &mut s.labels })?;
-                    top.has_labels = true;
+                    top.labels = map.next_value_seed(LabelsSeed { list: &mut s.labels, object: &mut s.label_values })?;
                 }
-                PREDICTED => return Err(abort()),
+                PREDICTED => {
+                    top.has_predicted = map.next_value_seed(StringsSeed { out: &mut s.predicted, nullable: true })?;
+                }
                 _ => {
                     // Keys nobody reads may hold anything, but a repeated one still makes the event
                     // ambiguous to whoever reads it later: keep the contract's "no duplicate key".
@@ -389,8 +458,15 @@ mod tests {
         assert!(read(r#"{"model": "a", "model": "a"}"#, Kind::Prediction).is_none());
         assert!(read(r#"{"x": 1, "x": 1}"#, Kind::Prediction).is_none());
         assert!(read(r#"{"model": "a", "mod\u0065l": "a"}"#, Kind::Prediction).is_none());
-        assert!(read(r#"{"predicted": null}"#, Kind::Prediction).is_none());
-        assert!(read(r#"{"predicted": null}"#, Kind::GroundTruth).is_some());
+        let (top, _) = read(r#"{"predicted": null}"#, Kind::Prediction).unwrap();
+        assert!(!top.has_predicted);
+        let (top, s) = read(r#"{"predicted": ["a", "b"]}"#, Kind::Prediction).unwrap();
+        assert!(top.has_predicted);
+        assert_eq!(s.predicted, ["a", "b"]);
+        assert!(read(r#"{"predicted": "a"}"#, Kind::Prediction).is_none());
+        assert!(read(r#"{"predicted": [1]}"#, Kind::Prediction).is_none());
+        assert!(read(r#"{"predicted": [], "predicted": []}"#, Kind::Prediction).is_none());
+        assert!(read(r#"{"predicted": 5}"#, Kind::GroundTruth).is_some());
     }
 
     #[test]
@@ -399,8 +475,16 @@ mod tests {
         assert!(read("{} {}", Kind::Prediction).is_none());
         assert!(read(r#"{"prediction_id": 5}"#, Kind::Prediction).is_none());
         assert!(read(r#"{"scores": null}"#, Kind::Prediction).is_none());
-        assert!(read(r#"{"labels": {"a": 1}}"#, Kind::GroundTruth).is_none());
+        let (top, s) = read(r#"{"labels": {"a": 1, "b": false}}"#, Kind::GroundTruth).unwrap();
+        assert_eq!(top.labels, Labels::Object);
+        assert_eq!(s.label_values, [("a".into(), Scalar::U(1)), ("b".into(), Scalar::Bool(false))]);
+        let (top, s) = read(r#"{"labels": ["a"]}"#, Kind::GroundTruth).unwrap();
+        assert_eq!((top.labels, s.labels), (Labels::List, vec![Cow::from("a")]));
         assert!(read(r#"{"labels": ["a", 1]}"#, Kind::GroundTruth).is_none());
+        assert!(read(r#"{"labels": null}"#, Kind::GroundTruth).is_none());
+        assert!(read(r#"{"labels": "a"}"#, Kind::GroundTruth).is_none());
+        let (top, _) = read(r#"{"timestamp": 1767225600000}"#, Kind::GroundTruth).unwrap();
+        assert_eq!(top.timestamp, Some(Scalar::U(1_767_225_600_000)));
         let (top, _) = read(r#"{"features": null, "latency_ms": null}"#, Kind::Prediction).unwrap();
         assert!(!top.has_features);
         assert_eq!(top.latency, Some(Scalar::Null));

@@ -4,6 +4,7 @@
 mod decode;
 mod join;
 mod json;
+mod mapped;
 mod timestamp;
 
 use std::borrow::Cow;
@@ -21,6 +22,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use rustc_hash::FxHashMap;
 
 use crate::decode::ModelSpec;
+use crate::json::Kind;
+use crate::mapped::{Field, MappingIn, Reading, Step};
 use crate::join::{Checkpoint, Counters, JoinTable, PredIn, TruthIn};
 
 #[pymodule]
@@ -60,7 +63,12 @@ fn required<'py>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<Bound<'py, PyAny
 #[pymethods]
 impl Decoder {
     #[new]
-    fn new(max_bytes: usize, models: Vec<Bound<'_, PyDict>>) -> PyResult<Self> {
+    #[pyo3(signature = (max_bytes, models, readings=None))]
+    fn new(
+        max_bytes: usize,
+        models: Vec<Bound<'_, PyDict>>,
+        readings: Option<Vec<(String, Vec<Bound<'_, PyDict>>)>>,
+    ) -> PyResult<Self> {
         let mut names = Vec::with_capacity(models.len());
         let mut specs = Vec::with_capacity(models.len());
         for m in &models {
@@ -77,7 +85,17 @@ impl Decoder {
             .map_err(value_error)?;
             specs.push(spec);
         }
-        let inner = decode::Decoder::new(max_bytes, names, specs).map_err(value_error)?;
+        let mut inner = decode::Decoder::new(max_bytes, names, specs).map_err(value_error)?;
+        for (kind, mappings) in readings.unwrap_or_default() {
+            let kind = match kind.as_str() {
+                "predictions" => Kind::Prediction,
+                "ground_truth" => Kind::GroundTruth,
+                _ => return Err(value_error(format!("unknown reading kind {kind:?}"))),
+            };
+            let mappings = mappings.iter().map(mapping_in).collect::<PyResult<Vec<_>>>()?;
+            // Paths that run through one another are the exact reader's (None: never fast).
+            inner.readings.push(Reading::new(kind, mappings).ok());
+        }
         Ok(Decoder { inner })
     }
 
@@ -86,11 +104,25 @@ impl Decoder {
         self.inner.max_bytes
     }
 
-    /// Decodes a batch of prediction messages (see docs/native.md for the columns).
-    fn predictions<'py>(&self, py: Python<'py>, raws: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyDict>> {
+    /// Per reading given to the constructor: whether the fast path reads it.
+    #[getter]
+    fn readable(&self) -> Vec<bool> {
+        self.inner.readings.iter().map(Option::is_some).collect()
+    }
+
+    /// Decodes a batch of prediction messages (see docs/native.md for the columns), of the native shape
+    /// or of a mapped input (`reading`: its index in the constructor's `readings`).
+    #[pyo3(signature = (raws, reading=None))]
+    fn predictions<'py>(
+        &self,
+        py: Python<'py>,
+        raws: &Bound<'py, PyList>,
+        reading: Option<usize>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let reading = self.reading(reading, Kind::Prediction)?;
         let owned = bytes_of(raws)?;
         let slices: Vec<&[u8]> = owned.iter().map(|b| b.as_bytes()).collect();
-        let batch = self.inner.predictions(&slices);
+        let batch = self.inner.predictions(&slices, reading);
         let blocks = PyList::empty(py);
         for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
             let d = PyDict::new(py);
@@ -111,20 +143,83 @@ impl Decoder {
     }
 
     /// Decodes a batch of ground-truth messages (see docs/native.md for the columns).
-    fn ground_truth<'py>(&self, py: Python<'py>, raws: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyDict>> {
+    #[pyo3(signature = (raws, reading=None))]
+    fn ground_truth<'py>(
+        &self,
+        py: Python<'py>,
+        raws: &Bound<'py, PyList>,
+        reading: Option<usize>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let reading = self.reading(reading, Kind::GroundTruth)?;
         let owned = bytes_of(raws)?;
         let slices: Vec<&[u8]> = owned.iter().map(|b| b.as_bytes()).collect();
-        let batch = self.inner.ground_truth(&slices);
+        let batch = self.inner.ground_truth(&slices, reading);
         let blocks = PyList::empty(py);
         for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
             let d = PyDict::new(py);
-            d.set_item("actual", rows_of(py, b.actual, b.ids.len(), spec.labels.len())?)?;
             d.set_item("ids", strings(py, &b.ids)?)?;
             d.set_item("ts", column(py, b.ts))?;
+            d.set_item("known", rows_of(py, b.known, b.ids.len(), spec.labels.len())?)?;
+            d.set_item("actual", rows_of(py, b.actual, b.ids.len(), spec.labels.len())?)?;
+            d.set_item("full", column(py, b.full))?;
             blocks.append(d)?;
         }
         batch_dict(py, batch.model, batch.row, blocks)
     }
+}
+
+impl Decoder {
+    fn reading(&self, index: Option<usize>, kind: Kind) -> PyResult<Option<&Reading>> {
+        let Some(i) = index else { return Ok(None) };
+        match self.inner.readings.get(i) {
+            Some(Some(r)) if r.kind == kind => Ok(Some(r)),
+            Some(Some(_)) => Err(value_error(format!("reading {i} is of the other side"))),
+            Some(None) => Err(value_error(format!("reading {i} is not readable by the fast path"))),
+            None => Err(PyIndexError::new_err(format!("no reading {i}"))),
+        }
+    }
+}
+
+fn steps(path: &Bound<'_, PyAny>) -> PyResult<Vec<Step>> {
+    path.try_iter()?
+        .map(|step| {
+            let step = step?;
+            if let Ok(s) = step.cast::<PyString>() {
+                Ok(Step::Key(s.to_str()?.to_owned()))
+            } else {
+                Ok(Step::Index(step.extract::<usize>()?))
+            }
+        })
+        .collect()
+}
+
+/// One mapping dict: `model` (index), `name`, `model_path` (steps, or None for a literal model name),
+/// `fields` ({native field: steps}), `features` (None, or {feature: steps} when mapped one by one).
+fn mapping_in(d: &Bound<'_, PyDict>) -> PyResult<MappingIn> {
+    let model_path = required(d, "model_path")?;
+    let mut fields = Vec::new();
+    for (name, path) in required(d, "fields")?.cast_into::<PyDict>()?.iter() {
+        let name: String = name.extract()?;
+        let field = Field::parse(&name).ok_or_else(|| value_error(format!("unknown mapped field {name:?}")))?;
+        fields.push((field, steps(&path)?));
+    }
+    let features = required(d, "features")?;
+    let features = if features.is_none() {
+        None
+    } else {
+        let mut out = Vec::new();
+        for (name, path) in features.cast_into::<PyDict>()?.iter() {
+            out.push((name.extract::<String>()?, steps(&path)?));
+        }
+        Some(out)
+    };
+    Ok(MappingIn {
+        model: required(d, "model")?.extract()?,
+        name: required(d, "name")?.extract()?,
+        model_path: if model_path.is_none() { None } else { Some(steps(&model_path)?) },
+        fields,
+        features,
+    })
 }
 
 fn bytes_of<'py>(raws: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, PyBytes>>> {

@@ -1,0 +1,113 @@
+"""Types of `monitor._native`, the optional Rust core (native/, docs/native.md).
+
+The module exists only when the extension was built; `monitor.engine.native` imports it and falls back to
+the pure-Python engine without it.
+"""
+
+from typing import Any, TypedDict
+
+import numpy as np
+import numpy.typing as npt
+
+Steps = list[str | int]  # a simple path: object keys and list indexes (monitor.config.simple_path)
+
+class ModelDict(TypedDict):
+    name: str
+    labels: list[str]  # config order
+    thresholds: list[float]  # one per label
+    multiclass: bool
+    numeric: list[str]  # numeric feature names
+    categorical: list[str]  # categorical feature names
+    categories: list[dict[str, int] | None]  # per categorical feature: value string -> reference bin
+    other_bin: list[int]  # per categorical feature: the bin of an unlisted value
+
+class MappingDict(TypedDict):
+    model: int  # index into the models
+    name: str
+    model_path: Steps | None  # None: a literal model name (claims every message of the topic)
+    fields: dict[str, Steps]  # native field name -> path
+    features: dict[str, Steps] | None  # per-feature paths, or None (then `fields` may map "features")
+
+class PredictionBlock(TypedDict):
+    ids: list[str]
+    version_names: list[str]
+    version_code: npt.NDArray[np.int64]  # [k]
+    ts: npt.NDArray[np.float64]  # [k] epoch seconds
+    scores: npt.NDArray[np.float64]  # [k, L]
+    predicted: npt.NDArray[np.bool_]  # [k, L]
+    latency: npt.NDArray[np.float64]  # [k] seconds, NaN when absent
+    ignored: npt.NDArray[np.int64]  # [k] score keys beyond the labels
+    numeric: npt.NDArray[np.float64]  # [k, numeric features], NaN when absent
+    categorical: npt.NDArray[np.int64]  # [k, categorical features], -1 when absent
+
+class GroundTruthBlock(TypedDict):
+    ids: list[str]
+    ts: npt.NDArray[np.float64]  # [k]
+    known: npt.NDArray[np.bool_]  # [k, L]
+    actual: npt.NDArray[np.bool_]  # [k, L]
+    full: npt.NDArray[np.bool_]  # [k]
+
+class PredictionBatch(TypedDict):
+    model: npt.NDArray[np.int32]  # [n] model index, -1: left to the exact decoder
+    row: npt.NDArray[np.int64]  # [n] row in the model's block, -1 when not accepted
+    blocks: list[PredictionBlock]  # one per model
+
+class GroundTruthBatch(TypedDict):
+    model: npt.NDArray[np.int32]
+    row: npt.NDArray[np.int64]
+    blocks: list[GroundTruthBlock]
+
+class Decoder:
+    """The fast-path decoder: accepts only events it is certain of, leaves the rest (model -1) to
+    `monitor.events.Decoder` / `monitor.mapping`."""
+
+    def __init__(self, max_bytes: int, models: list[ModelDict],
+                 readings: list[tuple[str, list[MappingDict]]] | None = None) -> None:
+        """`readings`: mapped inputs, each ("predictions" | "ground_truth", its mappings in claim order)."""
+    @property
+    def max_bytes(self) -> int: ...
+    @property
+    def readable(self) -> list[bool]:
+        """Per reading: whether the fast path reads it (False when paths run through one another)."""
+    def predictions(self, raws: list[bytes], reading: int | None = None) -> PredictionBatch: ...
+    def ground_truth(self, raws: list[bytes], reading: int | None = None) -> GroundTruthBatch: ...
+
+class Join:
+    """The join table of `monitor.engine.join.JoinTable` (with ModelState's duplicate check)."""
+
+    def __init__(self, ttl: float, max_entries: int, n_labels: int) -> None: ...
+    def apply(self, kinds: npt.NDArray[np.uint8], rows: npt.NDArray[np.int64], pred_ids: list[str],
+              pred_ts: npt.NDArray[np.float64], pred_version: npt.NDArray[np.int64],
+              scores: npt.NDArray[np.float64], predicted: npt.NDArray[np.bool_], gt_ids: list[str],
+              gt_ts: npt.NDArray[np.float64], known: npt.NDArray[np.bool_], actual: npt.NDArray[np.bool_],
+              full: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
+        """Applies the steps in order; returns the prediction rows accepted (not duplicates)."""
+    def expire(self) -> None: ...
+    def drain(self) -> dict[str, npt.NDArray[Any]]:
+        """unpend_* / join_* / delay columns produced since the last drain (docs/native.md)."""
+    watermark: float
+    @property
+    def seq(self) -> int: ...
+    @property
+    def corrections(self) -> int: ...
+    @property
+    def joined(self) -> int: ...
+    @property
+    def ttl(self) -> float: ...
+    @property
+    def max_entries(self) -> int: ...
+    @property
+    def n_labels(self) -> int: ...
+    @property
+    def pending(self) -> dict[str, int]: ...
+    @property
+    def expired(self) -> dict[str, int]: ...
+    @property
+    def evicted(self) -> dict[str, int]: ...
+    @property
+    def duplicates(self) -> dict[str, int]: ...
+    def __len__(self) -> int: ...
+    def export(self) -> tuple[list[str], dict[str, npt.NDArray[Any]]]: ...
+    def restore(self, ids: list[str], columns: dict[str, npt.NDArray[Any]], seq: int, watermark: float | None,
+                pending: dict[str, int], expired: dict[str, int], evicted: dict[str, int],
+                duplicates: dict[str, int], corrections: int, joined: int) -> None: ...
