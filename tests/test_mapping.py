@@ -115,6 +115,15 @@ def test_any_json_never_crashes(body: object) -> None:
     assert exc is not None
 
 
+def test_an_expression_that_fails_on_a_message_is_a_rejection() -> None:
+    fields = {**PRED_FIELDS, "prediction_id": "to_string(length(id))"}
+    exc, _ = decode_one({**GOOD, "id": 5}, fields)  # length() of a number: a JMESPath type error
+    assert exc is not None and exc.reason == "wrong_type" and exc.field == "prediction_id"
+    assert '(fields.prediction_id = "to_string(length(id))")' in exc.detail
+    exc, _ = decode_one({**GOOD, "id": "abc"}, fields)
+    assert exc is None
+
+
 def test_a_good_event_is_accepted() -> None:
     exc, decoded = decode_one(GOOD)
     assert exc is None and decoded.model[0] == 0
