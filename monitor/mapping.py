@@ -73,7 +73,7 @@ def evaluator(expression: str) -> Callable[[Any], Any]:
             else:
                 if type(value) is not list or step >= len(value):  # type: ignore[operator]
                     return None
-                value = value[step]
+                value = value[step]  # type: ignore[index]
         return value
 
     return walk

@@ -166,3 +166,52 @@ def test_native_topics_keep_the_fast_path() -> None:
     engine = Engine(config({"predictions": {"topic": "log"}}))
     assert engine.readers[("predictions", "predictions")].plain
     assert not engine.readers[("predictions", "log")].plain
+
+
+def test_replay_command_reads_mapped_topic_files(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+    from tests.attach_shapes import flat_log
+
+    preds, gts = ms_stream(seed=4, n=200)
+    shape = flat_log(preds, gts)
+    files = []
+    for topic, lines in shape.replay_inputs().items():
+        path = tmp_path / f"{topic}.jsonl"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        files += ["--input", f"{topic}={path}"]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(orjson.dumps({"windows": WINDOWS, "models": [{"name": "m", "labels": LABELS,
+                                                                   "thresholds": {"b": 0.3},
+                                                                   "input": shape.inputs}]}).decode())
+    result = CliRunner().invoke(main, ["replay", "--config", str(cfg), *files, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert '"mlmon_predictions_total"' in result.output
+    raw_p, raw_g = to_raw(preds, gts)
+    native_cfg = tmp_path / "native.yaml"
+    native_cfg.write_text(orjson.dumps({"windows": WINDOWS, "models": [{"name": "m", "labels": LABELS,
+                                                                          "thresholds": {"b": 0.3}}]}).decode())
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(raw_p) + b"\n")
+    (tmp_path / "g.jsonl").write_bytes(b"\n".join(raw_g) + b"\n")
+    native = CliRunner().invoke(main, ["replay", "--config", str(native_cfg), "--predictions",
+                                       str(tmp_path / "p.jsonl"), "--ground-truth", str(tmp_path / "g.jsonl")])
+    mapped = CliRunner().invoke(main, ["replay", "--config", str(cfg), *files])
+    assert native.exit_code == 0 and mapped.stdout == native.stdout
+    bad = CliRunner().invoke(main, ["replay", "--config", str(cfg), "--input", f"nope={cfg}", "--input", "x"])
+    assert bad.exit_code == 2
+    assert "the config reads no topic 'nope'" in bad.output and "'x': expected TOPIC=FILE" in bad.output
+
+
+def test_check_config_names_every_bad_expression(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(orjson.dumps({"models": [{"name": "m", "labels": LABELS, "input": {
+        "predictions": {"topic": "log", "fields": {"scores": "outputs[0", "prediction_id": "a..b"}}}}]}).decode())
+    result = CliRunner().invoke(main, ["check-config", str(cfg)])
+    assert result.exit_code != 0
+    assert "models[0].input.predictions.fields.scores" in result.output
+    assert "models[0].input.predictions.fields.prediction_id" in result.output
