@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from monitor.config import parse_config
+from monitor.conventions import ALL_REASONS
 from monitor.engine.engine import Engine
 from monitor.exporter import prometheus_text
 from monitor.replay import run_replay
@@ -215,3 +218,32 @@ def test_check_config_names_every_bad_expression(tmp_path) -> None:
     assert result.exit_code != 0
     assert "models[0].input.predictions.fields.scores" in result.output
     assert "models[0].input.predictions.fields.prediction_id" in result.output
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-10, 10**13) | st.floats(allow_nan=False)
+                     | st.text(max_size=5) | st.sampled_from(["a", "b", "c"]),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(
+                         ["id", "data", "a", "b", "c", "label_names", "outputs", "parameters", "length"]), inner,
+                         max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.sampled_from(["id", "created_at", "outputs", "parameters", "request", "served"]),
+                            _json, max_size=6))
+def test_hostile_mapped_predictions_never_crash(body: dict) -> None:
+    fields = {**PRED_FIELDS, "predicted": "served"}
+    exc, decoded = decode_one(body, fields)
+    assert (exc is None) == (decoded.model[0] == 0)
+    if exc is not None:
+        assert exc.reason in ALL_REASONS and exc.field is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(gold=_json)
+def test_hostile_mapped_ground_truth_never_crashes(gold: object) -> None:
+    fields = {"model": "'m'", "prediction_id": "request_id", "timestamp": "reviewed_at", "labels": "gold_labels"}
+    exc, decoded = decode_one({"request_id": "r1", "reviewed_at": 1795000000000, "gold_labels": gold}, fields,
+                              side="ground_truth")
+    assert (exc is None) == (decoded.model[0] == 0)
+    if exc is not None:
+        assert exc.reason in ALL_REASONS and exc.field == "labels"
