@@ -133,6 +133,27 @@ def kserve(preds: list[Pred], gts: list[GT]) -> Shape:
                  {"kserve-log": "cloudevents", "review-results": "none"})
 
 
+def kserve_v1(preds: list[Pred], gts: list[GT]) -> Shape:
+    """KServe V1 bodies ({"instances"} / {"predictions"}), binary mode, one instance per request; the custom
+    predictor returns per instance its scores as an object, the served 0/1 vector and its version."""
+    recs = []
+    for p in preds:
+        recs.append(kserve_event(KSERVE_REQUEST, p.pid, p.ts, {"instances": [["..."]]}, False))
+        prediction = {"scores": dict(zip(LABELS, p.scores.tolist(), strict=True)), "served": served(p),
+                      "model_version": p.version}
+        recs.append(kserve_event(KSERVE_RESPONSE, p.pid, p.ts, {"predictions": [prediction]}, False))
+    gt_spec, gt_recs = review_table(gts)
+    inputs = {"predictions": {"topic": "kserve-v1-log", "envelope": "cloudevents",
+                              "when": f"type == '{KSERVE_RESPONSE}'", "fields": {
+                                  "model": "inferenceservicename", "prediction_id": "id", "timestamp": "time",
+                                  "model_version": "data.predictions[0].model_version",
+                                  "scores": "data.predictions[0].scores",
+                                  "predicted": "data.predictions[0].served"}},
+              "ground_truth": gt_spec}
+    return Shape("kserve_v1", inputs, {"kserve-v1-log": recs, "review-results": gt_recs},
+                 {"kserve-v1-log": "cloudevents", "review-results": "none"})
+
+
 SELDON_OUTPUTS = "seldon.default.model.m.outputs"  # <topicPrefix>.<namespace>.model.<model>.outputs
 
 
@@ -186,7 +207,8 @@ def seldon_protobuf(preds: list[Pred], gts: list[GT]) -> Shape:
     return seldon(preds, gts, protobuf=True)
 
 
-SHAPES = {"flat": flat_log, "kserve": kserve, "seldon": seldon, "seldon_protobuf": seldon_protobuf}
+SHAPES = {"flat": flat_log, "kserve": kserve, "kserve_v1": kserve_v1, "seldon": seldon,
+          "seldon_protobuf": seldon_protobuf}
 
 
 def renamed(shape: Shape, prefix: str) -> Shape:

@@ -6,9 +6,12 @@ from __future__ import annotations
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.metrics import f1_score, precision_score, recall_score
 
 from monitor.config import parse_config
+from monitor.conventions import ALL_REASONS
 from monitor.engine.engine import Engine
 from monitor.exporter import prometheus_text
 from monitor.replay import run_replay
@@ -115,6 +118,15 @@ def test_any_json_never_crashes(body: object) -> None:
     assert exc is not None
 
 
+def test_an_expression_that_fails_on_a_message_is_a_rejection() -> None:
+    fields = {**PRED_FIELDS, "prediction_id": "to_string(length(id))"}
+    exc, _ = decode_one({**GOOD, "id": 5}, fields)  # length() of a number: a JMESPath type error
+    assert exc is not None and exc.reason == "wrong_type" and exc.field == "prediction_id"
+    assert '(fields.prediction_id = "to_string(length(id))")' in exc.detail
+    exc, _ = decode_one({**GOOD, "id": "abc"}, fields)
+    assert exc is None
+
+
 def test_a_good_event_is_accepted() -> None:
     exc, decoded = decode_one(GOOD)
     assert exc is None and decoded.model[0] == 0
@@ -157,3 +169,81 @@ def test_native_topics_keep_the_fast_path() -> None:
     engine = Engine(config({"predictions": {"topic": "log"}}))
     assert engine.readers[("predictions", "predictions")].plain
     assert not engine.readers[("predictions", "log")].plain
+
+
+def test_replay_command_reads_mapped_topic_files(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+    from tests.attach_shapes import flat_log
+
+    preds, gts = ms_stream(seed=4, n=200)
+    shape = flat_log(preds, gts)
+    files = []
+    for topic, lines in shape.replay_inputs().items():
+        path = tmp_path / f"{topic}.jsonl"
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        files += ["--input", f"{topic}={path}"]
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(orjson.dumps({"windows": WINDOWS, "models": [{"name": "m", "labels": LABELS,
+                                                                   "thresholds": {"b": 0.3},
+                                                                   "input": shape.inputs}]}).decode())
+    result = CliRunner().invoke(main, ["replay", "--config", str(cfg), *files, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    assert '"mlmon_predictions_total"' in result.output
+    raw_p, raw_g = to_raw(preds, gts)
+    native_cfg = tmp_path / "native.yaml"
+    native_cfg.write_text(orjson.dumps({"windows": WINDOWS, "models": [{"name": "m", "labels": LABELS,
+                                                                          "thresholds": {"b": 0.3}}]}).decode())
+    (tmp_path / "p.jsonl").write_bytes(b"\n".join(raw_p) + b"\n")
+    (tmp_path / "g.jsonl").write_bytes(b"\n".join(raw_g) + b"\n")
+    native = CliRunner().invoke(main, ["replay", "--config", str(native_cfg), "--predictions",
+                                       str(tmp_path / "p.jsonl"), "--ground-truth", str(tmp_path / "g.jsonl")])
+    mapped = CliRunner().invoke(main, ["replay", "--config", str(cfg), *files])
+    assert native.exit_code == 0 and mapped.stdout == native.stdout
+    bad = CliRunner().invoke(main, ["replay", "--config", str(cfg), "--input", f"nope={cfg}", "--input", "x"])
+    assert bad.exit_code == 2
+    assert "the config reads no topic 'nope'" in bad.output and "'x': expected TOPIC=FILE" in bad.output
+
+
+def test_check_config_names_every_bad_expression(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(orjson.dumps({"models": [{"name": "m", "labels": LABELS, "input": {
+        "predictions": {"topic": "log", "fields": {"scores": "outputs[0", "prediction_id": "a..b"}}}}]}).decode())
+    result = CliRunner().invoke(main, ["check-config", str(cfg)])
+    assert result.exit_code != 0
+    assert "models[0].input.predictions.fields.scores" in result.output
+    assert "models[0].input.predictions.fields.prediction_id" in result.output
+
+
+_json = st.recursive(st.none() | st.booleans() | st.integers(-10, 10**13) | st.floats(allow_nan=False)
+                     | st.text(max_size=5) | st.sampled_from(["a", "b", "c"]),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(
+                         ["id", "data", "a", "b", "c", "label_names", "outputs", "parameters", "length"]), inner,
+                         max_size=4), max_leaves=12)
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.sampled_from(["id", "created_at", "outputs", "parameters", "request", "served"]),
+                            _json, max_size=6))
+def test_hostile_mapped_predictions_never_crash(body: dict) -> None:
+    fields = {**PRED_FIELDS, "predicted": "served"}
+    exc, decoded = decode_one(body, fields)
+    assert (exc is None) == (decoded.model[0] == 0)
+    if exc is not None:
+        assert exc.reason in ALL_REASONS and exc.field is not None
+
+
+@settings(max_examples=200, deadline=None)
+@given(gold=_json)
+def test_hostile_mapped_ground_truth_never_crashes(gold: object) -> None:
+    fields = {"model": "'m'", "prediction_id": "request_id", "timestamp": "reviewed_at", "labels": "gold_labels"}
+    exc, decoded = decode_one({"request_id": "r1", "reviewed_at": 1795000000000, "gold_labels": gold}, fields,
+                              side="ground_truth")
+    assert (exc is None) == (decoded.model[0] == 0)
+    if exc is not None:
+        assert exc.reason in ALL_REASONS and exc.field == "labels"

@@ -85,3 +85,20 @@ def test_simple_paths(expression: str, steps: tuple | None) -> None:
 def test_literals() -> None:
     assert literal_value("'m'") == (True, "m") and literal_value('`"m"`') == (True, "m")
     assert literal_value("m") == (False, None)
+
+
+@pytest.mark.parametrize("expression", ["id", "outputs[0].data", 'request."text length"', "a[1][2].b", "a[5]",
+                                        "a[-1]", "outputs[?name=='x'] | [0].data", "x || 'd'", "length(a)"])
+def test_the_decoders_evaluator_is_jmespath(expression: str) -> None:
+    from monitor.mapping import evaluator
+
+    docs = [{"id": 1, "outputs": [{"data": [0.1]}, {"name": "x", "data": 2}], "request": {"text length": 3},
+             "a": [0, [1, 2, {"b": 4}]], "x": ""}, {"outputs": {"0": 1}}, {"a": "str", "id": None},
+            {"a": {"1": 2}}, {}, {"request": [1]}, {"outputs": [None]}]
+    get = evaluator(expression)
+    for doc in docs:
+        try:
+            want = jmespath.search(expression, doc)
+        except jmespath.exceptions.JMESPathError:
+            continue  # a function given the wrong type: the library raises, for both
+        assert get(doc) == want, (expression, doc)
