@@ -157,6 +157,6 @@ def load_inputs(config_path: str | None, predictions: str | None, ground_truth: 
             config = load_config(config_file)
         except ConfigError as exc:
             raise click.ClickException("\n".join([str(exc.source or config_file) + ":", *exc.problems])) from None
-        return Inputs(config, read_lines(pred_file) if pred_file else InputLines(source="(no predictions file)"),
-                      read_lines(gt_file) if gt_file else InputLines(source="(no ground-truth file)"),
+        return Inputs(config, read_lines(pred_file) if pred_file else InputLines(),
+                      read_lines(gt_file) if gt_file else InputLines(),
                       parse_at(at))
