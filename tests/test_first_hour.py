@@ -179,8 +179,8 @@ def test_gzip_zstd_stdin_bom_and_crlf_read_the_same_events(tmp_path: Path) -> No
     zst.write_bytes(zstandard.ZstdCompressor().compress(truth_bytes))
     variants["zstd"] = (PREDS, zst, None)
     streamed = tmp_path / "t-stream.zst"  # no content size in the frame header, as `zstd -` writes
-    streamed.write_bytes(zstandard.ZstdCompressor().compressobj().compress(truth_bytes) +
-                         zstandard.ZstdCompressor().compressobj().flush())
+    stream = zstandard.ZstdCompressor().compressobj()
+    streamed.write_bytes(stream.compress(truth_bytes) + stream.flush())
     variants["zstd without content size"] = (PREDS, streamed, None)
     bom = tmp_path / "bom.jsonl"
     bom.write_bytes(b"\xef\xbb\xbf" + pred_bytes.replace(b"\n", b"\r\n"))
