@@ -262,11 +262,11 @@ def _slo_table(model: ModelView, min_events: int) -> Table:
     windows = {x.name: x.long_window for s in model.slos for x in s.tiers}
     table = Table(title="SLOs: burn rate over each alert tier's window, and whether its alert would fire now",
                   title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    table.add_column("SLO")
+    table.add_column("SLO", no_wrap=True)
     table.add_column("target", justify="right")
-    table.add_column("budget left", justify="right")
+    table.add_column("budget", justify="right")
     for name in names:
-        table.add_column(f"{name} {windows[name]}")
+        table.add_column(f"{name} {windows[name]}", no_wrap=True)
     for s in model.slos:
         by_name = {t.name: t for t in s.tiers}
         left = "-" if s.remaining is None else f"{s.remaining:.0%}"
