@@ -227,7 +227,9 @@ def render_config(s: Survey, reference: str, sample: str, slos: list[SLOSuggesti
     if s.partial_labels:
         lines.append(f"    # left out, missing from some events' scores: {', '.join(s.partial_labels)}")
     lines += [
-        "    threshold: 0.5        # score >= threshold is a positive when an event has no `predicted` list",
+        ("    threshold: 0.5        # unused for multiclass: without `predicted`, the highest score is the class"
+         if s.task == "multiclass" else
+         "    threshold: 0.5        # score >= threshold is a positive when an event has no `predicted` list"),
         f"    reference: {_q(reference)}   # frozen from this sample: drift is measured against it",
         "    features:",
         f"      numeric: {_flow(s.numeric)}",
@@ -295,16 +297,16 @@ def init_command(predictions: str, ground_truth: str | None, model: str | None, 
     objects, unusable = native_objects(pred_lines)
     truth_objs = ([o for raw in truth_lines if isinstance(o := _loads(raw), dict)] if truth_lines else [])
     if not objects:
-        tell([summarize(pred_lines, "predictions", unusable)])
+        tell([summarize(pred_lines, "prediction", unusable)])
         raise click.ClickException(f"nothing usable in {pred_lines.source}")
     s = survey(objects.values(), model, truth_objs)
     config = _config_for(s)
     preds, rejected = decode_sample(config, s.model, pred_lines)
-    reports = [summarize(pred_lines, "predictions", _merge(unusable, rejected))]
+    reports = [summarize(pred_lines, "prediction", _merge(unusable, rejected))]
     slos = None
     if truth_lines is not None:
         slos, truth_rejected = suggest_slos(config, s.model, pred_lines, truth_lines)
-        reports.append(summarize(truth_lines, "ground truth", truth_rejected))
+        reports.append(summarize(truth_lines, "ground-truth", truth_rejected))
     tell(reports)
 
     ref_rel = f"reference/{s.model}.json"

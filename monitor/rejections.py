@@ -34,7 +34,7 @@ class InputReport:
     """One input file: events read, accepted, and the rejections by reason (most frequent first)."""
 
     source: str
-    kind: str  # "predictions" | "ground truth" | "sample"
+    kind: str  # "prediction" | "ground-truth" | "sample"
     read: int
     rejected: list[FirstRejection] = field(default_factory=list)
 

@@ -63,8 +63,8 @@ def replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[b
         preds = engine.decode(PREDICTIONS, predictions)
         truths = engine.decode(GROUND_TRUTH, ground_truth)
         reports = [summarize(lines, kind, decoded.rejected)
-                   for lines, kind, decoded in ((predictions, "predictions", preds),
-                                                (ground_truth, "ground truth", truths))
+                   for lines, kind, decoded in ((predictions, "prediction", preds),
+                                                (ground_truth, "ground-truth", truths))
                    if isinstance(lines, InputLines) and lines.source]
         sides, index = steps_by_time(preds, truths, at)
         for start in range(0, len(sides), BATCH):

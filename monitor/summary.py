@@ -94,6 +94,7 @@ class ModelView:
     drift: list[DriftView]  # moderate or significant only
     drift_checked: bool  # a reference is configured and the window holds enough predictions
     missing_features: list[tuple[str, float]]  # above the model's missing_ratio_alert
+    accuracy: float | None = None  # multiclass, over `window`, with a single version
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,8 @@ def summarize(config: MonitorConfig, figures: Figures, at: float, rejections: li
             joined=sum(v for k, v in idx.by[c.JOINED_TOTAL.name].items() if k[0] == m.name),
             window=window, drift_window=windows.drift, slos=_tiers(config, m, idx),
             labels=_labels(m, idx, window, windows.drift, opts), drift=drifts,
-            drift_checked=checked and m.reference is not None, missing_features=missing))
+            drift_checked=checked and m.reference is not None, missing_features=missing,
+            accuracy=idx.max_over_versions(c.ACCURACY, m.name, (window,)) if _one_version(idx, m) else None))
     return SummaryView(at, models, rejections)
 
 
@@ -340,7 +342,9 @@ def render(view: SummaryView) -> RenderableType:
     for m in view.models:
         head = Text.assemble((f"{m.name}", "bold"), f" ({m.task})  ",
                              f"{m.predictions:,.0f} predictions, {m.ground_truth:,.0f} ground truth, "
-                             f"{m.joined:,.0f} joined\n", _headline(m))
+                             f"{m.joined:,.0f} joined",
+                             f", accuracy over {m.window} {m.accuracy:.3f}\n" if m.accuracy is not None else "\n",
+                             _headline(m))
         body: list[RenderableType] = [head]
         if m.slos:
             body.append(_slo_table(m, m.min_events))

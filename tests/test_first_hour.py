@@ -122,7 +122,7 @@ def test_rejections_are_summarised_on_stderr_by_reason_with_line_and_short_excer
     run = monitor("replay", "--config", str(EXAMPLE_CONFIG), "--predictions", str(preds), "--format", "json")
     assert run.returncode == 0
     err = run.stderr.decode()
-    assert "3 of 300 predictions events rejected" in err
+    assert "3 of 300 prediction events rejected" in err
     assert "2 unknown_model: model is not configured; first at line 10:" in err
     assert "1 invalid_json: the message is not valid JSON; first at line 5:" in err
     assert SECRET not in err and SECRET[:20] not in err  # an excerpt, never the event
@@ -138,7 +138,7 @@ def test_nothing_usable_exits_non_zero_with_a_clear_message(tmp_path: Path, verb
     run = monitor(verb, "--config", str(EXAMPLE_CONFIG), "--predictions", str(preds), *extra)
     assert run.returncode == 1
     err = run.stderr.decode()
-    assert "nothing usable in" in err and "all 50 predictions events were rejected" in err
+    assert "nothing usable in" in err and "all 50 prediction events were rejected" in err
     assert "unknown_model" in err
     assert not (tmp_path / "r.html").exists()
     empty = tmp_path / "empty.jsonl"
@@ -323,6 +323,19 @@ def test_init_round_trip_on_a_multiclass_sample(tmp_path: Path) -> None:
     assert model["task"] == "multiclass" and model["labels"] == ["cat", "dog", "bird"]
     assert model["features"] == {"numeric": ["pixels"], "categorical": ["camera"]}  # request_id: an id
     assert "mlmon_accuracy" in text
+    # The summary's accuracy and per-class recall against scikit-learn on the joined sample.
+    from sklearn.metrics import accuracy_score, recall_score
+
+    scores = {e["prediction_id"]: e["scores"] for e in map(json.loads, preds.read_text().splitlines())}
+    joined = [(e["labels"][0], max(scores[e["prediction_id"]], key=scores[e["prediction_id"]].get))
+              for e in map(json.loads, truth.read_text().splitlines())]
+    actual, predicted = zip(*joined, strict=True)
+    table = monitor("replay", "--config", str(tmp_path / "cfg" / "mlmon.yaml"), "--predictions", str(preds),
+                    "--ground-truth", str(truth), "--format", "table").stdout.decode()
+    assert f"accuracy over 2h {accuracy_score(actual, predicted):.3f}" in table
+    recall = recall_score(actual, predicted, labels=["cat"], average=None)[0]
+    cat_row = next(line for line in table.splitlines() if line.strip().startswith("cat "))
+    assert f"{recall:.3f} (" in cat_row, (recall, cat_row)
 
 
 def test_init_without_ground_truth_and_from_stdin(tmp_path: Path) -> None:
