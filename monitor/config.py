@@ -376,6 +376,15 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{key}: {value!r} is not allowed: {msg}"
 
 
+def _one_per_line(err: dict[str, Any]) -> list[str]:
+    """A validator that found several problems joins them with '; ': give each its own line and key."""
+    line = _describe(err)
+    if err["type"] != "value_error":
+        return [line]
+    key, _, body = line.partition(": ")
+    return [f"{key}: {part}" for part in body.split("; ")]
+
+
 _URL_SECRETS_RE = re.compile(r"(://)[^/@\s]*@")
 
 
@@ -386,7 +395,7 @@ def parse_config(data: Any, base_dir: Path | None = None, source: str | None = N
     try:
         cfg = MonitorConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_describe(e) for e in exc.errors()], source) from None
+        raise ConfigError([line for e in exc.errors() for line in _one_per_line(e)], source) from None
     if base_dir is not None:
         kafka = cfg.kafka
         tls_files = {key: str(base_dir / value) for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
@@ -437,8 +446,14 @@ def check_config(path: str | Path) -> list[str]:
         cfg, problems = None, list(exc.problems)
         # pydantic runs a model's cross-field rules only once all its fields are valid: run them on the
         # valid parts, so the person fixing the file sees every problem now rather than one stage per run.
-        problems += [p for p in _partial_problems(data) if not any(p in seen for seen in problems)]
+        problems += [p for p in _partial_problems(data) if not _reported(p, problems)]
     return problems + _reference_problems(data, cfg, path.resolve().parent)
+
+
+def _reported(problem: str, problems: list[str]) -> bool:
+    """pydantic joins a model's cross-field problems into one line behind the model's key."""
+    key, _, body = problem.partition(": ")
+    return any(problem in seen or (seen.startswith(key + ": ") and body in seen) for seen in problems)
 
 
 def _valid(annotation: Any, value: Any) -> Any:
