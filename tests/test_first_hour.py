@@ -334,8 +334,8 @@ def test_init_round_trip_on_a_multiclass_sample(tmp_path: Path) -> None:
                     "--ground-truth", str(truth), "--format", "table").stdout.decode()
     assert f"accuracy over 2h {accuracy_score(actual, predicted):.3f}" in table
     recall = recall_score(actual, predicted, labels=["cat"], average=None)[0]
-    cat_row = next(line for line in table.splitlines() if line.strip().startswith("cat "))
-    assert f"{recall:.3f} (" in cat_row, (recall, cat_row)
+    cat_row = next(line for line in table.splitlines() if line.strip("│ ").startswith("cat "))
+    assert f" {recall:.3f}" in cat_row, (recall, cat_row)
 
 
 def test_init_without_ground_truth_and_from_stdin(tmp_path: Path) -> None:
