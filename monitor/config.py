@@ -376,7 +376,7 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{key}: {value!r} is not allowed: {msg}"
 
 
-def _one_per_line(err: dict[str, Any]) -> list[str]:
+def _one_per_line(err: Any) -> list[str]:
     """A validator that found several problems joins them with '; ': give each its own line and key."""
     line = _describe(err)
     if err["type"] != "value_error":
@@ -522,7 +522,7 @@ def _reference_problems(data: Any, cfg: MonitorConfig | None, base_dir: Path) ->
                   if m.reference is not None and not m.reference.is_absolute() else (i, m) for i, m in models]
         if not models:
             return []
-        config = MonitorConfig.model_construct(models=[m for _, m in models], kafka=KafkaConfig(), join=JoinConfig())
+        config = MonitorConfig.model_construct(models=[m for _, m in models])  # defaults for the rest
     problems = []
     for i, m in models:
         try:

@@ -85,7 +85,7 @@ def _number(v: Any) -> bool:
 def survey(objects: Iterable[dict[str, Any]], model: str | None = None,
            ground_truth: Iterable[dict[str, Any]] = ()) -> Survey:
     objs = list(objects)
-    models = Counter(o.get("model") for o in objs if isinstance(o.get("model"), str))
+    models: Counter[str] = Counter(o["model"] for o in objs if isinstance(o.get("model"), str))
     if model is None:
         if len(models) > 1:
             raise click.UsageError(f"the sample holds {len(models)} models ({', '.join(sorted(models))}): "
@@ -155,10 +155,10 @@ def suggest_slos(config: Any, model: str, prediction_lines: InputLines,
     """One recall SLO per label, its target the sample's own recall less its uncertainty (the Wilson 95%
     lower bound, rounded down to 0.01): met by the model as it is today, so a later drop burns budget."""
     from monitor.engine.metrics.classification import precision_recall_f1, wilson_interval
-    from monitor.events import Decoder
+    from monitor.events import Decoder, Prediction
 
     decoder = Decoder(config)
-    preds = {}
+    preds: dict[str, Prediction] = {}
     for raw in prediction_lines:
         try:
             p = decoder.decode_prediction(raw)
@@ -176,10 +176,10 @@ def suggest_slos(config: Any, model: str, prediction_lines: InputLines,
         except InvalidEvent as exc:
             rejected[i] = exc
             continue
-        p = preds.get(t.prediction_id)
-        if p is None or t.model != model:
+        joined = preds.get(t.prediction_id)
+        if joined is None or t.model != model:
             continue
-        known, actual, predicted = t.known, t.actual, p.predicted
+        known, actual, predicted = t.known, t.actual, joined.predicted
         tp += known & actual & predicted
         fp += known & ~actual & predicted
         fn += known & actual & ~predicted

@@ -193,7 +193,8 @@ def _collapse(rate: float | None, ref: float | None, n: float, opts: RuleOptions
 def _drift(m: ModelConfig, idx: _Index, window: str) -> tuple[list[DriftView], bool]:
     checked = any(k[0] == m.name and k[2] == window and v > 0 for k, v in idx.by[c.DRIFT_SAMPLE_OK.name].items())
     found = []
-    sources = [(f"feature {f}", c.FEATURE_PSI, (f, window)) for f in m.features.all]
+    sources: list[tuple[str, c.MetricDef, tuple[str, ...]]] = [
+        (f"feature {f}", c.FEATURE_PSI, (f, window)) for f in m.features.all]
     sources += [(f"score {label}", c.SCORE_PSI, (label, window)) for label in m.labels]
     sources.append(("label co-occurrence", c.LABEL_COOCCURRENCE_DRIFT, (window,)))
     for what, metric, rest in sources:
