@@ -29,7 +29,7 @@ _HELP = {
     "replay": "Replay JSON-lines files through the engine: a summary on a terminal, else the metrics.",
     "init": "Write a commented starter config from a sample of your predictions.",
     "reference": "Build a drift reference (frozen bins) from a JSON-lines sample.",
-    "check-config": "Validate a config file; prints the problems or 'ok'.",
+    "check-config": "Validate a config file: every problem at once, or 'ok'.",
     "worker": "Run the Kafka stream worker, serving /metrics.",
     "broker": "Start a local single-node Apache Kafka (KRaft) and block.",
     "rules": "Generate and check Prometheus rules and their promtool tests.",
