@@ -344,3 +344,12 @@ def test_init_without_ground_truth_and_from_stdin(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     assert "slos:" not in yaml.safe_dump(yaml.safe_load(out.read_text()))
     assert monitor("check-config", str(out)).returncode == 0
+
+
+def test_new_verbs_keep_the_cli_start_up_light() -> None:
+    from tests.conftest import imported_by_cli
+
+    heavy = ("faust", "aiokafka", "kafka", "evidently", "pandas", "grafana_foundation_sdk", "sklearn", "scipy",
+             "zstandard")
+    assert imported_by_cli(["init", "--help"], heavy) == []
+    assert imported_by_cli(["replay", "--help"], heavy) == []
