@@ -329,11 +329,12 @@ def _rejections(reports: list[InputReport]) -> RenderableType:
     if not rows:
         return Text("rejected events: none", style="green")
     table = Table(title="Rejected events (details on stderr)", title_justify="left")
-    for col in ("input", "reason", "count", "first line", "why"):
-        table.add_column(col, justify="right" if col in ("count", "first line") else "left")
+    for col in ("input", "reason", "count", "why", "first at line", "its start"):
+        table.add_column(col, justify="right" if col in ("count", "first at line") else "left")
     for r in rows:
         for x in r.rejected:
-            table.add_row(r.source, x.reason, f"{x.count:,}", str(x.line), x.detail)
+            table.add_row(r.source, x.reason, f"{x.count:,}", x.detail, str(x.line),
+                          Text(x.excerpt, style="dim", no_wrap=True, overflow="ellipsis"))
     return table
 
 

@@ -127,6 +127,9 @@ def test_rejections_are_summarised_on_stderr_by_reason_with_line_and_short_excer
     assert "1 invalid_json: the message is not valid JSON; first at line 5:" in err
     assert SECRET not in err and SECRET[:20] not in err  # an excerpt, never the event
     json.loads(run.stdout)  # stdout stays machine-readable
+    rc, out = on_terminal("replay", "--config", str(EXAMPLE_CONFIG), "--predictions", str(preds))
+    assert rc == 0 and "Rejected events" in out and "unknown_model" in out and "invalid_json" in out
+    assert SECRET[:20] not in out
 
 
 @pytest.mark.parametrize("verb", ["replay", "report"])
