@@ -13,6 +13,7 @@ import click
 # verb -> "module:attribute" of a click command.
 _COMMANDS: dict[str, str] = {
     "replay": "monitor.replay:replay_command",
+    "init": "monitor.init:init_command",
     "reference": "monitor.reference:reference_command",
     "check-config": "monitor.config_cli:check_config_command",
     "worker": "monitor.stream.worker:worker_command",
@@ -26,9 +27,10 @@ _COMMANDS: dict[str, str] = {
 }
 
 _HELP = {
-    "replay": "Replay JSON-lines files through the engine and print the metrics.",
+    "replay": "Replay JSON-lines files through the engine: a summary on a terminal, else the metrics.",
+    "init": "Write a commented starter config from a sample of your predictions.",
     "reference": "Build a drift reference (frozen bins) from a JSON-lines sample.",
-    "check-config": "Validate a config file; prints the problems or 'ok'.",
+    "check-config": "Validate a config file: every problem at once, or 'ok'.",
     "worker": "Run the Kafka stream worker, serving /metrics.",
     "broker": "Start a local single-node Apache Kafka (KRaft) and block.",
     "rules": "Generate and check Prometheus rules and their promtool tests.",

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     PlainSerializer,
+    TypeAdapter,
     ValidationError,
     field_validator,
     model_validator,
@@ -351,26 +352,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelConfig:
-        known = set(self.labels)
-        problems = []
-        if self.task == "binary" and len(self.labels) != 1:
-            problems.append(f"task binary needs exactly one label, got {len(self.labels)}")
-        if self.task == "multiclass" and len(self.labels) < 2:
-            problems.append("task multiclass needs at least two labels (classes)")
-        for label, value in self.thresholds.items():
-            if label not in known:
-                problems.append(f"thresholds: {label!r} is not one of the labels {self.labels}")
-            elif not 0 <= value <= 1:
-                problems.append(f"thresholds.{label}: {value} is not allowed: must be in [0, 1]")
-        for i, slo in enumerate(self.slos):
-            if slo.label not in known:
-                problems.append(f"slos[{i}].label: {slo.label!r} is not one of the labels {self.labels}")
-        names = [s.name for s in self.slos]
-        if len(set(names)) != len(names):
-            problems.append("slos: two SLOs share a label and objective")
-        for label in self.detail_labels or []:
-            if label not in known:
-                problems.append(f"detail_labels: {label!r} is not one of the labels {self.labels}")
+        problems = model_problems(self.task, self.labels, self.thresholds, list(enumerate(self.slos)),
+                                  self.detail_labels)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -383,6 +366,49 @@ class ModelConfig(_Strict):
 
     def threshold_for(self, label: str) -> float:
         return self.thresholds.get(label, self.threshold)
+
+
+def model_problems(task: str | None, labels: list[str] | None, thresholds: dict[str, Any] | None,
+                   slos: list[tuple[int, SLOConfig]], detail_labels: list[str] | None) -> list[str]:
+    """A model's cross-field rules, on whatever parts of it are valid (check-config runs them even when
+    other parts are not, so one run names every problem)."""
+    problems = []
+    if labels is not None and task == "binary" and len(labels) != 1:
+        problems.append(f"task binary needs exactly one label, got {len(labels)}")
+    if labels is not None and task == "multiclass" and len(labels) < 2:
+        problems.append("task multiclass needs at least two labels (classes)")
+    if labels is None:
+        return problems
+    known = set(labels)
+    for label, value in (thresholds or {}).items():
+        if label not in known:
+            problems.append(f"thresholds: {label!r} is not one of the labels {labels}")
+        elif isinstance(value, int | float) and not 0 <= value <= 1:
+            problems.append(f"thresholds.{label}: {value} is not allowed: must be in [0, 1]")
+    for i, slo in slos:
+        if slo.label not in known:
+            problems.append(f"slos[{i}].label: {slo.label!r} is not one of the labels {labels}")
+    names = [s.name for _, s in slos]
+    if len(set(names)) != len(names):
+        problems.append("slos: two SLOs share a label and objective")
+    for label in detail_labels or []:
+        if label not in known:
+            problems.append(f"detail_labels: {label!r} is not one of the labels {labels}")
+    return problems
+
+
+def top_problems(windows: list[int] | None, names: list[str], slos: list[tuple[int, int, SLOConfig]]) -> list[str]:
+    """The config's cross-model rules, on whatever parts of it are valid (see model_problems)."""
+    problems = []
+    if len(set(names)) != len(names):
+        problems.append("models: two models share a name")
+    for i, j, slo in slos:
+        if windows is not None and slo.period not in windows:
+            problems.append(
+                f"models[{i}].slos[{j}].period: {format_duration(slo.period)} must be one of the "
+                f"windows {[format_duration(w) for w in windows]}"
+            )
+    return problems
 
 
 class RetrainingConfig(_Strict):
@@ -434,17 +460,8 @@ class MonitorConfig(_Strict):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> MonitorConfig:
-        problems = []
-        names = [m.name for m in self.models]
-        if len(set(names)) != len(names):
-            problems.append("models: two models share a name")
-        for i, model in enumerate(self.models):
-            for j, slo in enumerate(model.slos):
-                if slo.period not in self.windows:
-                    problems.append(
-                        f"models[{i}].slos[{j}].period: {format_duration(slo.period)} must be one of the "
-                        f"windows {[format_duration(w) for w in self.windows]}"
-                    )
+        problems = top_problems(self.windows, [m.name for m in self.models],
+                                [(i, j, slo) for i, m in enumerate(self.models) for j, slo in enumerate(m.slos)])
         problems += self._input_problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -542,6 +559,15 @@ def _describe(err: dict[str, Any]) -> str:
     return f"{key}: {value!r} is not allowed: {msg}"
 
 
+def _one_per_line(err: Any) -> list[str]:
+    """A validator that found several problems joins them with '; ': give each its own line and key."""
+    line = _describe(err)
+    if err["type"] != "value_error":
+        return [line]
+    key, _, body = line.partition(": ")
+    return [f"{key}: {part}" for part in body.split("; ")]
+
+
 _URL_SECRETS_RE = re.compile(r"(://)[^/@\s]*@")
 
 
@@ -552,7 +578,7 @@ def parse_config(data: Any, base_dir: Path | None = None, source: str | None = N
     try:
         cfg = MonitorConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError([_describe(e) for e in exc.errors()], source) from None
+        raise ConfigError([line for e in exc.errors() for line in _one_per_line(e)], source) from None
     if base_dir is not None:
         kafka = cfg.kafka
         tls_files = {key: str(base_dir / value) for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
@@ -583,13 +609,107 @@ def load_config(path: str | Path) -> MonitorConfig:
 
 
 def check_config(path: str | Path) -> list[str]:
-    """All problems with the config file, including an unreadable reference; empty when usable."""
+    """Every problem with the config file in one list, including references that are missing or unusable
+    (checked exactly as replay and the worker load them); empty when usable."""
+    path = Path(path)
     try:
-        cfg = load_config(path)
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        return [f"cannot read the file: {exc.strerror}"]
+    except UnicodeDecodeError:
+        return ["the file is not UTF-8 text"]
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        return [f"not valid YAML: {exc}"]
+    try:
+        cfg: MonitorConfig | None = parse_config(data, base_dir=path.resolve().parent, source=str(path))
+        problems: list[str] = []
     except ConfigError as exc:
-        return exc.problems
+        cfg, problems = None, list(exc.problems)
+        # pydantic runs a model's cross-field rules only once all its fields are valid: run them on the
+        # valid parts, so the person fixing the file sees every problem now rather than one stage per run.
+        problems += [p for p in _partial_problems(data) if not _reported(p, problems)]
+    return problems + _reference_problems(data, cfg, path.resolve().parent)
+
+
+def _reported(problem: str, problems: list[str]) -> bool:
+    """pydantic joins a model's cross-field problems into one line behind the model's key."""
+    key, _, body = problem.partition(": ")
+    return any(problem in seen or (seen.startswith(key + ": ") and body in seen) for seen in problems)
+
+
+def _valid(annotation: Any, value: Any) -> Any:
+    try:
+        return TypeAdapter(annotation).validate_python(value)
+    except ValidationError:
+        return None
+
+
+def _partial_problems(data: Any) -> list[str]:
+    if not isinstance(data, dict) or not isinstance(data.get("models"), list):
+        return []
     problems = []
-    for i, m in enumerate(cfg.models):
-        if m.reference is not None and not m.reference.exists():
-            problems.append(f"models[{i}].reference: file {str(m.reference)!r} does not exist")
+    windows: list[int] | None = None
+    if isinstance(data.get("windows"), list):
+        # The windows that are valid on their own: an SLO period is checked against those.
+        windows = [w for item in data["windows"] if (w := _valid(Duration, item)) is not None]
+    elif "windows" not in data:
+        windows = MonitorConfig.model_fields["windows"].get_default(call_default_factory=True)
+    names, all_slos = [], []
+    for i, raw in enumerate(data["models"]):
+        if not isinstance(raw, dict):
+            continue
+        labels = _valid(list[str], raw.get("labels"))
+        slos = [(j, s) for j, item in enumerate(raw.get("slos") or [] if isinstance(raw.get("slos"), list) else [])
+                if (s := _valid(SLOConfig, item)) is not None]
+        task = raw.get("task", "multilabel")
+        thresholds = _valid(dict[str, Any], raw.get("thresholds", {}))
+        detail = _valid(list[str] | None, raw.get("detail_labels"))
+        problems += [f"models[{i}]: {p}" for p in model_problems(task if isinstance(task, str) else None, labels,
+                                                                 thresholds, slos, detail)]
+        if isinstance(raw.get("name"), str):
+            names.append(raw["name"])
+        all_slos += [(i, j, s) for j, s in slos]
+    return problems + top_problems(windows, names, all_slos)
+
+
+_REFERENCE_KEYS = ("name", "task", "labels", "threshold", "thresholds", "reference", "features",
+                   "cooccurrence_max_labels")
+
+
+def _reference_part(raw: Any) -> Any:
+    """What loading a model's reference depends on; without the rest, a model with a broken SLO still
+    gets its reference checked."""
+    if not isinstance(raw, dict):
+        return raw
+    part = {k: raw[k] for k in _REFERENCE_KEYS if k in raw}
+    if _valid(ModelConfig, part) is None:
+        part.pop("thresholds", None)
+    return part
+
+
+def _reference_problems(data: Any, cfg: MonitorConfig | None, base_dir: Path) -> list[str]:
+    """Each model's reference loaded as replay loads it: missing, unreadable or malformed files, named."""
+    from monitor.reference import load_reference  # the reference module imports this one
+
+    if cfg is not None:
+        models = list(enumerate(cfg.models))
+        config = cfg
+    else:
+        # Models that are valid on their own still get their references checked.
+        raw_models = data.get("models") if isinstance(data, dict) else None
+        models = [(i, m) for i, raw in enumerate(raw_models if isinstance(raw_models, list) else [])
+                  if (m := _valid(ModelConfig, _reference_part(raw))) is not None]
+        models = [(i, m.model_copy(update={"reference": base_dir / m.reference}))
+                  if m.reference is not None and not m.reference.is_absolute() else (i, m) for i, m in models]
+        if not models:
+            return []
+        config = MonitorConfig.model_construct(models=[m for _, m in models])  # defaults for the rest
+    problems = []
+    for i, m in models:
+        try:
+            load_reference(config, m)
+        except ConfigError as exc:
+            problems += [p.replace(f"models[{m.name}]", f"models[{i}]", 1) for p in exc.problems]
     return problems

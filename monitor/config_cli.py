@@ -10,7 +10,8 @@ from monitor.config import check_config
 @click.command("check-config")
 @click.argument("config", type=click.Path(dir_okay=False))
 def check_config_command(config: str) -> None:
-    """Validate CONFIG; print each problem (naming its key) or 'ok'. Exit 1 on problems."""
+    """Validate CONFIG; print every problem in one run (each naming its key, model references included) or
+    'ok'. Exit 1 on problems."""
     problems = check_config(config)
     if not problems:
         click.echo("ok")

@@ -73,8 +73,11 @@ def demo_config() -> MonitorConfig:
 
 # Alerts fire on the first evaluation, on 2m windows; MLMonitorDown keeps a short `for:` because
 # `absent(up)` is true until Prometheus' first scrape, which would page at start-up.
+# Runbook links point at this checkout's docs/runbooks/, so they open on this machine.
+_RUNBOOKS = Path(__file__).resolve().parent.parent / "docs" / "runbooks"
 DEMO_RULES = RuleOptions(for_overrides={"*": "0s", c.ALERT_DOWN: "15s"}, fast_window=2 * MINUTE,
-                         drift_window=2 * MINUTE, slow_window=2 * MINUTE)
+                         drift_window=2 * MINUTE, slow_window=2 * MINUTE,
+                         runbook_base=_RUNBOOKS.as_uri() + "/" if _RUNBOOKS.is_dir() else RuleOptions.runbook_base)
 
 
 # --- what the demo watches ----------------------------------------------------------------------------------
@@ -86,8 +89,12 @@ class Summary:
     fired: dict[str, float] = field(default_factory=dict)  # alert -> first firing, seconds into the live traffic
     page_after_injection: float | None = None  # burn-rate page at the pager, seconds after the degradation
     retraining_after_injection: float | None = None  # first retraining request, seconds after the shift
+    # Distinct alerts that reached the pager / the ticket webhook, as the event log lists them; Alertmanager
+    # delivers each several times (group updates, repeats, resolutions), counted apart.
     pages: int = 0
     tickets: int = 0
+    pager_deliveries: int = 0
+    ticket_deliveries: int = 0
     retraining_requests: int = 0
     retraining_verified: bool = False
     retraining_signals: list[str] = field(default_factory=list)
@@ -127,6 +134,8 @@ class Observer:
         self.log: list[str] = []
         self.summary = Summary(injected={"feature shift": plan.drift_at, "violence degradation": plan.degrade_at})
         self._seen_alerts: set[str] = set()
+        self._paged: set[str] = set()
+        self._ticketed: set[str] = set()
         self._seen_received = 0
         self._announced: set[str] = set()
         self._done_since: float | None = None
@@ -186,18 +195,20 @@ class Observer:
         for r in received[self._seen_received:]:
             body = r.json()
             if r.path == PAGER_PATH:
-                self.summary.pages += 1
-                if body.get("event_action") == "trigger" and body["payload"]["summary"] not in self._seen_alerts:
-                    self._seen_alerts.add(body["payload"]["summary"])
+                self.summary.pager_deliveries += 1
+                if body.get("event_action") == "trigger" and body["payload"]["summary"] not in self._paged:
+                    self._paged.add(body["payload"]["summary"])
+                    self.summary.pages = len(self._paged)
                     self.note(f"page at the pager: {body['payload']['summary']}")
                 if self.summary.page_after_injection is None and _is_burn_page(r):
                     self.summary.page_after_injection = round(r.at - self.t0 - self.plan.degrade_at, 1)
             elif r.path == TICKET_PATH:
-                self.summary.tickets += 1
+                self.summary.ticket_deliveries += 1
                 for alert in body.get("alerts", []):
                     text = "ticket: " + _alert_text(alert["labels"])
-                    if alert["status"] == "firing" and text not in self._seen_alerts:
-                        self._seen_alerts.add(text)
+                    if alert["status"] == "firing" and text not in self._ticketed:
+                        self._ticketed.add(text)
+                        self.summary.tickets = len(self._ticketed)
                         self.note(text)
             else:
                 self.summary.retraining_requests += 1
@@ -270,7 +281,8 @@ def _print_summary(console: Console, s: Summary) -> None:
         console.print(f"  retraining request {s.retraining_after_injection:.1f}s after the feature shift "
                       f"(signature {'verified' if s.retraining_verified else 'NOT verified'}, "
                       f"signal {', '.join(s.retraining_signals)})")
-    console.print(f"  received: {s.pages} pager events, {s.tickets} ticket notifications, "
+    console.print(f"  received: {s.pages} page(s) ({s.pager_deliveries} pager deliveries, counting Alertmanager's "
+                  f"updates, repeats and resolutions), {s.tickets} ticket(s) ({s.ticket_deliveries} notifications), "
                   f"{s.retraining_requests} retraining request(s); events sent {s.events_sent}")
     missing = s.missing()
     if missing:
@@ -282,7 +294,7 @@ def _print_summary(console: Console, s: Summary) -> None:
 # --- the command --------------------------------------------------------------------------------------------
 
 
-def run_demo(plan: Timeline, console: Console, tui: bool, bootstrap: str | None = None) -> Summary:
+def run_demo(plan: Timeline, console: Console, tui: bool, bootstrap: str | None = None, keep: bool = False) -> Summary:
     cfg = demo_config()
     say: Callable[[str], None] = (lambda line: None) if tui else console.print
     with LocalStack(cfg, bootstrap=bootstrap, rule_options=DEMO_RULES,
@@ -320,8 +332,22 @@ def run_demo(plan: Timeline, console: Console, tui: bool, bootstrap: str | None 
             obs.summary.interrupted = True
         finally:
             feeder.stop()
+        if keep and not obs.summary.interrupted:
+            _print_summary(console, obs.summary)
+            _keep_running(console, stack)
         console.print("[dim]stopping the stack[/dim]")
     return obs.summary
+
+
+def _keep_running(console: Console, stack: LocalStack) -> None:
+    """--keep: the stack stays up (traffic stopped) for a look around, until Ctrl-C or SIGTERM."""
+    console.print("\n[bold]the stack keeps running[/bold] (the traffic has stopped); Ctrl-C stops it")
+    for name, url in _where(stack):
+        console.print(f"  {name:38} {url}")
+    console.print(f"  {'config (short windows)':38} {stack.config_path}")
+    with contextlib.suppress(KeyboardInterrupt):
+        while True:
+            time.sleep(1.0)
 
 
 @click.command("demo")
@@ -331,9 +357,11 @@ def run_demo(plan: Timeline, console: Console, tui: bool, bootstrap: str | None 
 @click.option("--no-tui", is_flag=True, help="Plain lines instead of the live terminal display.")
 @click.option("--bootstrap", default=None, metavar="HOST:PORT",
               help="Use this Kafka instead of starting a local one (topics get a unique suffix).")
+@click.option("--keep", is_flag=True,
+              help="After the story, keep the stack running with its URLs printed until Ctrl-C.")
 @click.option("--json-summary", type=click.Path(dir_okay=False, path_type=Path), default=None, hidden=True,
               help="Also write the summary as JSON (tests).")
-def demo_command(fast: bool, duration: float | None, no_tui: bool, bootstrap: str | None,
+def demo_command(fast: bool, duration: float | None, no_tui: bool, bootstrap: str | None, keep: bool,
                  json_summary: Path | None) -> None:
     """Run the whole product locally with simulated traffic that degrades and drifts.
 
@@ -347,12 +375,13 @@ def demo_command(fast: bool, duration: float | None, no_tui: bool, bootstrap: st
     # SIGTERM ends the demo like Ctrl-C, so the stack is always stopped in order.
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        summary = run_demo(plan, console, tui=not no_tui and console.is_terminal, bootstrap=bootstrap)
+        summary = run_demo(plan, console, tui=not no_tui and console.is_terminal, bootstrap=bootstrap, keep=keep)
     except (StackError, ServiceError, BrokerError, SetupError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         raise click.ClickException("interrupted while starting") from None
-    _print_summary(console, summary)
+    if not keep or summary.interrupted:
+        _print_summary(console, summary)
     if json_summary is not None:
         json_summary.write_text(json.dumps({**asdict(summary), "missing": summary.missing()}, indent=2) + "\n")
     if summary.interrupted:

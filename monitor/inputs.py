@@ -1,11 +1,17 @@
-"""The inputs `monitor replay` and `monitor report` share: options, defaults and loading.
+"""Reading events as people have them, for every command that reads events (replay, report, reference, init).
+
+One loader: plain, gzip or zstd JSON lines (recognised by their magic bytes, whatever the file is called),
+`-` for standard input, a UTF-8 byte-order mark, CRLF line ends. Lines keep their line numbers so a
+rejected event can be pointed at (`rejections.py` prints the summary).
 
 Only click at import time: `monitor report --help` must not pull in numpy or the engine.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gzip
+import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -18,6 +24,29 @@ if TYPE_CHECKING:
 
 F = TypeVar("F", bound=Callable[..., Any])
 EXAMPLE = resources.files("monitor") / "examples"
+STDIN = "-"
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")
+
+
+class InputError(click.ClickException):
+    """An input file that cannot be read as events at all (unreadable, corrupt archive, wrong encoding)."""
+
+
+class InputLines(list[bytes]):
+    """The non-blank lines of one input, in order, each knowing its 1-based line number in the source."""
+
+    def __init__(self, lines: Iterable[bytes] = (), source: str = "", numbers: list[int] | None = None) -> None:
+        super().__init__(lines)
+        self.source = source
+        # None while no blank line was skipped: then line i is line number i + 1.
+        self._numbers = numbers
+
+    def line_number(self, index: int) -> int:
+        return self._numbers[index] if self._numbers is not None else index + 1
 
 
 @dataclass(frozen=True)
@@ -25,8 +54,8 @@ class Inputs:
     """What is evaluated: a config, the two files' lines and the evaluation time."""
 
     config: MonitorConfig
-    predictions: list[bytes]
-    ground_truth: list[bytes]
+    predictions: InputLines
+    ground_truth: InputLines
     at: float | None
 
 
@@ -34,19 +63,70 @@ def input_options(command: F) -> F:
     for option in reversed((
         click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True),
                      help="Config file (default: the bundled example)."),
-        click.option("--predictions", type=click.Path(dir_okay=False, exists=True),
-                     help="JSON lines of predictions."),
-        click.option("--ground-truth", type=click.Path(dir_okay=False, exists=True),
-                     help="JSON lines of ground truth."),
+        click.option("--predictions", type=click.Path(dir_okay=False, exists=True, allow_dash=True),
+                     help="JSON lines of predictions: plain, .gz or .zst; '-' reads standard input."),
+        click.option("--ground-truth", type=click.Path(dir_okay=False, exists=True, allow_dash=True),
+                     help="JSON lines of ground truth: plain, .gz or .zst; '-' reads standard input."),
         click.option("--at", help="Evaluation time, RFC 3339 (default: the newest event time)."),
     )):
         command = option(command)
     return command
 
 
-def read_lines(path: Path) -> list[bytes]:
-    with open(path, "rb") as fh:
-        return [line.rstrip(b"\r\n") for line in fh if line.strip()]
+def display_name(path: str | Path) -> str:
+    return "standard input" if str(path) == STDIN else str(path)
+
+
+def read_bytes(path: str | Path) -> bytes:
+    """The decompressed content of a file (or of standard input for '-')."""
+    name = display_name(path)
+    try:
+        raw = sys.stdin.buffer.read() if str(path) == STDIN else Path(path).read_bytes()
+    except OSError as exc:
+        raise InputError(f"{name}: cannot read: {exc.strerror}") from None
+    return decompress(raw, name)
+
+
+def decompress(raw: bytes, name: str) -> bytes:
+    """gzip and zstd by their magic bytes (a pipe has no file name); anything else is taken as it is."""
+    if raw.startswith(_GZIP_MAGIC):
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise InputError(f"{name}: a gzip file that cannot be decompressed ({exc})") from None
+    if raw.startswith(_ZSTD_MAGIC):
+        try:
+            import zstandard  # only here: a dependency few inputs need
+        except ImportError:
+            raise InputError(f"{name} is zstd-compressed: install the 'zstandard' package to read it") from None
+        try:
+            # The streaming reader copes with frames that do not record their decompressed size.
+            with zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True) as reader:
+                return reader.read()
+        except zstandard.ZstdError as exc:
+            raise InputError(f"{name}: a zstd file that cannot be decompressed ({exc})") from None
+    return raw
+
+
+def split_lines(data: bytes, source: str) -> InputLines:
+    """Non-blank lines without their line ends (LF or CRLF); a leading UTF-8 byte-order mark is dropped."""
+    if data.startswith(_UTF16_BOMS):
+        raise InputError(f"{source} is UTF-16 text; events must be UTF-8 JSON lines (convert it, for example "
+                         f"with `iconv -f UTF-16 -t UTF-8`)")
+    data = data.removeprefix(_UTF8_BOM)
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    kept = [line.removesuffix(b"\r") for line in lines]
+    if all(line.strip() for line in kept):
+        return InputLines(kept, source)
+    numbers = [i + 1 for i, line in enumerate(kept) if line.strip()]
+    return InputLines([kept[n - 1] for n in numbers], source, numbers)
+
+
+def read_lines(path: str | Path) -> InputLines:
+    """The events of one input file ('-' for standard input), see the module docstring."""
+    return split_lines(read_bytes(path), display_name(path))
 
 
 def parse_at(value: str | None) -> float | None:
@@ -62,16 +142,21 @@ def parse_at(value: str | None) -> float | None:
 
 def load_inputs(config_path: str | None, predictions: str | None, ground_truth: str | None,
                 at: str | None) -> Inputs:
-    """No config means the bundled example and its two files; a config without files, an empty stream."""
+    """No config means the bundled example and its two files; a config needs at least a predictions file."""
     from monitor.config import ConfigError, load_config
 
+    if predictions == STDIN and ground_truth == STDIN:
+        raise click.UsageError("only one of --predictions and --ground-truth can read standard input ('-')")
+    if config_path and not predictions and not ground_truth:
+        raise click.UsageError("no events to read: give --predictions (and --ground-truth) with --config")
     with resources.as_file(EXAMPLE) as example:
         config_file = Path(config_path) if config_path else example / "config.yaml"
-        pred_file = Path(predictions) if predictions else (None if config_path else example / "predictions.jsonl")
-        gt_file = Path(ground_truth) if ground_truth else (None if config_path else example / "ground_truth.jsonl")
+        pred_file = predictions or (None if config_path else example / "predictions.jsonl")
+        gt_file = ground_truth or (None if config_path else example / "ground_truth.jsonl")
         try:
             config = load_config(config_file)
         except ConfigError as exc:
             raise click.ClickException("\n".join([str(exc.source or config_file) + ":", *exc.problems])) from None
-        return Inputs(config, read_lines(pred_file) if pred_file else [], read_lines(gt_file) if gt_file else [],
+        return Inputs(config, read_lines(pred_file) if pred_file else InputLines(),
+                      read_lines(gt_file) if gt_file else InputLines(),
                       parse_at(at))

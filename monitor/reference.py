@@ -7,6 +7,8 @@ by the same edges and compared count to count.
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +19,11 @@ import numpy as np
 import orjson
 
 from monitor.config import ConfigError, ModelConfig, MonitorConfig, load_config
+from monitor.conventions import Reason
 from monitor.engine.metrics.drift import category_values, decile_edges, numeric_bins
 from monitor.events import Decoder, InvalidEvent, Prediction
+from monitor.inputs import read_bytes, read_lines, split_lines
+from monitor.rejections import summarize, tell
 
 FORMAT_VERSION = 1
 
@@ -100,26 +105,112 @@ class Reference:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any], cfg: ModelConfig) -> Reference:
-        if data.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unsupported reference format {data.get('format')!r}")
-        if data.get("labels") != list(cfg.labels):
-            raise ValueError("the reference was built for other labels than the model's")
-        features = {name: Binning.from_json(b) for name, b in data["features"].items()}
-        for name in cfg.features.all:
-            if name not in features:
-                raise ValueError(f"the reference has no bins for feature {name!r}")
+    def from_json(cls, data: Any, cfg: ModelConfig) -> Reference:
+        problems = reference_problems(data, cfg)
+        if problems:
+            raise ValueError("; ".join(problems))
         cooc = data["cooccurrence"]
+        features = {name: Binning.from_json(b) for name, b in data["features"].items()}
         return cls(
             model=data["model"],
             n=int(data["n"]),
             labels=list(data["labels"]),
             scores=[Binning.from_json(data["scores"][label]) for label in cfg.labels],
             features={name: features[name] for name in cfg.features.all},
-            positive_rate=np.asarray([data["predicted_positive_rate"][x] for x in cfg.labels]),
+            positive_rate=np.asarray([data["predicted_positive_rate"][x] for x in cfg.labels], dtype=np.float64),
             pair_labels=int(cooc["labels"]),
             pair_counts=np.asarray(cooc["counts"], dtype=np.float64),
         )
+
+
+def _count_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(x, int | float) and not isinstance(x, bool)
+                                           and math.isfinite(x) and x >= 0 for x in value)
+
+
+def binning_problems(data: Any, where: str) -> list[str]:
+    """What makes one frozen binning unusable (empty when it is usable)."""
+    if not isinstance(data, dict):
+        return [f"{where}: must be an object with kind and counts"]
+    kind, counts = data.get("kind"), data.get("counts")
+    if kind not in ("numeric", "categorical"):
+        return [f"{where}.kind: must be numeric or categorical, got {kind!r}"]
+    if not _count_list(counts) or not counts:
+        return [f"{where}.counts: must be a non-empty list of non-negative numbers"]
+    if kind == "numeric":
+        edges = data.get("edges")
+        if not isinstance(edges, list) or not all(isinstance(x, int | float) and not isinstance(x, bool)
+                                                  and math.isfinite(x) for x in edges):
+            return [f"{where}.edges: must be a list of finite numbers"]
+        if any(b < a for a, b in itertools.pairwise(edges)):
+            return [f"{where}.edges: must be sorted"]
+        if len(counts) != len(edges) + 1:
+            return [f"{where}: {len(edges)} edges need {len(edges) + 1} counts, got {len(counts)}"]
+    else:
+        values = data.get("values")
+        if not isinstance(values, list) or not all(isinstance(x, str) for x in values):
+            return [f"{where}.values: must be a list of strings"]
+        if len(counts) != len(values) + 1:
+            return [f"{where}: {len(values)} values need {len(values) + 1} counts (the last is 'other'), "
+                    f"got {len(counts)}"]
+    return []
+
+
+def reference_problems(data: Any, cfg: ModelConfig) -> list[str]:
+    """Every reason a frozen reference (the JSON `monitor reference` writes) cannot serve this model."""
+    if not isinstance(data, dict):
+        return ["not a reference: the JSON must be an object (write one with `monitor reference`)"]
+    if data.get("format") != FORMAT_VERSION:
+        got = "no format field" if "format" not in data else f"format {data.get('format')!r}"
+        return [f"not a reference this version can read ({got}; expected format {FORMAT_VERSION}); "
+                "rebuild it with `monitor reference`"]
+    problems = []
+    if not isinstance(data.get("model"), str):
+        problems.append("model: must be the model's name")
+    n = data.get("n")
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        problems.append("n: must be a positive whole number of predictions")
+    if data.get("labels") != list(cfg.labels):
+        problems.append(f"labels: built for {data.get('labels')!r}, the model's labels are {list(cfg.labels)}")
+    scores = data.get("scores")
+    if not isinstance(scores, dict):
+        problems.append("scores: must map each label to its score bins")
+    else:
+        for label in cfg.labels:
+            if label not in scores:
+                problems.append(f"scores: no bins for label {label!r}")
+            else:
+                problems += [p for p in binning_problems(scores[label], f"scores.{label}")]
+                if isinstance(scores[label], dict) and scores[label].get("kind") == "categorical":
+                    problems.append(f"scores.{label}.kind: score bins must be numeric")
+    features = data.get("features")
+    if not isinstance(features, dict):
+        problems.append("features: must map each watched feature to its bins")
+    else:
+        for name in cfg.features.all:
+            if name not in features:
+                problems.append(f"features: no bins for feature {name!r} (rebuild the reference after adding it)")
+            else:
+                problems += binning_problems(features[name], f"features.{name}")
+    rates = data.get("predicted_positive_rate")
+    if not isinstance(rates, dict):
+        problems.append("predicted_positive_rate: must map each label to a rate")
+    else:
+        for label in cfg.labels:
+            rate = rates.get(label)
+            if not isinstance(rate, int | float) or isinstance(rate, bool) or not 0 <= rate <= 1:
+                problems.append(f"predicted_positive_rate.{label}: must be a number in [0, 1]")
+    cooc = data.get("cooccurrence")
+    if not isinstance(cooc, dict) or not _count_list(cooc.get("counts")):
+        problems.append("cooccurrence: must hold labels (a count) and counts (a list)")
+    else:
+        k = cooc.get("labels")
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k <= len(cfg.labels):
+            problems.append(f"cooccurrence.labels: must be a whole number from 0 to {len(cfg.labels)}")
+        elif len(cooc["counts"]) != k * (k - 1) // 2 + 1:
+            problems.append(f"cooccurrence.counts: {k} labels need {k * (k - 1) // 2 + 1} counts, "
+                            f"got {len(cooc['counts'])}")
+    return problems
 
 
 def pair_counts(predicted: np.ndarray, k: int) -> np.ndarray:
@@ -157,26 +248,45 @@ def build_reference(cfg: ModelConfig, predictions: list[Prediction]) -> Referenc
     )
 
 
-def reference_from_lines(config: MonitorConfig, model: str, lines: Iterable[bytes]) -> tuple[Reference, int]:
-    """(reference, number of lines skipped as invalid or for another model)."""
-    cfg = config.model(model)
-    if cfg is None:
-        raise ValueError(f"model {model!r} is not in the config")
+def decode_sample(config: MonitorConfig, model: str,
+                  lines: Iterable[bytes]) -> tuple[list[Prediction], dict[int, InvalidEvent]]:
+    """The sample's prediction events for `model`, and why each other line was left out (by index)."""
+    if config.model(model) is None:
+        raise ValueError(f"model {model!r} is not in the config (models: {', '.join(m.name for m in config.models)})")
     decoder = Decoder(config)
-    preds, skipped = [], 0
-    for line in lines:
+    preds: list[Prediction] = []
+    rejected: dict[int, InvalidEvent] = {}
+    for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
             p = decoder.decode_prediction(line)
-        except InvalidEvent:
-            skipped += 1
+        except InvalidEvent as exc:
+            rejected[i] = exc
             continue
         if p.model != model:
-            skipped += 1
+            rejected[i] = InvalidEvent(Reason.UNKNOWN_MODEL, f"the event is for another model than {model!r}")
             continue
         preds.append(p)
-    return build_reference(cfg, preds), skipped
+    return preds, rejected
+
+
+def reference_from_lines(config: MonitorConfig, model: str, lines: Iterable[bytes]) -> tuple[Reference, int]:
+    """(reference, number of lines skipped as invalid or for another model)."""
+    preds, rejected = decode_sample(config, model, lines)
+    cfg = config.model(model)
+    assert cfg is not None
+    return build_reference(cfg, preds), len(rejected)
+
+
+SAMPLE_SUFFIXES = (".jsonl", ".ndjson")
+
+
+def is_sample(path: Path) -> bool:
+    """A JSON-lines sample of prediction events (bins frozen on load), possibly compressed; else a frozen
+    reference as `monitor reference` writes it."""
+    name = path.name.lower().removesuffix(".gz").removesuffix(".zst")
+    return name.endswith(SAMPLE_SUFFIXES)
 
 
 def load_reference(config: MonitorConfig, cfg: ModelConfig) -> Reference | None:
@@ -184,31 +294,50 @@ def load_reference(config: MonitorConfig, cfg: ModelConfig) -> Reference | None:
     path = cfg.reference
     if path is None:
         return None
+    where = f"models[{cfg.name}].reference"
+    if not Path(path).exists():
+        raise ConfigError([f"{where}: file {str(path)!r} does not exist"])
     try:
-        raw = Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"models[{cfg.name}].reference: cannot read {str(path)!r}: {exc.strerror}"]) from None
+        raw = read_bytes(path)
+    except click.ClickException as exc:
+        raise ConfigError([f"{where}: {exc.message}"]) from None
     try:
-        if Path(path).suffix == ".jsonl":
-            return reference_from_lines(config, cfg.name, raw.splitlines())[0]
-        return Reference.from_json(orjson.loads(raw), cfg)
+        if is_sample(Path(path)):
+            return reference_from_lines(config, cfg.name, split_lines(raw, str(path)))[0]
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise ValueError("not valid JSON (a sample of prediction events must be named *.jsonl)") from None
+        problems = reference_problems(data, cfg)
+        if problems:
+            raise ConfigError([f"{where}: {str(path)!r}: {p}" for p in problems])
+        return Reference.from_json(data, cfg)
+    except click.ClickException as exc:  # an unreadable sample (UTF-16, ...)
+        raise ConfigError([f"{where}: {exc.message}"]) from None
     except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError([f"models[{cfg.name}].reference: {str(path)!r} is not usable: {exc}"]) from None
+        raise ConfigError([f"{where}: {str(path)!r} is not usable: {exc}"]) from None
 
 
 @click.command("reference")
 @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, exists=True))
 @click.option("--model", required=True, help="Model name from the config.")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-@click.argument("sample", type=click.Path(dir_okay=False, exists=True))
+@click.argument("sample", type=click.Path(dir_okay=False, exists=True, allow_dash=True))
 def reference_command(config_path: str, model: str, output: str, sample: str) -> None:
-    """Freeze drift bins from SAMPLE (JSON lines of prediction events) into OUTPUT."""
+    """Freeze drift bins from SAMPLE (JSON lines of prediction events; .gz, .zst or '-' too) into OUTPUT."""
     try:
         config = load_config(config_path)
-        with open(sample, "rb") as fh:
-            ref, skipped = reference_from_lines(config, model, fh)
-    except (ConfigError, ValueError) as exc:
+    except ConfigError as exc:
         raise click.ClickException(str(exc)) from None
+    lines = read_lines(sample)
+    try:
+        preds, rejected = decode_sample(config, model, lines)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    tell([summarize(lines, "sample", rejected)])
+    cfg = config.model(model)
+    assert cfg is not None
+    ref, skipped = build_reference(cfg, preds), len(rejected)
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     Path(output).write_bytes(orjson.dumps(ref.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
     click.echo(f"reference for {model}: {ref.n} predictions, {skipped} lines skipped -> {output}")

@@ -3,6 +3,10 @@
 The two files are merged by event time (predictions first on ties) and fed to the same engine the Kafka
 worker runs. With `--at T` only events up to T are applied and windows end at T; without it T is the
 newest event time.
+
+Output: on a terminal a summary a person reads in seconds (monitor.summary); otherwise Prometheus text, so
+pipes and scripts get what they always got. `--format` chooses explicitly. Rejected events are summarised
+on stderr (monitor.rejections) whatever the format.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import gc
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import click
@@ -21,17 +26,37 @@ from monitor.engine.columns import DecodedTopic
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine, topic_steps
 from monitor.engine.figures import Figures
 from monitor.events import InvalidEvent, parse_timestamp
-from monitor.inputs import EXAMPLE, input_options, load_inputs, read_lines
+from monitor.inputs import EXAMPLE, InputLines, input_options, load_inputs, read_lines
+from monitor.rejections import InputReport, summarize, tell
 
-__all__ = ["EXAMPLE", "read_lines", "run_replay"]
+__all__ = ["EXAMPLE", "read_lines", "replay", "run_replay"]
 
 BATCH = 8192
+FORMATS = ("table", "prometheus", "json")
+
+
+@dataclass(frozen=True)
+class Replayed:
+    engine: Engine
+    figures: Figures
+    rejections: list[InputReport]  # one per input read from a file, in the order predictions, ground truth
 
 
 def run_replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
                at: float | None = None, use_native: bool | None = None,
                inputs: dict[str, list[bytes]] | None = None) -> tuple[Engine, Figures]:
-    """`inputs`: the lines of mapped topics (docs/attach.md), by topic name, beside the default two."""
+    """Replay two lists of raw events (and `inputs`: the lines of mapped topics, docs/attach.md, by topic
+    name). Inputs read by monitor.inputs (they know their file and line numbers) also get the rejection
+    summary on stderr, and fail when a file gave nothing usable: every command that evaluates files goes
+    through here."""
+    result = replay(config, predictions, ground_truth, at, use_native, inputs)
+    tell(result.rejections)
+    return result.engine, result.figures
+
+
+def replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
+           at: float | None = None, use_native: bool | None = None,
+           inputs: dict[str, list[bytes]] | None = None) -> Replayed:
     engine = Engine(config, use_native=use_native)
     # The engine's long-lived structures (join entries) are acyclic: cyclic-GC passes over them find
     # nothing while re-scanning 100k+ objects, so the collector is paused for the replay.
@@ -44,13 +69,17 @@ def run_replay(config: MonitorConfig, predictions: list[bytes], ground_truth: li
         else:
             preds = engine.decode(PREDICTIONS, predictions)
             truths = engine.decode(GROUND_TRUTH, ground_truth)
+        reports = [summarize(lines, kind, decoded.rejected)
+                   for lines, kind, decoded in ((predictions, "prediction", preds),
+                                                (ground_truth, "ground-truth", truths))
+                   if isinstance(lines, InputLines) and lines.source]
         sides, index = steps_by_time(preds, truths, at)
         for start in range(0, len(sides), BATCH):
             engine.apply(preds, truths, sides[start:start + BATCH], index[start:start + BATCH])
     finally:
         if was_enabled:
             gc.enable()
-    return engine, engine.evaluate(at)
+    return Replayed(engine, engine.evaluate(at), reports)
 
 
 def _decode_side(engine: Engine, config: MonitorConfig, side: str, default: list[bytes],
@@ -114,28 +143,38 @@ def _event_time(raw: bytes) -> float:
 @click.option("--input", "topic_files", multiple=True, metavar="TOPIC=FILE",
               help="JSON lines of a topic named in the config's models[].input (repeatable); "
                    "--predictions and --ground-truth are the default topics. See docs/attach.md.")
-@click.option("--format", "fmt", type=click.Choice(["prometheus", "json"]), default="prometheus", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
+              help="table: a summary to read; prometheus: the exposition text; json: every sample. "
+                   "Default: table on a terminal, prometheus otherwise (pipes, files, scripts).")
 def replay_command(config_path: str | None, predictions: str | None, ground_truth: str | None,
-                   at: str | None, topic_files: tuple[str, ...], fmt: str) -> None:
+                   at: str | None, topic_files: tuple[str, ...], fmt: str | None) -> None:
     """Replay prediction and ground-truth files through the engine and print the metrics.
 
     With no files, replays the bundled example stream (a moderation model with delayed ground truth).
+    Files may be gzip or zstd compressed; '-' reads standard input.
     """
     inputs = load_inputs(config_path, predictions, ground_truth, at)
     mapped = _topic_files(inputs.config, topic_files)
     try:
-        _, figures = run_replay(inputs.config, inputs.predictions, inputs.ground_truth, inputs.at, inputs=mapped)
+        result = replay(inputs.config, inputs.predictions, inputs.ground_truth, inputs.at, inputs=mapped)
     except ConfigError as exc:
         raise click.ClickException("; ".join(exc.problems)) from None
-    if fmt == "json":
+    tell(result.rejections)
+    if fmt is None:
+        fmt = "table" if sys.stdout.isatty() else "prometheus"
+    if fmt == "table":
+        from monitor.summary import print_summary
+
+        print_summary(inputs.config, result, inputs.at)
+    elif fmt == "json":
         from monitor.exporter import figures_json
 
         stamp = datetime.fromtimestamp(inputs.at, UTC).isoformat() if inputs.at is not None else None
-        sys.stdout.buffer.write(orjson.dumps({"at": stamp, "metrics": figures_json(figures)}) + b"\n")
+        sys.stdout.buffer.write(orjson.dumps({"at": stamp, "metrics": figures_json(result.figures)}) + b"\n")
     else:
         from monitor.exporter import prometheus_text
 
-        sys.stdout.buffer.write(prometheus_text(figures))
+        sys.stdout.buffer.write(prometheus_text(result.figures))
 
 
 def _topic_files(config: MonitorConfig, specs: tuple[str, ...]) -> dict[str, list[bytes]]:

@@ -34,7 +34,8 @@ def _parse_for(values: tuple[str, ...]) -> dict[str, str]:
               show_default=True, help="Directory for the rule files and tests/.")
 @click.option("--check", "run_check", is_flag=True, help="Run promtool check/test on the output; non-zero on failure.")
 @click.option("--runbook-base", default=DEFAULT_RUNBOOK_BASE, show_default=True,
-              help="URL prefix of docs/runbooks/ (runbook_url = prefix + AlertName.md).")
+              help="Where docs/runbooks/ is served, e.g. https://git.example.com/team/mlmon/blob/main/docs/runbooks/ "
+                   "(runbook_url = prefix + AlertName.md); the default is the path in a checkout.")
 @click.option("--job", default=DEFAULT_JOB, show_default=True, help="Prometheus scrape job of the workers.")
 @click.option("--ece-threshold", type=click.FloatRange(0, 1, min_open=True), default=RuleOptions.ece_threshold,
               show_default=True, help="MLMonitorCalibrationDrift fires above this ECE.")

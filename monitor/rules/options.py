@@ -15,7 +15,9 @@ from monitor import conventions as c
 from monitor.config import DAY, HOUR, MINUTE, MonitorConfig, format_duration, parse_duration
 from monitor.rules.tiers import TIER_NAMES, nearest_window
 
-DEFAULT_RUNBOOK_BASE: Final = "https://github.com/mlmon/mlmon/blob/main/docs/runbooks/"
+# Where the runbooks live relative to a checkout of this repository: true wherever the rules are used. Point
+# it at the place your team serves docs/runbooks/ from with `monitor rules --runbook-base URL`.
+DEFAULT_RUNBOOK_BASE: Final = "docs/runbooks/"
 DEFAULT_JOB: Final = "mlmon"
 WILDCARD: Final = "*"
 
