@@ -476,7 +476,7 @@ def test_versions_side_by_side_match_sklearn_and_scipy() -> None:
     block = block[block.index('data-window="30d"'):]
     block = block[:block.index("</table>")]
     assert re.search(r'<td class="differs" data-version="v8" data-metric="recall" data-label="violence">', block)
-    assert "2,400 (66.7%)" in block and "1,200 (33.3%)" in block
+    assert "2,400 predictions (66.7%)" in block and "1,200 predictions (33.3%)" in block
 
 
 # --- a real browser ----------------------------------------------------------------------------------------
@@ -547,8 +547,29 @@ def share_of(img: np.ndarray, hex_colour: str, tolerance: int = 18) -> float:
     return float((np.abs(img - rgb).max(axis=2) <= tolerance).mean())
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
-                    "(apt-get install chromium; scripts/test.sh installs it)")
+# Measures the laid-out page and writes the result into the DOM. Injected only into a test copy: the report
+# itself has no script.
+MEASURE = """<script>
+const box = e => { const r = e.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; };
+const out = {
+  headline: box(document.getElementById("headline")),
+  tiles: [...document.querySelectorAll("#headline .tile")].map(box),
+  status: box(document.querySelector("#headline .status")),
+  timeline: [...document.querySelectorAll("svg.timeline")].map(s => ({
+    label: s.getAttribute("aria-label"), box: box(s),
+    lines: [...s.querySelectorAll("polyline.series")].map(p => { const b = p.getBBox(); return [b.width, b.height]; }),
+    bands: s.querySelectorAll("polygon.band").length, on: s.querySelectorAll("rect.on").length})),
+};
+const pre = document.createElement("pre"); pre.id = "measured"; pre.textContent = JSON.stringify(out);
+document.body.appendChild(pre);
+</script>"""
+
+
+CHROMIUM_SKIP = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
+                                   "(apt-get install chromium; scripts/test.sh installs it)")
+
+
+@CHROMIUM_SKIP
 def test_report_renders_in_headless_chromium(example_report: Path, tmp_path: Path) -> None:
     # The console check must be able to fail: a page with a script error shows up.
     bad = tmp_path / "bad.html"
@@ -566,11 +587,36 @@ def test_report_renders_in_headless_chromium(example_report: Path, tmp_path: Pat
     img = decode_png(png.read_bytes())
     assert img.shape == (2400, 1400, 3)
     assert float((img.min(axis=2) < 235).mean()) > 0.1  # not a blank page
-    # The charts are drawn: bars and points in the "current" blue, PSI bands, reliability diagonals.
-    assert share_of(img, "#0072B2") > 0.005
-    assert share_of(img, "#fde2e2", 3) > 0.005  # significant-drift band behind the feature PSI bars
+    # The headline's tiles, the timeline's lines in the "current" blue and its PSI bands are drawn.
+    assert share_of(img[:1000], "#fff6f6", 3) > 0.02  # the breached-SLO and collapse tiles, on the first screen
+    assert share_of(img[:1000], "#c62828", 10) > 0.0005  # their red borders and firing pills
+    assert share_of(img, "#0072B2") > 0.001
+    assert share_of(img, "#fde2e2", 3) > 0.005  # significant-drift band behind the PSI lines
     assert share_of(img, "#eaf5ec", 3) > 0.002  # no-drift band
 
+
+@CHROMIUM_SKIP
+def test_headline_and_timeline_are_laid_out_and_drawn(example_report: Path, tmp_path: Path) -> None:
+    probe = tmp_path / "probe.html"
+    probe.write_text(example_report.read_text().replace("</body>", MEASURE + "</body>"))
+    dom = chromium(tmp_path, "--window-size=1400,1000", "--dump-dom", probe.as_uri())
+    assert console_lines(dom.stderr) == []
+    measured = json.loads(unescape(re.search(r'<pre id="measured">(.*?)</pre>', dom.stdout, re.S).group(1)))
+    _, top, width, height = measured["headline"]
+    assert top < 200 and width > 1000 and height > 150 and top + measured["status"][3] < 1000  # first screen
+    assert len(measured["tiles"]) == 3 and all(t[1] + 60 < 1000 and t[2] > 250 and t[3] > 100
+                                               for t in measured["tiles"])
+    charts = {c["label"]: c for c in measured["timeline"]}
+    assert len(charts) == 2 + 3 * len(LABELS) + 2  # feature PSI, volume; per label 3; burn for the 2 SLOs
+    for chart in charts.values():
+        assert chart["box"][2] >= 290 and chart["box"][3] >= 120, chart["label"]
+        # Gaps (undefined steps) split a series; its longest piece spans most of the 12 hours.
+        assert chart["lines"] and max(w for w, _ in chart["lines"]) > 200, chart["label"]
+        assert max(h for _, h in chart["lines"]) > 0, chart["label"]
+    assert charts["timeline quality violence"]["bands"] >= 1  # the interval band
+    assert charts["timeline quality violence"]["lines"][0][1] > 60  # recall falls across most of the height
+    assert charts["timeline burn rate violence-recall"]["on"] >= 3  # strips: the tiers' conditions held
+    assert charts["timeline burn rate spam-precision"]["on"] == 0
 
 
 @pytest.mark.slow

@@ -193,7 +193,9 @@ table.timeline td,table.timeline th{padding:2px 4px;vertical-align:top;text-alig
 table.timeline th.tl-label{font-size:14px;padding-top:24px;min-width:90px}
 table.timeline svg{display:block}
 table.versions td{vertical-align:top}
-table.versions tr.first td{border-top:2px solid #dde1e6}
+table.versions th.vgroup{text-align:center;border-left:2px solid #dde1e6}
+th .ci{display:block;font-weight:normal;color:#666;font-size:11px}
+table.versions .vstart{border-left:2px solid #dde1e6}
 td.differs{background:#fde2e2}
 """
 

@@ -278,40 +278,42 @@ def versions(view: ReportView, m: ModelView, win_ids: dict[str, str]) -> str:
 def _comparison(cmp: Comparison) -> str:
     if not cmp.versions:
         return f'<p class="note">No predictions in the last {esc(cmp.window)}.</p>'
-    head = "<tr><th class=l>label</th><th class=l>metric</th>" + "".join(
-        f'<th data-version="{esc(v)}">{esc(v)}{" (baseline)" if v == cmp.baseline else ""}</th>'
-        for v in cmp.versions) + "</tr>"
-    volume = ('<tr class="volume"><td class="l" colspan="2">predictions (share) · labelled</td>' + "".join(
-        f'<td data-version="{esc(v)}" data-metric="version_share">{esc(count(cmp.predictions[v]))} '
-        f"({esc(pct(cmp.share(v)))}) · {esc(count(cmp.joined[v]))}</td>" for v in cmp.versions) + "</tr>")
-    rows = []
+    metrics = ("precision", "recall", "f1")
+    head = ('<tr><th class=l rowspan="2">label</th>' + "".join(
+        f'<th colspan="3" class="vgroup" data-version="{esc(v)}">{esc(v)}'
+        f'{" (baseline)" if v == cmp.baseline else ""}<span class="ci">{esc(count(cmp.predictions[v]))} '
+        f"predictions ({esc(pct(cmp.share(v)))}) · {esc(count(cmp.joined[v]))} labelled</span></th>"
+        for v in cmp.versions) + "</tr><tr>" + "".join(
+        f'<th class="{"vstart" if i == 0 else ""}">{"F1" if mt == "f1" else mt}</th>'
+        for _ in cmp.versions for i, mt in enumerate(metrics)) + "</tr>")
+    by_label: dict[str, dict[str, list]] = {}
     for row in cmp.rows:
-        first = row.metric == "precision"
-        label = f'<td class="l" rowspan="3"><b>{esc(row.label)}</b></td>' if first else ""
+        by_label.setdefault(row.label, {})[row.metric] = row.cells
+    rows = []
+    for label, per_metric in by_label.items():
         cells = []
-        for cell in row.cells:
-            iv = cell.interval
-            if iv.value is None:
-                body = UNDEFINED
-            else:
-                body = (f"{esc(ratio(iv.value))}<span class=\"ci\">{esc(ratio(iv.lower))}–{esc(ratio(iv.upper))}"
-                        f" · n={esc(count(cell.n))}</span>" + svg.interval_bar(iv.value, iv.lower, iv.upper))
-            flag = ""
-            if cell.p is not None:
-                flag = (f'<span class="ci">p={cell.p:.2g}, adjusted {cell.q:.2g}</span>')
-                if cell.significant:
-                    flag = '<span class="pill fire">differs</span>' + flag
-            cls = ' class="differs"' if cell.significant else ""
-            cells.append(f'<td{cls} data-version="{esc(cell.version)}" data-metric="{esc(row.metric)}" '
-                         f'data-label="{esc(row.label)}">{body}{flag}</td>')
-        name = {"f1": "F1"}.get(row.metric, row.metric)
-        rows.append(f'<tr class="{"first" if first else ""}">{label}<td class="l">{esc(name)}</td>'
-                    f'{"".join(cells)}</tr>')
+        for vi in range(len(cmp.versions)):
+            for i, metric in enumerate(metrics):
+                cell = per_metric[metric][vi]
+                iv = cell.interval
+                n = f" · n={count(cell.n)}" if metric != "f1" else ""
+                body = UNDEFINED if iv.value is None else (
+                    f"{esc(ratio(iv.value))}<span class=\"ci\">{esc(ratio(iv.lower))}–{esc(ratio(iv.upper))}"
+                    f"{esc(n)}</span>" + svg.interval_bar(iv.value, iv.lower, iv.upper))
+                if cell.p is not None:
+                    body += f'<span class="ci" title="adjusted {cell.q:.2g}">p={cell.p:.2g}</span>'
+                    if cell.significant:
+                        body = '<span class="pill fire">differs</span> ' + body
+                classes = " ".join(c for c in ("differs" if cell.significant else "", "vstart" if i == 0 else "") if c)
+                cls = f' class="{classes}"' if classes else ""
+                cells.append(f'<td{cls} data-version="{esc(cell.version)}" data-metric="{esc(metric)}" '
+                             f'data-label="{esc(label)}">{body}</td>')
+        rows.append(f'<tr><td class="l"><b>{esc(label)}</b></td>{"".join(cells)}</tr>')
     note = ""
     if len(cmp.versions) == 1:
         note = (f'<p class="note">Only version {esc(cmp.versions[0])} made predictions in the last '
                 f"{esc(cmp.window)}: nothing to compare it with.</p>")
-    return (f'{note}<table class="versions"><thead>{head}</thead><tbody>{volume}{"".join(rows)}</tbody></table>')
+    return f'{note}<table class="versions"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>'
 
 
 __all__ = ["DASH", "headline", "timeline", "versions"]
