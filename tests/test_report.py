@@ -639,7 +639,8 @@ def test_evidently_embed_is_sandboxed_and_renders(tmp_path: Path) -> None:
     # Only the embed on screen. Headless virtual time does not advance timers in out-of-process frames,
     # and Chromium isolates sandboxed frames in their own process, so that isolation is off for this check.
     only = tmp_path / "only.html"
-    only.write_text(page.replace("</style>", "section.model{display:none}</style>", 1))
+    only.write_text(page.replace("</style>", "section.model,#headline,[id$=-timeline],[id$=-versions]{display:none}"
+                                            "</style>", 1))
     png = tmp_path / "evidently.png"
     shot = chromium(tmp_path, "--disable-features=IsolateSandboxedIframes", "--virtual-time-budget=20000",
                     f"--screenshot={png}", "--window-size=1400,1400", only.as_uri())

@@ -21,7 +21,7 @@ ALPHA = 0.05
 def two_proportion_p(successes_a: float, n_a: float, successes_b: float, n_b: float) -> float | None:
     """Two-sided p-value that both proportions are equal; None when undefined (an empty side, or both
     sides all successes or all failures: no variance to test against)."""
-    from scipy.stats import norm
+    from scipy.stats import norm  # type: ignore[import-untyped]
 
     if n_a <= 0 or n_b <= 0:
         return None
@@ -35,7 +35,7 @@ def two_proportion_p(successes_a: float, n_a: float, successes_b: float, n_b: fl
 
 def adjusted(p_values: Sequence[float | None]) -> list[float | None]:
     """Benjamini-Hochberg adjusted p-values over the defined ones (None stays None)."""
-    from scipy.stats import false_discovery_control
+    from scipy.stats import false_discovery_control  # type: ignore[import-untyped]
 
     defined = [p for p in p_values if p is not None]
     if not defined:

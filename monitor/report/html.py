@@ -180,13 +180,14 @@ code{font-size:12px;background:#f0f1f3;padding:0 4px;border-radius:3px}
 .tile.warn .t-kind{color:#7a5200}
 .tile .t-main{font-size:16px;margin:4px 0 2px}
 .tile .big{font-size:24px;font-variant-numeric:tabular-nums}
-.tile .vs{color:#555;font-size:14px}
+.tile .vs{color:#555;font-size:13px;margin-bottom:4px}
+.status .tally{display:block;font-size:14px;font-weight:600;color:#555;margin-top:2px}
 .tile .t-budget{font-size:14px}
 .tile .t-budget .big{color:#b3261e}
 .tile .t-sub{font-size:12px;color:#666;margin-top:6px}
 .tile ul{margin:4px 0 0;padding-left:18px}.tile li{margin:3px 0}
 .since{color:#444;font-size:12px;white-space:nowrap}
-.ver{color:#888;font-size:11px}
+.ver{color:#888;font-size:11px;white-space:nowrap}
 p.met{margin:10px 0 0;font-size:13px;color:#35603f}
 .tl-top{display:flex;flex-wrap:wrap;gap:4px 18px;align-items:flex-start}
 table.timeline td,table.timeline th{padding:2px 4px;vertical-align:top;text-align:left}

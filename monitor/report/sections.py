@@ -11,7 +11,7 @@ from monitor.report.html import DASH, UNDEFINED, _legend, _psi_bands, _slug, bur
 from monitor.report.model import ModelView, ReportView, tier_condition
 from monitor.report.svg import HLine, Line, Marker, Strip, esc
 from monitor.report.timeline import Timeline
-from monitor.report.versions import Comparison, compare
+from monitor.report.versions import Comparison, VersionCell, compare
 
 TIER_COLOURS = {"page_fast": "#c62828", "page_slow": "#D55E00", "ticket_fast": "#8a6d00", "ticket_slow": "#5b6b7a"}
 CHART_W, CHART_H = 300, 132
@@ -40,6 +40,8 @@ def since_text(since: float | None, at: float, timeline: Timeline | None) -> str
     span = timeline.times[-1] - timeline.times[0]
     if since <= timeline.times[0]:
         return f"since the start of the data ({clock(since, span)})"
+    if since >= timeline.times[-1]:
+        return "at the evaluation time, not at the step before"
     return f"since {clock(since, span)} ({ago(at - since)} before the evaluation)"
 
 
@@ -48,8 +50,10 @@ def since_text(since: float | None, at: float, timeline: Timeline | None) -> str
 def headline(view: ReportView, h: Headline, timeline: Timeline | None) -> str:
     problems = h.problems
     if problems:
+        parts = _tally(h)
         status = (f'<div class="status alarm" data-problems="{problems}">{problems} problem'
-                  f'{"s" if problems != 1 else ""} at {esc(when(view.at))}</div>')
+                  f'{"s" if problems != 1 else ""} at {esc(when(view.at))}'
+                  f'<span class="tally">{esc(" · ".join(parts))}</span></div>')
     else:
         status = ('<div class="status good" data-problems="0">No problem found: every SLO met, no alert tier '
                   f"would fire, no collapsed label, no significant drift (last {esc(h.window)})</div>")
@@ -80,6 +84,20 @@ def headline(view: ReportView, h: Headline, timeline: Timeline | None) -> str:
             "step from which the condition held without a break up to the evaluation time.</p></section>")
 
 
+def _tally(h: Headline) -> list[str]:
+    def n(k: int, one: str, many: str) -> str:
+        return f"{k} {one if k == 1 else many}"
+
+    breached = sum(s.state == "breached" for s in h.slos)
+    burning = sum(s.state == "burning" for s in h.slos)
+    collapses = sum(f.kind == KIND_COLLAPSE for f in h.findings)
+    drifts = len(h.findings) - collapses
+    return [text for k, text in ((breached, n(breached, "SLO breached", "SLOs breached")),
+                                 (burning, n(burning, "SLO burning its budget", "SLOs burning their budget")),
+                                 (collapses, n(collapses, "collapsed label", "collapsed labels")),
+                                 (drifts, n(drifts, "significant drift", "significant drifts"))) if k]
+
+
 def _slo_tile(s: SLOStatus, at: float, timeline: Timeline | None) -> str:
     slo = s.slo
     state = "SLO breached" if s.breached else "SLO burning its budget"
@@ -92,8 +110,10 @@ def _slo_tile(s: SLOStatus, at: float, timeline: Timeline | None) -> str:
     return (f'<div class="tile bad" data-slo="{esc(slo.name)}" data-state="{esc(s.state)}">'
             f'<div class="t-kind">{esc(state)} · {esc(slo.severity)} · {esc(s.model)}</div>'
             f'<div class="t-main">{esc(slo.label)} {esc(slo.objective)} '
-            f'<b class="big" data-metric="slo_measured">{esc(ratio(slo.measured))}</b> '
-            f'<span class="vs">target ≥ {slo.target:g} over {esc(slo.period)}</span></div>'
+            f'<b class="big" data-metric="slo_measured">{esc(ratio(slo.measured))}</b></div>'
+            f'<div class="vs">target ≥ {slo.target:g} over {esc(slo.period)} · '
+            f"{esc(count(slo.period_events))} labelled "
+            f"{'actual' if slo.objective == 'recall' else 'predicted'} positives</div>"
             f'<div class="t-budget">error budget left <b class="big" data-metric="mlmon_error_budget_remaining">'
             f"{esc(pct(slo.remaining))}</b></div>{tiers_html}</div>")
 
@@ -212,7 +232,9 @@ def _label_row(m: ModelView, tl: Timeline, label: str, colour: dict[str, str],
         series = mt.slos.get(s.name)
         if series is None:
             continue
-        lines, hlines, strips = [], [], []
+        lines: list[Line] = []
+        hlines: list[HLine] = []
+        strips: list[Strip] = []
         for t in s.tiers:
             c = TIER_COLOURS.get(t.name, "#555")
             if all(ln.name != t.long_window for ln in lines):
@@ -286,7 +308,7 @@ def _comparison(cmp: Comparison) -> str:
         for v in cmp.versions) + "</tr><tr>" + "".join(
         f'<th class="{"vstart" if i == 0 else ""}">{"F1" if mt == "f1" else mt}</th>'
         for _ in cmp.versions for i, mt in enumerate(metrics)) + "</tr>")
-    by_label: dict[str, dict[str, list]] = {}
+    by_label: dict[str, dict[str, list[VersionCell]]] = {}
     for row in cmp.rows:
         by_label.setdefault(row.label, {})[row.metric] = row.cells
     rows = []

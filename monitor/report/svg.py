@@ -328,6 +328,9 @@ class Marker:
     colour: str = BAD
 
 
+# A white outline behind small labels keeps them legible where they cross a line or another label.
+HALO = ' paint-order="stroke" stroke="#fff" stroke-width="3" stroke-linejoin="round"'
+
 TIME_TICK_STEPS = (300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400,
                    7 * 86400, 14 * 86400)
 
@@ -400,7 +403,7 @@ def time_series(times: Sequence[float], lines: Sequence[Line], *, title: str, la
         if h.value > vmax:
             continue
         out.append(line(x0, y(h.value), x1, y(h.value), h.colour, 1.1, h.dash))
-        out.append(text(x1 - 2, y(h.value) - 2, h.label, anchor="end", fill=h.colour, size=9))
+        out.append(text(x1 - 2, y(h.value) - 2, h.label, anchor="end", fill=h.colour, size=9, extra=HALO))
     drawn = False
     for ln in lines:
         if ln.lower is not None and ln.upper is not None:
@@ -430,7 +433,7 @@ def time_series(times: Sequence[float], lines: Sequence[Line], *, title: str, la
             out.append(line(mx, y_top, mx, y_bot, mk.colour, 1, "2 2"))
             anchor = "end" if mx > (x0 + x1) / 2 else "start"
             out.append(text(mx + (-3 if anchor == "end" else 3), y_top + 9, mk.label, anchor=anchor,
-                            fill=mk.colour, size=9))
+                            fill=mk.colour, size=9, extra=HALO))
     out.append(line(x0, y_bot, x1, y_bot, AXIS))
     out.append(line(x0, y_top, x0, y_bot, AXIS))
     sy = y_bot + 17
@@ -439,8 +442,8 @@ def time_series(times: Sequence[float], lines: Sequence[Line], *, title: str, la
         out.append(text(x0 - 4, sy + 6, s.name, anchor="end", fill=AXIS, size=8))
         out.append(rect(x0, sy, x1 - x0, 7, "#f1f2f4"))
         for seg in _segments([1.0 if f else None for f in s.flags]):
-            a, b = x(times[seg[0]]) - cell / 2, x(times[seg[-1]]) + cell / 2
-            out.append(rect(max(a, x0), sy, min(b, x1) - max(a, x0), 7, s.colour,
+            on_from, on_to = x(times[seg[0]]) - cell / 2, x(times[seg[-1]]) + cell / 2
+            out.append(rect(max(on_from, x0), sy, min(on_to, x1) - max(on_from, x0), 7, s.colour,
                             f"{s.name}: condition held", extra=' class="on"'))
         sy += 9
     return root(width, height + (4 if strips else 0), "".join(out), label, "chart timeline")

@@ -236,15 +236,19 @@ def _version_point(state: ModelState, vec: np.ndarray, vs: VersionSeries) -> Non
     r_lo, r_hi = classification.wilson_interval(tp, tp + fn)
     f_lo, f_hi = classification.f1_interval(tp, fp, fn)
     pred_pos = lay.view(vec, "pred_pos")
+    # The same IEEE division as classification.ratio, for all labels at once.
+    rate = np.full(pred_pos.shape, np.nan)
+    if n_pred > 0:
+        rate = pred_pos / n_pred
+    columns = np.stack([precision, p_lo, p_hi, recall, r_lo, r_hi, f1, f_lo, f_hi, rate]).T.tolist()
     enough = ref is not None and n_pred >= cfg.drift.min_samples
     score_bins = lay.view(vec, "score_bins")
     for li, label in enumerate(cfg.labels):
         ls = vs.labels.setdefault(label, LabelSeries())
-        for name, arr in (("precision", precision), ("precision_lower", p_lo), ("precision_upper", p_hi),
-                          ("recall", recall), ("recall_lower", r_lo), ("recall_upper", r_hi),
-                          ("f1", f1), ("f1_lower", f_lo), ("f1_upper", f_hi)):
-            getattr(ls, name).append(_value(arr[li]))
-        ls.positive_rate.append(_value(classification.ratio(pred_pos[li], n_pred)))
+        for series, x in zip((ls.precision, ls.precision_lower, ls.precision_upper, ls.recall, ls.recall_lower,
+                              ls.recall_upper, ls.f1, ls.f1_lower, ls.f1_upper, ls.positive_rate),
+                             columns[li], strict=True):
+            series.append(None if x != x else x)  # NaN (undefined) -> None
         psi = None
         if enough:
             assert ref is not None
