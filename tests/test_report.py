@@ -231,8 +231,11 @@ def test_multiclass_and_hostile_names_are_escaped(tmp_path: Path) -> None:
                     "slos": [{"label": EVIL, "objective": "recall", "target": 0.5, "severity": "page",
                               "period": "1d"}]}],
     })
-    view, _, figures = report_view(config, preds, truth)
-    html = render(view)
+    made = make_report(config, preds, truth)
+    view, figures = made.view, made.figures
+    html = render(view, headline=made.headline, timeline=made.timeline)
+    assert 'aria-label="timeline quality &lt;img src=x onerror=&quot;alert(1)&quot;&gt;"' in html
+    assert f'id="{M}-versions"' not in html and 'id="router-versions"' in html
     assert EVIL not in html and "<img" not in html
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
     assert "a&amp;b" in html and KIND not in html and "&quot;&gt;&lt;kind" in html and "v&lt;2&gt;" in html

@@ -265,7 +265,7 @@ def _label_row(m: ModelView, tl: Timeline, label: str, colour: dict[str, str],
         times, psi_lines, title=f"{label} · score PSI", label=f"timeline score PSI {label}", width=CHART_W,
         height=CHART_H, sqrt=True, vmax=_psi_top(psi_lines, m.significant), bands=_psi_bands(m),
         markers=markers.get(("psi", label), []),
-        empty="below the sample-size guard") + "</td>")
+        empty="no PSI (no reference, or too few predictions)") + "</td>")
     return f'<tr data-label="{esc(label)}">{"".join(cells)}</tr>'
 
 
