@@ -398,7 +398,10 @@ def time_series(times: Sequence[float], lines: Sequence[Line], *, title: str, la
     tticks, tfmt = time_ticks(t0, t1)
     for t in tticks:
         out.append(line(x(t), y_bot, x(t), y_bot + 3, AXIS))
-        out.append(text(x(t), y_bot + 12, tfmt(t), anchor="middle", fill=AXIS, size=9))
+        # A tick at the right edge would be cut off by the chart's border: end-align it instead.
+        edge = x(t) > x1 - 14
+        out.append(text(x(t) + (3 if edge else 0), y_bot + 12, tfmt(t), anchor="end" if edge else "middle",
+                        fill=AXIS, size=9))
     for h in hlines:
         if h.value > vmax:
             continue
