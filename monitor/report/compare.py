@@ -35,10 +35,10 @@ def two_proportion_p(successes_a: float, n_a: float, successes_b: float, n_b: fl
 
 def adjusted(p_values: Sequence[float | None]) -> list[float | None]:
     """Benjamini-Hochberg adjusted p-values over the defined ones (None stays None)."""
+    defined = [p for p in p_values if p is not None]
+    if not defined:  # one version: nothing tested, and scipy.stats (half a second to import) stays unloaded
+        return [None] * len(p_values)
     from scipy.stats import false_discovery_control  # type: ignore[import-untyped]
 
-    defined = [p for p in p_values if p is not None]
-    if not defined:
-        return [None] * len(p_values)
     q = iter(false_discovery_control(defined, method="bh").tolist())
     return [None if p is None else float(next(q)) for p in p_values]

@@ -271,15 +271,17 @@ def _version_point(state: ModelState, vec: np.ndarray, vs: VersionSeries) -> Non
 
 
 def _slo_point(state: ModelState, totals: dict[int, np.ndarray], mt: ModelTimeline, n_before: int) -> None:
-    """`_slo_figures` (engine/figures.py): each SLO over all versions."""
+    """`_slo_figures` (engine/figures.py): each SLO over all versions. Python floats divide exactly as numpy
+    float64 scalars do, at a fraction of the cost."""
     cfg, lay = state.cfg, state.layout
     index = {label: i for i, label in enumerate(cfg.labels)}
-    for s in cfg.slos:
-        series = mt.slos.setdefault(s.name, SLOSeries())
-        for w, vec in totals.items():
-            tp, fp, fn, _ = lay.view(vec, "outcomes")[index[s.label]]
+    for w, vec in totals.items():
+        outcomes = lay.view(vec, "outcomes").tolist()
+        name = format_duration(w)
+        for s in cfg.slos:
+            series = mt.slos.setdefault(s.name, SLOSeries())
+            tp, fp, fn, _ = outcomes[index[s.label]]
             err, events = slo.error_ratio(s.objective, tp, fp, fn)
-            name = format_duration(w)
             series.burn.setdefault(name, [None] * n_before).append(_value(slo.burn_rate(err, s.target)))
             series.events.setdefault(name, [0.0] * n_before).append(float(events))
 
