@@ -86,7 +86,7 @@ def band_class(v: float | None, moderate: float, significant: float) -> str:
 def render(view: ReportView, extra_sections: Sequence[str] = (), headline: Headline | None = None,
            timeline: Timeline | None = None) -> str:
     """The whole document. `extra_sections` are trusted HTML fragments (the optional evidently embed)."""
-    from monitor.report import sections
+    from monitor.report import sections  # it builds on this module's helpers: imported here, not at the top
     win_ids = {w: f"win-{i}" for i, w in enumerate(view.windows)}
     radios = "".join(
         f'<input type="radio" name="window" class="win-radio" id="{win_ids[w]}" '
