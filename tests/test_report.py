@@ -390,7 +390,7 @@ def test_headline_leads_the_page_with_the_breached_slo(example_report: Path, exa
     tile = headline[headline.index('data-slo="violence-recall"'):]
     assert 'data-state="breached"' in tile[:80]
     recall_30d = example_figures.by_name("mlmon_label_recall")[(M, V, "violence", "30d")]  # one version: all of it
-    assert f'data-metric="slo_measured">{fmt.ratio(recall_30d)}<' in tile and fmt.ratio(recall_30d) == "0.617"
+    assert f'data-value="slo-measured">{fmt.ratio(recall_30d)}<' in tile and fmt.ratio(recall_30d) == "0.617"
     assert ">-155.4%<" in tile and "target ≥ 0.85 over 30d" in tile
     for tier in ("page_fast", "page_slow", "ticket_slow"):
         assert f'data-firing-tier="{tier}"' in tile

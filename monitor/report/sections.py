@@ -110,7 +110,7 @@ def _slo_tile(s: SLOStatus, at: float, timeline: Timeline | None) -> str:
     return (f'<div class="tile bad" data-slo="{esc(slo.name)}" data-state="{esc(s.state)}">'
             f'<div class="t-kind">{esc(state)} · {esc(slo.severity)} · {esc(s.model)}</div>'
             f'<div class="t-main">{esc(slo.label)} {esc(slo.objective)} '
-            f'<b class="big" data-metric="slo_measured">{esc(ratio(slo.measured))}</b></div>'
+            f'<b class="big" data-value="slo-measured">{esc(ratio(slo.measured))}</b></div>'
             f'<div class="vs">target ≥ {slo.target:g} over {esc(slo.period)} · '
             f"{esc(count(slo.period_events))} labelled "
             f"{'actual' if slo.objective == 'recall' else 'predicted'} positives</div>"
