@@ -1,6 +1,9 @@
-"""Files -> replay -> view model -> HTML; the body of `monitor report`, importable by tests."""
+"""Files -> replay (with the timeline) -> view model -> HTML; the body of `monitor report`, importable by tests."""
 
 from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
 
 import click
 
@@ -8,27 +11,66 @@ from monitor.config import ConfigError, MonitorConfig, format_duration
 from monitor.engine.engine import Engine
 from monitor.engine.figures import Figures
 from monitor.inputs import load_inputs
-from monitor.replay import run_replay
-from monitor.report.html import render
+from monitor.report.headline import Headline, build_headline
+from monitor.report.html import render, when
 from monitor.report.model import ReportView, build_report
+from monitor.report.timeline import Timeline, replay_with_timeline
 
 
-def evaluate(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
-             at: float | None) -> tuple[Engine, Figures, float]:
-    """Replay, and the evaluation time the figures are for (replay's default: the newest event time)."""
-    engine, figures = run_replay(config, predictions, ground_truth, at)
-    when = at if at is not None else (engine.latest_event_time or 0.0)
-    return engine, figures, when
+class NoUsableEvents(click.ClickException):
+    """Nothing was evaluated: a report would show an empty page dated at the epoch."""
 
 
-def report_view(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
-                at: float | None = None, window: str | None = None) -> tuple[ReportView, Engine, Figures]:
+@dataclass(frozen=True)
+class Report:
+    view: ReportView
+    headline: Headline
+    timeline: Timeline | None
+    engine: Engine
+    figures: Figures
+
+
+def make_report(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
+                at: float | None = None, window: str | None = None) -> Report:
     configured = [format_duration(w) for w in config.windows]
     if window is not None and window not in configured:
         raise click.BadParameter(f"{window!r} is not a configured window ({', '.join(configured)})",
                                  param_hint="--window")
-    engine, figures, when = evaluate(config, predictions, ground_truth, at)
-    return build_report(config, engine, figures, when, window), engine, figures
+    engine, figures, evaluated_at, timeline = replay_with_timeline(config, predictions, ground_truth, at)
+    if evaluated_at is None or engine.latest_event_time is None:
+        raise NoUsableEvents(_nothing_usable(engine.invalid, len(predictions), len(ground_truth), at))
+    view = build_report(config, engine, figures, evaluated_at, window)
+    return Report(view, build_headline(config, view, timeline), timeline, engine, figures)
+
+
+def report_view(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
+                at: float | None = None, window: str | None = None) -> tuple[ReportView, Engine, Figures]:
+    r = make_report(config, predictions, ground_truth, at, window)
+    return r.view, r.engine, r.figures
+
+
+def _nothing_usable(invalid: Counter[tuple[str, str]], n_predictions: int, n_ground_truth: int,
+                    at: float | None) -> str:
+    total = n_predictions + n_ground_truth
+    rejected = sum(invalid.values())
+    if total == 0:
+        return ("no events to report on: the prediction and ground-truth inputs are empty "
+                "(with --config, pass --predictions and/or --ground-truth)")
+    if rejected >= total:
+        return f"no usable event: all {total:,} events were rejected as invalid ({rejection_summary(invalid)})"
+    if at is not None:
+        return (f"no usable event at or before --at {when(at)} ({total - rejected:,} valid events, all later"
+                + (f"; {rejection_summary(invalid)}" if rejected else "") + ")")
+    return f"no usable event among {total:,} ({rejection_summary(invalid)})"
+
+
+def rejection_summary(invalid: Counter[tuple[str, str]]) -> str:
+    """'predictions: invalid_json 3, missing_field 1; ground_truth: unknown_model 2'."""
+    by_topic: dict[str, list[str]] = {}
+    for (topic, reason), n in sorted(invalid.items()):
+        if n > 0:
+            by_topic.setdefault(topic, []).append(f"{reason} {n:,}")
+    return "; ".join(f"{topic}: {', '.join(parts)}" for topic, parts in by_topic.items()) or "none rejected"
 
 
 def build_html(config_path: str | None, predictions: str | None, ground_truth: str | None, at: str | None,
@@ -36,12 +78,19 @@ def build_html(config_path: str | None, predictions: str | None, ground_truth: s
     inputs = load_inputs(config_path, predictions, ground_truth, at)
     config, pred_lines, gt_lines = inputs.config, inputs.predictions, inputs.ground_truth
     try:
-        view, _, _ = report_view(config, pred_lines, gt_lines, inputs.at, window)
+        report = make_report(config, pred_lines, gt_lines, inputs.at, window)
     except ConfigError as exc:
         raise click.ClickException("; ".join(exc.problems)) from None
+    rejected = sum(report.engine.invalid.values())
+    if rejected:
+        # Said on stderr too: a report with a few rejected events is still written, but nobody should
+        # have to open it to learn that input was dropped.
+        click.echo(f"monitor report: {rejected:,} of {len(pred_lines) + len(gt_lines):,} events rejected as "
+                   f"invalid ({rejection_summary(report.engine.invalid)}); listed under 'Invalid input' in "
+                   "the report", err=True)
     extra: list[str] = []
     if with_evidently:
         from monitor.report.drift_embed import evidently_section
 
-        extra.append(evidently_section(config, pred_lines, gt_lines, view.at))
-    return render(view, extra)
+        extra.append(evidently_section(config, pred_lines, gt_lines, report.view.at))
+    return render(report.view, extra, headline=report.headline, timeline=report.timeline)

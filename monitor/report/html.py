@@ -11,6 +11,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from monitor.report import svg
 from monitor.report.model import (
@@ -21,9 +22,13 @@ from monitor.report.model import (
     SLOView,
     VersionView,
     WindowView,
+    collapsed,
 )
 from monitor.report.svg import Band, HLine, Series, esc
-from monitor.rules.options import RuleOptions
+
+if TYPE_CHECKING:
+    from monitor.report.headline import Headline
+    from monitor.report.timeline import Timeline
 
 DASH = "—"
 UNDEFINED = f'<span class="na" title="undefined (0/0) or below the sample-size guard">{DASH}</span>'
@@ -78,15 +83,24 @@ def band_class(v: float | None, moderate: float, significant: float) -> str:
 
 # --- page -------------------------------------------------------------------------------------------------
 
-def render(view: ReportView, extra_sections: Sequence[str] = ()) -> str:
+def render(view: ReportView, extra_sections: Sequence[str] = (), headline: Headline | None = None,
+           timeline: Timeline | None = None) -> str:
     """The whole document. `extra_sections` are trusted HTML fragments (the optional evidently embed)."""
+    from monitor.report import sections  # it builds on this module's helpers: imported here, not at the top
     win_ids = {w: f"win-{i}" for i, w in enumerate(view.windows)}
     radios = "".join(
         f'<input type="radio" name="window" class="win-radio" id="{win_ids[w]}" '
         f'aria-label="window {esc(w)}"{" checked" if w == view.default_window else ""}>'
         for w in view.windows)
     body = [radios, _header(view, win_ids), "<main>"]
-    body.append(_toc(view))
+    if headline is not None:
+        body.append(sections.headline(view, headline, timeline))
+    body.append(_toc(view, timeline is not None))
+    for m in view.models:
+        if timeline is not None and m.name in timeline.models:
+            body.append(sections.timeline(view, m, timeline, headline))
+        if m.versions:
+            body.append(sections.versions(view, m, win_ids))
     for m in view.models:
         body.append(_model(view, m, win_ids))
     body.append(_invalid(view))
@@ -156,6 +170,34 @@ td svg.spark{display:block;margin:2px 0 0 auto}
 .cols>.grow{flex:1;min-width:480px}
 footer{color:#777;font-size:12px;padding:0 28px 24px}
 code{font-size:12px;background:#f0f1f3;padding:0 4px;border-radius:3px}
+.headline{border-width:2px;padding:12px 18px}
+.headline .status{font-size:20px;font-weight:700;margin:0 0 10px}
+.status.alarm{color:#b3261e}.status.good{color:#1a7f37}
+.tiles{display:flex;flex-wrap:wrap;gap:12px}
+.tile{flex:1 1 380px;max-width:640px;border-radius:8px;padding:10px 14px;border:1px solid #e3e6ea;border-left-width:6px}
+.tile.bad{border-left-color:#c62828;background:#fff6f6}.tile.warn{border-left-color:#E69F00;background:#fffaf0}
+.tile .t-kind{font-size:12px;font-weight:700;text-transform:uppercase;letter-spacing:.04em;color:#8e1b1b}
+.tile.warn .t-kind{color:#7a5200}
+.tile .t-main{font-size:16px;margin:4px 0 2px}
+.tile .big{font-size:24px;font-variant-numeric:tabular-nums}
+.tile .vs{color:#555;font-size:13px;margin-bottom:4px}
+.status .tally{display:block;font-size:14px;font-weight:600;color:#555;margin-top:2px}
+.tile .t-budget{font-size:14px}
+.tile .t-budget .big{color:#b3261e}
+.tile .t-sub{font-size:12px;color:#666;margin-top:6px}
+.tile ul{margin:4px 0 0;padding-left:18px}.tile li{margin:3px 0}
+.since{color:#444;font-size:12px;white-space:nowrap}
+.ver{color:#888;font-size:11px;white-space:nowrap}
+p.met{margin:10px 0 0;font-size:13px;color:#35603f}
+.tl-top{display:flex;flex-wrap:wrap;gap:4px 18px;align-items:flex-start}
+table.timeline td,table.timeline th{padding:2px 4px;vertical-align:top;text-align:left}
+table.timeline th.tl-label{font-size:14px;padding-top:24px;min-width:90px}
+table.timeline svg{display:block}
+table.versions td{vertical-align:top}
+table.versions th.vgroup{text-align:center;border-left:2px solid #dde1e6}
+th .ci{display:block;font-weight:normal;color:#666;font-size:11px}
+table.versions .vstart{border-left:2px solid #dde1e6}
+td.differs{background:#fde2e2}
 """
 
 
@@ -171,8 +213,13 @@ def _header(view: ReportView, win_ids: dict[str, str]) -> str:
             f'<div class="selector"><span>Window (ends at the evaluation time):</span>{pills}</div></header>')
 
 
-def _toc(view: ReportView) -> str:
-    links = []
+def _toc(view: ReportView, with_timeline: bool = False) -> str:
+    links = ['<a href="#headline">headline</a>'] if with_timeline else []
+    for m in view.models:
+        s = _slug(m.name)
+        if with_timeline:
+            links.append(f'<a href="#{esc(s)}-timeline">{esc(m.name)}: timeline</a>')
+        links.append(f'<a href="#{esc(s)}-versions">versions</a>')
     for m in view.models:
         s = _slug(m.name)
         for anchor, name in (("quality", "quality"), ("calibration", "calibration"), ("drift", "drift"),
@@ -273,7 +320,7 @@ def _label_row(view: ReportView, m: ModelView, wv: WindowView, r: LabelRow) -> s
     ece_cls = "warn" if r.ece is not None and r.ece > view.ece_threshold else ""
     cells.append(_cell(ratio(r.ece), "mlmon_label_ece", lab, ece_cls,
                        f"calibration alert above {view.ece_threshold:g}" if ece_cls else ""))
-    collapse = _collapsed(r.positive_rate, r.reference_rate, wv.predictions)
+    collapse = collapsed(r.positive_rate, r.reference_rate, wv.predictions) is not None
     rate = f"{pct(r.positive_rate)} · {pct(r.reference_rate)}"
     cells.append(_cell(rate, "mlmon_predicted_positive_rate", lab, "bad" if collapse else "",
                        "label collapse: predicted for (almost) nothing or everything" if collapse else ""))
@@ -282,17 +329,6 @@ def _label_row(view: ReportView, m: ModelView, wv: WindowView, r: LabelRow) -> s
     cells.append(_cell(ratio(r.est_precision), "mlmon_estimated_label_precision", lab))
     cells.append(_cell(ratio(r.est_recall), "mlmon_estimated_label_recall", lab))
     return "<tr>" + "".join(cells) + "</tr>"
-
-
-def _collapsed(rate: float | None, reference: float | None, predictions: float) -> bool:
-    """The label-collapse alert's condition (monitor/rules/alerts.py) on this snapshot."""
-    if rate is None or reference is None:
-        return False
-    opts = RuleOptions()
-    f, k = opts.collapse_factor, opts.collapse_min_expected
-    nothing = rate <= f * reference and predictions * reference >= k
-    everything = rate >= 1 - f * (1 - reference) and predictions * (1 - reference) >= k
-    return nothing or everything
 
 
 # --- calibration and score distributions ----------------------------------------------------------------------

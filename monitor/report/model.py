@@ -146,6 +146,8 @@ class SLOView:
     events: dict[str, float]
     remaining: float | None
     tiers: list[TierState]
+    measured: float | None = None  # the objective's value over the period, all versions together
+    period_events: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -367,31 +369,57 @@ def _slo_views(config: MonitorConfig, m: ModelConfig, idx: _Index, windows: list
         burn = {w: idx.get(c.ERROR_BUDGET_BURN_RATE, (*key, w)) for w in windows}
         events = {w: idx.num(c.SLO_EVENTS, (*key, w)) for w in windows}
         tiers = []
-        # The same conditions as the generated alert rules (docs/alerting.md), evaluated on this one
-        # snapshot: no `for:` duration applies, so "fires" means "the condition holds now".
         for t in tiers_for(s, config.windows):
             lw, sw = format_duration(t.long_window), format_duration(t.short_window)
             long_b, short_b, n = burn.get(lw), burn.get(sw), events.get(lw, 0.0)
-            above = long_b is not None and long_b > t.threshold
-            enough = n >= m.min_events
-            vetoed = short_b is not None and short_b <= t.threshold
-            fires = above and enough and not vetoed
-            if not above:
-                why = f"{lw} burn {_x(long_b)} ≤ {_x(t.threshold)}"
-            elif not enough:
-                why = f"{lw} holds {n:,.0f} events < min_events {m.min_events}"
-            elif vetoed:
-                why = f"{sw} burn {_x(short_b)} ≤ {_x(t.threshold)} (recovered)"
-            else:
-                why = f"{lw} burn {_x(long_b)} > {_x(t.threshold)}" + (
-                    f", {sw} {_x(short_b)}" if short_b is not None else f", {sw} empty (no veto)")
+            fires, why = tier_condition(t.threshold, long_b, short_b, n, m.min_events, lw, sw)
             tiers.append(TierState(t.name, t.severity, lw, sw, t.threshold, long_b, short_b, n, fires, why))
+        period = format_duration(s.period)
+        outcomes = {o: sum(v for k, v in idx.items(c.LABEL_OUTCOMES).items()
+                           if k[0] == m.name and k[2] == s.label and k[3] == o and k[4] == period)
+                    for o in c.OUTCOMES[:3]}
+        tp, fp, fn = (outcomes[o] for o in c.OUTCOMES[:3])
+        n = tp + (fn if s.objective == "recall" else fp)
         out.append(SLOView(
             name=s.name, label=s.label, objective=s.objective, target=s.target,
-            period=format_duration(s.period), severity=s.severity, max_burn=max_burn_rate(s.target),
+            period=period, severity=s.severity, max_burn=max_burn_rate(s.target),
             burn=burn, events=events, remaining=idx.get(c.ERROR_BUDGET_REMAINING, key), tiers=tiers,
+            measured=tp / n if n > 0 else None, period_events=n,
         ))
     return out
+
+
+def tier_condition(threshold: float, long_burn: float | None, short_burn: float | None, long_events: float,
+                   min_events: int, long_window: str = "long", short_window: str = "short") -> tuple[bool, str]:
+    """The generated burn alert's condition (monitor/rules/alerts.py) on one evaluation, and why.
+
+    The long window burns above the threshold on at least min_events events, unless the short window has
+    recovered (a short window with no events does not veto). No `for:` duration applies to a snapshot."""
+    above = long_burn is not None and long_burn > threshold
+    enough = long_events >= min_events
+    vetoed = short_burn is not None and short_burn <= threshold
+    if not above:
+        return False, f"{long_window} burn {_x(long_burn)} ≤ {_x(threshold)}"
+    if not enough:
+        return False, f"{long_window} holds {long_events:,.0f} events < min_events {min_events}"
+    if vetoed:
+        return False, f"{short_window} burn {_x(short_burn)} ≤ {_x(threshold)} (recovered)"
+    return True, f"{long_window} burn {_x(long_burn)} > {_x(threshold)}" + (
+        f", {short_window} {_x(short_burn)}" if short_burn is not None else f", {short_window} empty (no veto)")
+
+
+def collapsed(rate: float | None, reference: float | None, predictions: float) -> str | None:
+    """The label-collapse alert's condition (monitor/rules/alerts.py) on one evaluation: 'nothing' when the
+    label is predicted for (almost) nothing, 'everything' for the mirror, None otherwise."""
+    if rate is None or reference is None:
+        return None
+    opts = RuleOptions()
+    f, k = opts.collapse_factor, opts.collapse_min_expected
+    if rate <= f * reference and predictions * reference >= k:
+        return "nothing"
+    if rate >= 1 - f * (1 - reference) and predictions * (1 - reference) >= k:
+        return "everything"
+    return None
 
 
 def _x(v: float | None) -> str:

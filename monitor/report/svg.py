@@ -298,3 +298,155 @@ def heatmap(matrix: Sequence[Sequence[float]], rows: Sequence[str], cols: Sequen
                             anchor="middle", size=10, fill="#fff" if share > 0.55 else "#222"))
     out.append(text(10, top + cell * len(rows) + 16, "rows: actual", fill=AXIS, size=10))
     return root(width, height, "".join(out), label)
+
+
+# --- time series (the report's timeline) ---------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Line:
+    name: str
+    colour: str
+    values: Sequence[float | None]  # one per time; None leaves a gap (undefined, not zero)
+    lower: Sequence[float | None] | None = None  # an interval band drawn behind the line
+    upper: Sequence[float | None] | None = None
+    dash: str = ""
+
+
+@dataclass(frozen=True)
+class Strip:
+    """A row of on/off cells under the plot (e.g. when an alert tier's condition held)."""
+
+    name: str
+    flags: Sequence[bool]
+    colour: str
+
+
+@dataclass(frozen=True)
+class Marker:
+    time: float
+    label: str
+    colour: str = BAD
+
+
+# A white outline behind small labels keeps them legible where they cross a line or another label.
+HALO = ' paint-order="stroke" stroke="#fff" stroke-width="3" stroke-linejoin="round"'
+
+TIME_TICK_STEPS = (300, 600, 900, 1800, 3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600, 86400, 2 * 86400,
+                   7 * 86400, 14 * 86400)
+
+
+def time_ticks(start: float, end: float, count: int = 4) -> tuple[list[float], Callable[[float], str]]:
+    """Round times for the x axis (multiples of a step since the epoch) and their formatter."""
+    from datetime import UTC, datetime
+
+    span = max(end - start, 1.0)
+    step = next((s for s in TIME_TICK_STEPS if span / s <= count), TIME_TICK_STEPS[-1])
+    first = math.ceil(start / step) * step
+    ticks = [float(t) for t in range(int(first), int(end) + 1, step)]
+    pattern = "%m-%d" if step >= 86400 else "%H:%M" if span <= 86400 else "%d %H:%M"
+    return ticks, lambda t: datetime.fromtimestamp(t, UTC).strftime(pattern)
+
+
+def _segments(values: Sequence[float | None]) -> list[list[int]]:
+    out: list[list[int]] = []
+    run: list[int] = []
+    for i, v in enumerate(values):
+        if v is None or not math.isfinite(v):
+            if run:
+                out.append(run)
+            run = []
+        else:
+            run.append(i)
+    if run:
+        out.append(run)
+    return out
+
+
+def time_series(times: Sequence[float], lines: Sequence[Line], *, title: str, label: str, width: float = 300,
+                height: float = 140, vmax: float | None = None, sqrt: bool = False, bands: Sequence[Band] = (),
+                hlines: Sequence[HLine] = (), strips: Sequence[Strip] = (), markers: Sequence[Marker] = (),
+                fmt: Callable[[float], str] = lambda v: f"{v:.3g}", empty: str = "no data") -> str:
+    """Lines over time with optional interval bands, background bands, threshold lines, on/off strips
+    under the plot and vertical onset markers. Every line point carries its value in a tooltip."""
+    left, right, top = (58 if strips else 40), 8, 20
+    strip_h = 9 * len(strips)
+    bottom = 18 + strip_h
+    x0, x1, y_top, y_bot = left, width - right, top, height - bottom
+    finite = [v for ln in lines for seq in (ln.values, ln.upper or ()) for v in seq
+              if v is not None and math.isfinite(v)]
+    top_value = max([*finite, *(h.value for h in hlines), 0.0])
+    vmax = vmax if vmax is not None else (top_value * 1.1 if top_value > 0 else 1.0)
+    y = Scale(y_top, y_bot, vmax, sqrt)
+    t0, t1 = (times[0], times[-1]) if times else (0.0, 1.0)
+    tspan = max(t1 - t0, 1e-9)
+
+    def x(t: float) -> float:
+        return x0 + (t - t0) / tspan * (x1 - x0)
+
+    out = [f"<title>{esc(title)}</title>", text(x0, 13, clip(title, width - x0), weight="600", size=11)]
+    for b in bands:
+        if b.lower >= vmax:
+            continue
+        hi = min(b.upper, vmax)
+        out.append(rect(x0, y(hi), x1 - x0, y(b.lower) - y(hi), b.fill, b.label))
+    ticks = [t for t in SQRT_TICKS if t <= vmax] if sqrt else nice_ticks(vmax, 3)
+    if sqrt and len(ticks) > 5:
+        ticks = [t for t in ticks if t in (0.0, 0.1, 0.25, 1.0) or t == ticks[-1]]
+    for t in ticks:
+        out.append(line(x0, y(t), x1, y(t), GRID))
+        out.append(text(x0 - 4, y(t) + 3, fmt(t) if not sqrt else tick_label(t), anchor="end", fill=AXIS, size=9))
+    tticks, tfmt = time_ticks(t0, t1)
+    for t in tticks:
+        out.append(line(x(t), y_bot, x(t), y_bot + 3, AXIS))
+        # A tick at the right edge would be cut off by the chart's border: end-align it instead.
+        edge = x(t) > x1 - 14
+        out.append(text(x(t) + (3 if edge else 0), y_bot + 12, tfmt(t), anchor="end" if edge else "middle",
+                        fill=AXIS, size=9))
+    for h in hlines:
+        if h.value > vmax:
+            continue
+        out.append(line(x0, y(h.value), x1, y(h.value), h.colour, 1.1, h.dash))
+        out.append(text(x1 - 2, y(h.value) - 2, h.label, anchor="end", fill=h.colour, size=9, extra=HALO))
+    drawn = False
+    for ln in lines:
+        if ln.lower is not None and ln.upper is not None:
+            both = [v if v is not None and lo is not None and hi is not None else None
+                    for v, lo, hi in zip(ln.values, ln.lower, ln.upper, strict=True)]
+            for seg in _segments(both):
+                up = [f"{n(x(times[i]))},{n(y(ln.upper[i]))}" for i in seg]  # type: ignore[arg-type,index]
+                down = [f"{n(x(times[i]))},{n(y(ln.lower[i]))}" for i in reversed(seg)]  # type: ignore[arg-type,index]
+                out.append(f'<polygon class="band" points="{" ".join(up + down)}" fill="{ln.colour}" '
+                           f'fill-opacity="0.16"/>')
+        dash = f' stroke-dasharray="{ln.dash}"' if ln.dash else ""
+        for seg in _segments(ln.values):
+            drawn = True
+            if len(seg) == 1:
+                i = seg[0]
+                out.append(f'<circle class="point" cx="{n(x(times[i]))}" cy="{n(y(ln.values[i]))}" r="1.8" '  # type: ignore[arg-type]
+                           f'fill="{ln.colour}"/>')
+                continue
+            pts = " ".join(f"{n(x(times[i]))},{n(y(ln.values[i]))}" for i in seg)  # type: ignore[arg-type]
+            out.append(f'<polyline class="series" fill="none" stroke="{ln.colour}" stroke-width="1.6"{dash} '
+                       f'points="{pts}"><title>{esc(ln.name)}</title></polyline>')
+    if not drawn:
+        out.append(text((x0 + x1) / 2, (y_top + y_bot) / 2, empty, anchor="middle", fill="#999", size=10))
+    for mk in markers:
+        if t0 <= mk.time <= t1:
+            mx = x(mk.time)
+            out.append(line(mx, y_top, mx, y_bot, mk.colour, 1, "2 2"))
+            anchor = "end" if mx > (x0 + x1) / 2 else "start"
+            out.append(text(mx + (-3 if anchor == "end" else 3), y_top + 9, mk.label, anchor=anchor,
+                            fill=mk.colour, size=9, extra=HALO))
+    out.append(line(x0, y_bot, x1, y_bot, AXIS))
+    out.append(line(x0, y_top, x0, y_bot, AXIS))
+    sy = y_bot + 17
+    cell = (x1 - x0) / max(len(times) - 1, 1)
+    for s in strips:
+        out.append(text(x0 - 4, sy + 6, s.name, anchor="end", fill=AXIS, size=8))
+        out.append(rect(x0, sy, x1 - x0, 7, "#f1f2f4"))
+        for seg in _segments([1.0 if f else None for f in s.flags]):
+            on_from, on_to = x(times[seg[0]]) - cell / 2, x(times[seg[-1]]) + cell / 2
+            out.append(rect(max(on_from, x0), sy, min(on_to, x1) - max(on_from, x0), 7, s.colour,
+                            f"{s.name}: condition held", extra=' class="on"'))
+        sy += 9
+    return root(width, height + (4 if strips else 0), "".join(out), label, "chart timeline")
