@@ -100,3 +100,28 @@ L_ALERTNAME: Final = "alertname"
 L_INSTANCE: Final = "instance"
 L_JOB: Final = "job"
 L_LE: Final = "le"
+
+# --- Dashboard inputs -------------------------------------------------------------------------------------
+# Every dashboard panel reads recorded series (the ones above and these), never a worker's own series, so
+# N workers show exactly what one would and the panels show the numbers the alerts use.
+HEALTH_RANGE: Final = "5m"
+CONSUMER_LAG_SUM: Final = recorded(c.CONSUMER_LAG, "sum")
+PENDING_JOINS_SUM: Final = recorded(c.PENDING_JOINS, "sum")
+CONFUSION_SUM: Final = recorded(c.CONFUSION, "sum")
+# Counters summed after rate(): a counter that moves between workers with its partition never reads as a
+# reset (docs/operations.md, scaling).
+PREDICTIONS_RATE: Final = recorded(c.PREDICTIONS_TOTAL, f"rate{HEALTH_RANGE}")
+GROUND_TRUTH_RATE: Final = recorded(c.GROUND_TRUTH_TOTAL, f"rate{HEALTH_RANGE}")
+JOINED_RATE: Final = recorded(c.JOINED_TOTAL, f"rate{HEALTH_RANGE}")
+JOIN_EXPIRED_RATE: Final = recorded(c.JOIN_EXPIRED_TOTAL, f"rate{HEALTH_RANGE}")
+INVALID_EVENTS_RATE: Final = recorded(c.INVALID_EVENTS_TOTAL, f"rate{HEALTH_RANGE}")
+PREDICTION_LATENCY_BUCKET_RATE: Final = f"{LEVEL}:{_stem(c.PREDICTION_LATENCY_SECONDS)}_bucket:rate{HEALTH_RANGE}"
+GROUND_TRUTH_DELAY_BUCKET_RATE: Final = f"{LEVEL}:{_stem(c.GROUND_TRUTH_DELAY_SECONDS)}_bucket:rate{HEALTH_RANGE}"
+# Figures the workers do not export as additive parts: the worst worker's value (`min`; cardinality the
+# mean), exact with one worker only (docs/dashboards.md lists them).
+ESTIMATED_LABEL_PRECISION_MIN: Final = recorded(c.ESTIMATED_LABEL_PRECISION, "min")
+ESTIMATED_LABEL_RECALL_MIN: Final = recorded(c.ESTIMATED_LABEL_RECALL, "min")
+SUBSET_ACCURACY_MIN: Final = recorded(c.SUBSET_ACCURACY, "min")
+LABEL_CARDINALITY_AVG: Final = recorded(c.LABEL_CARDINALITY, "avg")
+# Multiclass accuracy from the summed confusion matrix: trace / total (exact when every cell is exported).
+ACCURACY: Final = recorded(c.ACCURACY)
