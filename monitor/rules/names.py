@@ -108,8 +108,7 @@ HEALTH_RANGE: Final = "5m"
 CONSUMER_LAG_SUM: Final = recorded(c.CONSUMER_LAG, "sum")
 PENDING_JOINS_SUM: Final = recorded(c.PENDING_JOINS, "sum")
 CONFUSION_SUM: Final = recorded(c.CONFUSION, "sum")
-# Counters summed after rate(): a counter that moves between workers with its partition never reads as a
-# reset (docs/operations.md, scaling).
+# Counters summed after rate(), over the per-partition series (docs/operations.md, "Scaling out").
 PREDICTIONS_RATE: Final = recorded(c.PREDICTIONS_TOTAL, f"rate{HEALTH_RANGE}")
 GROUND_TRUTH_RATE: Final = recorded(c.GROUND_TRUTH_TOTAL, f"rate{HEALTH_RANGE}")
 JOINED_RATE: Final = recorded(c.JOINED_TOTAL, f"rate{HEALTH_RANGE}")

@@ -168,9 +168,9 @@ def recording_groups(cfg: MonitorConfig) -> list[dict[str, Any]]:
 
 # --- Dashboard inputs ---------------------------------------------------------------------------------------
 # Every panel reads recorded series: the cluster-wide figures above and these. Counters are rated per series
-# first and summed after, by the metric's declared labels: the exporter labels counters with the partition
-# that counted them, so a partition moving to another worker continues its own series there and rate()
-# never sees the drop on the old worker as a reset (docs/operations.md, scaling).
+# first and summed after, by the metric's declared labels (so `partition`, `instance` and `job` drop out):
+# the exporter labels counters with their partition, so a partition moving to another worker starts a new
+# series there instead of a drop that rate() would read as a reset (docs/operations.md "Scaling out").
 
 
 def _sum_of_rates(metric: c.MetricDef, extra: tuple[str, ...] = (), suffix: str = "") -> str:
