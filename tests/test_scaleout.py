@@ -166,12 +166,11 @@ def test_exposition_without_partitions_keeps_the_catalogue_labels(stream) -> Non
 
 # --- 2. real workers, real Prometheus ---------------------------------------------------------------------------
 
-# Panels whose figures the workers do not export in additive parts: their recorded series take the worst
-# worker's value (or the mean), exact with one worker only (docs/dashboards.md lists them).
+# Figures the workers do not export in additive parts: their recorded series take the worst worker's value,
+# exact with one worker only (docs/dashboards.md lists them).
 # Co-occurrence drift: label pairs are not exported as additive counts, so its recorded series takes the
 # minimum over workers (monitor/rules/recording.py).
-NOT_EXACT = ("estimated_label_precision", "estimated_label_recall", "subset_accuracy", "label_cardinality",
-             "label_cooccurrence_drift")
+NOT_EXACT = ("estimated_label_precision", "estimated_label_recall", "label_cooccurrence_drift")
 # Two Prometheus servers scrape at different instants, so rate() extrapolates differently in each: rates are
 # not compared here (the counters they come from are, in part 1 and by the drained check). Worker-only
 # series (consumer lag, `up`) and alert states have no counterpart in a replay's exposition.

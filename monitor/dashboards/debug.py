@@ -155,8 +155,8 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                     "Label co-occurrence drift",
                     "PSI of the distribution of predicted label pairs against the reference: labels that "
                     "used to come together and no longer do (or the reverse) — failure mode F7, a broken "
-                    "label dependency. The series the co-occurrence alert reads; the highest selected "
-                    "version's value.",
+                    "label dependency. The series the co-occurrence alert reads (with several workers, the "
+                    "lowest worker's value with enough data); the highest selected version's value.",
                     k.UNIT_PLAIN,
                     Q(q.max_by([C.L_MODEL], q.drift_guarded(q.sel(q.R_COOCCURRENCE_DRIFT, *_MVW))), "{{model}}"),
                 ).min(0),
@@ -168,9 +168,12 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "Label cardinality: predicted vs actual",
                 "Mean number of labels per event: predicted (by prediction time) and actual (fully "
                 "labelled joins). The model predicting systematically more or fewer labels than reality "
-                "shows as a gap. Mean over workers and selected versions (exact with one worker).",
+                "shows as a gap. Label counts summed over workers and the selected versions.",
                 k.UNIT_PLAIN,
-                Q(q.avg_by([C.L_MODEL, C.L_SOURCE], q.sel(q.R_LABEL_CARDINALITY, *_MVW)), "{{source}}"),
+                Q(q.ratio(q.sum_by([C.L_MODEL], q.sel(q.R_LABELS_PREDICTED, *_MVW)),
+                          q.sum_by([C.L_MODEL], q.sel(q.R_WINDOW_PREDICTIONS, *_MVW))), "predicted"),
+                Q(q.ratio(q.sum_by([C.L_MODEL], q.sel(q.R_LABELS_ACTUAL, *_MVW)),
+                          q.sum_by([C.L_MODEL], q.sel(q.R_FULLY_LABELLED, *_MVW))), "actual"),
             ).min(0)
         )
     )
@@ -182,10 +185,11 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "Hamming loss and subset accuracy",
                 "Hamming loss: wrong label slots / known label slots, from summed outcome counts. "
                 "Subset accuracy: share of fully labelled events whose predicted label set is exactly "
-                "right (lowest worker's value: exact with one worker). Multilabel models only.",
+                "right, from counts summed over workers and the selected versions. Multilabel models only.",
                 k.UNIT_RATIO,
                 Q(q.ratio(errors, slots), "hamming loss"),
-                Q(q.min_by([C.L_MODEL], q.sel(q.R_SUBSET_ACCURACY, *_MVW)), "subset accuracy"),
+                Q(q.ratio(q.sum_by([C.L_MODEL], q.sel(q.R_SUBSET_EXACT, *_MVW)),
+                          q.sum_by([C.L_MODEL], q.sel(q.R_FULLY_LABELLED, *_MVW))), "subset accuracy"),
             )
         )
     if "multiclass" in tasks:

@@ -116,11 +116,15 @@ JOIN_EXPIRED_RATE: Final = recorded(c.JOIN_EXPIRED_TOTAL, f"rate{HEALTH_RANGE}")
 INVALID_EVENTS_RATE: Final = recorded(c.INVALID_EVENTS_TOTAL, f"rate{HEALTH_RANGE}")
 PREDICTION_LATENCY_BUCKET_RATE: Final = f"{LEVEL}:{_stem(c.PREDICTION_LATENCY_SECONDS)}_bucket:rate{HEALTH_RANGE}"
 GROUND_TRUTH_DELAY_BUCKET_RATE: Final = f"{LEVEL}:{_stem(c.GROUND_TRUTH_DELAY_SECONDS)}_bucket:rate{HEALTH_RANGE}"
-# Figures the workers do not export as additive parts: the worst worker's value (`min`; cardinality the
-# mean), exact with one worker only (docs/dashboards.md lists them).
+FULLY_LABELLED_SUM: Final = recorded(c.WINDOW_FULLY_LABELLED, "sum")
+SUBSET_EXACT_SUM: Final = recorded(c.WINDOW_SUBSET_EXACT, "sum")
+LABELS_PREDICTED_SUM: Final = recorded(c.WINDOW_LABELS_PREDICTED, "sum")
+LABELS_ACTUAL_SUM: Final = recorded(c.WINDOW_LABELS_ACTUAL, "sum")
+SUBSET_ACCURACY: Final = recorded(c.SUBSET_ACCURACY)
+LABEL_CARDINALITY: Final = recorded(c.LABEL_CARDINALITY)
+# Estimated quality is not exported in additive parts: the worst worker's estimate (`min`), exact with one
+# worker only (docs/dashboards.md).
 ESTIMATED_LABEL_PRECISION_MIN: Final = recorded(c.ESTIMATED_LABEL_PRECISION, "min")
 ESTIMATED_LABEL_RECALL_MIN: Final = recorded(c.ESTIMATED_LABEL_RECALL, "min")
-SUBSET_ACCURACY_MIN: Final = recorded(c.SUBSET_ACCURACY, "min")
-LABEL_CARDINALITY_AVG: Final = recorded(c.LABEL_CARDINALITY, "avg")
 # Multiclass accuracy from the summed confusion matrix: trace / total (exact when every cell is exported).
 ACCURACY: Final = recorded(c.ACCURACY)

@@ -202,6 +202,11 @@ def dashboard_rules() -> list[Rule]:
         record(n.ACCURACY, _accuracy()),
         record(n.ESTIMATED_LABEL_PRECISION_MIN, by("min", MVLW, c.ESTIMATED_LABEL_PRECISION.name)),
         record(n.ESTIMATED_LABEL_RECALL_MIN, by("min", MVLW, c.ESTIMATED_LABEL_RECALL.name)),
-        record(n.SUBSET_ACCURACY_MIN, by("min", MVW, c.SUBSET_ACCURACY.name)),
-        record(n.LABEL_CARDINALITY_AVG, by("avg", c.LABEL_CARDINALITY.labels, c.LABEL_CARDINALITY.name)),
+        *(record(name, by("sum", MVW, metric.name)) for metric, name in (
+            (c.WINDOW_FULLY_LABELLED, n.FULLY_LABELLED_SUM), (c.WINDOW_SUBSET_EXACT, n.SUBSET_EXACT_SUM),
+            (c.WINDOW_LABELS_PREDICTED, n.LABELS_PREDICTED_SUM), (c.WINDOW_LABELS_ACTUAL, n.LABELS_ACTUAL_SUM))),
+        record(n.SUBSET_ACCURACY, f"{n.SUBSET_EXACT_SUM}\n/\n({n.FULLY_LABELLED_SUM} > 0)"),
+        record(n.LABEL_CARDINALITY, f"{n.LABELS_PREDICTED_SUM}\n/\n({n.WINDOW_PREDICTIONS_SUM} > 0)",
+               {c.L_SOURCE: "predicted"}),
+        record(n.LABEL_CARDINALITY, f"{n.LABELS_ACTUAL_SUM}\n/\n({n.FULLY_LABELLED_SUM} > 0)", {c.L_SOURCE: "actual"}),
     ]
