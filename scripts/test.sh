@@ -29,6 +29,7 @@ if ! python3 -c "import monitor._native" 2>/dev/null; then
 fi
 # Fetch Kafka's jars once (cached under ~/.cache/mlmon) so the first Kafka test does not time out on it.
 python3 -m monitor.cli broker --fetch-only
+python3 -m monitor.cli broker --fetch-only --kafka-version 3.9.2  # the compatibility test's release
 
 python3 -m ruff check monitor tests bench
 exec python3 -m pytest -q -p no:cacheprovider "$@"
