@@ -155,6 +155,22 @@ LABEL_DENSITY = _m(
     "label_density", "gauge", (L_MODEL, L_VERSION, L_WINDOW, L_SOURCE),
     "Label cardinality divided by the number of configured labels.",
 )
+# The additive parts of subset accuracy and label cardinality, so the cluster-wide figures can be recorded
+# from sums across workers.
+WINDOW_FULLY_LABELLED = _m(
+    "window_fully_labelled", "gauge", _MVW,
+    "Joined events in the window with every label known (additive; subset accuracy and actual cardinality).",
+)
+WINDOW_SUBSET_EXACT = _m(
+    "window_subset_exact", "gauge", _MVW,
+    "Fully labelled events in the window whose predicted label set is exactly right (additive).",
+)
+WINDOW_LABELS_PREDICTED = _m(
+    "window_labels_predicted", "gauge", _MVW, "Labels predicted, summed over the window's predictions (additive).",
+)
+WINDOW_LABELS_ACTUAL = _m(
+    "window_labels_actual", "gauge", _MVW, "Actual labels, summed over the window's fully labelled events (additive).",
+)
 LABEL_ECE = _m("label_ece", "gauge", _MVLW, "Expected calibration error, 10 equal-width bins.")
 CALIBRATION_BIN = _m(
     "calibration_bin", "gauge", (L_MODEL, L_VERSION, L_LABEL, L_BIN, L_STAT, L_WINDOW),

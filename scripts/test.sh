@@ -29,6 +29,7 @@ if ! python3 -c "import monitor._native" 2>/dev/null; then
 fi
 # Fetch Kafka's jars once (cached under ~/.cache/mlmon) so the first Kafka test does not time out on it.
 python3 -m monitor.cli broker --fetch-only
+python3 -m monitor.cli broker --fetch-only --kafka-version 3.9.2  # the compatibility test's release
 
 # Prometheus 3.x beside Debian's 2.42: the rules' promtool tests and the backtest run under both. Built
 # once from the Go module proxy into ~/.cache/mlmon (scripts/build_prometheus.sh); without Go, or with

@@ -21,9 +21,9 @@ from monitor.stream.broker import KAFKA_VERSION, TEST_BROKER_SETTINGS, LocalKafk
 
 log = logging.getLogger(__name__)
 
-# Confluent Platform 7.9 ships Apache Kafka 3.9, the release the local broker pins; testcontainers'
-# KafkaContainer drives Confluent's image start-up scripts, so it needs a cp-kafka image.
-DEFAULT_CONTAINER_IMAGE = "confluentinc/cp-kafka:7.9.0"
+# testcontainers' KafkaContainer drives Confluent's image start-up scripts, so it needs a cp-kafka image;
+# Confluent Platform 8.0 ships Apache Kafka 4.0, the release line the local broker pins.
+DEFAULT_CONTAINER_IMAGE = "confluentinc/cp-kafka:8.0.0"
 
 
 def _start_container() -> tuple[object, str] | None:

@@ -1,4 +1,5 @@
-"""Real-broker tests: both Python clients against the pinned Kafka, group joins, the launcher itself."""
+"""Real-broker tests: both Python clients against the pinned Kafka (4.x), group joins, transactions, the
+launcher itself, and one compatibility test on the 3.9 line."""
 
 from __future__ import annotations
 
@@ -19,7 +20,14 @@ from aiokafka.structs import TopicPartition
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 
 import monitor.stream.broker as broker_mod
-from monitor.stream.broker import BrokerError, LocalKafka, ensure_kafka_jars, free_port
+from monitor.stream.broker import (
+    COMPAT_KAFKA_VERSION,
+    KAFKA_VERSION,
+    BrokerError,
+    LocalKafka,
+    ensure_kafka_jars,
+    free_port,
+)
 from tests.kafka_fixtures import create_topic, unique_topic
 
 pytestmark = pytest.mark.kafka
@@ -100,6 +108,109 @@ def test_aiokafka_idempotent_producer_and_kafka_python_group_consumer(kafka_boot
     finally:
         consumer.close()
     assert sorted(values) == sorted(f"v{i}".encode() for i in range(n))
+
+
+async def _read_committed(bootstrap: str, topic: str, isolation: str, until: int) -> list[bytes]:
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                isolation_level=isolation, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        values: list[bytes] = []
+        deadline = time.monotonic() + 20
+        # Read to the end: the last stable offset (read_committed) or the high watermark.
+        while time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=300)
+            values += [r.value for recs in batches.values() for r in recs if r.value is not None]
+            ends = await consumer.end_offsets(list(consumer.assignment()))
+            positions = {tp: await consumer.position(tp) for tp in ends}
+            if len(values) >= until and all(positions[tp] >= end for tp, end in ends.items()):
+                break
+        return values
+    finally:
+        await consumer.stop()
+
+
+def _consume_transform_produce(bootstrap: str) -> None:
+    """aiokafka's transactional producer in the consume-transform-produce loop (the pattern that gives
+    exactly-once): input offsets committed with send_offsets_to_transaction inside the transaction, one
+    transaction aborted. read_committed readers see the committed output only, read_uncommitted ones
+    also the aborted records, and the group's committed offsets are the ones the committed transactions
+    carried."""
+    n = 30
+    source = create_topic(bootstrap, unique_topic("txn-in"), partitions=2)
+    sink = create_topic(bootstrap, unique_topic("txn-out"), partitions=2)
+    group = unique_topic("txn-group")
+    _produce_with_kafka_python(bootstrap, source, n)
+
+    async def run() -> dict[TopicPartition, int]:
+        consumer = AIOKafkaConsumer(source, bootstrap_servers=bootstrap, group_id=group,
+                                    auto_offset_reset="earliest", enable_auto_commit=False,
+                                    isolation_level="read_committed")
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, transactional_id=unique_topic("txn"))
+        await consumer.start()
+        await producer.start()
+        try:
+            done = 0
+            deadline = time.monotonic() + 30
+            while done < n and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=500)
+                if not batches:
+                    continue
+                async with producer.transaction():
+                    offsets = {}
+                    for tp, records in batches.items():
+                        for record in records:
+                            assert record.value is not None
+                            await producer.send(sink, key=record.key, value=record.value.upper())
+                        offsets[tp] = records[-1].offset + 1
+                        done += len(records)
+                    await producer.send_offsets_to_transaction(offsets, group)
+            assert done == n, f"consumed {done} of {n}"
+            # An aborted transaction: its records and its offsets must both be invisible.
+            await producer.begin_transaction()
+            await producer.send(sink, value=b"ABORTED")
+            await producer.send_offsets_to_transaction({TopicPartition(source, 0): 0}, group)
+            await producer.abort_transaction()
+            return {tp: await consumer.committed(tp) or 0 for tp in consumer.assignment()}
+        finally:
+            await producer.stop()
+            await consumer.stop()
+
+    committed = asyncio.run(run())
+    assert sum(committed.values()) == n, committed
+    expected = sorted(f"V{i}".encode() for i in range(n))
+    assert sorted(asyncio.run(_read_committed(bootstrap, sink, "read_committed", n))) == expected
+    uncommitted = asyncio.run(_read_committed(bootstrap, sink, "read_uncommitted", n + 1))
+    assert sorted(uncommitted) == sorted([*expected, b"ABORTED"])
+
+
+def test_aiokafka_transactions_with_offsets_and_read_committed(kafka_bootstrap: str) -> None:
+    _consume_transform_produce(kafka_bootstrap)
+
+
+def test_clients_on_the_3_9_compatibility_broker() -> None:
+    """The 3.9 line still works: the jars the launcher resolves for it, both clients, transactions."""
+    with LocalKafka(version=COMPAT_KAFKA_VERSION) as broker:
+        assert f"Kafka version: {COMPAT_KAFKA_VERSION}" in broker.log_path.read_text()
+        libs = {p.name for p in ensure_kafka_jars(version=COMPAT_KAFKA_VERSION).glob("*.jar")}
+        assert f"kafka_2.13-{COMPAT_KAFKA_VERSION}.jar" in libs and any(j.startswith("reload4j-") for j in libs)
+        topic = create_topic(broker.bootstrap, unique_topic("compat"), partitions=2)
+        _produce_with_kafka_python(broker.bootstrap, topic, 100)
+        values = asyncio.run(_consume_with_aiokafka(broker.bootstrap, topic, unique_topic("g"), 100))
+        assert sorted(values) == sorted(f"v{i}".encode() for i in range(100))
+        _consume_transform_produce(broker.bootstrap)
+
+
+def test_launcher_resolves_the_4x_jars_with_log4j2() -> None:
+    """Kafka 4 logs through log4j2: the launcher adds its SLF4J binding (without it the broker logs
+    nothing) and none of the 3.x reload4j jars."""
+    libs = {p.name for p in ensure_kafka_jars().glob("*.jar")}
+    assert f"kafka_2.13-{KAFKA_VERSION}.jar" in libs
+    for prefix in ("log4j-core-", "log4j-api-", "log4j-slf4j-impl-", "kafka-clients-", "kafka-server-"):
+        assert any(j.startswith(prefix) for j in libs), prefix
+    assert not any("reload4j" in j for j in libs)
+    with pytest.raises(BrokerError, match=r"unsupported Kafka version '2\.8\.0'"):
+        LocalKafka(version="2.8.0")
 
 
 def test_second_group_member_gets_half_the_partitions(kafka_bootstrap: str) -> None:
@@ -195,6 +306,7 @@ def test_monitor_broker_command_prints_ready_and_stops_on_sigterm(tmp_path: Path
         assert proc.stdout is not None and proc.stdout.read() == "", "exactly one line on stdout"
         assert not broker_mod._port_accepts(port), "the JVM is gone with the command"
         assert (data_dir / "kafka-logs" / "meta.properties").is_file(), "a given --data-dir is kept"
+        assert f"Kafka version: {KAFKA_VERSION}" in (data_dir / "broker.log").read_text(), "log4j2 logs"
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -25,14 +25,16 @@ from referencing.jsonschema import DRAFT7
 
 from monitor import conventions as C
 from monitor.config import MonitorConfig, parse_config
-from monitor.dashboards import DEFAULT_FOLDER_UID, generate, panel_queries
+from monitor.dashboards import DEFAULT_FOLDER_UID, generate, panel_queries, promql
 from monitor.dashboards.cli import dashboards_group
 from monitor.dashboards.common import DATASOURCE_UID, encode
+from monitor.rules import names as n
+from monitor.rules.recording import recording_groups
 from monitor.services import Prometheus, StaticMetrics, binary
 from tests.needs import needs_prometheus, needs_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_DIR = ROOT.parent / "shared" / "grafana-schema"
+SCHEMA_DIR = Path(__file__).parent / "data" / "grafana-schema"
 DASHBOARD_DIR = ROOT / "dashboards"
 EXAMPLE_VARIABLES: dict[str, str | list[str]] = {
     "model": "moderation",
@@ -91,8 +93,6 @@ def test_panel_ids_unique_and_targets_have_ref_ids(dashboards: dict[str, dict[st
 
 @pytest.fixture(scope="module")
 def registry() -> Registry:
-    if not SCHEMA_DIR.is_dir():
-        pytest.skip(f"Grafana schemas not found at {SCHEMA_DIR}")
     resources = []
     for path in SCHEMA_DIR.glob("*.jsonschema.json"):
         contents = json.loads(path.read_text(encoding="utf-8"))
@@ -176,12 +176,26 @@ def test_template_variables(example_config: MonitorConfig, dashboards: dict[str,
             assert variables["label"]["query"].startswith("label_values(")
 
 
-def test_every_metric_in_a_query_is_in_the_catalogue(dashboards: dict[str, dict[str, Any]]) -> None:
-    known = {m.name for m in C.ALL_METRICS}
-    for data in dashboards.values():
-        for _, expr in panel_queries(data, EXAMPLE_VARIABLES):
-            for name in re.findall(r"\bmlmon_\w+", expr):
-                assert name.removesuffix("_bucket") in known, name
+def test_every_panel_reads_recorded_series(example_config: MonitorConfig,
+                                           dashboards: dict[str, dict[str, Any]]) -> None:
+    """Panels read only series the recording rules define (never a worker's own series), so N workers show
+    what one would and the panels show what the alerts use; each of those series is read by some panel."""
+    recorded = {r["record"] for g in recording_groups(example_config) for r in g["rules"]}
+    multiclass = generate.build_all(parse_config({"models": [{"name": "router", "task": "multiclass",
+                                                              "labels": ["a", "b"]}]}))
+    read: set[str] = set()
+    router = {**EXAMPLE_VARIABLES, "model": "router", "label": "a"}
+    for data, variables in [*((d, EXAMPLE_VARIABLES) for d in dashboards.values()),
+                            *((d, router) for d in multiclass.values())]:
+        for title, expr in panel_queries(data, variables):
+            if expr.startswith(("ALERTS", "count(ALERTS")):
+                continue
+            assert not re.findall(r"\bmlmon_\w+", expr), (title, expr)
+            names = set(re.findall(r"\bmlmon:[\w:]+", expr))
+            assert names and names <= recorded, (title, names - recorded)
+            read |= names
+    dashboard_inputs = {q.name for q in promql.RECORDED}
+    assert dashboard_inputs <= read, dashboard_inputs - read
 
 
 def test_slo_panels_follow_the_config(example_config: MonitorConfig, dashboards: dict[str, Any]) -> None:
@@ -223,7 +237,10 @@ def test_panel_queries_expands_variables_like_grafana(dashboards: dict[str, dict
         assert "$" not in expr and "$" not in title, (title, expr)
     exprs = "\n".join(e for _, e in queries)
     assert 'label=~"(violence|spam)"' in exprs
-    assert 'model=~"moderation"' in exprs and 'window="1h"' in exprs and "[30s]" in exprs
+    assert 'model=~"moderation"' in exprs and 'window="1h"' in exprs
+    executive = panel_queries(dashboards["mlmon-executive"], {**EXAMPLE_VARIABLES, "__range": "2h"})
+    assert any("[2h]" in e and "* 3600" not in e for _, e in executive)  # $__range and $__range_s agree
+    assert any("[2h]" in e and "* 7200" in e for _, e in executive)
 
 
 def test_panel_queries_repeats_per_value_and_handles_all(dashboards: dict[str, dict[str, Any]]) -> None:
@@ -285,7 +302,7 @@ def test_every_query_is_valid_promql(dashboards: dict[str, dict[str, Any]], tmp_
 @needs_prometheus
 @pytest.mark.slow
 def test_panel_queries_return_data_from_prometheus(
-    dashboards: dict[str, dict[str, Any]], example_exposition: bytes, tmp_path: Path
+    example_config: MonitorConfig, dashboards: dict[str, dict[str, Any]], example_exposition: bytes, tmp_path: Path
 ) -> None:
     """The bundled example replayed, its metrics scraped by a real Prometheus, every panel queried.
 
@@ -297,10 +314,12 @@ def test_panel_queries_return_data_from_prometheus(
     rules.write_text(
         yaml.safe_dump({"groups": [{"name": "t", "rules": [{"alert": C.ALERT_DOWN, "expr": "vector(1)"}]}]})
     )
+    recording = tmp_path / "recording.yml"
+    recording.write_text(yaml.safe_dump({"groups": recording_groups(example_config)}))
     with StaticMetrics(example_exposition) as target, \
-            Prometheus([target.target], [rules], interval="200ms", workdir=tmp_path / "prometheus") as prom:
-        # rate() needs two samples inside its range: wait for three scrapes.
-        prom.wait_for(f"count_over_time({C.PREDICTIONS_TOTAL.name}[2s]) >= 3", timeout=30, interval=0.3)
+            Prometheus([target.target], [rules, recording], interval="200ms", workdir=tmp_path / "prometheus") as prom:
+        # rate() needs two samples inside its range: wait until the recorded rates exist.
+        prom.wait_for(f"count_over_time({n.PREDICTIONS_RATE}[2s]) >= 2", timeout=30, interval=0.3)
         prom.wait_for("ALERTS", timeout=30, interval=0.3)
         # Worker-only series (consumer lag) and rates of counters that do not move.
         static_exposition_gaps = {"Consumer lag", "Traffic share by version"}

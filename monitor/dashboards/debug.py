@@ -29,7 +29,7 @@ PREDICTED = "mean predicted score"
 
 
 def _calibration(by: list[str], stat: str) -> str:
-    return q.sum_by(by, q.sel(C.CALIBRATION_BIN, *_MVLW, q.eq(C.L_STAT, stat)))
+    return q.sum_by(by, q.sel(q.R_CALIBRATION_BIN, *_MVLW, q.eq(C.L_STAT, stat)))
 
 
 def _missing_ratio_threshold(config: MonitorConfig) -> float | None:
@@ -64,9 +64,9 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "ECE per label: over 10 equal-width score bins, sum of |positives - score sum| / events, "
                 "for joined events where the label is known. Rising ECE (failure mode F1) means scores "
                 "no longer mean what they say: thresholds and estimated quality go wrong with it. "
-                "Highest worker's value.",
+                "Computed from calibration bins summed over workers; the highest selected version's value.",
                 k.UNIT_PLAIN,
-                Q(q.max_by(_ML, q.sel(C.LABEL_ECE, *_MVLW)), "{{label}}"),
+                Q(q.max_by(_ML, q.sel(q.R_LABEL_ECE, *_MVLW)), "{{label}}"),
                 span=24,
             ).min(0)
         )
@@ -95,9 +95,10 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "Score PSI by label",
                 "Population stability index of each label's score distribution against the reference "
                 "(bins frozen from the reference). Dashed lines: moderate and significant drift bands. "
-                "Windows below the sample-size guard report no PSI. Highest worker's value.",
+                "Windows below the sample-size guard show no PSI. Computed from score bins summed over "
+                "workers; the highest selected version's value.",
                 k.UNIT_PLAIN,
-                Q(q.max_by(_ML, q.sel(C.SCORE_PSI, *_MVLW)), "{{label}}"),
+                Q(q.max_by(_ML, q.drift_guarded(q.sel(q.R_SCORE_PSI, *_MVLW))), "{{label}}"),
                 span=24,
             ).min(0), psi_bands)
         )
@@ -109,8 +110,8 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "10% in every bin; the window's mass moving to other bins is the drift the PSI above "
                 "measures. (The reference counts are the same on every worker, so shares are exact.)",
                 k.UNIT_RATIO,
-                Q(q.share_of_total(bins, C.SCORE_BIN, *_MVLW), instant=True, table=True),
-                Q(q.share_of_total(bins, C.REFERENCE_SCORE_BIN, q.F_MODEL, q.F_LABEL), instant=True,
+                Q(q.share_of_total(bins, q.R_SCORE_BIN, *_MVLW), instant=True, table=True),
+                Q(q.share_of_total(bins, q.R_REFERENCE_SCORE_BIN, q.F_MODEL, q.F_LABEL), instant=True,
                   table=True),
                 x_field=C.L_BIN,
                 span=8,
@@ -127,10 +128,10 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "Feature PSI",
                 "PSI of every watched feature against the reference, one row per feature, over time "
                 "(numeric features: reference deciles; categorical: reference values plus 'other'). "
-                "Silent input drift (failure mode F6) lights up here before quality moves. Highest "
-                "worker's value.",
+                "Silent input drift (failure mode F6) lights up here before quality moves. From bins "
+                "summed over workers; the highest selected version's value.",
                 k.UNIT_PLAIN,
-                Q(q.max_by([C.L_FEATURE], q.sel(C.FEATURE_PSI, *_MVW)), "{{feature}}"),
+                Q(q.max_by([C.L_FEATURE], q.drift_guarded(q.sel(q.R_FEATURE_PSI, *_MVW))), "{{feature}}"),
                 max_value=2 * significant,
             )
         )
@@ -145,7 +146,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "predictions, summed over workers). A label jumping to ~100% or ~0% is label collapse "
                 "(failure mode F2); compare with the reference rate the collapse alert uses.",
                 k.UNIT_RATIO,
-                Q(q.per_prediction_share(C.PREDICTED_POSITIVES, _ML, *_MVLW), "{{label}}"),
+                Q(q.per_prediction_share(q.R_PREDICTED_POSITIVES, _ML, *_MVLW), "{{label}}"),
             )
         )
         .with_panel(
@@ -154,9 +155,10 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                     "Label co-occurrence drift",
                     "PSI of the distribution of predicted label pairs against the reference: labels that "
                     "used to come together and no longer do (or the reverse) — failure mode F7, a broken "
-                    "label dependency. Highest worker's value.",
+                    "label dependency. The series the co-occurrence alert reads (with several workers, the "
+                    "lowest worker's value with enough data); the highest selected version's value.",
                     k.UNIT_PLAIN,
-                    Q(q.max_by([C.L_MODEL], q.sel(C.LABEL_COOCCURRENCE_DRIFT, *_MVW)), "{{model}}"),
+                    Q(q.max_by([C.L_MODEL], q.drift_guarded(q.sel(q.R_COOCCURRENCE_DRIFT, *_MVW))), "{{model}}"),
                 ).min(0),
                 psi_bands,
             )
@@ -166,9 +168,12 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "Label cardinality: predicted vs actual",
                 "Mean number of labels per event: predicted (by prediction time) and actual (fully "
                 "labelled joins). The model predicting systematically more or fewer labels than reality "
-                "shows as a gap. Average over workers.",
+                "shows as a gap. Label counts summed over workers and the selected versions.",
                 k.UNIT_PLAIN,
-                Q(q.avg_by([C.L_MODEL, C.L_SOURCE], q.sel(C.LABEL_CARDINALITY, *_MVW)), "{{source}}"),
+                Q(q.ratio(q.sum_by([C.L_MODEL], q.sel(q.R_LABELS_PREDICTED, *_MVW)),
+                          q.sum_by([C.L_MODEL], q.sel(q.R_WINDOW_PREDICTIONS, *_MVW))), "predicted"),
+                Q(q.ratio(q.sum_by([C.L_MODEL], q.sel(q.R_LABELS_ACTUAL, *_MVW)),
+                          q.sum_by([C.L_MODEL], q.sel(q.R_FULLY_LABELLED, *_MVW))), "actual"),
             ).min(0)
         )
     )
@@ -180,10 +185,11 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "Hamming loss and subset accuracy",
                 "Hamming loss: wrong label slots / known label slots, from summed outcome counts. "
                 "Subset accuracy: share of fully labelled events whose predicted label set is exactly "
-                "right (lowest worker's value). Multilabel models only.",
+                "right, from counts summed over workers and the selected versions. Multilabel models only.",
                 k.UNIT_RATIO,
                 Q(q.ratio(errors, slots), "hamming loss"),
-                Q(q.min_by([C.L_MODEL], q.sel(C.SUBSET_ACCURACY, *_MVW)), "subset accuracy"),
+                Q(q.ratio(q.sum_by([C.L_MODEL], q.sel(q.R_SUBSET_EXACT, *_MVW)),
+                          q.sum_by([C.L_MODEL], q.sel(q.R_FULLY_LABELLED, *_MVW))), "subset accuracy"),
             )
         )
     if "multiclass" in tasks:
@@ -195,7 +201,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                     "Joined events by actual class (rows) and predicted class (columns) in the window, "
                     "summed over versions and workers. Multiclass models only.",
                     k.UNIT_COUNT,
-                    Q(q.sum_by([C.L_ACTUAL, C.L_PREDICTED], q.sel(C.CONFUSION, *_MVW)), instant=True,
+                    Q(q.sum_by([C.L_ACTUAL, C.L_PREDICTED], q.sel(q.R_CONFUSION, *_MVW)), instant=True,
                       table=True),
                     span=16,
                     height=10,
@@ -205,9 +211,10 @@ def build(config: MonitorConfig) -> dict[str, Any]:
             .with_panel(
                 k.timeseries_panel(
                     "Accuracy",
-                    "Multiclass accuracy over the window (lowest worker's value).",
+                    "Multiclass accuracy over the window: the confusion matrix's diagonal / its total, "
+                    "summed over workers; the lowest selected version's value.",
                     k.UNIT_RATIO,
-                    Q(q.min_by([C.L_MODEL], q.sel(C.ACCURACY, *_MVW)), "{{model}}"),
+                    Q(q.min_by([C.L_MODEL], q.sel(q.R_ACCURACY, *_MVW)), "{{model}}"),
                     span=8,
                     height=10,
                 )
@@ -215,7 +222,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
         )
 
     by_version = [C.L_MODEL, C.L_VERSION]
-    predictions = q.rate(q.sel(C.PREDICTIONS_TOTAL, q.F_MODEL, q.F_VERSION))
+    predictions = q.sel(q.R_PREDICTIONS_RATE, q.F_MODEL, q.F_VERSION)
     dash = (
         dash.with_row(db.Row("Canary: version against version (pick versions above)"))
         .with_panel(
@@ -232,8 +239,8 @@ def build(config: MonitorConfig) -> dict[str, Any]:
         .with_panel(
             k.timeseries_panel(
                 "Traffic share by version",
-                "Share of prediction events served by each selected version (rates of the prediction "
-                "counter).",
+                "Share of prediction events served by each selected version (5-minute rates of the "
+                "prediction counter).",
                 k.UNIT_RATIO,
                 Q(f"{q.sum_by([C.L_VERSION], predictions)} / on () group_left () "
                   f"({q.agg('sum', [], predictions)} > 0)", "{{version}}"),
@@ -245,7 +252,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "Serving latency p95 by version",
                 "95th percentile serving latency per version from the latency histogram buckets.",
                 k.UNIT_SECONDS,
-                Q(q.histogram_quantile(0.95, C.PREDICTION_LATENCY_SECONDS, [C.L_VERSION], q.F_MODEL,
+                Q(q.histogram_quantile(0.95, q.R_LATENCY_BUCKET_RATE, [C.L_VERSION], q.F_MODEL,
                                        q.F_VERSION), "{{version}}"),
                 span=8,
             ).min(0)
@@ -257,7 +264,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "predicts a label much more or less often than the baseline shows here before any "
                 "ground truth arrives.",
                 k.UNIT_RATIO,
-                Q(q.per_prediction_share(C.PREDICTED_POSITIVES, [*by_version, C.L_LABEL], *_MVLW),
+                Q(q.per_prediction_share(q.R_PREDICTED_POSITIVES, [*by_version, C.L_LABEL], *_MVLW),
                   "{{version}} · {{label}}"),
             )
         )
@@ -265,9 +272,11 @@ def build(config: MonitorConfig) -> dict[str, Any]:
             k.timeseries_panel(
                 "Score PSI by version",
                 "Score PSI per version and label against the same reference: a canary whose score "
-                "distribution differs shows a higher PSI than the baseline. Highest worker's value.",
+                "distribution differs shows a higher PSI than the baseline. From score bins summed over "
+                "workers.",
                 k.UNIT_PLAIN,
-                Q(q.max_by([C.L_VERSION, C.L_LABEL], q.sel(C.SCORE_PSI, *_MVLW)), "{{version}} · {{label}}"),
+                Q(q.max_by([C.L_VERSION, C.L_LABEL], q.drift_guarded(q.sel(q.R_SCORE_PSI, *_MVLW))),
+                  "{{version}} · {{label}}"),
             ).min(0)
         )
         .with_panel(
@@ -291,7 +300,7 @@ def _missing_panel(config: MonitorConfig) -> timeseries.Panel:
         "(missing / predictions, summed over workers). Failure mode F4: an upstream join or "
         "feature service broke.",
         k.UNIT_RATIO,
-        Q(q.per_prediction_share(C.FEATURE_MISSING, [C.L_MODEL, C.L_FEATURE], *_MVW), "{{feature}}"),
+        Q(q.per_prediction_share(q.R_FEATURE_MISSING, [C.L_MODEL, C.L_FEATURE], *_MVW), "{{feature}}"),
         span=24,
     )
     threshold = _missing_ratio_threshold(config)

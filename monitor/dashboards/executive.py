@@ -34,8 +34,8 @@ def _continuous_red_to_green() -> db.FieldColor:
 def build(config: MonitorConfig) -> dict[str, Any]:
     alerts = f'ALERTS{{alertname=~"{k.ALERTS_REGEX}"}}'
     firing = f'ALERTS{{alertname=~"{k.ALERTS_REGEX}", alertstate="firing"}}'
-    window_joined = q.sum_by(_M, q.sel(C.WINDOW_JOINED, *_FILTERS))
-    window_predictions = q.sum_by(_M, q.sel(C.WINDOW_PREDICTIONS, *_FILTERS))
+    window_joined = q.sum_by(_M, q.sel(q.R_WINDOW_JOINED, *_FILTERS))
+    window_predictions = q.sum_by(_M, q.sel(q.R_WINDOW_PREDICTIONS, *_FILTERS))
 
     dash = (
         k.base_dashboard(
@@ -112,22 +112,23 @@ def build(config: MonitorConfig) -> dict[str, Any]:
             k.timeseries_panel(
                 "Predictions, ground truth and joins per second",
                 "Accepted prediction events, accepted ground-truth events, and predictions joined with "
-                "their ground truth, per second (rates of the cumulative counters, summed over workers). "
+                "their ground truth, per second (5-minute rates of the cumulative counters, summed over "
+                "partitions and workers). "
                 "Ground truth at zero for hours means the labelling pipeline stalled.",
                 k.UNIT_RATE,
-                Q(q.sum_by(_M, q.rate(q.sel(C.PREDICTIONS_TOTAL, q.F_MODEL, q.F_VERSION))),
-                  "predictions · {{model}}"),
-                Q(q.sum_by(_M, q.rate(q.sel(C.GROUND_TRUTH_TOTAL, q.F_MODEL))), "ground truth · {{model}}"),
-                Q(q.sum_by(_M, q.rate(q.sel(C.JOINED_TOTAL, q.F_MODEL, q.F_VERSION))), "joined · {{model}}"),
+                Q(q.sum_by(_M, q.sel(q.R_PREDICTIONS_RATE, q.F_MODEL, q.F_VERSION)), "predictions · {{model}}"),
+                Q(q.sum_by(_M, q.sel(q.R_GROUND_TRUTH_RATE, q.F_MODEL)), "ground truth · {{model}}"),
+                Q(q.sum_by(_M, q.sel(q.R_JOINED_RATE, q.F_MODEL, q.F_VERSION)), "joined · {{model}}"),
                 span=12,
             )
         )
         .with_panel(
             k.stat_panel(
                 "Predictions in the time range",
-                "Prediction events accepted over the dashboard's time range (increase of the counter).",
+                "Prediction events accepted over the dashboard's time range (mean prediction rate over "
+                "the range times its length).",
                 k.UNIT_COUNT,
-                Q(q.sum_by(_M, q.increase(q.sel(C.PREDICTIONS_TOTAL, q.F_MODEL, q.F_VERSION))), "{{model}}",
+                Q(q.total_over_range(q.R_PREDICTIONS_RATE, _M, q.F_MODEL, q.F_VERSION), "{{model}}",
                   instant=True),
                 height=8,
             ).graph_mode(cm.BigValueGraphMode.NONE)
@@ -163,7 +164,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 Q(
                     "topk(5, "
                     + q.max_by([C.L_MODEL, C.L_LABEL, C.L_SLO],
-                               q.sel(C.ERROR_BUDGET_BURN_RATE, q.F_MODEL, q.F_WINDOW))
+                               q.sel(q.R_BURN_RATE, q.F_MODEL, q.F_WINDOW))
                     + ")",
                     "{{model}} / {{slo}}",
                     instant=True,
@@ -174,9 +175,9 @@ def build(config: MonitorConfig) -> dict[str, Any]:
             k.bargauge_panel(
                 "Error budget remaining",
                 "Share of each SLO's error budget left over its period (1 = untouched, 0 = spent, "
-                "negative = overspent). With several workers the lowest value is shown.",
+                "negative = overspent), from outcome counts summed over workers.",
                 k.UNIT_RATIO,
-                Q(q.min_by([C.L_MODEL, C.L_LABEL, C.L_SLO], q.sel(C.ERROR_BUDGET_REMAINING, q.F_MODEL)),
+                Q(q.min_by([C.L_MODEL, C.L_LABEL, C.L_SLO], q.sel(q.R_BUDGET_REMAINING, q.F_MODEL)),
                   "{{model}} / {{slo}}", instant=True),
             ).thresholds(k.thresholds((None, "red"), (0, "orange"), (0.25, "green"))).max(1)
         )

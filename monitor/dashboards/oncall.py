@@ -66,7 +66,7 @@ def _slo_burn_panel(config: MonitorConfig, model: ModelConfig, slo: SLOConfig) -
     expr = q.max_by(
         [C.L_WINDOW],
         q.sel(
-            C.ERROR_BUDGET_BURN_RATE,
+            q.R_BURN_RATE,
             q.eq(C.L_MODEL, model.name),
             q.eq(C.L_SLO, slo.name),
             q.one_of(C.L_WINDOW, windows or config.window_names),
@@ -79,7 +79,7 @@ def _slo_burn_panel(config: MonitorConfig, model: ModelConfig, slo: SLOConfig) -
         f"Error-budget burn rate of SLO {slo.name} for each window the alert tiers use: error ratio / "
         f"(1 - {slo.target:g}). An alert tier fires when both its long and short window exceed its factor "
         f"(and at least min_events={model.min_events} events were labelled): {tier_text or 'none'}. "
-        "With several workers the highest worker's value is shown.",
+        "Computed from outcome counts summed over workers, as the alerts do.",
         k.UNIT_FACTOR,
         Q(expr, "{{window}}"),
     ).min(0)
@@ -99,7 +99,7 @@ def _tier_table_query(config: MonitorConfig) -> str:
                 long_w, short_w = format_duration(t.long_window), format_duration(t.short_window)
                 per_window = q.max_by(
                     [C.L_MODEL, C.L_LABEL, C.L_SLO, C.L_WINDOW],
-                    q.sel(C.ERROR_BUDGET_BURN_RATE, q.eq(C.L_MODEL, model.name), q.eq(C.L_SLO, slo.name),
+                    q.sel(q.R_BURN_RATE, q.eq(C.L_MODEL, model.name), q.eq(C.L_SLO, slo.name),
                           q.one_of(C.L_WINDOW, (long_w, short_w))),
                 )
                 both = q.min_by([C.L_MODEL, C.L_LABEL, C.L_SLO], per_window)
@@ -162,10 +162,10 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 k.bargauge_panel(
                     "Error budget remaining",
                     "Share of each SLO's error budget left over its full period (1 = untouched, "
-                    "0 = spent, negative = overspent). Lowest worker's value.",
+                    "0 = spent, negative = overspent), from outcome counts summed over workers.",
                     k.UNIT_RATIO,
                     Q(q.min_by([C.L_MODEL, C.L_LABEL, C.L_SLO],
-                               q.sel(C.ERROR_BUDGET_REMAINING, q.F_MODEL)),
+                               q.sel(q.R_BUDGET_REMAINING, q.F_MODEL)),
                       "{{slo}}", instant=True),
                 ).thresholds(k.thresholds((None, "red"), (0, "orange"), (0.25, "green"))).max(1)
             )
@@ -232,7 +232,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "calibration (see ECE on the debug dashboard).",
                 k.UNIT_RATIO,
                 Q(q.precision(_ML, *_FILTERS), "realised · {{label}}"),
-                Q(q.min_by(_ML, q.sel(C.ESTIMATED_LABEL_PRECISION, *_FILTERS)), "estimated · {{label}}"),
+                Q(q.min_by(_ML, q.sel(q.R_ESTIMATED_PRECISION, *_FILTERS)), "estimated · {{label}}"),
             )
         )
         .with_panel(
@@ -242,7 +242,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "the calibrated scores of predictions still waiting for ground truth.",
                 k.UNIT_RATIO,
                 Q(q.recall(_ML, *_FILTERS), "realised · {{label}}"),
-                Q(q.min_by(_ML, q.sel(C.ESTIMATED_LABEL_RECALL, *_FILTERS)), "estimated · {{label}}"),
+                Q(q.min_by(_ML, q.sel(q.R_ESTIMATED_RECALL, *_FILTERS)), "estimated · {{label}}"),
             )
         )
     )
@@ -250,19 +250,19 @@ def build(config: MonitorConfig) -> dict[str, Any]:
     mv = (q.F_MODEL, q.F_VERSION)
     latency = k.timeseries_panel(
         "Serving latency p95 / p99",
-        "Serving latency reported on prediction events: quantiles of the latency histogram, rates of "
-        "the buckets summed over versions and workers by bucket bound. Spikes (failure mode F3) show "
+        "Serving latency reported on prediction events: quantiles of the latency histogram, 5-minute "
+        "rates of the buckets summed over versions and workers by bucket bound. Spikes (failure mode F3) show "
         "here before they show in quality.",
         k.UNIT_SECONDS,
-        Q(q.histogram_quantile(0.95, C.PREDICTION_LATENCY_SECONDS, [], *mv), "p95"),
-        Q(q.histogram_quantile(0.99, C.PREDICTION_LATENCY_SECONDS, [], *mv), "p99"),
+        Q(q.histogram_quantile(0.95, q.R_LATENCY_BUCKET_RATE, [], *mv), "p95"),
+        Q(q.histogram_quantile(0.99, q.R_LATENCY_BUCKET_RATE, [], *mv), "p99"),
         span=8,
     ).min(0)
     threshold = _latency_threshold(config)
     if threshold is not None:
         latency = k.dashed_thresholds(latency, k.red_above((threshold, "red")))
 
-    invalid = q.rate(q.sel(C.INVALID_EVENTS_TOTAL))
+    invalid = q.sel(q.R_INVALID_EVENTS_RATE)
     dash = (
         dash.with_row(db.Row("Serving and pipeline health"))
         .with_panel(latency)
@@ -272,7 +272,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "Messages not yet consumed, per topic (summed over partitions). Growing lag means the "
                 "workers fall behind: every window gauge is then stale by that much.",
                 k.UNIT_COUNT,
-                Q(q.sum_by([C.L_TOPIC], q.sel(C.CONSUMER_LAG)), "{{topic}}"),
+                Q(q.sum_by([C.L_TOPIC], q.sel(q.R_CONSUMER_LAG)), "{{topic}}"),
                 span=8,
             ).min(0)
         )
@@ -294,8 +294,8 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "Time from prediction to its ground truth, at first join (quantiles of the delay "
                 "histogram). Quality windows shorter than this delay hold few labelled events.",
                 k.UNIT_SECONDS,
-                Q(q.histogram_quantile(0.5, C.GROUND_TRUTH_DELAY_SECONDS, [], q.F_MODEL), "p50"),
-                Q(q.histogram_quantile(0.9, C.GROUND_TRUTH_DELAY_SECONDS, [], q.F_MODEL), "p90"),
+                Q(q.histogram_quantile(0.5, q.R_DELAY_BUCKET_RATE, [], q.F_MODEL), "p50"),
+                Q(q.histogram_quantile(0.9, q.R_DELAY_BUCKET_RATE, [], q.F_MODEL), "p90"),
                 span=8,
             ).min(0)
         )
@@ -306,7 +306,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "truth for its prediction). Steady growth on the prediction side means ground truth "
                 "stopped arriving.",
                 k.UNIT_COUNT,
-                Q(q.sum_by([C.L_SIDE], q.sel(C.PENDING_JOINS, q.F_MODEL)), "{{side}}"),
+                Q(q.sum_by([C.L_SIDE], q.sel(q.R_PENDING_JOINS, q.F_MODEL)), "{{side}}"),
                 span=8,
             ).min(0)
         )
@@ -316,8 +316,8 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 "Events dropped because their partner did not arrive within the join TTL, by side. The "
                 "'all' line is 0 when nothing expires.",
                 k.UNIT_RATE,
-                Q(q.sum_by([C.L_SIDE], q.rate(q.sel(C.JOIN_EXPIRED_TOTAL, q.F_MODEL))), "{{side}}"),
-                Q(f"sum({q.rate(q.sel(C.JOIN_EXPIRED_TOTAL, q.F_MODEL))}) or vector(0)", "all"),
+                Q(q.sum_by([C.L_SIDE], q.sel(q.R_JOIN_EXPIRED_RATE, q.F_MODEL)), "{{side}}"),
+                Q(f"sum({q.sel(q.R_JOIN_EXPIRED_RATE, q.F_MODEL)}) or vector(0)", "all"),
                 span=8,
             ).min(0)
         )

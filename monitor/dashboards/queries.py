@@ -10,6 +10,8 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+from monitor.config import parse_duration
+
 VariableValue = str | Sequence[str]
 
 # Grafana's built-in interval variables, with values that fit a Prometheus scraping every 15 s or faster.
@@ -47,6 +49,11 @@ class _Variables:
             if current not in (None, "", []):
                 self.values[name] = current
         self.values.update(given)
+        # Grafana derives $__range_s and $__range_ms from the time range, so a given $__range sets them too.
+        if "__range" in given and isinstance(given["__range"], str):
+            seconds = parse_duration(given["__range"])
+            self.values["__range_s"] = str(given.get("__range_s", seconds))
+            self.values["__range_ms"] = str(given.get("__range_ms", seconds * 1000))
 
     def _resolved(self, name: str) -> list[str] | None:
         """The values the variable stands for, or None for 'All' (a regex, not a list of values)."""

@@ -152,6 +152,10 @@ def _window_figures(state: ModelState, version: str, window: str, vec: np.ndarra
             out.add(c.CONFUSION, (model, version, labels[a], labels[p], window), conf[a, p])
     else:
         out.add(c.SUBSET_ACCURACY, mvw, classification.ratio(sc[S_SUBSET_OK], sc[S_SUBSET_N]))
+        out.add(c.WINDOW_SUBSET_EXACT, mvw, sc[S_SUBSET_OK])
+    out.add(c.WINDOW_FULLY_LABELLED, mvw, sc[S_SUBSET_N])  # the same count as S_CARD_ACTUAL_N
+    out.add(c.WINDOW_LABELS_PREDICTED, mvw, sc[S_CARD_PRED])
+    out.add(c.WINDOW_LABELS_ACTUAL, mvw, sc[S_CARD_ACTUAL])
     n_labels = len(labels)
     cardinality = (("predicted", sc[S_CARD_PRED], n_pred), ("actual", sc[S_CARD_ACTUAL], sc[S_CARD_ACTUAL_N]))
     for source, num, den in cardinality:

@@ -139,3 +139,31 @@ L_ALERTNAME: Final = "alertname"
 L_INSTANCE: Final = "instance"
 L_JOB: Final = "job"
 L_LE: Final = "le"
+
+# --- Dashboard inputs -------------------------------------------------------------------------------------
+# Every dashboard panel reads recorded series (the ones above and these), never a worker's own series, so
+# N workers show exactly what one would and the panels show the numbers the alerts use.
+HEALTH_RANGE: Final = "5m"
+CONSUMER_LAG_SUM: Final = recorded(c.CONSUMER_LAG, "sum")
+PENDING_JOINS_SUM: Final = recorded(c.PENDING_JOINS, "sum")
+CONFUSION_SUM: Final = recorded(c.CONFUSION, "sum")
+# Counters summed after rate(), over the per-partition series (docs/operations.md, "Scaling out").
+PREDICTIONS_RATE: Final = recorded(c.PREDICTIONS_TOTAL, f"rate{HEALTH_RANGE}")
+GROUND_TRUTH_RATE: Final = recorded(c.GROUND_TRUTH_TOTAL, f"rate{HEALTH_RANGE}")
+JOINED_RATE: Final = recorded(c.JOINED_TOTAL, f"rate{HEALTH_RANGE}")
+JOIN_EXPIRED_RATE: Final = recorded(c.JOIN_EXPIRED_TOTAL, f"rate{HEALTH_RANGE}")
+INVALID_EVENTS_RATE: Final = recorded(c.INVALID_EVENTS_TOTAL, f"rate{HEALTH_RANGE}")
+PREDICTION_LATENCY_BUCKET_RATE: Final = f"{LEVEL}:{_stem(c.PREDICTION_LATENCY_SECONDS)}_bucket:rate{HEALTH_RANGE}"
+GROUND_TRUTH_DELAY_BUCKET_RATE: Final = f"{LEVEL}:{_stem(c.GROUND_TRUTH_DELAY_SECONDS)}_bucket:rate{HEALTH_RANGE}"
+FULLY_LABELLED_SUM: Final = recorded(c.WINDOW_FULLY_LABELLED, "sum")
+SUBSET_EXACT_SUM: Final = recorded(c.WINDOW_SUBSET_EXACT, "sum")
+LABELS_PREDICTED_SUM: Final = recorded(c.WINDOW_LABELS_PREDICTED, "sum")
+LABELS_ACTUAL_SUM: Final = recorded(c.WINDOW_LABELS_ACTUAL, "sum")
+SUBSET_ACCURACY: Final = recorded(c.SUBSET_ACCURACY)
+LABEL_CARDINALITY: Final = recorded(c.LABEL_CARDINALITY)
+# Estimated quality is not exported in additive parts: the worst worker's estimate (`min`), exact with one
+# worker only (docs/dashboards.md).
+ESTIMATED_LABEL_PRECISION_MIN: Final = recorded(c.ESTIMATED_LABEL_PRECISION, "min")
+ESTIMATED_LABEL_RECALL_MIN: Final = recorded(c.ESTIMATED_LABEL_RECALL, "min")
+# Multiclass accuracy from the summed confusion matrix: trace / total (exact when every cell is exported).
+ACCURACY: Final = recorded(c.ACCURACY)

@@ -268,4 +268,51 @@ def recording_groups(cfg: MonitorConfig, opts: RuleOptions | None = None) -> lis
     for model in cfg.models:
         rules += model_rules(model)
     rules += _slo_statistics(opts)
+    rules += dashboard_rules()
     return [{"name": "mlmon.recording", "rules": rules}]
+
+
+# --- Dashboard inputs ---------------------------------------------------------------------------------------
+# Every panel reads recorded series: the cluster-wide figures above and these. Counters are rated per series
+# first and summed after, by the metric's declared labels (so `partition`, `instance` and `job` drop out):
+# the exporter labels counters with their partition, so a partition moving to another worker starts a new
+# series there instead of a drop that rate() would read as a reset (docs/operations.md "Scaling out").
+
+
+def _sum_of_rates(metric: c.MetricDef, extra: tuple[str, ...] = (), suffix: str = "") -> str:
+    return by("sum", (*metric.labels, *extra), f"rate({metric.name}{suffix}[{n.HEALTH_RANGE}])")
+
+
+def _accuracy() -> str:
+    """trace / total of the summed confusion matrix; the diagonal is the cells whose actual = predicted,
+    picked by matching each cell against a copy of the `actual` label under the name `predicted`."""
+    mvw = labels(MVW)
+    diagonal_keys = (f'label_replace(group by ({mvw}, {c.L_ACTUAL}) ({n.CONFUSION_SUM}), '
+                     f'"{c.L_PREDICTED}", "$1", "{c.L_ACTUAL}", "(.*)")')
+    trace = by("sum", MVW, f"{n.CONFUSION_SUM}\nand on ({mvw}, {c.L_ACTUAL}, {c.L_PREDICTED})\n{diagonal_keys}")
+    return f"{trace}\n/\n({by('sum', MVW, n.CONFUSION_SUM)} > 0)"
+
+
+def dashboard_rules() -> list[Rule]:
+    return [
+        record(n.CONSUMER_LAG_SUM, by("sum", (c.L_TOPIC,), c.CONSUMER_LAG.name)),
+        record(n.PENDING_JOINS_SUM, by("sum", c.PENDING_JOINS.labels, c.PENDING_JOINS.name)),
+        record(n.PREDICTIONS_RATE, _sum_of_rates(c.PREDICTIONS_TOTAL)),
+        record(n.GROUND_TRUTH_RATE, _sum_of_rates(c.GROUND_TRUTH_TOTAL)),
+        record(n.JOINED_RATE, _sum_of_rates(c.JOINED_TOTAL)),
+        record(n.JOIN_EXPIRED_RATE, _sum_of_rates(c.JOIN_EXPIRED_TOTAL)),
+        record(n.INVALID_EVENTS_RATE, _sum_of_rates(c.INVALID_EVENTS_TOTAL)),
+        record(n.PREDICTION_LATENCY_BUCKET_RATE, _sum_of_rates(c.PREDICTION_LATENCY_SECONDS, (n.L_LE,), "_bucket")),
+        record(n.GROUND_TRUTH_DELAY_BUCKET_RATE, _sum_of_rates(c.GROUND_TRUTH_DELAY_SECONDS, (n.L_LE,), "_bucket")),
+        record(n.CONFUSION_SUM, by("sum", c.CONFUSION.labels, c.CONFUSION.name)),
+        record(n.ACCURACY, _accuracy()),
+        record(n.ESTIMATED_LABEL_PRECISION_MIN, by("min", MVLW, c.ESTIMATED_LABEL_PRECISION.name)),
+        record(n.ESTIMATED_LABEL_RECALL_MIN, by("min", MVLW, c.ESTIMATED_LABEL_RECALL.name)),
+        *(record(name, by("sum", MVW, metric.name)) for metric, name in (
+            (c.WINDOW_FULLY_LABELLED, n.FULLY_LABELLED_SUM), (c.WINDOW_SUBSET_EXACT, n.SUBSET_EXACT_SUM),
+            (c.WINDOW_LABELS_PREDICTED, n.LABELS_PREDICTED_SUM), (c.WINDOW_LABELS_ACTUAL, n.LABELS_ACTUAL_SUM))),
+        record(n.SUBSET_ACCURACY, f"{n.SUBSET_EXACT_SUM}\n/\n({n.FULLY_LABELLED_SUM} > 0)"),
+        record(n.LABEL_CARDINALITY, f"{n.LABELS_PREDICTED_SUM}\n/\n({n.WINDOW_PREDICTIONS_SUM} > 0)",
+               {c.L_SOURCE: "predicted"}),
+        record(n.LABEL_CARDINALITY, f"{n.LABELS_ACTUAL_SUM}\n/\n({n.FULLY_LABELLED_SUM} > 0)", {c.L_SOURCE: "actual"}),
+    ]

@@ -1,20 +1,19 @@
 """A real Apache Kafka broker without Docker: the one start-up helper for tests, demo and benchmarks.
 
-Pinned release: Apache Kafka 3.9.2 (Scala 2.13), single node, KRaft (broker + controller in one JVM).
+Pinned release: Apache Kafka 4.4.0 (Scala 2.13), single node, KRaft (broker + controller in one JVM).
+Apache Kafka 3.9.2, the last 3.x release, stays available (`LocalKafka(version=COMPAT_KAFKA_VERSION)`,
+`monitor broker --kafka-version 3.9.2`) for the compatibility test and for users whose cluster is 3.x.
 
-Why 3.9.2 and not 4.x: 3.9 is the last 3.x line, KRaft is production-ready in it, and it still serves
-every client protocol version. Kafka 4.0 removed old request versions (KIP-896); aiokafka keeps its old
-versions "at the end" of its negotiation and faust-streaming drives aiokafka's low-level requests itself,
-so a 3.9 broker is the release on which no client path of faust-streaming 0.15 / aiokafka 0.14 /
-kafka-python 3.0 can meet UNSUPPORTED_VERSION. All three were run against 3.9.2 (produce, group consume,
-admin, idempotent producer, a faust agent with a changelogged table) and, as a cross-check, against 4.1.1,
-which also worked; moving to 4.x means changing KAFKA_VERSION and the logging binding (4.x uses log4j2).
-The matching container image is `apache/kafka:3.9.2` (or Confluent `cp-kafka:7.9.x`).
+Kafka 4 is KRaft-only and removed old request versions (KIP-896). aiokafka 0.14 negotiates versions from
+the broker's ApiVersions answer; produce, fetch, group membership, offsets, admin and the transactional
+producer (InitProducerId, AddPartitionsToTxn, AddOffsetsToTxn, TxnOffsetCommit, EndTxn) are exercised
+against 4.4.0 by tests/test_broker.py. 4.x logs through log4j2 (the 3.x line through reload4j), so each
+release carries its own logging binding and configuration.
 
 Jars come from Maven Central through `mvn dependency:copy-dependencies` on a generated pom, into
-`$MLMON_KAFKA_CACHE/kafka-3.9.2/libs` (default `~/.cache/mlmon/...`, honouring XDG_CACHE_HOME). A marker
-file makes later calls skip mvn; a lock file makes a concurrent first fetch (parallel test sessions, CI
-jobs) run mvn once while the others wait.
+`$MLMON_KAFKA_CACHE/kafka-<version>/libs` (default `~/.cache/mlmon/...`, honouring XDG_CACHE_HOME). A
+marker file makes later calls skip mvn; a lock file makes a concurrent first fetch (parallel test
+sessions, CI jobs) run mvn once while the others wait.
 """
 
 from __future__ import annotations
@@ -38,6 +37,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Self
@@ -48,15 +48,43 @@ from monitor.services import free_port, with_parent_death_signal  # free_port re
 
 log = logging.getLogger(__name__)
 
-KAFKA_VERSION = "3.9.2"
+KAFKA_VERSION = "4.4.0"
+COMPAT_KAFKA_VERSION = "3.9.2"
 SCALA_VERSION = "2.13"
 
-# Maven coordinates besides kafka_2.13 itself. The kafka_2.13 pom declares slf4j-api only; the release
-# tarball adds the reload4j binding, without which the broker would log nothing at all.
-_EXTRA_DEPENDENCIES: tuple[tuple[str, str, str], ...] = (
-    ("org.slf4j", "slf4j-reload4j", "1.7.36"),
-    ("ch.qos.reload4j", "reload4j", "1.2.25"),
-)
+
+@dataclass(frozen=True)
+class Release:
+    """What differs between the supported release lines: the logging binding and its configuration.
+
+    kafka_2.13's pom declares slf4j-api only; the release tarball adds the binding, without which the
+    broker would log nothing at all. 3.x binds to reload4j (log4j 1 API), 4.x to log4j2.
+    """
+
+    version: str
+    extra_dependencies: tuple[tuple[str, str, str], ...]
+    log4j2: bool
+
+
+RELEASES: dict[str, Release] = {
+    "4.4.0": Release("4.4.0", (("org.apache.logging.log4j", "log4j-slf4j-impl", "2.25.5"),), log4j2=True),
+    "3.9.2": Release(
+        "3.9.2",
+        (("org.slf4j", "slf4j-reload4j", "1.7.36"), ("ch.qos.reload4j", "reload4j", "1.2.25")),
+        log4j2=False,
+    ),
+}
+
+
+def release(version: str) -> Release:
+    try:
+        return RELEASES[version]
+    except KeyError:
+        raise BrokerError(
+            f"unsupported Kafka version {version!r}; supported: {', '.join(sorted(RELEASES))}"
+        ) from None
+
+
 # Pinned so that a machine with an old default plugin in ~/.m2 behaves like a fresh one.
 _DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1:copy-dependencies"
 _MAIN_CLASS = "kafka.Kafka"
@@ -116,39 +144,42 @@ def kafka_cache_root() -> Path:
     return base / "mlmon"
 
 
-def kafka_home() -> Path:
-    return kafka_cache_root() / f"kafka-{KAFKA_VERSION}"
+def kafka_home(version: str = KAFKA_VERSION) -> Path:
+    return kafka_cache_root() / f"kafka-{version}"
 
 
-def _main_jar(libs: Path) -> Path:
-    return libs / f"kafka_{SCALA_VERSION}-{KAFKA_VERSION}.jar"
+def _main_jar(libs: Path, version: str) -> Path:
+    return libs / f"kafka_{SCALA_VERSION}-{version}.jar"
 
 
-def _is_complete(home: Path) -> bool:
-    return (home / _MARKER).is_file() and _main_jar(home / "libs").is_file()
+def _is_complete(home: Path, version: str) -> bool:
+    return (home / _MARKER).is_file() and _main_jar(home / "libs", version).is_file()
 
 
-def ensure_kafka_jars(timeout: float = 900.0) -> Path:
-    """Return the directory of the pinned release's jars, fetching them with `mvn` on first use.
+def ensure_kafka_jars(timeout: float = 900.0, version: str = KAFKA_VERSION) -> Path:
+    """Return the directory of a release's jars (the pinned one by default), fetching them with `mvn`
+    on first use.
 
     Safe to call from several processes at once: one fetches, the others wait on the lock and then
     find the marker. CI can call this once to pre-fetch.
     """
-    home = kafka_home()
+    rel = release(version)
+    home = kafka_home(version)
     libs = home / "libs"
-    if _is_complete(home):
+    if _is_complete(home, version):
         return libs
     home.mkdir(parents=True, exist_ok=True)
     with _file_lock(home / ".lock", timeout=timeout):
-        if _is_complete(home):  # another process fetched while we waited
+        if _is_complete(home, version):  # another process fetched while we waited
             return libs
         started = time.monotonic()
-        log.info("fetching Apache Kafka %s jars from Maven Central into %s", KAFKA_VERSION, libs)
+        log.info("fetching Apache Kafka %s jars from Maven Central into %s", version, libs)
         with tempfile.TemporaryDirectory(dir=home, prefix=".fetch-") as tmp:
             staging = Path(tmp) / "libs"
-            _run_maven(Path(tmp), staging, timeout=timeout)
-            if not _main_jar(staging).is_file():
-                raise BrokerError(f"mvn finished but {_main_jar(staging).name} is missing in {staging}")
+            _run_maven(Path(tmp), staging, rel, timeout=timeout)
+            main = _main_jar(staging, version)
+            if not main.is_file():
+                raise BrokerError(f"mvn finished but {main.name} is missing in {staging}")
             # A crash between rename and marker leaves libs/ without a marker: replace it.
             if libs.exists():
                 shutil.rmtree(libs)
@@ -156,7 +187,7 @@ def ensure_kafka_jars(timeout: float = 900.0) -> Path:
         elapsed = time.monotonic() - started
         jars = sorted(p.name for p in libs.glob("*.jar"))
         marker = {
-            "kafka_version": KAFKA_VERSION,
+            "kafka_version": version,
             "scala_version": SCALA_VERSION,
             "jars": jars,
             "fetch_seconds": round(elapsed, 2),
@@ -166,8 +197,8 @@ def ensure_kafka_jars(timeout: float = 900.0) -> Path:
     return libs
 
 
-def _pom() -> str:
-    deps = [("org.apache.kafka", f"kafka_{SCALA_VERSION}", KAFKA_VERSION), *_EXTRA_DEPENDENCIES]
+def _pom(rel: Release) -> str:
+    deps = [("org.apache.kafka", f"kafka_{SCALA_VERSION}", rel.version), *rel.extra_dependencies]
     dep_xml = "\n".join(
         f"    <dependency><groupId>{g}</groupId><artifactId>{a}</artifactId><version>{v}</version></dependency>"
         for g, a, v in deps
@@ -176,7 +207,7 @@ def _pom() -> str:
 <project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
   <groupId>mlmon</groupId>
-  <artifactId>kafka-{KAFKA_VERSION}-fetch</artifactId>
+  <artifactId>kafka-{rel.version}-fetch</artifactId>
   <version>1</version>
   <packaging>pom</packaging>
   <dependencies>
@@ -186,7 +217,7 @@ def _pom() -> str:
 """
 
 
-def _run_maven(workdir: Path, output_dir: Path, timeout: float) -> None:
+def _run_maven(workdir: Path, output_dir: Path, rel: Release, timeout: float) -> None:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise BrokerError(
@@ -194,7 +225,7 @@ def _run_maven(workdir: Path, output_dir: Path, timeout: float) -> None:
             "(apt-get install maven), or point MLMON_KAFKA_CACHE at a pre-fetched cache"
         )
     pom = workdir / "pom.xml"
-    pom.write_text(_pom(), encoding="utf-8")
+    pom.write_text(_pom(rel), encoding="utf-8")
     cmd = [
         mvn, "-q", "-B", "-f", str(pom), _DEPENDENCY_PLUGIN,
         f"-DoutputDirectory={output_dir}", "-DincludeScope=runtime",
@@ -207,7 +238,7 @@ def _run_maven(workdir: Path, output_dir: Path, timeout: float) -> None:
         raise BrokerError(f"mvn did not finish fetching the Kafka jars within {timeout:.0f} s") from exc
     if proc.returncode != 0:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-30:])
-        raise BrokerError(f"mvn failed (exit {proc.returncode}) fetching Kafka {KAFKA_VERSION}:\n{tail}")
+        raise BrokerError(f"mvn failed (exit {proc.returncode}) fetching Kafka {rel.version}:\n{tail}")
 
 
 @contextlib.contextmanager
@@ -264,7 +295,7 @@ def _java() -> str:
     return java
 
 
-def _cds_archive(java: str) -> Path | None:
+def _cds_archive(java: str, version: str) -> Path | None:
     """Where the class-data-sharing archive for this JDK and release lives (None: disabled).
 
     Class loading dominates a cold start on 2 busy cores: with an AppCDS archive the broker was ready in
@@ -275,11 +306,11 @@ def _cds_archive(java: str) -> Path | None:
         return None
     real = os.path.realpath(java)
     try:
-        stamp = f"{real}:{os.stat(real).st_mtime_ns}:{KAFKA_VERSION}"
+        stamp = f"{real}:{os.stat(real).st_mtime_ns}:{version}"
     except OSError:
         return None
     key = hashlib.sha256(stamp.encode()).hexdigest()[:12]
-    return kafka_home() / f"cds-{key}.jsa"
+    return kafka_home(version) / f"cds-{key}.jsa"
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -386,7 +417,10 @@ class LocalKafka:
         heap: str = "512m",
         startup_timeout: float = 60.0,
         overrides: Mapping[str, str | int] | None = None,
+        version: str = KAFKA_VERSION,
     ) -> None:
+        self.release = release(version)
+        self.version = version
         self._requested_port = port
         self._requested_controller_port = controller_port
         self._requested_data_dir = Path(data_dir).resolve() if data_dir is not None else None
@@ -432,7 +466,7 @@ class LocalKafka:
             for wanted in (self._requested_port, self._requested_controller_port):
                 if wanted and not _port_free(wanted):
                     raise BrokerError(f"port {wanted} on 127.0.0.1 is already in use (another broker?)")
-            libs = ensure_kafka_jars()
+            libs = ensure_kafka_jars(version=self.version)
             # Ports we chose ourselves may be taken between probing and binding: retry with new ones.
             attempts = 1 if self._requested_port or self._requested_controller_port else 3
             for attempt in range(1, attempts + 1):
@@ -475,7 +509,7 @@ class LocalKafka:
     def __repr__(self) -> str:
         state = "running" if self.is_running() else "stopped"
         where = f"127.0.0.1:{self.port}" if self.port else "?"
-        return f"<LocalKafka {KAFKA_VERSION} {where} {state} data_dir={self.data_dir}>"
+        return f"<LocalKafka {self.version} {where} {state} data_dir={self.data_dir}>"
 
     # -- internals -------------------------------------------------------------------------------
 
@@ -496,8 +530,14 @@ class LocalKafka:
 
         props = self.data_dir / "server.properties"
         _atomic_write(props, self._server_properties())
-        log4j = self.data_dir / "log4j.properties"
-        _atomic_write(log4j, self._log4j_properties())
+        if self.release.log4j2:
+            log4j = self.data_dir / "log4j2.properties"
+            _atomic_write(log4j, self._log4j2_properties())
+            log_option = f"-Dlog4j2.configurationFile={log4j.as_uri()}"
+        else:
+            log4j = self.data_dir / "log4j.properties"
+            _atomic_write(log4j, self._log4j_properties())
+            log_option = f"-Dlog4j.configuration={log4j.as_uri()}"
         # Each run starts a fresh log (the previous one is kept once), so the readiness check and its
         # error message read only this run.
         for name in ("broker.log", "broker.out"):
@@ -506,8 +546,8 @@ class LocalKafka:
 
         classpath = f"{libs}{os.sep}*"
         java = _java()
-        jvm_common = [f"-Dlog4j.configuration={log4j.as_uri()}", "-cp", classpath]
-        archive = _cds_archive(java)
+        jvm_common = [log_option, "-cp", classpath]
+        archive = _cds_archive(java, self.version)
         cds_use = [f"-XX:SharedArchiveFile={archive}"] if archive and archive.is_file() else []
         if not (self.data_dir / "kafka-logs" / "meta.properties").is_file():
             self._format_storage(java, [*cds_use, *jvm_common], props)
@@ -533,7 +573,7 @@ class LocalKafka:
         self._wait_ready(started)
         log.info(
             "Kafka %s ready at %s in %.1f s (pid %d, data %s)",
-            KAFKA_VERSION, self.bootstrap, time.monotonic() - started, self._proc.pid, self.data_dir,
+            self.version, self.bootstrap, time.monotonic() - started, self._proc.pid, self.data_dir,
         )  # fmt: skip
 
     def _format_storage(self, java: str, jvm_common: list[str], props: Path) -> None:
@@ -561,7 +601,7 @@ class LocalKafka:
             **TEST_BROKER_SETTINGS,
             **self.overrides,
         }
-        lines = [f"# written by monitor.stream.broker for Apache Kafka {KAFKA_VERSION}"]
+        lines = [f"# written by monitor.stream.broker for Apache Kafka {self.version}"]
         lines += [f"{key}={_escape_property(value)}" for key, value in settings.items()]
         return "\n".join(lines) + "\n"
 
@@ -578,6 +618,30 @@ log4j.appender.file.layout=org.apache.log4j.PatternLayout
 log4j.appender.file.layout.ConversionPattern=[%d] %p %m (%c)%n
 log4j.logger.kafka.request.logger=WARN
 log4j.logger.org.apache.kafka.raft=INFO
+"""
+
+    def _log4j2_properties(self) -> str:
+        assert self.data_dir is not None
+        log_file = _escape_property(str(self.data_dir / "broker.log"))
+        # The same layout as the 3.x file: _log_errors() reads " ERROR " lines from either.
+        return f"""status=warn
+appender.file.type=RollingFile
+appender.file.name=file
+appender.file.fileName={log_file}
+appender.file.filePattern={log_file}.%i
+appender.file.layout.type=PatternLayout
+appender.file.layout.pattern=[%d] %p %m (%c)%n
+appender.file.policies.type=Policies
+appender.file.policies.size.type=SizeBasedTriggeringPolicy
+appender.file.policies.size.size=20MB
+appender.file.strategy.type=DefaultRolloverStrategy
+appender.file.strategy.max=2
+rootLogger.level=INFO
+rootLogger.appenderRef.file.ref=file
+logger.request.name=kafka.request.logger
+logger.request.level=WARN
+logger.raft.name=org.apache.kafka.raft
+logger.raft.level=INFO
 """
 
     def _wait_ready(self, started: float) -> None:
@@ -704,9 +768,9 @@ def _stop_all() -> None:
             broker.stop(timeout=5.0)
 
 
-def start_broker(port: int | None = None, data_dir: Path | None = None) -> LocalKafka:
+def start_broker(port: int | None = None, data_dir: Path | None = None, version: str = KAFKA_VERSION) -> LocalKafka:
     """Start a local broker and return it once clients can connect; the caller stops it."""
-    return LocalKafka(port=port, data_dir=data_dir).start()
+    return LocalKafka(port=port, data_dir=data_dir, version=version).start()
 
 
 # ---------------------------------------------------------------------------------------------- CLI
@@ -721,7 +785,14 @@ def start_broker(port: int | None = None, data_dir: Path | None = None) -> Local
     help="Keep topics here across restarts (default: a temporary dir, removed on exit).",
 )
 @click.option("--fetch-only", is_flag=True, help="Only fetch and cache the Kafka jars, print their directory.")
-def broker_command(port: int, data_dir: Path | None, fetch_only: bool) -> None:
+@click.option(
+    "--kafka-version",
+    type=click.Choice(sorted(RELEASES)),
+    default=KAFKA_VERSION,
+    show_default=True,
+    help="Apache Kafka release to run.",
+)
+def broker_command(port: int, data_dir: Path | None, fetch_only: bool, kafka_version: str) -> None:
     """Start a local single-node Apache Kafka (KRaft) and block until SIGINT/SIGTERM.
 
     Prints exactly one line on stdout, `ready bootstrap=127.0.0.1:PORT`, once clients can connect.
@@ -732,7 +803,7 @@ def broker_command(port: int, data_dir: Path | None, fetch_only: bool) -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     if fetch_only:
-        click.echo(str(ensure_kafka_jars()))
+        click.echo(str(ensure_kafka_jars(version=kafka_version)))
         return
 
     stop_requested = threading.Event()
@@ -743,7 +814,7 @@ def broker_command(port: int, data_dir: Path | None, fetch_only: bool) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, _on_signal)
 
-    broker = LocalKafka(port=port, data_dir=data_dir)
+    broker = LocalKafka(port=port, data_dir=data_dir, version=kafka_version)
     try:
         broker.start()
     except BrokerError as exc:
