@@ -141,13 +141,14 @@ def parse_at(value: str | None) -> float | None:
 
 
 def load_inputs(config_path: str | None, predictions: str | None, ground_truth: str | None,
-                at: str | None) -> Inputs:
-    """No config means the bundled example and its two files; a config needs at least a predictions file."""
+                at: str | None, other_files: bool = False) -> Inputs:
+    """No config means the bundled example and its two files; a config needs at least one file of events
+    (`other_files`: the caller reads some, e.g. replay's --input for mapped topics)."""
     from monitor.config import ConfigError, load_config
 
     if predictions == STDIN and ground_truth == STDIN:
         raise click.UsageError("only one of --predictions and --ground-truth can read standard input ('-')")
-    if config_path and not predictions and not ground_truth:
+    if config_path and not predictions and not ground_truth and not other_files:
         raise click.UsageError("no events to read: give --predictions (and --ground-truth) with --config")
     with resources.as_file(EXAMPLE) as example:
         config_file = Path(config_path) if config_path else example / "config.yaml"

@@ -153,7 +153,7 @@ def replay_command(config_path: str | None, predictions: str | None, ground_trut
     With no files, replays the bundled example stream (a moderation model with delayed ground truth).
     Files may be gzip or zstd compressed; '-' reads standard input.
     """
-    inputs = load_inputs(config_path, predictions, ground_truth, at)
+    inputs = load_inputs(config_path, predictions, ground_truth, at, other_files=bool(topic_files))
     mapped = _topic_files(inputs.config, topic_files)
     try:
         result = replay(inputs.config, inputs.predictions, inputs.ground_truth, inputs.at, inputs=mapped)
