@@ -69,10 +69,7 @@ def replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[b
         else:
             preds = engine.decode(PREDICTIONS, predictions)
             truths = engine.decode(GROUND_TRUTH, ground_truth)
-        reports = [summarize(lines, kind, decoded.rejected)
-                   for lines, kind, decoded in ((predictions, "prediction", preds),
-                                                (ground_truth, "ground-truth", truths))
-                   if isinstance(lines, InputLines) and lines.source]
+        reports = rejection_reports(predictions, ground_truth, preds, truths)
         sides, index = steps_by_time(preds, truths, at)
         for start in range(0, len(sides), BATCH):
             engine.apply(preds, truths, sides[start:start + BATCH], index[start:start + BATCH])
@@ -102,6 +99,15 @@ def _decode_side(engine: Engine, config: MonitorConfig, side: str, default: list
         sources += [topic] * len(values)
         metas += more
     return engine.decode(side, raws, sources, metas)
+
+
+def rejection_reports(predictions: list[bytes], ground_truth: list[bytes], preds: DecodedTopic,
+                      truths: DecodedTopic) -> list[InputReport]:
+    """The per-file rejection summaries of the inputs read by monitor.inputs (plain lists, as tests and
+    benchmarks pass, have no file to name and get none)."""
+    return [summarize(lines, kind, decoded.rejected)
+            for lines, kind, decoded in ((predictions, "prediction", preds), (ground_truth, "ground-truth", truths))
+            if isinstance(lines, InputLines) and lines.source]
 
 
 def steps_by_time(predictions: DecodedTopic, ground_truth: DecodedTopic,

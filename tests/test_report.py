@@ -261,8 +261,11 @@ def test_report_of_only_rejected_events_fails_loudly(tmp_path: Path) -> None:
     res = monitor("report", "--config", str(EXAMPLE / "config.yaml"), "--predictions", str(bad),
                   "--ground-truth", str(bad), "-o", str(out), check=False)
     assert res.returncode == 1, res.stderr
-    assert "no usable event: all 6 events were rejected as invalid" in res.stderr
-    assert "predictions: " in res.stderr and "ground_truth: " in res.stderr  # by topic and reason
+    # Told as `monitor replay` tells it: per file, by reason, then why nothing could be evaluated.
+    assert "bad.jsonl: 3 of 3 prediction events rejected" in res.stderr
+    assert "bad.jsonl: 3 of 3 ground-truth events rejected" in res.stderr
+    assert "invalid_json: " in res.stderr and "unknown_model: " in res.stderr
+    assert "nothing usable in" in res.stderr and "all 3 prediction events were rejected" in res.stderr
     assert not out.exists() and "1970" not in res.stderr + res.stdout
     # Nothing at or before --at is no report either.
     res = monitor("report", "--at", "2020-01-01T00:00:00Z", "-o", str(out), check=False)
@@ -276,7 +279,9 @@ def test_some_rejected_events_are_reported_on_stderr(tmp_path: Path) -> None:
     out = tmp_path / "r.html"
     res = monitor("report", "--config", str(EXAMPLE / "config.yaml"), "--predictions", str(preds),
                   "--ground-truth", str(EXAMPLE / "ground_truth.jsonl"), "-o", str(out))
-    assert "1 of 14,260 events rejected as invalid (predictions: " in res.stderr
+    assert "p.jsonl: 1 of 8,001 prediction events rejected" in res.stderr
+    assert "invalid_json: " in res.stderr and "first at line 8001" in res.stderr
+    assert "1 of 14,260 events rejected as invalid, listed under 'Invalid input' in the report" in res.stderr
     assert "wrote" in res.stderr and out.exists()
 
 

@@ -11,6 +11,7 @@ from monitor.config import ConfigError, MonitorConfig, format_duration
 from monitor.engine.engine import Engine
 from monitor.engine.figures import Figures
 from monitor.inputs import load_inputs
+from monitor.rejections import tell
 from monitor.report.headline import Headline, build_headline
 from monitor.report.html import render, when
 from monitor.report.model import ReportView, build_report
@@ -36,7 +37,10 @@ def make_report(config: MonitorConfig, predictions: list[bytes], ground_truth: l
     if window is not None and window not in configured:
         raise click.BadParameter(f"{window!r} is not a configured window ({', '.join(configured)})",
                                  param_hint="--window")
-    engine, figures, evaluated_at, timeline = replay_with_timeline(config, predictions, ground_truth, at)
+    replayed = replay_with_timeline(config, predictions, ground_truth, at)
+    engine, figures, evaluated_at, timeline = replayed.engine, replayed.figures, replayed.at, replayed.timeline
+    # The per-file rejection summary `monitor replay` prints, and its failure when a file gave nothing.
+    tell(replayed.rejections)
     if evaluated_at is None or engine.latest_event_time is None:
         raise NoUsableEvents(_nothing_usable(engine.invalid, len(predictions), len(ground_truth), at))
     view = build_report(config, engine, figures, evaluated_at, window)
@@ -83,11 +87,9 @@ def build_html(config_path: str | None, predictions: str | None, ground_truth: s
         raise click.ClickException("; ".join(exc.problems)) from None
     rejected = sum(report.engine.invalid.values())
     if rejected:
-        # Said on stderr too: a report with a few rejected events is still written, but nobody should
-        # have to open it to learn that input was dropped.
+        # The per-file details went to stderr already (make_report); this says where the report shows them.
         click.echo(f"monitor report: {rejected:,} of {len(pred_lines) + len(gt_lines):,} events rejected as "
-                   f"invalid ({rejection_summary(report.engine.invalid)}); listed under 'Invalid input' in "
-                   "the report", err=True)
+                   "invalid, listed under 'Invalid input' in the report", err=True)
     extra: list[str] = []
     if with_evidently:
         from monitor.report.drift_embed import evidently_section

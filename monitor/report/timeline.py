@@ -26,7 +26,8 @@ from monitor.engine.figures import Figures
 from monitor.engine.metrics import classification, drift, slo
 from monitor.engine.model_state import ModelState
 from monitor.engine.windows import S_PREDICTIONS
-from monitor.replay import BATCH, steps_by_time
+from monitor.rejections import InputReport
+from monitor.replay import BATCH, rejection_reports, steps_by_time
 from monitor.rules.options import RuleOptions
 from monitor.rules.tiers import nearest_window, tiers_for
 
@@ -109,18 +110,25 @@ def timeline_window(config: MonitorConfig) -> int:
     return nearest_window(config.windows, RuleOptions().drift_window)
 
 
-def replay_with_timeline(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
-                         at: float | None = None) -> tuple[Engine, Figures, float | None, Timeline | None]:
-    """The replay `monitor replay` does, evaluated at each timeline step on the way.
+@dataclass(frozen=True)
+class TimelineReplay:
+    engine: Engine
+    figures: Figures  # at the evaluation time, identical to `run_replay`'s
+    at: float | None  # the evaluation time; None when no event was usable (nothing to evaluate)
+    timeline: Timeline | None  # None likewise
+    rejections: list[InputReport]  # as `monitor replay` tells them (monitor.rejections)
 
-    Returns the engine, its figures at the evaluation time (identical to `run_replay`), that time (None
-    when no event was usable: nothing to evaluate) and the timeline (None likewise)."""
+
+def replay_with_timeline(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
+                         at: float | None = None) -> TimelineReplay:
+    """The replay `monitor replay` does, evaluated at each timeline step on the way."""
     engine = Engine(config)
     was_enabled = gc.isenabled()
     gc.disable()  # as in run_replay: the join's long-lived objects hold no cycles
     try:
         preds = engine.decode(PREDICTIONS, predictions)
         truths = engine.decode(GROUND_TRUTH, ground_truth)
+        rejections = rejection_reports(predictions, ground_truth, preds, truths)
         sides, index = steps_by_time(preds, truths, at)
         times = np.empty(len(sides))
         for side, decoded in enumerate((preds, truths)):
@@ -147,10 +155,10 @@ def replay_with_timeline(config: MonitorConfig, predictions: list[bytes], ground
     figures = engine.evaluate(at)
     when = at if at is not None else engine.latest_event_time
     if when is None:
-        return engine, figures, None, None
+        return TimelineReplay(engine, figures, None, None, rejections)
     if timeline is not None:
         _trim(timeline, when)
-    return engine, figures, when, timeline
+    return TimelineReplay(engine, figures, when, timeline, rejections)
 
 
 def _apply(engine: Engine, preds: object, truths: object, sides: np.ndarray, index: np.ndarray) -> None:
