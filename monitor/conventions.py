@@ -265,6 +265,17 @@ LATENCY_BUCKETS: Final = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 # --- health --------------------------------------------------------------------------------------------
 PENDING_JOINS = _m("pending_joins", "gauge", (L_MODEL, L_SIDE), "Events waiting for their partner.")
 CONSUMER_LAG = _m("consumer_lag", "gauge", (L_TOPIC, L_PARTITION), "Consumer lag in messages.")
+STATE_WRITE_FAILURES = _m(
+    "state_write_failures_total", "counter", (),
+    "State changelog writes that failed (each is retried with a backoff; /healthz says degraded meanwhile).",
+)
+STATE_RECORDS_WRITTEN = _m("state_records_written_total", "counter", (),
+                           "Records written to the state changelog.")
+STATE_BYTES_WRITTEN = _m("state_bytes_written_total", "counter", (),
+                         "Key and value bytes written to the state changelog.")
+# Exported by the worker only (not by replay): its Kafka and state health.
+WORKER_ONLY: Final = frozenset(m.name for m in (CONSUMER_LAG, STATE_WRITE_FAILURES, STATE_RECORDS_WRITTEN,
+                                                STATE_BYTES_WRITTEN))
 BUILD_INFO = _m("build_info", "info", ("version", "python"), "Build information.")
 LAST_EVENT_TIMESTAMP = _m(
     "last_event_timestamp_seconds", "gauge", (L_MODEL, L_TOPIC),

@@ -316,7 +316,7 @@ class LocalStack:
         # producers can never auto-create them with the broker's default partition count.
         from monitor.stream.kafka_setup import ensure_topics
 
-        asyncio.run(ensure_topics(self.config, max_state_bytes=256 << 20))
+        asyncio.run(ensure_topics(self.config))
 
         self._progress("starting the worker (monitor worker)")
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -12,7 +12,7 @@ from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "monitor" / "examples"
 # Exported by the Kafka worker or about other tasks, not by the engine alone.
-NOT_FROM_ENGINE = {c.CONSUMER_LAG.name, c.ACCURACY.name, c.CONFUSION.name}
+NOT_FROM_ENGINE = {*c.WORKER_ONLY, c.ACCURACY.name, c.CONFUSION.name}
 
 
 def example_figures(example_config):

@@ -89,6 +89,8 @@ class JoinTable:
         self._unpend: list[Pred] = []
         self._joins: list[tuple[Pred, Truth, float]] = []
         self._delays: list[float] = []
+        # Ids whose entry changed or left since `clear_changes`, when tracking (the worker's changelog).
+        self._dirty: set[str] | None = None
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -151,6 +153,8 @@ class JoinTable:
             self.duplicates[SIDE_GROUND_TRUTH] += 1
             return
         entry.truth = truth
+        if self._dirty is not None:
+            self._dirty.add(pid)
         pred = entry.pred
         if pred is None:  # replacing a ground truth that still waits for its prediction
             self._schedule(pid, entry, ts + self.ttl)
@@ -171,6 +175,8 @@ class JoinTable:
 
     # --- expiry --------------------------------------------------------------------------------------------
     def _schedule(self, pid: str, entry: Entry, expires: float) -> None:
+        if self._dirty is not None:
+            self._dirty.add(pid)
         entry.expires = expires
         heapq.heappush(self._heap, (expires, pid))
         # Rescheduling leaves stale items behind; a flood of re-sent ground truth for one id would grow the
@@ -210,6 +216,8 @@ class JoinTable:
         return entry
 
     def _drop(self, pid: str, entry: Entry) -> None:
+        if self._dirty is not None:
+            self._dirty.add(pid)
         del self.entries[pid]
         if entry.pred is None:
             self.pending[SIDE_GROUND_TRUTH] -= 1
@@ -246,11 +254,28 @@ class JoinTable:
         return out
 
     # --- checkpoints ---------------------------------------------------------------------------------------
+    def track_changes(self, on: bool) -> None:
+        """Start (True) or stop recording which entries change; starting clears the record."""
+        self._dirty = set() if on else None
+
+    def changes(self) -> tuple[list[str], dict[str, np.ndarray], list[str]]:
+        """What changed since tracking started or `clear_changes`: the live entries as `export` columns
+        (ids sorted) and the ids that left the table."""
+        ids = sorted(self._dirty or ())
+        live = [pid for pid in ids if pid in self.entries]
+        gone = [pid for pid in ids if pid not in self.entries]
+        return live, self._columns([self.entries[pid] for pid in live]), gone
+
+    def clear_changes(self) -> None:
+        if self._dirty is not None:
+            self._dirty.clear()
+
     def export(self) -> tuple[list[str], dict[str, np.ndarray]]:
         """Every entry as checkpoint columns (one row per entry) and the ids in the same order."""
-        ids = list(self.entries)
-        entries = list(self.entries.values())
-        n, L = len(ids), self.n_labels
+        return list(self.entries), self._columns(list(self.entries.values()))
+
+    def _columns(self, entries: list[Entry]) -> dict[str, np.ndarray]:
+        n, L = len(entries), self.n_labels
         # Column by column with comprehensions: a per-entry loop of numpy row stores costs 3x more.
         preds = [e.pred for e in entries]
         truths = [e.truth for e in entries]
@@ -265,7 +290,7 @@ class JoinTable:
                 out[rows] = np.stack(values) if width else np.array(values, dtype=dtype)
             return out
 
-        return ids, {
+        return {
             "has_pred": has_pred,
             "pred_ts": column([p.ts for p in ps], has_pred, np.float64),
             "pred_version": column([p.version for p in ps], has_pred, np.int64),
@@ -313,6 +338,7 @@ class JoinTable:
         self.duplicates = Counter(duplicates)
         self.corrections = corrections
         self.joined = joined
+        self.clear_changes()  # a restored table is what its checkpoint holds
 
 
 def _rows(values: list[np.ndarray], width: int, dtype: Any) -> np.ndarray:

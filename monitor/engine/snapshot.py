@@ -52,6 +52,7 @@ MODEL_STATE_FIELDS = frozenset({
 JOIN_FIELDS = frozenset({
     "ttl", "max_entries", "n_labels", "entries", "_heap", "seq", "watermark", "pending", "expired", "evicted",
     "duplicates", "corrections", "joined", "_unpend", "_joins", "_delays",
+    "_dirty",  # change tracking for the worker's changelog (monitor.stream.changelog), not state
 })
 # `_rings` is derived: the fine blocks it holds are the same arrays as in `fine` (a restore refills it).
 STORE_FIELDS = frozenset({"size", "fine_span", "coarse_span", "fine", "coarse", "total", "newest_fine", "_rings"})
@@ -62,13 +63,18 @@ class SnapshotError(Exception):
 
 
 # --- dump ------------------------------------------------------------------------------------------------
-def dump(engine: Engine, extra: Mapping[str, Any] | None = None, compress: bool = True) -> bytes:
-    """Serialise the engine's whole state; `extra` (JSON-able) travels along, e.g. input offsets."""
+def dump(engine: Engine, extra: Mapping[str, Any] | None = None, compress: bool = True,
+         entries: bool = True) -> bytes:
+    """Serialise the engine's whole state; `extra` (JSON-able) travels along, e.g. input offsets.
+
+    `entries=False` leaves out the window blocks and the join entries (empty columns in their place): the
+    worker's changelog keeps those as records of their own (monitor.stream.changelog) and fills them in
+    with `restore_parts`."""
     engine.flush()  # queued statistics become blocks; after this the per-batch queues are empty
     arrays: dict[str, np.ndarray] = {}
     models: list[dict[str, Any]] = []
     for i, state in enumerate(engine.models.values()):
-        models.append(_dump_model(state, f"m{i}", arrays))
+        models.append(_dump_model(state, f"m{i}", arrays, entries))
     meta = {
         "format": FORMAT,
         "version": VERSION,
@@ -82,16 +88,16 @@ def dump(engine: Engine, extra: Mapping[str, Any] | None = None, compress: bool 
     return buf.getvalue()
 
 
-def _dump_model(state: ModelState, prefix: str, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+def _dump_model(state: ModelState, prefix: str, arrays: dict[str, np.ndarray], entries: bool) -> dict[str, Any]:
     if state._preds:
         raise SnapshotError("model state has unflushed statistics")
     width = len(LATENCY_BUCKETS) + 1
     arrays[f"{prefix}.latency"] = (np.stack([h.counts for h in state.latency]) if state.latency
                                    else np.zeros((0, width)))
     arrays[f"{prefix}.delay"] = state.delay.counts.copy()
-    _dump_store(state.store, prefix, arrays)
+    _dump_store(state.store if entries else BlockStore(state.store.size, []), prefix, arrays)
     join = state.join
-    ids, columns = join.export()
+    ids, columns = join.export() if entries else ([], empty_join_columns(state.n_labels))
     for name, col in columns.items():
         arrays[f"{prefix}.join.{name}"] = col
     return {
@@ -134,6 +140,14 @@ def _dump_store(store: BlockStore, prefix: str, arrays: dict[str, np.ndarray]) -
                                         else np.zeros((0, store.size)))
 
 
+def empty_join_columns(n_labels: int) -> dict[str, np.ndarray]:
+    return {name: np.zeros((0, n_labels) if name in MATRIX_COLUMNS else 0, dtype=dtype)
+            for name, dtype in EXPORT_COLUMNS.items()}
+
+
+MATRIX_COLUMNS = frozenset({"scores", "predicted", "known", "actual"})
+
+
 # --- load ------------------------------------------------------------------------------------------------
 def load(config: MonitorConfig, references: dict[str, Reference | None] | None, data: bytes) -> Engine:
     return restore(config, references, data)[0]
@@ -146,12 +160,24 @@ def restore(config: MonitorConfig, references: dict[str, Reference | None] | Non
     Models in the snapshot that the config no longer has are dropped; models the config added start
     empty. A model whose labels, task or statistics layout changed cannot be restored (SnapshotError).
     """
+    return restore_parts(config, references, *open_parts(data), use_native)
+
+
+def open_parts(data: bytes) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """A snapshot's metadata and arrays, for a caller that fills in parts before `restore_parts`."""
     arrays = _open(data)
     try:
         meta = orjson.loads(arrays.pop("meta").tobytes())
     except orjson.JSONDecodeError:
         raise SnapshotError("snapshot metadata is not valid JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict):
+        raise SnapshotError("not an engine snapshot")
+    return meta, arrays
+
+
+def restore_parts(config: MonitorConfig, references: dict[str, Reference | None] | None, meta: dict[str, Any],
+                  arrays: dict[str, np.ndarray], use_native: bool | None = None) -> tuple[Engine, dict[str, Any]]:
+    if meta.get("format") != FORMAT:
         raise SnapshotError("not an engine snapshot")
     if meta.get("version") != VERSION:
         raise SnapshotError(f"snapshot format version {meta.get('version')} is not supported (this build reads "
@@ -262,8 +288,7 @@ def _load_join(join: JoinTable, m: dict[str, Any], n_labels: int, n_versions: in
     n = len(ids)
     col = {name: np.ascontiguousarray(arrays[f"{prefix}.join.{name}"], dtype=dtype)
            for name, dtype in EXPORT_COLUMNS.items()}
-    shapes = {"scores": (n, n_labels), "predicted": (n, n_labels), "known": (n, n_labels),
-              "actual": (n, n_labels)}
+    shapes = {name: (n, n_labels) for name in MATRIX_COLUMNS}
     for name, arr in col.items():
         if arr.shape != shapes.get(name, (n,)):
             raise SnapshotError(f"join column {name} has the wrong shape")

@@ -76,7 +76,7 @@ def state_topic_name(kafka: KafkaConfig) -> str:
     return f"{kafka.group_id}-state"
 
 
-async def ensure_topics(config: MonitorConfig, max_state_bytes: int) -> Topics:
+async def ensure_topics(config: MonitorConfig) -> Topics:
     """Create what is missing, check what exists; returns the names and the common partition count."""
     kafka = config.kafka
     extra = tuple(pair for pair in config.sources()
@@ -107,10 +107,10 @@ async def ensure_topics(config: MonitorConfig, max_state_bytes: int) -> Topics:
             topics.ground_truth: {},
             **{topic: {} for _, topic in extra},
             topics.dead_letter: {},
-            # One checkpoint per input partition, written to the partition of the same number; compaction
-            # keeps the latest of each.
-            topics.state: {"cleanup.policy": "compact", "max.message.bytes": str(max_state_bytes),
-                           "min.cleanable.dirty.ratio": "0.1", "segment.ms": str(10 * 60 * 1000)},
+            # The state changelog of input partition p in partition p (monitor.stream.changelog): small keyed
+            # records under the broker's stock message limit; compaction keeps the newest of each key.
+            topics.state: {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
+                           "segment.ms": str(10 * 60 * 1000)},
         }
         missing = [NewTopic(name, count, kafka.replication_factor, topic_configs=cfg)
                    for name, cfg in wanted.items() if name not in existing]

@@ -1,10 +1,12 @@
 """`monitor worker`: the Kafka stream worker. Batches from aiokafka into one engine per partition,
-exact under kill -9 and scale-out, /metrics and /healthz over aiohttp. Design record: docs/worker.md.
+exact under kill -9 and scale-out, /metrics and /healthz over aiohttp. How it works: docs/worker.md.
 
 One asyncio loop does everything, in this order per turn: fetch a batch (`getmany`), apply it to the
 partition engines (synchronous, so nothing else sees a half-applied batch), send its dead letters, and
-now and then checkpoint. Scrapes, health checks and the rebalance callbacks run on the same loop between
-turns; the rebalance callbacks and checkpoints also take `self.lock` because they await the broker.
+now and then checkpoint: each partition's changes since its last checkpoint go to the state changelog in
+one transaction with the input offsets (monitor.stream.changelog). Scrapes, health checks and the
+rebalance callbacks run on the same loop between turns; the rebalance callbacks and checkpoints also take
+`self.lock` because they await the broker.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ import click
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.errors import CommitFailedError, KafkaConnectionError, KafkaError
+from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from monitor import conventions as c
@@ -34,12 +36,11 @@ from monitor.engine import native
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine, Rejection
 from monitor.engine.figures import Figures
 from monitor.engine.merge import merged_figures
-from monitor.engine.snapshot import SnapshotError
 from monitor.events import InvalidEvent, parse_timestamp
 from monitor.exporter import FiguresCollector
 from monitor.mapping import RecordMeta
 from monitor.reference import Reference, load_reference
-from monitor.stream.checkpoints import CheckpointStore
+from monitor.stream.changelog import ChangelogError, ChangeTracker, StateWriter, read_partitions, rebuild, track
 from monitor.stream.gc_policy import GcPolicy
 from monitor.stream.kafka_setup import SetupError, Topics, client_options, ensure_topics
 from monitor.stream.web import WebServer
@@ -65,7 +66,10 @@ class WorkerOptions:
     checkpoint_budget: float = 0.1
     session_timeout_ms: int = 10_000
     rebalance_timeout_ms: int = 60_000
-    max_state_bytes: int = 256 << 20
+    # A state write that takes longer is abandoned (its transaction aborted) and retried later.
+    state_write_timeout: float = 60.0
+    # Failed state writes are retried after this, doubling per failure up to 30 s: bounded, never stuck.
+    state_retry_base: float = 1.0
     # Bounded so one batch never blocks the loop (heartbeats, scrapes) for more than about a second.
     max_batch: int = 20_000
     connect_timeout: float = 120.0
@@ -75,10 +79,16 @@ class WorkerOptions:
 class PartitionState:
     partition: int
     engine: Engine
-    offsets: dict[str, int]  # engine topic -> next offset to apply
+    offsets: dict[str, int]  # offset key (monitor.stream.worker.Worker.inputs) -> next offset to apply
+    tracker: ChangeTracker
+    writer: StateWriter
     dirty: bool = False
-    state_offset: int | None = None  # our newest checkpoint's offset in the state topic
+    # The state partition's end offset right after our newest checkpoint (or restore); None: unknown.
+    state_end: int | None = None
     events: int = 0
+    failures: int = 0  # consecutive failed state writes
+    last_error: str | None = None
+    retry_at: float = 0.0
 
 
 @dataclass
@@ -88,8 +98,11 @@ class Stats:
     dead_letters: int = 0
     checkpoints: int = 0
     checkpoint_bytes: int = 0
+    checkpoint_records: int = 0
     checkpoint_seconds: float = 0.0
+    state_write_failures: int = 0
     restored_bytes: int = 0
+    restored_records: int = 0
     restore_seconds: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
@@ -112,8 +125,11 @@ class Worker:
         self.offset_key: dict[str, str] = {}
         self.mapped = any(m.input is not None for m in config.models)
         self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
-        self.store: CheckpointStore | None = None
+        self.producer: AIOKafkaProducer | None = None  # dead letters (at-least-once, not transactional)
+        self.reader: AIOKafkaConsumer | None = None  # state restores: outside the group, read_committed
+        self.ends: AIOKafkaConsumer | None = None  # the inputs' end offsets for the lag gauge
+        self.end_offsets: dict[TopicPartition, int] = {}
+        self._client_options: dict[str, Any] = {}
         self.joined = False
         self.last_poll = 0.0
         self._dead_letter_futures: list[asyncio.Future[Any]] = []
@@ -122,6 +138,7 @@ class Worker:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(FiguresCollector(self.figures))
         registry.register(_LagCollector(self))
+        registry.register(_StateCollector(self))
         self.web = WebServer(registry, self.health, options.metrics_bind, options.metrics_port)
 
     # --- what /metrics and /healthz see ------------------------------------------------------------------
@@ -137,6 +154,13 @@ class Worker:
             return False, "starting: not yet a member of the consumer group"
         if time.monotonic() - self.last_poll > max(30.0, self.options.session_timeout_ms / 1000):
             return False, "stalled: no poll for more than 30 s"
+        failing = {p: s for p, s in sorted(self.partitions.items()) if s.failures}
+        if failing:
+            # Still consuming and exact (a restart replays from the last state written), but the replay
+            # after a crash grows until a write succeeds: someone should look.
+            first = next(iter(failing.values()))
+            return False, (f"degraded: state writes failing for partitions {sorted(failing)} "
+                           f"({first.failures} in a row; last: {first.last_error}); consuming on, retrying")
         return True, f"consuming {len(self.partitions)} partitions"
 
     # --- lifecycle -----------------------------------------------------------------------------------------
@@ -159,7 +183,7 @@ class Worker:
         deadline = time.monotonic() + self.options.connect_timeout
         while True:
             try:
-                self.topics = await ensure_topics(self.config, self.options.max_state_bytes)
+                self.topics = await ensure_topics(self.config)
                 break
             except (KafkaConnectionError, KafkaError, OSError) as exc:
                 if time.monotonic() > deadline or self.stopping.is_set():
@@ -174,12 +198,13 @@ class Worker:
                        *((f"topic:{tp}", tp) for _, tp in t.extra)]
         self.offset_key = {tp: key for key, tp in self.inputs}
         opts = client_options(kafka)
+        self._client_options = opts
         client_id = f"mlmon-worker-{socket.gethostname()}-{os.getpid()}"
-        self.producer = AIOKafkaProducer(client_id=client_id, acks="all", enable_idempotence=True,
-                                         max_request_size=self.options.max_state_bytes, linger_ms=5, **opts)
-        reader = AIOKafkaConsumer(client_id=f"{client_id}-checkpoints", enable_auto_commit=False,
-                                  max_partition_fetch_bytes=self.options.max_state_bytes,
-                                  fetch_max_bytes=self.options.max_state_bytes, **opts)
+        self.producer = AIOKafkaProducer(client_id=client_id, acks="all", enable_idempotence=True, linger_ms=5,
+                                         **opts)
+        self.reader = AIOKafkaConsumer(client_id=f"{client_id}-state", enable_auto_commit=False,
+                                       isolation_level="read_committed", **opts)
+        self.ends = AIOKafkaConsumer(client_id=f"{client_id}-lag", enable_auto_commit=False, **opts)
         session = self.options.session_timeout_ms
         self.consumer = AIOKafkaConsumer(
             client_id=client_id, group_id=kafka.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
@@ -189,23 +214,21 @@ class Worker:
             rebalance_timeout_ms=max(session, self.options.rebalance_timeout_ms),
             max_partition_fetch_bytes=4 << 20, **opts)
         await self.producer.start()
-        await reader.start()
-        self.store = CheckpointStore(self.config, self.references, t.state, self.producer, reader,
-                                     dict(self.inputs))
+        await self.reader.start()
+        await self.ends.start()
         self.consumer.subscribe([tp for _, tp in self.inputs], listener=_Listener(self))
         await self.consumer.start()
-        log.info("group %s: consuming %s and %s (%d partitions), checkpoints in %s; %s engine", kafka.group_id,
+        log.info("group %s: consuming %s and %s (%d partitions), state changelog in %s; %s engine", kafka.group_id,
                  t.predictions, t.ground_truth, t.partitions, t.state,
                  "native" if native.enabled() else "pure-Python (monitor._native not built, or MLMON_NATIVE=0)")
 
     async def _shutdown(self) -> None:
-        if self.consumer is not None and self.fatal is None and self.store is not None:
-            try:
-                async with self.lock:
-                    await self._checkpoint(list(self.partitions.values()))
-            except (KafkaError, OSError) as exc:
-                log.error("final checkpoint failed (the next owner replays from the previous one): %s", exc)
-        for client in (self.consumer, self.store.reader if self.store else None, self.producer):
+        if self.consumer is not None and self.fatal is None and self.topics is not None:
+            async with self.lock:
+                await self._checkpoint(list(self.partitions.values()), force=True)
+        for state in [*self.partitions.values(), *self.parked.values()]:
+            await state.writer.close()
+        for client in (self.consumer, self.reader, self.ends, self.producer):
             if client is not None:
                 try:
                     await client.stop()  # the consumer leaves the group here
@@ -216,14 +239,23 @@ class Worker:
             self.gc.close()
         elapsed = time.monotonic() - self.stats.started
         log.info("stopped: %d events in %d batches (%.0f/s over the run), %d dead letters, %d checkpoints "
-                 "(%.1f MB, %.2f s)", self.stats.events, self.stats.batches, self.stats.events / max(elapsed, 1e-9),
-                 self.stats.dead_letters, self.stats.checkpoints, self.stats.checkpoint_bytes / 1e6,
-                 self.stats.checkpoint_seconds)
+                 "(%d records, %.1f MB, %.2f s), %d failed state writes", self.stats.events, self.stats.batches,
+                 self.stats.events / max(elapsed, 1e-9), self.stats.dead_letters, self.stats.checkpoints,
+                 self.stats.checkpoint_records, self.stats.checkpoint_bytes / 1e6, self.stats.checkpoint_seconds,
+                 self.stats.state_write_failures)
 
     # --- the loop ------------------------------------------------------------------------------------------
     async def _consume(self) -> None:
         assert self.consumer is not None
         self._next_checkpoint = time.monotonic() + self.options.checkpoint_interval
+        lag = asyncio.create_task(self._poll_end_offsets())
+        try:
+            await self._loop()
+        finally:
+            lag.cancel()
+
+    async def _loop(self) -> None:
+        assert self.consumer is not None
         while not self.stopping.is_set():
             if self.fatal is not None:
                 return
@@ -236,14 +268,8 @@ class Worker:
                     self.gc.after_batch()
             if time.monotonic() >= self._next_checkpoint:
                 started = time.monotonic()
-                try:
-                    async with self.lock:
-                        await self._checkpoint(list(self.partitions.values()))
-                except (KafkaError, OSError) as exc:
-                    # E.g. no partition leader for longer than the request timeout during a broker outage:
-                    # the failed partitions stay dirty and the last checkpoint stands, so retrying at the
-                    # next interval loses nothing, while exiting would stop consuming for no gain.
-                    log.warning("checkpoint failed (%s); retrying at the next interval", type(exc).__name__)
+                async with self.lock:
+                    await self._checkpoint(list(self.partitions.values()))
                 cost = time.monotonic() - started
                 self._next_checkpoint = time.monotonic() + max(self.options.checkpoint_interval,
                                                                cost / self.options.checkpoint_budget)
@@ -313,54 +339,69 @@ class Worker:
                 log.error("a dead letter was not delivered: %s", result)
 
     # --- checkpoints ---------------------------------------------------------------------------------------
-    async def _checkpoint(self, states: list[PartitionState]) -> None:
-        """Write a checkpoint of every dirty partition in `states`; the caller holds `self.lock`."""
-        dirty = [s for s in states if s.dirty]
-        if not dirty:
+    async def _checkpoint(self, states: list[PartitionState], force: bool = False) -> None:
+        """Write the changes of every dirty partition in `states` (the caller holds `self.lock`). A failed
+        write is counted, shows in /healthz and is retried after a backoff; consumption goes on, and
+        the last state written still stands (with its offsets), so nothing is lost or counted twice."""
+        now = time.monotonic()
+        due = [s for s in states if s.dirty and (force or now >= s.retry_at)]
+        if not due:
             return
-        assert self.store is not None and self.consumer is not None and self.topics is not None
+        assert self.topics is not None
         started = time.monotonic()
         # Dead letters of the events a checkpoint covers reach the broker before the checkpoint does.
         await self._flush_dead_letters()
-        sends = []
-        for s in dirty:
-            fut, size = await self.store.write(s.partition, s.engine, dict(s.offsets))
-            sends.append((s, dict(s.offsets), fut, size))
-            s.dirty = False
-        commit = {}
-        for s, offsets, fut, size in sends:
-            try:
-                meta = await fut
-            except KafkaError:
-                s.dirty = True  # try again next time; the previous checkpoint still stands
-                raise
-            s.state_offset = meta.offset
-            self.stats.checkpoints += 1
-            self.stats.checkpoint_bytes += size
-            for role, topic in self.inputs:
-                if role in offsets:
-                    commit[TopicPartition(topic, s.partition)] = offsets[role]
+        for s in due:
+            await self._write_state(s)
         self.stats.checkpoint_seconds += time.monotonic() - started
-        # Only for lag tooling (kafka-consumer-groups and the like): restores read the checkpoint instead.
-        owned = self.consumer.assignment()
-        commit = {tp: off for tp, off in commit.items() if tp in owned}
-        if commit:
-            try:
-                await self.consumer.commit(commit)
-            except (CommitFailedError, KafkaError) as exc:
-                log.debug("offset commit skipped: %s", exc)
+
+    async def _write_state(self, s: PartitionState) -> None:
+        assert self.topics is not None
+        extra = {"partition": s.partition, "offsets": dict(s.offsets), "topics": dict(self.inputs),
+                 "written_at": time.time()}
+        changes = s.tracker.changes(s.engine, extra)
+        offsets = {TopicPartition(topic, s.partition): s.offsets[key] for key, topic in self.inputs}
+        try:
+            meta_offset = await asyncio.wait_for(s.writer.write(changes, offsets), self.options.state_write_timeout)
+        except (KafkaError, OSError, TimeoutError, ChangelogError) as exc:
+            s.failures += 1
+            s.last_error = f"{type(exc).__name__}: {exc}"[:300]
+            s.retry_at = time.monotonic() + min(30.0, self.options.state_retry_base * 2 ** (s.failures - 1))
+            self.stats.state_write_failures += 1
+            log.warning("partition %d: state write failed (%s); retrying in %.0f s, consuming on", s.partition,
+                        s.last_error, s.retry_at - time.monotonic())
+            return
+        s.tracker.committed(s.engine, changes)
+        s.dirty = False
+        s.failures, s.last_error = 0, None
+        s.state_end = meta_offset + 2  # the meta record, then the transaction's commit marker
+        self.stats.checkpoints += 1
+        self.stats.checkpoint_records += len(changes.records) + 1
+        self.stats.checkpoint_bytes += len(changes.meta) + sum(len(k) + len(v or b"") for k, v in changes.records)
+
+    async def _poll_end_offsets(self) -> None:
+        """The inputs' end offsets from the broker every few seconds, so the lag gauge grows while the
+        worker does not consume (the fetch positions alone would hide a stall)."""
+        while True:
+            owned = [TopicPartition(topic, p) for p in list(self.partitions) for _, topic in self.inputs]
+            if owned and self.ends is not None:
+                try:
+                    self.end_offsets = await self.ends.end_offsets(owned)
+                except (KafkaError, OSError) as exc:
+                    log.debug("end offsets not read: %s", exc)
+            await asyncio.sleep(5.0)
 
     # --- rebalances ----------------------------------------------------------------------------------------
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self.lock:
             states = [self.partitions[p] for p in sorted({tp.partition for tp in revoked}) if p in self.partitions]
-            try:
-                await self._checkpoint(states)
-            except (KafkaError, OSError) as exc:
-                # Still exact: the next owner restores the previous checkpoint and replays more.
-                log.error("checkpoint on revocation failed: %s", exc)
-                for s in states:
-                    s.state_offset = None  # never reuse this in-memory state: it is ahead of any checkpoint
+            await self._checkpoint(states, force=True)
+            for s in states:
+                if s.dirty:
+                    # Still exact: the next owner restores the last state written and replays more. This
+                    # in-memory state is ahead of the changelog: never reuse it.
+                    log.error("partition %d: state not written on revocation (%s)", s.partition, s.last_error)
+                    s.state_end = None
             for s in states:
                 self.parked[s.partition] = self.partitions.pop(s.partition)
             self.joined = False
@@ -377,48 +418,72 @@ class Worker:
             self.joined = True
 
     async def _assign(self, assigned: set[TopicPartition]) -> None:
-        assert self.store is not None and self.consumer is not None and self.topics is not None
+        assert self.reader is not None and self.consumer is not None and self.topics is not None
         parts = sorted({tp.partition for tp in assigned})
         for p in parts:
             have = {tp.topic for tp in assigned if tp.partition == p}
             if have != {tp for _, tp in self.inputs}:
                 raise WorkerError(f"partition {p} was assigned for {sorted(have)} only: the topics' partition "
                                   "counts must be equal (and the group must use the range assignor)")
-        ends = await self.store.end_offsets(parts) if parts else {}
+        state_tps = [TopicPartition(self.topics.state, p) for p in parts]
+        ends = {tp.partition: off for tp, off in (await self.reader.end_offsets(state_tps)).items()} if parts else {}
         states: dict[int, PartitionState] = {}
         for p in parts:
             parked = self.parked.pop(p, None)
-            if parked is not None and not parked.dirty and _unchanged_since(parked, ends[p]):
+            if parked is not None and not parked.dirty and parked.state_end == ends[p]:
                 states[p] = parked
-                log.info("partition %d: kept in memory (no checkpoint written since ours)", p)
+                log.info("partition %d: kept in memory (nothing written to its state since ours)", p)
+            elif parked is not None:
+                await parked.writer.close()
         started = time.monotonic()
-        loaded = await self.store.read_latest({p: ends[p] for p in parts if p not in states})
-        fresh = [p for p, cp in loaded.items() if cp is None]
+        todo = [p for p in parts if p not in states]
+        writers = {p: StateWriter(self.topics.state, p, self.config.kafka.group_id, self._client_options)
+                   for p in todo}
+        # Fence first: starting a partition's transactional producer aborts whatever a previous owner left
+        # open, so the changelog read next is final.
+        await asyncio.gather(*(w.start() for w in writers.values()))
+        read = await read_partitions(self.reader, self.topics.state, todo)
+        fresh = []
+        for p in todo:
+            try:
+                restored = rebuild(self.config, self.references, read[p].records)
+            except ChangelogError as exc:
+                raise WorkerError(f"the state topic {self.topics.state!r}, partition {p}: {exc}. It holds state "
+                                  "this worker cannot restore: use another kafka.group_id (a fresh start) or "
+                                  "delete the state topic") from None
+            if restored is None:
+                fresh.append(p)
+                continue
+            if restored.extra.get("partition") != p or restored.extra.get("topics") != dict(self.inputs):
+                raise WorkerError(f"the state topic {self.topics.state!r} holds state of topics "
+                                  f"{restored.extra.get('topics')} in partition {p}, not of {dict(self.inputs)}: "
+                                  "use another kafka.group_id for other topics")
+            offsets = {k: int(v) for k, v in restored.extra["offsets"].items()}
+            states[p] = PartitionState(p, restored.engine, offsets, restored.tracker, writers[p],
+                                       state_end=read[p].end)
+            self.stats.restored_bytes += restored.bytes
+            self.stats.restored_records += restored.records
+            log.info("partition %d: state restored from %d changelog records (%.1f MB), resuming at %s", p,
+                     restored.records, restored.bytes / 1e6, offsets)
         # One offsets request for all fresh partitions: this callback must end well within the session
         # timeout, or the coordinator drops the member before its first heartbeat.
         tps = [TopicPartition(topic, p) for p in fresh for _, topic in self.inputs]
         starts = await self.consumer.beginning_offsets(tps) if tps else {}
-        for p, cp in loaded.items():
-            if cp is not None:
-                states[p] = PartitionState(p, cp.engine, cp.offsets, state_offset=cp.state_offset)
-                self.stats.restored_bytes += cp.size
-            else:
-                states[p] = PartitionState(p, Engine(self.config, self.references), {
-                    key: starts[TopicPartition(topic, p)] for key, topic in self.inputs})
-                log.info("partition %d: no checkpoint, starting at %s", p, states[p].offsets)
+        for p in fresh:
+            engine = Engine(self.config, self.references)
+            track(engine)
+            states[p] = PartitionState(p, engine, {key: starts[TopicPartition(topic, p)] for key, topic in self.inputs},
+                                       ChangeTracker(), writers[p], state_end=read[p].end)
+            log.info("partition %d: no state yet, starting at %s", p, states[p].offsets)
         self.stats.restore_seconds += time.monotonic() - started
         for p, state in sorted(states.items()):
             for key, topic in self.inputs:
                 self.consumer.seek(TopicPartition(topic, p), state.offsets[key])
             self.partitions[p] = state
         # Whatever was parked and not given back now belongs to another worker.
+        for state in self.parked.values():
+            await state.writer.close()
         self.parked.clear()
-
-
-def _unchanged_since(parked: PartitionState, end: int) -> bool:
-    if parked.state_offset is None:
-        return end == 0 and parked.events == 0
-    return end == parked.state_offset + 1
 
 
 def _match(rejected: list[Rejection], items: list[tuple[str, bytes]],
@@ -445,7 +510,9 @@ class _Listener(ConsumerRebalanceListener):
 
 
 class _LagCollector(Collector):
-    """mlmon_consumer_lag{topic,partition}: the broker's high watermark minus the next offset to apply."""
+    """mlmon_consumer_lag{topic,partition}: the input's end offset minus the next offset to apply. The
+    end offset is the newer of the last fetch's high watermark and the broker's answer to the worker's
+    own end-offset requests (every 5 s), so the gauge keeps growing when consumption stalls."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -456,10 +523,28 @@ class _LagCollector(Collector):
         if w.consumer is not None and w.topics is not None:
             for p, state in sorted(w.partitions.items()):
                 for role, topic in w.inputs:
-                    high = w.consumer.highwater(TopicPartition(topic, p))
+                    tp = TopicPartition(topic, p)
+                    known = [x for x in (w.consumer.highwater(tp), w.end_offsets.get(tp)) if x is not None]
+                    high = max(known) if known else None
                     if high is not None:
                         fam.add_metric([topic, str(p)], max(0, high - state.offsets.get(role, 0)))
         yield fam
+
+
+class _StateCollector(Collector):
+    """The state changelog's health: failed writes (each one also logged), records and bytes written."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    def collect(self) -> Iterator[Metric]:
+        st = self.worker.stats
+        for metric, value in ((c.STATE_WRITE_FAILURES, st.state_write_failures),
+                              (c.STATE_RECORDS_WRITTEN, st.checkpoint_records),
+                              (c.STATE_BYTES_WRITTEN, st.checkpoint_bytes)):
+            fam = CounterMetricFamily(metric.name.removesuffix("_total"), metric.help)
+            fam.add_metric([], value)
+            yield fam
 
 
 # --- command line ------------------------------------------------------------------------------------------
@@ -494,20 +579,18 @@ async def run_worker(config: MonitorConfig, options: WorkerOptions) -> None:
               help="Seconds between checkpoints of each partition's state (longer when the state is large).")
 @click.option("--session-timeout-ms", type=int, default=10_000, show_default=True, envvar="MLMON_SESSION_TIMEOUT_MS",
               help="Consumer-group session timeout: how fast a dead worker's partitions move.")
-@click.option("--max-state-mb", type=int, default=256, show_default=True, envvar="MLMON_MAX_STATE_MB",
-              help="Largest checkpoint message (state topic max.message.bytes, producer max request size).")
 @click.option("--at", hidden=True, envvar="MLMON_WORKER_AT",
               help="Fixed evaluation time for /metrics, RFC 3339 or epoch seconds (tests and benchmarks only; "
                    "default: now).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def worker_command(config_path: str, metrics_port: int | None, checkpoint_interval: float, session_timeout_ms: int,
-                   max_state_mb: int, at: str | None, log_level: str) -> None:
+                   at: str | None, log_level: str) -> None:
     """Consume predictions and ground truth from Kafka and serve the metrics on /metrics.
 
     Scale out by starting more workers with the same config: they share the partitions of one consumer
-    group. State is checkpointed to the compacted topic `<group_id>-state`, so a worker killed at any point
-    resumes elsewhere without losing or double-counting an event.
+    group. State changes go to the compacted topic `<group_id>-state` in transactions with the input
+    offsets, so a worker killed at any point resumes elsewhere without losing or double-counting an event.
     """
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLogger().level))
@@ -518,9 +601,9 @@ def worker_command(config_path: str, metrics_port: int | None, checkpoint_interv
     options = WorkerOptions(
         metrics_port=config.metrics.port if metrics_port is None else metrics_port,
         metrics_bind=config.metrics.bind, at=_parse_at(at), checkpoint_interval=checkpoint_interval,
-        session_timeout_ms=session_timeout_ms, max_state_bytes=max_state_mb << 20,
+        session_timeout_ms=session_timeout_ms,
     )
     try:
         asyncio.run(run_worker(config, options))
-    except (WorkerError, SetupError, SnapshotError) as exc:
+    except (WorkerError, SetupError) as exc:
         raise click.ClickException(str(exc)) from None

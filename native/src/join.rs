@@ -7,7 +7,7 @@
 //! entries in it; `born` reproduces that order for `export`.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -130,6 +130,9 @@ pub struct JoinTable {
     actual: Vec<bool>,
     heap: BinaryHeap<Item>,
     births: u64,
+    /// Ids whose entry changed (or left) since `clear_changes`, when tracking: the changelog writes
+    /// only these, so a checkpoint costs what changed, not the table's size.
+    dirty: Option<HashSet<Arc<str>, RandomState>>,
 }
 
 /// Python's `max(a, b)`: `b` only when strictly greater.
@@ -160,6 +163,7 @@ impl JoinTable {
             actual: Vec::new(),
             heap: BinaryHeap::new(),
             births: 0,
+            dirty: None,
         }
     }
 
@@ -306,6 +310,7 @@ impl JoinTable {
     }
 
     fn drop_entry(&mut self, s: u32) {
+        self.touch(s);
         let slot = &self.slots[s as usize];
         self.index.remove(&*slot.id);
         if !slot.has_pred {
@@ -365,9 +370,11 @@ impl JoinTable {
         slot.truth_ts = g.ts;
         slot.truth_seq = seq;
         slot.full = g.full;
+        self.touch(s);
     }
 
     fn schedule(&mut self, s: u32, expires: f64) {
+        self.touch(s);
         let slot = &mut self.slots[s as usize];
         slot.expires = expires;
         self.heap.push(Item { expires, id: slot.id.clone() });
@@ -420,13 +427,53 @@ impl JoinTable {
         o.join_sign.push(sign);
     }
 
+    fn touch(&mut self, s: u32) {
+        if let Some(dirty) = &mut self.dirty {
+            dirty.insert(self.slots[s as usize].id.clone());
+        }
+    }
+
     // --- checkpoints ---------------------------------------------------------------------------------
+
+    /// Starts (or stops) recording which ids change; starting clears what was recorded.
+    pub fn track_changes(&mut self, on: bool) {
+        self.dirty = if on { Some(HashSet::default()) } else { None };
+    }
+
+    /// The changed entries since tracking started or `clear_changes`: the live ones as checkpoint rows
+    /// (sorted by id, so equal tables give equal changes) and the ids that left the table.
+    pub fn changes(&self) -> (Checkpoint, Vec<Arc<str>>) {
+        let Some(dirty) = &self.dirty else {
+            return (Checkpoint::default(), Vec::new());
+        };
+        let mut ids: Vec<&Arc<str>> = dirty.iter().collect();
+        ids.sort_unstable();
+        let mut live = Vec::new();
+        let mut gone = Vec::new();
+        for id in ids {
+            match self.index.get(&**id) {
+                Some(&s) => live.push(s),
+                None => gone.push(id.clone()),
+            }
+        }
+        (self.rows(live), gone)
+    }
+
+    pub fn clear_changes(&mut self) {
+        if let Some(dirty) = &mut self.dirty {
+            dirty.clear();
+        }
+    }
 
     /// The entries in insertion order (Python's dict order), label vectors zero where the side is absent.
     pub fn export(&self) -> Checkpoint {
-        let n = self.n_labels;
         let mut order: Vec<u32> = self.index.values().copied().collect();
         order.sort_unstable_by_key(|&s| self.slots[s as usize].born);
+        self.rows(order)
+    }
+
+    fn rows(&self, order: Vec<u32>) -> Checkpoint {
+        let n = self.n_labels;
         let mut c = Checkpoint::default();
         for s in order {
             let slot = &self.slots[s as usize];
@@ -508,6 +555,7 @@ impl JoinTable {
         (self.scores, self.predicted, self.known, self.actual) = (c.scores, c.predicted, c.known, c.actual);
         self.rebuild_heap();
         self.out = Output::default();
+        self.clear_changes();
         Ok(())
     }
 }

@@ -299,6 +299,29 @@ const CHECKPOINT_COLUMNS: [&str; 12] = [
     "expires",
 ];
 
+fn checkpoint_columns(
+    py: Python<'_>,
+    c: Checkpoint,
+    l: usize,
+) -> PyResult<(Bound<'_, PyList>, Bound<'_, PyDict>)> {
+    let k = c.ids.len();
+    let ids = PyList::new(py, c.ids.iter().map(|id| PyString::new(py, id)))?;
+    let d = PyDict::new(py);
+    d.set_item("has_pred", column(py, c.has_pred))?;
+    d.set_item("pred_ts", column(py, c.pred_ts))?;
+    d.set_item("pred_version", column(py, c.pred_version))?;
+    d.set_item("scores", rows_of(py, c.scores, k, l)?)?;
+    d.set_item("predicted", rows_of(py, c.predicted, k, l)?)?;
+    d.set_item("has_truth", column(py, c.has_truth))?;
+    d.set_item("truth_ts", column(py, c.truth_ts))?;
+    d.set_item("known", rows_of(py, c.known, k, l)?)?;
+    d.set_item("actual", rows_of(py, c.actual, k, l)?)?;
+    d.set_item("full", column(py, c.full))?;
+    d.set_item("seq", column(py, c.seq))?;
+    d.set_item("expires", column(py, c.expires))?;
+    Ok((ids, d))
+}
+
 #[pymethods]
 impl Join {
     #[new]
@@ -494,23 +517,29 @@ impl Join {
 
     /// The checkpoint: ids in insertion order and one row per entry in each column.
     fn export<'py>(&self, py: Python<'py>) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>)> {
-        let c = self.table.export();
-        let (k, l) = (c.ids.len(), self.table.n_labels);
-        let ids = PyList::new(py, c.ids.iter().map(|id| PyString::new(py, id)))?;
-        let d = PyDict::new(py);
-        d.set_item("has_pred", column(py, c.has_pred))?;
-        d.set_item("pred_ts", column(py, c.pred_ts))?;
-        d.set_item("pred_version", column(py, c.pred_version))?;
-        d.set_item("scores", rows_of(py, c.scores, k, l)?)?;
-        d.set_item("predicted", rows_of(py, c.predicted, k, l)?)?;
-        d.set_item("has_truth", column(py, c.has_truth))?;
-        d.set_item("truth_ts", column(py, c.truth_ts))?;
-        d.set_item("known", rows_of(py, c.known, k, l)?)?;
-        d.set_item("actual", rows_of(py, c.actual, k, l)?)?;
-        d.set_item("full", column(py, c.full))?;
-        d.set_item("seq", column(py, c.seq))?;
-        d.set_item("expires", column(py, c.expires))?;
-        Ok((ids, d))
+        checkpoint_columns(py, self.table.export(), self.table.n_labels)
+    }
+
+    /// Starts (True) or stops recording which entries change; starting clears the record.
+    fn track_changes(&mut self, on: bool) {
+        self.table.track_changes(on);
+    }
+
+    /// What changed since tracking started or `clear_changes`: the live entries as `export` columns
+    /// (ids sorted) and the ids that left the table.
+    #[allow(clippy::type_complexity)]
+    fn changes<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> PyResult<(Bound<'py, PyList>, Bound<'py, PyDict>, Bound<'py, PyList>)> {
+        let (live, gone) = self.table.changes();
+        let (ids, columns) = checkpoint_columns(py, live, self.table.n_labels)?;
+        let gone = PyList::new(py, gone.iter().map(|id| PyString::new(py, id)))?;
+        Ok((ids, columns, gone))
+    }
+
+    fn clear_changes(&mut self) {
+        self.table.clear_changes();
     }
 
     /// Replaces the table with a checkpoint taken by `export` (and the counters saved beside it).

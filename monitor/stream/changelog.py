@@ -1,0 +1,381 @@
+"""The worker's state changelog: one partition engine's state as keyed records of a compacted topic.
+
+Partition p of the state topic holds partition p's state, one record per key, the newest value winning:
+
+  b"m"                               the rest of the engine (counters, histograms, versions, the join's
+                                     scalars) and the input offsets it describes: a snapshot without
+                                     blocks or entries (monitor.engine.snapshot, `entries=False`)
+  b"b" kind version bucket model     one window block (kind f: fine, c: coarse, t: cumulative), zlib'd
+  b"e" len(model) model id           one join entry (a pending or joined prediction, or waiting ground
+                                     truth), fixed-width binary; a tombstone when it leaves the table
+
+A checkpoint writes only what changed since the previous one (join entries the table marked, blocks
+whose bytes differ from what was last written) and the meta record, in one Kafka transaction together
+with the input offsets (`send_offsets_to_transaction`), so the changelog and the consumer group's
+offsets always describe the same prefix of the input. A worker that dies mid-checkpoint leaves an
+aborted transaction that read_committed readers and the log cleaner skip. Every record is small (an
+entry is 50-150 bytes, a block a few KB): nothing comes near the broker's stock 1 MB message limit,
+whatever the number of pending predictions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+import time
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from monitor.config import MonitorConfig
+from monitor.engine import snapshot
+from monitor.engine.engine import Engine
+from monitor.engine.join import EXPORT_COLUMNS
+from monitor.engine.windows import BlockStore
+from monitor.reference import Reference
+
+log = logging.getLogger(__name__)
+
+KEY_META = b"m"
+_BLOCK = b"b"
+_ENTRY = b"e"
+_KINDS = {b"f": "fine", b"c": "coarse", b"t": "total"}
+_BLOCK_HEAD = struct.Struct(">cqq")  # kind, version, bucket (0 for the cumulative block)
+_NAME_LEN = struct.Struct(">H")
+# Record batches stay well under the broker's stock message.max.bytes (1 MB), which bounds a batch.
+MAX_BATCH_BYTES = 512 << 10
+
+Record = tuple[bytes, bytes | None]  # key, value (None: tombstone)
+
+
+class ChangelogError(Exception):
+    """The state topic holds something this worker cannot restore (another configuration, corruption)."""
+
+
+# --- record encoding (pure) -----------------------------------------------------------------------------
+def block_key(model: str, kind: bytes, version: int, bucket: int) -> bytes:
+    return _BLOCK + _BLOCK_HEAD.pack(kind, version, bucket) + model.encode()
+
+
+def entry_key(model: str, pid: str) -> bytes:
+    name = model.encode()
+    return _ENTRY + _NAME_LEN.pack(len(name)) + name + pid.encode("utf-8", "surrogatepass")
+
+
+def parse_block_key(key: bytes) -> tuple[str, str, int, int]:
+    kind, version, bucket = _BLOCK_HEAD.unpack_from(key, 1)
+    if kind not in _KINDS:
+        raise ChangelogError(f"unknown block kind {kind!r}")
+    return key[1 + _BLOCK_HEAD.size:].decode(), _KINDS[kind], version, bucket
+
+
+def parse_entry_key(key: bytes) -> tuple[str, str]:
+    (n,) = _NAME_LEN.unpack_from(key, 1)
+    start = 1 + _NAME_LEN.size
+    return key[start:start + n].decode(), key[start + n:].decode("utf-8", "surrogatepass")
+
+
+def entry_dtype(n_labels: int) -> np.dtype:
+    """One join entry: times (prediction, ground truth, expiry), version and sequence, flags (has
+    prediction, has ground truth, full), the scores, and the three label vectors bit-packed."""
+    return np.dtype([("times", "<f8", 3), ("ints", "<i8", 2), ("flags", "u1"), ("scores", "<f8", n_labels),
+                     ("bits", "u1", (3, (n_labels + 7) // 8))])
+
+
+def encode_entries(columns: dict[str, np.ndarray], n_labels: int) -> list[bytes]:
+    """Join checkpoint columns (monitor.engine.join.EXPORT_COLUMNS) -> one value per row."""
+    n = len(columns["has_pred"])
+    dtype = entry_dtype(n_labels)
+    rows = np.zeros(n, dtype=dtype)
+    rows["times"] = np.stack([columns["pred_ts"], columns["truth_ts"], columns["expires"]], axis=1)
+    rows["ints"] = np.stack([columns["pred_version"], columns["seq"]], axis=1)
+    rows["flags"] = (columns["has_pred"].astype(np.uint8) | (columns["has_truth"].astype(np.uint8) << 1)
+                     | (columns["full"].astype(np.uint8) << 2))
+    rows["scores"] = columns["scores"].reshape(n, n_labels)
+    for i, name in enumerate(("predicted", "known", "actual")):
+        rows["bits"][:, i] = np.packbits(columns[name].reshape(n, n_labels).astype(bool), axis=1)
+    raw = rows.tobytes()
+    width = dtype.itemsize
+    return [raw[i * width:(i + 1) * width] for i in range(n)]
+
+
+def decode_entries(values: list[bytes], n_labels: int) -> dict[str, np.ndarray]:
+    dtype = entry_dtype(n_labels)
+    if any(len(v) != dtype.itemsize for v in values):
+        raise ChangelogError(f"a join entry is not {dtype.itemsize} bytes long (another label count?)")
+    rows = np.frombuffer(b"".join(values), dtype=dtype)
+    n = len(rows)
+    flags = rows["flags"]
+    out: dict[str, np.ndarray] = {
+        "has_pred": (flags & 1).astype(bool), "has_truth": (flags & 2).astype(bool),
+        "full": (flags & 4).astype(bool),
+        "pred_ts": rows["times"][:, 0].copy(), "truth_ts": rows["times"][:, 1].copy(),
+        "expires": rows["times"][:, 2].copy(),
+        "pred_version": rows["ints"][:, 0].copy(), "seq": rows["ints"][:, 1].copy(),
+        "scores": rows["scores"].reshape(n, n_labels).copy(),
+    }
+    for i, name in enumerate(("predicted", "known", "actual")):
+        out[name] = np.unpackbits(rows["bits"][:, i], axis=1, count=n_labels).astype(bool).reshape(n, n_labels)
+    return {name: out[name].astype(dtype_, copy=False) for name, dtype_ in EXPORT_COLUMNS.items()}
+
+
+def encode_block(block: np.ndarray) -> bytes:
+    # Level 1: most of a block is zeros (unused bins), which even the fastest level removes.
+    return zlib.compress(np.ascontiguousarray(block, dtype=np.float64).tobytes(), 1)
+
+
+def decode_block(value: bytes, size: int) -> np.ndarray:
+    try:
+        raw = zlib.decompress(value)
+    except zlib.error as exc:
+        raise ChangelogError(f"a window block does not decompress: {exc}") from None
+    if len(raw) != size * 8:
+        raise ChangelogError("a window block has the wrong size (another statistics layout?)")
+    return np.frombuffer(raw, dtype=np.float64).copy()
+
+
+def _blocks(store: BlockStore) -> Iterable[tuple[bytes, int, int, np.ndarray]]:
+    for kind, blocks in ((b"f", store.fine), (b"c", store.coarse)):
+        for v, per_version in blocks.items():
+            for b, block in per_version.items():
+                yield kind, v, b, block
+    for v, block in store.total.items():
+        yield b"t", v, 0, block
+
+
+# --- what a checkpoint writes ---------------------------------------------------------------------------
+@dataclass
+class Changes:
+    records: list[Record]
+    meta: bytes
+    blocks: dict[bytes, bytes]  # block key -> raw bytes written (becomes the tracker's view on commit)
+    gone_blocks: list[bytes]
+    entries: int = 0  # join entries upserted or deleted
+
+
+@dataclass
+class ChangeTracker:
+    """What the changelog holds of one partition's blocks, to write only the blocks that changed. Join
+    entries are tracked by the join table itself (`track_changes`)."""
+
+    written: dict[bytes, bytes] = field(default_factory=dict)  # block key -> raw bytes in the changelog
+
+    def changes(self, engine: Engine, extra: dict[str, Any]) -> Changes:
+        engine.flush()  # queued statistics become blocks first
+        records: list[Record] = []
+        current: dict[bytes, bytes] = {}
+        entries = 0
+        for name, state in engine.models.items():
+            for kind, v, b, block in _blocks(state.store):
+                key = block_key(name, kind, v, b)
+                raw = block.tobytes()
+                current[key] = raw
+                if self.written.get(key) != raw:
+                    records.append((key, encode_block(block)))
+            ids, columns, gone = state.join.changes()
+            for pid, value in zip(ids, encode_entries(columns, state.n_labels), strict=True):
+                records.append((entry_key(name, pid), value))
+            records.extend((entry_key(name, pid), None) for pid in gone)
+            entries += len(ids) + len(gone)
+        gone_blocks = [key for key in self.written if key not in current]
+        records.extend((key, None) for key in gone_blocks)
+        meta = snapshot.dump(engine, extra=extra, entries=False)
+        return Changes(records, meta, current, gone_blocks, entries)
+
+    def committed(self, engine: Engine, changes: Changes) -> None:
+        self.written = changes.blocks
+        for state in engine.models.values():
+            state.join.clear_changes()
+
+
+def track(engine: Engine) -> None:
+    for state in engine.models.values():
+        state.join.track_changes(True)
+
+
+# --- restore --------------------------------------------------------------------------------------------
+@dataclass
+class Restored:
+    engine: Engine
+    extra: dict[str, Any]
+    tracker: ChangeTracker
+    records: int
+    bytes: int
+
+
+def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
+            records: dict[bytes, bytes]) -> Restored | None:
+    """The engine the newest value of every key describes (None: the partition has no state yet)."""
+    meta_value = records.get(KEY_META)
+    if meta_value is None:
+        if records:
+            raise ChangelogError(f"{len(records)} state records but no meta record")
+        return None
+    try:
+        meta, arrays = snapshot.open_parts(meta_value)
+    except snapshot.SnapshotError as exc:
+        raise ChangelogError(str(exc)) from None
+    prefixes = {m["name"]: (f"m{i}", m) for i, m in enumerate(meta.get("models", []))}
+    blocks: dict[str, dict[str, dict[tuple[int, int], np.ndarray]]] = {}
+    entries: dict[str, tuple[list[str], list[bytes]]] = {}
+    written: dict[bytes, bytes] = {}
+    models = {s.cfg.name: s for s in Engine(config, references).models.values()}
+    sizes = {name: s.layout.size for name, s in models.items()}
+    labels = {name: s.n_labels for name, s in models.items()}
+    for key, value in records.items():
+        if key.startswith(_BLOCK):
+            name, kind, v, b = parse_block_key(key)
+            if name not in sizes or name not in prefixes:
+                continue  # a model the config no longer has
+            block = decode_block(value, sizes[name])
+            blocks.setdefault(name, {}).setdefault(kind, {})[(v, b)] = block
+            written[key] = block.tobytes()
+        elif key.startswith(_ENTRY):
+            name, pid = parse_entry_key(key)
+            if name in labels and name in prefixes:
+                ids, values = entries.setdefault(name, ([], []))
+                ids.append(pid)
+                values.append(value)
+        elif key != KEY_META:
+            raise ChangelogError(f"unknown state record key {key[:16]!r}")
+    for name, (prefix, m) in prefixes.items():
+        if name not in sizes:
+            continue
+        size = sizes[name]
+        for kind in ("fine", "coarse"):
+            got = blocks.get(name, {}).get(kind, {})
+            keys = sorted(got)
+            arrays[f"{prefix}.{kind}.keys"] = np.array(keys, dtype=np.int64).reshape(len(keys), 2)
+            arrays[f"{prefix}.{kind}.blocks"] = (np.stack([got[k] for k in keys]) if keys else np.zeros((0, size)))
+        total = blocks.get(name, {}).get("total", {})
+        versions = sorted(v for v, _ in total)
+        arrays[f"{prefix}.total.keys"] = np.array(versions, dtype=np.int64)
+        arrays[f"{prefix}.total.blocks"] = (np.stack([total[(v, 0)] for v in versions]) if versions
+                                            else np.zeros((0, size)))
+        ids, values = entries.get(name, ([], []))
+        columns = decode_entries(values, labels[name]) if values else snapshot.empty_join_columns(labels[name])
+        for col, arr in columns.items():
+            arrays[f"{prefix}.join.{col}"] = arr
+        m["join"]["ids"] = ids
+    try:
+        engine, extra = snapshot.restore_parts(config, references, meta, arrays)
+    except snapshot.SnapshotError as exc:
+        raise ChangelogError(str(exc)) from None
+    track(engine)
+    size = sum(len(k) + len(v) for k, v in records.items())
+    return Restored(engine, extra, ChangeTracker(written), len(records), size)
+
+
+@dataclass
+class PartitionRecords:
+    records: dict[bytes, bytes]  # key -> newest value
+    end: int  # the offset read up to: the partition's last stable offset when reading began
+
+
+async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list[int],
+                          timeout: float = 600.0) -> dict[int, PartitionRecords]:
+    """The newest value of every key in each state partition, read from the beginning to the last
+    committed offset (`reader` reads committed records only). Tombstones remove their key."""
+    if not partitions:
+        return {}
+    tps = [TopicPartition(topic, p) for p in partitions]
+    ends = await reader.end_offsets(tps)  # the last stable offset under read_committed
+    starts = await reader.beginning_offsets(tps)
+    out = {tp.partition: PartitionRecords({}, ends[tp]) for tp in tps}
+    todo = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
+    if not todo:
+        return out
+    reader.assign(list(todo))
+    for tp in todo:
+        reader.seek(tp, starts[tp])
+    deadline = time.monotonic() + timeout
+    try:
+        while todo:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read the state of partitions {sorted(tp.partition for tp in todo)} "
+                                   f"within {timeout:.0f} s")
+            batch = await reader.getmany(timeout_ms=500, max_records=50_000)
+            for tp, got in batch.items():
+                state = out[tp.partition].records
+                for record in got:
+                    if record.value is None:
+                        state.pop(record.key, None)
+                    else:
+                        state[record.key] = record.value
+            for tp in list(todo):
+                # Control records (transaction markers) take offsets too: the position is what counts.
+                if await reader.position(tp) >= todo[tp]:
+                    del todo[tp]
+                    reader.pause(tp)
+    finally:
+        reader.assign([])
+    return out
+
+
+# --- writing ------------------------------------------------------------------------------------------------
+class StateWriter:
+    """The transactional producer of one state partition. Its transactional id is fixed per partition,
+    so a new owner's producer fences the previous owner's (Kafka's zombie fencing): a worker that lost a
+    partition can no longer commit state for it."""
+
+    def __init__(self, topic: str, partition: int, group_id: str, client_options: dict[str, Any]) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.group_id = group_id
+        self.options = client_options
+        self.producer: AIOKafkaProducer | None = None
+
+    async def start(self) -> None:
+        """Start the producer; its init_transactions aborts whatever the previous owner left open."""
+        self.producer = AIOKafkaProducer(
+            transactional_id=f"{self.group_id}-state-{self.partition}", enable_idempotence=True, acks="all",
+            max_batch_size=MAX_BATCH_BYTES, linger_ms=0, **self.options)
+        try:
+            await self.producer.start()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        producer, self.producer = self.producer, None
+        if producer is not None:
+            try:
+                await asyncio.wait_for(producer.stop(), 10)
+            except Exception as exc:  # closing a broken producer must not take the worker with it
+                log.debug("state writer %d: stop failed: %s", self.partition, exc)
+
+    async def write(self, changes: Changes, offsets: dict[TopicPartition, int]) -> int:
+        """Write a checkpoint's records, the meta record last, and the input offsets in one transaction;
+        returns the meta record's offset."""
+        if self.producer is None:
+            await self.start()
+        producer = self.producer
+        assert producer is not None
+        await producer.begin_transaction()
+        try:
+            batch = producer.create_batch()
+            sends = []
+            for key, value in changes.records:
+                if batch.append(key=key, value=value, timestamp=None) is None:
+                    sends.append(await producer.send_batch(batch, self.topic, partition=self.partition))
+                    batch = producer.create_batch()
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        raise ChangelogError(f"a state record of {len(value or b'')} bytes does not fit a batch")
+            if batch.record_count():
+                sends.append(await producer.send_batch(batch, self.topic, partition=self.partition))
+            meta = await producer.send(self.topic, value=changes.meta, key=KEY_META, partition=self.partition)
+            await producer.send_offsets_to_transaction(offsets, self.group_id)
+            await producer.commit_transaction()
+        except BaseException:
+            # The producer may be mid-transaction or fenced: a fresh one (whose init aborts what this one
+            # left open) is the only safe state to retry from.
+            await self.close()
+            raise
+        for fut in sends:
+            await fut
+        return int((await meta).offset)

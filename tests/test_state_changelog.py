@@ -1,0 +1,143 @@
+"""The state changelog's records (monitor/stream/changelog.py), without a broker.
+
+A compacted topic is modelled as a dict (the newest value of each key; a tombstone removes it), which is
+what a reader sees after compaction and what `read_partitions` builds before it. The oracles: an engine
+that was never checkpointed (bit for bit after the same batches) and `run_replay` of the whole stream.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from monitor.engine import native
+from monitor.engine.engine import Engine
+from monitor.replay import merge_by_time, run_replay
+from monitor.stream.changelog import (
+    KEY_META,
+    ChangeTracker,
+    decode_entries,
+    encode_entries,
+    entry_dtype,
+    entry_key,
+    parse_entry_key,
+    rebuild,
+    track,
+)
+from tests.test_oracle import make_stream, to_raw
+from tests.test_snapshot import assert_figures_equal, batches, oracle_config
+
+ENGINES = [pytest.param(False, id="python"),
+           pytest.param(True, id="native", marks=pytest.mark.skipif(not native.enabled(), reason="not built"))]
+
+
+def apply(topic: dict[bytes, bytes], records: list[tuple[bytes, bytes | None]], meta: bytes) -> None:
+    for key, value in [*records, (KEY_META, meta)]:
+        if value is None:
+            topic.pop(key, None)
+        else:
+            topic[key] = value
+
+
+@pytest.mark.parametrize("use_native", ENGINES)
+@pytest.mark.parametrize("join", [{}, {"ttl": "1h"}, {"ttl": "2h", "max_pending": 150}])
+def test_restored_from_the_changelog_continues_like_an_uninterrupted_run(join: dict, use_native: bool) -> None:
+    """Checkpoint after every batch (only the changes), restore from the records alone every third batch:
+    the figures equal an engine never checkpointed, bit for bit, with expiry, eviction and corrections."""
+    config = oracle_config(**join)
+    raw_p, raw_g = to_raw(*make_stream(seed=11, n=1500))
+    items = list(merge_by_time(raw_p, raw_g, None))
+    whole = Engine(config, use_native=use_native)
+    engine = Engine(config, use_native=use_native)
+    track(engine)
+    tracker = ChangeTracker()
+    topic: dict[bytes, bytes] = {}
+    written = 0
+    for i, batch in enumerate(batches(items, 257)):
+        whole.process(batch)
+        engine.process(batch)
+        changes = tracker.changes(engine, {"offsets": {"predictions": i}})
+        written += len(changes.records)
+        apply(topic, changes.records, changes.meta)
+        tracker.committed(engine, changes)
+        if i % 3 == 2:
+            restored = rebuild(config, None, dict(topic))
+            assert restored is not None and restored.extra == {"offsets": {"predictions": i}}
+            engine, tracker = restored.engine, restored.tracker
+            assert sorted(engine.models["m"].join.export()[0]) == sorted(whole.models["m"].join.export()[0])
+    assert_figures_equal(engine.evaluate(), whole.evaluate(), rel=0, abs_=0)
+    state = engine.models["m"]
+    # The topic holds exactly the live entries: every departure became a tombstone.
+    entries = [k for k in topic if k.startswith(b"e")]
+    assert len(entries) == len(state.join)
+    assert written > len(topic)  # records were overwritten, not only added
+    if not join:
+        _, oracle = run_replay(config, raw_p, raw_g)
+        assert_figures_equal(engine.evaluate(), oracle)
+
+
+def test_a_checkpoint_writes_what_changed_not_the_whole_table() -> None:
+    """With 3,000 predictions pending, a batch of 10 more writes about 10 entries and a few blocks."""
+    config = oracle_config()
+    raw_p, _ = to_raw(*make_stream(seed=3, n=3010))
+    engine = Engine(config)
+    track(engine)
+    tracker = ChangeTracker()
+    engine.process([("predictions", r) for r in raw_p[:3000]])
+    tracker.committed(engine, tracker.changes(engine, {}))
+    engine.process([("predictions", r) for r in raw_p[3000:]])
+    changes = tracker.changes(engine, {})
+    entries = [k for k, _ in changes.records if k.startswith(b"e")]
+    assert 1 <= len(entries) <= 10
+    assert len(changes.records) - len(entries) < 30
+    assert max(len(v or b"") for _, v in changes.records) < 64 << 10
+    assert len(changes.meta) < 64 << 10
+
+
+@pytest.mark.parametrize("n_labels", [1, 3, 8, 9, 130])
+def test_entry_encoding_round_trips_every_column(n_labels: int) -> None:
+    rng = np.random.default_rng(n_labels)
+    n = 50
+    cols = {
+        "has_pred": rng.random(n) < 0.7, "pred_ts": rng.random(n) * 1e9, "pred_version": rng.integers(0, 9, n),
+        "scores": rng.random((n, n_labels)), "predicted": rng.random((n, n_labels)) < 0.5,
+        "has_truth": rng.random(n) < 0.5, "truth_ts": rng.random(n) * 1e9, "known": rng.random((n, n_labels)) < 0.5,
+        "actual": rng.random((n, n_labels)) < 0.5, "full": rng.random(n) < 0.5,
+        "seq": rng.integers(0, 1 << 40, n), "expires": rng.random(n) * 1e9,
+    }
+    values = encode_entries(cols, n_labels)
+    assert all(len(v) == entry_dtype(n_labels).itemsize for v in values)
+    back = decode_entries(values, n_labels)
+    for name, col in cols.items():
+        assert np.array_equal(back[name], col), name
+    # Ids of any content, model names with any bytes: the key is length-prefixed, not separated.
+    for model, pid in [("m", "a\x00b"), ("x\x00y", "é🙂"), ("m", "\ud800")]:
+        assert parse_entry_key(entry_key(model, pid)) == (model, pid)
+
+
+def test_a_state_topic_of_another_format_is_refused_with_the_reason() -> None:
+    from monitor.stream.changelog import ChangelogError
+
+    config = oracle_config()
+    with pytest.raises(ChangelogError, match="no meta record"):
+        rebuild(config, None, {b"0": b"an old whole-state checkpoint"})
+    assert rebuild(config, None, {}) is None
+
+
+@pytest.mark.skipif(not native.enabled(), reason="native core not built")
+def test_both_joins_report_the_same_changes() -> None:
+    config = oracle_config(ttl="1h", max_pending=300)
+    raw_p, raw_g = to_raw(*make_stream(seed=5, n=1200))
+    items = list(merge_by_time(raw_p, raw_g, None))
+    engines = [Engine(config, use_native=False), Engine(config, use_native=True)]
+    for e in engines:
+        track(e)
+    for batch in batches(items, 100):
+        got = []
+        for e in engines:
+            e.process(batch)
+            e.flush()
+            ids, cols, gone = e.models["m"].join.changes()
+            got.append((ids, {k: v.tolist() for k, v in cols.items()}, gone))
+            e.models["m"].join.clear_changes()
+        assert got[0] == got[1]
