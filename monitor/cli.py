@@ -12,7 +12,7 @@ import click
 
 # verb -> "module:attribute" of a click command.
 _COMMANDS: dict[str, str] = {
-    "replay": "monitor.replay:replay_command",
+    "replay": "monitor.replay_cli:replay_command",
     "init": "monitor.init:init_command",
     "reference": "monitor.reference:reference_command",
     "check-config": "monitor.config_cli:check_config_command",
