@@ -13,8 +13,8 @@ import click
 # verb -> "module:attribute" of a click command.
 _COMMANDS: dict[str, str] = {
     "replay": "monitor.replay_cli:replay_command",
-    "init": "monitor.init:init_command",
-    "reference": "monitor.reference:reference_command",
+    "init": "monitor.init_cli:init_command",
+    "reference": "monitor.reference_cli:reference_command",
     "check-config": "monitor.config_cli:check_config_command",
     "worker": "monitor.stream.worker:worker_command",
     "broker": "monitor.stream.broker:broker_command",

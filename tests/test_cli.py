@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import EXAMPLE_CONFIG, ROOT, imported_by_cli
@@ -74,10 +75,10 @@ def test_cli_start_up_stays_light() -> None:
 HEAVY = ("numpy", "scipy", "pydantic", "yaml", "jmespath", "prometheus_client", "rich", "aiokafka", "kafka")
 
 
-def test_help_imports_no_heavy_library() -> None:
+@pytest.mark.parametrize("verb", ["", "replay", "init", "reference", "check-config", "report", "backtest"])
+def test_help_imports_no_heavy_library(verb: str) -> None:
     # Guards start-up without timing it: `--help` must not import what only a run needs.
-    assert imported_by_cli(["--help"], HEAVY) == []
-    assert imported_by_cli(["replay", "--help"], HEAVY) == []
+    assert imported_by_cli([verb, "--help"] if verb else ["--help"], HEAVY) == []
 
 
 def test_replay_imports_what_its_output_format_needs(tmp_path: Path) -> None:
