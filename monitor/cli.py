@@ -10,6 +10,8 @@ import importlib
 
 import click
 
+from monitor.gc_pause import collector_paused
+
 # verb -> "module:attribute" of a click command.
 _COMMANDS: dict[str, str] = {
     "replay": "monitor.replay_cli:replay_command",
@@ -52,7 +54,8 @@ class _LazyGroup(click.Group):
             return None
         module_name, attr = target.split(":")
         try:
-            module = importlib.import_module(module_name)
+            with collector_paused():  # see monitor.gc_pause
+                module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if not (exc.name or "").startswith("monitor"):
                 raise

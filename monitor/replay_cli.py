@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from monitor.gc_pause import collector_paused
 from monitor.inputs import input_options, load_inputs, read_lines
 
 if TYPE_CHECKING:
@@ -39,6 +40,14 @@ def replay_command(config_path: str | None, predictions: str | None, ground_trut
     With no files, replays the bundled example stream (a moderation model with delayed ground truth).
     Files may be gzip or zstd compressed; '-' reads standard input.
     """
+    # A short batch process: what it builds is long-lived (modules, config models, engine) or freed by
+    # reference counting, so the cyclic collector would only re-scan it (monitor.gc_pause).
+    with collector_paused():
+        _replay(config_path, predictions, ground_truth, at, topic_files, fmt)
+
+
+def _replay(config_path: str | None, predictions: str | None, ground_truth: str | None,
+            at: str | None, topic_files: tuple[str, ...], fmt: str | None) -> None:
     from monitor.config import ConfigError
     from monitor.rejections import tell
     from monitor.replay import replay
@@ -67,7 +76,6 @@ def replay_command(config_path: str | None, predictions: str | None, ground_trut
         from monitor.exporter import prometheus_text
 
         sys.stdout.buffer.write(prometheus_text(result.figures))
-
 
 def _topic_files(config: MonitorConfig, specs: tuple[str, ...]) -> dict[str, list[bytes]]:
     """--input TOPIC=FILE options: every topic must be one the config reads; every problem named at once."""
