@@ -40,20 +40,15 @@ def replay_command(config_path: str | None, predictions: str | None, ground_trut
     With no files, replays the bundled example stream (a moderation model with delayed ground truth).
     Files may be gzip or zstd compressed; '-' reads standard input.
     """
-    # A short batch process: what it builds is long-lived (modules, config models, engine) or freed by
-    # reference counting, so the cyclic collector would only re-scan it (monitor.gc_pause).
+    # What is built before the replay lives until the process ends: modules, config models, input lines. The
+    # cyclic collector would only re-scan it (monitor.gc_pause); the replay pauses it on its own.
     with collector_paused():
-        _replay(config_path, predictions, ground_truth, at, topic_files, fmt)
+        from monitor.config import ConfigError
+        from monitor.rejections import tell
+        from monitor.replay import replay
 
-
-def _replay(config_path: str | None, predictions: str | None, ground_truth: str | None,
-            at: str | None, topic_files: tuple[str, ...], fmt: str | None) -> None:
-    from monitor.config import ConfigError
-    from monitor.rejections import tell
-    from monitor.replay import replay
-
-    inputs = load_inputs(config_path, predictions, ground_truth, at, other_files=bool(topic_files))
-    mapped = _topic_files(inputs.config, topic_files)
+        inputs = load_inputs(config_path, predictions, ground_truth, at, other_files=bool(topic_files))
+        mapped = _topic_files(inputs.config, topic_files)
     try:
         result = replay(inputs.config, inputs.predictions, inputs.ground_truth, inputs.at, inputs=mapped)
     except ConfigError as exc:
@@ -62,7 +57,8 @@ def _replay(config_path: str | None, predictions: str | None, ground_truth: str 
     if fmt is None:
         fmt = "table" if sys.stdout.isatty() else "prometheus"
     if fmt == "table":
-        from monitor.summary import print_summary
+        with collector_paused():
+            from monitor.summary import print_summary
 
         print_summary(inputs.config, result, inputs.at)
     elif fmt == "json":
@@ -73,7 +69,8 @@ def _replay(config_path: str | None, predictions: str | None, ground_truth: str 
         stamp = datetime.fromtimestamp(inputs.at, UTC).isoformat() if inputs.at is not None else None
         sys.stdout.buffer.write(orjson.dumps({"at": stamp, "metrics": figures_json(result.figures)}) + b"\n")
     else:
-        from monitor.exporter import prometheus_text
+        with collector_paused():
+            from monitor.exporter import prometheus_text
 
         sys.stdout.buffer.write(prometheus_text(result.figures))
 
