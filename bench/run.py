@@ -15,8 +15,9 @@
 3. Cross-checks that both computed the same thing: joined events, and per model the per-label F1 and
    micro F1 from the monitor's cumulative `mlmon_label_outcomes_total` counters against river's values;
    and that the native and pure-Python replays printed the same bytes.
-4. Times the start-up: `monitor --help`, `monitor replay --help` and a replay of empty files with the same
-   config. Replay's steady rate is events / (replay's time - the empty replay's time).
+4. Times the start-up: `monitor --help`, `monitor replay --help` and a replay of the stream's first
+   prediction and first ground truth with the same config (replay refuses empty files). Replay's steady
+   rate is events / (replay's time - the 1-line replay's time).
 5. Counts the share of events the native decoder's fast path takes (bench/fast_share.py, untimed).
 6. Prints a table: events (predictions + ground truths), seconds, events/s, CPU seconds, peak RSS, and
    the ratio replay/river (events/s of replay over events/s of river; above 1 means replay is faster).
@@ -242,14 +243,16 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mlmon-bench-out-") as scratch:
         replay_out, river_out = Path(scratch) / "replay.prom", Path(scratch) / "river.json"
         python_out = Path(scratch) / "python.prom"
-        empty = Path(scratch) / "empty.jsonl"
-        empty.write_bytes(b"")
-        empty_cmd = [*monitor, "replay", "--config", str(config.resolve()), "--predictions", str(empty),
-                     "--ground-truth", str(empty)]
+        one_pred, one_truth = Path(scratch) / "one_prediction.jsonl", Path(scratch) / "one_ground_truth.jsonl"
+        for source, one in ((preds, one_pred), (truths, one_truth)):
+            with open(source, "rb") as fh:
+                one.write_bytes(fh.readline())
+        one_cmd = [*monitor, "replay", "--config", str(config.resolve()), "--predictions", str(one_pred),
+                   "--ground-truth", str(one_truth)]
         startup_cmds = {
             "monitor --help": [*monitor, "--help"],
             "monitor replay --help": [*monitor, "replay", "--help"],
-            "monitor replay, empty files": empty_cmd,
+            "monitor replay, 1-line files": one_cmd,
             "python -c pass (floor)": [sys.executable, "-c", "pass"],
         }
         startup_runs: dict[str, list[Run]] = {name: [] for name in startup_cmds}
@@ -277,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     py = best(python_runs) if python_runs else None
     replay_eps, river_eps = events / rp.seconds, events / rv.seconds
     ratio = replay_eps / river_eps
-    empty_s = startup["monitor replay, empty files"].seconds
+    empty_s = startup["monitor replay, 1-line files"].seconds
     steady_eps = events / (rp.seconds - empty_s) if rp.seconds > empty_s else math.inf
     rows = [["peer", "events", "seconds", "events/s", "CPU s", "peak RSS"]]
     peers = [("monitor replay", rp), ("river join-and-count", rv)]
@@ -294,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nratio replay/river: {ratio:.2f}x by wall time (target {args.target:g}x); "
           f"{cpu_ratio:.2f}x by CPU time (steadier on a busy machine)")
     print(f"replay's steady rate: {steady_eps:,.0f} events/s ({events:,} events in {rp.seconds:.2f} s "
-          f"minus {empty_s:.2f} s for replaying empty files)")
+          f"minus {empty_s:.2f} s for replaying 1-line files)")
     if share is not None:
         print("native fast path took " + ", ".join(
             f"{v['fast']:,} of {v['events']:,} {topic} ({100 * v['fast'] / max(v['events'], 1):.1f}%)"

@@ -10,11 +10,13 @@ import importlib
 
 import click
 
+from monitor.gc_pause import collector_paused
+
 # verb -> "module:attribute" of a click command.
 _COMMANDS: dict[str, str] = {
-    "replay": "monitor.replay:replay_command",
-    "init": "monitor.init:init_command",
-    "reference": "monitor.reference:reference_command",
+    "replay": "monitor.replay_cli:replay_command",
+    "init": "monitor.init_cli:init_command",
+    "reference": "monitor.reference_cli:reference_command",
     "check-config": "monitor.config_cli:check_config_command",
     "worker": "monitor.stream.worker:worker_command",
     "broker": "monitor.stream.broker:broker_command",
@@ -52,7 +54,8 @@ class _LazyGroup(click.Group):
             return None
         module_name, attr = target.split(":")
         try:
-            module = importlib.import_module(module_name)
+            with collector_paused():  # see monitor.gc_pause
+                module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if not (exc.name or "").startswith("monitor"):
                 raise

@@ -32,6 +32,8 @@ from prometheus_client.registry import Collector
 from monitor import __version__
 from monitor import conventions as c
 from monitor.engine.figures import Figures, HistogramSample, Sample
+from monitor.figures_json import figures_json as figures_json  # re-exported: its callers import it from here
+from monitor.figures_json import le_label
 
 # The figures of each partition a worker holds, by partition number.
 PartitionFigures = Mapping[int, Figures]
@@ -89,7 +91,7 @@ def render(figures: Figures, partitions: PartitionFigures | None = None) -> list
         hfam = HistogramMetricFamily(metric.name, metric.help, labels=_label_names(metric, partitioned))
         for partition, h in hist[metric]:
             cumulative, running = [], 0.0
-            for le, n in zip([*[_le(b) for b in h.buckets], "+Inf"], h.counts, strict=True):
+            for le, n in zip([*[le_label(b) for b in h.buckets], "+Inf"], h.counts, strict=True):
                 running += n
                 cumulative.append((le, running))
             hfam.add_metric(_label_values(h.labels, partition), cumulative, h.sum)
@@ -108,10 +110,6 @@ def _label_values(values: tuple[str, ...], partition: str | None) -> list[str]:
     return [*values, partition] if partition is not None else list(values)
 
 
-def _le(bound: float) -> str:
-    return repr(float(bound))
-
-
 def prometheus_text(figures: Figures, partitions: PartitionFigures | None = None) -> bytes:
     """Text format 0.0.4. Serve this, never OpenMetrics: in OpenMetrics the counter
     `mlmon_label_outcomes_total` and the window gauge `mlmon_label_outcomes` (names fixed by DESIGN
@@ -119,18 +117,3 @@ def prometheus_text(figures: Figures, partitions: PartitionFigures | None = None
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FiguresCollector(lambda: figures, (lambda: partitions) if partitions is not None else None))
     return generate_latest(registry)
-
-
-def figures_json(figures: Figures) -> list[dict[str, object]]:
-    out: list[dict[str, object]] = []
-    for s in figures.samples:
-        out.append({"name": s.metric.name, "labels": dict(zip(s.metric.labels, s.labels, strict=True)),
-                    "value": s.value})
-    for h in figures.histograms:
-        running, buckets = 0.0, {}
-        for le, n in zip([*[_le(b) for b in h.buckets], "+Inf"], h.counts, strict=True):
-            running += n
-            buckets[le] = running
-        out.append({"name": h.metric.name, "labels": dict(zip(h.metric.labels, h.labels, strict=True)),
-                    "buckets": buckets, "sum": h.sum, "count": running})
-    return out

@@ -318,13 +318,8 @@ def load_reference(config: MonitorConfig, cfg: ModelConfig) -> Reference | None:
         raise ConfigError([f"{where}: {str(path)!r} is not usable: {exc}"]) from None
 
 
-@click.command("reference")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False, exists=True))
-@click.option("--model", required=True, help="Model name from the config.")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False))
-@click.argument("sample", type=click.Path(dir_okay=False, exists=True, allow_dash=True))
-def reference_command(config_path: str, model: str, output: str, sample: str) -> None:
-    """Freeze drift bins from SAMPLE (JSON lines of prediction events; .gz, .zst or '-' too) into OUTPUT."""
+def write_reference(config_path: str, model: str, output: str, sample: str) -> None:
+    """`monitor reference` (the command line is monitor/reference_cli.py)."""
     try:
         config = load_config(config_path)
     except ConfigError as exc:

@@ -1,5 +1,8 @@
 """`monitor replay`: JSON-lines files in, the metrics out. The embedded default of the product.
 
+This module is the replay itself (engine, ordering, rejections); the command line is monitor/replay_cli.py,
+which imports it only when a replay runs.
+
 The two files are merged by event time (predictions first on ties) and fed to the same engine the Kafka
 worker runs. With `--at T` only events up to T are applied and windows end at T; without it T is the
 newest event time.
@@ -12,27 +15,23 @@ on stderr (monitor.rejections) whatever the format.
 from __future__ import annotations
 
 import gc
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
-import click
 import numpy as np
 import orjson
 
-from monitor.config import ConfigError, MonitorConfig
+from monitor.config import MonitorConfig
 from monitor.engine.columns import DecodedTopic
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine, topic_steps
 from monitor.engine.figures import Figures
 from monitor.events import InvalidEvent, parse_timestamp
-from monitor.inputs import EXAMPLE, InputLines, input_options, load_inputs, read_lines
+from monitor.inputs import EXAMPLE, InputLines, read_lines
 from monitor.rejections import InputReport, summarize, tell
 
 __all__ = ["EXAMPLE", "read_lines", "replay", "run_replay"]
 
 BATCH = 8192
-FORMATS = ("table", "prometheus", "json")
 
 
 @dataclass(frozen=True)
@@ -142,66 +141,3 @@ def _event_time(raw: bytes) -> float:
         return parse_timestamp(obj.get("timestamp")) if isinstance(obj, dict) else float("-inf")
     except (orjson.JSONDecodeError, InvalidEvent):
         return float("-inf")
-
-
-@click.command("replay")
-@input_options
-@click.option("--input", "topic_files", multiple=True, metavar="TOPIC=FILE",
-              help="JSON lines of a topic named in the config's models[].input (repeatable); "
-                   "--predictions and --ground-truth are the default topics. See docs/attach.md.")
-@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None,
-              help="table: a summary to read; prometheus: the exposition text; json: every sample. "
-                   "Default: table on a terminal, prometheus otherwise (pipes, files, scripts).")
-def replay_command(config_path: str | None, predictions: str | None, ground_truth: str | None,
-                   at: str | None, topic_files: tuple[str, ...], fmt: str | None) -> None:
-    """Replay prediction and ground-truth files through the engine and print the metrics.
-
-    With no files, replays the bundled example stream (a moderation model with delayed ground truth).
-    Files may be gzip or zstd compressed; '-' reads standard input.
-    """
-    inputs = load_inputs(config_path, predictions, ground_truth, at, other_files=bool(topic_files))
-    mapped = _topic_files(inputs.config, topic_files)
-    try:
-        result = replay(inputs.config, inputs.predictions, inputs.ground_truth, inputs.at, inputs=mapped)
-    except ConfigError as exc:
-        raise click.ClickException("; ".join(exc.problems)) from None
-    tell(result.rejections)
-    if fmt is None:
-        fmt = "table" if sys.stdout.isatty() else "prometheus"
-    if fmt == "table":
-        from monitor.summary import print_summary
-
-        print_summary(inputs.config, result, inputs.at)
-    elif fmt == "json":
-        from monitor.exporter import figures_json
-
-        stamp = datetime.fromtimestamp(inputs.at, UTC).isoformat() if inputs.at is not None else None
-        sys.stdout.buffer.write(orjson.dumps({"at": stamp, "metrics": figures_json(result.figures)}) + b"\n")
-    else:
-        from monitor.exporter import prometheus_text
-
-        sys.stdout.buffer.write(prometheus_text(result.figures))
-
-
-def _topic_files(config: MonitorConfig, specs: tuple[str, ...]) -> dict[str, list[bytes]]:
-    """--input TOPIC=FILE options: every topic must be one the config reads; every problem named at once."""
-    from pathlib import Path
-
-    known = {topic for _, topic in config.sources()}
-    out: dict[str, list[bytes]] = {}
-    problems = []
-    for spec in specs:
-        topic, sep, path = spec.partition("=")
-        if not sep or not topic or not path:
-            problems.append(f"--input {spec!r}: expected TOPIC=FILE")
-        elif topic not in known:
-            problems.append(f"--input {spec!r}: the config reads no topic {topic!r} (it reads {sorted(known)})")
-        elif topic in out:
-            problems.append(f"--input {spec!r}: topic {topic!r} is given twice")
-        elif not Path(path).is_file():
-            problems.append(f"--input {spec!r}: file {path!r} does not exist")
-        else:
-            out[topic] = read_lines(Path(path))
-    if problems:
-        raise click.UsageError("\n".join(problems))
-    return out

@@ -30,10 +30,12 @@ def imported_by_cli(args: list[str], modules: tuple[str, ...]) -> list[str]:
     import subprocess
     import sys
 
+    # The command must succeed: the modules a failed run imported say nothing about a run's.
     code = ("import sys; from monitor.cli import main\n"
-            f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+            f"try:\n    main({args!r})\nexcept SystemExit as exc:\n    assert not exc.code, exc.code\n"
             f"print('HEAVY=' + ','.join(m for m in {modules!r} if m in sys.modules))")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr
     heavy = res.stdout.strip().splitlines()[-1].removeprefix("HEAVY=")
     return heavy.split(",") if heavy else []
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import EXAMPLE_CONFIG, ROOT, imported_by_cli
@@ -67,3 +68,37 @@ def test_check_config_names_the_key(tmp_path: Path) -> None:
 def test_cli_start_up_stays_light() -> None:
     assert imported_by_cli(["replay", "--help"], ("faust", "aiokafka", "kafka", "evidently", "pandas",
                                                   "grafana_foundation_sdk", "sklearn", "scipy")) == []
+
+
+# Libraries a command pays for only when it needs them: the config and engine (pydantic, yaml, jmespath,
+# numpy), the exposition (prometheus_client), the terminal table (rich), statistics (scipy), Kafka.
+HEAVY = ("numpy", "scipy", "pydantic", "yaml", "jmespath", "prometheus_client", "rich", "aiokafka", "kafka")
+
+
+@pytest.mark.parametrize("verb", ["", "replay", "init", "reference", "check-config", "report", "backtest"])
+def test_help_imports_no_heavy_library(verb: str) -> None:
+    # Guards start-up without timing it: `--help` must not import what only a run needs.
+    assert imported_by_cli([verb, "--help"] if verb else ["--help"], HEAVY) == []
+
+
+def test_replay_imports_what_its_output_format_needs(tmp_path: Path) -> None:
+    first = (EXAMPLE / "predictions.jsonl").read_text().splitlines()[0]
+    pid = json.loads(first)["prediction_id"]
+    truth = next(line for line in (EXAMPLE / "ground_truth.jsonl").read_text().splitlines()
+                 if json.loads(line)["prediction_id"] == pid)
+    (tmp_path / "p.jsonl").write_text(first + "\n")
+    (tmp_path / "g.jsonl").write_text(truth + "\n")
+    args = ["replay", "--config", str(EXAMPLE_CONFIG), "--predictions", str(tmp_path / "p.jsonl"),
+            "--ground-truth", str(tmp_path / "g.jsonl"), "--format"]
+    # Every format needs the config and the engine; only the exposition needs prometheus_client and only
+    # the table needs rich. No format needs scipy or Kafka.
+    needed = {"numpy", "pydantic", "yaml"}
+    never = {"scipy", "aiokafka", "kafka"}
+    for fmt, own, other in (("prometheus", "prometheus_client", "rich"), ("table", "rich", "prometheus_client"),
+                            ("json", None, None)):
+        imported = set(imported_by_cli([*args, fmt], HEAVY))
+        assert needed <= imported, (fmt, imported)  # the run really went through config and engine
+        assert not imported & never, (fmt, imported)
+        assert own is None or own in imported, (fmt, imported)
+        others = {other} if other else {"prometheus_client", "rich"}
+        assert not imported & others, (fmt, imported)
