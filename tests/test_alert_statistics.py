@@ -34,9 +34,9 @@ def _false_alarm(theta: float, n: int, z: float = Z) -> float:
     return 0.0 if first is None else float(binom.sf(first - 1, n, theta))
 
 
-# Threshold x budget -> the worst false-alarm probability per window over window sizes from 50 events up
-# (the table in docs/alerting.md). The bound is a normal approximation: skewed small ratios on few events
-# come out worse than the nominal 0.1%.
+# A true ratio -> the worst chance per window that the lower bound exceeds it, over window sizes from 50
+# events up: the bound alone (the tiers test it against the budget; docs/alerting.md). The bound is a normal
+# approximation: skewed small ratios on few events come out worse than the nominal 0.1%.
 WORST = {0.0144: 0.006, 0.06: 0.0035, 0.15: 0.0025, 0.575: 0.001, 0.915: 0.001}
 
 
