@@ -201,6 +201,20 @@ ESTIMATED_LABEL_RECALL = _m(
     "estimated_label_recall", "gauge", _MVLW,
     "Expected recall of predictions still waiting for ground truth (calibrated scores, CBPE).",
 )
+ESTIMATED_TRUE_POSITIVES = _m(
+    "estimated_label_true_positives", "gauge", _MVLW,
+    "Expected true positives among predictions still waiting for ground truth; score bins too thin to "
+    "calibrate count all their predicted positives (additive; the estimated-quality alert's bound).",
+)
+ESTIMATED_FALSE_NEGATIVES = _m(
+    "estimated_label_false_negatives", "gauge", _MVLW,
+    "Expected false negatives among predictions still waiting for ground truth; score bins too thin to "
+    "calibrate count none (additive; the estimated-quality alert's bound).",
+)
+PENDING_PREDICTED_POSITIVES = _m(
+    "window_pending_predicted_positives", "gauge", _MVLW,
+    "Predictions made in the window still waiting for ground truth in which the label was predicted.",
+)
 PENDING_IN_WINDOW = _m(
     "window_pending", "gauge", _MVW, "Predictions made in the window still waiting for ground truth."
 )

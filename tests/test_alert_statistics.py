@@ -23,7 +23,7 @@ from monitor.engine.metrics.drift import exported_pairs
 from monitor.reference import pair_counts, reference_from_lines
 from monitor.rules import stats
 from tests.conftest import small_config
-from tests.events import BASE, prediction
+from tests.events import BASE, ground_truth, prediction
 
 Z = 3.09  # RuleOptions.burn_z
 
@@ -34,9 +34,9 @@ def _false_alarm(theta: float, n: int, z: float = Z) -> float:
     return 0.0 if first is None else float(binom.sf(first - 1, n, theta))
 
 
-# Threshold x budget -> the worst false-alarm probability per window over window sizes from 50 events up
-# (the table in docs/alerting.md). The bound is a normal approximation: skewed small ratios on few events
-# come out worse than the nominal 0.1%.
+# A true ratio -> the worst chance per window that the lower bound exceeds it, over window sizes from 50
+# events up: the bound alone (the tiers test it against the budget; docs/alerting.md). The bound is a normal
+# approximation: skewed small ratios on few events come out worse than the nominal 0.1%.
 WORST = {0.0144: 0.006, 0.06: 0.0035, 0.15: 0.0025, 0.575: 0.001, 0.915: 0.001}
 
 
@@ -67,6 +67,52 @@ def test_upper_bound_vetoes_a_real_collapse_rarely() -> None:
             last = max((x for x in range(n + 1) if stats.wilson_cc_upper(x, n, Z) <= theta), default=None)
             p = 0.0 if last is None else float(binom.cdf(last, n, theta))
             assert p <= 0.01, (theta, n, p)
+
+
+def _burn_fires(x: int, n: int, theta: float, budget: float, expected_errors: float = 5.0) -> bool:
+    """A burn tier's decision on one window, written out here: the measured ratio above theta (threshold x
+    budget), the Wilson lower bound above the budget, and above theta itself where the window expects
+    fewer than `expected_errors` errors at the budget."""
+    if x / n <= theta:
+        return False
+    lower = stats.wilson_cc_lower(x, n, Z)
+    return lower > budget and (lower > theta or n * budget >= expected_errors)
+
+
+def _fire_chance(n: int, true_ratio: float, theta: float, budget: float, expected_errors: float = 5.0) -> float:
+    """Exact P(the tier fires on one window of n events) when the true error ratio is true_ratio (scipy)."""
+    first = next((x for x in range(int(theta * n), n + 1) if _burn_fires(x, n, theta, budget, expected_errors)),
+                 None)
+    return 0.0 if first is None else float(binom.sf(first - 1, n, true_ratio))
+
+
+@pytest.mark.parametrize(("target", "threshold"), [(0.5, 1.5), (0.5, 1.9), (0.8, 3.0), (0.8, 4.6), (0.85, 3.83),
+                                                   (0.85, 6.1), (0.99, 6.0), (0.99, 14.4), (0.999, 6.0),
+                                                   (0.999, 14.4)])
+def test_page_tiers_stay_silent_on_a_label_exactly_on_budget(target: float, threshold: float) -> None:
+    """The page tiers' thresholds at four targets (docs/alerting.md) for a label that just meets its SLO:
+    the exact chance per window, for every window size from min_events up, stays under 0.1%."""
+    budget = 1 - target
+    sizes = [*range(50, 400, 7), 1000, 5000, 20000]
+    assert max(_fire_chance(n, budget, threshold * budget, budget) for n in sizes) <= 0.001
+
+
+def test_the_bound_against_the_budget_needs_expected_errors_at_high_targets() -> None:
+    """Without the expected-errors guard, a 0.999 label on budget would fire page_slow (6x) on 300 events
+    with 3 errors (the Wilson bound's normal approximation on 0.3 expected errors): 0.36% per window."""
+    budget = 0.001
+    assert _fire_chance(300, budget, 6 * budget, budget, expected_errors=0.0) > 0.003
+    assert _fire_chance(300, budget, 6 * budget, budget) < 1e-5
+
+
+def test_a_rare_labels_recall_collapse_pages_on_sixty_labelled_events() -> None:
+    """self_harm (target 0.8, page_slow 3x: error ratio 0.6) at a true recall of 0.22 on 60 labelled events:
+    the bound against the budget pages almost surely; the bound against 0.6 itself in one window of three
+    (and only once the window holds nothing from before the onset)."""
+    n, true_ratio, budget, theta = 60, 0.78, 0.2, 0.6
+    assert _fire_chance(n, true_ratio, theta, budget) > 0.9
+    old_first = next(x for x in range(n + 1) if x / n > theta and stats.wilson_cc_lower(x, n, Z) > theta)
+    assert float(binom.sf(old_first - 1, n, true_ratio)) < 0.35
 
 
 def test_two_proportion_z_equals_statsmodels() -> None:
@@ -231,3 +277,58 @@ def test_threshold_advice_matches_sklearn_and_scipy_on_joined_events() -> None:
                figs.by_name("mlmon_threshold_advice_upper")[key])
         assert got == pytest.approx((best / THRESHOLD_BINS, lo / THRESHOLD_BINS, hi / THRESHOLD_BINS)), label
         assert got[1] <= got[0] <= got[2]
+
+
+# --- the estimated-quality bound --------------------------------------------------------------------------------
+
+def _engine_with(scores: np.ndarray, truth: np.ndarray, labelled: int, step: float = 0.5) -> tuple[Engine, float]:
+    cfg = small_config(labels=["a"], threshold=0.5)
+    engine = Engine(cfg)
+    n = len(scores)
+    engine.predictions(prediction(f"p{i}", BASE + i * step, {"a": float(scores[i])}) for i in range(n))
+    engine.ground_truth(ground_truth(f"p{i}", BASE + i * step + 1, ["a"] if truth[i] else [])
+                        for i in range(labelled))
+    return engine, BASE + n * step
+
+
+def test_thin_score_bins_never_make_the_estimate_look_worse() -> None:
+    """A fresh start: no ground truth, so no score bin is calibrated, and raw scores of a model that scores
+    its negatives around 0.25 put the point estimate of recall far under any target. The alert's counts
+    take every thin bin at its most favourable: true positives = predicted positives, no false negatives
+    (counted directly from the scores)."""
+    rng = np.random.default_rng(8)
+    scores = np.where(rng.random(2000) < 0.1, rng.beta(20, 2, 2000), rng.beta(2, 6, 2000))
+    engine, at = _engine_with(scores, np.zeros(2000, dtype=bool), labelled=0)
+    figs = engine.evaluate(at)
+    key = ("m", "v1", "a", "1d")
+    assert figs.by_name("mlmon_estimated_label_recall")[key] < 0.6
+    predicted = float(np.sum(scores >= 0.5))
+    assert figs.by_name("mlmon_estimated_label_true_positives")[key] == pytest.approx(predicted)
+    assert figs.by_name("mlmon_window_pending_predicted_positives")[key] == predicted
+    assert figs.by_name("mlmon_estimated_label_false_negatives")[key] == 0.0
+
+
+def test_the_upper_bound_covers_the_realised_recall_of_a_small_pending_set() -> None:
+    """Calibrated scores (label ~ Bernoulli(score)), 4,000 labelled predictions, then 300 pending ones (about
+    a dozen positives, a canary's rare label): in every draw the realised recall of the pending predictions
+    (scikit-learn, from the hidden labels) is under the upper Wilson bound computed from the exported
+    counts, while the point estimate alone falls under 0.8 in some draws."""
+    from sklearn.metrics import recall_score
+
+
+    below_point = 0
+    for seed in range(12):
+        rng = np.random.default_rng(100 + seed)
+        scores = np.where(rng.random(4300) < 0.05, rng.beta(8, 2, 4300), rng.beta(1, 20, 4300))
+        truth = rng.random(4300) < scores
+        engine, at = _engine_with(scores, truth, labelled=4000)
+        figs = engine.evaluate(at)
+        key = ("m", "v1", "a", "1d")
+        tp = figs.by_name("mlmon_estimated_label_true_positives")[key]
+        fn = figs.by_name("mlmon_estimated_label_false_negatives")[key]
+        upper = 1 - stats.wilson_cc_lower(fn, tp + fn, Z)
+        pending = slice(4000, 4300)
+        realised = recall_score(truth[pending], scores[pending] >= 0.5, zero_division=1.0)
+        assert realised <= upper, (seed, realised, upper)
+        below_point += tp / (tp + fn) < 0.8
+    assert below_point >= 1

@@ -123,6 +123,8 @@ def _window_figures(state: ModelState, version: str, window: str, vec: np.ndarra
     ece = calibration.ece(calib[..., 0], calib[..., 1], calib[..., 2])
     est_p, est_r = estimation.estimate_precision_recall(lay.view(vec, "pending"), calib_ref[..., 0],
                                                         calib_ref[..., 2])
+    est_tp, est_fn, pending_pos = estimation.alert_counts(lay.view(vec, "pending"), calib_ref[..., 0],
+                                                          calib_ref[..., 2])
     pred_pos = lay.view(vec, "pred_pos")
     for li, label in enumerate(labels):
         key = (model, version, label, window)
@@ -134,6 +136,9 @@ def _window_figures(state: ModelState, version: str, window: str, vec: np.ndarra
                             (c.LABEL_F1_LOWER, f_lo), (c.LABEL_F1_UPPER, f_hi), (c.LABEL_ECE, ece),
                             (c.ESTIMATED_LABEL_PRECISION, est_p), (c.ESTIMATED_LABEL_RECALL, est_r)):
             out.add(metric, key, arr[li])
+        out.add(c.ESTIMATED_TRUE_POSITIVES, key, est_tp[li])
+        out.add(c.ESTIMATED_FALSE_NEGATIVES, key, est_fn[li])
+        out.add(c.PENDING_PREDICTED_POSITIVES, key, pending_pos[li])
         out.add(c.LABEL_SUPPORT, key, tp[li] + fn[li])
         out.add(c.PREDICTED_POSITIVES, key, pred_pos[li])
         out.add(c.PREDICTED_POSITIVE_RATE, key, classification.ratio(pred_pos[li], n_pred))

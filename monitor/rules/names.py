@@ -35,6 +35,9 @@ SCORE_BIN_SUM: Final = recorded(c.SCORE_BIN, "sum")
 CALIBRATION_BIN_SUM: Final = recorded(c.CALIBRATION_BIN, "sum")
 SLO_EVENTS_SUM: Final = recorded(c.SLO_EVENTS, "sum")
 LABEL_PAIR_SUM: Final = recorded(c.LABEL_PAIR_PREDICTED, "sum")
+ESTIMATED_TRUE_POSITIVES_SUM: Final = recorded(c.ESTIMATED_TRUE_POSITIVES, "sum")
+ESTIMATED_FALSE_NEGATIVES_SUM: Final = recorded(c.ESTIMATED_FALSE_NEGATIVES, "sum")
+PENDING_PREDICTED_POSITIVES_SUM: Final = recorded(c.PENDING_PREDICTED_POSITIVES, "sum")
 ADDITIVE: Final = (
     (c.LABEL_OUTCOMES, LABEL_OUTCOMES_SUM),
     (c.WINDOW_PREDICTIONS, WINDOW_PREDICTIONS_SUM),
@@ -46,6 +49,9 @@ ADDITIVE: Final = (
     (c.CALIBRATION_BIN, CALIBRATION_BIN_SUM),
     (c.SLO_EVENTS, SLO_EVENTS_SUM),
     (c.LABEL_PAIR_PREDICTED, LABEL_PAIR_SUM),
+    (c.ESTIMATED_TRUE_POSITIVES, ESTIMATED_TRUE_POSITIVES_SUM),
+    (c.ESTIMATED_FALSE_NEGATIVES, ESTIMATED_FALSE_NEGATIVES_SUM),
+    (c.PENDING_PREDICTED_POSITIVES, PENDING_PREDICTED_POSITIVES_SUM),
 )
 
 # Reference constants: every worker exports the same values, so they are deduplicated (max), never summed.
@@ -98,6 +104,11 @@ SLO_ERROR_RATIO_UPPER_BY_VERSION: Final = f"{SLO_ERROR_RATIO_UPPER}_{BY_VERSION}
 ERROR_BUDGET_BURN_RATE_BY_VERSION: Final = f"{ERROR_BUDGET_BURN_RATE}:{BY_VERSION}"
 # Two-proportion z of a version's error ratio against the rest of its model's versions.
 VERSION_REGRESSION_Z: Final = f"{LEVEL}:slo_version_regression:z"
+
+# Upper Wilson bounds of the estimated (CBPE) recall and precision of pending predictions, from the summed
+# expected counts: the estimated-quality alert fires only when even the bound is under the target.
+ESTIMATED_RECALL_UPPER: Final = recorded(c.ESTIMATED_LABEL_RECALL, "wilson_upper")
+ESTIMATED_PRECISION_UPPER: Final = recorded(c.ESTIMATED_LABEL_PRECISION, "wilson_upper")
 
 # ECE's sampling scale (what a calibrated label's ECE is made of), for the calibration alert.
 LABEL_ECE_NOISE: Final = recorded(c.LABEL_ECE, "noise")

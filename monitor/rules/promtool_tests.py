@@ -142,15 +142,17 @@ def _burn_series(case: Case, model: ModelConfig, slo: SLOConfig, state: WindowSt
                    events)
 
 
-def tier_fires(tier: Tier, slo: SLOConfig, min_events: int, state: WindowState, z: float) -> float | None:
+def tier_fires(opts: RuleOptions, tier: Tier, slo: SLOConfig, min_events: int, state: WindowState) -> float | None:
     """The rule's condition in Python: the long-window burn when the tier fires, else None."""
     long_events, long_errors = state[tier.long_window]
     short_events, short_errors = state[tier.short_window]
+    z = opts.burn_z
     long_burn = burn(long_errors, long_events, slo.target)
     limit = a.ratio_threshold(slo, tier.threshold)
     if long_burn is None or long_burn <= tier.threshold or long_events < min_events:
         return None
-    if stats.wilson_cc_lower(long_errors, long_events, z) <= limit:
+    lower = stats.wilson_cc_lower(long_errors, long_events, z)
+    if lower <= a.budget(slo) or (lower <= limit and long_events < a.bound_events(opts, slo)):
         return None
     if short_events > 0 and stats.wilson_cc_upper(short_errors, short_events, z) <= limit:
         return None
@@ -175,6 +177,12 @@ def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: 
          {w: (few, float(round(0.6 * budget * few))) for w in cfg.windows}),
         (f"error ratio 1.2x the budget measured on {few:.0f} events (noise)",
          {w: (few, float(max(1, round(1.2 * budget * few)))) for w in cfg.windows}),
+        # A rare label's collapse: its windows hold a few dozen labelled events. Over the budget beyond
+        # noise, and the measured burn above the page thresholds at low targets.
+        ("error ratio 0.7 on 60 events (a rare label's collapse)", {w: (60.0, 42.0) for w in cfg.windows}),
+        # 3 errors in 300 events: 10x the budget of a 0.999 target, which the Wilson bound cannot tell
+        # from a label on budget (it expects 0.3 errors): silent.
+        ("3 errors in 300 events (noise at a high target)", {w: (300.0, 3.0) for w in cfg.windows}),
         (f"collapse on {model.min_events - 1} events (below min_events)",
          {w: (model.min_events - 1.0, model.min_events - 1.0) for w in cfg.windows}),
         (f"collapse on {model.min_events} events, min_events reached only summed over the workers",
@@ -191,11 +199,11 @@ def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: 
         case = Case(f"{alert} {model.name}/{slo.name}: {title}", alert, minutes, opts.job)
         _burn_series(case, model, slo, state)
         for tier in tiers:
-            value = tier_fires(tier, slo, model.min_events, state, opts.burn_z)
+            value = tier_fires(opts, tier, slo, model.min_events, state)
             if value is not None:
                 labels = {c.L_MODEL: model.name, c.L_LABEL: slo.label, c.L_SLO: slo.name,
                           c.L_SEVERITY: tier.severity, c.L_BURNRATE_TIER: tier.name}
-                case.expect(labels, alert, opts.runbook_url(alert), a.burn_fixed(model, slo, tier), value)
+                case.expect(labels, alert, opts.runbook_url(alert), a.burn_fixed(opts, model, slo, tier), value)
         yield case
 
 
@@ -230,25 +238,32 @@ def _regression_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig,
         yield case
 
 
+def estimated_upper(objective: str, tp: float, fn: float, pp: float, z: float) -> float | None:
+    """The recorded upper bound of the estimated recall (precision) in Python; None when absent."""
+    misses, events = (fn, tp + fn) if objective == "recall" else (pp - tp, pp)
+    return None if events < 1 else 1 - stats.wilson_cc_lower(misses, events, z)
+
+
 def _estimated_cases(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, w: Windows) -> Iterator[Case]:
     alert = c.ALERT_ESTIMATED_QUALITY_LOW
-    metric = c.ESTIMATED_LABEL_RECALL if slo.objective == "recall" else c.ESTIMATED_LABEL_PRECISION
-    pending = float(2 * model.drift.min_samples)
-    low = round(slo.target - 0.2, 3)
-    scenarios = [  # (title, estimate per worker, pending)
-        ("estimated under the target on every worker", (low, low - 0.05), pending, True),
-        ("estimated under the target on one worker only", (low, min(1.0, slo.target + 0.05)), pending, False),
-        (f"estimated under the target on {model.drift.min_samples - 1} pending predictions", (low, low),
-         model.drift.min_samples - 1.0, False),
+    low = slo.target - 0.2
+    scenarios = [  # (title, expected true positives, false negatives, predicted positives)
+        ("estimated far under the target on 400 expected positives", 400 * low, 400 * (1 - low), 400.0),
+        ("estimated under the target on 10 expected positives (noise)", 10 * (slo.target - 0.1),
+         10 * (1.1 - slo.target), 10.0),
+        ("estimated at the target on 400 expected positives", 400 * slo.target, 400 * (1 - slo.target), 400.0),
+        ("nothing calibrated yet (thin bins count as true positives, no misses)", 300.0, 0.0, 300.0),
     ]
-    for title, estimates, waiting, fires in scenarios:
+    for title, tp, fn, pp in scenarios:
         case = Case(f"{alert} {model.name}/{slo.name}: {title}", alert, _minutes(opts, alert), opts.job)
         key = {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_LABEL: slo.label, c.L_WINDOW: w.drift}
-        case.per_worker(metric, key, estimates)
-        case.gauge(c.PENDING_IN_WINDOW, {c.L_MODEL: model.name, c.L_VERSION: VERSION, c.L_WINDOW: w.drift}, waiting)
-        if fires:
+        for metric, value in ((c.ESTIMATED_TRUE_POSITIVES, tp), (c.ESTIMATED_FALSE_NEGATIVES, fn),
+                              (c.PENDING_PREDICTED_POSITIVES, pp)):
+            case.gauge(metric, key, value)
+        upper = estimated_upper(slo.objective, tp, fn, pp, opts.burn_z)
+        if upper is not None and upper < float(num(slo.target)):
             labels = {**key, c.L_SLO: slo.name, c.L_SEVERITY: TICKET}
-            case.expect(labels, alert, opts.runbook_url(alert), a.estimated_fixed(model, slo, w), max(estimates))
+            case.expect(labels, alert, opts.runbook_url(alert), a.estimated_fixed(opts, slo, w), upper)
         yield case
 
 

@@ -127,6 +127,19 @@ def _slo_statistics(opts: RuleOptions) -> list[Rule]:
     return rules
 
 
+def _estimated_bounds(opts: RuleOptions) -> list[Rule]:
+    """Upper Wilson bounds (z = burn_z) of the estimated recall and precision of pending predictions: one
+    minus the lower bound of the expected misses (false negatives among expected positives, false
+    positives among predicted positives). The expected counts are summed over workers; they are not whole
+    numbers, which the formula does not need. Absent under one expected positive (nothing to bound)."""
+    tp, fn, pp = n.ESTIMATED_TRUE_POSITIVES_SUM, n.ESTIMATED_FALSE_NEGATIVES_SUM, n.PENDING_PREDICTED_POSITIVES_SUM
+    positives = f"(({tp} + {fn}) >= 1)"
+    return [
+        record(n.ESTIMATED_RECALL_UPPER, f"1 - (\n{wilson_lower(fn, positives, opts.burn_z)}\n)"),
+        record(n.ESTIMATED_PRECISION_UPPER, f"1 - (\n{wilson_lower(f'({pp} - {tp})', f'({pp} >= 1)', opts.burn_z)}\n)"),
+    ]
+
+
 def _rates() -> list[Rule]:
     per_window = f"on ({labels(MVW)}) group_left () ({n.WINDOW_PREDICTIONS_SUM} > 0)"
     # The predictions count broadcast to every label of its model/version/window.
@@ -268,6 +281,7 @@ def recording_groups(cfg: MonitorConfig, opts: RuleOptions | None = None) -> lis
     for model in cfg.models:
         rules += model_rules(model)
     rules += _slo_statistics(opts)
+    rules += _estimated_bounds(opts)
     rules += dashboard_rules()
     return [{"name": "mlmon.recording", "rules": rules}]
 

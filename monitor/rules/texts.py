@@ -31,9 +31,10 @@ TEXTS: Final[Mapping[str, Text]] = {
         "{model}/{label}: {slo} is burning its error budget at {value}x ({burnrate_tier})",
         "Over the last {long_window} the {slo} SLO (target {target}) of model {model} spent its error budget "
         "{value} times faster than sustainable. Tier {burnrate_tier} fires when the error ratio over "
-        "{long_window} is above {error_ratio} ({threshold}x the budget) beyond sampling noise (its Wilson "
-        "lower bound is), on at least {min_events} labelled events, unless the last {short_window} is "
-        "back under it beyond noise.",
+        "{long_window} is above {error_ratio} ({threshold}x the budget) and above the budget {budget} "
+        "beyond sampling noise (its Wilson lower bound is; on fewer than {bound_events} events the bound "
+        "must clear {error_ratio}), on at least {min_events} labelled events, unless the last "
+        "{short_window} is back under {error_ratio} beyond noise.",
     ),
     c.ALERT_FEATURE_DRIFT: Text(
         "{model} {version}: feature {feature} drifted (PSI {value})",
@@ -110,11 +111,11 @@ TEXTS: Final[Mapping[str, Text]] = {
         "%.1f",
     ),
     c.ALERT_ESTIMATED_QUALITY_LOW: Text(
-        "{model} {version}: estimated {objective} of {label} is {value}, under the {slo} target",
+        "{model} {version}: estimated {objective} of {label} is at most {value}, under the {slo} target",
         "The {objective} of label {label} estimated from calibrated scores (CBPE) for predictions of "
-        "the last {window} still waiting for ground truth is {value} on every worker, under the {slo} "
-        "target {target}, with at least {min_samples} pending predictions: an early warning before "
-        "labels confirm it.",
+        "the last {window} still waiting for ground truth is at most {value} (its upper Wilson bound, "
+        "z {z}, summed over workers), under the {slo} target {target}: an early warning before labels "
+        "confirm it.",
     ),
     f"{_DOWN}:all": Text(
         "No mlmon worker of job {job} is up",

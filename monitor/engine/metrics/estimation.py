@@ -40,3 +40,30 @@ def estimate_precision_recall(
     np.divide(exp_tp, predicted_pos, out=precision, where=predicted_pos > 0.5)
     np.divide(exp_tp, exp_tp + exp_fn, out=recall, where=(exp_tp + exp_fn) > 1e-12)
     return precision, recall
+
+
+def alert_counts(
+    pending: np.ndarray,
+    calib_count: np.ndarray,
+    calib_positives: np.ndarray,
+    min_bin_count: int = 20,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(true positives, false negatives, predicted positives) expected among pending predictions per label,
+    with every bin too thin to calibrate taken at its most favourable: its predicted positives all true
+    positives, its predicted negatives no false negatives.
+
+    The estimate above falls back to raw scores in such bins, and raw scores of an uncalibrated model can
+    be far off (a missed positive scored 0.1 among negatives scored 0.08 counts every negative as 0.08 of
+    a miss): on a fresh start nearly every bin is thin and the estimate says nothing. The alert rule
+    bounds the quality from these counts (a Wilson bound, summed over workers), so what the scores cannot
+    vouch for never makes the quality look worse than the calibrated bins show. All three are additive.
+    """
+    pos_n = pending[..., PEND_POS_COUNT]
+    neg_n = pending[..., PEND_NEG_COUNT]
+    calibrated = calib_count >= min_bin_count
+    rate = np.divide(calib_positives, calib_count, out=np.zeros_like(calib_positives, dtype=np.float64),
+                     where=calibrated)
+    predicted_pos = pos_n.sum(axis=-1)
+    tp = np.minimum(np.where(calibrated, rate * pos_n, pos_n).sum(axis=-1), predicted_pos)
+    fn = np.where(calibrated, rate * neg_n, 0.0).sum(axis=-1)
+    return np.maximum(tp, 0.0), np.maximum(fn, 0.0), np.maximum(predicted_pos, 0.0)
