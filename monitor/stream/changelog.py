@@ -25,7 +25,7 @@ import logging
 import struct
 import time
 import zlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -149,13 +149,52 @@ def _blocks(store: BlockStore) -> Iterable[tuple[bytes, int, int, np.ndarray]]:
 
 
 # --- what a checkpoint writes ---------------------------------------------------------------------------
+ENTRY_CHUNK = 20_000  # join entries encoded at a time: a checkpoint of millions never holds all as bytes
+
+
+@dataclass
+class JoinChanges:
+    model: str
+    n_labels: int
+    ids: list[str]
+    columns: dict[str, np.ndarray]
+    gone: list[str]
+
+
 @dataclass
 class Changes:
-    records: list[Record]
+    """One checkpoint: block records (few, encoded now), join changes (encoded chunk by chunk while they
+    are sent) and the meta record."""
+
+    blocks: list[Record]
+    joins: list[JoinChanges]
     meta: bytes
-    blocks: dict[bytes, bytes]  # block key -> raw bytes written (becomes the tracker's view on commit)
-    gone_blocks: list[bytes]
-    entries: int = 0  # join entries upserted or deleted
+    written: dict[bytes, bytes]  # block key -> raw bytes (the tracker's view once committed)
+    count: int = 0  # records (meta included) and their key + value bytes, once `records()` ran through
+    size: int = 0
+
+    @property
+    def entries(self) -> int:
+        return sum(len(j.ids) + len(j.gone) for j in self.joins)
+
+    def records(self) -> Iterator[Record]:
+        """Every record but the meta record, which goes last."""
+        self.count, self.size = 1, len(KEY_META) + len(self.meta)
+        for key, value in self._records():
+            self.count += 1
+            self.size += len(key) + len(value or b"")
+            yield key, value
+
+    def _records(self) -> Iterator[Record]:
+        yield from self.blocks
+        for j in self.joins:
+            for start in range(0, len(j.ids), ENTRY_CHUNK):
+                chunk = {name: col[start:start + ENTRY_CHUNK] for name, col in j.columns.items()}
+                values = encode_entries(chunk, j.n_labels)
+                for pid, value in zip(j.ids[start:start + ENTRY_CHUNK], values, strict=True):
+                    yield entry_key(j.model, pid), value
+            for pid in j.gone:
+                yield entry_key(j.model, pid), None
 
 
 @dataclass
@@ -167,28 +206,24 @@ class ChangeTracker:
 
     def changes(self, engine: Engine, extra: dict[str, Any]) -> Changes:
         engine.flush()  # queued statistics become blocks first
-        records: list[Record] = []
+        blocks: list[Record] = []
         current: dict[bytes, bytes] = {}
-        entries = 0
+        joins = []
         for name, state in engine.models.items():
             for kind, v, b, block in _blocks(state.store):
                 key = block_key(name, kind, v, b)
                 raw = block.tobytes()
                 current[key] = raw
                 if self.written.get(key) != raw:
-                    records.append((key, encode_block(block)))
+                    blocks.append((key, encode_block(block)))
             ids, columns, gone = state.join.changes()
-            for pid, value in zip(ids, encode_entries(columns, state.n_labels), strict=True):
-                records.append((entry_key(name, pid), value))
-            records.extend((entry_key(name, pid), None) for pid in gone)
-            entries += len(ids) + len(gone)
-        gone_blocks = [key for key in self.written if key not in current]
-        records.extend((key, None) for key in gone_blocks)
+            joins.append(JoinChanges(name, state.n_labels, ids, columns, gone))
+        blocks.extend((key, None) for key in self.written if key not in current)
         meta = snapshot.dump(engine, extra=extra, entries=False)
-        return Changes(records, meta, current, gone_blocks, entries)
+        return Changes(blocks, joins, meta, current)
 
     def committed(self, engine: Engine, changes: Changes) -> None:
-        self.written = changes.blocks
+        self.written = changes.written
         for state in engine.models.values():
             state.join.clear_changes()
 
@@ -360,7 +395,7 @@ class StateWriter:
         try:
             batch = producer.create_batch()
             sends = []
-            for key, value in changes.records:
+            for key, value in changes.records():
                 if batch.append(key=key, value=value, timestamp=None) is None:
                     sends.append(await producer.send_batch(batch, self.topic, partition=self.partition))
                     batch = producer.create_batch()

@@ -376,8 +376,8 @@ class Worker:
         s.failures, s.last_error = 0, None
         s.state_end = meta_offset + 2  # the meta record, then the transaction's commit marker
         self.stats.checkpoints += 1
-        self.stats.checkpoint_records += len(changes.records) + 1
-        self.stats.checkpoint_bytes += len(changes.meta) + sum(len(k) + len(v or b"") for k, v in changes.records)
+        self.stats.checkpoint_records += changes.count
+        self.stats.checkpoint_bytes += changes.size
 
     async def _poll_end_offsets(self) -> None:
         """The inputs' end offsets from the broker every few seconds, so the lag gauge grows while the
@@ -463,8 +463,8 @@ class Worker:
                                        state_end=read[p].end)
             self.stats.restored_bytes += restored.bytes
             self.stats.restored_records += restored.records
-            log.info("partition %d: state restored from %d changelog records (%.1f MB), resuming at %s", p,
-                     restored.records, restored.bytes / 1e6, offsets)
+            log.info("partition %d: state restored from %d changelog records (%.1f MB) in %.2f s, resuming at %s",
+                     p, restored.records, restored.bytes / 1e6, time.monotonic() - started, offsets)
         # One offsets request for all fresh partitions: this callback must end well within the session
         # timeout, or the coordinator drops the member before its first heartbeat.
         tps = [TopicPartition(topic, p) for p in fresh for _, topic in self.inputs]

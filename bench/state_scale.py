@@ -1,0 +1,265 @@
+"""The worker with N pending predictions in one partition, on a stock Apache Kafka broker.
+
+    python -m bench.state_scale [--sizes 1000000,5000000,10000000] [--probe 100000] [--bootstrap HOST:PORT]
+
+For each N (a fresh consumer group and topics of one partition each):
+1. produces N predictions that never get ground truth (UUID ids, the 6-label example model), and starts
+   `monitor worker` as a sub-process: the time until all N are applied gives the fill rate;
+2. produces a probe of P predictions plus P ground truths for them and times how long the worker takes
+   to apply them with N pending; the same probe on an empty state (its own group, measured first in the
+   same run) is the peer;
+3. reads the worker's resident set (now and peak, /proc), and the changelog bytes it wrote per input event
+   (mlmon_state_bytes_written_total);
+4. kill -9s it and starts a new worker process: the time until it is healthy and has every event
+   counted again is the restore from the changelog (the worker keeps no local store: a restart on the same
+   machine restores from the changelog too).
+
+Targets (from the state design): RSS flat in N and under 1 GiB at 10M; changelog bytes per event
+independent of N and at most 2x the encoded entry; probe rate with N pending at least 0.7x the empty
+state's; restore at least 500k entries/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import yaml
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from monitor.stream.changelog import entry_dtype
+
+ROOT = Path(__file__).resolve().parent.parent
+LABELS = ["violence", "hate", "spam", "nudity", "self_harm", "harassment"]
+T0 = 1_790_000_000.0  # event times: a fixed day, so every run evaluates the same windows
+
+
+@dataclass
+class Row:
+    pending: int
+    fill_rate: float
+    probe_rate: float
+    rss_mb: float
+    peak_mb: float
+    bytes_per_event: float
+    restore_s: float
+    restore_rate: float  # changelog records (entries and blocks) per second
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def prediction(pid: str, ts: float, i: int) -> bytes:
+    scores = {label: ((i * 7919 + k * 104729) % 1000) / 1000 for k, label in enumerate(LABELS)}
+    return orjson.dumps({"prediction_id": pid, "model": "moderation", "model_version": "v7", "timestamp": ts,
+                         "scores": scores})
+
+
+def truth(pid: str, ts: float, i: int) -> bytes:
+    return orjson.dumps({"prediction_id": pid, "model": "moderation", "timestamp": ts,
+                         "labels": [LABELS[i % len(LABELS)]]})
+
+
+async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 << 10)
+    await producer.start()
+    try:
+        batch, sends = producer.create_batch(), []
+        for key, value in values:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                sends.append(await producer.send_batch(batch, topic, partition=0))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        sends.append(await producer.send_batch(batch, topic, partition=0))
+        await asyncio.gather(*sends)
+    finally:
+        await producer.stop()
+
+
+async def create_topics(bootstrap: str, names: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+class WorkerProc:
+    def __init__(self, config: Path, port: int, log: Path) -> None:
+        self.port = port
+        self.out = open(log, "ab")  # noqa: SIM115 (closed in kill)
+        env = {**os.environ, "MLMON_WORKER_AT": str(T0 + 3600)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "worker", "--config", str(config),
+                                      "--metrics-port", str(port)], cwd=ROOT, env=env, stdout=self.out,
+                                     stderr=subprocess.STDOUT)
+
+    def metrics(self) -> dict[str, float]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/metrics", timeout=30) as r:
+                text = r.read().decode()
+        except OSError:
+            return {}
+        out: dict[str, float] = {}
+        for name in ("mlmon_predictions_total", "mlmon_ground_truth_total", "mlmon_state_bytes_written_total",
+                     "mlmon_state_records_written_total"):
+            out[name] = sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
+        return out
+
+    def healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=5) as r:
+                return r.status == 200
+        except OSError:
+            return False
+
+    def wait(self, what: str, done: callable, timeout: float = 3600) -> float:  # type: ignore[valid-type]
+        started = time.perf_counter()
+        while not done():
+            if self.proc.poll() is not None:
+                raise SystemExit(f"the worker exited ({self.proc.returncode}) while waiting for {what}")
+            if time.perf_counter() - started > timeout:
+                raise SystemExit(f"timed out waiting for {what}")
+            time.sleep(0.05)
+        return time.perf_counter() - started
+
+    def memory(self) -> tuple[float, float]:
+        status = Path(f"/proc/{self.proc.pid}/status").read_text()
+        rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        peak = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+        return rss / 1024, peak / 1024
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+        self.out.close()
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.out.close()
+
+
+def write_config(tmp: Path, bootstrap: str, name: str, max_pending: int) -> Path:
+    config = yaml.safe_load((ROOT / "monitor" / "examples" / "config.yaml").read_text())
+    config["kafka"] = {"bootstrap_servers": bootstrap, "predictions_topic": f"{name}-p", "ground_truth_topic":
+                       f"{name}-g", "dead_letter_topic": f"{name}-dlq", "group_id": f"{name}-group", "partitions": 1}
+    config["join"] = {"ttl": "72h", "max_pending": max_pending}
+    for key in ("reference", "features", "slos"):
+        config["models"][0].pop(key, None)
+    config.pop("retraining", None)
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def probe_events(n: int, start: int) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
+    preds, truths = [], []
+    for i in range(start, start + n):
+        pid = str(uuid.UUID(int=i + (1 << 100)))
+        ts = T0 + 1800 + i * 1e-6
+        preds.append((pid.encode(), prediction(pid, ts, i)))
+        truths.append((pid.encode(), truth(pid, ts + 1, i)))
+    return preds, truths
+
+
+def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str) -> Row:
+    name = f"scale-{label}-{uuid.uuid4().hex[:6]}"
+    config = write_config(tmp, bootstrap, name, max_pending=max(2_000_000, 2 * (pending + probe)))
+    asyncio.run(create_topics(bootstrap, [f"{name}-p", f"{name}-g"]))
+    fill = []
+    for i in range(pending):
+        pid = str(uuid.uuid4())
+        fill.append((pid.encode(), prediction(pid, T0 + i * 1e-4, i)))
+    asyncio.run(produce(bootstrap, f"{name}-p", fill))
+    del fill
+    worker = WorkerProc(config, free_port(), tmp / f"{name}.log")
+    try:
+        worker.wait("the worker's start", worker.healthy, timeout=300)
+        fill_s = worker.wait(f"{pending:,} pending predictions",
+                             lambda: worker.metrics().get("mlmon_predictions_total") == pending)
+        preds, truths = probe_events(probe, pending)
+        asyncio.run(produce(bootstrap, f"{name}-p", preds))
+        asyncio.run(produce(bootstrap, f"{name}-g", truths))
+        probe_s = worker.wait("the probe", lambda: worker.metrics().get("mlmon_ground_truth_total") == probe)
+        # Every pending entry and every probe entry written at least once: a checkpoint covers the probe.
+        worker.wait("the checkpoint of the probe",
+                    lambda: worker.metrics().get("mlmon_state_records_written_total", 0) >= pending + probe)
+        rss, peak = worker.memory()
+        written = worker.metrics()["mlmon_state_bytes_written_total"]
+        events = pending + 2 * probe
+        worker.kill()
+        again = WorkerProc(config, free_port(), tmp / f"{name}.log")
+        try:
+            again.wait("the restore", lambda: again.healthy() and (
+                again.metrics().get("mlmon_ground_truth_total") == probe), timeout=1800)
+        finally:
+            again.stop()
+        # The restore itself (the log's own timing): start-up and the dead member's session timeout before
+        # the group hands the partition over are not the changelog's cost.
+        found = re.findall(r"state restored from (\d+) changelog records \(.*?\) in ([\d.]+) s",
+                           (tmp / f"{name}.log").read_text())
+        if not found:
+            raise SystemExit(f"the restarted worker did not restore state: see {tmp / name}.log")
+        restored, restore_s = int(found[-1][0]), float(found[-1][1])
+    finally:
+        if worker.proc.poll() is None:
+            worker.stop()
+    return Row(pending, pending / fill_s if pending else 0.0, 2 * probe / probe_s, rss, peak, written / events,
+               restore_s, restored / restore_s)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="1000000,5000000,10000000", help="pending predictions, comma-separated")
+    ap.add_argument("--probe", type=int, default=100_000, help="predictions (and as many ground truths) timed")
+    ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    broker = None
+    if not args.bootstrap:
+        from monitor.stream.broker import start_broker
+
+        broker = start_broker()  # stock settings: message.max.bytes 1 MB, socket.request.max.bytes 100 MB
+        args.bootstrap = broker.bootstrap
+    entry = entry_dtype(len(LABELS)).itemsize + 16 + 36  # value, key prefix and model name, UUID id
+    try:
+        with tempfile.TemporaryDirectory() as d:
+            tmp = Path(d)
+            empty = run_one(tmp, args.bootstrap, 0, args.probe, "empty")
+            rows = [run_one(tmp, args.bootstrap, n, args.probe, str(n)) for n in sizes]
+    finally:
+        if broker is not None:
+            broker.stop()
+    print(f"one partition, 6 labels, UUID ids, stock broker; probe: {args.probe:,} predictions + "
+          f"{args.probe:,} ground truths; encoded entry with its key: about {entry} bytes")
+    print(f"{'pending':>11} {'fill ev/s':>10} {'probe ev/s':>11} {'vs empty':>9} {'RSS MB':>8} {'peak MB':>8} "
+          f"{'state B/event':>14} {'restore s':>10} {'records/s':>10}")
+    for r in [empty, *rows]:
+        print(f"{r.pending:>11,} {r.fill_rate:>10,.0f} {r.probe_rate:>11,.0f} {r.probe_rate / empty.probe_rate:>9.2f} "
+              f"{r.rss_mb:>8.0f} {r.peak_mb:>8.0f} {r.bytes_per_event:>14.0f} {r.restore_s:>10.1f} "
+              f"{r.restore_rate:>10,.0f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""More than 2M pending predictions in one partition, on a broker with its STOCK settings (message.max.bytes
+1 MB, socket.request.max.bytes 100 MB): the worker stays healthy, writes its state as small changelog
+records, survives kill -9 and restores from the changelog, and ends exactly where `monitor replay` of the
+same events ends. (The whole-state checkpoint this replaced stopped consuming at about 700k.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from monitor import conventions as c
+from monitor.config import load_config
+from tests.conftest import EXAMPLE_CONFIG
+from tests.kafka_fixtures import create_topic, kafka_bootstrap, unique_topic  # noqa: F401
+from tests.test_worker import (
+    WorkerProcess,
+    assert_series_equal,
+    drained,
+    replay_series,
+    total,
+    wait_for,
+    workers,  # noqa: F401
+)
+
+PENDING = 2_100_000
+LATER = 20_000  # ground truth for that many of the pending predictions, and as many new predictions
+LABELS = ["violence", "hate", "spam", "nudity", "self_harm", "harassment"]
+T0 = 1_790_000_000.0
+
+
+def _prediction(i: int) -> bytes:
+    scores = {label: ((i * 7919 + k * 104729) % 1000) / 1000 for k, label in enumerate(LABELS)}
+    return orjson.dumps({"prediction_id": str(uuid.UUID(int=i)), "model": "moderation", "model_version": "v7",
+                         "timestamp": T0 + i * 0.01, "scores": scores,
+                         "features": {"text_length": i % 500, "num_links": i % 3, "lang": "en"}})
+
+
+def _truth(i: int) -> bytes:
+    return orjson.dumps({"prediction_id": str(uuid.UUID(int=i)), "model": "moderation",
+                         "timestamp": T0 + PENDING * 0.01 + i * 1e-3, "labels": [LABELS[i % 6], LABELS[i % 4]]})
+
+
+def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
+    async def run() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 << 10)
+        await producer.start()
+        try:
+            batch, sends = producer.create_batch(), []
+            for v in values:
+                key = orjson.loads(v)["prediction_id"].encode()
+                if batch.append(key=key, value=v, timestamp=None) is None:
+                    sends.append(await producer.send_batch(batch, topic, partition=0))
+                    batch = producer.create_batch()
+                    batch.append(key=key, value=v, timestamp=None)
+            sends.append(await producer.send_batch(batch, topic, partition=0))
+            await asyncio.gather(*sends)
+        finally:
+            await producer.stop()
+
+    asyncio.run(run())
+
+
+def _state_records(w: WorkerProcess) -> float:
+    status, body = w.get("/metrics")
+    if status != 200:
+        return 0.0
+    found = re.search(rf"^{c.STATE_RECORDS_WRITTEN.name} (\S+)$", body.decode(), re.MULTILINE)
+    return float(found.group(1)) if found else 0.0
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_millions_pending_on_a_stock_broker_survive_kill_9_exactly(kafka_bootstrap: str, tmp_path: Path,  # noqa: F811
+                                                                   workers) -> None:  # noqa: F811
+    data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    name = unique_topic("scale")
+    data["kafka"] = {"bootstrap_servers": kafka_bootstrap, "predictions_topic": f"{name}-p",
+                     "ground_truth_topic": f"{name}-g", "dead_letter_topic": f"{name}-dlq",
+                     "group_id": f"{name}-group", "partitions": 1}
+    data["join"] = {"ttl": "72h", "max_pending": 3_000_000}
+    data["models"][0]["reference"] = str((EXAMPLE_CONFIG.parent / data["models"][0]["reference"]).resolve())
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    for topic in (f"{name}-p", f"{name}-g"):
+        create_topic(kafka_bootstrap, topic, partitions=1)
+
+    preds = [_prediction(i) for i in range(PENDING)]
+    _produce(kafka_bootstrap, f"{name}-p", preds)
+    first = WorkerProcess(path, T0 + PENDING * 0.01 + 600, tmp_path, checkpoint_interval=2.0)
+    workers.append(first)
+    healthy = []
+
+    def filled() -> bool:
+        healthy.append(first.get("/healthz")[0] if first.try_scrape() is not None else None)
+        scrape = first.try_scrape() or {}
+        return total(scrape, c.PREDICTIONS_TOTAL.name) == PENDING and _state_records(first) >= PENDING
+
+    wait_for(f"{PENDING:,} pending predictions applied and in the changelog", filled, timeout=400, workers=workers)
+    assert healthy[-1] == 200 and 503 not in healthy[len(healthy) // 2:], healthy[-20:]
+    scrape = first.scrape()
+    assert scrape[(c.PENDING_JOINS.name, (("model", "moderation"), ("side", "prediction")))] == PENDING
+
+    # More arrives (ground truth for some of the pending, new predictions); killed in the middle of it.
+    later_truths = [_truth(i) for i in range(0, 2 * LATER, 2)]
+    later_preds = [_prediction(PENDING + i) for i in range(LATER)]
+    _produce(kafka_bootstrap, f"{name}-g", later_truths[:LATER // 2])
+    wait_for("some ground truth applied", lambda: total(first.try_scrape() or {}, c.GROUND_TRUTH_TOTAL.name) > 0,
+             workers=workers)
+    first.stop(signal.SIGKILL)
+    _produce(kafka_bootstrap, f"{name}-g", later_truths[LATER // 2:])
+    _produce(kafka_bootstrap, f"{name}-p", later_preds)
+
+    started = time.monotonic()
+    second = WorkerProcess(path, T0 + PENDING * 0.01 + 600, tmp_path, checkpoint_interval=2.0)
+    workers.append(second)
+    expected = replay_series(config, preds + later_preds, later_truths, T0 + PENDING * 0.01 + 600)
+    wait_for("the restarted worker to drain", drained([second], expected), timeout=400, workers=[second])
+    assert_series_equal(second.scrape(), expected)
+    out = second.output()
+    restored = re.findall(r"state restored from (\d+) changelog records .* in ([\d.]+) s", out)
+    assert restored and int(restored[0][0]) >= PENDING, out[-2000:]
+    assert "state write failed" not in first.output() + out
+    assert second.get("/healthz")[0] == 200
+    print(f"restored {int(restored[0][0]):,} records in {restored[0][1]} s; drained {time.monotonic() - started:.0f} s "
+          "after the restart")
