@@ -21,7 +21,15 @@ from tests.attach_shapes import KSERVE_RESPONSE, SHAPES, Record, kserve_event, m
 from tests.kafka_fixtures import kafka_bootstrap, unique_topic  # noqa: F401
 from tests.test_mapping import WINDOWS
 from tests.test_oracle import LABELS, to_raw
-from tests.test_worker import WorkerProcess, assert_series_equal, drained, replay_series, wait_for, workers  # noqa: F401
+from tests.test_worker import (  # noqa: F401
+    WorkerProcess,
+    assert_series_equal,
+    drained,
+    replay_series,
+    state_settled,
+    wait_for,
+    workers,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -151,7 +159,7 @@ def test_kill_9_on_mapped_topics_then_restart_is_exact(kafka_bootstrap: str, tmp
     produce_records(kafka_bootstrap, pred_topic, records[:cut])
     wait_for("the first half", lambda: sum(v for (n, _), v in (first.try_scrape() or {}).items()
                                            if n == c.PREDICTIONS_TOTAL.name) == cut, workers=workers)
-    time.sleep(0.8)  # a checkpoint covers it
+    wait_for("a checkpoint of the first half", state_settled(first), workers=workers)
     produce_records(kafka_bootstrap, gt_topic, shape.topics[gt_topic][: len(gts) // 3])
     wait_for("some ground truth", lambda: sum(v for (n, _), v in (first.try_scrape() or {}).items()
                                               if n == c.GROUND_TRUTH_TOTAL.name) > 0, workers=workers)
@@ -167,4 +175,4 @@ def test_kill_9_on_mapped_topics_then_restart_is_exact(kafka_bootstrap: str, tmp
     # depends on when the adaptive checkpoint interval fell), and the figures are exact either way.
     resumed = [line for line in second.output().splitlines() if "resuming at " in line]
     assert any(f"'topic:{pred_topic}': " in line and f"'topic:{pred_topic}': 0" not in line for line in resumed), \
-        second.output()[-2000:]
+        first.output()[-3000:] + second.output()[-2000:]

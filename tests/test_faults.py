@@ -219,7 +219,9 @@ def snapshot_violations(text: str) -> list[str]:
         for version, values in by_version.items():
             if values != sorted(values):
                 bad.append(f"{version}: window counts not nested: {values}")
-    totals = {lab["version"]: v for lab, v in f["mlmon_predictions_total"]}
+    totals: dict[str, float] = defaultdict(float)  # counters come per partition: their sum is the total
+    for lab, v in f["mlmon_predictions_total"]:
+        totals[lab["version"]] += v
     for (version, _), v in predicted.items():
         if v > totals.get(version, -1.0):
             bad.append(f"{version}: window_predictions {v} > predictions_total {totals.get(version)}")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -58,7 +59,9 @@ def parse(text: str) -> Series:
         for s in family.samples:
             if s.name in NOT_COMPARED or family.name in NOT_COMPARED:
                 continue
-            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            # Counters come per partition (monitor.exporter): the worker's total is their sum.
+            key = (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k != "partition")))
+            out[key] = out.get(key, 0.0) + s.value
     return out
 
 
@@ -158,6 +161,25 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float = 90.0, worker
     raise AssertionError(f"timed out waiting for {what}\n{logs}")
 
 
+def state_settled(worker: WorkerProcess, quiet: float = 1.0) -> Callable[[], bool]:
+    """True once the worker has written state and then nothing for `quiet` seconds: every partition's
+    state is in the changelog (a dirty partition is written at the next checkpoint interval)."""
+    seen = {"value": -1.0, "since": time.monotonic()}
+
+    def check() -> bool:
+        status, body = worker.get("/metrics")
+        if status != 200:
+            return False
+        found = re.search(rf"^{c.STATE_RECORDS_WRITTEN.name} (\S+)$", body.decode(), re.MULTILINE)
+        value = float(found.group(1)) if found else 0.0
+        if value != seen["value"]:
+            seen["value"], seen["since"] = value, time.monotonic()
+            return False
+        return value > 0 and time.monotonic() - seen["since"] >= quiet
+
+    return check
+
+
 def drained(workers: list[WorkerProcess], expected: Series) -> Callable[[], bool]:
     """True once the workers together have applied every event (the cumulative counters match)."""
     names = [c.PREDICTIONS_TOTAL.name, c.GROUND_TRUTH_TOTAL.name, c.INVALID_EVENTS_TOTAL.name]
@@ -237,7 +259,7 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     workers.append(first)
     wait_for("the first half", lambda: total(first.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == cut,
              workers=workers)
-    time.sleep(0.6)  # at least one checkpoint covers it
+    wait_for("a checkpoint of the first half", state_settled(first), workers=workers)
 
     # The rest arrives in small slices while the worker runs; it is killed in the middle of it.
     done = threading.Event()

@@ -136,7 +136,7 @@ class Worker:
         self._next_checkpoint = 0.0
         self.gc = GcPolicy() if os.environ.get("MLMON_WORKER_GC_FREEZE", "1") != "0" else None
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(FiguresCollector(self.figures))
+        registry.register(FiguresCollector(self.figures, self.partition_figures))
         registry.register(_LagCollector(self))
         registry.register(_StateCollector(self))
         self.web = WebServer(registry, self.health, options.metrics_bind, options.metrics_port)
@@ -146,6 +146,13 @@ class Worker:
         at = self.options.at if self.options.at is not None else time.time()
         engines = [s.engine for s in self.partitions.values()]
         return merged_figures(self.config, self.references, engines, at)
+
+    def partition_figures(self) -> dict[int, Figures]:
+        """Each held partition's own figures: its counters and histograms are exported with a `partition`
+        label, so they move with the partition instead of shrinking (a false reset for rate()) when a
+        partition moves to another worker."""
+        at = self.options.at if self.options.at is not None else time.time()
+        return {p: s.engine.evaluate(at) for p, s in self.partitions.items()}
 
     def health(self) -> tuple[bool, str]:
         if self.fatal is not None:
@@ -351,8 +358,8 @@ class Worker:
         started = time.monotonic()
         # Dead letters of the events a checkpoint covers reach the broker before the checkpoint does.
         await self._flush_dead_letters()
-        for s in due:
-            await self._write_state(s)
+        # Each partition has its own transactional producer: their round trips overlap.
+        await asyncio.gather(*(self._write_state(s) for s in due))
         self.stats.checkpoint_seconds += time.monotonic() - started
 
     async def _write_state(self, s: PartitionState) -> None:
