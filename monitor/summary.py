@@ -1,9 +1,8 @@
 """`monitor replay` on a terminal: one evaluation as a summary a person reads in ten seconds.
 
 Per model: each SLO's state and which alert tiers the generated rules would fire on this snapshot
-(tiers from monitor.rules.tiers, the rule generator's own definitions, with the alert rules' condition:
-burn over the long window above the threshold on at least min_events events, unless the short window
-shows recovery); per-label quality with Wilson intervals for the default window; drift and label-collapse
+(decided by monitor.rules.tier_state, the burn alert rule's condition in Python, as the report decides
+it); per-label quality with Wilson intervals for the default window; drift and label-collapse
 flags over the drift alerts' window; what was rejected, by reason. Every number is read from the same
 `Figures` the Prometheus text carries; `summarize()` builds a plain view, `render()` draws it with rich.
 """
@@ -28,22 +27,10 @@ from monitor.engine.figures import Figures
 from monitor.engine.metrics import classification, drift
 from monitor.rejections import InputReport
 from monitor.rules.options import RuleOptions
-from monitor.rules.tiers import TIER_NAMES, tiers_for
+from monitor.rules.tier_state import TierState, slo_counts, tier_states
+from monitor.rules.tiers import TIER_NAMES
 
 Labels = tuple[str, ...]
-
-
-@dataclass(frozen=True)
-class TierView:
-    name: str
-    severity: str
-    long_window: str
-    short_window: str
-    threshold: float
-    long_burn: float | None
-    short_burn: float | None
-    events: float
-    fires: bool
 
 
 @dataclass(frozen=True)
@@ -52,10 +39,10 @@ class SLOView:
     target: float
     period: str
     remaining: float | None
-    tiers: list[TierView]
+    tiers: list[TierState]
 
     @property
-    def firing(self) -> list[TierView]:
+    def firing(self) -> list[TierState]:
         return [t for t in self.tiers if t.fires]
 
 
@@ -135,22 +122,13 @@ def default_window(config: MonitorConfig, idx: _Index) -> str:
     return next((w for w in names if volume(w) >= longest), names[-1]) if longest > 0 else names[-1]
 
 
-def _tiers(config: MonitorConfig, m: ModelConfig, idx: _Index) -> list[SLOView]:
+def _tiers(config: MonitorConfig, m: ModelConfig, figures: Figures, idx: _Index, opts: RuleOptions) -> list[SLOView]:
+    counts = slo_counts(figures, m)
     out = []
     for s in m.slos:
-        key = (m.name, s.label, s.name)
-        tiers = []
-        for t in tiers_for(s, config.windows):
-            lw, sw = format_duration(t.long_window), format_duration(t.short_window)
-            long_b = idx.get(c.ERROR_BUDGET_BURN_RATE, (*key, lw))
-            short_b = idx.get(c.ERROR_BUDGET_BURN_RATE, (*key, sw))
-            events = idx.get(c.SLO_EVENTS, (*key, lw)) or 0.0
-            # The alert rule's expression (monitor.rules.alerts.burn_rules) on this one snapshot; no `for:`.
-            fires = (long_b is not None and long_b > t.threshold and events >= m.min_events
-                     and not (short_b is not None and short_b <= t.threshold))
-            tiers.append(TierView(t.name, t.severity, lw, sw, t.threshold, long_b, short_b, events, fires))
-        out.append(SLOView(s.name, s.target, format_duration(s.period), idx.get(c.ERROR_BUDGET_REMAINING, key),
-                           tiers))
+        tiers = tier_states(opts, config.windows, m, s, {w: n for (name, w), n in counts.items() if name == s.name})
+        out.append(SLOView(s.name, s.target, format_duration(s.period),
+                           idx.get(c.ERROR_BUDGET_REMAINING, (m.name, s.label, s.name)), tiers))
     return out
 
 
@@ -225,7 +203,7 @@ def summarize(config: MonitorConfig, figures: Figures, at: float, rejections: li
             predictions=sum(v for k, v in idx.by[c.PREDICTIONS_TOTAL.name].items() if k[0] == m.name),
             ground_truth=idx.get(c.GROUND_TRUTH_TOTAL, (m.name,)) or 0.0,
             joined=sum(v for k, v in idx.by[c.JOINED_TOTAL.name].items() if k[0] == m.name),
-            window=window, drift_window=windows.drift, slos=_tiers(config, m, idx),
+            window=window, drift_window=windows.drift, slos=_tiers(config, m, figures, idx, opts),
             labels=_labels(m, idx, window, windows.drift, opts), drift=drifts,
             drift_checked=checked and m.reference is not None, missing_features=missing,
             accuracy=idx.max_over_versions(c.ACCURACY, m.name, (window,)) if _one_version(idx, m) else None))
@@ -247,16 +225,18 @@ def _burn(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}x"
 
 
-def _tier_cell(t: TierView, min_events: int) -> Text:
+def _tier_cell(t: TierState, min_events: int) -> Text:
     if t.long_burn is None:
         return Text(f"no data over {t.long_window}", style="dim")
     if t.fires:
         return Text(f"{t.long_burn:.2f}x > {t.threshold:.3g} {t.severity.upper()}",
                     style="bold red" if t.severity == "page" else "bold yellow")
-    if t.long_burn <= t.threshold:
+    if t.reason == "below_threshold":
         return Text(f"{t.long_burn:.2f}x ≤ {t.threshold:.3g}", style="green" if t.long_burn <= 1 else "")
-    if t.events < min_events:
-        return Text(f"{t.long_burn:.2f}x, {t.events:,.0f} events < {min_events}", style="dim")
+    if t.reason == "few_events":
+        return Text(f"{t.long_burn:.2f}x, {t.long_events:,.0f} events < {min_events}", style="dim")
+    if t.reason == "noise":
+        return Text(f"{t.long_burn:.2f}x, within sampling noise on {t.long_events:,.0f} events", style="dim")
     return Text(f"{t.long_burn:.2f}x, recovered over {t.short_window}")
 
 

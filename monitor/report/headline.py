@@ -3,7 +3,7 @@
 "Now" comes from the report's snapshot (the same figures as every table below it); "since when" from the
 timeline, evaluated with the same conditions at each step: the start of the run of steps, ending at the
 evaluation time, over which the condition held. The conditions are the generated alert rules' (tiers from
-monitor/rules/tiers.py, collapse and drift from monitor/rules/alerts.py) without their `for:` delays.
+monitor/rules/tier_state.py, collapse and drift from monitor/rules/alerts.py) without their `for:` delays.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from monitor.config import MonitorConfig, format_duration
-from monitor.report.model import ModelView, ReportView, SLOView, collapsed, tier_condition
+from monitor.report.model import ModelView, ReportView, SLOView, collapsed
 from monitor.report.timeline import ModelTimeline, Timeline, run_since, timeline_window
-from monitor.rules.tiers import tiers_for
 
 KIND_COLLAPSE = "label collapse"
 KIND_FEATURE = "feature drift"
@@ -72,22 +71,17 @@ def build_headline(config: MonitorConfig, view: ReportView, timeline: Timeline |
     window = format_duration(timeline_window(config))
     slos: list[SLOStatus] = []
     findings: list[Finding] = []
-    for cfg, m in zip(config.models, view.models, strict=True):
+    for m in view.models:
         mt = timeline.models.get(m.name) if timeline else None
         times = timeline.times if timeline else []
-        for s_cfg, s in zip(cfg.slos, m.slos, strict=True):
-            specs = {t.name: t for t in tiers_for(s_cfg, config.windows)}
+        for s in m.slos:
             firing = []
             for t in s.tiers:
                 if not t.fires:
                     continue
                 since = None
                 if mt is not None and s.name in mt.slos:
-                    series = mt.slos[s.name]
-                    lw, sw = format_duration(specs[t.name].long_window), format_duration(specs[t.name].short_window)
-                    flags = [tier_condition(t.threshold, series.burn[lw][k], series.burn[sw][k], series.events[lw][k],
-                                            m.min_events)[0] for k in range(len(times))]
-                    since = run_since(flags, times)
+                    since = run_since(mt.slos[s.name].tier_fires(t, s.target, m.min_events), times)
                 firing.append(FiringTier(t.name, t.severity, t.long_window, t.long_burn, t.threshold, since))
             breached = s.remaining is not None and s.remaining < 0
             slos.append(SLOStatus(m.name, s, breached, firing))

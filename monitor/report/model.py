@@ -8,7 +8,6 @@ reference values are left out for the same reason the metrics export bin indexes
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -17,7 +16,8 @@ from monitor.config import ModelConfig, MonitorConfig, format_duration
 from monitor.engine.engine import Engine
 from monitor.engine.figures import Figures, HistogramSample
 from monitor.rules.options import RuleOptions
-from monitor.rules.tiers import max_burn_rate, tiers_for
+from monitor.rules.tier_state import TierState, slo_counts, tier_states
+from monitor.rules.tiers import max_burn_rate
 
 Labels = tuple[str, ...]
 
@@ -120,20 +120,6 @@ class VersionView:
 
 
 @dataclass(frozen=True)
-class TierState:
-    name: str
-    severity: str
-    long_window: str
-    short_window: str
-    threshold: float
-    long_burn: float | None
-    short_burn: float | None
-    long_events: float
-    fires: bool
-    why: str  # one line a person can check against the numbers
-
-
-@dataclass(frozen=True)
 class SLOView:
     name: str
     label: str
@@ -221,7 +207,7 @@ def build_report(config: MonitorConfig, engine: Engine, figures: Figures, at: fl
     idx = _Index(figures)
     windows = [format_duration(w) for w in sorted(config.windows)]
     chosen = window or default_window(config, figures)
-    models = [_model_view(config, m, engine, idx, windows) for m in config.models]
+    models = [_model_view(config, m, engine, figures, idx, windows) for m in config.models]
     with_data = [w for w in windows
                  if any(v.windows[w].has_data for m in models for v in m.versions)]
     shown = [w for w in windows if w in with_data or w == chosen]
@@ -230,7 +216,7 @@ def build_report(config: MonitorConfig, engine: Engine, figures: Figures, at: fl
                       invalid={(k[0], k[1]): v for k, v in sorted(invalid.items())})
 
 
-def _model_view(config: MonitorConfig, m: ModelConfig, engine: Engine, idx: _Index,
+def _model_view(config: MonitorConfig, m: ModelConfig, engine: Engine, figures: Figures, idx: _Index,
                 windows: list[str]) -> ModelView:
     versions = sorted({k[1] for k in idx.items(c.PREDICTIONS_TOTAL) if k[0] == m.name})
     versions += sorted({k[1] for k in idx.items(c.WINDOW_JOINED) if k[0] == m.name} - set(versions))
@@ -254,7 +240,7 @@ def _model_view(config: MonitorConfig, m: ModelConfig, engine: Engine, idx: _Ind
         moderate=m.drift.moderate, significant=m.drift.significant, min_samples=m.drift.min_samples,
         missing_alert=m.drift.missing_ratio_alert,
         versions=[_version_view(m, v, idx, windows, titles) for v in versions],
-        slos=_slo_views(config, m, idx, windows),
+        slos=_slo_views(config, m, figures, idx, windows),
         ground_truth_total=idx.num(c.GROUND_TRUTH_TOTAL, (m.name,)),
         delay=idx.histogram(c.GROUND_TRUTH_DELAY_SECONDS, (m.name,)),
         counters=counters,
@@ -362,18 +348,16 @@ def _label_row(m: ModelConfig, version: str, window: str, label: str, idx: _Inde
     )
 
 
-def _slo_views(config: MonitorConfig, m: ModelConfig, idx: _Index, windows: list[str]) -> list[SLOView]:
+def _slo_views(config: MonitorConfig, m: ModelConfig, figures: Figures, idx: _Index,
+               windows: list[str]) -> list[SLOView]:
+    counts = slo_counts(figures, m)
     out = []
     for s in m.slos:
         key = (m.name, s.label, s.name)
         burn = {w: idx.get(c.ERROR_BUDGET_BURN_RATE, (*key, w)) for w in windows}
         events = {w: idx.num(c.SLO_EVENTS, (*key, w)) for w in windows}
-        tiers = []
-        for t in tiers_for(s, config.windows):
-            lw, sw = format_duration(t.long_window), format_duration(t.short_window)
-            long_b, short_b, n = burn.get(lw), burn.get(sw), events.get(lw, 0.0)
-            fires, why = tier_condition(t.threshold, long_b, short_b, n, m.min_events, lw, sw)
-            tiers.append(TierState(t.name, t.severity, lw, sw, t.threshold, long_b, short_b, n, fires, why))
+        tiers = tier_states(RuleOptions(), config.windows, m, s,
+                            {w: n for (name, w), n in counts.items() if name == s.name})
         period = format_duration(s.period)
         outcomes = {o: sum(v for k, v in idx.items(c.LABEL_OUTCOMES).items()
                            if k[0] == m.name and k[2] == s.label and k[3] == o and k[4] == period)
@@ -389,25 +373,6 @@ def _slo_views(config: MonitorConfig, m: ModelConfig, idx: _Index, windows: list
     return out
 
 
-def tier_condition(threshold: float, long_burn: float | None, short_burn: float | None, long_events: float,
-                   min_events: int, long_window: str = "long", short_window: str = "short") -> tuple[bool, str]:
-    """The generated burn alert's condition (monitor/rules/alerts.py) on one evaluation, and why.
-
-    The long window burns above the threshold on at least min_events events, unless the short window has
-    recovered (a short window with no events does not veto). No `for:` duration applies to a snapshot."""
-    above = long_burn is not None and long_burn > threshold
-    enough = long_events >= min_events
-    vetoed = short_burn is not None and short_burn <= threshold
-    if not above:
-        return False, f"{long_window} burn {_x(long_burn)} ≤ {_x(threshold)}"
-    if not enough:
-        return False, f"{long_window} holds {long_events:,.0f} events < min_events {min_events}"
-    if vetoed:
-        return False, f"{short_window} burn {_x(short_burn)} ≤ {_x(threshold)} (recovered)"
-    return True, f"{long_window} burn {_x(long_burn)} > {_x(threshold)}" + (
-        f", {short_window} {_x(short_burn)}" if short_burn is not None else f", {short_window} empty (no veto)")
-
-
 def collapsed(rate: float | None, reference: float | None, predictions: float) -> str | None:
     """The label-collapse alert's condition (monitor/rules/alerts.py) on one evaluation: 'nothing' when the
     label is predicted for (almost) nothing, 'everything' for the mirror, None otherwise."""
@@ -420,7 +385,3 @@ def collapsed(rate: float | None, reference: float | None, predictions: float) -
     if rate >= 1 - f * (1 - reference) and predictions * (1 - reference) >= k:
         return "everything"
     return None
-
-
-def _x(v: float | None) -> str:
-    return "n/a" if v is None or math.isnan(v) else f"{v:.2f}×"

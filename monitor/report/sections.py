@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from monitor.report import svg
 from monitor.report.headline import KIND_COLLAPSE, Finding, Headline, SLOStatus
 from monitor.report.html import DASH, UNDEFINED, _legend, _psi_bands, _slug, burn, count, pct, ratio, when
-from monitor.report.model import ModelView, ReportView, tier_condition
+from monitor.report.model import ModelView, ReportView
 from monitor.report.svg import HLine, Line, Marker, Strip, esc
 from monitor.report.timeline import Timeline
 from monitor.report.versions import Comparison, VersionCell, compare
@@ -240,10 +240,7 @@ def _label_row(m: ModelView, tl: Timeline, label: str, colour: dict[str, str],
             if all(ln.name != t.long_window for ln in lines):
                 lines.append(Line(t.long_window, c, series.burn[t.long_window]))
             hlines.append(HLine(t.threshold, c, f"{t.threshold:.3g}×"))
-            strips.append(Strip(t.name, [tier_condition(t.threshold, series.burn[t.long_window][k],
-                                                        series.burn[t.short_window][k],
-                                                        series.events[t.long_window][k], m.min_events)[0]
-                                         for k in range(len(times))], c))
+            strips.append(Strip(t.name, series.tier_fires(t, s.target, m.min_events), c))
         top = max([s.max_burn, *(v for ln in lines for v in ln.values if v is not None)]) * 1.05
         burn_charts.append(svg.time_series(
             times, lines, title=f"{s.name}: burn rate ({', '.join(ln.name for ln in lines)})",

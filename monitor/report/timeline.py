@@ -29,6 +29,7 @@ from monitor.engine.windows import S_PREDICTIONS
 from monitor.rejections import InputReport
 from monitor.replay import BATCH, rejection_reports, steps_by_time
 from monitor.rules.options import RuleOptions
+from monitor.rules.tier_state import TierState, WindowCounts, verdict
 from monitor.rules.tiers import nearest_window, tiers_for
 
 MAX_POINTS = 100  # 10-minute steps over the example's 12 hours: onsets to 10 minutes, half the cost of 5
@@ -69,10 +70,22 @@ class VersionSeries:
 
 @dataclass
 class SLOSeries:
-    """Burn rate and event count of one SLO (all versions together) per window, at each step."""
+    """Burn rate, event and error counts of one SLO (all versions together) per window, at each step."""
 
     burn: dict[str, Series] = field(default_factory=dict)
     events: dict[str, list[float]] = field(default_factory=dict)
+    errors: dict[str, list[float]] = field(default_factory=dict)
+
+    def tier_fires(self, tier: TierState, target: float, min_events: int,
+                   opts: RuleOptions | None = None) -> list[bool]:
+        """At each step, whether the tier's alert would fire (monitor.rules.tier_state, as the snapshot)."""
+        opts = opts or RuleOptions()
+
+        def at(window: str, k: int) -> WindowCounts:
+            return WindowCounts(self.events[window][k], self.errors[window][k])
+
+        return [verdict(opts, target, tier.threshold, min_events, at(tier.long_window, k),
+                        at(tier.short_window, k)).fires for k in range(len(self.events[tier.long_window]))]
 
 
 @dataclass
@@ -292,6 +305,7 @@ def _slo_point(state: ModelState, totals: dict[int, np.ndarray], mt: ModelTimeli
             err, events = slo.error_ratio(s.objective, tp, fp, fn)
             series.burn.setdefault(name, [None] * n_before).append(_value(slo.burn_rate(err, s.target)))
             series.events.setdefault(name, [0.0] * n_before).append(float(events))
+            series.errors.setdefault(name, [0.0] * n_before).append(float(fn if s.objective == "recall" else fp))
 
 
 def run_since(flags: Sequence[bool], times: Sequence[float]) -> float | None:

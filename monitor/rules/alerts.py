@@ -45,23 +45,23 @@ def burn_fixed(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, tier: Tier
         "slo": slo.name, "target": num(slo.target), "burnrate_tier": tier.name,
         "long_window": format_duration(tier.long_window), "short_window": format_duration(tier.short_window),
         "threshold": num(tier.threshold), "min_events": str(model.min_events),
-        "error_ratio": num(ratio_threshold(slo, tier.threshold)), "budget": num(budget(slo)),
-        "bound_events": num(bound_events(opts, slo)),
+        "error_ratio": num(ratio_threshold(slo.target, tier.threshold)), "budget": num(budget(slo.target)),
+        "bound_events": num(bound_events(opts, slo.target)),
     }
 
 
-def ratio_threshold(slo: SLOConfig, burn_threshold: float) -> float:
+def ratio_threshold(target: float, burn_threshold: float) -> float:
     """The error ratio a burn threshold stands for: threshold x budget (as the rules write it)."""
-    return float(num(burn_threshold * (1 - float(num(slo.target)))))
+    return float(num(burn_threshold * (1 - float(num(target)))))
 
 
-def budget(slo: SLOConfig) -> float:
-    return float(num(1 - float(num(slo.target))))
+def budget(target: float) -> float:
+    return float(num(1 - float(num(target))))
 
 
-def bound_events(opts: RuleOptions, slo: SLOConfig) -> float:
+def bound_events(opts: RuleOptions, target: float) -> float:
     """Events from which a window expects burn_min_expected_errors errors at the budget."""
-    return float(num(math.ceil(opts.burn_min_expected_errors / budget(slo))))
+    return float(num(math.ceil(opts.burn_min_expected_errors / budget(target))))
 
 
 def burn_condition(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window: int, threshold: float) -> str:
@@ -74,17 +74,19 @@ def burn_condition(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window
     the onset before paging, on top of the threshold: its recall collapse did not page within 8 hours.
     The bound is a normal approximation, anti-conservative where the window expects only a few errors at
     the budget (a 0.999 target on a few hundred events): there it must clear threshold x budget, as
-    before, so the false-alarm bound of docs/alerting.md holds for every label that meets its SLO."""
+    before, so the false-alarm bound of docs/alerting.md holds for every label that meets its SLO.
+    monitor.rules.tier_state evaluates this condition in Python (summary, report, promtool tests): change
+    both together."""
     match = {c.L_MODEL: model.name, c.L_SLO: slo.name, c.L_WINDOW: format_duration(window)}
     burn = by("max", MLS, sel(n.ERROR_BUDGET_BURN_RATE, match))
     lower = by("max", MLS, sel(n.SLO_ERROR_RATIO_LOWER, match))
     events = by("max", MLS, sel(n.SLO_EVENTS, match))
     on = f"and on ({labels(MLS)})"
-    expr = f"{burn} > {num(threshold)}\n{on}\n{lower} > {num(budget(slo))}"
-    theta = ratio_threshold(slo, threshold)
-    if theta > budget(slo):
+    expr = f"{burn} > {num(threshold)}\n{on}\n{lower} > {num(budget(slo.target))}"
+    theta = ratio_threshold(slo.target, threshold)
+    if theta > budget(slo.target):
         expr += (f"\n{on}\n(\n{lower} > {num(theta)}\nor\n"
-                 f"{events} >= {num(bound_events(opts, slo))}\n)")
+                 f"{events} >= {num(bound_events(opts, slo.target))}\n)")
     return f"{expr}\n{on}\n{events} >= {num(model.min_events)}"
 
 
@@ -99,7 +101,7 @@ def burn_rules(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig) -> lis
             # labelled events) neither hides a collapse nor makes the alert flap.
             expr = (f"{burn_condition(opts, model, slo, tier.long_window, tier.threshold)}\n"
                     f"unless on ({labels(MLS)})\n{by('max', MLS, short)} <= "
-                    f"{num(ratio_threshold(slo, tier.threshold))}")
+                    f"{num(ratio_threshold(slo.target, tier.threshold))}")
             rules.append(alert_rule(opts, c.ALERT_LABEL_ERROR_BUDGET_BURN, expr, tier.severity,
                                     burn_fixed(opts, model, slo, tier), tier=tier.name, model=model,
                                     extra={c.L_BURNRATE_TIER: tier.name, c.L_SLO: slo.name}))

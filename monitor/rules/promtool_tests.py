@@ -20,6 +20,7 @@ from monitor.rules import names as n
 from monitor.rules import stats, texts
 from monitor.rules.options import RuleOptions, Windows, duration_seconds
 from monitor.rules.promql import num, series
+from monitor.rules.tier_state import WindowCounts, burn_rate, verdict
 from monitor.rules.tiers import Tier, tiers_for
 
 WORKERS: Final = ("w0", "w1")
@@ -46,7 +47,7 @@ def psi(reference: Sequence[float], current: Sequence[float], alpha: float = c.P
 
 
 def burn(errors: float, events: float, target: float) -> float | None:
-    return errors / events / (1 - float(num(target))) if events > 0 else None
+    return burn_rate(WindowCounts(events, errors), target)
 
 
 # --- series ------------------------------------------------------------------------------------------------
@@ -143,20 +144,11 @@ def _burn_series(case: Case, model: ModelConfig, slo: SLOConfig, state: WindowSt
 
 
 def tier_fires(opts: RuleOptions, tier: Tier, slo: SLOConfig, min_events: int, state: WindowState) -> float | None:
-    """The rule's condition in Python: the long-window burn when the tier fires, else None."""
-    long_events, long_errors = state[tier.long_window]
-    short_events, short_errors = state[tier.short_window]
-    z = opts.burn_z
-    long_burn = burn(long_errors, long_events, slo.target)
-    limit = a.ratio_threshold(slo, tier.threshold)
-    if long_burn is None or long_burn <= tier.threshold or long_events < min_events:
-        return None
-    lower = stats.wilson_cc_lower(long_errors, long_events, z)
-    if lower <= a.budget(slo) or (lower <= limit and long_events < a.bound_events(opts, slo)):
-        return None
-    if short_events > 0 and stats.wilson_cc_upper(short_errors, short_events, z) <= limit:
-        return None
-    return long_burn
+    """The rule's condition in Python (monitor.rules.tier_state, which the summary and the report show):
+    the long-window burn when the tier fires, else None."""
+    long, short = WindowCounts(*state[tier.long_window]), WindowCounts(*state[tier.short_window])
+    return burn_rate(long, slo.target) if verdict(opts, slo.target, tier.threshold, min_events, long, short).fires \
+        else None
 
 
 def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: SLOConfig) -> Iterator[Case]:

@@ -1,0 +1,107 @@
+"""The burn tiers the terminal summary and the report say would fire are the ones Prometheus fires.
+
+Oracle: promtool evaluating the generated recording and alert rules (`for:` set to 0s, a snapshot has no
+history) on the engine's own exported figures. The scenario sits where the rules' statistical conditions
+decide: a burn above the slower tiers' thresholds that is sampling noise on 50 events (the Wilson lower
+bound under the budget: silent), and a collapse whose short window holds only 10 labelled events with 2
+errors (a burn under the thresholds, but its Wilson upper bound does not show recovery: fires). Comparing
+burn rates with the thresholds alone, as both views once did, gets both wrong.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from monitor import conventions as c
+from monitor.config import parse_config
+from monitor.replay import run_replay
+from monitor.report.model import build_report
+from monitor.rules import ALERTS_FILE, RECORDING_FILE, RuleOptions, generate, write
+from monitor.rules.promql import series
+from monitor.services import binary
+from monitor.summary import summarize
+from tests.events import BASE, ground_truth, prediction
+from tests.needs import needs_promtool
+
+HIT, MISS, NEG = 0.9, 0.1, 0.05
+
+
+def _config() -> object:
+    return parse_config({
+        "windows": ["5m", "30m", "1h", "2h", "6h", "1d"], "join": {"ttl": "3d"},
+        "models": [{"name": "m", "task": "multilabel", "labels": ["a", "b"], "threshold": 0.5, "min_events": 20,
+                    "slos": [{"label": "a", "objective": "recall", "target": 0.85, "period": "1d",
+                              "severity": "page"},
+                             {"label": "b", "objective": "recall", "target": 0.85, "period": "1d",
+                              "severity": "page"}]}],
+    })
+
+
+def _events() -> tuple[list[bytes], list[bytes], float]:
+    """Label a: 50 positives over the hour, 12 missed (recall 0.76, burn 1.6). Label b: 200 positives over
+    the first 55 minutes, 150 missed; then 10 over the last 5 minutes, 2 missed (burn 1.33)."""
+    preds, truths = [], []
+    cases = [("a", i * 70.0, i < 12) for i in range(50)]
+    cases += [("b", i * 16.0, i < 150) for i in range(200)]
+    cases += [("b", 3330.0 + i * 25.0, i < 2) for i in range(10)]
+    for k, (label, t, missed) in enumerate(cases):
+        other = "b" if label == "a" else "a"
+        pid = f"p{k}"
+        preds.append(prediction(pid, BASE + t, {label: MISS if missed else HIT, other: NEG}))
+        truths.append(ground_truth(pid, BASE + t + 1, [label]))
+    return preds, truths, BASE + 3599.0
+
+
+@needs_promtool
+def test_summary_and_report_fire_the_tiers_prometheus_fires(tmp_path: Path) -> None:
+    cfg = _config()
+    preds, truths, at = _events()
+    engine, figures = run_replay(cfg, preds, truths, at=at)  # type: ignore[arg-type]
+
+    summary = summarize(cfg, figures, at, [])  # type: ignore[arg-type]
+    (sm,) = summary.models
+    from_summary = {(s.name, t.name) for s in sm.slos for t in s.firing}
+    report = build_report(cfg, engine, figures, at)  # type: ignore[arg-type]
+    (rm,) = report.models
+    from_report = {(s.name, t.name) for s in rm.slos for t in s.tiers if t.fires}
+    assert from_summary == from_report
+
+    # The scenario exercises both statistical conditions (else the comparison below proves little).
+    tiers = {(s.name, t.name): t for s in rm.slos for t in s.tiers}
+    a_slo, b_slo = (s.name for s in cfg.models[0].slos)  # type: ignore[attr-defined]
+    assert any(t.reason == "noise" and t.long_burn is not None and t.long_burn > t.threshold
+               for (slo, _), t in tiers.items() if slo == a_slo)
+    assert any(t.fires and t.short_burn is not None and t.short_burn <= t.threshold
+               for (slo, _), t in tiers.items() if slo == b_slo)
+
+    # promtool: the generated rules on the same exported figures must fire exactly those tiers.
+    opts = RuleOptions(for_overrides={"*": "0s"})
+    files = {k: v for k, v in generate(cfg, opts).items() if k in (RECORDING_FILE, ALERTS_FILE)}  # type: ignore[arg-type]
+    write(files, tmp_path)
+    rule_files = [tmp_path / RECORDING_FILE, tmp_path / ALERTS_FILE]
+    groups = [g["name"] for f in rule_files for g in yaml.safe_load(f.read_text())["groups"]]
+    inputs = [{"series": series(s.metric.name, dict(zip(s.metric.labels, s.labels, strict=True))),
+               "values": f"{s.value!r}x5"} for s in figures.samples if not math.isnan(s.value)]
+    slo_label = {s.name: s.label for s in cfg.models[0].slos}  # type: ignore[attr-defined]
+    expected = []
+    for slo, tier in sorted(from_report):
+        labels = {"alertname": c.ALERT_LABEL_ERROR_BUDGET_BURN, "alertstate": "firing", c.L_MODEL: "m",
+                  c.L_LABEL: slo_label[slo], c.L_SLO: slo, c.L_SEVERITY: tiers[(slo, tier)].severity,
+                  c.L_BURNRATE_TIER: tier}
+        expected.append({"labels": series("ALERTS", labels), "value": 1})
+    test_file = tmp_path / "views.test.yml"
+    test_file.write_text(yaml.safe_dump({
+        "rule_files": [str(p) for p in rule_files], "evaluation_interval": "1m", "group_eval_order": groups,
+        "tests": [{"interval": "1m", "input_series": inputs, "promql_expr_test": [{
+            "expr": f'ALERTS{{alertname="{c.ALERT_LABEL_ERROR_BUDGET_BURN}", alertstate="firing"}}',
+            "eval_time": "3m", "exp_samples": expected}]}],
+    }, sort_keys=False, width=math.inf))
+    promtool = binary("promtool")
+    assert promtool is not None
+    proc = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
