@@ -153,3 +153,21 @@ def test_snapshot_refuses_other_segments() -> None:
 def test_bad_segment_config_is_refused(segments: list[dict], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         MonitorConfig.model_validate({"models": [{"name": "m", "labels": ["a"], "segments": segments}]})
+
+
+@pytest.mark.parametrize("use_native", PATHS)
+def test_mapped_input_reads_segments_through_its_mapping(use_native: bool) -> None:
+    """A flat custom log: the feature through `fields.features`, the field over the message body."""
+    cfg = MonitorConfig.model_validate({"models": [{
+        "name": "m", "labels": ["a"],
+        "segments": [{"name": "country", "feature": "country"}, {"name": "plan", "field": "account.plan"}],
+        "input": {"predictions": {"fields": {"model": "'m'", "prediction_id": "id", "timestamp": "ts",
+                                             "scores": "score", "features": {"country": "geo.cc"}}}}}]})
+    raws = [orjson.dumps({"id": f"x{i}", "ts": T0 + i, "score": 0.9, "geo": {"cc": ["de", "fr"][i % 2]},
+                          "account": {"plan": ["pro", "free", "team"][i % 3]}}) for i in range(600)]
+    engine = Engine(cfg, use_native=use_native)
+    assert not engine.predictions(raws)
+    counts = engine.evaluate().by_name(c.SEGMENT_TWINS[c.WINDOW_PREDICTIONS.name].name)
+    assert {k[1:3]: v for k, v in counts.items() if k[3] == "30d"} == {
+        ("country", "de"): 300, ("country", "fr"): 300, ("plan", "pro"): 200, ("plan", "free"): 200,
+        ("plan", "team"): 200}
