@@ -316,6 +316,24 @@ class ModelInput(_Strict):
     ground_truth: GroundTruthInput | None = None
 
 
+class SegmentConfig(_Strict):
+    """A named dimension the figures are broken down by (docs/configuration.md, segments)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Where the value is read: a key of the event's `features` object, or a JMESPath expression over the
+    # event (for a mapped input: over the message body the mapping reads). Exactly one of the two.
+    feature: str | None = Field(None, min_length=1)
+    field: Expression | None = None
+    # Distinct values kept per segment; the rest are counted as "_other", so the series stay bounded.
+    max_values: int = Field(20, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SegmentConfig:
+        if (self.feature is None) == (self.field is None):
+            raise ValueError(f"segment {self.name!r}: set exactly one of feature and field")
+        return self
+
+
 class ModelConfig(_Strict):
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")
     task: Literal["multilabel", "multiclass", "binary"] = "multilabel"
@@ -338,6 +356,17 @@ class ModelConfig(_Strict):
     max_versions: int = Field(20, ge=1, le=1000)
     # How this model's events are read when they are not in the native shape (docs/attach.md).
     input: ModelInput | None = None
+    # Dimensions the window figures are also reported by (mlmon_segment_* series).
+    segments: list[SegmentConfig] = Field(default_factory=list, max_length=8)
+
+    @field_validator("segments")
+    @classmethod
+    def _unique_segments(cls, segments: list[SegmentConfig]) -> list[SegmentConfig]:
+        names = [s.name for s in segments]
+        dupes = sorted({x for x in names if names.count(x) > 1})
+        if dupes:
+            raise ValueError(f"segments {dupes} are named twice")
+        return segments
 
     @field_validator("labels")
     @classmethod

@@ -32,6 +32,13 @@ L_SEVERITY: Final = "severity"
 L_BURNRATE_TIER: Final = "burnrate_tier"
 L_OBJECTIVE: Final = "objective"
 L_LABEL_B: Final = "label_b"  # the second label of a label pair (the first is `label`)
+L_SEGMENT: Final = "segment"  # a segment's name (models[].segments[].name)
+L_SEGMENT_VALUE: Final = "segment_value"  # one of its values, or one of the SEGMENT_* values below
+
+# The segment values that are not read from an event: values past a segment's max_values, and events
+# without a usable value (absent, null, or not a string, integer or boolean).
+SEGMENT_OTHER: Final = "_other"
+SEGMENT_MISSING: Final = "_missing"
 
 OUTCOMES: Final = ("tp", "fp", "fn", "tn")
 SIDE_PREDICTION: Final = "prediction"
@@ -296,7 +303,28 @@ LAST_EVENT_TIMESTAMP = _m(
     "Event time of the newest valid event per topic (for ground-truth-stalled alerts).",
 )
 
-ALL_METRICS: Final = tuple(v for v in list(globals().values()) if isinstance(v, MetricDef))
+
+# --- per segment value (models[].segments): the window figures above, with the version label replaced by
+# (segment, segment_value) and the version summed over. Bin-level series (calibration, score and feature
+# bins, confusion cells, label pairs) and threshold advice stay per version only, to keep the series
+# count per segment value small (docs/semantics.md).
+def _segment_twin(base: MetricDef) -> MetricDef:
+    assert base.labels[:2] == (L_MODEL, L_VERSION), base.name
+    return MetricDef(PREFIX + "segment_" + base.name.removeprefix(PREFIX), base.kind,
+                     (L_MODEL, L_SEGMENT, L_SEGMENT_VALUE, *base.labels[2:]), base.help + " Per segment value.")
+
+
+SEGMENT_TWINS: Final = {base.name: _segment_twin(base) for base in (
+    WINDOW_PREDICTIONS, WINDOW_JOINED, LABEL_COVERAGE, LABEL_OUTCOMES, LABEL_SUPPORT, LABEL_PRECISION,
+    LABEL_RECALL, LABEL_F1, LABEL_PRECISION_LOWER, LABEL_PRECISION_UPPER, LABEL_RECALL_LOWER,
+    LABEL_RECALL_UPPER, LABEL_F1_LOWER, LABEL_F1_UPPER, MICRO_F1, MACRO_F1, HAMMING_LOSS, SUBSET_ACCURACY,
+    ACCURACY, LABEL_ECE, ESTIMATED_LABEL_PRECISION, ESTIMATED_LABEL_RECALL, PREDICTED_POSITIVE_RATE,
+    FEATURE_MISSING_RATIO, DRIFT_SAMPLE_OK, FEATURE_PSI, SCORE_PSI, LABEL_COOCCURRENCE_DRIFT,
+)}
+SEGMENT_METRICS: Final = tuple(SEGMENT_TWINS.values())
+
+ALL_METRICS: Final = (tuple(v for v in list(globals().values())
+                            if isinstance(v, MetricDef) and v not in SEGMENT_METRICS) + SEGMENT_METRICS)
 
 # --- alert names ---------------------------------------------------------------------------------------
 ALERT_LABEL_ERROR_BUDGET_BURN: Final = "MLMonitorLabelErrorBudgetBurn"

@@ -20,6 +20,7 @@ import orjson
 
 from monitor.config import ModelConfig, MonitorConfig
 from monitor.conventions import Reason
+from monitor.segments import SegmentReader
 
 E = TypeVar("E")
 
@@ -74,6 +75,8 @@ class Prediction:
     features: dict[str, Any] | None
     latency_s: float | None
     ignored_scores: int
+    # One value per models[].segments entry (monitor.segments), in config order; () without segments.
+    segments: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -176,6 +179,7 @@ class _ModelSchema:
         self.all_known = np.ones(len(cfg.labels), dtype=bool)
         self.all_known.setflags(write=False)
         self.categorical = set(cfg.features.categorical)
+        self.segments = SegmentReader(cfg)
 
 
 class Decoder:
@@ -275,7 +279,9 @@ class Decoder:
                 raise InvalidEvent(Reason.INVALID_LATENCY, "latency_ms must be finite and >= 0")
             latency_s = latency / 1000.0
 
-        return Prediction(pid, schema.cfg.name, version, ts, scores, predicted, features, latency_s, ignored)
+        segments = schema.segments.read(obj) if schema.segments else ()
+        return Prediction(pid, schema.cfg.name, version, ts, scores, predicted, features, latency_s, ignored,
+                          segments)
 
     @staticmethod
     def _label_set(value: Any, schema: _ModelSchema, field: str) -> np.ndarray:

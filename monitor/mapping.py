@@ -322,9 +322,13 @@ class TopicReader:
                 exc.model = mapping.model.name
                 return exc
             try:
-                return self.decoder.decode_object(native, ground_truth)
+                event = self.decoder.decode_object(native, ground_truth)
             except InvalidEvent as exc:
                 return mapping.explain(exc)
+            segments = self.decoder.schemas[mapping.model.name].segments
+            if isinstance(event, Prediction) and segments.has_fields:
+                event.segments = segments.read(native, doc)  # `field` segments read the message, not the event
+            return event
         except InvalidEvent as exc:
             return exc
 

@@ -6,13 +6,14 @@ from __future__ import annotations
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import conventions as c
+from monitor.config import SegmentConfig
 from monitor.exporter import figures_json, prometheus_text
 from monitor.replay import read_lines, run_replay
 from tests.conftest import ROOT
 
 EXAMPLE = ROOT / "monitor" / "examples"
 # Exported by the Kafka worker or about other tasks, not by the engine alone.
-NOT_FROM_ENGINE = {*c.WORKER_ONLY, c.ACCURACY.name, c.CONFUSION.name}
+NOT_FROM_ENGINE = {*c.WORKER_ONLY, c.ACCURACY.name, c.CONFUSION.name, c.SEGMENT_TWINS[c.ACCURACY.name].name}
 
 
 def example_figures(example_config):
@@ -22,8 +23,11 @@ def example_figures(example_config):
 
 def test_every_catalogue_metric_is_exported(example_config) -> None:
     """Looked up by sample name: `mlmon_label_outcomes_total` (counter) and `mlmon_label_outcomes`
-    (window gauge) share a family name for the parser, not for Prometheus' text format."""
-    text = prometheus_text(example_figures(example_config)).decode()
+    (window gauge) share a family name for the parser, not for Prometheus' text format. The example's
+    first model gets a segment, so the per-segment families are there too."""
+    first = example_config.models[0].model_copy(update={"segments": [SegmentConfig(name="lang", feature="lang")]})
+    segmented = example_config.model_copy(update={"models": [first, *example_config.models[1:]]})
+    text = prometheus_text(example_figures(segmented)).decode()
     samples: dict[str, list[dict[str, str]]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:

@@ -30,6 +30,8 @@ class PredictionColumns:
     ignored: np.ndarray  # int64[k]: score keys beyond the configured labels
     numeric: np.ndarray  # float64[k, numeric features]; NaN when missing
     categorical: np.ndarray  # int64[k, categorical features]: reference bin, -1 when missing
+    # object[k, segments]: each row's segment values (monitor.segments); None for a model without segments.
+    segments: np.ndarray | None = None
     # The model's version index per row, filled by ModelState as rows are applied (-1: not yet).
     version: np.ndarray = field(init=False)
 
@@ -92,7 +94,16 @@ def from_predictions(events: Sequence[Prediction], n_labels: int, spec: FeatureS
         ignored=np.array([e.ignored_scores for e in events], dtype=np.int64),
         numeric=numeric,
         categorical=categorical,
+        segments=segment_array([e.segments for e in events]) if n and events[0].segments else None,
     )
+
+
+def segment_array(rows: list[tuple[str, ...]]) -> np.ndarray:
+    """Segment values as an object array [rows, segments]."""
+    out = np.empty((len(rows), len(rows[0]) if rows else 0), dtype=object)
+    for i, row in enumerate(rows):
+        out[i] = row
+    return out
 
 
 def from_ground_truth(events: Sequence[GroundTruth], n_labels: int) -> GroundTruthColumns:
@@ -124,6 +135,8 @@ def concat_predictions(a: PredictionColumns, b: PredictionColumns) -> Prediction
         ignored=np.concatenate([a.ignored, b.ignored]),
         numeric=np.concatenate([a.numeric, b.numeric]),
         categorical=np.concatenate([a.categorical, b.categorical]),
+        segments=(np.concatenate([a.segments, b.segments])
+                  if a.segments is not None and b.segments is not None else None),
     )
 
 

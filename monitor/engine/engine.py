@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import orjson
 
 from monitor import conventions as c
 from monitor import mapping
@@ -32,6 +33,7 @@ from monitor.engine.columns import (
     concat_predictions,
     from_ground_truth,
     from_predictions,
+    segment_array,
 )
 from monitor.engine.figures import Figures, model_figures
 from monitor.engine.model_state import ModelState
@@ -68,6 +70,7 @@ class Engine:
         self.models = {m.name: ModelState(config, m, references.get(m.name), self.use_native) for m in config.models}
         self._states = list(self.models.values())
         self._model_index = {name: i for i, name in enumerate(self.models)}
+        self.segmented = [i for i, s in enumerate(self._states) if s.cfg.segments]
         # Topics that carry mapped inputs (docs/attach.md) are read through their reader; the native fast
         # path reads those whose fields are simple paths (docs/native.md), the exact reader all the rest.
         self.readers = mapping.readers(config, self.decoder)
@@ -100,6 +103,7 @@ class Engine:
             return self._decode_mapped(topic, raws, sources, metas)
         if self.fast is not None:
             out = (self.fast.predictions if topic == PREDICTIONS else self.fast.ground_truth)(raws)
+            self._fast_segments(topic, raws, out, None)
             decoded = DecodedTopic(topic, raws, out["model"].astype(np.int64), out["row"].astype(np.int64),
                                    [self._block(topic, b) for b in out["blocks"]], {})
             rest = np.nonzero(decoded.model < 0)[0].tolist()
@@ -133,6 +137,7 @@ class Engine:
             if self.fast is not None and (reader.plain or reading is not None):
                 decode = self.fast.predictions if topic == PREDICTIONS else self.fast.ground_truth
                 out = decode([raws[i] for i in where], reading)
+                self._fast_segments(topic, [raws[i] for i in where], out, reader)
                 pos = np.array(where, dtype=np.int64)
                 self._add_fast(decoded, pos, out)
                 where = pos[out["model"] < 0].tolist()
@@ -145,6 +150,28 @@ class Engine:
         if self.max_clock_skew is not None:
             self._reject_future(decoded)
         return decoded
+
+    def _fast_segments(self, topic: str, raws: list[bytes], out: Mapping[str, Any],
+                       reader: mapping.TopicReader | None) -> None:
+        """Segment values of the events the fast path took, which it does not read: the message is parsed
+        again here and read by the same code as the exact decoder's (monitor.segments)."""
+        if topic != PREDICTIONS or not self.segmented:
+            return
+        model = out["model"]
+        for m in self.segmented:
+            block = out["blocks"][m]
+            if not len(block["ids"]):
+                continue
+            where = np.nonzero(model == m)[0]
+            where = where[np.argsort(out["row"][where], kind="stable")]
+            segments = self.decoder.schemas[self._states[m].cfg.name].segments
+            name = self._states[m].cfg.name
+            side = None if reader is None or reader.plain else next(x for x in reader.mappings if x.model.name == name)
+            rows = []
+            for i in where.tolist():
+                doc = orjson.loads(raws[i])
+                rows.append(segments.read(doc) if side is None else segments.read(side.to_native(doc), doc))
+            block["segments"] = segment_array(rows)
 
     def _block(self, topic: str, b: Mapping[str, Any]) -> Any:
         return PredictionColumns(**b) if topic == PREDICTIONS else GroundTruthColumns(**b)

@@ -14,7 +14,7 @@ import numpy as np
 from monitor import conventions as c
 from monitor.config import format_duration
 from monitor.engine.metrics import calibration, classification, drift, estimation, slo, thresholds
-from monitor.engine.model_state import Histogram, ModelState
+from monitor.engine.model_state import Histogram, ModelState, segment_key
 from monitor.engine.windows import (
     S_CARD_ACTUAL,
     S_CARD_ACTUAL_N,
@@ -87,8 +87,26 @@ def model_figures(state: ModelState, windows: list[int], at: float, out: Figures
         out.add(c.PREDICTIONS_TOTAL, (model, version), state.predictions_total[v])
         out.add_histogram(c.PREDICTION_LATENCY_SECONDS, (model, version), state.latency[v])
 
+    _segment_figures(state, windows, at, detail, out)
     _slo_figures(state, windows, all_versions, out)
     _model_counters(state, out)
+
+
+def _segment_figures(state: ModelState, windows: list[int], at: float, detail: set[str], out: Figures) -> None:
+    """The window figures of each segment value, from its own blocks, under the segment twins of the
+    per-version metrics (conventions.SEGMENT_TWINS); figures without a twin are not reported per segment."""
+    model = state.cfg.name
+    for s, segment in enumerate(state.cfg.segments):
+        for i, value in enumerate(state.segment_values[s]):
+            sums = state.store.window_sums(segment_key(s, i), windows, at)
+            calib_ref = state.layout.view(sums[max(windows)], "calib")
+            for w in windows:
+                scratch = Figures()
+                _window_figures(state, value, format_duration(w), sums[w], calib_ref, detail, [], scratch)
+                for sample in scratch.samples:
+                    twin = c.SEGMENT_TWINS.get(sample.metric.name)
+                    if twin is not None:
+                        out.add(twin, (model, segment.name, value, *sample.labels[2:]), sample.value)
 
 
 def _confusion_cells(labels: list[str], detail: set[str]) -> list[tuple[int, int]]:

@@ -17,7 +17,7 @@ import numpy as np
 from monitor.config import ModelConfig, MonitorConfig
 from monitor.engine.engine import Engine
 from monitor.engine.figures import Figures
-from monitor.engine.model_state import ModelState
+from monitor.engine.model_state import ModelState, segment_key
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
 
@@ -31,6 +31,11 @@ def merge_model_states(config: MonitorConfig, cfg: ModelConfig, reference: Refer
         if s.layout.size != out.layout.size:
             raise ValueError(f"model {cfg.name!r}: states with different statistics layouts cannot be merged")
         vmap = [out.version_index(name) for name in s.version_names]
+        # Block keys: versions by name, segment values by name (admitted under the merged state's cap).
+        keymap = dict(enumerate(vmap))
+        for seg, values in enumerate(s.segment_values):
+            for i, value in enumerate(values):
+                keymap[segment_key(seg, i)] = segment_key(seg, out.segment_value_index(seg, value))
         for v, n in enumerate(s.predictions_total):
             out.predictions_total[vmap[v]] += n
         for v, h in enumerate(s.latency):
@@ -44,7 +49,7 @@ def merge_model_states(config: MonitorConfig, cfg: ModelConfig, reference: Refer
             out.late[topic] = out.late.get(topic, 0) + n
         for topic, ts in s.last_event.items():
             out.last_event[topic] = max(out.last_event.get(topic, ts), ts)
-        _add_store(out.store, s.store, vmap)
+        _add_store(out.store, s.store, keymap)
         sj = s.join
         for side, n in sj.pending.items():
             join.pending[side] = join.pending.get(side, 0) + n
@@ -57,7 +62,7 @@ def merge_model_states(config: MonitorConfig, cfg: ModelConfig, reference: Refer
     return out
 
 
-def _add_store(out: BlockStore, src: BlockStore, vmap: list[int]) -> None:
+def _add_store(out: BlockStore, src: BlockStore, vmap: dict[int, int]) -> None:
     out.newest_fine = max(out.newest_fine, src.newest_fine)
     for target, blocks in ((out.fine, src.fine), (out.coarse, src.coarse)):
         for v, per_version in blocks.items():

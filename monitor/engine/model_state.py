@@ -13,7 +13,14 @@ from typing import NamedTuple
 import numpy as np
 
 from monitor.config import ModelConfig, MonitorConfig
-from monitor.conventions import GROUND_TRUTH_DELAY_BUCKETS, LABEL_PAIRS_EXPORTED, LATENCY_BUCKETS, THRESHOLD_BINS
+from monitor.conventions import (
+    GROUND_TRUTH_DELAY_BUCKETS,
+    LABEL_PAIRS_EXPORTED,
+    LATENCY_BUCKETS,
+    SEGMENT_MISSING,
+    SEGMENT_OTHER,
+    THRESHOLD_BINS,
+)
 from monitor.engine import native
 from monitor.engine.columns import (
     FeatureSpec,
@@ -43,6 +50,15 @@ from monitor.reference import Reference
 
 # The version label of predictions from versions beyond `max_versions` (see ModelConfig).
 OTHER_VERSION = "_other"
+# Segment values have window blocks of their own in the same store as versions, under keys far above any
+# version index (max_versions <= 1000): key = SEGMENT_KEY_BASE + segment * SEGMENT_KEY_STRIDE + value. So
+# the store, snapshots and the changelog carry them without knowing what they are.
+SEGMENT_KEY_BASE = 1 << 30
+SEGMENT_KEY_STRIDE = 1 << 16
+
+
+def segment_key(segment: int, value: int) -> int:
+    return SEGMENT_KEY_BASE + segment * SEGMENT_KEY_STRIDE + value
 
 
 class Histogram:
@@ -112,6 +128,15 @@ class ModelState:
         self.ignored_scores = 0
         self.late = {"predictions": 0, "ground_truth": 0}
         self.last_event: dict[str, float] = {}
+        # Segments: per segment the values admitted so far (index = position), max_values regular ones
+        # plus "_other" and "_missing". A prediction's "cohort" is its (version, value per segment): the
+        # join keeps the cohort index where it would keep the version, so a joined ground truth counts
+        # towards the prediction's version and segment values alike. Without segments cohort = version.
+        self.segment_values: list[list[str]] = [[] for _ in cfg.segments]
+        self._segment_index: list[dict[str, int]] = [{} for _ in cfg.segments]
+        self.cohorts: dict[tuple[int, ...], int] = {}
+        self._cohort_rows: list[tuple[int, ...]] = []  # per cohort: its store keys (version, segment values)
+        self._cohort_keys = np.zeros((0, 1 + len(cfg.segments)), dtype=np.int64)
         self._preds: list[AcceptedPredictions] = []
         self._pairs = np.triu_indices(self.pair_labels, 1) if self.pair_labels >= 2 else None
         # The label pairs with additive pair counts (mlmon_label_pair_predicted), fixed by the reference.
@@ -132,6 +157,35 @@ class ModelState:
             self.predictions_total.append(0)
             self.latency.append(Histogram(LATENCY_BUCKETS))
         return idx
+
+    def segment_value_index(self, segment: int, value: str) -> int:
+        """The index of a segment value, admitting it while the segment has room (else "_other")."""
+        idx = self._segment_index[segment].get(value)
+        if idx is not None:
+            return idx
+        reserved = (SEGMENT_OTHER, SEGMENT_MISSING)
+        regular = sum(1 for x in self.segment_values[segment] if x not in reserved)
+        if value not in reserved and regular >= self.cfg.segments[segment].max_values:
+            return self.segment_value_index(segment, SEGMENT_OTHER)
+        idx = self._segment_index[segment][value] = len(self.segment_values[segment])
+        self.segment_values[segment].append(value)
+        return idx
+
+    def cohort_index(self, key: tuple[int, ...]) -> int:
+        """The index of a (version, value index per segment) combination, registered on first use."""
+        idx = self.cohorts.get(key)
+        if idx is None:
+            idx = self.cohorts[key] = len(self._cohort_rows)
+            self._cohort_rows.append((key[0], *(segment_key(s, v) for s, v in enumerate(key[1:]))))
+        return idx
+
+    def cohort_keys(self, cohorts: np.ndarray) -> np.ndarray:
+        """Store keys [n, 1 + segments] of cohort indexes: the version, then each segment value's key."""
+        if not self.cfg.segments:
+            return cohorts.astype(np.int64)[:, None]
+        if len(self._cohort_keys) != len(self._cohort_rows):
+            self._cohort_keys = np.array(self._cohort_rows, dtype=np.int64).reshape(len(self._cohort_rows), -1)
+        return self._cohort_keys[cohorts]
 
     def apply(self, kinds: np.ndarray, rows: np.ndarray, preds: PredictionColumns | None,
               truths: GroundTruthColumns | None) -> None:
@@ -157,10 +211,26 @@ class ModelState:
         lut = np.empty(len(P.version_names), dtype=np.int64)
         for code in uniq[np.argsort(first, kind="stable")].tolist():
             lut[code] = self.version_index(P.version_names[code])
-        P.version[rows] = lut[codes]
+        if not self.cfg.segments:
+            P.version[rows] = lut[codes]
+            return
+        assert P.segments is not None, "a segmented model's columns carry segment values"
+        cols = [lut[codes]]
+        for s in range(len(self.cfg.segments)):
+            # New values take free slots by their volume in this batch (then by first appearance); a value
+            # keeps its slot for good, so its series never change meaning.
+            values, first, inverse, counts = np.unique(P.segments[rows, s].astype(str), return_index=True,
+                                                       return_inverse=True, return_counts=True)
+            seg_lut = np.empty(len(values), dtype=np.int64)
+            for k in np.lexsort((first, -counts)).tolist():
+                seg_lut[k] = self.segment_value_index(s, str(values[k]))
+            cols.append(seg_lut[inverse.ravel()])
+        combos, inverse = np.unique(np.stack(cols, axis=1), axis=0, return_inverse=True)
+        cohort = np.array([self.cohort_index(tuple(c)) for c in combos.tolist()], dtype=np.int64)
+        P.version[rows] = cohort[inverse.ravel()]
 
     def _count_predictions(self, P: PredictionColumns, rows: np.ndarray) -> None:
-        version = P.version[rows]
+        version = self.cohort_keys(P.version[rows])[:, 0]
         for v, n in enumerate(np.bincount(version).tolist()):
             self.predictions_total[v] += n
         latency = P.latency[rows]
@@ -170,7 +240,7 @@ class ModelState:
                 self.latency[v].observe(latency[reported & (version == v)])
         self.ignored_scores += int(P.ignored[rows].sum())
         self._seen("predictions", float(P.ts[rows].max()))
-        self._preds.append(AcceptedPredictions(version, P.ts[rows], P.scores[rows], P.predicted[rows],
+        self._preds.append(AcceptedPredictions(P.version[rows], P.ts[rows], P.scores[rows], P.predicted[rows],
                                                P.numeric[rows], P.categorical[rows]))
 
     def _seen(self, topic: str, ts: float) -> None:
@@ -191,8 +261,9 @@ class ModelState:
     def _apply(self, out: dict[str, np.ndarray]) -> None:
         # Each contribution goes to the block of its (version, minute): predictions and pending-score
         # removals at prediction time, joins at observation time. One np.unique over all of them numbers
-        # the blocks, one bincount makes every block's delta, one add_many applies them.
-        parts: list[tuple[np.ndarray, np.ndarray]] = []  # (versions, minutes) per kind of contribution
+        # the blocks, one bincount makes every block's delta, one add_many applies them. With segments a
+        # contribution also goes to the block of each of its segment values (cohort_keys).
+        parts: list[tuple[np.ndarray, np.ndarray]] = []  # (cohorts, minutes) per kind of contribution
         p = None
         if self._preds:
             p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*self._preds, strict=True)))
@@ -206,21 +277,26 @@ class ModelState:
             parts.append((out["join_version"], fine_bucket(out["join_obs"])))
         if not parts:
             return
-        keys = np.concatenate([v.astype(np.int64) << 32 | m for v, m in parts])
+        copies = 1 + len(self.cfg.segments)
+        expanded = [(k[:, j], m) for v, m in parts for k in (self.cohort_keys(v),) for j in range(copies)]
+        keys = np.concatenate([v << 32 | m for v, m in expanded])
         blocks, group = np.unique(keys, return_inverse=True)
         group = group.ravel()
         size = self.layout.size
-        bounds = np.cumsum([0] + [v.size for v, _ in parts])
+        bounds = np.cumsum([0] + [v.size for v, _ in expanded])
         bases = iter([group[a:b] * size for a, b in itertools.pairwise(bounds)])
         idx: list[np.ndarray] = []
         w: list[np.ndarray] = []
         if p is not None:
-            self._prediction_cells(p, next(bases), idx, w)
+            for _ in range(copies):
+                self._prediction_cells(p, next(bases), idx, w)
             self.late["predictions"] += self._count_late(parts[0][1])
         if unpend:
-            self._pending_cells(out["unpend_scores"], out["unpend_predicted"], next(bases), -1.0, idx, w)
+            for _ in range(copies):
+                self._pending_cells(out["unpend_scores"], out["unpend_predicted"], next(bases), -1.0, idx, w)
         if joins:
-            self._join_cells(out, next(bases), idx, w)
+            for _ in range(copies):
+                self._join_cells(out, next(bases), idx, w)
             self.late["ground_truth"] += self._count_late(parts[-1][1])
         deltas = np.bincount(np.concatenate(idx), weights=np.concatenate(w), minlength=len(blocks) * size)
         self.store.add_many(blocks >> 32, blocks & 0xFFFFFFFF, deltas.reshape(len(blocks), size))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 import zipfile
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -31,7 +31,7 @@ from monitor.config import MonitorConfig
 from monitor.conventions import LATENCY_BUCKETS
 from monitor.engine.engine import Engine
 from monitor.engine.join import EXPORT_COLUMNS, JoinTable
-from monitor.engine.model_state import Histogram, ModelState
+from monitor.engine.model_state import Histogram, ModelState, segment_key
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
 
@@ -47,6 +47,8 @@ MODEL_STATE_FIELDS = frozenset({
     "layout", "store", "join", "versions", "version_names", "predictions_total", "latency", "delay",
     "ground_truth_total", "ignored_scores", "late", "last_event", "_preds", "_pairs", "no_predictions",
     "no_ground_truth", "exported_pairs", "advised", "advised_slot",
+    "segment_values", "_segment_index", "cohorts", "_cohort_rows",
+    "_cohort_keys",  # derived from _cohort_rows (a cache)
 })
 # The Python join's fields; the native join exports the same state through the same export()/restore().
 JOIN_FIELDS = frozenset({
@@ -106,6 +108,9 @@ def _dump_model(state: ModelState, prefix: str, arrays: dict[str, np.ndarray], e
         "task": state.cfg.task,
         "block_size": state.layout.size,
         "versions": list(state.version_names),
+        "segments": [seg.name for seg in state.cfg.segments],
+        "segment_values": [list(values) for values in state.segment_values],
+        "cohorts": [list(key) for key in state.cohorts],  # in index order (a dict keeps insertion order)
         "predictions_total": list(state.predictions_total),
         "latency_sum": [h.sum for h in state.latency],
         "delay_sum": state.delay.sum,
@@ -222,6 +227,9 @@ def _check(state: ModelState, m: dict[str, Any]) -> None:
         problems.append(f"task {m['task']} became {cfg.task}")
     if m["block_size"] != state.layout.size:
         problems.append("the statistics layout changed (features, reference bins or co-occurrence labels)")
+    segments = [seg.name for seg in cfg.segments]
+    if m.get("segments", []) != segments:
+        problems.append(f"segments {m.get('segments', [])} became {segments}")
     if problems:
         raise SnapshotError(f"model {cfg.name!r}: the snapshot was taken under another configuration: "
                             + "; ".join(problems))
@@ -231,6 +239,16 @@ def _load_model(state: ModelState, m: dict[str, Any], prefix: str, arrays: dict[
     _check(state, m)
     for name in m["versions"]:
         state.version_index(name)
+    for seg, values in enumerate(m.get("segment_values", [])):
+        for value in values:  # restored as they are: the snapshot's values were admitted under the cap
+            state._segment_index[seg][value] = len(state.segment_values[seg])
+            state.segment_values[seg].append(value)
+    sizes = [len(m["versions"]), *(len(values) for values in state.segment_values)]
+    for key in m.get("cohorts", []):
+        if len(key) != len(sizes) or not all(0 <= int(x) < n for x, n in zip(key, sizes, strict=True)):
+            raise SnapshotError("a cohort names an unknown model version or segment value")
+        state.cohort_index(tuple(int(x) for x in key))
+    keys_ok = _key_check(state, len(m["versions"]))
     state.predictions_total[:] = [int(x) for x in m["predictions_total"]]
     latency = arrays[f"{prefix}.latency"]
     for h, counts, total in zip(state.latency, latency, m["latency_sum"], strict=True):
@@ -240,8 +258,10 @@ def _load_model(state: ModelState, m: dict[str, Any], prefix: str, arrays: dict[
     state.ignored_scores = int(m["ignored_scores"])
     state.late = {k: int(v) for k, v in m["late"].items()}
     state.last_event = {k: float(v) for k, v in m["last_event"].items()}
-    _load_store(state.store, int(m["newest_fine"]), prefix, arrays, len(m["versions"]))
-    _load_join(state.join, m["join"], state.n_labels, len(m["versions"]), prefix, arrays)
+    _load_store(state.store, int(m["newest_fine"]), prefix, arrays, keys_ok)
+    # The join keeps cohort indexes (ModelState.cohort_index), which are version indexes without segments.
+    n_cohorts = len(state.cohorts) if state.cfg.segments else len(m["versions"])
+    _load_join(state.join, m["join"], state.n_labels, n_cohorts, prefix, arrays)
 
 
 def _set_histogram(h: Histogram, counts: np.ndarray, total: float) -> None:
@@ -251,19 +271,30 @@ def _set_histogram(h: Histogram, counts: np.ndarray, total: float) -> None:
     h.sum = float(total)
 
 
+def _key_check(state: ModelState, n_versions: int) -> Callable[[int], None]:
+    """A check that a block key names a known version or segment value."""
+    known = set(range(n_versions)) | {segment_key(s, i) for s, values in enumerate(state.segment_values)
+                                      for i in range(len(values))}
+
+    def check(key: int) -> None:
+        if key not in known:
+            raise SnapshotError("a block names an unknown model version or segment value")
+    return check
+
+
 def _load_store(store: BlockStore, newest_fine: int, prefix: str, arrays: dict[str, np.ndarray],
-                n_versions: int) -> None:
+                key_ok: Callable[[int], None]) -> None:
     store.newest_fine = newest_fine
     for name, target in (("fine", store.fine), ("coarse", store.coarse)):
         keys = arrays[f"{prefix}.{name}.keys"]
         blocks = _blocks(arrays[f"{prefix}.{name}.blocks"], len(keys), store.size)
         for (v, b), block in zip(keys.tolist(), blocks, strict=True):
-            _version_ok(v, n_versions)
+            key_ok(v)
             target.setdefault(v, {})[b] = block
     keys = arrays[f"{prefix}.total.keys"]
     for v, block in zip(keys.tolist(), _blocks(arrays[f"{prefix}.total.blocks"], len(keys), store.size),
                         strict=True):
-        _version_ok(v, n_versions)
+        key_ok(v)
         store.total[v] = block
     # Blocks a shorter window list no longer reaches go now rather than at the next event.
     store.newest_fine -= 1
@@ -275,11 +306,6 @@ def _blocks(stacked: np.ndarray, n: int, size: int) -> list[np.ndarray]:
         raise SnapshotError("window blocks have the wrong shape")
     # Separate writable vectors: the store adds into them in place.
     return [row.copy() for row in stacked]
-
-
-def _version_ok(v: int, n_versions: int) -> None:
-    if not 0 <= v < n_versions:
-        raise SnapshotError("a block names an unknown model version")
 
 
 def _load_join(join: JoinTable, m: dict[str, Any], n_labels: int, n_versions: int, prefix: str,
