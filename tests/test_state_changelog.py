@@ -143,3 +143,33 @@ def test_both_joins_report_the_same_changes() -> None:
             got.append((ids, {k: v.tolist() for k, v in cols.items()}, gone))
             e.models["m"].join.clear_changes()
         assert got[0] == got[1]
+
+
+@pytest.mark.parametrize("use_native", ENGINES)
+def test_segmented_state_round_trips_through_the_changelog(use_native: bool) -> None:
+    """Segment values, their blocks and the join's cohorts travel in the changelog like the rest."""
+    from tests.test_segments import T0
+    from tests.test_segments import config as segment_config
+    from tests.test_segments import stream as segment_stream
+
+    cfg = segment_config(max_values=3)
+    preds, truths, _ = segment_stream(3000)
+    whole = Engine(cfg, use_native=use_native)
+    engine = Engine(cfg, use_native=use_native)
+    track(engine)
+    tracker = ChangeTracker()
+    topic: dict[bytes, bytes] = {}
+    for i, k in enumerate(range(0, len(preds), 400)):
+        for e in (whole, engine):
+            e.process_topics(preds[k:k + 400], truths[max(0, k - 800):max(0, k - 400)])
+        changes = tracker.changes(engine, {})
+        apply(topic, list(changes.records()), changes.meta)
+        tracker.committed(engine, changes)
+        if i % 2:
+            restored = rebuild(cfg, None, dict(topic))
+            assert restored is not None
+            engine, tracker = restored.engine, restored.tracker
+    at = T0 + 3000.0
+    got, want = engine.evaluate(at), whole.evaluate(at)
+    assert any(s.metric.name.startswith("mlmon_segment_") and s.value > 0 for s in want.samples)
+    assert_figures_equal(got, want, rel=0, abs_=0)
