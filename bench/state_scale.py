@@ -33,6 +33,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,7 +78,9 @@ def truth(pid: str, ts: float, i: int) -> bytes:
                          "labels": [LABELS[i % len(LABELS)]]})
 
 
-async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]]) -> None:
+async def produce(bootstrap: str, topic: str, values: Iterable[tuple[bytes, bytes]]) -> None:
+    """Send (key, value) pairs in full batches, waiting for each 64 batches to be acknowledged so that
+    neither the events nor the batches of millions are ever all in memory at once."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, max_batch_size=512 << 10)
     await producer.start()
     try:
@@ -87,6 +90,9 @@ async def produce(bootstrap: str, topic: str, values: list[tuple[bytes, bytes]])
                 sends.append(await producer.send_batch(batch, topic, partition=0))
                 batch = producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None)
+                if len(sends) >= 64:
+                    await asyncio.gather(*sends)
+                    sends = []
         sends.append(await producer.send_batch(batch, topic, partition=0))
         await asyncio.gather(*sends)
     finally:
@@ -187,12 +193,12 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str) -> 
     name = f"scale-{label}-{uuid.uuid4().hex[:6]}"
     config = write_config(tmp, bootstrap, name, max_pending=max(2_000_000, 2 * (pending + probe)))
     asyncio.run(create_topics(bootstrap, [f"{name}-p", f"{name}-g"]))
-    fill = []
-    for i in range(pending):
-        pid = str(uuid.uuid4())
-        fill.append((pid.encode(), prediction(pid, T0 + i * 1e-4, i)))
-    asyncio.run(produce(bootstrap, f"{name}-p", fill))
-    del fill
+    def fill() -> Iterator[tuple[bytes, bytes]]:
+        for i in range(pending):
+            pid = str(uuid.uuid4())
+            yield pid.encode(), prediction(pid, T0 + i * 1e-4, i)
+
+    asyncio.run(produce(bootstrap, f"{name}-p", fill()))
     worker = WorkerProc(config, free_port(), tmp / f"{name}.log")
     try:
         worker.wait("the worker's start", worker.healthy, timeout=300)
