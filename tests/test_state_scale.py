@@ -62,6 +62,9 @@ def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
                     sends.append(await producer.send_batch(batch, topic, partition=0))
                     batch = producer.create_batch()
                     batch.append(key=key, value=v, timestamp=None)
+                    if len(sends) >= 64:  # a finished batch's future keeps its buffer: wait, then drop them
+                        await asyncio.gather(*sends)
+                        sends = []
             sends.append(await producer.send_batch(batch, topic, partition=0))
             await asyncio.gather(*sends)
         finally:
