@@ -57,3 +57,23 @@ def test_histograms_are_cumulative_and_match_json(example_config) -> None:
 def test_no_undefined_values_are_exported_as_numbers(example_config) -> None:
     text = prometheus_text(example_figures(example_config)).decode()
     assert "NaN" not in text
+
+
+def test_cumulative_figures_are_those_of_a_full_evaluation(example_config) -> None:
+    """The worker exports each partition's counters from `Engine.cumulative()`; they must be exactly the
+    counters and histograms `evaluate()` gives, with none missing (render drops them from the merged view)."""
+    from monitor.engine.engine import Engine
+    from monitor.exporter import is_cumulative
+
+    # With a segment, so that per-segment families are there too (none may be cumulative and missed).
+    first = example_config.models[0].model_copy(update={"segments": [SegmentConfig(name="lang", feature="lang")]})
+    engine = Engine(example_config.model_copy(update={"models": [first, *example_config.models[1:]]}))
+    engine.process_topics(read_lines(EXAMPLE / "predictions.jsonl"), read_lines(EXAMPLE / "ground_truth.jsonl"))
+    full, counted = engine.evaluate(), engine.cumulative()
+
+    def cumulative(figs):
+        out = {(s.metric.name, s.labels): s.value for s in figs.samples if is_cumulative(s.metric)}
+        out |= {(h.metric.name, h.labels): (*h.counts, h.sum) for h in figs.histograms}
+        return out
+
+    assert cumulative(counted) == cumulative(full) and len(cumulative(full)) > 50

@@ -35,7 +35,7 @@ from monitor.engine.columns import (
     from_predictions,
     segment_array,
 )
-from monitor.engine.figures import Figures, model_figures
+from monitor.engine.figures import Figures, cumulative_figures, model_figures
 from monitor.engine.model_state import ModelState
 from monitor.events import BatchDecoder, Decoder, GroundTruth, InvalidEvent, Prediction
 from monitor.mapping import RecordMeta
@@ -302,11 +302,24 @@ class Engine:
         out = Figures()
         for state in self.models.values():
             model_figures(state, self.config.windows, at, out)
+        self._invalid_figures(out)
+        return out
+
+    def cumulative(self) -> Figures:
+        """Only the figures that count since the start (counters, histograms, the gauges beside them):
+        what `evaluate` gives for them, without summing any window."""
+        self.flush()
+        out = Figures()
+        for state in self.models.values():
+            cumulative_figures(state, out)
+        self._invalid_figures(out)
+        return out
+
+    def _invalid_figures(self, out: Figures) -> None:
         # Every (topic, reason) is exported from the start, so rate() and alerts see a zero, not nothing.
         for topic in (PREDICTIONS, GROUND_TRUTH):
             for reason in c.ALL_REASONS:
                 out.add(c.INVALID_EVENTS_TOTAL, (topic, reason), self.invalid[(topic, reason)])
-        return out
 
 
 

@@ -63,7 +63,6 @@ class Figures:
 
 def model_figures(state: ModelState, windows: list[int], at: float, out: Figures) -> None:
     cfg = state.cfg
-    model = cfg.name
     lay = state.layout
     labels = cfg.labels
     detail = set(cfg.detail_labels) if cfg.detail_labels is not None else set(labels)
@@ -77,18 +76,26 @@ def model_figures(state: ModelState, windows: list[int], at: float, out: Figures
         for w in windows:
             all_versions[w] += sums[w]
             _window_figures(state, version, format_duration(w), sums[w], calib_ref, detail, cells, out)
+
+    _segment_figures(state, windows, at, detail, out)
+    _slo_figures(state, windows, all_versions, out)
+    cumulative_figures(state, out)
+
+
+def cumulative_figures(state: ModelState, out: Figures) -> None:
+    """The model's counters, histograms and other since-start values: no window is summed for them, so a
+    caller that needs only these (the worker's per-partition counters) skips the window figures."""
+    model, lay = state.cfg.name, state.layout
+    for v, version in enumerate(state.version_names):
         total = state.store.total.get(v)
         if total is not None:
             outcomes = lay.view(total, "outcomes")
-            for li, label in enumerate(labels):
+            for li, label in enumerate(state.cfg.labels):
                 for k, name in enumerate(c.OUTCOMES):
                     out.add(c.LABEL_OUTCOMES_TOTAL, (model, version, label, name), outcomes[li, k])
             out.add(c.JOINED_TOTAL, (model, version), lay.view(total, "scalars")[S_JOINED])
         out.add(c.PREDICTIONS_TOTAL, (model, version), state.predictions_total[v])
         out.add_histogram(c.PREDICTION_LATENCY_SECONDS, (model, version), state.latency[v])
-
-    _segment_figures(state, windows, at, detail, out)
-    _slo_figures(state, windows, all_versions, out)
     _model_counters(state, out)
 
 

@@ -148,11 +148,10 @@ class Worker:
         return merged_figures(self.config, self.references, engines, at)
 
     def partition_figures(self) -> dict[int, Figures]:
-        """Each held partition's own figures: its counters and histograms are exported with a `partition`
-        label, so they move with the partition instead of shrinking (a false reset for rate()) when a
-        partition moves to another worker."""
-        at = self.options.at if self.options.at is not None else time.time()
-        return {p: s.engine.evaluate(at) for p, s in self.partitions.items()}
+        """Each held partition's counters and histograms, exported with a `partition` label, so they move
+        with the partition instead of shrinking (a false reset for rate()) when a partition moves to
+        another worker. Windows are not summed per partition: the merged figures give those."""
+        return {p: s.engine.cumulative() for p, s in self.partitions.items()}
 
     def health(self) -> tuple[bool, str]:
         if self.fatal is not None:
