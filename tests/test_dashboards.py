@@ -180,13 +180,19 @@ def test_every_panel_reads_recorded_series(example_config: MonitorConfig,
                                            dashboards: dict[str, dict[str, Any]]) -> None:
     """Panels read only series the recording rules define (never a worker's own series), so N workers show
     what one would and the panels show what the alerts use; each of those series is read by some panel."""
-    recorded = {r["record"] for g in recording_groups(example_config) for r in g["rules"]}
+    segmented_config = parse_config({"models": [{"name": "m", "labels": ["a", "b"], "segments": [
+        {"name": "country", "feature": "country"}]}]})
+    recorded = {r["record"] for cfg in (example_config, segmented_config)
+                for g in recording_groups(cfg) for r in g["rules"]}
     multiclass = generate.build_all(parse_config({"models": [{"name": "router", "task": "multiclass",
                                                               "labels": ["a", "b"]}]}))
+    segmented = generate.build_all(segmented_config)
     read: set[str] = set()
     router = {**EXAMPLE_VARIABLES, "model": "router", "label": "a"}
+    by_country = {**EXAMPLE_VARIABLES, "model": "m", "label": "a", "segment": "country", "segment_value": "$__all"}
     for data, variables in [*((d, EXAMPLE_VARIABLES) for d in dashboards.values()),
-                            *((d, router) for d in multiclass.values())]:
+                            *((d, router) for d in multiclass.values()),
+                            *((d, by_country) for d in segmented.values())]:
         for title, expr in panel_queries(data, variables):
             if expr.startswith(("ALERTS", "count(ALERTS")):
                 continue

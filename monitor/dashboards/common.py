@@ -315,7 +315,7 @@ def datasource_variable() -> db.DatasourceVariable:
     )
 
 
-def _query_variable(name: str, label: str, query: str, description: str, *, multi: bool) -> db.QueryVariable:
+def query_variable(name: str, label: str, query: str, description: str, *, multi: bool) -> db.QueryVariable:
     variable = (
         db.QueryVariable(name)
         .label(label)
@@ -333,12 +333,12 @@ def _query_variable(name: str, label: str, query: str, description: str, *, mult
 
 def model_variable(*, multi: bool) -> db.QueryVariable:
     query = f"label_values({C.PREDICTIONS_TOTAL.name}, {C.L_MODEL})"
-    return _query_variable(C.L_MODEL, "Model", query, "Models that sent predictions.", multi=multi)
+    return query_variable(C.L_MODEL, "Model", query, "Models that sent predictions.", multi=multi)
 
 
 def version_variable() -> db.QueryVariable:
     query = f"label_values({q.sel(C.PREDICTIONS_TOTAL, q.F_MODEL)}, {C.L_VERSION})"
-    return _query_variable(
+    return query_variable(
         C.L_VERSION, "Version", query, "Model versions; pick two to compare a canary.", multi=True
     )
 
@@ -346,7 +346,7 @@ def version_variable() -> db.QueryVariable:
 def label_variable() -> db.QueryVariable:
     # predicted_positives exists from the first prediction on; outcome series only once truth arrives.
     query = f"label_values({q.sel(C.PREDICTED_POSITIVES, q.F_MODEL)}, {C.L_LABEL})"
-    return _query_variable(C.L_LABEL, "Label", query, "Labels (classes) of the model.", multi=True)
+    return query_variable(C.L_LABEL, "Label", query, "Labels (classes) of the model.", multi=True)
 
 
 def window_variable(config: MonitorConfig, preferred: str) -> db.CustomVariable:

@@ -16,6 +16,7 @@ from monitor.config import MonitorConfig
 from monitor.dashboards import common as k
 from monitor.dashboards import promql as q
 from monitor.dashboards.common import Q
+from monitor.dashboards.segments import add_segment_row, has_segments
 
 UID = "mlmon-debug"
 TITLE = "ML monitor / Debug"
@@ -290,6 +291,8 @@ def build(config: MonitorConfig) -> dict[str, Any]:
             )
         )
     )
+    if has_segments(config):
+        dash = add_segment_row(dash)
     return k.finish(dash)
 
 

@@ -56,6 +56,9 @@ R_LABELS_ACTUAL = _same(C.WINDOW_LABELS_ACTUAL, N.LABELS_ACTUAL_SUM)
 R_ESTIMATED_PRECISION = _same(C.ESTIMATED_LABEL_PRECISION, N.ESTIMATED_LABEL_PRECISION_MIN)
 R_ESTIMATED_RECALL = _same(C.ESTIMATED_LABEL_RECALL, N.ESTIMATED_LABEL_RECALL_MIN)
 R_PENDING_JOINS = _same(C.PENDING_JOINS, N.PENDING_JOINS_SUM)
+R_SEGMENT_OUTCOMES = _same(C.SEGMENT_TWINS[C.LABEL_OUTCOMES.name], N.SEGMENT_LABEL_OUTCOMES_SUM)
+R_SEGMENT_PREDICTIONS = _same(C.SEGMENT_TWINS[C.WINDOW_PREDICTIONS.name], N.SEGMENT_WINDOW_PREDICTIONS_SUM)
+R_SEGMENT_JOINED = _same(C.SEGMENT_TWINS[C.WINDOW_JOINED.name], N.SEGMENT_WINDOW_JOINED_SUM)
 R_CONSUMER_LAG = _recorded(N.CONSUMER_LAG_SUM, (C.L_TOPIC,), f"recorded from {C.CONSUMER_LAG.name}")
 # Per-second rates over monitor.rules.names.HEALTH_RANGE, summed after rate().
 R_PREDICTIONS_RATE = _same(C.PREDICTIONS_TOTAL, N.PREDICTIONS_RATE)
@@ -74,6 +77,8 @@ VAR_MODEL = "$model"
 VAR_VERSION = "$version"
 VAR_LABEL = "$label"
 VAR_WINDOW = "$window"
+VAR_SEGMENT = "$segment"
+VAR_SEGMENT_VALUE = "$segment_value"
 RANGE = "$__range"
 RANGE_SECONDS = "$__range_s"
 
@@ -95,6 +100,8 @@ F_MODEL = regex(C.L_MODEL, VAR_MODEL)
 F_VERSION = regex(C.L_VERSION, VAR_VERSION)
 F_LABEL = regex(C.L_LABEL, VAR_LABEL)
 F_WINDOW = eq(C.L_WINDOW, VAR_WINDOW)
+F_SEGMENT = eq(C.L_SEGMENT, VAR_SEGMENT)
+F_SEGMENT_VALUE = regex(C.L_SEGMENT_VALUE, VAR_SEGMENT_VALUE)
 
 
 def _quote(value: str) -> str:
@@ -148,34 +155,36 @@ def ratio(numerator: str, denominator: str) -> str:
 
 # --- classification quality from additive outcome counts ------------------------------------------------
 
-def outcomes(by: Sequence[str], wanted: Sequence[str], *filters: Matcher) -> str:
-    """Summed outcome counts, e.g. TP+FN when wanted=(tp, fn)."""
+def outcomes(by: Sequence[str], wanted: Sequence[str], *filters: Matcher,
+             source: C.MetricDef = R_OUTCOMES) -> str:
+    """Summed outcome counts, e.g. TP+FN when wanted=(tp, fn); per version, or per segment value when
+    `source` is R_SEGMENT_OUTCOMES."""
     for outcome in wanted:
         if outcome not in C.OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
     matcher = eq(C.L_OUTCOME, wanted[0]) if len(wanted) == 1 else one_of(C.L_OUTCOME, wanted)
-    return sum_by(by, sel(R_OUTCOMES, *filters, matcher))
+    return sum_by(by, sel(source, *filters, matcher))
 
 
-def precision(by: Sequence[str], *filters: Matcher) -> str:
-    return ratio(outcomes(by, (TP,), *filters), outcomes(by, (TP, FP), *filters))
+def precision(by: Sequence[str], *filters: Matcher, source: C.MetricDef = R_OUTCOMES) -> str:
+    return ratio(outcomes(by, (TP,), *filters, source=source), outcomes(by, (TP, FP), *filters, source=source))
 
 
-def recall(by: Sequence[str], *filters: Matcher) -> str:
-    return ratio(outcomes(by, (TP,), *filters), outcomes(by, (TP, FN), *filters))
+def recall(by: Sequence[str], *filters: Matcher, source: C.MetricDef = R_OUTCOMES) -> str:
+    return ratio(outcomes(by, (TP,), *filters, source=source), outcomes(by, (TP, FN), *filters, source=source))
 
 
-def f1(by: Sequence[str], *filters: Matcher) -> str:
+def f1(by: Sequence[str], *filters: Matcher, source: C.MetricDef = R_OUTCOMES) -> str:
     """F1 = 2TP / (2TP + FP + FN), written as 2TP / (TP + (TP+FP+FN))."""
-    tp = outcomes(by, (TP,), *filters)
-    return f"2 * {tp} / (({tp} + {outcomes(by, (TP, FP, FN), *filters)}) > 0)"
+    tp = outcomes(by, (TP,), *filters, source=source)
+    return f"2 * {tp} / (({tp} + {outcomes(by, (TP, FP, FN), *filters, source=source)}) > 0)"
 
 
-def micro_f1(by: Sequence[str], *filters: Matcher) -> str:
+def micro_f1(by: Sequence[str], *filters: Matcher, source: C.MetricDef = R_OUTCOMES) -> str:
     """Micro F1: outcome counts summed over labels first (`by` must not contain `label`)."""
     if C.L_LABEL in by:
         raise ValueError("micro F1 sums over labels")
-    return f1(by, *filters)
+    return f1(by, *filters, source=source)
 
 
 def macro_f1(by: Sequence[str], *filters: Matcher) -> str:

@@ -54,6 +54,14 @@ ADDITIVE: Final = (
     (c.PENDING_PREDICTED_POSITIVES, PENDING_PREDICTED_POSITIVES_SUM),
 )
 
+# Sums across workers of the additive per-segment-value counts (only generated for models with segments).
+SEGMENT_ADDITIVE: Final = tuple(
+    (c.SEGMENT_TWINS[m.name], recorded(c.SEGMENT_TWINS[m.name], "sum"))
+    for m in (c.LABEL_OUTCOMES, c.WINDOW_PREDICTIONS, c.WINDOW_JOINED)
+)
+SEGMENT_LABEL_OUTCOMES_SUM, SEGMENT_WINDOW_PREDICTIONS_SUM, SEGMENT_WINDOW_JOINED_SUM = (
+    name for _, name in SEGMENT_ADDITIVE)
+
 # Reference constants: every worker exports the same values, so they are deduplicated (max), never summed.
 REFERENCE_FEATURE_BIN_MAX: Final = recorded(c.REFERENCE_FEATURE_BIN, "max")
 REFERENCE_SCORE_BIN_MAX: Final = recorded(c.REFERENCE_SCORE_BIN, "max")

@@ -283,6 +283,8 @@ def recording_groups(cfg: MonitorConfig, opts: RuleOptions | None = None) -> lis
     rules += _slo_statistics(opts)
     rules += _estimated_bounds(opts)
     rules += dashboard_rules()
+    if any(model.segments for model in cfg.models):
+        rules += segment_rules()
     return [{"name": "mlmon.recording", "rules": rules}]
 
 
@@ -330,3 +332,10 @@ def dashboard_rules() -> list[Rule]:
                {c.L_SOURCE: "predicted"}),
         record(n.LABEL_CARDINALITY, f"{n.LABELS_ACTUAL_SUM}\n/\n({n.FULLY_LABELLED_SUM} > 0)", {c.L_SOURCE: "actual"}),
     ]
+
+
+def segment_rules() -> list[Rule]:
+    """The segment panels' inputs: per segment value counts summed across workers. The panels compute
+    precision, recall and F1 from them, so N workers show what one would (as long as every worker tracks
+    the same values: a value that took a slot on one worker and fell into `_other` on another is split)."""
+    return [record(name, by("sum", metric.labels, metric.name)) for metric, name in n.SEGMENT_ADDITIVE]
