@@ -171,3 +171,38 @@ def test_mapped_input_reads_segments_through_its_mapping(use_native: bool) -> No
     assert {k[1:3]: v for k, v in counts.items() if k[3] == "30d"} == {
         ("country", "de"): 300, ("country", "fr"): 300, ("plan", "pro"): 200, ("plan", "free"): 200,
         ("plan", "team"): 200}
+
+
+@pytest.mark.parametrize("use_native", PATHS)
+def test_report_breaks_quality_down_by_segment(use_native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The report's segment tables: per value, volume and quality equal scikit-learn on that value's events,
+    the weakest label is the one with the lowest F1, values beyond max_values are one _other row."""
+    from monitor.report.build import make_report
+    from monitor.report.html import render
+
+    if not use_native:
+        monkeypatch.setenv("MLMON_NATIVE", "0")
+    preds, truths, rows = stream(3000, seed=4)
+    report = make_report(config(max_values=3), preds, truths, at=T0 + 4000)
+    (model,) = report.view.models
+    country = next(s for s in model.segments if s.name == "country")
+    table = {r.value: r for r in country.windows["30d"]}
+    kept = [x for x in table if x != c.SEGMENT_OTHER]
+    assert len(kept) == 3 and c.SEGMENT_OTHER in table
+    assert list(table)[-1] == c.SEGMENT_OTHER  # by volume, _other last
+    for value in [*kept, c.SEGMENT_OTHER]:
+        mine = [r for r in rows
+                if (r["country"] not in kept if value == c.SEGMENT_OTHER else r["country"] == value)]
+        y = np.array([r["actual"] for r in mine])
+        p = np.array([r["predicted"] for r in mine])
+        row = table[value]
+        assert row.predictions == len(mine) and row.joined == len(mine)
+        assert row.micro_f1 == pytest.approx(f1_score(y, p, average="micro"), abs=1e-12)
+        f1s = {label: f1_score(y[:, i], p[:, i]) for i, label in enumerate(LABELS)}
+        assert row.worst is not None and row.worst.label == min(f1s, key=lambda k: (f1s[k], k))
+        assert row.worst.f1 == pytest.approx(min(f1s.values()), abs=1e-12)
+        assert row.worst.lower is not None and row.worst.upper is not None
+        assert row.worst.lower <= row.worst.f1 <= row.worst.upper
+    html = render(report.view, headline=report.headline, timeline=report.timeline)
+    assert "Quality by country" in html and "Quality by tier" in html
+    assert all(f'data-segment-value="{v}"' in html for v in table)

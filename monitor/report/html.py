@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from monitor.report import svg
+from monitor.report import segments, svg
 from monitor.report.model import (
     Distribution,
     LabelRow,
@@ -238,6 +238,8 @@ def _model(view: ReportView, m: ModelView, win_ids: dict[str, str]) -> str:
         out.append(_drift(view, m, v, s))
     if not m.versions:
         out.append('<div class="card"><p class="note">No predictions for this model.</p></div>')
+    if m.segments:
+        out.append(segments.section(m.name, m.task, m.segments, view.windows, win_ids, s))
     out.append(_slos(m, view.windows, s))
     out.append(_ground_truth(view, m, s))
     out.append(_health(m, s))

@@ -15,6 +15,7 @@ from monitor import conventions as c
 from monitor.config import ModelConfig, MonitorConfig, format_duration
 from monitor.engine.engine import Engine
 from monitor.engine.figures import Figures, HistogramSample
+from monitor.report.segments import SegmentView, segment_views
 from monitor.rules.options import RuleOptions
 from monitor.rules.tier_state import TierState, slo_counts, tier_states
 from monitor.rules.tiers import max_burn_rate
@@ -151,6 +152,7 @@ class ModelView:
     ground_truth_total: float
     delay: HistogramSample | None
     counters: dict[str, float]  # health counters shown as a small table (name -> value)
+    segments: list[SegmentView] = field(default_factory=list)  # models[].segments, in config order
 
 
 @dataclass(frozen=True)
@@ -244,6 +246,7 @@ def _model_view(config: MonitorConfig, m: ModelConfig, engine: Engine, figures: 
         ground_truth_total=idx.num(c.GROUND_TRUTH_TOTAL, (m.name,)),
         delay=idx.histogram(c.GROUND_TRUTH_DELAY_SECONDS, (m.name,)),
         counters=counters,
+        segments=segment_views(m, figures, windows),
     )
 
 
