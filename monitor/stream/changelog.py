@@ -6,6 +6,10 @@ Partition p of the state topic holds partition p's state, one record per key, th
                                      scalars) and the input offsets it describes: a snapshot without
                                      blocks or entries (monitor.engine.snapshot, `entries=False`)
   b"b" kind version bucket model     one window block (kind f: fine, c: coarse, t: cumulative), zlib'd
+  b"p" kind version bucket part parts model
+                                     one part of a block larger than BLOCK_PART_BYTES (a multiclass model
+                                     with hundreds of classes: its confusion matrix), zlib'd; the raw
+                                     bytes are cut at fixed offsets, so a block always has the same parts
   b"e" len(model) model id           one join entry (a pending or joined prediction, or waiting ground
                                      truth), fixed-width binary; a tombstone when it leaves the table
 
@@ -14,8 +18,9 @@ whose bytes differ from what was last written) and the meta record, in one Kafka
 with the input offsets (`send_offsets_to_transaction`), so the changelog and the consumer group's
 offsets always describe the same prefix of the input. A worker that dies mid-checkpoint leaves an
 aborted transaction that read_committed readers and the log cleaner skip. Every record is small (an
-entry is 50-150 bytes, a block a few KB): nothing comes near the broker's stock 1 MB message limit,
-whatever the number of pending predictions.
+entry is 50-150 bytes, a block a few KB, a block part at most BLOCK_PART_BYTES before compression):
+nothing comes near the broker's stock 1 MB message limit, whatever the number of pending predictions or
+of classes.
 """
 
 from __future__ import annotations
@@ -43,10 +48,15 @@ log = logging.getLogger(__name__)
 
 KEY_META = b"m"
 _BLOCK = b"b"
+_PART = b"p"
 _ENTRY = b"e"
 _KINDS = {b"f": "fine", b"c": "coarse", b"t": "total"}
 _BLOCK_HEAD = struct.Struct(">cqq")  # kind, version, bucket (0 for the cumulative block)
+_PART_HEAD = struct.Struct(">cqqII")  # kind, version, bucket, part, parts
 _NAME_LEN = struct.Struct(">H")
+# A block's raw bytes above this are written as parts of this size: each compresses to at most a few bytes
+# more (zlib's bound), far under the 1 MB message limit, and an unchanged part is not written again.
+BLOCK_PART_BYTES = 256 << 10
 # Record batches stay well under the broker's stock message.max.bytes (1 MB), which bounds a batch.
 MAX_BATCH_BYTES = 512 << 10
 
@@ -60,6 +70,25 @@ class ChangelogError(Exception):
 # --- record encoding (pure) -----------------------------------------------------------------------------
 def block_key(model: str, kind: bytes, version: int, bucket: int) -> bytes:
     return _BLOCK + _BLOCK_HEAD.pack(kind, version, bucket) + model.encode()
+
+
+def block_records(model: str, kind: bytes, version: int, bucket: int, block: np.ndarray) -> Iterator[Record]:
+    """(key, raw bytes) of a block: one record, or BLOCK_PART_BYTES parts when it is larger."""
+    raw = np.ascontiguousarray(block, dtype=np.float64).tobytes()
+    if len(raw) <= BLOCK_PART_BYTES:
+        yield block_key(model, kind, version, bucket), raw
+        return
+    parts = -(-len(raw) // BLOCK_PART_BYTES)
+    for i in range(parts):
+        key = _PART + _PART_HEAD.pack(kind, version, bucket, i, parts) + model.encode()
+        yield key, raw[i * BLOCK_PART_BYTES:(i + 1) * BLOCK_PART_BYTES]
+
+
+def parse_part_key(key: bytes) -> tuple[str, str, int, int, int, int]:
+    kind, version, bucket, part, parts = _PART_HEAD.unpack_from(key, 1)
+    if kind not in _KINDS or part >= parts:
+        raise ChangelogError(f"bad block part key {key[:24]!r}")
+    return key[1 + _PART_HEAD.size:].decode(), _KINDS[kind], version, bucket, part, parts
 
 
 def entry_key(model: str, pid: str) -> bytes:
@@ -124,16 +153,19 @@ def decode_entries(values: list[bytes], n_labels: int) -> dict[str, np.ndarray]:
     return {name: out[name].astype(dtype_, copy=False) for name, dtype_ in EXPORT_COLUMNS.items()}
 
 
-def encode_block(block: np.ndarray) -> bytes:
+def compress(raw: bytes) -> bytes:
     # Level 1: most of a block is zeros (unused bins), which even the fastest level removes.
-    return zlib.compress(np.ascontiguousarray(block, dtype=np.float64).tobytes(), 1)
+    return zlib.compress(raw, 1)
 
 
-def decode_block(value: bytes, size: int) -> np.ndarray:
+def decompress(value: bytes) -> bytes:
     try:
-        raw = zlib.decompress(value)
+        return zlib.decompress(value)
     except zlib.error as exc:
         raise ChangelogError(f"a window block does not decompress: {exc}") from None
+
+
+def block_array(raw: bytes, size: int) -> np.ndarray:
     if len(raw) != size * 8:
         raise ChangelogError("a window block has the wrong size (another statistics layout?)")
     return np.frombuffer(raw, dtype=np.float64).copy()
@@ -211,11 +243,10 @@ class ChangeTracker:
         joins = []
         for name, state in engine.models.items():
             for kind, v, b, block in _blocks(state.store):
-                key = block_key(name, kind, v, b)
-                raw = block.tobytes()
-                current[key] = raw
-                if self.written.get(key) != raw:
-                    blocks.append((key, encode_block(block)))
+                for key, raw in block_records(name, kind, v, b, block):
+                    current[key] = raw
+                    if self.written.get(key) != raw:
+                        blocks.append((key, compress(raw)))
             ids, columns, gone = state.join.changes()
             joins.append(JoinChanges(name, state.n_labels, ids, columns, gone))
         blocks.extend((key, None) for key in self.written if key not in current)
@@ -262,14 +293,25 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
     models = {s.cfg.name: s for s in Engine(config, references).models.values()}
     sizes = {name: s.layout.size for name, s in models.items()}
     labels = {name: s.n_labels for name, s in models.items()}
+    parts: dict[tuple[str, str, int, int], dict[int, bytes]] = {}
+    counts: dict[tuple[str, str, int, int], int] = {}
     for key, value in records.items():
         if key.startswith(_BLOCK):
             name, kind, v, b = parse_block_key(key)
             if name not in sizes or name not in prefixes:
                 continue  # a model the config no longer has
-            block = decode_block(value, sizes[name])
-            blocks.setdefault(name, {}).setdefault(kind, {})[(v, b)] = block
-            written[key] = block.tobytes()
+            raw = decompress(value)
+            blocks.setdefault(name, {}).setdefault(kind, {})[(v, b)] = block_array(raw, sizes[name])
+            written[key] = raw
+        elif key.startswith(_PART):
+            name, kind, v, b, part, n_parts = parse_part_key(key)
+            if name not in sizes or name not in prefixes:
+                continue
+            raw = decompress(value)
+            parts.setdefault((name, kind, v, b), {})[part] = raw
+            if counts.setdefault((name, kind, v, b), n_parts) != n_parts:
+                raise ChangelogError(f"the parts of a {kind} block of model {name!r} disagree on their count")
+            written[key] = raw
         elif key.startswith(_ENTRY):
             name, pid = parse_entry_key(key)
             if name in labels and name in prefixes:
@@ -278,6 +320,12 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
                 values.append(value)
         elif key != KEY_META:
             raise ChangelogError(f"unknown state record key {key[:16]!r}")
+    for (name, kind, v, b), got in parts.items():
+        if len(got) != counts[(name, kind, v, b)]:
+            raise ChangelogError(f"a {kind} block of model {name!r} has {len(got)} of its "
+                                 f"{counts[(name, kind, v, b)]} parts")
+        raw = b"".join(got[i] for i in range(len(got)))
+        blocks.setdefault(name, {}).setdefault(kind, {})[(v, b)] = block_array(raw, sizes[name])
     for name, (prefix, m) in prefixes.items():
         if name not in sizes:
             continue
