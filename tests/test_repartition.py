@@ -308,3 +308,52 @@ def test_always_with_two_workers_one_killed_and_replaced_adds_up(kafka_bootstrap
     for value, key in list(keys.items())[:50]:
         assert by_value[value].key == key and origin(by_value[value].headers)[0] == kafka.predictions_topic
     assert all(key_of(r.value) is not None for r in copies)
+
+
+@kafka_test
+@pytest.mark.timeout(240)
+def test_unkeyed_kserve_log_on_several_partitions(kafka_bootstrap: str, tmp_path: Path, workers) -> None:  # noqa: F811
+    """KServe's logger sets no Kafka key, so its topic could only be read with one partition before. With
+    3 partitions (and the review table on 2) the worker repartitions both; the CloudEvents attributes in
+    the headers (binary content mode) reach the mapping unchanged, and a rejected record's dead letter
+    names its source topic."""
+    from tests.attach_shapes import KSERVE_RESPONSE, SHAPES, kserve_event, ms_stream, renamed
+    from tests.test_attach_kafka import produce_records, read_all
+    from tests.test_mapping import WINDOWS
+    from tests.test_oracle import LABELS, to_raw
+
+    preds, all_gts = ms_stream(seed=29, n=600)
+    last = {g.pid: g for g in sorted(all_gts, key=lambda g: (g.ts, g.order))}
+    gts = sorted(last.values(), key=lambda g: g.order)
+    prefix = unique_topic("rk")
+    shape = renamed(SHAPES["kserve"](preds, gts), prefix)
+    data = {"kafka": {"bootstrap_servers": kafka_bootstrap, "predictions_topic": f"{prefix}-predictions",
+                      "ground_truth_topic": f"{prefix}-truth", "dead_letter_topic": f"{prefix}-dlq",
+                      "group_id": f"{prefix}-group", "partitions": 4},
+            "windows": WINDOWS, "join": {"ttl": "3d"},
+            "models": [{"name": "m", "labels": LABELS, "thresholds": {"b": 0.3}, "input": shape.inputs}]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    at = max([p.ts for p in preds] + [g.ts for g in gts])
+    native_config = config.model_copy(update={"models": [config.models[0].model_copy(update={"input": None})]})
+    native_p, native_g = to_raw(preds, gts)
+    expected = replay_series(native_config, native_p, native_g, at)
+    bad = kserve_event(KSERVE_RESPONSE, "x1", at, {"outputs": [{"name": "probabilities", "data": [0.1]}]}, False)
+    expected[("mlmon_invalid_events_total", (("reason", "missing_score"), ("topic", c.TOPIC_PREDICTIONS)))] += 1
+    pred_topic, gt_topic = shape.inputs["predictions"]["topic"], shape.inputs["ground_truth"]["topic"]
+    create_topic(kafka_bootstrap, pred_topic, partitions=3)
+    create_topic(kafka_bootstrap, gt_topic, partitions=2)
+    w = WorkerProcess(path, at, tmp_path)
+    workers.append(w)
+    wait_for("the worker to join its group", lambda: w.get("/healthz")[0] == 200 if w.try_scrape() else False,
+             workers=workers)
+    produce_records(kafka_bootstrap, pred_topic, [bad, *shape.topics[pred_topic]])
+    produce_records(kafka_bootstrap, gt_topic, shape.topics[gt_topic])
+    wait_for("the worker to drain", drained([w], expected), workers=workers)
+    assert_series_equal(w.scrape(), expected)
+    letters = read_all(kafka_bootstrap, f"{prefix}-dlq", 1)
+    assert len(letters) == 1 and letters[0].value == bad.value
+    headers = {k: v.decode() for k, v in letters[0].headers}
+    assert headers[c.DLQ_TOPIC_HEADER] == pred_topic and headers[c.DLQ_FIELD_HEADER] == "scores"
+    assert w.stop() == 0
