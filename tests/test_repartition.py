@@ -24,7 +24,7 @@ from monitor import conventions as c
 from monitor.config import MonitorConfig, load_config
 from monitor.events import Decoder, GroundTruth, Prediction
 from monitor.mapping import RecordMeta, readers
-from monitor.stream.repartition import SKIP, IdReader, origin, partition_of, source_headers
+from monitor.stream.repartition import SKIP, BatchIds, IdReader, origin, partition_of, source_headers
 from tests.conftest import EXAMPLE_CONFIG
 from tests.kafka_fixtures import create_topic, kafka_bootstrap, unique_topic  # noqa: F401
 from tests.test_worker import (
@@ -133,6 +133,11 @@ def test_the_id_read_for_routing_is_the_one_the_decoder_reads(stream) -> None:  
                 assert got == event.prediction_id
             else:  # rejected: routed by its bytes, rejected again by the join stage
                 assert got is None or isinstance(got, str)
+        # The batch reader (native fast path where it applies) gives the same ids.
+        records = [RecordMeta() for _ in raws]
+        batch = BatchIds(config, {m.name: None for m in config.models}).read(
+            side, config.topic_of(config.models[0], side), raws, records)
+        assert batch == [ids.read(raw, RecordMeta) for raw in raws]
 
     # A mapped topic with the kafka envelope: the id comes from a header, the `when` leaves some out.
     data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
@@ -210,9 +215,9 @@ def test_3_and_5_partitions_keyed_by_user_kill_9_and_restart_is_exact(kafka_boot
         rest = preds_all[cut:]
         for i in range(0, len(rest), 150):
             produce_keyed(kafka_bootstrap, kafka.predictions_topic, rest[i:i + 150], seed=i)
-        for i in range(0, len(truths_all), 300):
-            produce_keyed(kafka_bootstrap, kafka.ground_truth_topic, truths_all[i:i + 300], seed=i + 3)
-            time.sleep(0.1)  # spread out, so that the kill lands while the stream still arrives
+        for i in range(0, len(truths_all), 100):
+            produce_keyed(kafka_bootstrap, kafka.ground_truth_topic, truths_all[i:i + 100], seed=i + 3)
+            time.sleep(0.15)  # spread out (about 6 s), so that the kill lands while the stream still arrives
         done.set()
 
     feeder = threading.Thread(target=feed)
@@ -279,9 +284,9 @@ def test_always_with_two_workers_one_killed_and_replaced_adds_up(kafka_bootstrap
     def feed() -> None:
         for i in range(1000, len(preds), 200):
             produce_keyed(kafka_bootstrap, kafka.predictions_topic, preds[i:i + 200], seed=i)
-        for i in range(0, len(truths), 300):
-            produce_keyed(kafka_bootstrap, kafka.ground_truth_topic, truths[i:i + 300], seed=i + 1)
-            time.sleep(0.1)
+        for i in range(0, len(truths), 100):
+            produce_keyed(kafka_bootstrap, kafka.ground_truth_topic, truths[i:i + 100], seed=i + 1)
+            time.sleep(0.15)
         done.set()
 
     feeder = threading.Thread(target=feed)
@@ -290,6 +295,7 @@ def test_always_with_two_workers_one_killed_and_replaced_adds_up(kafka_bootstrap
                                                     c.GROUND_TRUTH_TOTAL.name) >= 300, workers=workers)
     a.proc.kill()
     a.proc.wait(10)
+    assert not done.is_set()  # killed while the stream still arrived
     replacement = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3)
     workers.append(replacement)
     feeder.join(120)

@@ -41,8 +41,10 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from monitor.config import KafkaConfig, MonitorConfig
+from monitor.engine import native
 from monitor.events import MAX_ID_LENGTH, Decoder, InvalidEvent
 from monitor.mapping import RecordMeta, TopicReader, cloudevent, kafka_record, readers
+from monitor.reference import Reference
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +101,7 @@ def _valid_id(pid: Any) -> str | None:
 
 
 class IdReader:
-    """The prediction id of a raw message of one (side, topic), read as TopicReader.decode reads it:
+    """The prediction id of one raw message of one (side, topic), read as TopicReader.decode reads it:
     the native field for native events, the claiming mapping's `prediction_id` expression otherwise."""
 
     def __init__(self, reader: TopicReader) -> None:
@@ -135,12 +137,53 @@ class IdReader:
             return None
 
 
+class BatchIds:
+    """The prediction ids of a batch of one (side, topic): through the engine's native fast-path decoder
+    where it reads the topic (the very ids the join stage's decoder will see, a few times faster than
+    parsing in Python), IdReader for the messages it leaves to the exact decoder."""
+
+    def __init__(self, config: MonitorConfig, references: dict[str, Reference | None]) -> None:
+        decoder = Decoder(config)
+        self.readers = readers(config, decoder)
+        self.exact = {key: IdReader(r) for key, r in self.readers.items()}
+        self.fast: Any = None
+        self.fast_readings: dict[tuple[str, str], int] = {}
+        if native.enabled():
+            readings = native.native_readings(config, self.readers)
+            self.fast = native._native.Decoder(
+                config.kafka.max_message_bytes, native.native_models(config, references),
+                [(r["kind"], r["mappings"]) for r in readings.values()])
+            self.fast_readings = {key: i for i, (key, ok) in enumerate(zip(readings, self.fast.readable,
+                                                                           strict=True)) if ok}
+
+    def read(self, side: str, topic: str, raws: list[bytes],
+             records: Sequence[ConsumerRecord]) -> list[str | object | None]:
+        """Per message: its id, None when it has none the decoder would accept, or SKIP."""
+        key = (side, topic)
+        exact = self.exact[key]
+        out: list[str | object | None] = [None] * len(raws)
+        rest: Sequence[int] = range(len(raws))
+        reading = self.fast_readings.get(key)
+        if self.fast is not None and (exact.plain or reading is not None):
+            decoded = (self.fast.predictions if side == SIDES[0] else self.fast.ground_truth)(raws, reading)
+            blocks = [b["ids"] for b in decoded["blocks"]]
+            rest = []
+            for i, (m, row) in enumerate(zip(decoded["model"].tolist(), decoded["row"].tolist(), strict=True)):
+                if m >= 0 and row >= 0:
+                    out[i] = blocks[m][row]
+                else:
+                    rest.append(i)
+        for i in rest:
+            r = records[i]
+            out[i] = exact.read(raws[i], lambda r=r: RecordMeta(r.key, r.headers, r.timestamp))
+        return out
+
+
 # --- the stage ------------------------------------------------------------------------------------------------
 @dataclass
 class Source:
     tp: TopicPartition
     side: str
-    ids: IdReader
     producer: AIOKafkaProducer | None = None
     next_offset: int = 0  # the next source offset to copy (committed with the last transaction)
     resync: bool = False  # the producer failed: restart it and read the committed offset again
@@ -163,9 +206,9 @@ class Repartitioner:
     """Consumes the source topics in the consumer group `<group_id>-repartition` and copies them to the
     internal topics, one transaction per source partition and batch (module docstring)."""
 
-    def __init__(self, config: MonitorConfig, sources: list[tuple[str, str]], internal: dict[str, str],
-                 partitions: int, client_options: dict[str, Any], client_id: str, max_batch: int = 20_000,
-                 write_timeout: float = 60.0, retry_base: float = 1.0) -> None:
+    def __init__(self, config: MonitorConfig, references: dict[str, Reference | None], sources: list[tuple[str, str]],
+                 internal: dict[str, str], partitions: int, client_options: dict[str, Any], client_id: str,
+                 max_batch: int = 20_000, write_timeout: float = 60.0, retry_base: float = 1.0) -> None:
         self.config = config
         self.kafka = config.kafka
         self.group = repartition_group(config.kafka)
@@ -176,10 +219,8 @@ class Repartitioner:
         self.max_batch = max_batch
         self.write_timeout = write_timeout
         self.retry_base = retry_base
-        decoder = Decoder(config)
-        by_pair = readers(config, decoder)
         self.side_of = {topic: side for side, topic in sources}
-        self.ids = {topic: IdReader(by_pair[(side, topic)]) for side, topic in sources}
+        self.ids = BatchIds(config, references)
         self.owned: dict[TopicPartition, Source] = {}
         self.lock = asyncio.Lock()
         self.stats = RepartitionStats()
@@ -255,7 +296,8 @@ class Repartitioner:
             src.producer = await self._producer(src.tp)
         producer = src.producer
         n = self.partitions
-        ids = src.ids
+        values = [r.value if r.value is not None else b"" for r in records]
+        pids = self.ids.read(src.side, src.tp.topic, values, records)
         prefix = f"{src.tp.topic}:{src.tp.partition}:".encode()
         builders: dict[tuple[str, int], Any] = {}
         topic = self.internal[src.side]
@@ -263,9 +305,7 @@ class Repartitioner:
         skipped = 0
         await producer.begin_transaction()
         try:
-            for r in records:
-                value = r.value if r.value is not None else b""
-                pid = ids.read(value, lambda r=r: RecordMeta(r.key, r.headers, r.timestamp))
+            for r, value, pid in zip(records, values, pids, strict=True):
                 if pid is SKIP:
                     skipped += 1
                     continue
@@ -360,8 +400,7 @@ class Repartitioner:
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         async with self.lock:
-            new = [Source(tp, self.side_of[tp.topic], self.ids[tp.topic])
-                   for tp in sorted(assigned) if tp not in self.owned]
+            new = [Source(tp, self.side_of[tp.topic]) for tp in sorted(assigned) if tp not in self.owned]
             try:
                 await self._resume_from_committed(new)
             except (KafkaError, OSError) as exc:

@@ -225,8 +225,8 @@ class Worker:
         client_id = f"mlmon-worker-{socket.gethostname()}-{os.getpid()}"
         session = self.options.session_timeout_ms
         if t.internal:
-            self.repartitioner = Repartitioner(self.config, t.sources, dict(t.internal), t.partitions, opts,
-                                               client_id, max_batch=self.options.max_batch,
+            self.repartitioner = Repartitioner(self.config, self.references, t.sources, dict(t.internal),
+                                               t.partitions, opts, client_id, max_batch=self.options.max_batch,
                                                write_timeout=self.options.state_write_timeout,
                                                retry_base=self.options.state_retry_base)
             await self.repartitioner.start(session, max(session, self.options.rebalance_timeout_ms))
