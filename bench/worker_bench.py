@@ -101,6 +101,21 @@ async def bare_consume(config: MonitorConfig, total: int) -> float:
         await consumer.stop()
 
 
+def _cpu_of(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used so far; None when unknown (a remote broker)."""
+    if pid is None:
+        return None
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# CPU seconds of the last run_worker: the worker process's and the broker's (None: not measured), from its
+# first event to its last. On a shared machine wall time follows the other jobs; CPU time much less.
+LAST_CPU: dict[str, float | None] = {}
+BROKER_PID: list[int | None] = [None]
+
+
 async def run_worker(config: MonitorConfig, total: int, at: float, profile: cProfile.Profile | None
                      ) -> tuple[float, Worker, bytes]:
     worker = Worker(config, WorkerOptions(metrics_port=0, metrics_bind="127.0.0.1", at=at,
@@ -117,8 +132,12 @@ async def run_worker(config: MonitorConfig, total: int, at: float, profile: cPro
         stage = worker.repartitioner
         if first is None and worker.joined and (stage is None or stage.joined):
             first = time.perf_counter()
+            cpu0, broker0 = time.process_time(), _cpu_of(BROKER_PID[0])
         await asyncio.sleep(0.001 if first is None else 0.01)
     elapsed = time.perf_counter() - (first or time.perf_counter())
+    broker1 = _cpu_of(BROKER_PID[0])
+    LAST_CPU["worker"] = time.process_time() - cpu0 if first is not None else None
+    LAST_CPU["broker"] = broker1 - broker0 if first is not None and broker0 is not None and broker1 else None
     if profile is not None:
         profile.disable()
     body = await asyncio.to_thread(_get, f"http://127.0.0.1:{worker.web.port}/metrics")
@@ -186,6 +205,7 @@ def main() -> None:
 
         broker = start_broker()
         args.bootstrap = broker.bootstrap
+        BROKER_PID[0] = broker.pid
     try:
         spec = TrafficSpec(n=args.events, rate=20.0, seed=7)
         p, g = generate(spec)
@@ -200,6 +220,7 @@ def main() -> None:
         replay_s = time.perf_counter() - started
         profile = cProfile.Profile() if args.profile else None
         worker_s, worker, body = asyncio.run(run_worker(config, total, at, profile))
+        cpu = {"worker": dict(LAST_CPU)}
         restart_s, restarted = asyncio.run(restart(config, at))
         repartitioned = None
         if not args.no_repartition:
@@ -207,6 +228,7 @@ def main() -> None:
             k = config.kafka.model_copy(update={"group_id": f"{config.kafka.group_id}-rp", "repartition": "always"})
             rp_s, rp_worker, rp_body = asyncio.run(run_worker(config.model_copy(update={"kafka": k}), total, at, None))
             repartitioned = (rp_s, rp_worker, rp_body)
+            cpu["repartitioned"] = dict(LAST_CPU)
         memory = {name: pending_join_memory(config, use) for name, use in (("native", True), ("pure Python", False))
                   if use is False or native.enabled()}
 
@@ -236,6 +258,10 @@ def main() -> None:
             rst = rp_worker.repartitioner.stats if rp_worker.repartitioner is not None else None
             print(f"repartitioned/worker = {rate['repartitioned'] / rate['worker']:.2f} (same events, same topics); "
                   f"/metrics identical to replay: yes")
+            for name, used in cpu.items():
+                broker_us = f"{1e6 * used['broker'] / total:.1f}" if used.get("broker") is not None else "?"
+                print(f"CPU per event, {name}: worker process {1e6 * (used['worker'] or 0) / total:.1f} us, "
+                      f"broker {broker_us} us")
             if rst is not None:
                 print(f"repartition stage: {rst.copied} copied in {rst.transactions} transactions, "
                       f"{rst.seconds:.2f} s inside them ({100 * rst.seconds / max(rp_s, 1e-9):.0f}% of the run)")

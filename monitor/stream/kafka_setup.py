@@ -120,7 +120,7 @@ async def ensure_topics(config: MonitorConfig) -> Topics:
                 log.info("input topics have different partition counts (%s): reading them through %s",
                          counts, ", ".join(t for _, t in internal))
             # Source topics only need to exist; their partition counts do not matter.
-            wanted = {name: {} for name in names}
+            wanted: dict[str, dict[str, str]] = {name: {} for name in names}
             wanted.update({topic: internal_topic_configs() for _, topic in internal})
         else:
             internal = ()

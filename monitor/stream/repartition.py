@@ -137,6 +137,11 @@ class IdReader:
             return None
 
 
+def _meta_of(record: ConsumerRecord) -> Callable[[], RecordMeta]:
+    # Built only when an envelope reads it: most messages never need one.
+    return lambda: RecordMeta(record.key, record.headers, record.timestamp)
+
+
 class BatchIds:
     """The prediction ids of a batch of one (side, topic): through the engine's native fast-path decoder
     where it reads the topic (the very ids the join stage's decoder will see, a few times faster than
@@ -174,8 +179,7 @@ class BatchIds:
                 else:
                     rest.append(i)
         for i in rest:
-            r = records[i]
-            out[i] = exact.read(raws[i], lambda r=r: RecordMeta(r.key, r.headers, r.timestamp))
+            out[i] = exact.read(raws[i], _meta_of(records[i]))
         return out
 
 
@@ -353,6 +357,8 @@ class Repartitioner:
         """Fence, then seek each source partition to the offset its last committed transaction recorded."""
         assert self.consumer is not None
         consumer = self.consumer
+        for s in sources:  # a producer left from a failed attempt: the new one would fence it anyway
+            await _close(s)
         producers = await asyncio.gather(*(self._producer(s.tp) for s in sources), return_exceptions=True)
         failed: BaseException | None = None
         for s, producer in zip(sources, producers, strict=True):
