@@ -105,6 +105,24 @@ def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0)
     return asyncio.run(run())
 
 
+def read_topic_uncommitted(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0) -> list:
+    async def run() -> list:
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    isolation_level="read_uncommitted")
+        await consumer.start()
+        try:
+            out: list = []
+            deadline = time.monotonic() + timeout
+            while len(out) < at_least and time.monotonic() < deadline:
+                for records in (await consumer.getmany(timeout_ms=500)).values():
+                    out.extend(records)
+            return out
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
 def beginning_offsets(bootstrap: str, topics: list[str]) -> dict:
     from kafka import KafkaConsumer
     from kafka import TopicPartition as Tp
@@ -363,3 +381,102 @@ def test_unkeyed_kserve_log_on_several_partitions(kafka_bootstrap: str, tmp_path
     headers = {k: v.decode() for k, v in letters[0].headers}
     assert headers[c.DLQ_TOPIC_HEADER] == pred_topic and headers[c.DLQ_FIELD_HEADER] == "scores"
     assert w.stop() == 0
+
+
+@kafka_test
+@pytest.mark.timeout(200)
+def test_broker_restart_mid_stream_is_exact(tmp_path: Path, stream, workers) -> None:  # noqa: F811
+    """The broker goes away under a repartitioning worker (its state writes and both groups' heartbeats
+    fail meanwhile) and comes back; the worker goes on and ends exact. A failed repartition transaction
+    itself is forced in the next test."""
+    from monitor.stream.broker import LocalKafka, free_port
+
+    preds, truths, at = stream
+    broker = LocalKafka(port=free_port(), data_dir=tmp_path / "kafka", controller_port=free_port())
+    broker.start()
+    try:
+        bootstrap = broker.bootstrap
+        path, config = _config(tmp_path, bootstrap, "auto", partitions=2)
+        kafka = config.kafka
+        expected = replay_series(config, preds, truths, at)
+        create_topic(bootstrap, kafka.predictions_topic, partitions=3)
+        create_topic(bootstrap, kafka.ground_truth_topic, partitions=1)
+        cut = len(preds) // 2
+        ids = {key_of(p) for p in preds[:cut]}
+        produce_keyed(bootstrap, kafka.predictions_topic, preds[:cut], seed=4)
+        w = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3)
+        workers.append(w)
+        wait_for("the first part", lambda: total(w.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) > 0, workers=workers)
+        produce_keyed(bootstrap, kafka.ground_truth_topic, [t for t in truths if key_of(t) in ids], seed=5)
+        broker.stop()  # graceful: the data dir is kept
+        time.sleep(2.0)  # fetches, transactions and checkpoints fail meanwhile
+        assert w.proc.poll() is None, w.output()[-3000:]
+        broker.start()
+        produce_keyed(bootstrap, kafka.predictions_topic, preds[cut:], seed=6)
+        produce_keyed(bootstrap, kafka.ground_truth_topic, [t for t in truths if key_of(t) not in ids], seed=7)
+        wait_for("the worker to drain after the restart", drained([w], expected), timeout=120, workers=workers)
+        assert_series_equal(w.scrape(), expected)
+        assert w.stop() == 0, w.output()[-3000:]
+    finally:
+        broker.stop()
+
+
+@kafka_test
+@pytest.mark.timeout(120)
+def test_a_failed_copy_transaction_is_aborted_and_resumed_exactly_once(kafka_bootstrap: str,  # noqa: F811
+                                                                      tmp_path: Path, stream) -> None:  # noqa: F811
+    """The stage in-process on a real broker; the first transaction fails after its copies were sent
+    (its commit raises, as when the broker drops the connection at that moment). The aborted copies
+    never reach a read_committed reader, the partition resumes from its committed offset, and every
+    source record is in the internal topic exactly once."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaConnectionError
+
+    from monitor.stream.kafka_setup import client_options, ensure_topics
+    from monitor.stream.repartition import Repartitioner
+
+    preds, _, _ = stream
+    _, config = _config(tmp_path, kafka_bootstrap, "always", partitions=3)
+    kafka = config.kafka
+    create_topic(kafka_bootstrap, kafka.predictions_topic, partitions=2)
+    create_topic(kafka_bootstrap, kafka.ground_truth_topic, partitions=2)
+    values = preds[:1200]
+    produce_keyed(kafka_bootstrap, kafka.predictions_topic, values, seed=8)
+    original = AIOKafkaProducer.commit_transaction
+    failed: list[int] = []
+
+    async def flaky_commit(self: AIOKafkaProducer) -> None:
+        if not failed:
+            failed.append(1)
+            raise KafkaConnectionError("injected: connection lost while committing")
+        await original(self)
+
+    async def run() -> Repartitioner:
+        topics = await ensure_topics(config)
+        stage = Repartitioner(config, {m.name: None for m in config.models}, topics.sources, dict(topics.internal),
+                              topics.partitions, client_options(kafka), "test", retry_base=0.2)
+        await stage.start(3000, 10_000)
+        stopping = asyncio.Event()
+        task = asyncio.create_task(stage.run(stopping))
+        deadline = time.monotonic() + 60
+        while stage.stats.copied < len(values) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        stopping.set()
+        await task
+        await stage.stop()
+        return stage
+
+    AIOKafkaProducer.commit_transaction = flaky_commit  # type: ignore[method-assign]
+    try:
+        stage = asyncio.run(run())
+    finally:
+        AIOKafkaProducer.commit_transaction = original  # type: ignore[method-assign]
+    assert failed and stage.stats.failures == 1 and stage.stats.copied == len(values)
+    copies = read_topic(kafka_bootstrap, f"{kafka.group_id}-repartition-predictions", at_least=len(values) + 1,
+                        timeout=5)
+    assert sorted(r.value for r in copies) == sorted(values)  # each once: the aborted copies are invisible
+    for r in copies:  # and in the partition of its prediction id, with its source key
+        assert r.partition == partition_of(key_of(r.value), 3)
+    uncommitted = read_topic_uncommitted(kafka_bootstrap, f"{kafka.group_id}-repartition-predictions",
+                                         at_least=len(values) + 1, timeout=5)
+    assert len(uncommitted) > len(values)  # the failed transaction did send copies, later aborted
