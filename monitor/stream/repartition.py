@@ -193,6 +193,11 @@ class Source:
     resync: bool = False  # the producer failed: restart it and read the committed offset again
     failures: int = 0
     retry_at: float = 0.0
+    # Fetched records waiting for the next transaction, the offset after the last one fetched, and the
+    # task copying them: a partition's transactions follow one another, different partitions' overlap.
+    queue: list[ConsumerRecord] = field(default_factory=list)
+    fetched: int = 0
+    task: asyncio.Task[None] | None = None
 
 
 @dataclass
@@ -244,6 +249,8 @@ class Repartitioner:
     async def stop(self) -> None:
         async with self.lock:
             for src in self.owned.values():
+                src.queue.clear()
+                await _settle(src)
                 await _close(src)
         if self.consumer is not None:
             try:
@@ -254,14 +261,36 @@ class Repartitioner:
     async def run(self, stopping: asyncio.Event) -> None:
         assert self.consumer is not None
         while not stopping.is_set():
+            for task in [s.task for s in self.owned.values() if s.task is not None and s.task.done()]:
+                if not task.cancelled() and task.exception() is not None:  # unexpected: stops the worker
+                    raise task.exception()  # type: ignore[misc]
+            # Bounded memory: at most about two rounds of records wait for their transactions.
+            waiting = [s.task for s in self.owned.values() if s.task is not None and not s.task.done()]
+            if waiting and sum(len(s.queue) for s in self.owned.values()) > self.max_batch:
+                await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             batch = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
             async with self.lock:
                 await self._retry_failed()
-                jobs = [(self.owned[tp], records) for tp, records in batch.items() if tp in self.owned and records]
-                if jobs:
-                    started = time.monotonic()
-                    await asyncio.gather(*(self._copy_safely(src, records) for src, records in jobs))
-                    self.stats.seconds += time.monotonic() - started
+                for tp, records in batch.items():
+                    src = self.owned.get(tp)
+                    if src is None or src.resync or not records:
+                        continue  # revoked, or to be read again from its committed offset
+                    if records[0].offset < src.fetched:  # fetched before a seek to a later offset
+                        records = [r for r in records if r.offset >= src.fetched]
+                        if not records:
+                            continue
+                    src.queue.extend(records)
+                    src.fetched = records[-1].offset + 1
+                    if src.task is None or src.task.done():
+                        src.task = asyncio.create_task(self._drain(src))
+
+    async def _drain(self, src: Source) -> None:
+        """Copy what src's queue holds, one transaction per turn, until it is empty or a copy failed."""
+        while src.queue and not src.resync:
+            records, src.queue = src.queue, []
+            started = time.monotonic()
+            await self._copy_safely(src, records)
+            self.stats.seconds += time.monotonic() - started
 
     def lag(self) -> dict[TopicPartition, int]:
         """Per owned source partition: its end offset minus the next offset to copy (when known)."""
@@ -281,6 +310,7 @@ class Repartitioner:
             # Whatever the transaction sent is aborted (by the next producer's start, if not before), and
             # its offsets with it; the partition resumes from its committed offset after a backoff.
             await _close(src)
+            src.queue.clear()
             src.failures += 1
             src.resync = True
             src.retry_at = time.monotonic() + min(30.0, self.retry_base * 2 ** (src.failures - 1))
@@ -375,11 +405,14 @@ class Repartitioner:
         starts = await consumer.beginning_offsets(fresh) if fresh else {}
         for s, off in zip(sources, committed, strict=True):
             s.next_offset = int(off) if off is not None else starts[s.tp]
+            s.fetched = s.next_offset
+            s.queue.clear()
             consumer.seek(s.tp, s.next_offset)
             s.resync = False
 
     async def _retry_failed(self) -> None:
-        due = [s for s in self.owned.values() if s.resync and time.monotonic() >= s.retry_at]
+        due = [s for s in self.owned.values() if s.resync and time.monotonic() >= s.retry_at
+               and (s.task is None or s.task.done())]
         if not due:
             return
         assert self.consumer is not None
@@ -397,11 +430,15 @@ class Repartitioner:
 
     # --- rebalances ------------------------------------------------------------------------------------------
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        async with self.lock:  # no transaction is open while the lock is free
+        async with self.lock:
             self.joined = False
             for tp in revoked:
                 src = self.owned.pop(tp, None)
                 if src is not None:
+                    # The transaction in flight ends (committed or aborted) before the partition goes; what
+                    # waits behind it is left to the next owner, which reads from the committed offset.
+                    src.queue.clear()
+                    await _settle(src)
                     await _close(src)
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -429,6 +466,12 @@ async def _stop_quietly(producer: AIOKafkaProducer) -> None:
         await asyncio.wait_for(producer.stop(), 10)
     except Exception as exc:  # closing a broken producer must not take the worker with it
         log.debug("repartition producer: stop failed: %s", exc)
+
+
+async def _settle(src: Source) -> None:
+    if src.task is not None:
+        await asyncio.gather(src.task, return_exceptions=True)
+        src.task = None
 
 
 async def _close(src: Source) -> None:
