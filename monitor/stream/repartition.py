@@ -16,13 +16,13 @@ dead-letters it exactly as it does for co-partitioned inputs. A message that no 
 is not an event of its side and is not copied (the join stage would skip it).
 
 Exactly once: each source partition has its own transactional producer (transactional id
-`<group_id>-repartition-<topic>-<partition>`), and each batch of a source partition goes to the internal
-topics in ONE transaction together with the source offsets (`send_offsets_to_transaction` to the group
-`<group_id>-repartition`). The join stage reads the internal topics read_committed. A new owner of a
-source partition starts its producer first, which aborts what a dead or stalled owner left open and fences
-it (per-partition ids, as Kafka Streams did before KIP-447, which aiokafka does not offer), and only then
-reads the committed offset it resumes from. So a kill -9 at any point neither loses a message nor copies
-one twice.
+`<group_id>-repartition-<topic>-<partition>`), and what was fetched from a source partition since its
+previous transaction goes to the internal topics in ONE transaction together with the source offsets
+(`send_offsets_to_transaction` to the group `<group_id>-repartition`). The join stage reads the
+internal topics read_committed. A new owner of a source partition starts its producer first, which
+aborts what a dead or stalled owner left open and fences it (per-partition ids, as Kafka Streams did
+before KIP-447, which aiokafka does not offer), and only then reads the committed offset it resumes
+from. So a kill -9 at any point neither loses a message nor copies one twice.
 """
 
 from __future__ import annotations
