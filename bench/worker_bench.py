@@ -10,7 +10,11 @@
    - worker: the real Worker in this process, from its first applied event to its last, then a scrape
      of /metrics, and the same figures as replay (checked);
    - restart: a second Worker on the same group after a graceful stop: time until it has restored every
-     partition from its checkpoint.
+     partition from its checkpoint;
+   - repartitioned: a Worker with `kafka.repartition: always` (another group) on the same topics: the
+     repartition stage copies every event to the internal topics in transactions and the join stage
+     reads the copies, both in this one process, from the first event to the last applied (checked
+     against replay too). --no-repartition skips it.
 4. Reports events/s and the ratios worker/replay and worker/bare, checkpoint counts and sizes, and
    the memory per pending join (resident-set growth over predictions that never get ground truth).
 
@@ -97,6 +101,21 @@ async def bare_consume(config: MonitorConfig, total: int) -> float:
         await consumer.stop()
 
 
+def _cpu_of(pid: int | None) -> float | None:
+    """CPU seconds (user + system) a process has used so far; None when unknown (a remote broker)."""
+    if pid is None:
+        return None
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# CPU seconds of the last run_worker: the worker process's and the broker's (None: not measured), from its
+# first event to its last. On a shared machine wall time follows the other jobs; CPU time much less.
+LAST_CPU: dict[str, float | None] = {}
+BROKER_PID: list[int | None] = [None]
+
+
 async def run_worker(config: MonitorConfig, total: int, at: float, profile: cProfile.Profile | None
                      ) -> tuple[float, Worker, bytes]:
     worker = Worker(config, WorkerOptions(metrics_port=0, metrics_bind="127.0.0.1", at=at,
@@ -110,10 +129,15 @@ async def run_worker(config: MonitorConfig, total: int, at: float, profile: cPro
     while worker.stats.events < total:
         if task.done():
             task.result()
-        if first is None and worker.joined:
+        stage = worker.repartitioner
+        if first is None and worker.joined and (stage is None or stage.joined):
             first = time.perf_counter()
+            cpu0, broker0 = time.process_time(), _cpu_of(BROKER_PID[0])
         await asyncio.sleep(0.001 if first is None else 0.01)
     elapsed = time.perf_counter() - (first or time.perf_counter())
+    broker1 = _cpu_of(BROKER_PID[0])
+    LAST_CPU["worker"] = time.process_time() - cpu0 if first is not None else None
+    LAST_CPU["broker"] = broker1 - broker0 if first is not None and broker0 is not None and broker1 else None
     if profile is not None:
         profile.disable()
     body = await asyncio.to_thread(_get, f"http://127.0.0.1:{worker.web.port}/metrics")
@@ -172,6 +196,7 @@ def main() -> None:
     ap.add_argument("--partitions", type=int, default=6)
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     ap.add_argument("--profile", help="write the worker's cProfile stats here and print the top entries")
+    ap.add_argument("--no-repartition", action="store_true", help="skip the repartitioned worker's run")
     args = ap.parse_args()
 
     broker = None
@@ -180,6 +205,7 @@ def main() -> None:
 
         broker = start_broker()
         args.bootstrap = broker.bootstrap
+        BROKER_PID[0] = broker.pid
     try:
         spec = TrafficSpec(n=args.events, rate=20.0, seed=7)
         p, g = generate(spec)
@@ -194,7 +220,15 @@ def main() -> None:
         replay_s = time.perf_counter() - started
         profile = cProfile.Profile() if args.profile else None
         worker_s, worker, body = asyncio.run(run_worker(config, total, at, profile))
+        cpu = {"worker": dict(LAST_CPU)}
         restart_s, restarted = asyncio.run(restart(config, at))
+        repartitioned = None
+        if not args.no_repartition:
+            # Same source topics, another group (so nothing is restored), every event through the copies.
+            k = config.kafka.model_copy(update={"group_id": f"{config.kafka.group_id}-rp", "repartition": "always"})
+            rp_s, rp_worker, rp_body = asyncio.run(run_worker(config.model_copy(update={"kafka": k}), total, at, None))
+            repartitioned = (rp_s, rp_worker, rp_body)
+            cpu["repartitioned"] = dict(LAST_CPU)
         memory = {name: pending_join_memory(config, use) for name, use in (("native", True), ("pure Python", False))
                   if use is False or native.enabled()}
 
@@ -202,19 +236,35 @@ def main() -> None:
         from tests.test_worker import assert_series_equal, parse
 
         assert_series_equal(parse(body.decode()), parse(prometheus_text(replay_figures).decode()))
-        rate = {name: total / s for name, s in (("bare", bare_s), ("replay", replay_s), ("worker", worker_s))}
+        runs = [("bare", bare_s), ("replay", replay_s), ("worker", worker_s)]
+        if repartitioned is not None:
+            assert_series_equal(parse(repartitioned[2].decode()), parse(prometheus_text(replay_figures).decode()))
+            runs.append(("repartitioned", repartitioned[0]))
+        rate = {name: total / s for name, s in runs}
         st = worker.stats
         print(f"events: {total} ({len(preds)} predictions, {len(truths)} ground truth), {args.partitions} partitions, "
               f"6 labels; produced in {produce_s:.1f} s")
-        print(f"{'path':<8}{'seconds':>10}{'events/s':>12}")
-        for name, s in (("bare", bare_s), ("replay", replay_s), ("worker", worker_s)):
-            print(f"{name:<8}{s:>10.2f}{rate[name]:>12,.0f}")
+        print(f"{'path':<14}{'seconds':>10}{'events/s':>12}")
+        for name, s in runs:
+            print(f"{name:<14}{s:>10.2f}{rate[name]:>12,.0f}")
         print(f"worker/replay = {rate['worker'] / rate['replay']:.2f}   "
               f"worker/bare = {rate['worker'] / rate['bare']:.3f}   "
               "(targets: worker >= 100,000 events/s and >= 0.5 x replay)")
         print(f"checkpoints: {st.checkpoints} written, {st.checkpoint_bytes / 1e6:.1f} MB in total, "
               f"{st.checkpoint_seconds:.2f} s spent ({100 * st.checkpoint_seconds / max(worker_s, 1e-9):.0f}% of "
               f"the run); /metrics identical to replay: yes")
+        if repartitioned is not None:
+            rp_s, rp_worker, _ = repartitioned
+            rst = rp_worker.repartitioner.stats if rp_worker.repartitioner is not None else None
+            print(f"repartitioned/worker = {rate['repartitioned'] / rate['worker']:.2f} (same events, same topics); "
+                  f"/metrics identical to replay: yes")
+            for name, used in cpu.items():
+                broker_us = f"{1e6 * used['broker'] / total:.1f}" if used.get("broker") is not None else "?"
+                print(f"CPU per event, {name}: worker process {1e6 * (used['worker'] or 0) / total:.1f} us, "
+                      f"broker {broker_us} us")
+            if rst is not None:
+                print(f"repartition stage: {rst.copied} copied in {rst.transactions} transactions, "
+                      f"{rst.seconds:.2f} s inside them, summed over source partitions (they overlap)")
         rs = restarted.stats
         print(f"restart after graceful stop: {restart_s:.2f} s to joined and restored "
               f"({rs.restored_bytes / 1e6:.1f} MB of checkpoints read in {rs.restore_seconds:.2f} s)")

@@ -104,6 +104,10 @@ class KafkaConfig(_Strict):
     partitions: int = Field(6, ge=1, le=10_000)
     replication_factor: int = Field(1, ge=1, le=10)
     max_message_bytes: int = Field(1 << 20, ge=256)
+    # Whether the worker copies its inputs to internal topics partitioned by prediction id before joining
+    # (monitor.stream.repartition). `auto` repartitions when the input topics' partition counts differ; it
+    # cannot see how a topic is keyed, so topics keyed otherwise (user id, no key) need `always`.
+    repartition: Literal["auto", "always", "never"] = "auto"
     # Security: the names of environment variables, never the secrets themselves.
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None

@@ -1,10 +1,12 @@
 """Client options from the config (security included) and the topics the worker needs.
 
-The worker's exactness rests on one layout fact: partition p of the predictions topic and partition p
-of the ground-truth topic hold every event of the same prediction ids (both keyed by prediction_id, same
-partition count, same default partitioner). So the worker creates missing topics with
-`kafka.partitions` and refuses to start when existing ones disagree, rather than silently joining
-nothing across mismatched partitions.
+The worker's exactness rests on one layout fact: partition p of every topic its join stage reads holds
+every event of the same prediction ids. Input topics keyed by prediction_id with the same partition count
+(and the default partitioner) give that directly. Otherwise (`kafka.repartition`: `always`, or `auto` with
+different partition counts) the worker reads them through internal topics partitioned by prediction id
+(monitor.stream.repartition). With `never` it refuses to start when the counts differ, rather than
+silently joining nothing across mismatched partitions. Keying itself cannot be seen from the outside:
+`auto` takes equal counts as keyed by prediction_id.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
 
 from monitor.config import KafkaConfig, MonitorConfig
+from monitor.stream.repartition import SIDES, internal_topic, internal_topic_configs
 
 log = logging.getLogger(__name__)
 
@@ -67,51 +70,73 @@ class Topics:
     ground_truth: str
     dead_letter: str
     state: str
-    partitions: int
+    partitions: int  # of the topics the join stage reads, and of the state topic
     # (side, topic) of each topic a model's input mapping names beyond the two above (docs/attach.md).
     extra: tuple[tuple[str, str], ...] = ()
+    # (side, internal topic) when the inputs are repartitioned: the join stage reads these instead.
+    internal: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def sources(self) -> list[tuple[str, str]]:
+        """(side, topic) of every input topic the config names."""
+        return [("predictions", self.predictions), ("ground_truth", self.ground_truth), *self.extra]
 
 
 def state_topic_name(kafka: KafkaConfig) -> str:
     return f"{kafka.group_id}-state"
 
 
+_STATE_CONFIGS = {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1", "segment.ms": str(10 * 60 * 1000)}
+
+
 async def ensure_topics(config: MonitorConfig) -> Topics:
-    """Create what is missing, check what exists; returns the names and the common partition count."""
+    """Create what is missing, check what exists; returns the names and the join stage's partition count."""
     kafka = config.kafka
     extra = tuple(pair for pair in config.sources()
                   if pair[1] not in (kafka.predictions_topic, kafka.ground_truth_topic))
-    topics = Topics(kafka.predictions_topic, kafka.ground_truth_topic, kafka.dead_letter_topic,
-                    state_topic_name(kafka), kafka.partitions, extra)
-    names = (topics.predictions, topics.ground_truth, *(topic for _, topic in extra))
+    state = state_topic_name(kafka)
+    names = (kafka.predictions_topic, kafka.ground_truth_topic, *(topic for _, topic in extra))
     admin = AIOKafkaAdminClient(client_id="mlmon-worker-admin", **client_options(kafka))
     await admin.start()
     try:
         existing = await _partition_counts(admin)
         inputs = {name: existing[name] for name in names if name in existing}
-        # Existing input topics decide the count; new ones follow them, else the config.
-        count = next(iter(inputs.values()), kafka.partitions)
-        if len(set(inputs.values())) > 1:
+        counts = ", ".join(f"{k!r}: {v}" for k, v in inputs.items())
+        differ = len(set(inputs.values())) > 1
+        if differ and kafka.repartition == "never":
             raise SetupError(
-                f"input topics have different partition counts ({', '.join(f'{k!r}: {v}' for k, v in inputs.items())})"
-                ": "
+                f"input topics have different partition counts ({counts}) and kafka.repartition is never: "
                 "all must be keyed by prediction_id with the same partition count so each prediction meets its "
-                "ground truth in one worker. Recreate one of them, or add partitions to the smaller one before "
-                "producing."
+                "ground truth in one worker. Set kafka.repartition to auto or always (the worker then copies "
+                "them to internal topics partitioned by prediction id), or recreate one of them."
             )
-        if inputs and count != kafka.partitions:
-            log.warning("input topics have %d partitions, config kafka.partitions says %d: using %d",
-                        count, kafka.partitions, count)
-        wanted = {
-            topics.predictions: {},
-            topics.ground_truth: {},
-            **{topic: {} for _, topic in extra},
-            topics.dead_letter: {},
-            # The state changelog of input partition p in partition p (monitor.stream.changelog): small keyed
-            # records under the broker's stock message limit; compaction keeps the newest of each key.
-            topics.state: {"cleanup.policy": "compact", "min.cleanable.dirty.ratio": "0.1",
-                           "segment.ms": str(10 * 60 * 1000)},
-        }
+        repartition = kafka.repartition == "always" or (differ and kafka.repartition == "auto")
+        if repartition:
+            internal = tuple((side, internal_topic(kafka, side)) for side in SIDES)
+            # The join stage's count: the state's if it exists (a restart), else the config's.
+            count = existing.get(state) or next((existing[t] for _, t in internal if t in existing),
+                                                kafka.partitions)
+            if differ:
+                log.info("input topics have different partition counts (%s): reading them through %s",
+                         counts, ", ".join(t for _, t in internal))
+            # Source topics only need to exist; their partition counts do not matter.
+            wanted: dict[str, dict[str, str]] = {name: {} for name in names}
+            wanted.update({topic: internal_topic_configs() for _, topic in internal})
+        else:
+            internal = ()
+            # Existing input topics decide the count; new ones follow them, else the config.
+            count = next(iter(inputs.values()), kafka.partitions)
+            if inputs and count != kafka.partitions:
+                log.warning("input topics have %d partitions, config kafka.partitions says %d: using %d",
+                            count, kafka.partitions, count)
+            if kafka.repartition == "auto":
+                log.info("input topics have equal partition counts: read directly, as keyed by prediction_id "
+                         "(set kafka.repartition: always for topics keyed otherwise)")
+            wanted = {name: {} for name in names}
+        wanted[kafka.dead_letter_topic] = {}
+        # The state changelog of join partition p in partition p (monitor.stream.changelog): small keyed
+        # records under the broker's stock message limit; compaction keeps the newest of each key.
+        wanted[state] = _STATE_CONFIGS
         missing = [NewTopic(name, count, kafka.replication_factor, topic_configs=cfg)
                    for name, cfg in wanted.items() if name not in existing]
         if missing:
@@ -122,14 +147,15 @@ async def ensure_topics(config: MonitorConfig) -> Topics:
                 if all(t.name in existing for t in missing):
                     break
                 await asyncio.sleep(0.1)
-        state_count = existing.get(topics.state)
-        if state_count != count:
-            raise SetupError(
-                f"state topic {topics.state!r} has {state_count} partitions but the input topics have {count}: "
-                "it holds checkpoints of a differently partitioned stream. Use another kafka.group_id (a "
-                "fresh start) or delete the state topic."
-            )
-        return Topics(topics.predictions, topics.ground_truth, topics.dead_letter, topics.state, count, extra)
+        for name in (state, *(t for _, t in internal)):
+            if existing.get(name) != count:
+                raise SetupError(
+                    f"topic {name!r} has {existing.get(name)} partitions but the join stage reads {count}: "
+                    "it holds data of a differently partitioned stream. Use another kafka.group_id (a fresh "
+                    "start) or delete the topic."
+                )
+        return Topics(kafka.predictions_topic, kafka.ground_truth_topic, kafka.dead_letter_topic, state, count,
+                      extra, internal)
     finally:
         await admin.close()
 

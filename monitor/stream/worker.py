@@ -43,6 +43,7 @@ from monitor.reference import Reference, load_reference
 from monitor.stream.changelog import ChangelogError, ChangeTracker, StateWriter, read_partitions, rebuild, track
 from monitor.stream.gc_policy import GcPolicy
 from monitor.stream.kafka_setup import SetupError, Topics, client_options, ensure_topics
+from monitor.stream.repartition import Purger, Repartitioner, origin, source_headers
 from monitor.stream.web import WebServer
 
 log = logging.getLogger("monitor.worker")
@@ -128,6 +129,10 @@ class Worker:
         self.producer: AIOKafkaProducer | None = None  # dead letters (at-least-once, not transactional)
         self.reader: AIOKafkaConsumer | None = None  # state restores: outside the group, read_committed
         self.ends: AIOKafkaConsumer | None = None  # the inputs' end offsets for the lag gauge
+        # Copies the inputs to internal topics partitioned by prediction id, when they are not (kafka_setup).
+        self.repartitioner: Repartitioner | None = None
+        self._repartition_task: asyncio.Task[None] | None = None
+        self.purger: Purger | None = None
         self.end_offsets: dict[TopicPartition, int] = {}
         self._client_options: dict[str, Any] = {}
         self.joined = False
@@ -160,6 +165,11 @@ class Worker:
             return False, "starting: not yet a member of the consumer group"
         if time.monotonic() - self.last_poll > max(30.0, self.options.session_timeout_ms / 1000):
             return False, "stalled: no poll for more than 30 s"
+        stage = self.repartitioner
+        copying = sorted(f"{tp.topic}[{tp.partition}]" for tp, s in stage.owned.items() if s.failures) if stage else []
+        if copying:
+            return False, (f"degraded: repartition transactions failing for {copying} (last: "
+                           f"{stage.stats.last_error if stage else None}); retrying")
         failing = {p: s for p, s in sorted(self.partitions.items()) if s.failures}
         if failing:
             # Still consuming and exact (a restart replays from the last state written), but the replay
@@ -197,35 +207,52 @@ class Worker:
                 log.warning("Kafka not reachable yet (%s); retrying", exc)
                 await asyncio.sleep(2.0)
         t = self.topics
-        self.roles = {t.predictions: PREDICTIONS, t.ground_truth: GROUND_TRUTH, **{tp: side for side, tp in t.extra}}
-        # Offsets (and checkpoints) are kept per input: the default topics under their side, as always, and
-        # each mapped topic (docs/attach.md) under "topic:<name>".
-        self.inputs = [(PREDICTIONS, t.predictions), (GROUND_TRUTH, t.ground_truth),
-                       *((f"topic:{tp}", tp) for _, tp in t.extra)]
+        if t.internal:
+            # The join stage reads only the internal topics, one per side, under the side's offset key.
+            internal = dict(t.internal)
+            self.roles = {internal[PREDICTIONS]: PREDICTIONS, internal[GROUND_TRUTH]: GROUND_TRUTH}
+            self.inputs = [(PREDICTIONS, internal[PREDICTIONS]), (GROUND_TRUTH, internal[GROUND_TRUTH])]
+        else:
+            self.roles = {t.predictions: PREDICTIONS, t.ground_truth: GROUND_TRUTH,
+                          **{tp: side for side, tp in t.extra}}
+            # Offsets (and checkpoints) are kept per input: the default topics under their side, as always,
+            # and each mapped topic (docs/attach.md) under "topic:<name>".
+            self.inputs = [(PREDICTIONS, t.predictions), (GROUND_TRUTH, t.ground_truth),
+                           *((f"topic:{tp}", tp) for _, tp in t.extra)]
         self.offset_key = {tp: key for key, tp in self.inputs}
         opts = client_options(kafka)
         self._client_options = opts
         client_id = f"mlmon-worker-{socket.gethostname()}-{os.getpid()}"
+        session = self.options.session_timeout_ms
+        if t.internal:
+            self.repartitioner = Repartitioner(self.config, self.references, t.sources, dict(t.internal),
+                                               t.partitions, opts, client_id, max_batch=self.options.max_batch,
+                                               write_timeout=self.options.state_write_timeout,
+                                               retry_base=self.options.state_retry_base)
+            await self.repartitioner.start(session, max(session, self.options.rebalance_timeout_ms))
+            # How often copies covered by checkpoints are deleted (tests shorten or lengthen it).
+            self.purger = Purger(opts, float(os.environ.get("MLMON_REPARTITION_PURGE_INTERVAL", "30")))
         self.producer = AIOKafkaProducer(client_id=client_id, acks="all", enable_idempotence=True, linger_ms=5,
                                          **opts)
         self.reader = AIOKafkaConsumer(client_id=f"{client_id}-state", enable_auto_commit=False,
                                        isolation_level="read_committed", **opts)
         self.ends = AIOKafkaConsumer(client_id=f"{client_id}-lag", enable_auto_commit=False, **opts)
-        session = self.options.session_timeout_ms
         self.consumer = AIOKafkaConsumer(
             client_id=client_id, group_id=kafka.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             # Range assigns partition p of both topics to the same member: a join never crosses workers.
             partition_assignment_strategy=(RangePartitionAssignor,),
             session_timeout_ms=session, heartbeat_interval_ms=max(100, session // 3),
             rebalance_timeout_ms=max(session, self.options.rebalance_timeout_ms),
-            max_partition_fetch_bytes=4 << 20, **opts)
+            max_partition_fetch_bytes=4 << 20,
+            # The internal topics are written in transactions: only committed copies may be joined.
+            isolation_level="read_committed" if t.internal else "read_uncommitted", **opts)
         await self.producer.start()
         await self.reader.start()
         await self.ends.start()
         self.consumer.subscribe([tp for _, tp in self.inputs], listener=_Listener(self))
         await self.consumer.start()
-        log.info("group %s: consuming %s and %s (%d partitions), state changelog in %s; %s engine", kafka.group_id,
-                 t.predictions, t.ground_truth, t.partitions, t.state,
+        log.info("group %s: consuming %s (%d partitions), state changelog in %s; %s engine", kafka.group_id,
+                 " and ".join(tp for _, tp in self.inputs), t.partitions, t.state,
                  "native" if native.enabled() else "pure-Python (monitor._native not built, or MLMON_NATIVE=0)")
 
     async def _shutdown(self) -> None:
@@ -234,6 +261,11 @@ class Worker:
                 await self._checkpoint(list(self.partitions.values()), force=True)
         for state in [*self.partitions.values(), *self.parked.values()]:
             await state.writer.close()
+        self.stopping.set()
+        if self._repartition_task is not None:
+            await asyncio.gather(self._repartition_task, return_exceptions=True)
+        if self.repartitioner is not None:
+            await self.repartitioner.stop()
         for client in (self.consumer, self.reader, self.ends, self.producer):
             if client is not None:
                 try:
@@ -255,10 +287,24 @@ class Worker:
         assert self.consumer is not None
         self._next_checkpoint = time.monotonic() + self.options.checkpoint_interval
         lag = asyncio.create_task(self._poll_end_offsets())
+        background = [lag]
+        if self.repartitioner is not None and self.purger is not None:
+            self._repartition_task = asyncio.create_task(self._repartition())
+            background.append(asyncio.create_task(self.purger.run()))
         try:
             await self._loop()
         finally:
-            lag.cancel()
+            for task in background:
+                task.cancel()
+
+    async def _repartition(self) -> None:
+        assert self.repartitioner is not None
+        try:
+            await self.repartitioner.run(self.stopping)
+        except Exception as exc:  # the join stage would starve: stop the worker, as for a failed assignment
+            log.exception("the repartition stage failed")
+            self.fatal = exc
+            self.stop()
 
     async def _loop(self) -> None:
         assert self.consumer is not None
@@ -301,7 +347,14 @@ class Worker:
             records = preds + truths
             pred_values = [r.value if r.value is not None else b"" for r in preds]
             truth_values = [r.value if r.value is not None else b"" for r in truths]
-            if self.mapped:  # mapped inputs read their topic, key and headers (docs/attach.md)
+            if self.mapped and self.repartitioner is not None:
+                # Copies name their source topic (which selects the mapping) in the origin header, which
+                # the mapping must not see.
+                rejected = state.engine.process_topics(
+                    pred_values, truth_values, ([_source_topic(r) for r in preds], [_source_topic(r) for r in truths]),
+                    ([RecordMeta(r.key, source_headers(r.headers), r.timestamp) for r in preds],
+                     [RecordMeta(r.key, source_headers(r.headers), r.timestamp) for r in truths]))
+            elif self.mapped:  # mapped inputs read their topic, key and headers (docs/attach.md)
                 rejected = state.engine.process_topics(
                     pred_values, truth_values, ([r.topic for r in preds], [r.topic for r in truths]),
                     ([RecordMeta(r.key, r.headers, r.timestamp) for r in preds],
@@ -323,12 +376,14 @@ class Worker:
             if record is None:  # the engine handed back other bytes than it was given: cannot happen today
                 log.error("dead letter without its source record (reason %s); not sent", r.reason)
                 continue
+            # A copy made by the repartition stage names its source record, which is what a reader wants.
+            source = origin(record.headers) or (record.topic, partition, record.offset)
             headers = [(c.DLQ_REASON_HEADER, r.reason.encode()), (c.DLQ_DETAIL_HEADER, r.detail.encode()),
                        *([(c.DLQ_FIELD_HEADER, r.field.encode())] if r.field else []),
                        *([(c.DLQ_EXPRESSION_HEADER, r.expression.encode())] if r.expression else []),
-                       (c.DLQ_TOPIC_HEADER, record.topic.encode()),
-                       (c.DLQ_PARTITION_HEADER, str(partition).encode()),
-                       (c.DLQ_OFFSET_HEADER, str(record.offset).encode())]
+                       (c.DLQ_TOPIC_HEADER, source[0].encode()),
+                       (c.DLQ_PARTITION_HEADER, str(source[1]).encode()),
+                       (c.DLQ_OFFSET_HEADER, str(source[2]).encode())]
             try:
                 fut = await self.producer.send(self.topics.dead_letter, value=record.value, key=record.key,
                                                headers=headers)
@@ -381,6 +436,8 @@ class Worker:
         s.dirty = False
         s.failures, s.last_error = 0, None
         s.state_end = meta_offset + 2  # the meta record, then the transaction's commit marker
+        if self.purger is not None:
+            self.purger.covered(offsets)
         self.stats.checkpoints += 1
         self.stats.checkpoint_records += changes.count
         self.stats.checkpoint_bytes += changes.size
@@ -492,6 +549,11 @@ class Worker:
         self.parked.clear()
 
 
+def _source_topic(record: ConsumerRecord) -> str:
+    found = origin(record.headers)
+    return found[0] if found is not None else record.topic
+
+
 def _match(rejected: list[Rejection], items: list[tuple[str, bytes]],
            records: list[ConsumerRecord]) -> Iterator[ConsumerRecord | None]:
     """The record of each rejection. Rejections come in item order and carry the very bytes object that
@@ -534,6 +596,9 @@ class _LagCollector(Collector):
                     high = max(known) if known else None
                     if high is not None:
                         fam.add_metric([topic, str(p)], max(0, high - state.offsets.get(role, 0)))
+        if w.repartitioner is not None:  # the source topics, when the inputs are repartitioned
+            for tp, lag in sorted(w.repartitioner.lag().items()):
+                fam.add_metric([tp.topic, str(tp.partition)], lag)
         yield fam
 
 
