@@ -136,20 +136,19 @@ class BlockStore:
         # masks, gathers and sorts below would each copy all of `deltas` (hundreds of blocks) for nothing.
         one = versions.size > 0 and versions[0] == versions[-1]
         for v in ([int(versions[0])] if one else np.unique(versions).tolist()):
-            mine = slice(None) if one else versions == v
+            mine = None if one else versions == v
             total = self.total.get(v)
             if total is None:
                 total = self.total[v] = np.zeros(self.size)
-            total += deltas[mine].sum(axis=0) if not one else deltas.sum(axis=0)
-            fine = keep_fine if one else mine & keep_fine
-            rows = np.nonzero(fine)[0]
+            total += deltas.sum(axis=0) if mine is None else deltas[mine].sum(axis=0)
+            rows = np.nonzero(keep_fine if mine is None else mine & keep_fine)[0]
             if rows.size:
                 if ahead[rows].any():  # minutes a ring row apart could collide: one at a time
                     for r in rows.tolist():
                         self._block(self.fine, v, int(minutes[r]))[:] += deltas[r]
                 else:
                     self._add_fine(v, minutes[rows], deltas if rows.size == deltas.shape[0] else deltas[rows])
-            rows = np.nonzero(keep_coarse if one else mine & keep_coarse)[0]
+            rows = np.nonzero(keep_coarse if mine is None else mine & keep_coarse)[0]
             if rows.size:
                 hours = minutes[rows] // 60
                 if hours.size > 1 and bool((hours[1:] >= hours[:-1]).all()):
