@@ -8,6 +8,7 @@ edges are exact to the bucket width (DESIGN section 5). Counts stay exact in flo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ SCORE_BINS = 10  # reference deciles give at most 10 bins
 S_PREDICTIONS, S_JOINED, S_SUBSET_N, S_SUBSET_OK, S_CARD_ACTUAL, S_CARD_ACTUAL_N, S_CARD_PRED, S_PENDING = range(8)
 N_SCALARS = 8
 NO_MINUTE = -(1 << 62)
+_MAX_RUNS = 64  # more runs of ring rows than this: one fancy-index add
 
 
 @dataclass
@@ -180,13 +182,15 @@ class BlockStore:
             ring[r] = 0.0 if found is None else found
             owner[r] = m
             blocks[m] = ring[r]
-        if at.size == 1 or bool((np.diff(minutes) == 1).all()):
-            # Consecutive minutes are consecutive ring rows (wrapping once at most): added in place, without
-            # the gather and scatter of a fancy index. The same additions, element by element.
-            first = int(at[0])
-            cut = min(at.size, self.fine_span - first)
-            ring[first:first + cut] += deltas[:cut]
-            ring[:at.size - cut] += deltas[cut:]
+        # Runs of consecutive ring rows (consecutive minutes, cut where the ring wraps) are added in place,
+        # without the gather and scatter of a fancy index: the same additions, element by element. A
+        # flush's minutes form a few runs (gaps are minutes nothing landed in).
+        cuts = np.nonzero(np.diff(at) != 1)[0] + 1
+        if cuts.size <= _MAX_RUNS:
+            bounds = [0, *cuts.tolist(), at.size]
+            for a, b in itertools.pairwise(bounds):
+                first = int(at[a])
+                ring[first:first + b - a] += deltas[a:b]
         else:
             ring[at] += deltas
 
