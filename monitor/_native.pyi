@@ -4,6 +4,7 @@ The module exists only when the extension was built; `monitor.engine.native` imp
 the pure-Python engine without it.
 """
 
+from collections.abc import Iterable
 from typing import Any, TypedDict
 
 import numpy as np
@@ -69,8 +70,15 @@ class Decoder:
     @property
     def readable(self) -> list[bool]:
         """Per reading: whether the fast path reads it (False when paths run through one another)."""
-    def predictions(self, raws: list[bytes], reading: int | None = None) -> PredictionBatch: ...
-    def ground_truth(self, raws: list[bytes], reading: int | None = None) -> GroundTruthBatch: ...
+    # `raws`: a list of bytes, any iterable of bytes, or an object whose spans() gives (buffer, starts,
+    # ends) (monitor.inputs.InputLines). Large batches are decoded on several threads, the GIL released.
+    def predictions(self, raws: Iterable[bytes], reading: int | None = None) -> PredictionBatch: ...
+    def ground_truth(self, raws: Iterable[bytes], reading: int | None = None) -> GroundTruthBatch: ...
+    @staticmethod
+    def split_lines(data: bytes, start: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
+                                                          npt.NDArray[np.int64] | None]:
+        """Non-blank lines of a JSON-lines buffer from `start`: start and end offsets (without LF/CRLF),
+        and the kept lines' 1-based numbers when blank lines were left out."""
 
 class Join:
     """The join table of `monitor.engine.join.JoinTable` (with ModelState's duplicate check)."""

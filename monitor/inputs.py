@@ -10,12 +10,13 @@ Only click at import time: `monitor report --help` must not pull in numpy or the
 from __future__ import annotations
 
 import gzip
+import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import click
 
@@ -36,17 +37,65 @@ class InputError(click.ClickException):
     """An input file that cannot be read as events at all (unreadable, corrupt archive, wrong encoding)."""
 
 
-class InputLines(list[bytes]):
-    """The non-blank lines of one input, in order, each knowing its 1-based line number in the source."""
+class InputLines(Sequence[bytes]):
+    """The non-blank lines of one input, in order, each knowing its 1-based line number in the source.
+
+    Either a list of lines, or (read from a file with the native core) the file's buffer and each line's
+    byte span in it: the native decoder reads the spans (`spans()`) without a Python object per line, and
+    a line becomes a `bytes` object only when something asks for it (the exact decoder, a rejection
+    report, iteration)."""
 
     def __init__(self, lines: Iterable[bytes] = (), source: str = "", numbers: list[int] | None = None) -> None:
-        super().__init__(lines)
+        self._lines: list[bytes] | None = list(lines)
+        self._buffer = b""
+        self._starts: Any = None
+        self._ends: Any = None
         self.source = source
         # None while no blank line was skipped: then line i is line number i + 1.
         self._numbers = numbers
 
+    @classmethod
+    def of_buffer(cls, data: bytes, starts: Any, ends: Any, source: str, numbers: list[int] | None) -> InputLines:
+        """Lines as spans of `data` (int64 arrays of start and end offsets)."""
+        out = cls((), source, numbers)
+        out._lines, out._buffer, out._starts, out._ends = None, data, starts, ends
+        return out
+
+    def spans(self) -> tuple[bytes, Any, Any] | None:
+        """(buffer, starts, ends) when the lines are spans of one buffer, else None."""
+        return None if self._lines is not None else (self._buffer, self._starts, self._ends)
+
     def line_number(self, index: int) -> int:
         return self._numbers[index] if self._numbers is not None else index + 1
+
+    def __len__(self) -> int:
+        return len(self._lines) if self._lines is not None else len(self._starts)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        if self._lines is not None:
+            return self._lines[index]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        return self._buffer[int(self._starts[index]):int(self._ends[index])]
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._lines is not None:
+            return iter(self._lines)
+        data = self._buffer
+        return (data[a:b] for a, b in zip(self._starts.tolist(), self._ends.tolist(), strict=True))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, (list, InputLines)) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"InputLines({self.source!r}, {len(self)} lines)"
 
 
 @dataclass(frozen=True)
@@ -113,15 +162,32 @@ def split_lines(data: bytes, source: str) -> InputLines:
     if data.startswith(_UTF16_BOMS):
         raise InputError(f"{source} is UTF-16 text; events must be UTF-8 JSON lines (convert it, for example "
                          f"with `iconv -f UTF-16 -t UTF-8`)")
+    native = _native_split()
+    if native is not None:
+        starts, ends, numbers = native(data, len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0)
+        return InputLines.of_buffer(data, starts, ends, source, None if numbers is None else numbers.tolist())
     data = data.removeprefix(_UTF8_BOM)
     lines = data.split(b"\n")
     if lines and not lines[-1]:
         lines.pop()
-    kept = [line.removesuffix(b"\r") for line in lines]
-    if all(line.strip() for line in kept):
+    # Without a CR anywhere (one memchr over the buffer) no line needs its end trimmed.
+    kept = [line.removesuffix(b"\r") for line in lines] if b"\r" in data else lines
+    if all(map(bytes.strip, kept)):
         return InputLines(kept, source)
     numbers = [i + 1 for i, line in enumerate(kept) if line.strip()]
     return InputLines([kept[n - 1] for n in numbers], source, numbers)
+
+
+def _native_split() -> Callable[[bytes, int], tuple[Any, Any, Any]] | None:
+    """The native core's line splitter (docs/native.md), unless it is not built or MLMON_NATIVE=0."""
+    if os.environ.get("MLMON_NATIVE", "1") == "0":
+        return None
+    try:
+        from monitor._native import Decoder
+    except ImportError:
+        return None
+    split: Callable[[bytes, int], tuple[Any, Any, Any]] = Decoder.split_lines
+    return split
 
 
 def read_lines(path: str | Path) -> InputLines:

@@ -7,6 +7,7 @@ what it accepts; the hand-written cases below check it does accept the common sh
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from monitor.config import MonitorConfig, load_config, parse_config
 from monitor.engine.native import native_models
 from monitor.events import Decoder, GroundTruth, InvalidEvent, Prediction
-from monitor.inputs import EXAMPLE, read_lines
+from monitor.inputs import EXAMPLE, read_lines, split_lines
 from monitor.reference import Reference, build_reference, load_reference
 
 _native = pytest.importorskip("monitor._native", reason="the native core is not built")
@@ -144,6 +145,54 @@ def test_example_stream_is_all_fast_and_identical() -> None:
     partial = [raw for raw in truths if isinstance(orjson.loads(raw)["labels"], dict)]
     assert partial, "the example holds partial ground truth (an object of label -> 0/1)"
     assert check_batch(fast, exact, cfg, refs, truths, "ground_truth") == len(truths)
+
+
+def test_a_large_file_decodes_from_its_buffer_on_threads_exactly(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file read by monitor.inputs is decoded from spans of its buffer, and a batch this large is cut
+    into chunks decoded on several threads: every row still equals the exact decoder's, in file order."""
+    cfg = load_config(EXAMPLE / "config.yaml")
+    refs = {m.name: load_reference(cfg, m) for m in cfg.models}
+    fast = _native.Decoder(cfg.kafka.max_message_bytes, native_models(cfg, refs))
+    base = [orjson.loads(raw) for raw in read_lines(EXAMPLE / "predictions.jsonl")]
+    events = []
+    for i in range(40_000):  # above the 32,768 messages that make two chunks
+        event = dict(base[i % len(base)], prediction_id=f"big-{i}")
+        if i % 7 == 0:
+            event["model_version"] = f"v{i * 4 // 40_000}"  # versions first seen in later chunks
+        events.append(orjson.dumps(event))
+    events[20_001] = b'{"prediction_id": "x"}'  # left to the exact decoder, in the second chunk
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(b"\r\n".join(events[:10]) + b"\r\n  \n" + b"\n".join(events[10:]) + b"\n")
+    lines = read_lines(path)
+    assert lines.spans() is not None, "read with the native core: spans of one buffer"
+    assert len(lines) == len(events) and lines[10] == events[10] and lines.line_number(10) == 12
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("MLMON_DECODE_THREADS", threads)
+        assert check_batch(fast, Decoder(cfg), cfg, refs, lines, "prediction") == len(events) - 1
+    monkeypatch.setenv("MLMON_DECODE_THREADS", "1")
+    one = fast.predictions(lines)
+    monkeypatch.setenv("MLMON_DECODE_THREADS", "2")
+    two = fast.predictions(list(lines))
+    assert one["model"].tolist() == two["model"].tolist() and one["row"].tolist() == two["row"].tolist()
+    for a, b in zip(one["blocks"], two["blocks"], strict=True):
+        assert a["ids"] == b["ids"] and a["version_names"] == b["version_names"]
+        assert a["version_code"].tolist() == b["version_code"].tolist()
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\n", b"\n\n \n", b'{"a": 1}', b'{"a": 1}\n{"b": 2}\n', b'\xef\xbb\xbf{"a"}\r\n\r\n  \n{"b"}',
+    b"x\n\n\ny\r", b" \x0b\n\x0cz\n\t\r\n", b"\xef\xbb\xbf", b"\xef\xbb\xbf\n{", b"a\r\r\nb", b"\ra\n",
+])
+def test_native_line_spans_are_the_lines_of_bytes_split(data: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The native splitter keeps the lines, and their numbers, that Python's bytes.split path keeps."""
+    spans = split_lines(data, "f")
+    assert spans.spans() is not None
+    monkeypatch.setenv("MLMON_NATIVE", "0")
+    plain = split_lines(data, "f")
+    assert plain.spans() is None
+    assert list(spans) == list(plain) and spans[:] == plain[:]
+    assert [spans.line_number(i) for i in range(len(spans))] == [plain.line_number(i) for i in range(len(plain))]
 
 
 # --- hand-written edges: accepted, and identical ------------------------------------------------------------

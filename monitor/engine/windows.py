@@ -8,6 +8,7 @@ edges are exact to the bucket width (DESIGN section 5). Counts stay exact in flo
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ SCORE_BINS = 10  # reference deciles give at most 10 bins
 S_PREDICTIONS, S_JOINED, S_SUBSET_N, S_SUBSET_OK, S_CARD_ACTUAL, S_CARD_ACTUAL_N, S_CARD_PRED, S_PENDING = range(8)
 N_SCALARS = 8
 NO_MINUTE = -(1 << 62)
+_MAX_RUNS = 64  # more runs of ring rows than this: one fancy-index add
 
 
 @dataclass
@@ -131,26 +133,35 @@ class BlockStore:
         keep_coarse = (minutes // 60 > newest // 60 - self.coarse_span) | ahead
         if self.coarse_span <= 1:
             keep_coarse[:] = False
-        for v in np.unique(versions).tolist():
-            mine = versions == v
+        # `versions` and `minutes` come sorted by (version, minute) from the caller's np.unique, and most
+        # flushes hold one version: then every row is that version's, in minute order, and the per-version
+        # masks, gathers and sorts below would each copy all of `deltas` (hundreds of blocks) for nothing.
+        one = versions.size > 0 and versions[0] == versions[-1]
+        for v in ([int(versions[0])] if one else np.unique(versions).tolist()):
+            mine = None if one else versions == v
             total = self.total.get(v)
             if total is None:
                 total = self.total[v] = np.zeros(self.size)
-            total += deltas[mine].sum(axis=0)
-            rows = np.nonzero(mine & keep_fine)[0]
+            total += deltas.sum(axis=0) if mine is None else deltas[mine].sum(axis=0)
+            rows = np.nonzero(keep_fine if mine is None else mine & keep_fine)[0]
             if rows.size:
                 if ahead[rows].any():  # minutes a ring row apart could collide: one at a time
                     for r in rows.tolist():
                         self._block(self.fine, v, int(minutes[r]))[:] += deltas[r]
                 else:
-                    self._add_fine(v, minutes[rows], deltas[rows])
-            rows = np.nonzero(mine & keep_coarse)[0]
+                    self._add_fine(v, minutes[rows], deltas if rows.size == deltas.shape[0] else deltas[rows])
+            rows = np.nonzero(keep_coarse if mine is None else mine & keep_coarse)[0]
             if rows.size:
                 hours = minutes[rows] // 60
-                order = np.argsort(hours, kind="stable")
-                hours = hours[order]
+                if hours.size > 1 and bool((hours[1:] >= hours[:-1]).all()):
+                    # Already in hour order (the stable argsort would be the identity): no gather of rows.
+                    picked = deltas if rows.size == deltas.shape[0] else deltas[rows]
+                else:
+                    order = np.argsort(hours, kind="stable")
+                    hours = hours[order]
+                    picked = deltas[rows[order]]
                 starts = np.concatenate([[0], np.nonzero(np.diff(hours))[0] + 1])
-                sums = np.add.reduceat(deltas[rows[order]], starts, axis=0)
+                sums = np.add.reduceat(picked, starts, axis=0)
                 for hour, delta in zip(hours[starts].tolist(), sums, strict=True):
                     self._block(self.coarse, v, hour)[:] += delta
 
@@ -171,7 +182,17 @@ class BlockStore:
             ring[r] = 0.0 if found is None else found
             owner[r] = m
             blocks[m] = ring[r]
-        ring[at] += deltas
+        # Runs of consecutive ring rows (consecutive minutes, cut where the ring wraps) are added in place,
+        # without the gather and scatter of a fancy index: the same additions, element by element. A
+        # flush's minutes form a few runs (gaps are minutes nothing landed in).
+        cuts = np.nonzero(np.diff(at) != 1)[0] + 1
+        if cuts.size <= _MAX_RUNS:
+            bounds = [0, *cuts.tolist(), at.size]
+            for a, b in itertools.pairwise(bounds):
+                first = int(at[a])
+                ring[first:first + b - a] += deltas[a:b]
+        else:
+            ring[at] += deltas
 
     def advance(self, minute: int) -> None:
         """Move the newest bucket forward and drop blocks no window can reach any more."""

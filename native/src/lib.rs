@@ -116,13 +116,14 @@ impl Decoder {
     fn predictions<'py>(
         &self,
         py: Python<'py>,
-        raws: &Bound<'py, PyList>,
+        raws: &Bound<'py, PyAny>,
         reading: Option<usize>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let reading = self.reading(reading, Kind::Prediction)?;
-        let owned = bytes_of(raws)?;
-        let slices: Vec<&[u8]> = owned.iter().map(|b| b.as_bytes()).collect();
-        let batch = self.inner.predictions(&slices, reading);
+        let raws = Raws::of(raws)?;
+        let slices = raws.slices()?;
+        let inner = &self.inner;
+        let batch = py.detach(|| inner.predictions_par(&slices, reading, decode_threads()));
         let blocks = PyList::empty(py);
         for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
             let d = PyDict::new(py);
@@ -147,13 +148,14 @@ impl Decoder {
     fn ground_truth<'py>(
         &self,
         py: Python<'py>,
-        raws: &Bound<'py, PyList>,
+        raws: &Bound<'py, PyAny>,
         reading: Option<usize>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let reading = self.reading(reading, Kind::GroundTruth)?;
-        let owned = bytes_of(raws)?;
-        let slices: Vec<&[u8]> = owned.iter().map(|b| b.as_bytes()).collect();
-        let batch = self.inner.ground_truth(&slices, reading);
+        let raws = Raws::of(raws)?;
+        let slices = raws.slices()?;
+        let inner = &self.inner;
+        let batch = py.detach(|| inner.ground_truth_par(&slices, reading, decode_threads()));
         let blocks = PyList::empty(py);
         for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
             let d = PyDict::new(py);
@@ -165,6 +167,20 @@ impl Decoder {
             blocks.append(d)?;
         }
         batch_dict(py, batch.model, batch.row, blocks)
+    }
+
+    /// The lines of a JSON-lines buffer from byte `start` on: (starts, ends, numbers) as int64 arrays,
+    /// numbers None unless blank lines were left out (decode::split_lines).
+    #[staticmethod]
+    #[pyo3(signature = (data, start=0))]
+    fn split_lines<'py>(
+        py: Python<'py>,
+        data: &Bound<'py, PyBytes>,
+        start: usize,
+    ) -> (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Option<Bound<'py, PyArray1<i64>>>) {
+        let buf = data.as_bytes();
+        let (starts, ends, numbers) = py.detach(|| decode::split_lines(buf, start));
+        (column(py, starts), column(py, ends), numbers.map(|n| column(py, n)))
     }
 }
 
@@ -222,10 +238,64 @@ fn mapping_in(d: &Bound<'_, PyDict>) -> PyResult<MappingIn> {
     })
 }
 
-fn bytes_of<'py>(raws: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, PyBytes>>> {
-    raws.iter()
-        .map(|item| item.cast_into::<PyBytes>().map_err(|_| PyTypeError::new_err("raws must be a list of bytes")))
-        .collect()
+/// Threads a large batch is decoded on (the GIL released meanwhile): the machine's cores, at most 4,
+/// or MLMON_DECODE_THREADS. Batches under decode::MIN_CHUNK events per thread use fewer.
+fn decode_threads() -> usize {
+    std::env::var("MLMON_DECODE_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
+        .max(1)
+}
+
+/// A batch's messages: a list of bytes (or any iterable of bytes), or an object whose `spans()` gives
+/// (buffer, starts, ends): monitor.inputs.InputLines read from a file, which has no bytes object per line.
+enum Raws<'py> {
+    Each(Vec<Bound<'py, PyBytes>>),
+    Spans(Bound<'py, PyBytes>, PyReadonlyArray1<'py, i64>, PyReadonlyArray1<'py, i64>),
+}
+
+impl<'py> Raws<'py> {
+    fn of(raws: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let each = |items: Bound<'py, PyAny>| -> PyResult<Self> {
+            let mut out = Vec::new();
+            for item in items.try_iter()? {
+                out.push(item?.cast_into::<PyBytes>().map_err(|_| PyTypeError::new_err("raws must be bytes"))?);
+            }
+            Ok(Raws::Each(out))
+        };
+        if raws.is_instance_of::<PyList>() {
+            return each(raws.clone());
+        }
+        if raws.hasattr("spans")? {
+            let spans = raws.call_method0("spans")?;
+            if !spans.is_none() {
+                let (buf, starts, ends) = spans.extract()?;
+                return Ok(Raws::Spans(buf, starts, ends));
+            }
+        }
+        each(raws.clone())
+    }
+
+    fn slices(&self) -> PyResult<Vec<&[u8]>> {
+        match self {
+            Raws::Each(items) => Ok(items.iter().map(|b| b.as_bytes()).collect()),
+            Raws::Spans(buf, starts, ends) => {
+                let buf = buf.as_bytes();
+                let (starts, ends) = (starts.as_slice()?, ends.as_slice()?);
+                if starts.len() != ends.len() {
+                    return Err(value_error("spans: starts and ends differ in length"));
+                }
+                starts
+                    .iter()
+                    .zip(ends)
+                    .map(|(&a, &b)| {
+                        buf.get(a as usize..b as usize).ok_or_else(|| value_error("spans: a span outside the buffer"))
+                    })
+                    .collect()
+            }
+        }
+    }
 }
 
 fn strings<'py>(py: Python<'py>, values: &[Cow<'_, str>]) -> PyResult<Bound<'py, PyList>> {
