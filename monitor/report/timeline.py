@@ -76,10 +76,8 @@ class SLOSeries:
     events: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, list[float]] = field(default_factory=dict)
 
-    def tier_fires(self, tier: TierState, target: float, min_events: int,
-                   opts: RuleOptions | None = None) -> list[bool]:
+    def tier_fires(self, opts: RuleOptions, tier: TierState, target: float, min_events: int) -> list[bool]:
         """At each step, whether the tier's alert would fire (monitor.rules.tier_state, as the snapshot)."""
-        opts = opts or RuleOptions()
 
         def at(window: str, k: int) -> WindowCounts:
             return WindowCounts(self.events[window][k], self.errors[window][k])
@@ -117,10 +115,10 @@ def step_times(start: float, end: float, step: int) -> list[float]:
     return out
 
 
-def timeline_window(config: MonitorConfig) -> int:
+def timeline_window(config: MonitorConfig, opts: RuleOptions) -> int:
     """The window the drift and collapse alerts watch (nearest to 1h): short enough to show an onset,
     long enough for a stable rate."""
-    return nearest_window(config.windows, RuleOptions().drift_window)
+    return nearest_window(config.windows, opts.drift_window)
 
 
 @dataclass(frozen=True)
@@ -133,7 +131,7 @@ class TimelineReplay:
 
 
 def replay_with_timeline(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
-                         at: float | None = None) -> TimelineReplay:
+                         at: float | None = None, opts: RuleOptions | None = None) -> TimelineReplay:
     """The replay `monitor replay` does, evaluated at each timeline step on the way."""
     engine = Engine(config)
     was_enabled = gc.isenabled()
@@ -148,7 +146,7 @@ def replay_with_timeline(config: MonitorConfig, predictions: list[bytes], ground
             sel = sides == side
             times[sel] = decoded.times()[index[sel]]
         usable = times[np.isfinite(times)]
-        window = timeline_window(config)
+        window = timeline_window(config, opts or RuleOptions())
         timeline = None
         done = 0
         if usable.size:
