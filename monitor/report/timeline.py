@@ -82,8 +82,10 @@ class SLOSeries:
         def at(window: str, k: int) -> WindowCounts:
             return WindowCounts(self.events[window][k], self.errors[window][k])
 
-        return [verdict(opts, target, tier.threshold, min_events, at(tier.long_window, k),
-                        at(tier.short_window, k)).fires for k in range(len(self.events[tier.long_window]))]
+        mid = tier.mid_window
+        return [verdict(opts, target, tier.threshold, min_events, at(tier.long_window, k), at(tier.short_window, k),
+                        mid=at(mid, k) if mid is not None else None).fires
+                for k in range(len(self.events[tier.long_window]))]
 
 
 @dataclass
@@ -208,7 +210,7 @@ def _value(x: float) -> float | None:
 
 def _slo_windows(config: MonitorConfig, state: ModelState) -> list[int]:
     tiers = [t for s in state.cfg.slos for t in tiers_for(s, config.windows)]
-    return sorted({w for t in tiers for w in (t.long_window, t.short_window)})
+    return sorted({w for t in tiers for w in (t.long_window, t.short_window, t.mid_window) if w is not None})
 
 
 def _evaluate(engine: Engine, config: MonitorConfig, window: int, at: float, timeline: Timeline,

@@ -106,10 +106,6 @@ class RuleOptions:
     stall_min_expected: float = 15.0
     # One-sided z of the continuity-corrected Wilson bounds of SLO error ratios: 3.09 = 0.1% per window.
     burn_z: float = 3.09
-    # The burn tiers test the Wilson lower bound against the budget only where the window expects at least
-    # this many errors at the budget (n x (1 - target), the normal approximation's rule of thumb); on fewer
-    # (high targets) the bound is anti-conservative and must clear the tier's own error ratio instead.
-    burn_min_expected_errors: float = 5.0
     # A version significantly worse than the rest of its model: one-sided 1e-4.
     regression_z: float = 3.72
     # Label pairs: |z| of the log-odds-ratio change, and the smallest change that matters (a factor 2).
