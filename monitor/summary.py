@@ -26,6 +26,7 @@ from monitor.config import ModelConfig, MonitorConfig, format_duration
 from monitor.engine.figures import Figures
 from monitor.engine.metrics import classification, drift
 from monitor.rejections import InputReport
+from monitor.rules.collapse_state import collapse
 from monitor.rules.options import RuleOptions
 from monitor.rules.tier_state import TierState, slo_counts, tier_states
 from monitor.rules.tiers import TIER_NAMES
@@ -148,24 +149,12 @@ def _labels(m: ModelConfig, idx: _Index, window: str, drift_window: str, opts: R
         rows.append(LabelView(
             label, float(tp[i] + fn[i]), (precision[i], p_lo[i], p_hi[i]), (recall[i], r_lo[i], r_hi[i]), f1[i],
             idx.max_over_versions(c.LABEL_ECE, m.name, (label, window)) if _one_version(idx, m) else None,
-            rate, ref, _collapse(rate, ref, n_pred, opts)))
+            rate, ref, collapse(opts, rate, ref, n_pred)))
     return rows
 
 
 def _one_version(idx: _Index, m: ModelConfig) -> bool:
     return len({k[1] for k in idx.by[c.PREDICTIONS_TOTAL.name] if k[0] == m.name}) == 1
-
-
-def _collapse(rate: float | None, ref: float | None, n: float, opts: RuleOptions) -> str | None:
-    """The label-collapse alert's condition (monitor.rules.alerts.collapse_rules) on this snapshot."""
-    if rate is None or ref is None:
-        return None
-    f, k = opts.collapse_factor, opts.collapse_min_expected
-    if rate <= f * ref and n * ref >= k:
-        return "nothing"
-    if rate >= 1 - f * (1 - ref) and n * (1 - ref) >= k:
-        return "everything"
-    return None
 
 
 def _drift(m: ModelConfig, idx: _Index, window: str) -> tuple[list[DriftView], bool]:

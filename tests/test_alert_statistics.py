@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy.stats import binom
+from scipy.stats import binom, gamma, norm
 from scipy.stats.contingency import odds_ratio
 from statsmodels.stats import proportion
 from statsmodels.stats.contingency_tables import Table2x2
@@ -69,21 +69,38 @@ def test_upper_bound_vetoes_a_real_collapse_rarely() -> None:
             assert p <= 0.01, (theta, n, p)
 
 
-def _burn_fires(x: int, n: int, theta: float, budget: float, expected_errors: float = 5.0) -> bool:
-    """A burn tier's decision on one window, written out here: the measured ratio above theta (threshold x
-    budget), the Wilson lower bound above the budget, and above theta itself where the window expects
-    fewer than `expected_errors` errors at the budget."""
-    if x / n <= theta:
-        return False
-    lower = stats.wilson_cc_lower(x, n, Z)
-    return lower > budget and (lower > theta or n * budget >= expected_errors)
+def _violated(x: int, n: int, budget: float) -> bool:
+    """The SLO violated beyond noise on one window, written out here: the Wilson and the Poisson lower
+    bounds above the budget."""
+    return stats.wilson_cc_lower(x, n, Z) > budget and _poisson_lower(x, n) > budget
 
 
-def _fire_chance(n: int, true_ratio: float, theta: float, budget: float, expected_errors: float = 5.0) -> float:
-    """Exact P(the tier fires on one window of n events) when the true error ratio is true_ratio (scipy)."""
-    first = next((x for x in range(int(theta * n), n + 1) if _burn_fires(x, n, theta, budget, expected_errors)),
-                 None)
+def _poisson_lower(x: int, n: int) -> float:
+    """The Poisson lower bound of the error ratio, by the rule's own formula (Wilson-Hilferty), which
+    test_poisson_bound_is_below_the_exact_gamma_quantile_and_close_to_it holds to scipy's exact one."""
+    return stats.poisson_lower(x, n, Z)
+
+
+def _burn_fires(x: int, n: int, theta: float, budget: float) -> bool:
+    """A burn tier's decision on its long window: the measured ratio above theta (threshold x budget) and
+    the violation beyond noise."""
+    return x / n > theta and _violated(x, n, budget)
+
+
+def _mid_fires(x: int, n: int, theta: float, budget: float) -> bool:
+    """page_slow's mid-window clause: the violation beyond noise, and theta under the Wilson upper bound."""
+    return stats.wilson_cc_upper(x, n, Z) > theta and _violated(x, n, budget)
+
+
+def _chance(n: int, true_ratio: float, fires: object) -> float:
+    """Exact P(fires on one window of n events) when the true error ratio is true_ratio (scipy). Every
+    condition is monotone in the error count, so it is the tail from the first count that fires."""
+    first = next((x for x in range(n + 1) if fires(x, n)), None)  # type: ignore[operator]
     return 0.0 if first is None else float(binom.sf(first - 1, n, true_ratio))
+
+
+def _fire_chance(n: int, true_ratio: float, theta: float, budget: float) -> float:
+    return _chance(n, true_ratio, lambda x, m: _burn_fires(x, m, theta, budget))
 
 
 @pytest.mark.parametrize(("target", "threshold"), [(0.5, 1.5), (0.5, 1.9), (0.8, 3.0), (0.8, 4.6), (0.85, 3.83),
@@ -97,12 +114,64 @@ def test_page_tiers_stay_silent_on_a_label_exactly_on_budget(target: float, thre
     assert max(_fire_chance(n, budget, threshold * budget, budget) for n in sizes) <= 0.001
 
 
-def test_the_bound_against_the_budget_needs_expected_errors_at_high_targets() -> None:
-    """Without the expected-errors guard, a 0.999 label on budget would fire page_slow (6x) on 300 events
-    with 3 errors (the Wilson bound's normal approximation on 0.3 expected errors): 0.36% per window."""
-    budget = 0.001
-    assert _fire_chance(300, budget, 6 * budget, budget, expected_errors=0.0) > 0.003
-    assert _fire_chance(300, budget, 6 * budget, budget) < 1e-5
+@pytest.mark.parametrize("target", [0.5, 0.8, 0.85, 0.99, 0.999])
+def test_ticket_slow_stays_silent_on_a_label_exactly_on_budget(target: float) -> None:
+    """ticket_slow's threshold is 1x (theta = the budget), so only the bounds stand between a label exactly
+    on budget and a ticket. The Wilson bound alone fired in 0.8% (0.99) and 1.4% (0.999) of windows; with
+    the Poisson bound every size from 5 events up stays under 0.1% (and the Wilson bound alone does not:
+    the Poisson bound is what makes the difference)."""
+    budget = 1 - target
+    sizes = [*range(5, 50), *range(50, 400, 7), *range(400, 3000, 97), 5000, 20000, 60000]
+    assert max(_fire_chance(n, budget, budget, budget) for n in sizes) <= 0.001
+    wilson_only = max(_chance(n, budget, lambda x, m: x / m > budget and stats.wilson_cc_lower(x, m, Z) > budget)
+                      for n in sizes)
+    assert wilson_only > 0.001
+
+
+def test_poisson_bound_is_below_the_exact_gamma_quantile_and_close_to_it() -> None:
+    """Wilson-Hilferty against scipy's exact Poisson lower confidence bound (the gamma quantile at the
+    one-sided 0.1% of z = 3.09): never above it (so never less conservative), within 0.05 errors from 2."""
+    alpha = float(norm.sf(Z))
+    for x in (1, 2, 3, 5, 8, 13, 30, 100, 1000):
+        exact = float(gamma.ppf(alpha, x))
+        ours = stats.poisson_lower(x, 1.0, Z)
+        assert ours <= exact
+        if x >= 2:
+            assert exact - ours < 0.05, (x, exact, ours)
+
+
+@pytest.mark.parametrize(("target", "threshold"), [(0.5, 1.5), (0.8, 3.0), (0.85, 3.83), (0.99, 6.0),
+                                                   (0.999, 6.0)])
+def test_mid_window_clause_stays_silent_on_a_label_exactly_on_budget(target: float, threshold: float) -> None:
+    """page_slow's mid-window clause has no min_events floor: for every window size from 1 event up, a
+    label exactly on budget fires it in under 0.1% of windows."""
+    budget = 1 - target
+    sizes = [*range(1, 50), *range(50, 400, 7), *range(400, 3000, 97), 5000, 20000, 60000]
+    worst = max(_chance(n, budget, lambda x, m: _mid_fires(x, m, threshold * budget, budget)) for n in sizes)
+    assert worst <= 0.001
+
+
+def test_mid_window_clause_pages_a_thin_collapse_and_not_a_busy_ticket_level_burn() -> None:
+    """self_harm (target 0.8, page_slow 3x: theta 0.6) at a true recall of 0.22 on the 45 labelled events a
+    2h window holds at night: pages in most windows. A busy label at 1.5x the budget (ticket level) on 2,000
+    events: practically never."""
+    budget, theta = 0.2, 0.6
+    assert _chance(45, 0.78, lambda x, m: _mid_fires(x, m, theta, budget)) > 0.95
+    assert _chance(2000, 0.3, lambda x, m: _mid_fires(x, m, theta, budget)) < 1e-9
+
+
+def test_the_poisson_bound_keeps_high_targets_quiet_on_few_expected_errors() -> None:
+    """With the Wilson bound alone, a 0.999 label on budget would fire page_slow (6x) on 300 events with 3
+    errors (the normal approximation on 0.3 expected errors): 0.36% per window. The Poisson bound brings it
+    under 0.05% (an earlier version of the rules demanded the Wilson bound above theta instead, on windows
+    expecting fewer than 5 errors: it cut a thin label's page at night)."""
+    budget, theta = 0.001, 0.006
+
+    def wilson_only(x: int, n: int) -> bool:
+        return x / n > theta and stats.wilson_cc_lower(x, n, Z) > budget
+
+    assert _chance(300, budget, wilson_only) > 0.003
+    assert _fire_chance(300, budget, theta, budget) < 0.0005
 
 
 def test_a_rare_labels_recall_collapse_pages_on_sixty_labelled_events() -> None:

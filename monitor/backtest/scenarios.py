@@ -131,6 +131,12 @@ def _set_recall(tr: Traffic, sel: np.ndarray, label: str, recall: float, healthy
     tr.scores[lose, j] = _negative_scores(rng, int(lose.sum()))
 
 
+def score_drop(tr: Traffic, bad: np.ndarray, rng: np.random.Generator) -> None:
+    """Violence scores x0.6: the model loses confidence, its positives (about 0.93) now score about 0.56,
+    under the 0.7 threshold, so recall falls to near 0 at once, while labels take 45 minutes to arrive."""
+    tr.scores[bad, _label("violence")] *= 0.6
+
+
 def cooccurrence_break(tr: Traffic, bad: np.ndarray, rng: np.random.Generator) -> None:
     """Violence and hate become independent: hate is redrawn at its own marginal rate."""
     j_v, j_h = _label("violence"), _label("hate")
@@ -212,6 +218,10 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("canary_recall", "canary v8 (10%) violence recall 0.91 -> 0.19", canary_recall,
              (Expected("MLMonitorLabelErrorBudgetBurn", "page", {"label": "violence"},
                        also=("MLMonitorVersionRegression", "MLMonitorEstimatedQualityLow")),), ("violence", True)),
+    Scenario("score_drop", "violence scores x0.6 (positives under the 0.7 threshold)", score_drop,
+             (Expected("MLMonitorEstimatedQualityLow", "ticket", {"label": "violence"}),
+              Expected("MLMonitorLabelErrorBudgetBurn", "page", {"label": "violence"},
+                       also=("MLMonitorLabelCollapse",))), ("violence", False)),
     Scenario("latency", "serving latency 3x the 0.5 s SLO", latency,
              (Expected("MLMonitorLatencyHigh", "ticket"),)),
     Scenario("missing_feature", "30% of predictions lack text_length", missing_feature,

@@ -24,15 +24,18 @@ __all__ = ["report_command"]
 @click.option("--evidently", "with_evidently", is_flag=True, default=False,
               help="Embed evidently's data-drift report on the features of a sample of joined events "
                    "(needs evidently; adds about 5 MB of inline script in a sandboxed frame).")
+@click.option("--rules", type=click.Path(exists=True),
+              help="The rules directory (or alert rule file) `monitor rules` wrote: alerts are judged with the "
+                   "options they were generated with (default: the default options).")
 def report_command(config_path: str | None, predictions: str | None, ground_truth: str | None, at: str | None,
-                   window: str | None, output: str, with_evidently: bool) -> None:
+                   window: str | None, output: str, with_evidently: bool, rules: str | None) -> None:
     """Write a self-contained HTML report of one evaluation (no network, no scripts).
 
     With no files, reports on the bundled example stream.
     """
     from monitor.report.build import build_html
 
-    html = build_html(config_path, predictions, ground_truth, at, window, with_evidently)
+    html = build_html(config_path, predictions, ground_truth, at, window, with_evidently, rules)
     if output == "-":
         click.echo(html, nl=False)
         return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import click
 
@@ -16,6 +17,8 @@ from monitor.report.headline import Headline, build_headline
 from monitor.report.html import render, when
 from monitor.report.model import ReportView, build_report
 from monitor.report.timeline import Timeline, replay_with_timeline
+from monitor.rules.generate import NotGeneratedRules, read_rule_options
+from monitor.rules.options import RuleOptions
 
 
 class NoUsableEvents(click.ClickException):
@@ -32,24 +35,25 @@ class Report:
 
 
 def make_report(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
-                at: float | None = None, window: str | None = None) -> Report:
+                at: float | None = None, window: str | None = None, opts: RuleOptions | None = None) -> Report:
     configured = [format_duration(w) for w in config.windows]
     if window is not None and window not in configured:
         raise click.BadParameter(f"{window!r} is not a configured window ({', '.join(configured)})",
                                  param_hint="--window")
-    replayed = replay_with_timeline(config, predictions, ground_truth, at)
+    replayed = replay_with_timeline(config, predictions, ground_truth, at, opts)
     engine, figures, evaluated_at, timeline = replayed.engine, replayed.figures, replayed.at, replayed.timeline
     # The per-file rejection summary `monitor replay` prints, and its failure when a file gave nothing.
     tell(replayed.rejections)
     if evaluated_at is None or engine.latest_event_time is None:
         raise NoUsableEvents(_nothing_usable(engine.invalid, len(predictions), len(ground_truth), at))
-    view = build_report(config, engine, figures, evaluated_at, window)
+    view = build_report(config, engine, figures, evaluated_at, window, opts)
     return Report(view, build_headline(config, view, timeline), timeline, engine, figures)
 
 
 def report_view(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
-                at: float | None = None, window: str | None = None) -> tuple[ReportView, Engine, Figures]:
-    r = make_report(config, predictions, ground_truth, at, window)
+                at: float | None = None, window: str | None = None,
+                opts: RuleOptions | None = None) -> tuple[ReportView, Engine, Figures]:
+    r = make_report(config, predictions, ground_truth, at, window, opts)
     return r.view, r.engine, r.figures
 
 
@@ -78,11 +82,17 @@ def rejection_summary(invalid: Counter[tuple[str, str]]) -> str:
 
 
 def build_html(config_path: str | None, predictions: str | None, ground_truth: str | None, at: str | None,
-               window: str | None, with_evidently: bool = False) -> str:
+               window: str | None, with_evidently: bool = False, rules: str | None = None) -> str:
+    opts = None
+    if rules is not None:
+        try:
+            opts = read_rule_options(Path(rules))
+        except NotGeneratedRules as exc:
+            raise click.BadParameter(str(exc), param_hint="--rules") from None
     inputs = load_inputs(config_path, predictions, ground_truth, at)
     config, pred_lines, gt_lines = inputs.config, inputs.predictions, inputs.ground_truth
     try:
-        report = make_report(config, pred_lines, gt_lines, inputs.at, window)
+        report = make_report(config, pred_lines, gt_lines, inputs.at, window, opts)
     except ConfigError as exc:
         raise click.ClickException("; ".join(exc.problems)) from None
     rejected = sum(report.engine.invalid.values())
@@ -94,5 +104,5 @@ def build_html(config_path: str | None, predictions: str | None, ground_truth: s
     if with_evidently:
         from monitor.report.drift_embed import evidently_section
 
-        extra.append(evidently_section(config, pred_lines, gt_lines, report.view.at))
+        extra.append(evidently_section(config, pred_lines, gt_lines, report.view.at, opts))
     return render(report.view, extra, headline=report.headline, timeline=report.timeline)

@@ -32,13 +32,13 @@ SEED = 20261120
 
 
 def evidently_section(config: MonitorConfig, predictions: Sequence[bytes], ground_truth: Sequence[bytes],
-                      at: float) -> str:
+                      at: float, opts: RuleOptions | None = None) -> str:
     try:
         import evidently  # noqa: F401
     except ImportError:
         return _card("<p class=\"note\">evidently is not installed (<code>pip install 'mlmon[drift]'</code>): "
                      "no embedded drift report.</p>")
-    window = nearest_window(config.windows, RuleOptions().drift_window)
+    window = nearest_window(config.windows, (opts or RuleOptions()).drift_window)
     # Event objects, not the engine's columns: evidently needs the raw feature values.
     decoder = BatchDecoder(Decoder(config))
     preds = [e for e in decoder.predictions(list(predictions)) if isinstance(e, Prediction)]

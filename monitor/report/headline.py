@@ -11,8 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from monitor.config import MonitorConfig, format_duration
-from monitor.report.model import ModelView, ReportView, SLOView, collapsed
+from monitor.report.model import ModelView, ReportView, SLOView
 from monitor.report.timeline import ModelTimeline, Timeline, run_since, timeline_window
+from monitor.rules.collapse_state import collapse
+from monitor.rules.options import RuleOptions
 
 KIND_COLLAPSE = "label collapse"
 KIND_FEATURE = "feature drift"
@@ -68,7 +70,7 @@ class Headline:
 
 
 def build_headline(config: MonitorConfig, view: ReportView, timeline: Timeline | None) -> Headline:
-    window = format_duration(timeline_window(config))
+    window = format_duration(timeline_window(config, view.opts))
     slos: list[SLOStatus] = []
     findings: list[Finding] = []
     for m in view.models:
@@ -81,17 +83,18 @@ def build_headline(config: MonitorConfig, view: ReportView, timeline: Timeline |
                     continue
                 since = None
                 if mt is not None and s.name in mt.slos:
-                    since = run_since(mt.slos[s.name].tier_fires(t, s.target, m.min_events), times)
+                    since = run_since(mt.slos[s.name].tier_fires(view.opts, t, s.target, m.min_events), times)
                 firing.append(FiringTier(t.name, t.severity, t.long_window, t.long_burn, t.threshold, since))
             breached = s.remaining is not None and s.remaining < 0
             slos.append(SLOStatus(m.name, s, breached, firing))
-        findings += _findings(m, window, mt, times)
+        findings += _findings(view.opts, m, window, mt, times)
     order = {"breached": 0, "burning": 1, "met": 2}
     slos.sort(key=lambda x: order[x.state])
     return Headline(window, slos, findings, sum(view.invalid.values()))
 
 
-def _findings(m: ModelView, window: str, mt: ModelTimeline | None, times: list[float]) -> list[Finding]:
+def _findings(opts: RuleOptions, m: ModelView, window: str, mt: ModelTimeline | None,
+              times: list[float]) -> list[Finding]:
     out: list[Finding] = []
     sig = m.significant
     for v in m.versions:
@@ -100,13 +103,13 @@ def _findings(m: ModelView, window: str, mt: ModelTimeline | None, times: list[f
             continue
         vs = mt.versions.get(v.version) if mt else None
         for r in wv.rows:
-            kind = collapsed(r.positive_rate, r.reference_rate, wv.predictions)
+            kind = collapse(opts, r.positive_rate, r.reference_rate, wv.predictions)
             if kind is None or r.positive_rate is None or r.reference_rate is None:
                 continue
             since = None
             if vs is not None:
                 ls = vs.labels[r.label]
-                since = run_since([collapsed(ls.positive_rate[k], r.reference_rate, vs.predictions[k]) == kind
+                since = run_since([collapse(opts, ls.positive_rate[k], r.reference_rate, vs.predictions[k]) == kind
                                    for k in range(len(times))], times)
             out.append(Finding(m.name, v.version, KIND_COLLAPSE, r.label, r.positive_rate,
                                f"predicted for {r.positive_rate:.1%} of predictions (reference "

@@ -22,9 +22,9 @@ from monitor.report.model import (
     SLOView,
     VersionView,
     WindowView,
-    collapsed,
 )
 from monitor.report.svg import Band, HLine, Series, esc
+from monitor.rules.collapse_state import collapse as label_collapse
 
 if TYPE_CHECKING:
     from monitor.report.headline import Headline
@@ -322,7 +322,7 @@ def _label_row(view: ReportView, m: ModelView, wv: WindowView, r: LabelRow) -> s
     ece_cls = "warn" if r.ece is not None and r.ece > view.ece_threshold else ""
     cells.append(_cell(ratio(r.ece), "mlmon_label_ece", lab, ece_cls,
                        f"calibration alert above {view.ece_threshold:g}" if ece_cls else ""))
-    collapse = collapsed(r.positive_rate, r.reference_rate, wv.predictions) is not None
+    collapse = label_collapse(view.opts, r.positive_rate, r.reference_rate, wv.predictions) is not None
     rate = f"{pct(r.positive_rate)} · {pct(r.reference_rate)}"
     cells.append(_cell(rate, "mlmon_predicted_positive_rate", lab, "bad" if collapse else "",
                        "label collapse: predicted for (almost) nothing or everything" if collapse else ""))

@@ -162,7 +162,13 @@ class ReportView:
     default_window: str
     models: list[ModelView]
     invalid: dict[tuple[str, str], float] = field(default_factory=dict)  # (topic, reason) -> count, non-zero
-    ece_threshold: float = RuleOptions().ece_threshold
+    # The options the user's rules were generated with (`monitor report --rules`): every alert condition
+    # shown is judged with them.
+    opts: RuleOptions = field(default_factory=RuleOptions)
+
+    @property
+    def ece_threshold(self) -> float:
+        return self.opts.ece_threshold
 
 
 class _Index:
@@ -205,21 +211,22 @@ def default_window(config: MonitorConfig, figures: Figures) -> str:
 
 
 def build_report(config: MonitorConfig, engine: Engine, figures: Figures, at: float,
-                 window: str | None = None) -> ReportView:
+                 window: str | None = None, opts: RuleOptions | None = None) -> ReportView:
+    opts = opts or RuleOptions()
     idx = _Index(figures)
     windows = [format_duration(w) for w in sorted(config.windows)]
     chosen = window or default_window(config, figures)
-    models = [_model_view(config, m, engine, figures, idx, windows) for m in config.models]
+    models = [_model_view(config, m, engine, figures, idx, windows, opts) for m in config.models]
     with_data = [w for w in windows
                  if any(v.windows[w].has_data for m in models for v in m.versions)]
     shown = [w for w in windows if w in with_data or w == chosen]
     invalid = {k: v for k, v in idx.items(c.INVALID_EVENTS_TOTAL).items() if v > 0}
     return ReportView(at=at, windows=shown, default_window=chosen, models=models,
-                      invalid={(k[0], k[1]): v for k, v in sorted(invalid.items())})
+                      invalid={(k[0], k[1]): v for k, v in sorted(invalid.items())}, opts=opts)
 
 
 def _model_view(config: MonitorConfig, m: ModelConfig, engine: Engine, figures: Figures, idx: _Index,
-                windows: list[str]) -> ModelView:
+                windows: list[str], opts: RuleOptions) -> ModelView:
     versions = sorted({k[1] for k in idx.items(c.PREDICTIONS_TOTAL) if k[0] == m.name})
     versions += sorted({k[1] for k in idx.items(c.WINDOW_JOINED) if k[0] == m.name} - set(versions))
     state = engine.models.get(m.name)
@@ -242,7 +249,7 @@ def _model_view(config: MonitorConfig, m: ModelConfig, engine: Engine, figures: 
         moderate=m.drift.moderate, significant=m.drift.significant, min_samples=m.drift.min_samples,
         missing_alert=m.drift.missing_ratio_alert,
         versions=[_version_view(m, v, idx, windows, titles) for v in versions],
-        slos=_slo_views(config, m, figures, idx, windows),
+        slos=_slo_views(config, m, figures, idx, windows, opts),
         ground_truth_total=idx.num(c.GROUND_TRUTH_TOTAL, (m.name,)),
         delay=idx.histogram(c.GROUND_TRUTH_DELAY_SECONDS, (m.name,)),
         counters=counters,
@@ -352,14 +359,14 @@ def _label_row(m: ModelConfig, version: str, window: str, label: str, idx: _Inde
 
 
 def _slo_views(config: MonitorConfig, m: ModelConfig, figures: Figures, idx: _Index,
-               windows: list[str]) -> list[SLOView]:
+               windows: list[str], opts: RuleOptions) -> list[SLOView]:
     counts = slo_counts(figures, m)
     out = []
     for s in m.slos:
         key = (m.name, s.label, s.name)
         burn = {w: idx.get(c.ERROR_BUDGET_BURN_RATE, (*key, w)) for w in windows}
         events = {w: idx.num(c.SLO_EVENTS, (*key, w)) for w in windows}
-        tiers = tier_states(RuleOptions(), config.windows, m, s,
+        tiers = tier_states(opts, config.windows, m, s,
                             {w: n for (name, w), n in counts.items() if name == s.name})
         period = format_duration(s.period)
         outcomes = {o: sum(v for k, v in idx.items(c.LABEL_OUTCOMES).items()
@@ -375,16 +382,3 @@ def _slo_views(config: MonitorConfig, m: ModelConfig, figures: Figures, idx: _In
         ))
     return out
 
-
-def collapsed(rate: float | None, reference: float | None, predictions: float) -> str | None:
-    """The label-collapse alert's condition (monitor/rules/alerts.py) on one evaluation: 'nothing' when the
-    label is predicted for (almost) nothing, 'everything' for the mirror, None otherwise."""
-    if rate is None or reference is None:
-        return None
-    opts = RuleOptions()
-    f, k = opts.collapse_factor, opts.collapse_min_expected
-    if rate <= f * reference and predictions * reference >= k:
-        return "nothing"
-    if rate >= 1 - f * (1 - reference) and predictions * (1 - reference) >= k:
-        return "everything"
-    return None

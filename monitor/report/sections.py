@@ -168,7 +168,7 @@ def timeline(view: ReportView, m: ModelView, tl: Timeline, h: Headline | None) -
     out.append(f'<div class="tl-top">{"".join(top)}</div>')
     head = ("<tr><th class=l>label</th><th class=l>quality (95% interval)</th><th class=l>SLO burn rate by "
             "tier window</th><th class=l>predicted-positive rate</th><th class=l>score PSI</th></tr>")
-    rows = [_label_row(m, tl, label, colour, markers) for label in m.labels]
+    rows = [_label_row(view, m, tl, label, colour, markers) for label in m.labels]
     out.append(f'<table class="timeline"><thead>{head}</thead><tbody>{"".join(rows)}</tbody></table>')
     out.append('<p class="note">Every point is what <code>monitor replay --at</code> that time reports for the '
                f"window ending there (the drift alerts' window, {esc(tl.window)}). Quality is the label's SLO "
@@ -210,7 +210,7 @@ def _markers(m: ModelView, h: Headline | None, tl: Timeline) -> dict[tuple[str, 
     return {k: [min(v, key=lambda mk: mk.time)] for k, v in out.items()}
 
 
-def _label_row(m: ModelView, tl: Timeline, label: str, colour: dict[str, str],
+def _label_row(view: ReportView, m: ModelView, tl: Timeline, label: str, colour: dict[str, str],
                markers: dict[tuple[str, str], list[Marker]]) -> str:
     mt = tl.models[m.name]
     times = tl.times
@@ -240,7 +240,7 @@ def _label_row(m: ModelView, tl: Timeline, label: str, colour: dict[str, str],
             if all(ln.name != t.long_window for ln in lines):
                 lines.append(Line(t.long_window, c, series.burn[t.long_window]))
             hlines.append(HLine(t.threshold, c, f"{t.threshold:.3g}×"))
-            strips.append(Strip(t.name, series.tier_fires(t, s.target, m.min_events), c))
+            strips.append(Strip(t.name, series.tier_fires(view.opts, t, s.target, m.min_events), c))
         top = max([s.max_burn, *(v for ln in lines for v in ln.values if v is not None)]) * 1.05
         burn_charts.append(svg.time_series(
             times, lines, title=f"{s.name}: burn rate ({', '.join(ln.name for ln in lines)})",

@@ -76,16 +76,16 @@ class SLOSeries:
     events: dict[str, list[float]] = field(default_factory=dict)
     errors: dict[str, list[float]] = field(default_factory=dict)
 
-    def tier_fires(self, tier: TierState, target: float, min_events: int,
-                   opts: RuleOptions | None = None) -> list[bool]:
+    def tier_fires(self, opts: RuleOptions, tier: TierState, target: float, min_events: int) -> list[bool]:
         """At each step, whether the tier's alert would fire (monitor.rules.tier_state, as the snapshot)."""
-        opts = opts or RuleOptions()
 
         def at(window: str, k: int) -> WindowCounts:
             return WindowCounts(self.events[window][k], self.errors[window][k])
 
-        return [verdict(opts, target, tier.threshold, min_events, at(tier.long_window, k),
-                        at(tier.short_window, k)).fires for k in range(len(self.events[tier.long_window]))]
+        mid = tier.mid_window
+        return [verdict(opts, target, tier.threshold, min_events, at(tier.long_window, k), at(tier.short_window, k),
+                        mid=at(mid, k) if mid is not None else None).fires
+                for k in range(len(self.events[tier.long_window]))]
 
 
 @dataclass
@@ -117,10 +117,10 @@ def step_times(start: float, end: float, step: int) -> list[float]:
     return out
 
 
-def timeline_window(config: MonitorConfig) -> int:
+def timeline_window(config: MonitorConfig, opts: RuleOptions) -> int:
     """The window the drift and collapse alerts watch (nearest to 1h): short enough to show an onset,
     long enough for a stable rate."""
-    return nearest_window(config.windows, RuleOptions().drift_window)
+    return nearest_window(config.windows, opts.drift_window)
 
 
 @dataclass(frozen=True)
@@ -133,7 +133,7 @@ class TimelineReplay:
 
 
 def replay_with_timeline(config: MonitorConfig, predictions: list[bytes], ground_truth: list[bytes],
-                         at: float | None = None) -> TimelineReplay:
+                         at: float | None = None, opts: RuleOptions | None = None) -> TimelineReplay:
     """The replay `monitor replay` does, evaluated at each timeline step on the way."""
     engine = Engine(config)
     was_enabled = gc.isenabled()
@@ -148,7 +148,7 @@ def replay_with_timeline(config: MonitorConfig, predictions: list[bytes], ground
             sel = sides == side
             times[sel] = decoded.times()[index[sel]]
         usable = times[np.isfinite(times)]
-        window = timeline_window(config)
+        window = timeline_window(config, opts or RuleOptions())
         timeline = None
         done = 0
         if usable.size:
@@ -210,7 +210,7 @@ def _value(x: float) -> float | None:
 
 def _slo_windows(config: MonitorConfig, state: ModelState) -> list[int]:
     tiers = [t for s in state.cfg.slos for t in tiers_for(s, config.windows)]
-    return sorted({w for t in tiers for w in (t.long_window, t.short_window)})
+    return sorted({w for t in tiers for w in (t.long_window, t.short_window, t.mid_window) if w is not None})
 
 
 def _evaluate(engine: Engine, config: MonitorConfig, window: int, at: float, timeline: Timeline,

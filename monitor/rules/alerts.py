@@ -6,7 +6,6 @@ functions so the promtool test generator renders exactly the text the rule will 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -46,8 +45,12 @@ def burn_fixed(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, tier: Tier
         "long_window": format_duration(tier.long_window), "short_window": format_duration(tier.short_window),
         "threshold": num(tier.threshold), "min_events": str(model.min_events),
         "error_ratio": num(ratio_threshold(slo.target, tier.threshold)), "budget": num(budget(slo.target)),
-        "bound_events": num(bound_events(opts, slo.target)),
+        **({"mid_window": format_duration(tier.mid_window)} if tier.mid_window is not None else {}),
     }
+
+
+def burn_text_key(tier: Tier) -> str:
+    return f"{c.ALERT_LABEL_ERROR_BUDGET_BURN}:mid" if tier.mid_window is not None else c.ALERT_LABEL_ERROR_BUDGET_BURN
 
 
 def ratio_threshold(target: float, burn_threshold: float) -> float:
@@ -57,11 +60,6 @@ def ratio_threshold(target: float, burn_threshold: float) -> float:
 
 def budget(target: float) -> float:
     return float(num(1 - float(num(target))))
-
-
-def bound_events(opts: RuleOptions, target: float) -> float:
-    """Events from which a window expects burn_min_expected_errors errors at the budget."""
-    return float(num(math.ceil(opts.burn_min_expected_errors / budget(target))))
 
 
 def burn_condition(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window: int, threshold: float) -> str:
@@ -77,17 +75,44 @@ def burn_condition(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window
     before, so the false-alarm bound of docs/alerting.md holds for every label that meets its SLO.
     monitor.rules.tier_state evaluates this condition in Python (summary, report, promtool tests): change
     both together."""
-    match = {c.L_MODEL: model.name, c.L_SLO: slo.name, c.L_WINDOW: format_duration(window)}
-    burn = by("max", MLS, sel(n.ERROR_BUDGET_BURN_RATE, match))
+    burn = by("max", MLS, sel(n.ERROR_BUDGET_BURN_RATE, _slo_window(model, slo, window)))
+    expr = f"{burn} > {num(threshold)}\n{_AND_ON}\n{violated(opts, model, slo, window, threshold)}"
+    events = by("max", MLS, sel(n.SLO_EVENTS, _slo_window(model, slo, window)))
+    return f"{expr}\n{_AND_ON}\n{events} >= {num(model.min_events)}"
+
+
+_AND_ON = f"and on ({labels(MLS)})"
+
+
+def _slo_window(model: ModelConfig, slo: SLOConfig, window: int) -> dict[str, str]:
+    return {c.L_MODEL: model.name, c.L_SLO: slo.name, c.L_WINDOW: format_duration(window)}
+
+
+def violated(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window: int, threshold: float) -> str:
+    """The SLO violated beyond sampling noise over `window`: the Wilson and the Poisson lower bounds of its
+    error ratio above the budget. The Wilson bound is a normal approximation, anti-conservative for a
+    skewed count (a small budget, a few events: a label exactly on a 0.999 target's budget showed it above
+    the budget in 1.4% of windows); the Poisson bound is the conservative one there, and together they
+    keep a label exactly on budget under 0.1% per window at every target and window size
+    (docs/alerting.md). Its value: the Wilson lower bound."""
+    match = _slo_window(model, slo, window)
     lower = by("max", MLS, sel(n.SLO_ERROR_RATIO_LOWER, match))
-    events = by("max", MLS, sel(n.SLO_EVENTS, match))
-    on = f"and on ({labels(MLS)})"
-    expr = f"{burn} > {num(threshold)}\n{on}\n{lower} > {num(budget(slo.target))}"
-    theta = ratio_threshold(slo.target, threshold)
-    if theta > budget(slo.target):
-        expr += (f"\n{on}\n(\n{lower} > {num(theta)}\nor\n"
-                 f"{events} >= {num(bound_events(opts, slo.target))}\n)")
-    return f"{expr}\n{on}\n{events} >= {num(model.min_events)}"
+    poisson = by("max", MLS, sel(n.SLO_ERROR_RATIO_POISSON_LOWER, match))
+    return f"{lower} > {num(budget(slo.target))}\n{_AND_ON}\n{poisson} > {num(budget(slo.target))}"
+
+
+def mid_condition(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window: int, threshold: float) -> str:
+    """A tier's evidence over its mid window, before its long window has turned over after an onset: the
+    SLO violated beyond noise there (`violated`), and the tier's own error ratio (threshold x budget) not
+    excluded by the window's Wilson upper bound. On a busy label the interval is narrow and this is the
+    burn above the threshold over the mid window; on a thin one it pages on a violation the sample proves,
+    whose size it cannot pin down yet. No min_events: the bounds are the guard (docs/alerting.md gives
+    the false-alarm arithmetic). Its value: the mid window's burn rate."""
+    match = _slo_window(model, slo, window)
+    burn = by("max", MLS, sel(n.ERROR_BUDGET_BURN_RATE, match))
+    upper = by("max", MLS, sel(n.SLO_ERROR_RATIO_UPPER, match))
+    return (f"{burn}\n{_AND_ON}\n{upper} > {num(ratio_threshold(slo.target, threshold))}\n{_AND_ON}\n"
+            f"{violated(opts, model, slo, window, threshold)}")
 
 
 def burn_rules(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig) -> list[Rule]:
@@ -99,11 +124,16 @@ def burn_rules(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig) -> lis
             # The short window only vetoes, and only once it shows recovery beyond doubt (the Wilson upper
             # bound of its error ratio under the threshold): a thin short window (a rare label's 10
             # labelled events) neither hides a collapse nor makes the alert flap.
-            expr = (f"{burn_condition(opts, model, slo, tier.long_window, tier.threshold)}\n"
-                    f"unless on ({labels(MLS)})\n{by('max', MLS, short)} <= "
+            fires = burn_condition(opts, model, slo, tier.long_window, tier.threshold)
+            if tier.mid_window is not None:
+                # Parenthesised as a whole: `or` binds looser than `unless`.
+                fires = (f"(\n(\n{fires}\n)\nor\n(\n"
+                         f"{mid_condition(opts, model, slo, tier.mid_window, tier.threshold)}\n)\n)")
+            expr = (f"{fires}\nunless on ({labels(MLS)})\n{by('max', MLS, short)} <= "
                     f"{num(ratio_threshold(slo.target, tier.threshold))}")
             rules.append(alert_rule(opts, c.ALERT_LABEL_ERROR_BUDGET_BURN, expr, tier.severity,
-                                    burn_fixed(opts, model, slo, tier), tier=tier.name, model=model,
+                                    burn_fixed(opts, model, slo, tier), burn_text_key(tier), tier=tier.name,
+                                    model=model,
                                     extra={c.L_BURNRATE_TIER: tier.name, c.L_SLO: slo.name}))
     return rules
 

@@ -103,6 +103,7 @@ SLO_EVENTS: Final = recorded(c.SLO_EVENTS)  # from the outcome counts, beside SL
 SLO_ERROR_RATIO: Final = f"{LEVEL}:slo_error_ratio"
 SLO_ERROR_RATIO_LOWER: Final = f"{SLO_ERROR_RATIO}:wilson_lower"
 SLO_ERROR_RATIO_UPPER: Final = f"{SLO_ERROR_RATIO}:wilson_upper"
+SLO_ERROR_RATIO_POISSON_LOWER: Final = f"{SLO_ERROR_RATIO}:poisson_lower"  # all versions: the burn tiers
 BY_VERSION: Final = "by_version"
 SLO_ERRORS_BY_VERSION: Final = f"{SLO_ERRORS}:{BY_VERSION}"
 SLO_EVENTS_BY_VERSION: Final = f"{SLO_EVENTS}:{BY_VERSION}"

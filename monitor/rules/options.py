@@ -7,8 +7,9 @@ test windows still yields valid rules).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from monitor import conventions as c
@@ -105,10 +106,6 @@ class RuleOptions:
     stall_min_expected: float = 15.0
     # One-sided z of the continuity-corrected Wilson bounds of SLO error ratios: 3.09 = 0.1% per window.
     burn_z: float = 3.09
-    # The burn tiers test the Wilson lower bound against the budget only where the window expects at least
-    # this many errors at the budget (n x (1 - target), the normal approximation's rule of thumb); on fewer
-    # (high targets) the bound is anti-conservative and must clear the tier's own error ratio instead.
-    burn_min_expected_errors: float = 5.0
     # A version significantly worse than the rest of its model: one-sided 1e-4.
     regression_z: float = 3.72
     # Label pairs: |z| of the log-odds-ratio change, and the smallest change that matters (a factor 2).
@@ -159,3 +156,41 @@ def duration_seconds(value: str) -> int:
     """`for:` values back to seconds (the promtool tests schedule evaluations after them)."""
     return 0 if value in ("0", "0s") else parse_duration(value)
 
+
+
+# The generated rule files carry the options they were generated with on one header line, so that every
+# view judging alerts without Prometheus (`monitor report --rules`) uses the same numbers as the rules.
+OPTIONS_HEADER: Final = "Rule options (those not at their defaults): "
+
+
+def options_json(opts: RuleOptions) -> str:
+    """The options that differ from the defaults as one line of JSON ({} for the defaults)."""
+    default = RuleOptions()
+    changed = {f.name: getattr(opts, f.name) for f in fields(RuleOptions)
+               if getattr(opts, f.name) != getattr(default, f.name)}
+    return json.dumps({k: dict(v) if isinstance(v, Mapping) else v for k, v in changed.items()},
+                      sort_keys=True, separators=(", ", ": "))
+
+
+def options_from_json(text: str) -> RuleOptions:
+    """The inverse of options_json; ValueError on an unknown option or a value of the wrong kind."""
+    data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError("rule options: expected a JSON object")
+    default = RuleOptions()
+    known = {f.name for f in fields(RuleOptions)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"unknown rule option(s): {', '.join(unknown)}")
+    values: dict[str, object] = {}
+    for name, value in data.items():
+        kind = getattr(default, name)
+        if isinstance(kind, tuple):
+            value = tuple(value)
+        elif isinstance(kind, float) and isinstance(value, int):
+            value = float(value)
+        if isinstance(kind, Mapping) != isinstance(value, Mapping) or (
+                not isinstance(kind, Mapping) and type(value) is not type(kind)):
+            raise ValueError(f"rule option {name}: {value!r} is not a {type(kind).__name__}")
+        values[name] = value
+    return RuleOptions(**values)  # type: ignore[arg-type]

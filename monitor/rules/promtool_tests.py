@@ -20,7 +20,7 @@ from monitor.rules import names as n
 from monitor.rules import stats, texts
 from monitor.rules.options import RuleOptions, Windows, duration_seconds
 from monitor.rules.promql import num, series
-from monitor.rules.tier_state import WindowCounts, burn_rate, verdict
+from monitor.rules.tier_state import WindowCounts, burn_rate, fired_value, verdict
 from monitor.rules.tiers import Tier, tiers_for
 
 WORKERS: Final = ("w0", "w1")
@@ -147,8 +147,10 @@ def tier_fires(opts: RuleOptions, tier: Tier, slo: SLOConfig, min_events: int, s
     """The rule's condition in Python (monitor.rules.tier_state, which the summary and the report show):
     the long-window burn when the tier fires, else None."""
     long, short = WindowCounts(*state[tier.long_window]), WindowCounts(*state[tier.short_window])
-    return burn_rate(long, slo.target) if verdict(opts, slo.target, tier.threshold, min_events, long, short).fires \
-        else None
+    mid = WindowCounts(*state[tier.mid_window]) if tier.mid_window is not None else None
+    if not verdict(opts, slo.target, tier.threshold, min_events, long, short, mid=mid).fires:
+        return None
+    return fired_value(opts, slo.target, tier.threshold, min_events, long, mid)
 
 
 def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: SLOConfig) -> Iterator[Case]:
@@ -186,6 +188,21 @@ def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: 
         (f"collapse, the last {format_duration(second.short_window)} with 2 errors in 10 events (a rare label)",
          {**collapse, second.short_window: (10.0, 2.0)}),
     ]
+    mid = next((t for t in tiers if t.mid_window is not None), None)
+    if mid is not None and mid.mid_window is not None:
+        # A thin label hours after an onset: the long window still mostly from before it (error ratio 1.5x
+        # the budget on 150 events), the mid window mostly after (3x on 49; 10 events of the short window
+        # with 5 errors). The mid window pages. A busy label halfway between the budget and the tier's error
+        # ratio, with 100 errors per window (its Wilson interval excludes the tier's error ratio), does not.
+        thin = {w: (150.0, float(round(1.5 * budget * 150))) for w in cfg.windows}
+        halfway = (budget + a.ratio_threshold(slo.target, mid.threshold)) / 2
+        busy = float(math.ceil(100 / halfway))
+        scenarios += [
+            (f"a thin label's onset: {format_duration(mid.mid_window)} at 3x the budget on 49 events",
+             {**thin, mid.mid_window: (49.0, float(min(49, round(3 * budget * 49)))), mid.short_window: (10.0, 5.0)}),
+            (f"a busy label halfway to the {mid.name} error ratio on {busy:,.0f} events",
+             {w: (busy, 100.0) for w in cfg.windows}),
+        ]
     minutes = max(_minutes(opts, alert, t.name) for t in tiers)
     for title, state in scenarios:
         case = Case(f"{alert} {model.name}/{slo.name}: {title}", alert, minutes, opts.job)
@@ -195,7 +212,8 @@ def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: 
             if value is not None:
                 labels = {c.L_MODEL: model.name, c.L_LABEL: slo.label, c.L_SLO: slo.name,
                           c.L_SEVERITY: tier.severity, c.L_BURNRATE_TIER: tier.name}
-                case.expect(labels, alert, opts.runbook_url(alert), a.burn_fixed(opts, model, slo, tier), value)
+                case.expect(labels, a.burn_text_key(tier), opts.runbook_url(alert),
+                            a.burn_fixed(opts, model, slo, tier), value)
         yield case
 
 

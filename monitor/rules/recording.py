@@ -102,6 +102,13 @@ def wilson_upper(errors: str, events: str, z: float) -> str:
     return f"clamp_max({bound}\n+ ({errors} >= bool {events}), 1)"
 
 
+def poisson_lower(errors: str, events: str, z: float) -> str:
+    """monitor.rules.stats.poisson_lower in PromQL; 0 without errors (1 / 0 is +Inf, clamped to 0),
+    absent without events."""
+    base = f"clamp_min(1 - 1 / (9 * {errors}) - {num(z / 3)} / sqrt({errors}), 0)"
+    return f"{errors} * {base} ^ 3\n/ ({events} > 0)"
+
+
 def _slo_statistics(opts: RuleOptions) -> list[Rule]:
     """Error ratios and their Wilson bounds (all versions, and per version), and each version's
     two-proportion z against the rest of its model. Inputs are the per-SLO counts of slo_rules."""
@@ -115,6 +122,7 @@ def _slo_statistics(opts: RuleOptions) -> list[Rule]:
             record(lower, wilson_lower(errors, events, opts.burn_z)),
             record(upper, wilson_upper(errors, events, opts.burn_z)),
         ]
+    rules.append(record(n.SLO_ERROR_RATIO_POISSON_LOWER, poisson_lower(n.SLO_ERRORS, n.SLO_EVENTS, opts.burn_z)))
     # The rest of the model: its counts minus the version's.
     mlsw = f"on ({labels(MLSW)}) group_left ()"
     rest_e, rest_n = f"(-1 * {n.SLO_ERRORS_BY_VERSION} + {mlsw} {n.SLO_ERRORS})", \

@@ -22,6 +22,22 @@ def wilson_cc_lower(errors: float, events: float, z: float) -> float:
     return max(0.0, (2 * e + z2 - 1 - z * root) / (2 * (n + z2)))
 
 
+def poisson_lower(errors: float, events: float, z: float) -> float:
+    """Lower bound of the error ratio treating the error count as Poisson: the Wilson-Hilferty
+    approximation of the Poisson (gamma) lower confidence bound of the count, over the events.
+
+    The Wilson bound is a normal approximation, anti-conservative for a skewed count (a small error ratio,
+    or few events): a label exactly on a 0.01 budget shows a Wilson lower bound above it in 0.8-1.4% of
+    windows. The Poisson count's variance is at least the binomial's, so this bound is the conservative
+    one there (and wider than Wilson's at large ratios); the tiers demand both above the budget.
+    Wilson-Hilferty is within 0.05 errors of the exact gamma quantile from 2 errors up, and below it.
+    """
+    if errors <= 0 or events <= 0:
+        return 0.0
+    base = max(0.0, 1 - 1 / (9 * errors) - z / 3 / math.sqrt(errors))
+    return errors * base ** 3 / events
+
+
 def wilson_cc_upper(errors: float, events: float, z: float) -> float:
     if errors >= events:
         return 1.0

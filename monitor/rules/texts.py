@@ -32,9 +32,19 @@ TEXTS: Final[Mapping[str, Text]] = {
         "Over the last {long_window} the {slo} SLO (target {target}) of model {model} spent its error budget "
         "{value} times faster than sustainable. Tier {burnrate_tier} fires when the error ratio over "
         "{long_window} is above {error_ratio} ({threshold}x the budget) and above the budget {budget} "
-        "beyond sampling noise (its Wilson lower bound is; on fewer than {bound_events} events the bound "
-        "must clear {error_ratio}), on at least {min_events} labelled events, unless the last "
-        "{short_window} is back under {error_ratio} beyond noise.",
+        "beyond sampling noise (its Wilson and Poisson lower bounds are), on at least {min_events} labelled "
+        "events, unless the last {short_window} is back under {error_ratio} beyond noise.",
+    ),
+    f"{_BURN}:mid": Text(
+        "{model}/{label}: {slo} is burning its error budget at {value}x ({burnrate_tier})",
+        "Over the last {long_window}, or {mid_window} when that fired it, the {slo} SLO (target {target}) of "
+        "model {model} spent its error budget {value} times faster than sustainable. Tier {burnrate_tier} "
+        "fires when the error ratio over {long_window} is above {error_ratio} ({threshold}x the budget) and "
+        "above the budget {budget} beyond sampling noise (its Wilson and Poisson lower bounds are), on at "
+        "least {min_events} labelled events; or, before {long_window} has turned over after an onset, when "
+        "the error ratio over {mid_window} is above the budget beyond noise and {error_ratio} is within its "
+        "Wilson interval; "
+        "unless the last {short_window} is back under {error_ratio} beyond noise.",
     ),
     c.ALERT_FEATURE_DRIFT: Text(
         "{model} {version}: feature {feature} drifted (PSI {value})",

@@ -9,6 +9,13 @@ for the slower ones, whose long windows are mostly filled with events from befor
 6h tier would wait 5.4h on a total collapse). The cap never drops below 1, so no tier fires while the SLO
 is met, and a collapse fires every tier at any target; targets from about 0.94 up keep the workbook's
 numbers unchanged.
+
+page_slow also judges a mid window (the configured window nearest to the geometric mean of its short and
+long windows: 2h for 6h and 30m). After an onset its 6h window stays diluted by hours of events from before
+it; a thin label (a 1% label gets about a dozen labelled positives an hour at night) would page only when
+the 6h window had turned over, long after the evidence was in. The mid window pages on that evidence
+instead: its error ratio above the budget beyond noise, with the tier's own error ratio inside its
+interval (monitor.rules.alerts.burn_rules).
 """
 
 from __future__ import annotations
@@ -30,11 +37,12 @@ class TierSpec:
     budget_share: float  # of the period's error budget spent over the long window before firing
     period_divisor: int  # long window = period / divisor (1h for a 30d period at 720)
     cap_share: float  # threshold <= 1 + cap_share * (max burn rate - 1)
+    mid: bool = False  # also judged on a window between the short and the long one
 
 
 TIER_SPECS: Final = (
     TierSpec("page_fast", "page", 0.02, 720, 0.9),
-    TierSpec("page_slow", "page", 0.05, 120, 0.5),
+    TierSpec("page_slow", "page", 0.05, 120, 0.5, mid=True),
     TierSpec("ticket_fast", "ticket", 0.10, 30, 0.5),
     TierSpec("ticket_slow", "ticket", 0.10, 10, 0.5),
 )
@@ -50,6 +58,7 @@ class Tier:
     nominal: float  # the workbook's burn rate for this budget share over the actual long window
     cap: float  # 1 + cap_share * (max burn rate - 1)
     threshold: float  # min(nominal, cap), rounded for the rule text
+    mid_window: int | None = None  # strictly between short and long, when the tier has one
 
 
 def max_burn_rate(target: float) -> float:
@@ -83,6 +92,8 @@ def tiers_for(slo: SLOConfig, windows: Sequence[int]) -> list[Tier]:
         short_w = nearest_window(windows, long_w / SHORT_WINDOW_DIVISOR)
         nominal = spec.budget_share * slo.period / long_w
         cap = burn_cap(slo.target, spec.cap_share)
+        mid_w = nearest_window(windows, math.sqrt(long_w * short_w)) if spec.mid else None
         out.append(Tier(spec.name, spec.severity, long_w, short_w, nominal, cap,
-                        capped_threshold(nominal, slo.target, spec.cap_share)))
+                        capped_threshold(nominal, slo.target, spec.cap_share),
+                        mid_w if mid_w is not None and short_w < mid_w < long_w else None))
     return out
