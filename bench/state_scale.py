@@ -11,8 +11,11 @@ For each N (a fresh consumer group and topics of one partition each):
 3. reads the worker's resident set (now and peak, /proc), and the changelog bytes it wrote per input event
    (mlmon_state_bytes_written_total);
 4. kill -9s it and starts a new worker process: the time until it is healthy and has every event
-   counted again is the restore from the changelog (the worker keeps no local store: a restart on the same
-   machine restores from the changelog too).
+   counted again is the restore from the changelog (the worker's on-disk join store is a cache it does not
+   reuse: a restart on the same machine restores from the changelog too).
+
+The worker runs with its default join memory budget (`join.memory_entries`, monitor.config
+WORKER_MEMORY_ENTRIES): pending predictions beyond it are in its embedded store on local disk.
 
 Targets (from the state design): RSS flat in N and under 1 GiB at 10M; changelog bytes per event
 independent of N and at most 2x the encoded entry; probe rate with N pending at least 0.7x the empty

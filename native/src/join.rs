@@ -795,6 +795,9 @@ impl JoinTable {
         if lengths.iter().any(|&x| x != k) || matrices.iter().any(|&x| x != k * n) {
             return Err("join columns of different lengths".into());
         }
+        if self.cold.is_some() {
+            return self.restore_within_budget(c);
+        }
         let mut index = IdMap::default();
         index.reserve(k);
         let mut slots = Vec::with_capacity(k);
@@ -822,10 +825,44 @@ impl JoinTable {
         (self.scores, self.predicted, self.known, self.actual) = (c.scores, c.predicted, c.known, c.actual);
         self.rebuild_heap();
         self.out = Output::default();
-        if let Some(cold) = &mut self.cold {
-            cold.store.clear()?;
+        self.clear_changes();
+        Ok(())
+    }
+
+    /// `restore` with a budget: entries go in one at a time and spill as they would in use, so memory
+    /// never holds more than the budget besides the checkpoint itself.
+    fn restore_within_budget(&mut self, c: Checkpoint) -> Result<(), String> {
+        let n = self.n_labels;
+        self.cold.as_mut().expect("a budget").store.clear()?;
+        (self.index, self.slots, self.free, self.heap) = (IdMap::default(), Vec::new(), Vec::new(), BinaryHeap::new());
+        (self.scores, self.predicted, self.known, self.actual) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, id) in c.ids.into_iter().enumerate() {
+            if self.index.contains_key(&*id) || self.cold_entry(&id).is_some() {
+                return Err(format!("prediction id {:?} appears twice", &*id));
+            }
+            let s = self.insert_slot(Slot {
+                id: id.clone(),
+                born: i as u64,
+                expires: c.expires[i],
+                has_pred: c.has_pred[i],
+                pred_ts: c.pred_ts[i],
+                pred_version: c.pred_version[i],
+                has_truth: c.has_truth[i],
+                truth_ts: c.truth_ts[i],
+                truth_seq: c.seq[i],
+                full: c.full[i],
+            });
+            let (at, from) = (s as usize * n, i * n);
+            self.scores[at..at + n].copy_from_slice(&c.scores[from..from + n]);
+            self.predicted[at..at + n].copy_from_slice(&c.predicted[from..from + n]);
+            self.known[at..at + n].copy_from_slice(&c.known[from..from + n]);
+            self.actual[at..at + n].copy_from_slice(&c.actual[from..from + n]);
+            self.index.insert(id.clone(), s);
+            self.heap.push(Item { expires: c.expires[i], id });
+            self.enforce_budget();
         }
-        self.enforce_budget();
+        self.births = self.len() as u64;
+        self.out = Output::default();
         self.clear_changes();
         Ok(())
     }
@@ -1042,6 +1079,13 @@ mod tests {
         let mut u = table(100);
         u.restore(c.clone()).unwrap();
         assert_eq!(format!("{:?}", u.export()), format!("{c:?}"));
+        let mut tiered = JoinTable::with_budget(TTL, 100, 2, 1, None).unwrap();
+        tiered.restore(c.clone()).unwrap();
+        assert_eq!((tiered.len(), tiered.hot_len()), (3, 1));
+        assert_eq!(format!("{:?}", tiered.export()), format!("{c:?}"));
+        let mut twice = c.clone();
+        twice.ids[2] = twice.ids[0].clone(); // the first copy is in the store by then
+        assert!(tiered.restore(twice).is_err());
         u.watermark = 1095.0;
         u.expire();
         assert_eq!(ids(&u), ["b", "c"]);

@@ -9,6 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
+use ahash::RandomState;
 use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 
 /// Block cache of each store: lookups of recent spills hit it; beyond that the OS page cache helps.
@@ -45,6 +46,72 @@ fn err(e: fjall::Error) -> String {
     format!("join store: {e}")
 }
 
+/// Removes the stores of processes that are gone (killed before they could delete them), so crashes do
+/// not fill the disk. Linux only (process liveness from /proc); elsewhere they stay.
+fn remove_orphans(parent: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(dir) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("mlmon-join-")).and_then(|r| r.split('-').next())
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Bits per id and probes of the in-memory filter in front of the store.
+const BLOOM_BITS: usize = 12;
+const BLOOM_PROBES: u64 = 6;
+
+/// A bloom filter over the ids in the store, in memory (12 bits an id: 15 MB at 10M), so that a new id,
+/// the usual lookup, costs no store read at all (the store's own filters sit behind its memtables,
+/// whose lookups cost more than the whole step). Removals leave their bits set; the filter is rebuilt
+/// from the store's ids once as many ids went in as it was sized for.
+struct Bloom {
+    bits: Vec<u64>,
+    mask: u64,
+    hasher: RandomState,
+    capacity: usize,
+    added: usize,
+}
+
+impl Bloom {
+    fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1 << 16);
+        let n_bits = (capacity * BLOOM_BITS).next_power_of_two();
+        Bloom { bits: vec![0; n_bits / 64], mask: n_bits as u64 - 1, hasher: RandomState::new(), capacity, added: 0 }
+    }
+
+    fn probes(&self, id: &[u8]) -> impl Iterator<Item = u64> {
+        let h = self.hasher.hash_one(id);
+        let (a, b, mask) = (h, h.rotate_left(32) | 1, self.mask);
+        (0..BLOOM_PROBES).map(move |i| a.wrapping_add(i.wrapping_mul(b)) & mask)
+    }
+
+    fn insert(&mut self, id: &[u8]) {
+        for bit in self.probes(id).collect::<Vec<_>>() {
+            self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
+        }
+        self.added += 1;
+    }
+
+    fn may_contain(&self, id: &[u8]) -> bool {
+        self.probes(id).all(|bit| self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+    }
+
+    fn full(&self) -> bool {
+        self.added > self.capacity
+    }
+}
+
 pub struct ColdStore {
     db: Database,
     expiry: Keyspace,
@@ -55,6 +122,7 @@ pub struct ColdStore {
     floor: Vec<u8>,
     /// The smallest key and its value, while known.
     first: Option<(Vec<u8>, Vec<u8>)>,
+    bloom: Bloom,
     pub dir: PathBuf,
 }
 
@@ -63,6 +131,7 @@ impl ColdStore {
     /// removed when the store is dropped.
     pub fn open(parent: Option<&Path>) -> Result<Self, String> {
         let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        remove_orphans(&parent);
         let n = OPENED.fetch_add(1, AtomicOrdering::Relaxed);
         let dir = parent.join(format!("mlmon-join-{}-{n}", std::process::id()));
         if dir.exists() {
@@ -73,7 +142,7 @@ impl ColdStore {
         let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         let expiry = db.keyspace("expiry", opts).map_err(err)?;
         let ids = db.keyspace("ids", opts).map_err(err)?;
-        Ok(ColdStore { db, expiry, ids, len: 0, floor: Vec::new(), first: None, dir })
+        Ok(ColdStore { db, expiry, ids, len: 0, floor: Vec::new(), first: None, bloom: Bloom::new(0), dir })
     }
 
     pub fn len(&self) -> usize {
@@ -96,16 +165,32 @@ impl ColdStore {
                     self.first = Some((key.clone(), value.clone()));
                 }
             }
+            self.bloom.insert(&id);
             batch.insert(&self.ids, id, expiry_bytes(expires).to_vec());
             batch.insert(&self.expiry, key, value);
             self.len += 1;
         }
-        batch.commit().map_err(err)
+        batch.commit().map_err(err)?;
+        if self.bloom.full() {
+            self.rebuild_bloom()?;
+        }
+        Ok(())
+    }
+
+    /// A filter sized for twice the ids stored now, from the ids keyspace (keys only).
+    fn rebuild_bloom(&mut self) -> Result<(), String> {
+        let mut bloom = Bloom::new(2 * self.len);
+        for guard in self.ids.iter() {
+            bloom.insert(&guard.key().map_err(err)?);
+        }
+        bloom.added = self.len;
+        self.bloom = bloom;
+        Ok(())
     }
 
     /// The entry stored for `id`: its expiry and encoded value.
     pub fn get(&self, id: &[u8]) -> Result<Option<(f64, Vec<u8>)>, String> {
-        if self.len == 0 {
+        if self.len == 0 || !self.bloom.may_contain(id) {
             return Ok(None);
         }
         let Some(e) = self.ids.get(id).map_err(err)? else {
@@ -179,7 +264,7 @@ impl ColdStore {
     pub fn clear(&mut self) -> Result<(), String> {
         self.expiry.clear().map_err(err)?;
         self.ids.clear().map_err(err)?;
-        (self.len, self.floor, self.first) = (0, Vec::new(), None);
+        (self.len, self.floor, self.first, self.bloom) = (0, Vec::new(), None, Bloom::new(0));
         Ok(())
     }
 }
@@ -216,6 +301,12 @@ mod tests {
         let rest: Vec<Vec<u8>> = s.scan().map(|r| r.unwrap().0).collect();
         assert_eq!(rest, [b"ab".to_vec(), b"b".to_vec()]);
         assert_eq!(s.len(), 2);
+        // Past the filter's capacity it is rebuilt from the store: every stored id is still found.
+        let many: Vec<_> = (0..70_000).map(|i| e(&format!("k{i}"), 3.0)).collect();
+        s.put_many(many).unwrap();
+        assert!(s.bloom.capacity > 1 << 16);
+        assert!((0..70_000).step_by(997).all(|i| s.get(format!("k{i}").as_bytes()).unwrap().is_some()));
+        assert!(s.get(b"ab").unwrap().is_some() && s.get(b"k70000").unwrap().is_none());
         drop(s);
         assert!(!dir.exists());
     }
