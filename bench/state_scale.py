@@ -17,6 +17,10 @@ For each N (a fresh consumer group and topics of one partition each):
 The worker runs with its default join memory budget (`join.memory_entries`, monitor.config
 WORKER_MEMORY_ENTRIES): pending predictions beyond it are in its embedded store on local disk.
 
+`--join-only` measures the native join alone, without Kafka, each budget in its own process: N pending
+predictions (fill rate), then a probe of P new predictions and P ground truths for random pending ids
+(the worst case for the store: nearly every hit is on disk), and the resident set.
+
 Targets (from the state design): RSS flat in N and under 1 GiB at 10M; changelog bytes per event
 independent of N and at most 2x the encoded entry; probe rate with N pending at least 0.7x the empty
 state's; restore at least 500k entries/s.
@@ -238,13 +242,71 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str) -> 
                restore_s, restored / restore_s)
 
 
+def join_row(pending: int, probe: int, budget: int | None) -> str:
+    """One budget's join-only figures (run in its own process, so the resident set is its own)."""
+    import numpy as np
+
+    from monitor import _native
+
+    n_labels, size = len(LABELS), 20_000
+    join = _native.Join(72 * 3600.0, 2 * (pending + probe), n_labels, budget, None)
+    rng = np.random.default_rng(7)
+    ids = [str(uuid.UUID(int=int(x))) for x in rng.integers(0, 2**62, pending + probe)]
+    no_f, no_b = np.zeros(0), np.zeros((0, n_labels), dtype=bool)
+
+    def step(kind: int, batch: list[str], ts: np.ndarray) -> None:
+        k = len(batch)
+        kinds, rows = np.full(k, kind, dtype=np.uint8), np.arange(k, dtype=np.int64)
+        if kind == 0:
+            scores = rng.random((k, n_labels))
+            join.apply(kinds, rows, batch, ts, np.zeros(k, np.int64), scores, scores > 0.5, [], no_f, no_b, no_b,
+                       np.zeros(0, bool))
+        else:
+            join.apply(kinds, rows, [], no_f, np.zeros(0, np.int64), np.zeros((0, n_labels)), no_b, batch, ts,
+                       np.ones((k, n_labels), bool), rng.random((k, n_labels)) > 0.5, np.ones(k, bool))
+        join.expire()
+        join.drain()
+
+    started = time.perf_counter()
+    for i in range(0, pending, size):
+        batch = ids[i:i + size]
+        step(0, batch, T0 + np.arange(i, i + len(batch)) * 1e-4)
+    fill = pending / (time.perf_counter() - started)
+    judged = [ids[k] for k in rng.integers(0, pending, probe)]
+    started = time.perf_counter()
+    for i in range(0, probe, size):
+        batch = ids[pending + i:pending + i + size]
+        step(0, batch, T0 + pending * 1e-4 + np.arange(len(batch)) * 1e-4)
+        step(1, judged[i:i + size], T0 + pending * 1e-4 + 10 + np.arange(len(judged[i:i + size])) * 1e-4)
+    rate = 2 * probe / (time.perf_counter() - started)
+    rss = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+    return f"{pending:>11,} {budget or 'all':>10} {join.memory_len:>10,} {fill:>10,.0f} {rate:>11,.0f} {rss:>8.0f}"
+
+
+def join_only(sizes: list[int], probe: int, budgets: list[int | None]) -> None:
+    print(f"native join alone, 6 labels, UUID ids; probe: {probe:,} new predictions + {probe:,} ground truths for "
+          "random pending ids; RSS includes the ids held by the benchmark")
+    print(f"{'pending':>11} {'budget':>10} {'in memory':>10} {'fill ev/s':>10} {'probe ev/s':>11} {'RSS MB':>8}")
+    for n in sizes:
+        for budget in budgets:
+            code = f"from bench.state_scale import join_row; print(join_row({n}, {probe}, {budget}))"
+            out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+            print(out.stdout.rstrip(), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--join-only", action="store_true", help="the native join alone, no broker (see above)")
+    ap.add_argument("--budgets", default="none,500000,100000",
+                    help="--join-only: join.memory_entries values to compare (none: all in memory)")
     ap.add_argument("--sizes", default="1000000,5000000,10000000", help="pending predictions, comma-separated")
     ap.add_argument("--probe", type=int, default=100_000, help="predictions (and as many ground truths) timed")
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
+    if args.join_only:
+        join_only(sizes, args.probe, [None if b == "none" else int(b) for b in args.budgets.split(",")])
+        return
     broker = None
     if not args.bootstrap:
         from monitor.stream.broker import start_broker

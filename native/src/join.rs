@@ -145,6 +145,10 @@ pub struct JoinTable {
 struct Cold {
     store: ColdStore,
     budget: usize,
+    /// Changed entries that moved to the store before the changelog took them (id -> encoded value), so
+    /// `changes` reads memory, not the store: a checkpoint's cost stays what changed, at memory speed.
+    /// An entry is hot whenever it changes, so a changed id is hot, here, or gone.
+    changed: HashMap<Arc<str>, (f64, Vec<u8>), RandomState>,
 }
 
 /// A cold entry decoded: its slot and label vectors.
@@ -236,7 +240,8 @@ impl JoinTable {
         dir: Option<&Path>,
     ) -> Result<Self, String> {
         let mut t = JoinTable::new(ttl, max_entries, n_labels);
-        t.cold = Some(Cold { store: ColdStore::open(dir)?, budget: memory_entries.max(1) });
+        let store = ColdStore::open(dir)?;
+        t.cold = Some(Cold { store, budget: memory_entries.max(1), changed: HashMap::default() });
         Ok(t)
     }
 
@@ -409,6 +414,9 @@ impl JoinTable {
     /// Puts a decoded cold entry into a slot (keeping its birth, so `export` keeps Python's dict order);
     /// `schedule` is false for an entry about to be dropped.
     fn load(&mut self, id: Arc<str>, expires: f64, value: &[u8], schedule: bool) -> u32 {
+        if let Some(cold) = &mut self.cold {
+            cold.changed.remove(&*id);
+        }
         let e = decode(id.clone(), expires, value, self.n_labels);
         let s = self.insert_slot(e.slot);
         let (n, at) = (self.n_labels, s as usize * self.n_labels);
@@ -493,7 +501,11 @@ impl JoinTable {
                 break;
             };
             let s = self.index.remove(&*item.id).expect("settled");
-            batch.push((item.id.as_bytes().to_vec(), item.expires, self.encode(s)));
+            let value = self.encode(s);
+            if self.dirty.as_ref().is_some_and(|d| d.contains(&*item.id)) {
+                self.cold.as_mut().expect("a budget").changed.insert(item.id.clone(), (item.expires, value.clone()));
+            }
+            batch.push((item.id.as_bytes().to_vec(), item.expires, value));
             self.slots[s as usize].id = Arc::from("");
             self.free.push(s);
         }
@@ -680,6 +692,9 @@ impl JoinTable {
     /// Starts (or stops) recording which ids change; starting clears what was recorded.
     pub fn track_changes(&mut self, on: bool) {
         self.dirty = if on { Some(HashSet::default()) } else { None };
+        if let Some(cold) = &mut self.cold {
+            cold.changed.clear();
+        }
     }
 
     /// The changed entries since tracking started or `clear_changes`: the live ones as checkpoint rows
@@ -695,7 +710,7 @@ impl JoinTable {
         for id in ids {
             match self.index.get(&**id) {
                 Some(&s) => live.push(Src::Hot(s)),
-                None => match self.cold_entry(id) {
+                None => match self.cold_changed(id) {
                     Some(e) => live.push(Src::Cold(Box::new(e))),
                     None => gone.push(id.clone()),
                 },
@@ -707,6 +722,9 @@ impl JoinTable {
     pub fn clear_changes(&mut self) {
         if let Some(dirty) = &mut self.dirty {
             dirty.clear();
+        }
+        if let Some(cold) = &mut self.cold {
+            cold.changed.clear();
         }
     }
 
@@ -724,6 +742,13 @@ impl JoinTable {
         }
         order.sort_unstable_by_key(|(born, _)| *born);
         self.rows(order.into_iter().map(|(_, src)| src).collect())
+    }
+
+    /// A changed entry in the store, from the values captured when it moved there.
+    fn cold_changed(&self, id: &Arc<str>) -> Option<Loaded> {
+        let cold = self.cold.as_ref()?;
+        let (expires, value) = cold.changed.get(&**id)?;
+        Some(decode(id.clone(), *expires, value, self.n_labels))
     }
 
     fn cold_entry(&self, id: &str) -> Option<Loaded> {
@@ -833,6 +858,7 @@ impl JoinTable {
     /// never holds more than the budget besides the checkpoint itself.
     fn restore_within_budget(&mut self, c: Checkpoint) -> Result<(), String> {
         let n = self.n_labels;
+        self.clear_changes();
         self.cold.as_mut().expect("a budget").store.clear()?;
         (self.index, self.slots, self.free, self.heap) = (IdMap::default(), Vec::new(), Vec::new(), BinaryHeap::new());
         (self.scores, self.predicted, self.known, self.actual) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -1021,6 +1047,8 @@ mod tests {
             for cap in [3, 6, 50] {
                 let mut mem = table(cap);
                 let mut tiered = JoinTable::with_budget(TTL, cap, 2, budget, None).unwrap();
+                mem.track_changes(true);
+                tiered.track_changes(true);
                 let mut x: u64 = 7 + budget as u64;
                 for step in 0..3000 {
                     x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -1036,6 +1064,12 @@ mod tests {
                         if step % 11 == 0 {
                             t.expire();
                         }
+                    }
+                    if step % 17 == 0 {
+                        // What a checkpoint writes: the same live rows and departures from both tiers.
+                        assert_eq!(format!("{:?}", mem.changes()), format!("{:?}", tiered.changes()));
+                        mem.clear_changes();
+                        tiered.clear_changes();
                     }
                     assert!(tiered.hot_len() <= budget + 1);
                 }
