@@ -198,3 +198,15 @@ def test_a_budget_spills_and_loads_back_in_expiry_order() -> None:
     assert evicted == dict(slow.models["k"].join.evicted) and sum(evicted.values()) == 2
     assert sorted(join.export()[0]) == sorted(slow.models["k"].join.export()[0])
     assert_same_engines(fast, slow, BASE + 2 * 3600)
+
+
+def test_a_budget_above_the_cap_is_refused_naming_both() -> None:
+    from monitor.config import WORKER_MEMORY_ENTRIES, ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config({"join": {"max_pending": 1000, "memory_entries": 5000}, "models": [{"name": "m", "labels": ["a"]}]})
+    assert "join.memory_entries" in str(info.value.problems) and "join.max_pending" in str(info.value.problems)
+    # The worker's default budget applies only where the cap allows a bigger table.
+    assert CFG.join.for_worker("/tmp/x").memory_entries is None  # max_pending 8
+    big = parse_config({"models": [{"name": "m", "labels": ["a"]}]}).join.for_worker(None)
+    assert big.memory_entries == WORKER_MEMORY_ENTRIES and big.state_dir is None
