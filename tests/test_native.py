@@ -204,7 +204,8 @@ def test_a_budget_above_the_cap_is_refused_naming_both() -> None:
     from monitor.config import WORKER_MEMORY_ENTRIES, ConfigError
 
     with pytest.raises(ConfigError) as info:
-        parse_config({"join": {"max_pending": 1000, "memory_entries": 5000}, "models": [{"name": "m", "labels": ["a"]}]})
+        parse_config({"join": {"max_pending": 1000, "memory_entries": 5000},
+                      "models": [{"name": "m", "labels": ["a"]}]})
     assert "join.memory_entries" in str(info.value.problems) and "join.max_pending" in str(info.value.problems)
     # The worker's default budget applies only where the cap allows a bigger table.
     assert CFG.join.for_worker("/tmp/x").memory_entries is None  # max_pending 8
