@@ -14,8 +14,7 @@ For each N (a fresh consumer group and topics of one partition each):
    counted again is the restore from the changelog (the worker's on-disk join store is a cache it does not
    reuse: a restart on the same machine restores from the changelog too).
 
-The worker runs with its default join memory budget (`join.memory_entries`, monitor.config
-WORKER_MEMORY_ENTRIES): pending predictions beyond it are in its embedded store on local disk.
+The worker runs with the config's join settings (no memory budget by default: everything in memory).
 
 `--join-only` measures the native join alone, without Kafka, each budget in its own process: N pending
 predictions (fill rate), then a probe of P new predictions and P ground truths for random pending ids

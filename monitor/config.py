@@ -137,11 +137,6 @@ class KafkaConfig(_Strict):
         return self
 
 
-# The worker's default join memory budget per model and partition: about 280 bytes an entry in memory,
-# so ~140 MB per partition engine (docs/benchmarks.md, state table).
-WORKER_MEMORY_ENTRIES = 500_000
-
-
 class JoinConfig(_Strict):
     ttl: Duration = 72 * HOUR
     # Beyond this many pending events per model the oldest are expired early (counted), so a flood of
@@ -153,7 +148,8 @@ class JoinConfig(_Strict):
     max_clock_skew: Duration | None = None
     # Join entries kept in memory per model and partition engine (native core); the rest spill to an
     # embedded store on local disk, so memory stays flat however many are pending. None: all in memory
-    # (`monitor replay`); `monitor worker` then uses WORKER_MEMORY_ENTRIES.
+    # (the default: spilled entries cost a random disk read when their ground truth arrives, see
+    # docs/benchmarks.md, so the budget is a choice between memory and speed).
     memory_entries: int | None = Field(None, ge=1)
     # Where the stores go (a fresh directory per table, removed with it): the store is a cache of the
     # worker's changelog, never read back after a restart. None: the system temp directory.
@@ -168,12 +164,8 @@ class JoinConfig(_Strict):
         return self
 
     def for_worker(self, state_dir: str | None) -> JoinConfig:
-        """The worker's join settings: a memory budget unless one is set or the cap keeps the table
-        smaller, and the state directory (`--state-dir`) when given."""
-        budget = self.memory_entries
-        if budget is None and self.max_pending > WORKER_MEMORY_ENTRIES:
-            budget = WORKER_MEMORY_ENTRIES
-        return self.model_copy(update={"memory_entries": budget, "state_dir": state_dir or self.state_dir})
+        """The worker's join settings: the state directory (`--state-dir`) when given."""
+        return self.model_copy(update={"state_dir": state_dir or self.state_dir})
 
 
 class FeaturesConfig(_Strict):

@@ -201,13 +201,12 @@ def test_a_budget_spills_and_loads_back_in_expiry_order() -> None:
 
 
 def test_a_budget_above_the_cap_is_refused_naming_both() -> None:
-    from monitor.config import WORKER_MEMORY_ENTRIES, ConfigError
+    from monitor.config import ConfigError
 
     with pytest.raises(ConfigError) as info:
         parse_config({"join": {"max_pending": 1000, "memory_entries": 5000},
                       "models": [{"name": "m", "labels": ["a"]}]})
     assert "join.memory_entries" in str(info.value.problems) and "join.max_pending" in str(info.value.problems)
-    # The worker's default budget applies only where the cap allows a bigger table.
-    assert CFG.join.for_worker("/tmp/x").memory_entries is None  # max_pending 8
-    big = parse_config({"models": [{"name": "m", "labels": ["a"]}]}).join.for_worker(None)
-    assert big.memory_entries == WORKER_MEMORY_ENTRIES and big.state_dir is None
+    # The worker's --state-dir goes to the join settings; the budget stays what the config says.
+    worker = parse_config({"models": [{"name": "m", "labels": ["a"]}]}).join.for_worker("/tmp/x")
+    assert worker.memory_entries is None and worker.state_dir == "/tmp/x"

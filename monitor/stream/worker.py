@@ -607,7 +607,7 @@ def worker_command(config_path: str, metrics_port: int | None, checkpoint_interv
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.ClickException("\n".join([str(exc.source or config_path) + ":", *exc.problems])) from None
-    # The worker holds a day or more of pending joins: a memory budget, the rest on local disk.
+    # Where a join memory budget (join.memory_entries) puts the entries beyond it.
     config = config.model_copy(update={"join": config.join.for_worker(state_dir)})
     options = WorkerOptions(
         metrics_port=config.metrics.port if metrics_port is None else metrics_port,
