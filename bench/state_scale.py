@@ -11,8 +11,14 @@ For each N (a fresh consumer group and topics of one partition each):
 3. reads the worker's resident set (now and peak, /proc), and the changelog bytes it wrote per input event
    (mlmon_state_bytes_written_total);
 4. kill -9s it and starts a new worker process: the time until it is healthy and has every event
-   counted again is the restore from the changelog (the worker keeps no local store: a restart on the same
-   machine restores from the changelog too).
+   counted again is the restore from the changelog (the worker's on-disk join store is a cache it does not
+   reuse: a restart on the same machine restores from the changelog too).
+
+The worker runs with the config's join settings (no memory budget by default: everything in memory).
+
+`--join-only` measures the native join alone, without Kafka, each budget in its own process: N pending
+predictions (fill rate), then a probe of P new predictions and P ground truths for random pending ids
+(the worst case for the store: nearly every hit is on disk), and the resident set.
 
 Targets (from the state design): RSS flat in N and under 1 GiB at 10M; changelog bytes per event
 independent of N and at most 2x the encoded entry; probe rate with N pending at least 0.7x the empty
@@ -235,13 +241,74 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str) -> 
                restore_s, restored / restore_s)
 
 
+def join_row(pending: int, probe: int, budget: int | None) -> str:
+    """One budget's join-only figures (run in its own process, so the resident set is its own)."""
+    import numpy as np
+
+    from monitor import _native
+
+    n_labels, size = len(LABELS), 20_000
+    join = _native.Join(72 * 3600.0, 2 * (pending + probe), n_labels, budget, None)
+    rng = np.random.default_rng(7)
+    no_f, no_b = np.zeros(0), np.zeros((0, n_labels), dtype=bool)
+
+    def ids(start: int, stop: int) -> list[str]:
+        # Made on demand (a list of 10M ids would take more memory than the join's budget).
+        return [str(uuid.UUID(int=(i * 0x9E3779B97F4A7C15 + 1) % (1 << 122))) for i in range(start, stop)]
+
+    def step(kind: int, batch: list[str], ts: np.ndarray) -> None:
+        k = len(batch)
+        kinds, rows = np.full(k, kind, dtype=np.uint8), np.arange(k, dtype=np.int64)
+        if kind == 0:
+            scores = rng.random((k, n_labels))
+            join.apply(kinds, rows, batch, ts, np.zeros(k, np.int64), scores, scores > 0.5, [], no_f, no_b, no_b,
+                       np.zeros(0, bool))
+        else:
+            join.apply(kinds, rows, [], no_f, np.zeros(0, np.int64), np.zeros((0, n_labels)), no_b, batch, ts,
+                       np.ones((k, n_labels), bool), rng.random((k, n_labels)) > 0.5, np.ones(k, bool))
+        join.expire()
+        join.drain()
+
+    started = time.perf_counter()
+    for i in range(0, pending, size):
+        batch = ids(i, min(i + size, pending))
+        step(0, batch, T0 + np.arange(i, i + len(batch)) * 1e-4)
+    fill = pending / (time.perf_counter() - started)
+    judged = [ids(k, k + 1)[0] for k in rng.integers(0, pending, probe).tolist()]
+    started = time.perf_counter()
+    for i in range(0, probe, size):
+        batch = ids(pending + i, min(pending + i + size, pending + probe))
+        step(0, batch, T0 + pending * 1e-4 + np.arange(len(batch)) * 1e-4)
+        step(1, judged[i:i + size], T0 + pending * 1e-4 + 10 + np.arange(len(judged[i:i + size])) * 1e-4)
+    rate = 2 * probe / (time.perf_counter() - started)
+    rss = int(Path("/proc/self/status").read_text().split("VmRSS:")[1].split()[0]) / 1024
+    return f"{pending:>11,} {budget or 'all':>10} {join.memory_len:>10,} {fill:>10,.0f} {rate:>11,.0f} {rss:>8.0f}"
+
+
+def join_only(sizes: list[int], probe: int, budgets: list[int | None]) -> None:
+    print(f"native join alone, 6 labels, UUID ids; probe: {probe:,} new predictions + {probe:,} ground truths for "
+          "random pending ids")
+    print(f"{'pending':>11} {'budget':>10} {'in memory':>10} {'fill ev/s':>10} {'probe ev/s':>11} {'RSS MB':>8}")
+    for n in sizes:
+        for budget in budgets:
+            code = f"from bench.state_scale import join_row; print(join_row({n}, {probe}, {budget}))"
+            out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
+            print(out.stdout.rstrip(), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--join-only", action="store_true", help="the native join alone, no broker (see above)")
+    ap.add_argument("--budgets", default="none,500000,100000",
+                    help="--join-only: join.memory_entries values to compare (none: all in memory)")
     ap.add_argument("--sizes", default="1000000,5000000,10000000", help="pending predictions, comma-separated")
     ap.add_argument("--probe", type=int, default=100_000, help="predictions (and as many ground truths) timed")
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
+    if args.join_only:
+        join_only(sizes, args.probe, [None if b == "none" else int(b) for b in args.budgets.split(",")])
+        return
     broker = None
     if not args.bootstrap:
         from monitor.stream.broker import start_broker

@@ -150,6 +150,26 @@ class JoinConfig(_Strict):
     # one event from the far future would otherwise move the event-time watermark there, expiring every
     # pending join and dropping every window block. None (the default) trusts producers' clocks.
     max_clock_skew: Duration | None = None
+    # Join entries kept in memory per model and partition engine (native core); the rest spill to an
+    # embedded store on local disk, so memory stays flat however many are pending. None: all in memory
+    # (the default: spilled entries cost a random disk read when their ground truth arrives, see
+    # docs/benchmarks.md, so the budget is a choice between memory and speed).
+    memory_entries: int | None = Field(None, ge=1)
+    # Where the stores go (a fresh directory per table, removed with it): the store is a cache of the
+    # worker's changelog, never read back after a restart. None: the system temp directory.
+    state_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _budget_within_cap(self) -> JoinConfig:
+        if self.memory_entries is not None and self.memory_entries > self.max_pending:
+            raise ValueError(f"join.memory_entries ({self.memory_entries}) is above join.max_pending "
+                             f"({self.max_pending}): the cap evicts before the store is ever used; lower "
+                             "join.memory_entries or raise join.max_pending")
+        return self
+
+    def for_worker(self, state_dir: str | None) -> JoinConfig:
+        """The worker's join settings: the state directory (`--state-dir`) when given."""
+        return self.model_copy(update={"state_dir": state_dir or self.state_dir})
 
 
 class FeaturesConfig(_Strict):

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.config import parse_config
+from monitor.config import MonitorConfig, parse_config
 from monitor.engine import native, snapshot
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
 from monitor.engine.figures import Figures
@@ -120,10 +120,20 @@ stream = st.lists(st.one_of(message.map(lambda m: [m]), rejudged, resent), min_s
     lambda parts: [m for part in parts for m in part])
 
 
+def with_budget(memory_entries: int | None) -> MonitorConfig:
+    """CFG with the native join keeping at most `memory_entries` entries in memory (the rest in its store)."""
+    return CFG.model_copy(update={"join": CFG.join.model_copy(update={"memory_entries": memory_entries})})
+
+
+# None: all in memory; 1-6 (below the cap of 8): entries spill to the store and load back all the time.
+budgets = st.one_of(st.none(), st.integers(1, 6))
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stream, st.lists(st.integers(1, 40), min_size=1, max_size=10))
-def test_native_and_python_engines_agree_on_any_stream(items: list[tuple[str, bytes]], cuts: list[int]) -> None:
-    fast, slow = Engine(CFG, use_native=True), Engine(CFG, use_native=False)
+@given(stream, st.lists(st.integers(1, 40), min_size=1, max_size=10), budgets)
+def test_native_and_python_engines_agree_on_any_stream(items: list[tuple[str, bytes]], cuts: list[int],
+                                                       budget: int | None) -> None:
+    fast, slow = Engine(with_budget(budget), use_native=True), Engine(CFG, use_native=False)
     pos = 0
     for k in range(len(items)):
         if pos >= len(items):
@@ -132,20 +142,25 @@ def test_native_and_python_engines_agree_on_any_stream(items: list[tuple[str, by
         batch = items[pos:pos + size]
         rejected_fast, rejected_slow = fast.process(batch), slow.process(batch)
         assert rejected_fast == rejected_slow
+        if budget is not None:
+            assert all(s.join.memory_len <= budget for s in fast.models.values())
         pos += size
     assert_same_engines(fast, slow, BASE + 2 * 3600)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(stream, st.integers(0, 150))
-def test_checkpoints_move_between_the_native_and_python_joins(items: list[tuple[str, bytes]], cut: int) -> None:
-    """A snapshot taken by either implementation restores into the other and continues identically."""
+@given(stream, st.integers(0, 150), budgets)
+def test_checkpoints_move_between_the_native_and_python_joins(items: list[tuple[str, bytes]], cut: int,
+                                                              budget: int | None) -> None:
+    """A snapshot taken by either implementation restores into the other and continues identically (the
+    native one with its memory budget: its export includes the entries in its store)."""
+    config = with_budget(budget)
     for source, target in ((True, False), (False, True)):
         whole = Engine(CFG, use_native=target)
-        first = Engine(CFG, use_native=source)
+        first = Engine(config, use_native=source)
         first.process(items[:cut])
         whole.process(items[:cut])
-        restored, _ = snapshot.restore(CFG, None, snapshot.dump(first), use_native=target)
+        restored, _ = snapshot.restore(config, None, snapshot.dump(first), use_native=target)
         restored.process(items[cut:])
         whole.process(items[cut:])
         assert_same_engines(restored, whole, BASE + 2 * 3600)
@@ -158,3 +173,40 @@ def test_bundled_example_gives_identical_figures() -> None:
     assert fast.use_native and not slow.use_native
     assert figures_map(figures_fast) == figures_map(figures_slow)
     assert join_state(fast) == join_state(slow)
+
+
+def test_a_budget_spills_and_loads_back_in_expiry_order() -> None:
+    """Deterministic companion of the property tests: 8 pending (the cap) with 2 in memory, then truths
+    for the oldest (cold) ids join, and the cap evicts across both tiers in (expires, id) order."""
+    def pred(pid: str, dt: int) -> tuple[str, bytes]:
+        return PREDICTIONS, orjson.dumps({"prediction_id": pid, "model": "k", "timestamp": stamp(dt),
+                                          "scores": {"x": 0.7, "y": 0.3}})
+
+    def truth(pid: str, dt: int) -> tuple[str, bytes]:
+        return GROUND_TRUTH, orjson.dumps({"prediction_id": pid, "model": "k", "timestamp": stamp(dt),
+                                           "labels": ["x"]})
+
+    items = [pred(f"id{i}", 10 * (i % 4)) for i in range(8)] + [truth("id0", 100), truth("id4", 100)]
+    items += [pred("late", 5), pred("id9", 50)]  # each over the cap: evicts the smallest (expires, id)
+    fast, slow = Engine(with_budget(2), use_native=True), Engine(CFG, use_native=False)
+    for item in items:
+        fast.process([item])
+        slow.process([item])
+    join = fast.models["k"].join
+    assert join.memory_len <= 2 < len(join) == 8
+    evicted = {k: v for k, v in join.evicted.items() if v}
+    assert evicted == dict(slow.models["k"].join.evicted) and sum(evicted.values()) == 2
+    assert sorted(join.export()[0]) == sorted(slow.models["k"].join.export()[0])
+    assert_same_engines(fast, slow, BASE + 2 * 3600)
+
+
+def test_a_budget_above_the_cap_is_refused_naming_both() -> None:
+    from monitor.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        parse_config({"join": {"max_pending": 1000, "memory_entries": 5000},
+                      "models": [{"name": "m", "labels": ["a"]}]})
+    assert "join.memory_entries" in str(info.value.problems) and "join.max_pending" in str(info.value.problems)
+    # The worker's --state-dir goes to the join settings; the budget stays what the config says.
+    worker = parse_config({"models": [{"name": "m", "labels": ["a"]}]}).join.for_worker("/tmp/x")
+    assert worker.memory_entries is None and worker.state_dir == "/tmp/x"

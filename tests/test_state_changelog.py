@@ -41,14 +41,18 @@ def apply(topic: dict[bytes, bytes], records: list[tuple[bytes, bytes | None]], 
 
 
 @pytest.mark.parametrize("use_native", ENGINES)
-@pytest.mark.parametrize("join", [{}, {"ttl": "1h"}, {"ttl": "2h", "max_pending": 150}])
+@pytest.mark.parametrize("join", [{}, {"ttl": "1h"}, {"ttl": "2h", "max_pending": 150},
+                                  {"memory_entries": 5}, {"ttl": "2h", "max_pending": 150, "memory_entries": 7}])
 def test_restored_from_the_changelog_continues_like_an_uninterrupted_run(join: dict, use_native: bool) -> None:
     """Checkpoint after every batch (only the changes), restore from the records alone every third batch:
-    the figures equal an engine never checkpointed, bit for bit, with expiry, eviction and corrections."""
+    the figures equal an engine never checkpointed, bit for bit, with expiry, eviction and corrections
+    (and, with a memory budget, with most entries spilled to the native join's store all along: the
+    uninterrupted engine keeps everything in memory)."""
     config = oracle_config(**join)
     raw_p, raw_g = to_raw(*make_stream(seed=11, n=1500))
     items = list(merge_by_time(raw_p, raw_g, None))
-    whole = Engine(config, use_native=use_native)
+    unbounded = {k: v for k, v in join.items() if k != "memory_entries"}
+    whole = Engine(oracle_config(**unbounded), use_native=use_native)
     engine = Engine(config, use_native=use_native)
     track(engine)
     tracker = ChangeTracker()
@@ -73,7 +77,10 @@ def test_restored_from_the_changelog_continues_like_an_uninterrupted_run(join: d
     entries = [k for k in topic if k.startswith(b"e")]
     assert len(entries) == len(state.join)
     assert written > len(topic)  # records were overwritten, not only added
-    if not join:
+    if "memory_entries" in join and use_native:
+        budget = join["memory_entries"]
+        assert state.join.memory_len <= budget < len(state.join)  # spilled, and the budget held
+    if not unbounded:
         _, oracle = run_replay(config, raw_p, raw_g)
         assert_figures_equal(engine.evaluate(), oracle)
 

@@ -87,9 +87,12 @@ class AcceptedPredictions(NamedTuple):
 
 
 def make_join(config: MonitorConfig, n_labels: int, use_native: bool) -> JoinTable:
+    j = config.join
     if use_native:
-        return native._native.Join(config.join.ttl, config.join.max_pending, n_labels)  # type: ignore[return-value]
-    return JoinTable(config.join.ttl, config.join.max_pending, n_labels)
+        # The memory budget is the native core's: the pure-Python table (the specification) keeps all.
+        return native._native.Join(j.ttl, j.max_pending, n_labels, j.memory_entries,  # type: ignore[return-value]
+                                   j.state_dir)
+    return JoinTable(j.ttl, j.max_pending, n_labels)
 
 
 class ModelState:

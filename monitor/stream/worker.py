@@ -653,10 +653,13 @@ async def run_worker(config: MonitorConfig, options: WorkerOptions) -> None:
 @click.option("--at", hidden=True, envvar="MLMON_WORKER_AT",
               help="Fixed evaluation time for /metrics, RFC 3339 or epoch seconds (tests and benchmarks only; "
                    "default: now).")
+@click.option("--state-dir", type=click.Path(file_okay=False), envvar="MLMON_STATE_DIR",
+              help="Directory for the join's on-disk stores, a cache of the state changelog (default: the "
+                   "system temp directory).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def worker_command(config_path: str, metrics_port: int | None, checkpoint_interval: float, session_timeout_ms: int,
-                   at: str | None, log_level: str) -> None:
+                   at: str | None, state_dir: str | None, log_level: str) -> None:
     """Consume predictions and ground truth from Kafka and serve the metrics on /metrics.
 
     Scale out by starting more workers with the same config: they share the partitions of one consumer
@@ -669,6 +672,8 @@ def worker_command(config_path: str, metrics_port: int | None, checkpoint_interv
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.ClickException("\n".join([str(exc.source or config_path) + ":", *exc.problems])) from None
+    # Where a join memory budget (join.memory_entries) puts the entries beyond it.
+    config = config.model_copy(update={"join": config.join.for_worker(state_dir)})
     options = WorkerOptions(
         metrics_port=config.metrics.port if metrics_port is None else metrics_port,
         metrics_bind=config.metrics.bind, at=_parse_at(at), checkpoint_interval=checkpoint_interval,

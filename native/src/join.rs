@@ -8,9 +8,12 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::path::Path;
 use std::sync::Arc;
 
 use ahash::RandomState;
+
+use crate::store::ColdStore;
 
 /// Ids come from producers: a seeded hash keeps crafted ids from colliding on purpose (Python's dict
 /// has the same protection with its randomized str hash).
@@ -133,6 +136,65 @@ pub struct JoinTable {
     /// Ids whose entry changed (or left) since `clear_changes`, when tracking: the changelog writes
     /// only these, so a checkpoint costs what changed, not the table's size.
     dirty: Option<HashSet<Arc<str>, RandomState>>,
+    /// With a memory budget: the entries beyond it. The table is the union of the slots (hot) and the
+    /// store (cold); an id is in one of them at most. Moving an entry between them changes nothing a
+    /// caller can see.
+    cold: Option<Cold>,
+}
+
+struct Cold {
+    store: ColdStore,
+    budget: usize,
+    /// Changed entries that moved to the store before the changelog took them (id -> encoded value), so
+    /// `changes` reads memory, not the store: a checkpoint's cost stays what changed, at memory speed.
+    /// An entry is hot whenever it changes, so a changed id is hot, here, or gone.
+    changed: HashMap<Arc<str>, (f64, Vec<u8>), RandomState>,
+}
+
+/// A cold entry decoded: its slot and label vectors.
+struct Loaded {
+    slot: Slot,
+    scores: Vec<f64>,
+    predicted: Vec<bool>,
+    known: Vec<bool>,
+    actual: Vec<bool>,
+}
+
+/// Where a checkpoint row comes from.
+enum Src {
+    Hot(u32),
+    Cold(Box<Loaded>),
+}
+
+fn side_of(slot: &Slot) -> Side {
+    match (slot.has_pred, slot.has_truth) {
+        (true, true) => Side::Joined,
+        (true, false) => Side::Prediction,
+        _ => Side::GroundTruth,
+    }
+}
+
+/// A stored value back into a slot and label vectors (`JoinTable::encode`'s layout).
+fn decode(id: Arc<str>, expires: f64, v: &[u8], n: usize) -> Loaded {
+    let u64_at = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().expect("8 bytes"));
+    let f64_at = |i: usize| f64::from_bits(u64_at(i));
+    let flags = v[8];
+    let slot = Slot {
+        id,
+        born: u64_at(0),
+        expires,
+        has_pred: flags & 1 != 0,
+        pred_ts: f64_at(9),
+        pred_version: u64_at(17) as i64,
+        has_truth: flags & 2 != 0,
+        truth_ts: f64_at(25),
+        truth_seq: u64_at(33) as i64,
+        full: flags & 4 != 0,
+    };
+    let scores = (0..n).map(|j| f64_at(41 + 8 * j)).collect();
+    let at = 41 + 8 * n;
+    let bools = |k: usize| v[at + k * n..at + (k + 1) * n].iter().map(|&b| b != 0).collect();
+    Loaded { slot, scores, predicted: bools(0), known: bools(1), actual: bools(2) }
 }
 
 /// Python's `max(a, b)`: `b` only when strictly greater.
@@ -164,17 +226,49 @@ impl JoinTable {
             heap: BinaryHeap::new(),
             births: 0,
             dirty: None,
+            cold: None,
         }
     }
 
+    /// A table that keeps at most `memory_entries` entries in memory (briefly one more within a step)
+    /// and the rest in a store under `dir` (the system temp directory when None).
+    pub fn with_budget(
+        ttl: f64,
+        max_entries: usize,
+        n_labels: usize,
+        memory_entries: usize,
+        dir: Option<&Path>,
+    ) -> Result<Self, String> {
+        let mut t = JoinTable::new(ttl, max_entries, n_labels);
+        let store = ColdStore::open(dir)?;
+        t.cold = Some(Cold { store, budget: memory_entries.max(1), changed: HashMap::default() });
+        Ok(t)
+    }
+
     pub fn len(&self) -> usize {
+        self.index.len() + self.cold.as_ref().map_or(0, |c| c.store.len())
+    }
+
+    /// Entries in memory (all of them without a budget).
+    pub fn hot_len(&self) -> usize {
         self.index.len()
+    }
+
+    /// The store's directory, with a budget.
+    pub fn store_dir(&self) -> Option<&Path> {
+        self.cold.as_ref().map(|c| c.store.dir.as_path())
     }
 
     /// A prediction step: the duplicate check of `ModelState.add_prediction`, then
     /// `JoinTable.add_prediction`. True when the prediction was accepted (counted by the model).
     pub fn add_prediction(&mut self, id: &str, p: &PredIn) -> bool {
-        let found = self.index.get(id).copied();
+        let accepted = self.prediction_step(id, p);
+        self.enforce_budget();
+        accepted
+    }
+
+    fn prediction_step(&mut self, id: &str, p: &PredIn) -> bool {
+        let found = self.find(id);
         if let Some(s) = found {
             let slot = &self.slots[s as usize];
             if slot.has_pred && slot.expires >= py_max(self.watermark, p.ts) {
@@ -217,11 +311,16 @@ impl JoinTable {
 
     /// A ground-truth step: `JoinTable.add_ground_truth`.
     pub fn add_ground_truth(&mut self, id: &str, g: &TruthIn) {
+        self.truth_step(id, g);
+        self.enforce_budget();
+    }
+
+    fn truth_step(&mut self, id: &str, g: &TruthIn) {
         self.watermark = py_max(self.watermark, g.ts);
         self.seq += 1;
         let seq = self.seq;
         let n = self.n_labels;
-        let found = self.index.get(id).copied();
+        let found = self.find(id);
         let Some(s) = self.live(found) else {
             let s = self.insert(id);
             self.set_truth(s, g, seq);
@@ -263,21 +362,176 @@ impl JoinTable {
 
     /// Drops everything whose TTL passed at the current watermark.
     pub fn expire(&mut self) {
-        while self.heap.peek().is_some_and(|top| top.expires < self.watermark) {
-            self.pop();
+        if self.cold.is_none() {
+            while self.heap.peek().is_some_and(|top| top.expires < self.watermark) {
+                self.pop();
+            }
+            return;
         }
+        while self.min_expires().is_some_and(|e| e < self.watermark) {
+            self.pop_min();
+        }
+        self.enforce_budget();
     }
 
     fn enforce_cap(&mut self) {
-        while self.index.len() > self.max_entries && !self.heap.is_empty() {
-            if let Some(side) = self.pop() {
-                match side {
-                    Side::Prediction => self.counters.evicted_prediction += 1,
-                    Side::GroundTruth => self.counters.evicted_ground_truth += 1,
-                    Side::Joined => self.counters.evicted_joined += 1,
+        if self.cold.is_none() {
+            while self.index.len() > self.max_entries && !self.heap.is_empty() {
+                if let Some(side) = self.pop() {
+                    self.count_eviction(side);
+                }
+            }
+            return;
+        }
+        while self.len() > self.max_entries {
+            match self.pop_min() {
+                Some(side) => self.count_eviction(side),
+                None => break,
+            }
+        }
+    }
+
+    fn count_eviction(&mut self, side: Side) {
+        match side {
+            Side::Prediction => self.counters.evicted_prediction += 1,
+            Side::GroundTruth => self.counters.evicted_ground_truth += 1,
+            Side::Joined => self.counters.evicted_joined += 1,
+        }
+    }
+
+    // --- the two tiers -------------------------------------------------------------------------------
+
+    /// The entry's slot, loading it from the store when it is cold.
+    fn find(&mut self, id: &str) -> Option<u32> {
+        if let Some(&s) = self.index.get(id) {
+            return Some(s);
+        }
+        let cold = self.cold.as_mut()?;
+        let (expires, value) = cold.store.take(id.as_bytes()).unwrap_or_else(|e| panic!("{e}"))?;
+        Some(self.load(Arc::from(id), expires, &value, true))
+    }
+
+    /// Puts a decoded cold entry into a slot (keeping its birth, so `export` keeps Python's dict order);
+    /// `schedule` is false for an entry about to be dropped.
+    fn load(&mut self, id: Arc<str>, expires: f64, value: &[u8], schedule: bool) -> u32 {
+        if let Some(cold) = &mut self.cold {
+            cold.changed.remove(&*id);
+        }
+        let e = decode(id.clone(), expires, value, self.n_labels);
+        let s = self.insert_slot(e.slot);
+        let (n, at) = (self.n_labels, s as usize * self.n_labels);
+        self.scores[at..at + n].copy_from_slice(&e.scores);
+        self.predicted[at..at + n].copy_from_slice(&e.predicted);
+        self.known[at..at + n].copy_from_slice(&e.known);
+        self.actual[at..at + n].copy_from_slice(&e.actual);
+        self.index.insert(id.clone(), s);
+        if schedule {
+            self.heap.push(Item { expires, id });
+        }
+        s
+    }
+
+    /// Drops the heap's stale tops: items of entries rescheduled, gone, or moved to the store.
+    fn settle_heap(&mut self) {
+        while let Some(top) = self.heap.peek() {
+            match self.index.get(&*top.id) {
+                Some(&s) if self.slots[s as usize].expires == top.expires => return,
+                _ => {
+                    self.heap.pop();
                 }
             }
         }
+    }
+
+    /// Whether the smallest `(expires, id)` of the table is in the store (None: the table is empty).
+    fn min_is_cold(&mut self) -> Option<bool> {
+        self.settle_heap();
+        let cold = self.cold.as_mut().expect("a budget");
+        let c = cold.store.first().unwrap_or_else(|e| panic!("{e}"));
+        Some(match (self.heap.peek(), c) {
+            (None, None) => return None,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some(h), Some((ce, cid))) => {
+                let by_time = ce.partial_cmp(&h.expires).unwrap_or(Ordering::Equal);
+                by_time.then_with(|| cid.cmp(h.id.as_bytes())) == Ordering::Less
+            }
+        })
+    }
+
+    fn min_expires(&mut self) -> Option<f64> {
+        if self.min_is_cold()? {
+            let cold = self.cold.as_mut().expect("a budget");
+            cold.store.first().unwrap_or_else(|e| panic!("{e}")).map(|(e, _)| e)
+        } else {
+            self.heap.peek().map(|h| h.expires)
+        }
+    }
+
+    /// Drops the table's smallest entry across both tiers; returns what it held.
+    fn pop_min(&mut self) -> Option<Side> {
+        if self.min_is_cold()? {
+            let cold = self.cold.as_mut().expect("a budget");
+            let (id, expires, value) = cold.store.pop_first().unwrap_or_else(|e| panic!("{e}"))?;
+            let id: Arc<str> = Arc::from(std::str::from_utf8(&id).expect("ids are UTF-8"));
+            let s = self.load(id, expires, &value, false);
+            let side = side_of(&self.slots[s as usize]);
+            self.drop_entry(s);
+            Some(side)
+        } else {
+            self.pop()
+        }
+    }
+
+    /// Moves the smallest hot entries to the store until the slots are within the budget (less a
+    /// sixteenth, so spills go in batches). Runs between steps only: a step's slot never moves.
+    fn enforce_budget(&mut self) {
+        let Some(cold) = &self.cold else {
+            return;
+        };
+        let budget = cold.budget;
+        if self.index.len() <= budget {
+            return;
+        }
+        let target = budget - budget / 16;
+        let mut batch = Vec::with_capacity(self.index.len() - target);
+        while self.index.len() > target {
+            self.settle_heap();
+            let Some(item) = self.heap.pop() else {
+                break;
+            };
+            let s = self.index.remove(&*item.id).expect("settled");
+            let value = self.encode(s);
+            if self.dirty.as_ref().is_some_and(|d| d.contains(&*item.id)) {
+                self.cold.as_mut().expect("a budget").changed.insert(item.id.clone(), (item.expires, value.clone()));
+            }
+            batch.push((item.id.as_bytes().to_vec(), item.expires, value));
+            self.slots[s as usize].id = Arc::from("");
+            self.free.push(s);
+        }
+        let cold = self.cold.as_mut().expect("a budget");
+        cold.store.put_many(batch).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// An entry's value in the store (its id and expiry are the key): born, flags, the sides' fields
+    /// and label vectors, little-endian, floats bit for bit.
+    fn encode(&self, s: u32) -> Vec<u8> {
+        let (n, at) = (self.n_labels, s as usize * self.n_labels);
+        let slot = &self.slots[s as usize];
+        let mut v = Vec::with_capacity(41 + n * 11);
+        v.extend_from_slice(&slot.born.to_le_bytes());
+        v.push(slot.has_pred as u8 | (slot.has_truth as u8) << 1 | (slot.full as u8) << 2);
+        v.extend_from_slice(&slot.pred_ts.to_le_bytes());
+        v.extend_from_slice(&slot.pred_version.to_le_bytes());
+        v.extend_from_slice(&slot.truth_ts.to_le_bytes());
+        v.extend_from_slice(&slot.truth_seq.to_le_bytes());
+        for x in &self.scores[at..at + n] {
+            v.extend_from_slice(&x.to_le_bytes());
+        }
+        for flags in [&self.predicted, &self.known, &self.actual] {
+            v.extend(flags[at..at + n].iter().map(|&b| b as u8));
+        }
+        v
     }
 
     /// Pops the heap's smallest item and drops its entry unless the item is stale (the entry was
@@ -289,11 +543,7 @@ impl JoinTable {
         if slot.expires != item.expires {
             return None;
         }
-        let side = match (slot.has_pred, slot.has_truth) {
-            (true, true) => Side::Joined,
-            (true, false) => Side::Prediction,
-            _ => Side::GroundTruth,
-        };
+        let side = side_of(slot);
         self.drop_entry(s);
         Some(side)
     }
@@ -341,7 +591,13 @@ impl JoinTable {
             full: false,
         };
         self.births += 1;
-        let s = match self.free.pop() {
+        let s = self.insert_slot(slot);
+        self.index.insert(id, s);
+        s
+    }
+
+    fn insert_slot(&mut self, slot: Slot) -> u32 {
+        match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = slot;
                 s
@@ -355,9 +611,7 @@ impl JoinTable {
                 self.actual.resize(self.actual.len() + n, false);
                 (self.slots.len() - 1) as u32
             }
-        };
-        self.index.insert(id, s);
-        s
+        }
     }
 
     fn set_truth(&mut self, s: u32, g: &TruthIn, seq: i64) {
@@ -438,6 +692,9 @@ impl JoinTable {
     /// Starts (or stops) recording which ids change; starting clears what was recorded.
     pub fn track_changes(&mut self, on: bool) {
         self.dirty = if on { Some(HashSet::default()) } else { None };
+        if let Some(cold) = &mut self.cold {
+            cold.changed.clear();
+        }
     }
 
     /// The changed entries since tracking started or `clear_changes`: the live ones as checkpoint rows
@@ -452,8 +709,11 @@ impl JoinTable {
         let mut gone = Vec::new();
         for id in ids {
             match self.index.get(&**id) {
-                Some(&s) => live.push(s),
-                None => gone.push(id.clone()),
+                Some(&s) => live.push(Src::Hot(s)),
+                None => match self.cold_changed(id) {
+                    Some(e) => live.push(Src::Cold(Box::new(e))),
+                    None => gone.push(id.clone()),
+                },
             }
         }
         (self.rows(live), gone)
@@ -463,21 +723,53 @@ impl JoinTable {
         if let Some(dirty) = &mut self.dirty {
             dirty.clear();
         }
+        if let Some(cold) = &mut self.cold {
+            cold.changed.clear();
+        }
     }
 
     /// The entries in insertion order (Python's dict order), label vectors zero where the side is absent.
     pub fn export(&self) -> Checkpoint {
-        let mut order: Vec<u32> = self.index.values().copied().collect();
-        order.sort_unstable_by_key(|&s| self.slots[s as usize].born);
-        self.rows(order)
+        let mut order: Vec<(u64, Src)> =
+            self.index.values().map(|&s| (self.slots[s as usize].born, Src::Hot(s))).collect();
+        if let Some(cold) = &self.cold {
+            for row in cold.store.scan() {
+                let (id, expires, value) = row.unwrap_or_else(|e| panic!("{e}"));
+                let id: Arc<str> = Arc::from(std::str::from_utf8(&id).expect("ids are UTF-8"));
+                let e = decode(id, expires, &value, self.n_labels);
+                order.push((e.slot.born, Src::Cold(Box::new(e))));
+            }
+        }
+        order.sort_unstable_by_key(|(born, _)| *born);
+        self.rows(order.into_iter().map(|(_, src)| src).collect())
     }
 
-    fn rows(&self, order: Vec<u32>) -> Checkpoint {
+    /// A changed entry in the store, from the values captured when it moved there.
+    fn cold_changed(&self, id: &Arc<str>) -> Option<Loaded> {
+        let cold = self.cold.as_ref()?;
+        let (expires, value) = cold.changed.get(&**id)?;
+        Some(decode(id.clone(), *expires, value, self.n_labels))
+    }
+
+    fn cold_entry(&self, id: &str) -> Option<Loaded> {
+        let cold = self.cold.as_ref()?;
+        let (expires, value) = cold.store.get(id.as_bytes()).unwrap_or_else(|e| panic!("{e}"))?;
+        Some(decode(Arc::from(id), expires, &value, self.n_labels))
+    }
+
+    fn rows(&self, order: Vec<Src>) -> Checkpoint {
         let n = self.n_labels;
         let mut c = Checkpoint::default();
-        for s in order {
-            let slot = &self.slots[s as usize];
-            let at = s as usize * n;
+        for src in order {
+            let (slot, scores, predicted, known, actual) = match &src {
+                Src::Hot(s) => {
+                    let at = *s as usize * n;
+                    let slot = &self.slots[*s as usize];
+                    (slot, &self.scores[at..at + n], &self.predicted[at..at + n], &self.known[at..at + n],
+                     &self.actual[at..at + n])
+                }
+                Src::Cold(e) => (&e.slot, &e.scores[..], &e.predicted[..], &e.known[..], &e.actual[..]),
+            };
             c.ids.push(slot.id.clone());
             c.expires.push(slot.expires);
             c.has_pred.push(slot.has_pred);
@@ -485,8 +777,8 @@ impl JoinTable {
             if slot.has_pred {
                 c.pred_ts.push(slot.pred_ts);
                 c.pred_version.push(slot.pred_version);
-                c.scores.extend_from_slice(&self.scores[at..at + n]);
-                c.predicted.extend_from_slice(&self.predicted[at..at + n]);
+                c.scores.extend_from_slice(scores);
+                c.predicted.extend_from_slice(predicted);
             } else {
                 c.pred_ts.push(0.0);
                 c.pred_version.push(0);
@@ -497,8 +789,8 @@ impl JoinTable {
                 c.truth_ts.push(slot.truth_ts);
                 c.seq.push(slot.truth_seq);
                 c.full.push(slot.full);
-                c.known.extend_from_slice(&self.known[at..at + n]);
-                c.actual.extend_from_slice(&self.actual[at..at + n]);
+                c.known.extend_from_slice(known);
+                c.actual.extend_from_slice(actual);
             } else {
                 c.truth_ts.push(0.0);
                 c.seq.push(0);
@@ -528,6 +820,9 @@ impl JoinTable {
         if lengths.iter().any(|&x| x != k) || matrices.iter().any(|&x| x != k * n) {
             return Err("join columns of different lengths".into());
         }
+        if self.cold.is_some() {
+            return self.restore_within_budget(c);
+        }
         let mut index = IdMap::default();
         index.reserve(k);
         let mut slots = Vec::with_capacity(k);
@@ -554,6 +849,45 @@ impl JoinTable {
         self.free.clear();
         (self.scores, self.predicted, self.known, self.actual) = (c.scores, c.predicted, c.known, c.actual);
         self.rebuild_heap();
+        self.out = Output::default();
+        self.clear_changes();
+        Ok(())
+    }
+
+    /// `restore` with a budget: entries go in one at a time and spill as they would in use, so memory
+    /// never holds more than the budget besides the checkpoint itself.
+    fn restore_within_budget(&mut self, c: Checkpoint) -> Result<(), String> {
+        let n = self.n_labels;
+        self.clear_changes();
+        self.cold.as_mut().expect("a budget").store.clear()?;
+        (self.index, self.slots, self.free, self.heap) = (IdMap::default(), Vec::new(), Vec::new(), BinaryHeap::new());
+        (self.scores, self.predicted, self.known, self.actual) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (i, id) in c.ids.into_iter().enumerate() {
+            if self.index.contains_key(&*id) || self.cold_entry(&id).is_some() {
+                return Err(format!("prediction id {:?} appears twice", &*id));
+            }
+            let s = self.insert_slot(Slot {
+                id: id.clone(),
+                born: i as u64,
+                expires: c.expires[i],
+                has_pred: c.has_pred[i],
+                pred_ts: c.pred_ts[i],
+                pred_version: c.pred_version[i],
+                has_truth: c.has_truth[i],
+                truth_ts: c.truth_ts[i],
+                truth_seq: c.seq[i],
+                full: c.full[i],
+            });
+            let (at, from) = (s as usize * n, i * n);
+            self.scores[at..at + n].copy_from_slice(&c.scores[from..from + n]);
+            self.predicted[at..at + n].copy_from_slice(&c.predicted[from..from + n]);
+            self.known[at..at + n].copy_from_slice(&c.known[from..from + n]);
+            self.actual[at..at + n].copy_from_slice(&c.actual[from..from + n]);
+            self.index.insert(id.clone(), s);
+            self.heap.push(Item { expires: c.expires[i], id });
+            self.enforce_budget();
+        }
+        self.births = self.len() as u64;
         self.out = Output::default();
         self.clear_changes();
         Ok(())
@@ -704,6 +1038,66 @@ mod tests {
         assert_eq!(t.counters.pending_ground_truth, 0);
     }
 
+    /// The same steps on a table with everything in memory and on tables with a budget of 1-5 (spilling
+    /// to the store and loading back all the time): same outputs, counters and entries, so expiry and
+    /// cap eviction took entries from the two tiers in exactly the `(expires, id)` order.
+    #[test]
+    fn tiers_merge_in_expiry_then_id_order() {
+        for budget in 1..=5 {
+            for cap in [3, 6, 50] {
+                let mut mem = table(cap);
+                let mut tiered = JoinTable::with_budget(TTL, cap, 2, budget, None).unwrap();
+                mem.track_changes(true);
+                tiered.track_changes(true);
+                let mut x: u64 = 7 + budget as u64;
+                for step in 0..3000 {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    let id = format!("i{}", (x >> 33) % 13);
+                    // Coarse times give many equal expiries, so the id decides the order.
+                    let ts = 1000.0 + (step / 7) as f64 * 10.0 - ((x >> 20) % 4) as f64 * 10.0;
+                    for t in [&mut mem, &mut tiered] {
+                        if (x >> 40) % 3 == 0 {
+                            truth(t, &id, ts, [(x >> 45) % 2 == 0, (x >> 46) % 2 == 0]);
+                        } else {
+                            pred(t, &id, ts);
+                        }
+                        if step % 11 == 0 {
+                            t.expire();
+                        }
+                    }
+                    if step % 17 == 0 {
+                        // What a checkpoint writes: the same live rows and departures from both tiers.
+                        assert_eq!(format!("{:?}", mem.changes()), format!("{:?}", tiered.changes()));
+                        mem.clear_changes();
+                        tiered.clear_changes();
+                    }
+                    assert!(tiered.hot_len() <= budget + 1);
+                }
+                assert!(tiered.len() > tiered.hot_len() || tiered.len() <= budget);
+                assert_eq!(mem.counters, tiered.counters);
+                assert_eq!(format!("{:?}", mem.out), format!("{:?}", tiered.out));
+                assert_eq!(format!("{:?}", mem.export()), format!("{:?}", tiered.export()));
+            }
+        }
+    }
+
+    #[test]
+    fn cap_evicts_across_tiers() {
+        let mut t = JoinTable::with_budget(TTL, 2, 2, 1, None).unwrap();
+        pred(&mut t, "b", 1000.0);
+        pred(&mut t, "a", 1000.0);
+        assert_eq!((t.len(), t.hot_len()), (2, 1));
+        pred(&mut t, "c", 1000.0); // "a" goes first of the three equal expiries, wherever it is
+        assert_eq!(ids(&t), ["b", "c"]);
+        pred(&mut t, "d", 999.0); // the smallest expiry evicts itself
+        assert_eq!(ids(&t), ["b", "c"]);
+        assert_eq!(t.counters.evicted_prediction, 2);
+        t.watermark = 1100.5;
+        t.expire();
+        assert_eq!(t.len(), 0);
+        assert_eq!(t.out.unpend_ts.len(), 4);
+    }
+
     #[test]
     fn checkpoint_round_trip() {
         let mut t = table(100);
@@ -719,6 +1113,13 @@ mod tests {
         let mut u = table(100);
         u.restore(c.clone()).unwrap();
         assert_eq!(format!("{:?}", u.export()), format!("{c:?}"));
+        let mut tiered = JoinTable::with_budget(TTL, 100, 2, 1, None).unwrap();
+        tiered.restore(c.clone()).unwrap();
+        assert_eq!((tiered.len(), tiered.hot_len()), (3, 1));
+        assert_eq!(format!("{:?}", tiered.export()), format!("{c:?}"));
+        let mut twice = c.clone();
+        twice.ids[2] = twice.ids[0].clone(); // the first copy is in the store by then
+        assert!(tiered.restore(twice).is_err());
         u.watermark = 1095.0;
         u.expire();
         assert_eq!(ids(&u), ["b", "c"]);

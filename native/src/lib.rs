@@ -5,6 +5,7 @@ mod decode;
 mod join;
 mod json;
 mod mapped;
+mod store;
 mod timestamp;
 
 use std::borrow::Cow;
@@ -394,9 +395,36 @@ fn checkpoint_columns(
 
 #[pymethods]
 impl Join {
+    /// With `memory_entries`, at most that many entries stay in memory and the rest go to an embedded
+    /// store in a fresh directory under `state_dir` (the system temp directory when None), removed
+    /// with the table.
     #[new]
-    fn new(ttl: f64, max_entries: usize, n_labels: usize) -> Self {
-        Join { table: JoinTable::new(ttl, max_entries, n_labels) }
+    #[pyo3(signature = (ttl, max_entries, n_labels, memory_entries=None, state_dir=None))]
+    fn new(
+        ttl: f64,
+        max_entries: usize,
+        n_labels: usize,
+        memory_entries: Option<usize>,
+        state_dir: Option<std::path::PathBuf>,
+    ) -> PyResult<Self> {
+        let table = match memory_entries {
+            None => JoinTable::new(ttl, max_entries, n_labels),
+            Some(m) => JoinTable::with_budget(ttl, max_entries, n_labels, m, state_dir.as_deref())
+                .map_err(pyo3::exceptions::PyOSError::new_err)?,
+        };
+        Ok(Join { table })
+    }
+
+    /// Entries held in memory (all of them without `memory_entries`).
+    #[getter]
+    fn memory_len(&self) -> usize {
+        self.table.hot_len()
+    }
+
+    /// The directory of the store, with `memory_entries`.
+    #[getter]
+    fn store_dir(&self) -> Option<String> {
+        self.table.store_dir().map(|p| p.display().to_string())
     }
 
     /// Applies the steps in order; returns the prediction rows accepted (not duplicates).
