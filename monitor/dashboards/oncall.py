@@ -77,9 +77,11 @@ def _slo_burn_panel(config: MonitorConfig, model: ModelConfig, slo: SLOConfig) -
     panel = k.timeseries_panel(
         f"{model.name} · {slo.name} burn rate by window",
         f"Error-budget burn rate of SLO {slo.name} for each window the alert tiers use: error ratio / "
-        f"(1 - {slo.target:g}). An alert tier fires when both its long and short window exceed its factor "
-        f"(and at least min_events={model.min_events} events were labelled): {tier_text or 'none'}. "
-        "Computed from outcome counts summed over workers, as the alerts do.",
+        f"(1 - {slo.target:g}). Tiers: {tier_text or 'none'}. A tier fires when its long window's burn is "
+        f"above its factor (with at least min_events={model.min_events} labelled events) and the window's "
+        "error ratio is above the budget beyond sampling noise (Wilson and Poisson lower bounds), unless "
+        "its short window shows recovery beyond noise; page_slow also fires on a mid window "
+        "(docs/alerting.md). Computed from outcome counts summed over workers, as the alerts do.",
         k.UNIT_FACTOR,
         Q(expr, "{{window}}"),
     ).min(0)
@@ -140,10 +142,11 @@ def build(config: MonitorConfig) -> dict[str, Any]:
                 k.table_panel(
                     "Burn-rate tiers: how close each tier is to firing",
                     "For every SLO of the model and every multi-window burn-rate tier: the smaller of the "
-                    "burn rates over the tier's long and short window, divided by the tier's factor. 100% "
-                    "or more means both windows are over the factor and the tier's alert fires (once "
-                    "min_events labelled events are in). Page tiers go to the pager, ticket tiers to the "
-                    "ticket queue.",
+                    "burn rates over the tier's long and short window, divided by the tier's factor: how "
+                    "close the measured burn is to the tier's. 100% or more is necessary, not sufficient: "
+                    "the alert also needs min_events labelled events and the error ratio above the budget "
+                    "beyond sampling noise (docs/alerting.md). Page tiers go to the pager, ticket tiers "
+                    "to the ticket queue.",
                     k.UNIT_RATIO,
                     Q(_tier_table_query(config), instant=True, table=True),
                     span=16,
