@@ -520,13 +520,13 @@ def mutate(draw: st.DrawFn, text: str) -> bytes:
     return raw
 
 
-@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(prediction(), min_size=1, max_size=12))
 def test_fast_predictions_decode_exactly(raws: list[bytes]) -> None:
     check_batch(FAST, EXACT, CONFIG, REFERENCES, raws, "prediction")
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(st.lists(ground_truth(), min_size=1, max_size=12))
 def test_fast_ground_truth_decodes_exactly(raws: list[bytes]) -> None:
     check_batch(FAST, EXACT, CONFIG, REFERENCES, raws, "ground_truth")
