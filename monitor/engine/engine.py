@@ -74,15 +74,8 @@ class Engine:
         # Topics that carry mapped inputs (docs/attach.md) are read through their reader; the native fast
         # path reads those whose fields are simple paths (docs/native.md), the exact reader all the rest.
         self.readers = mapping.readers(config, self.decoder)
-        self.fast = None
-        self.fast_readings: dict[tuple[str, str], int] = {}
-        if self.use_native:
-            readings = native.native_readings(config, self.readers)
-            self.fast = native._native.Decoder(
-                config.kafka.max_message_bytes, native.native_models(config, references),
-                [(r["kind"], r["mappings"]) for r in readings.values()])
-            self.fast_readings = {key: i for i, (key, ok) in enumerate(zip(readings, self.fast.readable,
-                                                                           strict=True)) if ok}
+        self.fast, self.fast_readings = (native.fast_decoder(config, references, self.readers) if self.use_native
+                                         else (None, {}))
         self.default_source = {PREDICTIONS: config.kafka.predictions_topic,
                                GROUND_TRUTH: config.kafka.ground_truth_topic}
         self.invalid: Counter[tuple[str, str]] = Counter()

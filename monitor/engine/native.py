@@ -68,3 +68,13 @@ def native_readings(config: MonitorConfig,
         else:
             out[key] = {"kind": reader.side, "mappings": mappings}
     return out
+
+
+def fast_decoder(config: MonitorConfig, references: dict[str, Reference | None],
+                 readers: dict[tuple[str, str], Any]) -> tuple[Any, dict[tuple[str, str], int]]:
+    """The native decoder for the config and, per (side, topic) the fast path can read, its reading's index
+    in the decoder. The caller checks `enabled()` (or was told to use the native core)."""
+    readings = native_readings(config, readers)
+    decoder = _native.Decoder(config.kafka.max_message_bytes, native_models(config, references),
+                              [(r["kind"], r["mappings"]) for r in readings.values()])
+    return decoder, {key: i for i, (key, ok) in enumerate(zip(readings, decoder.readable, strict=True)) if ok}

@@ -37,7 +37,6 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
 from monitor.config import KafkaConfig, MonitorConfig
@@ -45,6 +44,7 @@ from monitor.engine import native
 from monitor.events import MAX_ID_LENGTH, Decoder, InvalidEvent
 from monitor.mapping import RecordMeta, TopicReader, cloudevent, kafka_record, readers
 from monitor.reference import Reference
+from monitor.stream.rebalance import Listener
 
 log = logging.getLogger(__name__)
 
@@ -151,15 +151,8 @@ class BatchIds:
         decoder = Decoder(config)
         self.readers = readers(config, decoder)
         self.exact = {key: IdReader(r) for key, r in self.readers.items()}
-        self.fast: Any = None
-        self.fast_readings: dict[tuple[str, str], int] = {}
-        if native.enabled():
-            readings = native.native_readings(config, self.readers)
-            self.fast = native._native.Decoder(
-                config.kafka.max_message_bytes, native.native_models(config, references),
-                [(r["kind"], r["mappings"]) for r in readings.values()])
-            self.fast_readings = {key: i for i, (key, ok) in enumerate(zip(readings, self.fast.readable,
-                                                                           strict=True)) if ok}
+        self.fast, self.fast_readings = (native.fast_decoder(config, references, self.readers) if native.enabled()
+                                         else (None, {}))
 
     def read(self, side: str, topic: str, raws: list[bytes],
              records: Sequence[ConsumerRecord]) -> list[str | object | None]:
@@ -243,7 +236,7 @@ class Repartitioner:
             auto_offset_reset="earliest", session_timeout_ms=session_timeout_ms,
             heartbeat_interval_ms=max(100, session_timeout_ms // 3), rebalance_timeout_ms=rebalance_timeout_ms,
             max_partition_fetch_bytes=4 << 20, **self.options)
-        self.consumer.subscribe(sorted(self.side_of), listener=_Listener(self))
+        self.consumer.subscribe(sorted(self.side_of), listener=Listener(self))
         await self.consumer.start()
 
     async def stop(self) -> None:
@@ -478,17 +471,6 @@ async def _close(src: Source) -> None:
     producer, src.producer = src.producer, None
     if producer is not None:
         await _stop_quietly(producer)
-
-
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, stage: Repartitioner) -> None:
-        self.stage = stage
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.stage.on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.stage.on_assigned(assigned)
 
 
 class Purger:

@@ -23,7 +23,6 @@ from typing import Any
 
 import click
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from prometheus_client import CollectorRegistry
@@ -43,6 +42,7 @@ from monitor.reference import Reference, load_reference
 from monitor.stream.changelog import ChangelogError, ChangeTracker, StateWriter, read_partitions, rebuild, track
 from monitor.stream.gc_policy import GcPolicy
 from monitor.stream.kafka_setup import SetupError, Topics, client_options, ensure_topics
+from monitor.stream.rebalance import Listener
 from monitor.stream.repartition import Purger, Repartitioner, origin, source_headers
 from monitor.stream.web import WebServer
 
@@ -249,7 +249,7 @@ class Worker:
         await self.producer.start()
         await self.reader.start()
         await self.ends.start()
-        self.consumer.subscribe([tp for _, tp in self.inputs], listener=_Listener(self))
+        self.consumer.subscribe([tp for _, tp in self.inputs], listener=Listener(self))
         await self.consumer.start()
         log.info("group %s: consuming %s (%d partitions), state changelog in %s; %s engine", kafka.group_id,
                  " and ".join(tp for _, tp in self.inputs), t.partitions, t.state,
@@ -564,17 +564,6 @@ def _match(rejected: list[Rejection], items: list[tuple[str, bytes]],
             i += 1
         yield records[i] if i < len(items) else None
         i += 1
-
-
-class _Listener(ConsumerRebalanceListener):
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.worker.on_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.worker.on_assigned(assigned)
 
 
 class _LagCollector(Collector):
