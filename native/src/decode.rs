@@ -575,13 +575,7 @@ impl Decoder {
         reading: Option<&'a Reading>,
         threads: usize,
     ) -> Batch<PredBlock<'a>> {
-        let parts = run_chunks(raws, threads, |chunk| self.predictions(chunk, reading));
-        let mut parts = parts.into_iter();
-        let mut out = parts.next().expect("at least one chunk");
-        for part in parts {
-            append_predictions(&mut out, part);
-        }
-        out
+        joined(run_chunks(raws, threads, |chunk| self.predictions(chunk, reading)), append_predictions)
     }
 
     /// `ground_truth` over up to `threads` cores; the same batch.
@@ -591,13 +585,7 @@ impl Decoder {
         reading: Option<&'a Reading>,
         threads: usize,
     ) -> Batch<TruthBlock<'a>> {
-        let parts = run_chunks(raws, threads, |chunk| self.ground_truth(chunk, reading));
-        let mut parts = parts.into_iter();
-        let mut out = parts.next().expect("at least one chunk");
-        for part in parts {
-            append_truths(&mut out, part);
-        }
-        out
+        joined(run_chunks(raws, threads, |chunk| self.ground_truth(chunk, reading)), append_truths)
     }
 }
 
@@ -618,6 +606,16 @@ where
         out.extend(handles.into_iter().map(|h| h.join().expect("a decoding thread panicked")));
         out
     })
+}
+
+/// The chunks' batches as one, in chunk order.
+fn joined<B>(parts: Vec<Batch<B>>, append: impl Fn(&mut Batch<B>, Batch<B>)) -> Batch<B> {
+    let mut parts = parts.into_iter();
+    let mut out = parts.next().expect("at least one chunk");
+    for part in parts {
+        append(&mut out, part);
+    }
+    out
 }
 
 /// Rows of `part` (their model's rows numbered from 0) renumbered after `out`'s.

@@ -804,7 +804,7 @@ impl JoinTable {
 
     /// Replaces the entries with a checkpoint's (the heap is rebuilt from `(expires, id)`); the counters
     /// are the caller's to set. Errs on a repeated id or a column of the wrong length.
-    pub fn restore(&mut self, c: Checkpoint) -> Result<(), String> {
+    pub fn restore(&mut self, mut c: Checkpoint) -> Result<(), String> {
         let (k, n) = (c.ids.len(), self.n_labels);
         let lengths = [
             c.has_pred.len(),
@@ -826,22 +826,11 @@ impl JoinTable {
         let mut index = IdMap::default();
         index.reserve(k);
         let mut slots = Vec::with_capacity(k);
-        for (i, id) in c.ids.into_iter().enumerate() {
+        for (i, id) in std::mem::take(&mut c.ids).into_iter().enumerate() {
             if index.insert(id.clone(), i as u32).is_some() {
                 return Err(format!("prediction id {:?} appears twice", &*id));
             }
-            slots.push(Slot {
-                id,
-                born: i as u64,
-                expires: c.expires[i],
-                has_pred: c.has_pred[i],
-                pred_ts: c.pred_ts[i],
-                pred_version: c.pred_version[i],
-                has_truth: c.has_truth[i],
-                truth_ts: c.truth_ts[i],
-                truth_seq: c.seq[i],
-                full: c.full[i],
-            });
+            slots.push(c.slot(i, id));
         }
         self.index = index;
         self.slots = slots;
@@ -856,28 +845,17 @@ impl JoinTable {
 
     /// `restore` with a budget: entries go in one at a time and spill as they would in use, so memory
     /// never holds more than the budget besides the checkpoint itself.
-    fn restore_within_budget(&mut self, c: Checkpoint) -> Result<(), String> {
+    fn restore_within_budget(&mut self, mut c: Checkpoint) -> Result<(), String> {
         let n = self.n_labels;
         self.clear_changes();
         self.cold.as_mut().expect("a budget").store.clear()?;
         (self.index, self.slots, self.free, self.heap) = (IdMap::default(), Vec::new(), Vec::new(), BinaryHeap::new());
         (self.scores, self.predicted, self.known, self.actual) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (i, id) in c.ids.into_iter().enumerate() {
+        for (i, id) in std::mem::take(&mut c.ids).into_iter().enumerate() {
             if self.index.contains_key(&*id) || self.cold_entry(&id).is_some() {
                 return Err(format!("prediction id {:?} appears twice", &*id));
             }
-            let s = self.insert_slot(Slot {
-                id: id.clone(),
-                born: i as u64,
-                expires: c.expires[i],
-                has_pred: c.has_pred[i],
-                pred_ts: c.pred_ts[i],
-                pred_version: c.pred_version[i],
-                has_truth: c.has_truth[i],
-                truth_ts: c.truth_ts[i],
-                truth_seq: c.seq[i],
-                full: c.full[i],
-            });
+            let s = self.insert_slot(c.slot(i, id.clone()));
             let (at, from) = (s as usize * n, i * n);
             self.scores[at..at + n].copy_from_slice(&c.scores[from..from + n]);
             self.predicted[at..at + n].copy_from_slice(&c.predicted[from..from + n]);
@@ -910,6 +888,24 @@ pub struct Checkpoint {
     pub full: Vec<bool>,
     pub seq: Vec<i64>,
     pub expires: Vec<f64>,
+}
+
+impl Checkpoint {
+    /// Row `i`'s entry (its label vectors stay in the checkpoint's flat arrays).
+    fn slot(&self, i: usize, id: Arc<str>) -> Slot {
+        Slot {
+            id,
+            born: i as u64,
+            expires: self.expires[i],
+            has_pred: self.has_pred[i],
+            pred_ts: self.pred_ts[i],
+            pred_version: self.pred_version[i],
+            has_truth: self.has_truth[i],
+            truth_ts: self.truth_ts[i],
+            truth_seq: self.seq[i],
+            full: self.full[i],
+        }
+    }
 }
 
 #[cfg(test)]
