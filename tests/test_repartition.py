@@ -87,28 +87,11 @@ def summed(scrapes: list[Series]) -> Series:
     return out
 
 
-def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0) -> list:
+def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0,
+               isolation: str = "read_committed") -> list:
     async def run() -> list:
         consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    isolation_level="read_committed")
-        await consumer.start()
-        try:
-            out: list = []
-            deadline = time.monotonic() + timeout
-            while len(out) < at_least and time.monotonic() < deadline:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    out.extend(records)
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
-
-
-def read_topic_uncommitted(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0) -> list:
-    async def run() -> list:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    isolation_level="read_uncommitted")
+                                    isolation_level=isolation)
         await consumer.start()
         try:
             out: list = []
@@ -477,6 +460,6 @@ def test_a_failed_copy_transaction_is_aborted_and_resumed_exactly_once(kafka_boo
     assert sorted(r.value for r in copies) == sorted(values)  # each once: the aborted copies are invisible
     for r in copies:  # and in the partition of its prediction id, with its source key
         assert r.partition == partition_of(key_of(r.value), 3)
-    uncommitted = read_topic_uncommitted(kafka_bootstrap, f"{kafka.group_id}-repartition-predictions",
-                                         at_least=len(values) + 1, timeout=5)
+    uncommitted = read_topic(kafka_bootstrap, f"{kafka.group_id}-repartition-predictions",
+                             at_least=len(values) + 1, timeout=5, isolation="read_uncommitted")
     assert len(uncommitted) > len(values)  # the failed transaction did send copies, later aborted
