@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -22,6 +24,7 @@ from tests.kafka_fixtures import kafka_bootstrap, unique_topic  # noqa: F401
 from tests.test_mapping import WINDOWS
 from tests.test_oracle import LABELS, to_raw
 from tests.test_worker import (  # noqa: F401
+    Series,
     WorkerProcess,
     assert_series_equal,
     drained,
@@ -128,18 +131,29 @@ def test_worker_reads_model_server_logs(kafka_bootstrap: str, tmp_path: Path, wo
     assert w.stop() == 0
 
 
-@pytest.mark.timeout(300)
-def test_kill_9_on_mapped_topics_then_restart_is_exact(kafka_bootstrap: str, tmp_path: Path, workers) -> None:  # noqa: F811
-    """Offsets of mapped topics travel in the checkpoints like the default topics': a worker killed
-    mid-stream and restarted applies every Seldon record exactly once."""
-    preds, all_gts = ms_stream(seed=23, n=1200)
+@dataclass
+class MappedRun:
+    """A stream in a foreign shape on its own topics, its worker config and replay's series of the same
+    events in the native shape (the oracle)."""
+
+    prefix: str
+    shape: Any
+    path: Path
+    at: float
+    expected: Series
+    gts: list
+
+
+def mapped_run(bootstrap: str, tmp_path: Path, shape_name: str, seed: int, n: int, partitions: int,
+               name: str) -> MappedRun:
+    preds, all_gts = ms_stream(seed=seed, n=n)
     last = {g.pid: g for g in sorted(all_gts, key=lambda g: (g.ts, g.order))}
     gts = sorted(last.values(), key=lambda g: g.order)
-    prefix = unique_topic("kill")
-    shape = renamed(SHAPES["seldon"](preds, gts), prefix)
-    data = {"kafka": {"bootstrap_servers": kafka_bootstrap, "predictions_topic": f"{prefix}-predictions",
+    prefix = unique_topic(name)
+    shape = renamed(SHAPES[shape_name](preds, gts), prefix)
+    data = {"kafka": {"bootstrap_servers": bootstrap, "predictions_topic": f"{prefix}-predictions",
                       "ground_truth_topic": f"{prefix}-truth", "dead_letter_topic": f"{prefix}-dlq",
-                      "group_id": f"{prefix}-group", "partitions": 3},
+                      "group_id": f"{prefix}-group", "partitions": partitions},
             "windows": WINDOWS, "join": {"ttl": "3d"},
             "models": [{"name": "m", "labels": LABELS, "thresholds": {"b": 0.3}, "input": shape.inputs}]}
     path = tmp_path / "config.yaml"
@@ -148,7 +162,15 @@ def test_kill_9_on_mapped_topics_then_restart_is_exact(kafka_bootstrap: str, tmp
     at = max([p.ts for p in preds] + [g.ts for g in gts])
     native_p, native_g = to_raw(preds, gts)
     native_config = config.model_copy(update={"models": [config.models[0].model_copy(update={"input": None})]})
-    expected = replay_series(native_config, native_p, native_g, at)
+    return MappedRun(prefix, shape, path, at, replay_series(native_config, native_p, native_g, at), gts)
+
+
+@pytest.mark.timeout(300)
+def test_kill_9_on_mapped_topics_then_restart_is_exact(kafka_bootstrap: str, tmp_path: Path, workers) -> None:  # noqa: F811
+    """Offsets of mapped topics travel in the checkpoints like the default topics': a worker killed
+    mid-stream and restarted applies every Seldon record exactly once."""
+    run = mapped_run(kafka_bootstrap, tmp_path, "seldon", seed=23, n=1200, partitions=3, name="kill")
+    shape, path, at, expected, gts = run.shape, run.path, run.at, run.expected, run.gts
     pred_topic, gt_topic = shape.inputs["predictions"]["topic"], shape.inputs["ground_truth"]["topic"]
     first = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3)
     workers.append(first)

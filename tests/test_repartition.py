@@ -324,28 +324,11 @@ def test_unkeyed_kserve_log_on_several_partitions(kafka_bootstrap: str, tmp_path
     3 partitions (and the review table on 2) the worker repartitions both; the CloudEvents attributes in
     the headers (binary content mode) reach the mapping unchanged, and a rejected record's dead letter
     names its source topic."""
-    from tests.attach_shapes import KSERVE_RESPONSE, SHAPES, kserve_event, ms_stream, renamed
-    from tests.test_attach_kafka import produce_records, read_all
-    from tests.test_mapping import WINDOWS
-    from tests.test_oracle import LABELS, to_raw
+    from tests.attach_shapes import KSERVE_RESPONSE, kserve_event
+    from tests.test_attach_kafka import mapped_run, produce_records, read_all
 
-    preds, all_gts = ms_stream(seed=29, n=600)
-    last = {g.pid: g for g in sorted(all_gts, key=lambda g: (g.ts, g.order))}
-    gts = sorted(last.values(), key=lambda g: g.order)
-    prefix = unique_topic("rk")
-    shape = renamed(SHAPES["kserve"](preds, gts), prefix)
-    data = {"kafka": {"bootstrap_servers": kafka_bootstrap, "predictions_topic": f"{prefix}-predictions",
-                      "ground_truth_topic": f"{prefix}-truth", "dead_letter_topic": f"{prefix}-dlq",
-                      "group_id": f"{prefix}-group", "partitions": 4},
-            "windows": WINDOWS, "join": {"ttl": "3d"},
-            "models": [{"name": "m", "labels": LABELS, "thresholds": {"b": 0.3}, "input": shape.inputs}]}
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
-    config = load_config(path)
-    at = max([p.ts for p in preds] + [g.ts for g in gts])
-    native_config = config.model_copy(update={"models": [config.models[0].model_copy(update={"input": None})]})
-    native_p, native_g = to_raw(preds, gts)
-    expected = replay_series(native_config, native_p, native_g, at)
+    run = mapped_run(kafka_bootstrap, tmp_path, "kserve", seed=29, n=600, partitions=4, name="rk")
+    prefix, shape, path, at, expected = run.prefix, run.shape, run.path, run.at, run.expected
     bad = kserve_event(KSERVE_RESPONSE, "x1", at, {"outputs": [{"name": "probabilities", "data": [0.1]}]}, False)
     expected[("mlmon_invalid_events_total", (("reason", "missing_score"), ("topic", c.TOPIC_PREDICTIONS)))] += 1
     pred_topic, gt_topic = shape.inputs["predictions"]["topic"], shape.inputs["ground_truth"]["topic"]
