@@ -45,7 +45,7 @@ def add_segment_row(dash: db.Dashboard) -> db.Dashboard:
     """The variables and the row; the caller adds them only when has_segments(config)."""
     predictions = q.sum_by(_BY_VALUE, q.sel(q.R_SEGMENT_PREDICTIONS, *_SEGMENT))
     joined = q.sum_by(_BY_VALUE, q.sel(q.R_SEGMENT_JOINED, *_SEGMENT))
-    return (
+    dash = (
         dash.with_variable(segment_variable())
         .with_variable(segment_value_variable())
         .with_row(db.Row("Segments: $segment (window $window)"))
@@ -90,22 +90,15 @@ def add_segment_row(dash: db.Dashboard) -> db.Dashboard:
                 transformations=[k.grouping_to_matrix(C.L_LABEL, C.L_SEGMENT_VALUE)],
             )
         )
-        .with_panel(
-            k.timeseries_panel(
-                "Recall by $segment · $label",
-                "Recall of the label per segment value: TP / (TP + FN) from summed outcome counts.",
-                k.UNIT_RATIO,
-                Q(q.recall(_BY_VALUE, *_SEGMENT_LABEL, source=_SOURCE), "{{segment_value}}"),
-                span=12,
-            ).repeat(C.L_LABEL).repeat_direction("h").max_per_row(2)
-        )
-        .with_panel(
-            k.timeseries_panel(
-                "Precision by $segment · $label",
-                "Precision of the label per segment value: TP / (TP + FP) from summed outcome counts.",
-                k.UNIT_RATIO,
-                Q(q.precision(_BY_VALUE, *_SEGMENT_LABEL, source=_SOURCE), "{{segment_value}}"),
-                span=12,
-            ).repeat(C.L_LABEL).repeat_direction("h").max_per_row(2)
-        )
     )
+    for name, figure, formula in (("Recall", q.recall, "TP / (TP + FN)"), ("Precision", q.precision, "TP / (TP + FP)")):
+        dash = dash.with_panel(
+            k.timeseries_panel(
+                f"{name} by $segment · $label",
+                f"{name} of the label per segment value: {formula} from summed outcome counts.",
+                k.UNIT_RATIO,
+                Q(figure(_BY_VALUE, *_SEGMENT_LABEL, source=_SOURCE), "{{segment_value}}"),
+                span=12,
+            ).repeat(C.L_LABEL).repeat_direction("h").max_per_row(2)
+        )
+    return dash
