@@ -151,13 +151,7 @@ impl<'a> PredBlock<'a> {
                 return last;
             }
         }
-        if let Some(&code) = self.version_index.get(&version) {
-            return code;
-        }
-        let code = self.version_names.len() as i64;
-        self.version_names.push(version.clone());
-        self.version_index.insert(version, code);
-        code
+        self.code_for(version)
     }
 }
 
