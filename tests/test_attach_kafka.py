@@ -51,14 +51,17 @@ def produce_records(bootstrap: str, topic: str, records: list[Record]) -> None:
     asyncio.run(run())
 
 
-def read_all(bootstrap: str, topic: str, n: int) -> list:
+def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0,
+               isolation: str = "read_committed") -> list:
+    """The topic's records from the beginning, until `at_least` arrived or `timeout` passed."""
     async def run() -> list:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest")
+        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                    isolation_level=isolation)
         await consumer.start()
         try:
             out: list = []
-            deadline = time.monotonic() + 30
-            while len(out) < n and time.monotonic() < deadline:
+            deadline = time.monotonic() + timeout
+            while len(out) < at_least and time.monotonic() < deadline:
                 for records in (await consumer.getmany(timeout_ms=500)).values():
                     out.extend(records)
             return out
@@ -118,7 +121,7 @@ def test_worker_reads_model_server_logs(kafka_bootstrap: str, tmp_path: Path, wo
     wait_for("the worker to drain", drained([w], expected), workers=workers)
     assert_series_equal(w.scrape(), expected)
 
-    letters = read_all(kafka_bootstrap, f"{prefix}-dlq", 1)
+    letters = read_topic(kafka_bootstrap, f"{prefix}-dlq", 1, isolation="read_uncommitted")
     assert len(letters) == 1
     headers = {k: v.decode() for k, v in letters[0].headers}
     assert headers[c.DLQ_TOPIC_HEADER] == pred_topic and letters[0].value == bad.value

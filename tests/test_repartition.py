@@ -18,7 +18,6 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from aiokafka import AIOKafkaConsumer
 
 from monitor import conventions as c
 from monitor.config import MonitorConfig, load_config
@@ -27,6 +26,7 @@ from monitor.mapping import RecordMeta, readers
 from monitor.stream.repartition import SKIP, BatchIds, IdReader, origin, partition_of, source_headers
 from tests.conftest import EXAMPLE_CONFIG
 from tests.kafka_fixtures import create_topic, kafka_bootstrap, unique_topic  # noqa: F401
+from tests.test_attach_kafka import read_topic
 from tests.test_worker import (
     ADDITIVE_GAUGES,
     Series,
@@ -85,25 +85,6 @@ def summed(scrapes: list[Series]) -> Series:
         for key, v in additive(s).items():
             out[key] = out.get(key, 0.0) + v
     return out
-
-
-def read_topic(bootstrap: str, topic: str, at_least: int, timeout: float = 30.0,
-               isolation: str = "read_committed") -> list:
-    async def run() -> list:
-        consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-                                    isolation_level=isolation)
-        await consumer.start()
-        try:
-            out: list = []
-            deadline = time.monotonic() + timeout
-            while len(out) < at_least and time.monotonic() < deadline:
-                for records in (await consumer.getmany(timeout_ms=500)).values():
-                    out.extend(records)
-            return out
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
 
 
 def beginning_offsets(bootstrap: str, topics: list[str]) -> dict:
@@ -325,7 +306,7 @@ def test_unkeyed_kserve_log_on_several_partitions(kafka_bootstrap: str, tmp_path
     the headers (binary content mode) reach the mapping unchanged, and a rejected record's dead letter
     names its source topic."""
     from tests.attach_shapes import KSERVE_RESPONSE, kserve_event
-    from tests.test_attach_kafka import mapped_run, produce_records, read_all
+    from tests.test_attach_kafka import mapped_run, produce_records
 
     run = mapped_run(kafka_bootstrap, tmp_path, "kserve", seed=29, n=600, partitions=4, name="rk")
     prefix, shape, path, at, expected = run.prefix, run.shape, run.path, run.at, run.expected
@@ -342,7 +323,7 @@ def test_unkeyed_kserve_log_on_several_partitions(kafka_bootstrap: str, tmp_path
     produce_records(kafka_bootstrap, gt_topic, shape.topics[gt_topic])
     wait_for("the worker to drain", drained([w], expected), workers=workers)
     assert_series_equal(w.scrape(), expected)
-    letters = read_all(kafka_bootstrap, f"{prefix}-dlq", 1)
+    letters = read_topic(kafka_bootstrap, f"{prefix}-dlq", 1, isolation="read_uncommitted")
     assert len(letters) == 1 and letters[0].value == bad.value
     headers = {k: v.decode() for k, v in letters[0].headers}
     assert headers[c.DLQ_TOPIC_HEADER] == pred_topic and headers[c.DLQ_FIELD_HEADER] == "scores"
