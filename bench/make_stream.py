@@ -51,6 +51,9 @@ def _generator_hash() -> str:
         raise SystemExit("bench: monitor.simulate not found; run from the repository root or install the package")
     digest = hashlib.sha256(Path(spec.origin).read_bytes())
     digest.update(Path(__file__).read_bytes())
+    # The realistic mix's config names this checkout's example reference by absolute path: a stream cached
+    # by another checkout (or a deleted worktree) must not be reused.
+    digest.update(str(EXAMPLE_CONFIG.resolve()).encode())
     return digest.hexdigest()[:12]
 
 
