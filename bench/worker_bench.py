@@ -119,10 +119,10 @@ LAST_CPU: dict[str, float | None] = {}
 BROKER_PID: list[int | None] = [None]
 
 
-async def run_worker(config: MonitorConfig, total: int, at: float, profile: cProfile.Profile | None
-                     ) -> tuple[float, Worker, bytes]:
+async def run_worker(config: MonitorConfig, total: int, at: float, profile: cProfile.Profile | None,
+                     columns: bool = True) -> tuple[float, Worker, bytes]:
     worker = Worker(config, WorkerOptions(metrics_port=0, metrics_bind="127.0.0.1", at=at,
-                                          session_timeout_ms=6000))
+                                          session_timeout_ms=6000, columns=columns))
     # A profile covers start-up too: enabling it mid-flight loses the frames already running.
     if profile is not None:
         profile.enable()
@@ -227,16 +227,24 @@ def main() -> None:
         total = len(preds) + len(truths)
         config = bench_config(args.bootstrap, args.partitions, config_path)
         produce_s = asyncio.run(produce(config, preds, truths))
-        bare_s = asyncio.run(bare_consume(config, total))
-        started = time.perf_counter()
+        cpu0 = time.process_time()
+        bare_s = asyncio.run(bare_consume(config, total))  # its CPU includes the consumer's start-up
+        bare_cpu = time.process_time() - cpu0
+        started, cpu0 = time.perf_counter(), time.process_time()
         # Evaluated at the newest event time, as the engine reads it (the mix's timestamps come in several
         # forms); the worker is then evaluated at the same instant.
         replay_engine, replay_figures = run_replay(config, preds, truths)
-        replay_s = time.perf_counter() - started
+        replay_s, replay_cpu = time.perf_counter() - started, time.process_time() - cpu0
         at = replay_engine.latest_event_time or 0.0
         profile = cProfile.Profile() if args.profile else None
         worker_s, worker, body = asyncio.run(run_worker(config, total, at, profile))
-        cpu = {"worker": dict(LAST_CPU)}
+        cpu = {"bare": {"worker": bare_cpu}, "replay": {"worker": replay_cpu}, "worker": dict(LAST_CPU)}
+        # The same worker reading its inputs through aiokafka's getmany (a ConsumerRecord per record), on
+        # another group: the peer of the columnar read.
+        k = config.kafka.model_copy(update={"group_id": f"{config.kafka.group_id}-getmany"})
+        getmany_s, _, getmany_body = asyncio.run(run_worker(config.model_copy(update={"kafka": k}), total, at, None,
+                                                            columns=False))
+        cpu["worker, getmany"] = dict(LAST_CPU)
         restart_s, restarted = asyncio.run(restart(config, at))
         repartitioned = None
         if not args.no_repartition:
@@ -252,7 +260,8 @@ def main() -> None:
         from tests.test_worker import assert_series_equal, parse
 
         assert_series_equal(parse(body.decode()), parse(prometheus_text(replay_figures).decode()))
-        runs = [("bare", bare_s), ("replay", replay_s), ("worker", worker_s)]
+        assert_series_equal(parse(getmany_body.decode()), parse(prometheus_text(replay_figures).decode()))
+        runs = [("bare", bare_s), ("replay", replay_s), ("worker", worker_s), ("worker, getmany", getmany_s)]
         if repartitioned is not None:
             assert_series_equal(parse(repartitioned[2].decode()), parse(prometheus_text(replay_figures).decode()))
             runs.append(("repartitioned", repartitioned[0]))
@@ -261,12 +270,14 @@ def main() -> None:
         models = ", ".join(f"{m.name} ({m.task}, {len(m.labels)} labels)" for m in config.models)
         print(f"events: {total} ({len(preds)} predictions, {len(truths)} ground truth), {args.partitions} partitions, "
               f"{args.mix} mix: {models}; produced in {produce_s:.1f} s")
-        print(f"{'path':<14}{'seconds':>10}{'events/s':>12}")
+        print(f"{'path':<18}{'seconds':>10}{'events/s':>12}{'CPU us/event':>14}")
         for name, s in runs:
-            print(f"{name:<14}{s:>10.2f}{rate[name]:>12,.0f}")
+            used = cpu.get(name, {}).get("worker")
+            print(f"{name:<18}{s:>10.2f}{rate[name]:>12,.0f}{'' if used is None else f'{1e6 * used / total:.1f}':>14}")
         print(f"worker/replay = {rate['worker'] / rate['replay']:.2f}   "
               f"worker/bare = {rate['worker'] / rate['bare']:.3f}   "
               "(targets: worker >= 0.8 x replay and >= 2 x bare)")
+        print(f"worker (columns) / worker (getmany) = {rate['worker'] / rate['worker, getmany']:.2f} by events/s")
         print(f"checkpoints: {st.checkpoints} written, {st.checkpoint_bytes / 1e6:.1f} MB in total, "
               f"{st.checkpoint_seconds:.2f} s spent ({100 * st.checkpoint_seconds / max(worker_s, 1e-9):.0f}% of "
               f"the run); /metrics identical to replay: yes")
@@ -276,6 +287,8 @@ def main() -> None:
             print(f"repartitioned/worker = {rate['repartitioned'] / rate['worker']:.2f} (same events, same topics); "
                   f"/metrics identical to replay: yes")
             for name, used in cpu.items():
+                if name in ("bare", "replay"):
+                    continue
                 broker_us = f"{1e6 * used['broker'] / total:.1f}" if used.get("broker") is not None else "?"
                 print(f"CPU per event, {name}: worker process {1e6 * (used['worker'] or 0) / total:.1f} us, "
                       f"broker {broker_us} us")

@@ -415,17 +415,19 @@ def test_security_options_come_from_the_config_and_the_environment(monkeypatch: 
 
 
 def test_rejections_are_paired_with_their_records_even_for_equal_bytes() -> None:
-    from types import SimpleNamespace
+    from aiokafka import TopicPartition
 
     from monitor.engine.engine import Engine
+    from monitor.stream.fetched import PartitionBatch
     from monitor.stream.worker import _match
 
     config = load_config(EXAMPLE_CONFIG)
-    values = [b"", b"{bad", b"", b"{bad"]
-    records = [SimpleNamespace(offset=i, value=v) for i, v in enumerate(values)]
-    items = [("predictions", b"" if r.value is None else r.value) for r in records]
-    rejected = Engine(config).process(items)
-    assert [r.offset for r in _match(rejected, items, records)] == [0, 1, 2, 3]
+    # Equal bytes in one batch; the engine gets copies (a fetch's columns hand out new objects).
+    values = [b"", b"{bad", b"", b"{bad", b"{bad"]
+    batch = PartitionBatch(TopicPartition("predictions", 0), values, [None] * len(values), [10, 11, 12, 13, 14])
+    items = [("predictions", v, batch, i) for i, v in enumerate(values)]
+    rejected = Engine(config).process([(t, bytes(bytearray(v))) for t, v, _, _ in items])
+    assert [r.offset for r in _match(rejected, items)] == [10, 11, 12, 13, 14]
 
 
 def test_at_accepts_epoch_seconds_and_rfc3339() -> None:

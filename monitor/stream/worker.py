@@ -17,7 +17,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,7 +39,9 @@ from monitor.events import InvalidEvent, parse_timestamp
 from monitor.exporter import FiguresCollector
 from monitor.mapping import RecordMeta
 from monitor.reference import Reference, load_reference
+from monitor.stream import fetched
 from monitor.stream.changelog import ChangelogError, ChangeTracker, StateWriter, read_partitions, rebuild, track
+from monitor.stream.fetched import PartitionBatch
 from monitor.stream.gc_policy import GcPolicy
 from monitor.stream.kafka_setup import SetupError, Topics, client_options, ensure_topics
 from monitor.stream.rebalance import Listener
@@ -73,6 +75,8 @@ class WorkerOptions:
     state_retry_base: float = 1.0
     # Bounded so one batch never blocks the loop (heartbeats, scrapes) for more than about a second.
     max_batch: int = 20_000
+    # Plain inputs read as columns (monitor.stream.fetched); False: aiokafka's getmany, kept to compare.
+    columns: bool = True
     connect_timeout: float = 120.0
 
 
@@ -126,6 +130,7 @@ class Worker:
         self.offset_key: dict[str, str] = {}
         self.mapped = any(m.input is not None for m in config.models)
         self.consumer: AIOKafkaConsumer | None = None
+        self.columns = False  # read plain inputs as columns (set at start)
         self.producer: AIOKafkaProducer | None = None  # dead letters (at-least-once, not transactional)
         self.reader: AIOKafkaConsumer | None = None  # state restores: outside the group, read_committed
         self.ends: AIOKafkaConsumer | None = None  # the inputs' end offsets for the lag gauge
@@ -251,6 +256,12 @@ class Worker:
         await self.ends.start()
         self.consumer.subscribe([tp for _, tp in self.inputs], listener=Listener(self))
         await self.consumer.start()
+        # Plain inputs are read as columns (monitor.stream.fetched); mapped inputs read each record's key,
+        # headers and timestamp, and repartitioned copies their origin header, so they keep getmany.
+        plain = not self.mapped and self.repartitioner is None
+        self.columns = plain and self.options.columns and fetched.supported(self.consumer)
+        if plain and self.options.columns and not self.columns:
+            log.warning("this aiokafka's fetcher is not the one monitor.stream.fetched reads: using getmany")
         log.info("group %s: consuming %s (%d partitions), state changelog in %s; %s engine", kafka.group_id,
                  " and ".join(tp for _, tp in self.inputs), t.partitions, t.state,
                  "native" if native.enabled() else "pure-Python (monitor._native not built, or MLMON_NATIVE=0)")
@@ -311,7 +322,11 @@ class Worker:
         while not self.stopping.is_set():
             if self.fatal is not None:
                 return
-            batch = await self.consumer.getmany(timeout_ms=200, max_records=self.options.max_batch)
+            if self.columns:
+                batch = await fetched.take(self.consumer, timeout_ms=200, max_records=self.options.max_batch)
+            else:
+                got = await self.consumer.getmany(timeout_ms=200, max_records=self.options.max_batch)
+                batch = [PartitionBatch.of_records(tp, records) for tp, records in got.items() if records]
             self.last_poll = time.monotonic()
             if batch:
                 async with self.lock:
@@ -326,53 +341,54 @@ class Worker:
                 self._next_checkpoint = time.monotonic() + max(self.options.checkpoint_interval,
                                                                cost / self.options.checkpoint_budget)
 
-    async def _apply(self, batch: dict[TopicPartition, list[ConsumerRecord]]) -> None:
-        by_partition: dict[int, tuple[list[ConsumerRecord], list[ConsumerRecord]]] = {}
-        for tp, records in batch.items():
+    async def _apply(self, batch: list[PartitionBatch]) -> None:
+        by_partition: dict[int, tuple[list[PartitionBatch], list[PartitionBatch]]] = {}
+        for part in batch:
+            tp = part.tp
             state = self.partitions.get(tp.partition)
             role = self.roles.get(tp.topic)
-            if state is None or role is None or not records:
+            if state is None or role is None:
                 continue  # revoked while this batch was in flight
             key = self.offset_key[tp.topic]
-            floor = state.offsets.get(key, 0)
-            if records[0].offset < floor:  # already applied (restored from a later checkpoint)
-                records = [r for r in records if r.offset >= floor]
-                if not records:
-                    continue
+            part = part.since(state.offsets.get(key, 0))  # what a restored checkpoint already covers goes
+            if not len(part):
+                continue
             preds, truths = by_partition.setdefault(tp.partition, ([], []))
-            (preds if role == PREDICTIONS else truths).extend(records)
-            state.offsets[key] = records[-1].offset + 1
+            (preds if role == PREDICTIONS else truths).append(part)
+            state.offsets[key] = part.offsets[-1] + 1
         for p, (preds, truths) in by_partition.items():
             state = self.partitions[p]
-            records = preds + truths
-            pred_values = [r.value if r.value is not None else b"" for r in preds]
-            truth_values = [r.value if r.value is not None else b"" for r in truths]
-            if self.mapped and self.repartitioner is not None:
-                # Copies name their source topic (which selects the mapping) in the origin header, which
-                # the mapping must not see.
-                rejected = state.engine.process_topics(
-                    pred_values, truth_values, ([_source_topic(r) for r in preds], [_source_topic(r) for r in truths]),
-                    ([RecordMeta(r.key, source_headers(r.headers), r.timestamp) for r in preds],
-                     [RecordMeta(r.key, source_headers(r.headers), r.timestamp) for r in truths]))
-            elif self.mapped:  # mapped inputs read their topic, key and headers (docs/attach.md)
-                rejected = state.engine.process_topics(
-                    pred_values, truth_values, ([r.topic for r in preds], [r.topic for r in truths]),
-                    ([RecordMeta(r.key, r.headers, r.timestamp) for r in preds],
-                     [RecordMeta(r.key, r.headers, r.timestamp) for r in truths]))
+            pred_values, truth_values = _values(preds), _values(truths)
+            if self.mapped:
+                pred_records = [r for part in preds for r in part.records or ()]
+                truth_records = [r for part in truths for r in part.records or ()]
+                if self.repartitioner is not None:
+                    # Copies name their source topic (which selects the mapping) in the origin header,
+                    # which the mapping must not see.
+                    sources = ([_source_topic(r) for r in pred_records], [_source_topic(r) for r in truth_records])
+                    metas = ([RecordMeta(r.key, source_headers(r.headers), r.timestamp) for r in pred_records],
+                             [RecordMeta(r.key, source_headers(r.headers), r.timestamp) for r in truth_records])
+                else:  # mapped inputs read their topic, key and headers (docs/attach.md)
+                    sources = ([r.topic for r in pred_records], [r.topic for r in truth_records])
+                    metas = ([RecordMeta(r.key, r.headers, r.timestamp) for r in pred_records],
+                             [RecordMeta(r.key, r.headers, r.timestamp) for r in truth_records])
+                rejected = state.engine.process_topics(pred_values, truth_values, sources, metas)
             else:
                 rejected = state.engine.process_topics(pred_values, truth_values)
+            events = len(pred_values) + len(truth_values)
             state.dirty = True
-            state.events += len(records)
-            self.stats.events += len(records)
+            state.events += events
+            self.stats.events += events
             if rejected:
-                items = [(PREDICTIONS, v) for v in pred_values] + [(GROUND_TRUTH, v) for v in truth_values]
-                await self._dead_letter(p, rejected, items, records)
+                items = [(PREDICTIONS, v, part, i) for part in preds for i, v in enumerate(part.values)]
+                items += [(GROUND_TRUTH, v, part, i) for part in truths for i, v in enumerate(part.values)]
+                await self._dead_letter(p, rejected, items)
         self.stats.batches += 1
 
-    async def _dead_letter(self, partition: int, rejected: list[Rejection], items: list[tuple[str, bytes]],
-                           records: list[ConsumerRecord]) -> None:
+    async def _dead_letter(self, partition: int, rejected: list[Rejection],
+                           items: list[tuple[str, bytes, PartitionBatch, int]]) -> None:
         assert self.producer is not None and self.topics is not None
-        for r, record in zip(rejected, _match(rejected, items, records), strict=True):
+        for r, record in zip(rejected, _match(rejected, items), strict=True):
             if record is None:  # the engine handed back other bytes than it was given: cannot happen today
                 log.error("dead letter without its source record (reason %s); not sent", r.reason)
                 continue
@@ -554,16 +570,24 @@ def _source_topic(record: ConsumerRecord) -> str:
     return found[0] if found is not None else record.topic
 
 
-def _match(rejected: list[Rejection], items: list[tuple[str, bytes]],
-           records: list[ConsumerRecord]) -> Iterator[ConsumerRecord | None]:
-    """The record of each rejection. Rejections come in item order and carry the very bytes object that
-    was passed in, so one forward scan pairs them (equal bytes always get the same verdict)."""
+def _match(rejected: list[Rejection], items: list[tuple[str, bytes, PartitionBatch, int]]
+           ) -> Iterator[ConsumerRecord | None]:
+    """The record of each rejection. Rejections come in item order and carry the bytes that were passed
+    in, so one forward scan pairs them (equal bytes always get the same verdict, so an earlier equal item
+    was rejected too and already paired)."""
     i = 0
     for r in rejected:
-        while i < len(items) and not (items[i][1] is r.raw and items[i][0] == r.topic):
+        while i < len(items) and not (items[i][0] == r.topic and (items[i][1] is r.raw or items[i][1] == r.raw)):
             i += 1
-        yield records[i] if i < len(items) else None
+        yield items[i][2].record(items[i][3]) if i < len(items) else None
         i += 1
+
+
+def _values(parts: list[PartitionBatch]) -> Sequence[bytes]:
+    """One side's values of a partition: the batch's own column when it is the only one."""
+    if len(parts) == 1:
+        return parts[0].values
+    return [v for part in parts for v in part.values]
 
 
 class _LagCollector(Collector):

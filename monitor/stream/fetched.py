@@ -1,0 +1,142 @@
+"""Fetched records as columns (values, keys, offsets) instead of one `ConsumerRecord` per record.
+
+aiokafka's `getmany` builds a Python `ConsumerRecord` (a dataclass with eleven fields) for every record;
+on a plain input that was most of the worker's own CPU. `take` reads the fetch results aiokafka's fetcher
+has already buffered and returns each partition's records as columns. Everything else stays aiokafka's:
+group membership, fetch requests and prefetching, positions, read_committed filtering (aborted
+transactions and control batches are skipped by aiokafka's own `PartitionRecords`), errors.
+
+This reads aiokafka's fetcher internals (`Fetcher._records`, `FetchResult`, `PartitionRecords`), which
+are not a public API: `supported` checks them once, and the worker falls back to `getmany` (and says
+so) when they differ. tests/test_fetched.py compares both paths record by record on a real broker,
+transactions (committed and aborted) and compressed batches included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PartitionBatch:
+    """One partition's records from one fetch, in offset order. `records` holds aiokafka's records when
+    they came from getmany (mapped inputs read their key, headers and timestamps); the columns are
+    always there."""
+
+    tp: TopicPartition
+    values: Sequence[bytes]  # a record without a value is b""
+    keys: Sequence[bytes | None]
+    offsets: Sequence[int]
+    records: list[ConsumerRecord] | None = None
+
+    @classmethod
+    def of_records(cls, tp: TopicPartition, records: list[ConsumerRecord]) -> PartitionBatch:
+        return cls(tp, [r.value if r.value is not None else b"" for r in records], [r.key for r in records],
+                   [r.offset for r in records], records)
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def since(self, offset: int) -> PartitionBatch:
+        """The records at or after `offset` (those before it are already applied)."""
+        if not self.offsets or self.offsets[0] >= offset:
+            return self
+        i = next((i for i, o in enumerate(self.offsets) if o >= offset), len(self.offsets))
+        return PartitionBatch(self.tp, self.values[i:], self.keys[i:], self.offsets[i:],
+                              self.records[i:] if self.records is not None else None)
+
+    def record(self, i: int) -> ConsumerRecord:
+        """Record i as aiokafka would have given it (for dead letters); headers and timestamps are only
+        known when the batch came from getmany."""
+        if self.records is not None:
+            return self.records[i]
+        value = self.values[i]
+        key = self.keys[i]
+        return ConsumerRecord(self.tp.topic, self.tp.partition, self.offsets[i], -1, 0, key, value, None,
+                              -1 if key is None else len(key), len(value), ())
+
+
+def supported(consumer: AIOKafkaConsumer) -> bool:
+    """Whether this aiokafka's fetcher has the layout `take` reads (call after `start`)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    subscription = getattr(consumer, "_subscription", None)
+    try:
+        from aiokafka.consumer.fetcher import FetchResult, PartitionRecords
+    except ImportError:
+        return False
+    return (fetcher is not None and subscription is not None and isinstance(getattr(fetcher, "_records", None), dict)
+            and all(hasattr(fetcher, a) for a in ("_notify", "_wait_consume_future", "_create_fetch_waiter"))
+            and all(hasattr(FetchResult, a) for a in ("check_assignment", "_update_position", "has_more"))
+            and hasattr(PartitionRecords, "_consumer_record") and hasattr(subscription, "fetch_context"))
+
+
+def _same(tp: TopicPartition, record: Any) -> Any:
+    # Installed on a PartitionRecords instance: aiokafka's iteration (with its read_committed filtering)
+    # then yields its parsed records as they are, instead of a ConsumerRecord for each.
+    return record
+
+
+async def take(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) -> list[PartitionBatch]:
+    """The partitions' buffered records as columns, waiting up to `timeout_ms` for some to arrive. The
+    counterpart of aiokafka's `Fetcher.fetched_records`, except that each fetch result is taken whole (one
+    is at most max_partition_fetch_bytes), so `max_records` may be passed by less than one fetch result:
+    the position moves past what was taken, and the fetcher is told to fetch again."""
+    fetcher: Any = consumer._fetcher  # type: ignore[attr-defined]
+    subscription: Any = consumer._subscription  # type: ignore[attr-defined]
+    consumer._coordinator.check_errors()  # type: ignore[attr-defined]  # as getmany does
+    deadline = time.monotonic() + timeout_ms / 1000
+    with subscription.fetch_context():
+        while True:
+            if subscription.reassignment_in_progress:
+                await subscription.wait_for_assignment()
+            out: list[PartitionBatch] = []
+            taken = 0
+            for tp in list(fetcher._records):
+                if taken >= max_records:
+                    break
+                result = fetcher._records[tp]
+                if not hasattr(result, "_partition_records"):  # a fetch error: raised as getmany raises it
+                    if out:
+                        return out
+                    del fetcher._records[tp]
+                    fetcher._notify(fetcher._wait_consume_future)
+                    result.check_raise()
+                if result.check_assignment(tp) and result.has_more():
+                    out.append(_columns(tp, result))
+                    taken += len(out[-1])
+                del fetcher._records[tp]
+                fetcher._notify(fetcher._wait_consume_future)
+            left = deadline - time.monotonic()
+            if out or left <= 0:
+                return [b for b in out if len(b)]
+            waiter = fetcher._create_fetch_waiter()
+            done, pending = await asyncio.wait([waiter], timeout=left)
+            for fut in pending:
+                fut.cancel()
+            if done:
+                waiter.result()
+
+
+def _columns(tp: TopicPartition, result: Any) -> PartitionBatch:
+    records = result._partition_records
+    records._consumer_record = _same
+    values: list[bytes] = []
+    keys: list[bytes | None] = []
+    offsets: list[int] = []
+    for r in records:
+        value = r.value
+        values.append(value if value is not None else b"")
+        keys.append(r.key)
+        offsets.append(r.offset)
+    result._update_position()  # to the next offset after the batch, skipped control/aborted batches included
+    result._partition_records = None
+    return PartitionBatch(tp, values, keys, offsets)
