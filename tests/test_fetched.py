@@ -57,7 +57,8 @@ async def _fill(bootstrap: str, topic: str) -> int:
     return sent
 
 
-async def _read(bootstrap: str, topic: str, isolation: str, columns: bool) -> tuple[list[Row], dict[int, int]]:
+async def _read(bootstrap: str, topic: str, isolation: str, columns: bool, spans: bool = False
+                ) -> tuple[list[Row], dict[int, int]]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, isolation_level=isolation,
                                 max_partition_fetch_bytes=4096)  # small fetches: many fetch results per partition
     await consumer.start()
@@ -73,8 +74,9 @@ async def _read(bootstrap: str, topic: str, isolation: str, columns: bool) -> tu
                 break
             if columns:
                 got = await fetched.take(consumer, timeout_ms=200, max_records=500)
-                rows += [(b.tp.partition, o, k, v) for b in got for o, k, v in zip(b.offsets, b.keys, b.values,
-                                                                                   strict=True)]
+                assert all(isinstance(b.values, fetched.Spans) == spans for b in got)  # the path under test
+                rows += [(b.tp.partition, o, k, v) for b in got for o, k, v in zip(b.offsets, list(b.keys),
+                                                                                   list(b.values), strict=True)]
             else:
                 many = await consumer.getmany(timeout_ms=200)
                 rows += [(tp.partition, r.offset, r.key, r.value if r.value is not None else b"")
@@ -84,13 +86,25 @@ async def _read(bootstrap: str, topic: str, isolation: str, columns: bool) -> tu
         await consumer.stop()
 
 
+@pytest.fixture(scope="module")
+def filled(kafka_bootstrap: str) -> tuple[str, str, int]:
+    topic = f"fetched-{uuid.uuid4().hex[:8]}"
+    return kafka_bootstrap, topic, asyncio.run(_fill(kafka_bootstrap, topic))
+
+
 @pytest.mark.kafka
 @pytest.mark.parametrize("isolation", ["read_committed", "read_uncommitted"])
-def test_columns_equal_getmany(kafka_bootstrap: str, isolation: str) -> None:
-    topic = f"fetched-{uuid.uuid4().hex[:8]}"
-    sent = asyncio.run(_fill(kafka_bootstrap, topic))
-    ours, our_positions = asyncio.run(_read(kafka_bootstrap, topic, isolation, columns=True))
-    theirs, their_positions = asyncio.run(_read(kafka_bootstrap, topic, isolation, columns=False))
+@pytest.mark.parametrize("path", ["native", "aiokafka iteration"])
+def test_columns_equal_getmany(filled: tuple[str, str, int], isolation: str, path: str,
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    bootstrap, topic, sent = filled
+    if path == "native":
+        if not fetched.install():
+            pytest.skip("the native core (monitor._native) is not built")
+    else:
+        monkeypatch.setenv("MLMON_NATIVE", "0")
+    ours, our_positions = asyncio.run(_read(bootstrap, topic, isolation, columns=True, spans=path == "native"))
+    theirs, their_positions = asyncio.run(_read(bootstrap, topic, isolation, columns=False))
     assert ours == theirs
     assert our_positions == their_positions
     # Not vacuous: committed transactions are seen, aborted ones only without read_committed.

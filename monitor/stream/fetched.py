@@ -6,10 +6,16 @@ has already buffered and returns each partition's records as columns. Everything
 group membership, fetch requests and prefetching, positions, read_committed filtering (aborted
 transactions and control batches are skipped by aiokafka's own `PartitionRecords`), errors.
 
+With the native core, a fetch result's record batches are unpacked in Rust (`_native.unpack_records`,
+the kafka-protocol crate's batch decoder under aiokafka's consumer rules) into one buffer of keys and
+values with their spans, which the native decoder reads without a Python object per record; the raw
+bytes come from aiokafka's `MemoryRecords`, which `install` makes keep them. Without it, aiokafka's own
+iteration (Cython) gives the columns.
+
 This reads aiokafka's fetcher internals (`Fetcher._records`, `FetchResult`, `PartitionRecords`), which
 are not a public API: `supported` checks them once, and the worker falls back to `getmany` (and says
-so) when they differ. tests/test_fetched.py compares both paths record by record on a real broker,
-transactions (committed and aborted) and compressed batches included.
+so) when they differ. tests/test_fetched.py compares every path record by record with getmany on a real
+broker, transactions (committed and aborted) and compressed batches included.
 """
 
 from __future__ import annotations
@@ -19,11 +25,45 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
+from monitor.engine import native
+
 log = logging.getLogger(__name__)
+
+
+class Spans(Sequence[bytes | None]):
+    """Byte strings as spans of one buffer (int64 starts and ends; a start of -1 is None, or `missing`).
+    `spans()` hands the native decoder the buffer and spans without a Python object per item."""
+
+    def __init__(self, data: bytes, starts: np.ndarray, ends: np.ndarray, missing: bytes | None = None) -> None:
+        self._data = data
+        self._starts = starts
+        self._ends = ends
+        self._missing = missing
+
+    def spans(self) -> tuple[bytes, np.ndarray, np.ndarray]:
+        none = self._starts < 0  # a missing item reads as an empty span
+        if none.any():
+            return self._data, np.where(none, 0, self._starts), np.where(none, 0, self._ends)
+        return self._data, self._starts, self._ends
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, index: int) -> bytes | None: ...
+    @overload
+    def __getitem__(self, index: slice) -> Spans: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | Spans | None:
+        if isinstance(index, slice):
+            return Spans(self._data, self._starts[index], self._ends[index], self._missing)
+        start = int(self._starts[index])
+        return self._missing if start < 0 else self._data[start:int(self._ends[index])]
 
 
 @dataclass
@@ -79,6 +119,33 @@ def supported(consumer: AIOKafkaConsumer) -> bool:
             and hasattr(PartitionRecords, "_consumer_record") and hasattr(subscription, "fetch_context"))
 
 
+def install() -> bool:
+    """Make aiokafka's fetcher keep each partition's raw record bytes (on its `MemoryRecords`, as `raw`)
+    so the native core can unpack them; True when that is in place. Process-wide and idempotent: the
+    subclass only adds the attribute, aiokafka's own reading is unchanged."""
+    if native._native is None or not hasattr(native._native, "unpack_records"):
+        return False
+    try:
+        import aiokafka.consumer.fetcher as fetcher_module
+    except ImportError:
+        return False
+    base = getattr(fetcher_module, "MemoryRecords", None)
+    if base is None:
+        return False
+    if getattr(base, "keeps_raw", False):
+        return True
+
+    class RawMemoryRecords(base):  # type: ignore[misc, valid-type]
+        keeps_raw = True
+
+        def __init__(self, data: bytes) -> None:
+            super().__init__(data)
+            self.raw = data
+
+    fetcher_module.MemoryRecords = RawMemoryRecords  # type: ignore[attr-defined]
+    return True
+
+
 def _same(tp: TopicPartition, record: Any) -> Any:
     # Installed on a PartitionRecords instance: aiokafka's iteration (with its read_committed filtering)
     # then yields its parsed records as they are, instead of a ConsumerRecord for each.
@@ -128,6 +195,9 @@ async def take(consumer: AIOKafkaConsumer, timeout_ms: int, max_records: int) ->
 
 def _columns(tp: TopicPartition, result: Any) -> PartitionBatch:
     records = result._partition_records
+    raw = getattr(records._records, "raw", None)
+    if raw is not None and native.enabled():
+        return _unpacked(tp, result, raw)
     records._consumer_record = _same
     values: list[bytes] = []
     keys: list[bytes | None] = []
@@ -140,3 +210,18 @@ def _columns(tp: TopicPartition, result: Any) -> PartitionBatch:
     result._update_position()  # to the next offset after the batch, skipped control/aborted batches included
     result._partition_records = None
     return PartitionBatch(tp, values, keys, offsets)
+
+
+def _unpacked(tp: TopicPartition, result: Any, raw: bytes) -> PartitionBatch:
+    """The native core's columns of a fetch result's raw bytes (what aiokafka's iteration would give)."""
+    from aiokafka.consumer.fetcher import READ_COMMITTED
+
+    records = result._partition_records
+    data, key_start, key_end, value_start, value_end, offsets, next_offset, _ = native._native.unpack_records(
+        raw, records.next_fetch_offset, records._isolation_level == READ_COMMITTED,
+        list(records._aborted_transactions))
+    records.next_fetch_offset = next_offset
+    result._update_position()
+    result._partition_records = None
+    return PartitionBatch(tp, Spans(data, value_start, value_end, b""), Spans(data, key_start, key_end),
+                          offsets.tolist())

@@ -242,6 +242,8 @@ class Worker:
         self.reader = AIOKafkaConsumer(client_id=f"{client_id}-state", enable_auto_commit=False,
                                        isolation_level="read_committed", **opts)
         self.ends = AIOKafkaConsumer(client_id=f"{client_id}-lag", enable_auto_commit=False, **opts)
+        if self.options.columns and not self.mapped:
+            fetched.install()  # before the consumer starts: its fetcher then keeps the raw record bytes
         self.consumer = AIOKafkaConsumer(
             client_id=client_id, group_id=kafka.group_id, enable_auto_commit=False, auto_offset_reset="earliest",
             # Range assigns partition p of both topics to the same member: a join never crosses workers.
