@@ -19,11 +19,13 @@ import yaml
 
 from monitor import conventions as c
 from monitor.config import ConfigError, check_config, parse_config
+from monitor.dashboards import debug, panel_queries
 from monitor.rules import ALERTS_FILE, RECORDING_FILE, TESTS_FILE, RuleOptions
 from monitor.rules import names as n
 from monitor.rules.alerts import alert_groups
 from monitor.rules.check import check
-from monitor.rules.promtool_tests import promtool_test_file
+from monitor.rules.promql import series
+from monitor.rules.promtool_tests import cases, promtool_test_file
 from monitor.rules.recording import recording_groups
 from monitor.rules.render import dump
 from tests.needs import needs_promtool
@@ -100,16 +102,37 @@ def _write(tmp_path: Path, files: dict[str, str], tests: dict[str, Any]) -> None
         (tmp_path / rel).write_text(text)
 
 
+@functools.cache
+def _debug_dashboard() -> dict[str, Any]:
+    return debug.build(parse_config({"models": [SPEC]}))
+
+
+def _burn_panel(value: str, window: str) -> str:
+    """The debug dashboard's per-segment burn panel query, for one segment value."""
+    dashboard = _debug_dashboard()
+    variables = {"model": "m", "label": "a", "version": "$__all", "window": window, "segment": "country",
+                 "segment_value": value}
+    return next(expr for title, expr in panel_queries(dashboard, variables) if title == "SLO burn rate by country")
+
+
 def _segment_tests() -> dict[str, Any]:
-    """The per-segment cases, plus a count of the recorded burn-rate series: one per segment value fed
-    (max_values + 2), never one per worker."""
+    """The per-segment cases, plus a count of the recorded burn-rate series (one per segment value fed,
+    max_values + 2, never one per worker) and the dashboard's burn panel per value (the recorded burn the
+    case checks)."""
     tests = copy.deepcopy(_generated()[1])
     first = tests["tests"][0]
+    at = first["alert_rule_test"][0]["eval_time"]
     window = "5m"
-    first.setdefault("promql_expr_test", []).append({
-        "expr": f'count({n.SEGMENT_ERROR_BUDGET_BURN_RATE}{{window="{window}"}})',
-        "eval_time": first["alert_rule_test"][0]["eval_time"],
-        "exp_samples": [{"labels": "{}", "value": MAX_VALUES + 2}]})
+    checks = first.setdefault("promql_expr_test", [])
+    case = next(case for case in cases(parse_config({"models": [SPEC]}), OPTIONS) if case.name == first["name"])
+    burns = [(labels, value) for name, labels, value in case.checks if name == n.SEGMENT_ERROR_BUDGET_BURN_RATE]
+    assert len(burns) == MAX_VALUES + 2 and all(labels[c.L_WINDOW] == window for labels, _ in burns)
+    for labels, value in burns:
+        panel = _burn_panel(labels[c.L_SEGMENT_VALUE], window)
+        checks.append({"expr": f"abs(({panel}) - {value!r}) < bool 1e-9", "eval_time": at,
+                       "exp_samples": [{"labels": series("", labels), "value": 1}]})
+    checks.append({"expr": f'count({n.SEGMENT_ERROR_BUDGET_BURN_RATE}{{window="{window}"}})', "eval_time": at,
+                   "exp_samples": [{"labels": "{}", "value": MAX_VALUES + 2}]})
     return tests
 
 
