@@ -359,7 +359,8 @@ def segment_slo_rules(cfg: MonitorConfig, opts: RuleOptions) -> list[Rule]:
     """Per-segment SLOs (slos[].per_segment): what slo_rules and _slo_statistics record for the whole
     model, per value of the SLO's segment, from the summed per-segment outcome counts: the burn rate,
     the error and event counts and the bounds of the error ratio that the burn tiers read. Each SLO adds
-    (max_values + 2) values x windows series per name, whatever the traffic: the exporter bounds the values."""
+    one series per name, window and segment value the workers export: at most max_values + 2 values per
+    worker, whatever the traffic (docs/alerting.md, Per-segment SLOs)."""
     rules = []
     for model in cfg.models:
         for slo in model.slos:
