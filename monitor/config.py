@@ -215,6 +215,9 @@ class SLOConfig(_Strict):
     target: float = Field(gt=0, lt=1)
     period: Duration = 30 * DAY
     severity: Literal["page", "ticket"] = "ticket"
+    # The name of one of the model's segments: the SLO is also held for each value of that segment, with
+    # one burn alert per value (docs/alerting.md, Per-segment SLOs). None: the whole model only.
+    per_segment: str | None = None
 
     @property
     def name(self) -> str:
@@ -406,7 +409,7 @@ class ModelConfig(_Strict):
     @model_validator(mode="after")
     def _cross_checks(self) -> ModelConfig:
         problems = model_problems(self.task, self.labels, self.thresholds, list(enumerate(self.slos)),
-                                  self.detail_labels)
+                                  self.detail_labels, [s.name for s in self.segments])
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -422,10 +425,17 @@ class ModelConfig(_Strict):
 
 
 def model_problems(task: str | None, labels: list[str] | None, thresholds: dict[str, Any] | None,
-                   slos: list[tuple[int, SLOConfig]], detail_labels: list[str] | None) -> list[str]:
+                   slos: list[tuple[int, SLOConfig]], detail_labels: list[str] | None,
+                   segments: list[str] | None = None) -> list[str]:
     """A model's cross-field rules, on whatever parts of it are valid (check-config runs them even when
-    other parts are not, so one run names every problem)."""
+    other parts are not, so one run names every problem). `segments`: the names of the model's segments
+    (None when unknown: per_segment is not checked)."""
     problems = []
+    if segments is not None:
+        for i, slo in slos:
+            if slo.per_segment is not None and slo.per_segment not in segments:
+                problems.append(f"slos[{i}].per_segment: {slo.per_segment!r} is not one of the segments "
+                                f"{segments} (models[].segments names them)")
     if labels is not None and task == "binary" and len(labels) != 1:
         problems.append(f"task binary needs exactly one label, got {len(labels)}")
     if labels is not None and task == "multiclass" and len(labels) < 2:
@@ -720,11 +730,20 @@ def _partial_problems(data: Any) -> list[str]:
         thresholds = _valid(dict[str, Any], raw.get("thresholds", {}))
         detail = _valid(list[str] | None, raw.get("detail_labels"))
         problems += [f"models[{i}]: {p}" for p in model_problems(task if isinstance(task, str) else None, labels,
-                                                                 thresholds, slos, detail)]
+                                                                 thresholds, slos, detail, _segment_names(raw))]
         if isinstance(raw.get("name"), str):
             names.append(raw["name"])
         all_slos += [(i, j, s) for j, s in slos]
     return problems + top_problems(windows, names, all_slos)
+
+
+def _segment_names(raw: dict[str, Any]) -> list[str] | None:
+    """The names a model's segments give themselves, even when another key of a segment is invalid (that
+    one is reported on its own; an SLO naming it is not wrong too)."""
+    segments = raw.get("segments", [])
+    if not isinstance(segments, list):
+        return None
+    return [s["name"] for s in segments if isinstance(s, dict) and isinstance(s.get("name"), str)]
 
 
 _REFERENCE_KEYS = ("name", "task", "labels", "threshold", "thresholds", "reference", "features",

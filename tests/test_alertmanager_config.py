@@ -146,21 +146,30 @@ def test_alertmanager_delivers_each_kind_and_inhibits_slow_tiers(
             _alert(alertname=c.ALERT_RETRAINING_RECOMMENDED, severity="info", model="moderation", signal="slo_burn"),
             _alert(alertname=c.ALERT_DOWN, severity="page", job="mlmon"),
             _alert(alertname=c.ALERT_DOWN, severity="ticket", job="mlmon", instance="w1"),
+            # Per-segment SLOs' alerts: a value's fast tier mutes that value's slow tier only.
+            *(_alert(**{**burn, c.L_LABEL: label, c.L_SLO: f"{label}-recall"}, severity="page", burnrate_tier=tier,
+                     segment="country", segment_value=value)
+              for label, value, tier in (("hate", "DE", "page_fast"), ("hate", "DE", "page_slow"),
+                                         ("nudity", "FR", "page_fast"), ("nudity", "DE", "page_slow"))),
         ]
         am.post_alerts(alerts)
 
         paths = {"/pagerduty", "/alertmanager/tickets", "/alertmanager"}
         _wait(lambda: paths <= {p for p, _ in received})
         status = {json.dumps(a["labels"], sort_keys=True): a["status"] for a in am.alerts()}
-        inhibited = {json.loads(k).get("burnrate_tier") or json.loads(k).get("instance")
+        inhibited = {(json.loads(k).get("burnrate_tier") or json.loads(k).get("instance"),
+                      json.loads(k).get(c.L_LABEL), json.loads(k).get(c.L_SEGMENT_VALUE))
                      for k, s in status.items() if s["inhibitedBy"]}
-        assert inhibited == {"page_slow", "ticket_slow", "w1"}
+        assert inhibited == {("page_slow", "violence", None), ("ticket_slow", "violence", None), ("w1", None, None),
+                             ("page_slow", "hate", "DE")}
 
         pages = [body for path, body in received if path == "/pagerduty"]
         assert all(p["routing_key"] == "test-routing-key" and p["event_action"] == "trigger" for p in pages)
         summaries = " | ".join(p["payload"]["summary"] for p in pages)
         assert "MLMonitorLabelErrorBudgetBurn moderation/violence (page_fast)" in summaries
         assert "MLMonitorDown" in summaries
+        assert "[FIRING:1] MLMonitorLabelErrorBudgetBurn moderation/hate country=DE (page_fast)" in summaries
+        assert "[FIRING:2] MLMonitorLabelErrorBudgetBurn moderation/nudity" in summaries
 
         def delivered(path: str) -> list[dict[str, str]]:
             return [a["labels"] for p, body in received if p == path for a in body["alerts"]]

@@ -181,7 +181,8 @@ def test_every_panel_reads_recorded_series(example_config: MonitorConfig,
     """Panels read only series the recording rules define (never a worker's own series), so N workers show
     what one would and the panels show what the alerts use; each of those series is read by some panel."""
     segmented_config = parse_config({"models": [{"name": "m", "labels": ["a", "b"], "segments": [
-        {"name": "country", "feature": "country"}]}]})
+        {"name": "country", "feature": "country"}], "slos": [
+        {"label": "a", "objective": "recall", "target": 0.9, "per_segment": "country"}]}]})
     recorded = {r["record"] for cfg in (example_config, segmented_config)
                 for g in recording_groups(cfg) for r in g["rules"]}
     multiclass = generate.build_all(parse_config({"models": [{"name": "router", "task": "multiclass",

@@ -16,7 +16,7 @@ from monitor.config import MonitorConfig
 from monitor.dashboards import common as k
 from monitor.dashboards import promql as q
 from monitor.dashboards.common import Q
-from monitor.dashboards.segments import add_segment_row, has_segments
+from monitor.dashboards.segments import add_segment_row, has_segment_slos, has_segments
 
 UID = "mlmon-debug"
 TITLE = "ML monitor / Debug"
@@ -292,7 +292,7 @@ def build(config: MonitorConfig) -> dict[str, Any]:
         )
     )
     if has_segments(config):
-        dash = add_segment_row(dash)
+        dash = add_segment_row(dash, slo_burn=has_segment_slos(config))
     return k.finish(dash)
 
 

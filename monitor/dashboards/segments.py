@@ -28,6 +28,10 @@ def has_segments(config: MonitorConfig) -> bool:
     return any(m.segments for m in config.models)
 
 
+def has_segment_slos(config: MonitorConfig) -> bool:
+    return any(s.per_segment is not None for m in config.models for s in m.slos)
+
+
 def segment_variable() -> db.QueryVariable:
     query = f"label_values({q.sel(q.R_SEGMENT_PREDICTIONS, q.F_MODEL)}, {C.L_SEGMENT})"
     return k.query_variable(C.L_SEGMENT, "Segment", query,
@@ -41,8 +45,9 @@ def segment_value_variable() -> db.QueryVariable:
         "Values of the segment: the most frequent ones up to max_values, then _other and _missing.", multi=True)
 
 
-def add_segment_row(dash: db.Dashboard) -> db.Dashboard:
-    """The variables and the row; the caller adds them only when has_segments(config)."""
+def add_segment_row(dash: db.Dashboard, slo_burn: bool = False) -> db.Dashboard:
+    """The variables and the row; the caller adds them only when has_segments(config), and the burn panel
+    only when has_segment_slos(config)."""
     predictions = q.sum_by(_BY_VALUE, q.sel(q.R_SEGMENT_PREDICTIONS, *_SEGMENT))
     joined = q.sum_by(_BY_VALUE, q.sel(q.R_SEGMENT_JOINED, *_SEGMENT))
     dash = (
@@ -100,5 +105,20 @@ def add_segment_row(dash: db.Dashboard) -> db.Dashboard:
                 Q(figure(_BY_VALUE, *_SEGMENT_LABEL, source=_SOURCE), "{{segment_value}}"),
                 span=12,
             ).repeat(C.L_LABEL).repeat_direction("h").max_per_row(2)
+        )
+    if slo_burn:
+        burn = q.sel(q.R_SEGMENT_BURN_RATE, q.F_MODEL, q.F_SEGMENT, q.F_SEGMENT_VALUE, q.F_WINDOW)
+        dash = dash.with_panel(
+            k.timeseries_panel(
+                "SLO burn rate by $segment",
+                "Error-budget burn rate per segment value of the SLOs held per segment (slos[].per_segment), "
+                "over the window: that value's error ratio / (1 - target), from its outcome counts summed "
+                "over versions and workers; the numbers the per-value burn alerts read (docs/alerting.md, "
+                "Per-segment SLOs). 1 spends the budget exactly over the SLO's period. Empty for a segment "
+                "no SLO is held per.",
+                k.UNIT_FACTOR,
+                Q(burn, "{{slo}} · {{segment_value}}"),
+                span=24,
+            )
         )
     return dash

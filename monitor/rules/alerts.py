@@ -6,7 +6,8 @@ functions so the promtool test generator renders exactly the text the rule will 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from monitor import conventions as c
@@ -15,7 +16,7 @@ from monitor.rules import names as n
 from monitor.rules import texts
 from monitor.rules.options import RuleOptions, Windows
 from monitor.rules.promql import by, labels, num, sel
-from monitor.rules.recording import MLS, MVFW, MVLSW, MVLW, MVW
+from monitor.rules.recording import MLS, MSS, MVFW, MVLSW, MVLW, MVW
 from monitor.rules.tiers import Tier, tiers_for
 
 Rule = dict[str, Any]
@@ -49,8 +50,9 @@ def burn_fixed(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, tier: Tier
     }
 
 
-def burn_text_key(tier: Tier) -> str:
-    return f"{c.ALERT_LABEL_ERROR_BUDGET_BURN}:mid" if tier.mid_window is not None else c.ALERT_LABEL_ERROR_BUDGET_BURN
+def burn_text_key(tier: Tier, segmented: bool = False) -> str:
+    key = f"{c.ALERT_LABEL_ERROR_BUDGET_BURN}:mid" if tier.mid_window is not None else c.ALERT_LABEL_ERROR_BUDGET_BURN
+    return f"{key}:{texts.SEGMENT}" if segmented else key
 
 
 def ratio_threshold(target: float, burn_threshold: float) -> float:
@@ -62,7 +64,41 @@ def budget(target: float) -> float:
     return float(num(1 - float(num(target))))
 
 
-def burn_condition(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window: int, threshold: float) -> str:
+@dataclass(frozen=True)
+class BurnSeries:
+    """What the burn tiers of an SLO read, and what one alert is per: the whole model (one alert per SLO
+    and tier) or, for a per-segment SLO, each value of its segment (one per value, tier and SLO)."""
+
+    burn: str
+    events: str
+    lower: str
+    poisson: str
+    upper: str
+    group: tuple[str, ...]
+    matchers: Mapping[str, str] = field(default_factory=dict)
+
+    def window(self, model: ModelConfig, slo: SLOConfig, window: int) -> dict[str, str]:
+        return {c.L_MODEL: model.name, c.L_SLO: slo.name, **self.matchers, c.L_WINDOW: format_duration(window)}
+
+    @property
+    def and_on(self) -> str:
+        return f"and on ({labels(self.group)})"
+
+
+WHOLE_MODEL = BurnSeries(n.ERROR_BUDGET_BURN_RATE, n.SLO_EVENTS, n.SLO_ERROR_RATIO_LOWER,
+                         n.SLO_ERROR_RATIO_POISSON_LOWER, n.SLO_ERROR_RATIO_UPPER, MLS)
+
+
+def per_segment(slo: SLOConfig) -> BurnSeries:
+    """A per-segment SLO's inputs: the same statistics per value of its segment (recording.segment_slo_rules)."""
+    assert slo.per_segment is not None
+    return BurnSeries(n.SEGMENT_ERROR_BUDGET_BURN_RATE, n.SEGMENT_SLO_EVENTS, n.SEGMENT_SLO_ERROR_RATIO_LOWER,
+                      n.SEGMENT_SLO_ERROR_RATIO_POISSON_LOWER, n.SEGMENT_SLO_ERROR_RATIO_UPPER, MSS,
+                      {c.L_SEGMENT: slo.per_segment})
+
+
+def burn_condition(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window: int, threshold: float,
+                   inputs: BurnSeries = WHOLE_MODEL) -> str:
     """Burn over `window` above threshold, and the SLO violated beyond sampling noise: the Wilson lower
     bound of the error ratio (summed counts) above the budget, on at least min_events events.
 
@@ -75,66 +111,73 @@ def burn_condition(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window
     before, so the false-alarm bound of docs/alerting.md holds for every label that meets its SLO.
     monitor.rules.tier_state evaluates this condition in Python (summary, report, promtool tests): change
     both together."""
-    burn = by("max", MLS, sel(n.ERROR_BUDGET_BURN_RATE, _slo_window(model, slo, window)))
-    expr = f"{burn} > {num(threshold)}\n{_AND_ON}\n{violated(opts, model, slo, window, threshold)}"
-    events = by("max", MLS, sel(n.SLO_EVENTS, _slo_window(model, slo, window)))
-    return f"{expr}\n{_AND_ON}\n{events} >= {num(model.min_events)}"
+    match = inputs.window(model, slo, window)
+    burn = by("max", inputs.group, sel(inputs.burn, match))
+    expr = f"{burn} > {num(threshold)}\n{inputs.and_on}\n{violated(opts, model, slo, window, threshold, inputs)}"
+    events = by("max", inputs.group, sel(inputs.events, match))
+    return f"{expr}\n{inputs.and_on}\n{events} >= {num(model.min_events)}"
 
 
-_AND_ON = f"and on ({labels(MLS)})"
-
-
-def _slo_window(model: ModelConfig, slo: SLOConfig, window: int) -> dict[str, str]:
-    return {c.L_MODEL: model.name, c.L_SLO: slo.name, c.L_WINDOW: format_duration(window)}
-
-
-def violated(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window: int, threshold: float) -> str:
+def violated(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window: int, threshold: float,
+             inputs: BurnSeries = WHOLE_MODEL) -> str:
     """The SLO violated beyond sampling noise over `window`: the Wilson and the Poisson lower bounds of its
     error ratio above the budget. The Wilson bound is a normal approximation, anti-conservative for a
     skewed count (a small budget, a few events: a label exactly on a 0.999 target's budget showed it above
     the budget in 1.4% of windows); the Poisson bound is the conservative one there, and together they
     keep a label exactly on budget under 0.1% per window at every target and window size
     (docs/alerting.md). Its value: the Wilson lower bound."""
-    match = _slo_window(model, slo, window)
-    lower = by("max", MLS, sel(n.SLO_ERROR_RATIO_LOWER, match))
-    poisson = by("max", MLS, sel(n.SLO_ERROR_RATIO_POISSON_LOWER, match))
-    return f"{lower} > {num(budget(slo.target))}\n{_AND_ON}\n{poisson} > {num(budget(slo.target))}"
+    match = inputs.window(model, slo, window)
+    lower = by("max", inputs.group, sel(inputs.lower, match))
+    poisson = by("max", inputs.group, sel(inputs.poisson, match))
+    return f"{lower} > {num(budget(slo.target))}\n{inputs.and_on}\n{poisson} > {num(budget(slo.target))}"
 
 
-def mid_condition(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window: int, threshold: float) -> str:
+def mid_condition(opts: RuleOptions, model: ModelConfig, slo: SLOConfig, window: int, threshold: float,
+                  inputs: BurnSeries = WHOLE_MODEL) -> str:
     """A tier's evidence over its mid window, before its long window has turned over after an onset: the
     SLO violated beyond noise there (`violated`), and the tier's own error ratio (threshold x budget) not
     excluded by the window's Wilson upper bound. On a busy label the interval is narrow and this is the
     burn above the threshold over the mid window; on a thin one it pages on a violation the sample proves,
     whose size it cannot pin down yet. No min_events: the bounds are the guard (docs/alerting.md gives
     the false-alarm arithmetic). Its value: the mid window's burn rate."""
-    match = _slo_window(model, slo, window)
-    burn = by("max", MLS, sel(n.ERROR_BUDGET_BURN_RATE, match))
-    upper = by("max", MLS, sel(n.SLO_ERROR_RATIO_UPPER, match))
-    return (f"{burn}\n{_AND_ON}\n{upper} > {num(ratio_threshold(slo.target, threshold))}\n{_AND_ON}\n"
-            f"{violated(opts, model, slo, window, threshold)}")
+    match = inputs.window(model, slo, window)
+    burn = by("max", inputs.group, sel(inputs.burn, match))
+    upper = by("max", inputs.group, sel(inputs.upper, match))
+    and_on = inputs.and_on
+    return (f"{burn}\n{and_on}\n{upper} > {num(ratio_threshold(slo.target, threshold))}\n{and_on}\n"
+            f"{violated(opts, model, slo, window, threshold, inputs)}")
 
 
 def burn_rules(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig) -> list[Rule]:
+    """Every SLO's tiers over the whole model, and a per-segment SLO's tiers per value of its segment too."""
     rules = []
     for slo in model.slos:
-        for tier in tiers_for(slo, cfg.windows):
-            short = sel(n.SLO_ERROR_RATIO_UPPER, {c.L_MODEL: model.name, c.L_SLO: slo.name,
-                                                  c.L_WINDOW: format_duration(tier.short_window)})
-            # The short window only vetoes, and only once it shows recovery beyond doubt (the Wilson upper
-            # bound of its error ratio under the threshold): a thin short window (a rare label's 10
-            # labelled events) neither hides a collapse nor makes the alert flap.
-            fires = burn_condition(opts, model, slo, tier.long_window, tier.threshold)
-            if tier.mid_window is not None:
-                # Parenthesised as a whole: `or` binds looser than `unless`.
-                fires = (f"(\n(\n{fires}\n)\nor\n(\n"
-                         f"{mid_condition(opts, model, slo, tier.mid_window, tier.threshold)}\n)\n)")
-            expr = (f"{fires}\nunless on ({labels(MLS)})\n{by('max', MLS, short)} <= "
-                    f"{num(ratio_threshold(slo.target, tier.threshold))}")
-            rules.append(alert_rule(opts, c.ALERT_LABEL_ERROR_BUDGET_BURN, expr, tier.severity,
-                                    burn_fixed(opts, model, slo, tier), burn_text_key(tier), tier=tier.name,
-                                    model=model,
-                                    extra={c.L_BURNRATE_TIER: tier.name, c.L_SLO: slo.name}))
+        rules += _tier_rules(opts, cfg, model, slo, WHOLE_MODEL)
+        if slo.per_segment is not None:
+            rules += _tier_rules(opts, cfg, model, slo, per_segment(slo))
+    return rules
+
+
+def _tier_rules(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: SLOConfig,
+                inputs: BurnSeries) -> list[Rule]:
+    rules = []
+    segmented = inputs is not WHOLE_MODEL
+    for tier in tiers_for(slo, cfg.windows):
+        short = sel(inputs.upper, inputs.window(model, slo, tier.short_window))
+        # The short window only vetoes, and only once it shows recovery beyond doubt (the Wilson upper
+        # bound of its error ratio under the threshold): a thin short window (a rare label's 10
+        # labelled events) neither hides a collapse nor makes the alert flap.
+        fires = burn_condition(opts, model, slo, tier.long_window, tier.threshold, inputs)
+        if tier.mid_window is not None:
+            # Parenthesised as a whole: `or` binds looser than `unless`.
+            fires = (f"(\n(\n{fires}\n)\nor\n(\n"
+                     f"{mid_condition(opts, model, slo, tier.mid_window, tier.threshold, inputs)}\n)\n)")
+        expr = (f"{fires}\nunless on ({labels(inputs.group)})\n{by('max', inputs.group, short)} <= "
+                f"{num(ratio_threshold(slo.target, tier.threshold))}")
+        rules.append(alert_rule(opts, c.ALERT_LABEL_ERROR_BUDGET_BURN, expr, tier.severity,
+                                burn_fixed(opts, model, slo, tier), burn_text_key(tier, segmented), tier=tier.name,
+                                model=model,
+                                extra={c.L_BURNRATE_TIER: tier.name, c.L_SLO: slo.name, **inputs.matchers}))
     return rules
 
 

@@ -114,6 +114,23 @@ ERROR_BUDGET_BURN_RATE_BY_VERSION: Final = f"{ERROR_BUDGET_BURN_RATE}:{BY_VERSIO
 # Two-proportion z of a version's error ratio against the rest of its model's versions.
 VERSION_REGRESSION_Z: Final = f"{LEVEL}:slo_version_regression:z"
 
+
+def per_segment(name: str) -> str:
+    """The per-segment-value twin of a recorded name, as the exported families are named
+    (`mlmon:slo_errors` -> `mlmon:segment_slo_errors`)."""
+    level, _, rest = name.partition(":")
+    return f"{level}:segment_{rest}"
+
+
+# Per-segment SLOs (models[].slos[].per_segment): the burn tiers' inputs per segment value, from the summed
+# per-segment outcome counts. Only generated for configs with such an SLO.
+SEGMENT_ERROR_BUDGET_BURN_RATE: Final = per_segment(ERROR_BUDGET_BURN_RATE)
+SEGMENT_SLO_ERRORS: Final = per_segment(SLO_ERRORS)
+SEGMENT_SLO_EVENTS: Final = per_segment(SLO_EVENTS)
+SEGMENT_SLO_ERROR_RATIO_LOWER: Final = per_segment(SLO_ERROR_RATIO_LOWER)
+SEGMENT_SLO_ERROR_RATIO_UPPER: Final = per_segment(SLO_ERROR_RATIO_UPPER)
+SEGMENT_SLO_ERROR_RATIO_POISSON_LOWER: Final = per_segment(SLO_ERROR_RATIO_POISSON_LOWER)
+
 # Upper Wilson bounds of the estimated (CBPE) recall and precision of pending predictions, from the summed
 # expected counts: the estimated-quality alert fires only when even the bound is under the target.
 ESTIMATED_RECALL_UPPER: Final = recorded(c.ESTIMATED_LABEL_RECALL, "wilson_upper")

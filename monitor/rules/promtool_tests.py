@@ -217,6 +217,69 @@ def _burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: 
         yield case
 
 
+def _segment_burn_series(case: Case, model: ModelConfig, slo: SLOConfig, value: str, state: WindowState) -> None:
+    """One segment value's outcome counts (the exported mlmon_segment_label_outcomes) per window."""
+    assert slo.per_segment is not None
+    error_outcome = FN if slo.objective == "recall" else FP
+    other = FP if slo.objective == "recall" else FN
+    metric = c.SEGMENT_TWINS[c.LABEL_OUTCOMES.name]
+    for window, (events, errors) in state.items():
+        counts = {TP: events - errors, error_outcome: errors, other: 0.0, TN: events}
+        for outcome, count in counts.items():
+            case.gauge(metric, {c.L_MODEL: model.name, c.L_SEGMENT: slo.per_segment, c.L_SEGMENT_VALUE: value,
+                                c.L_LABEL: slo.label, c.L_OUTCOME: outcome, c.L_WINDOW: format_duration(window)},
+                       count)
+
+
+def _segment_burn_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: SLOConfig) -> Iterator[Case]:
+    """A per-segment SLO: one value burning, the others healthy. The whole model's counts are the sum of
+    its values', so its own tiers are judged too (diluted by the healthy values, they stay silent where
+    the burning value is small); each value's alert carries its segment and value."""
+    alert = c.ALERT_LABEL_ERROR_BUDGET_BURN
+    tiers = tiers_for(slo, cfg.windows)
+    budget = 1 - slo.target
+    small = float(max(200, 2 * model.min_events))
+    # Enough healthy events (at half the budget) that the whole model's error ratio stays at 3/4 of it.
+    big = float(max(5000, math.ceil(4 * small * slo.target / budget)))
+    healthy = (big, float(math.floor(big * budget / 2)))
+    thin = model.min_events - 1.0
+    values = ("v0", "v1", c.SEGMENT_OTHER, c.SEGMENT_MISSING)
+    scenarios = [  # (title, {value: (events, errors)} in every window)
+        (f"v0 collapsed on {small:.0f} events, the whole model under its budget",
+         {"v0": (small, small), "v1": healthy, c.SEGMENT_OTHER: (small, 0.0), c.SEGMENT_MISSING: (small, 0.0)}),
+        (f"{c.SEGMENT_OTHER} collapsed on {small:.0f} events (evaluated like any value)",
+         {"v0": healthy, "v1": (small, 0.0), c.SEGMENT_OTHER: (small, small), c.SEGMENT_MISSING: (small, 0.0)}),
+        (f"v1 collapsed on {thin:.0f} events (below min_events: only a mid window's bounds can page)",
+         {"v0": healthy, "v1": (thin, thin), c.SEGMENT_OTHER: (small, 0.0), c.SEGMENT_MISSING: (small, 0.0)}),
+        ("every value collapsed", {v: (small, small) for v in values}),
+    ]
+    minutes = max(_minutes(opts, alert, t.name) for t in tiers)
+    for title, per_value in scenarios:
+        case = Case(f"{alert} {model.name}/{slo.name} per {slo.per_segment}: {title}", alert, minutes, opts.job)
+        whole = (sum(e for e, _ in per_value.values()), sum(x for _, x in per_value.values()))
+        _burn_series(case, model, slo, {w: whole for w in cfg.windows})
+        states: list[tuple[dict[str, str], WindowState]] = [({}, {w: whole for w in cfg.windows})]
+        for value, counts in per_value.items():
+            state = {w: counts for w in cfg.windows}
+            _segment_burn_series(case, model, slo, value, state)
+            segment = {c.L_SEGMENT: slo.per_segment, c.L_SEGMENT_VALUE: value}
+            states.append((segment, state))
+            value_burn = burn(counts[1], counts[0], slo.target)
+            assert value_burn is not None
+            case.checks.append((n.SEGMENT_ERROR_BUDGET_BURN_RATE, {
+                c.L_MODEL: model.name, c.L_LABEL: slo.label, c.L_SLO: slo.name, **segment,
+                c.L_WINDOW: format_duration(cfg.windows[0])}, value_burn))
+        for segment, state in states:
+            for tier in tiers:
+                fired = tier_fires(opts, tier, slo, model.min_events, state)
+                if fired is not None:
+                    labels = {c.L_MODEL: model.name, c.L_LABEL: slo.label, c.L_SLO: slo.name,
+                              c.L_SEVERITY: tier.severity, c.L_BURNRATE_TIER: tier.name, **segment}
+                    case.expect(labels, a.burn_text_key(tier, bool(segment)), opts.runbook_url(alert),
+                                a.burn_fixed(opts, model, slo, tier), fired)
+        yield case
+
+
 def _regression_cases(opts: RuleOptions, cfg: MonitorConfig, model: ModelConfig, slo: SLOConfig) -> Iterator[Case]:
     """A canary (10% of the traffic) against the main version, on the SLO's regression windows."""
     alert = c.ALERT_VERSION_REGRESSION
@@ -633,6 +696,8 @@ def cases(cfg: MonitorConfig, opts: RuleOptions) -> list[Case]:
     out: list[Case] = []
     per_model: list[Callable[[ModelConfig], Iterator[Case]]] = [
         lambda m: (case for slo in m.slos for case in _burn_cases(opts, cfg, m, slo)),
+        lambda m: (case for slo in m.slos if slo.per_segment is not None
+                   for case in _segment_burn_cases(opts, cfg, m, slo)),
         lambda m: (case for slo in m.slos for case in _regression_cases(opts, cfg, m, slo)),
         lambda m: (case for slo in m.slos for case in _estimated_cases(opts, m, slo, w)),
         lambda m: _calibration_cases(opts, m, w),

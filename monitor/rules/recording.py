@@ -28,6 +28,8 @@ MLS = (c.L_MODEL, c.L_LABEL, c.L_SLO)
 MLSW = (*MLS, c.L_WINDOW)
 MVLSW = (c.L_MODEL, c.L_VERSION, c.L_LABEL, c.L_SLO, c.L_WINDOW)
 PAIR = (c.L_MODEL, c.L_VERSION, c.L_LABEL, c.L_LABEL_B, c.L_WINDOW)
+MSS = (*MLS, c.L_SEGMENT, c.L_SEGMENT_VALUE)  # one per-segment SLO's value of its segment
+MSSW = (c.L_MODEL, c.L_SEGMENT, c.L_SEGMENT_VALUE, c.L_LABEL, c.L_WINDOW)
 
 
 def record(name: str, expr: str, extra: dict[str, str] | None = None) -> Rule:
@@ -37,20 +39,22 @@ def record(name: str, expr: str, extra: dict[str, str] | None = None) -> Rule:
     return rule
 
 
-def outcome_count(group: tuple[str, ...], outcomes: tuple[str, ...], matchers: dict[str, str] | None = None) -> str:
+def outcome_count(group: tuple[str, ...], outcomes: tuple[str, ...], matchers: dict[str, str] | None = None,
+                  source: str = n.LABEL_OUTCOMES_SUM) -> str:
     if len(outcomes) == 1:
-        return by("sum", group, sel(n.LABEL_OUTCOMES_SUM, {**(matchers or {}), c.L_OUTCOME: outcomes[0]}))
-    return by("sum", group, sel(n.LABEL_OUTCOMES_SUM, matchers, {c.L_OUTCOME: "|".join(outcomes)}))
+        return by("sum", group, sel(source, {**(matchers or {}), c.L_OUTCOME: outcomes[0]}))
+    return by("sum", group, sel(source, matchers, {c.L_OUTCOME: "|".join(outcomes)}))
 
 
 def count_ratio(group: tuple[str, ...], num_outcomes: tuple[str, ...], den_outcomes: tuple[str, ...],
-                matchers: dict[str, str] | None = None) -> str:
-    """sum(num)/sum(den) over outcome counts; absent when the denominator is 0 (undefined, not 0).
+                matchers: dict[str, str] | None = None, source: str = n.LABEL_OUTCOMES_SUM) -> str:
+    """sum(num)/sum(den) over outcome counts (of `source`); absent when the denominator is 0 (undefined,
+    not 0).
 
     `or 0 * den` keeps the ratio defined (as 0) when no series of the numerator's outcomes exists.
     """
-    numer = outcome_count(group, num_outcomes, matchers)
-    den = outcome_count(group, den_outcomes, matchers)
+    numer = outcome_count(group, num_outcomes, matchers, source)
+    den = outcome_count(group, den_outcomes, matchers, source)
     return f"({numer} or 0 * {den})\n/\n({den} > 0)"
 
 
@@ -293,6 +297,8 @@ def recording_groups(cfg: MonitorConfig, opts: RuleOptions | None = None) -> lis
     rules += dashboard_rules()
     if any(model.segments for model in cfg.models):
         rules += segment_rules()
+    # After the per-segment sums they read (a group's rules are evaluated in order).
+    rules += segment_slo_rules(cfg, opts)
     return [{"name": "mlmon.recording", "rules": rules}]
 
 
@@ -347,3 +353,36 @@ def segment_rules() -> list[Rule]:
     precision, recall and F1 from them, so N workers show what one would (as long as every worker tracks
     the same values: a value that took a slot on one worker and fell into `_other` on another is split)."""
     return [record(name, by("sum", metric.labels, metric.name)) for metric, name in n.SEGMENT_ADDITIVE]
+
+
+def segment_slo_rules(cfg: MonitorConfig, opts: RuleOptions) -> list[Rule]:
+    """Per-segment SLOs (slos[].per_segment): what slo_rules and _slo_statistics record for the whole
+    model, per value of the SLO's segment, from the summed per-segment outcome counts: the burn rate,
+    the error and event counts and the bounds of the error ratio that the burn tiers read. Each SLO adds
+    one series per name, window and segment value the workers export: at most max_values + 2 values per
+    worker, whatever the traffic (docs/alerting.md, Per-segment SLOs)."""
+    rules = []
+    for model in cfg.models:
+        for slo in model.slos:
+            if slo.per_segment is None:
+                continue
+            match = {c.L_MODEL: model.name, c.L_SEGMENT: slo.per_segment, c.L_LABEL: slo.label}
+            errors = (FN,) if slo.objective == "recall" else (FP,)
+            source = n.SEGMENT_LABEL_OUTCOMES_SUM
+            ratio = count_ratio(MSSW, errors, (TP, *errors), match, source)
+            static = {c.L_MODEL: model.name, c.L_SLO: slo.name, c.L_SEGMENT: slo.per_segment}
+            counted = outcome_count(MSSW, (TP, *errors), match, source)
+            rules += [
+                record(n.SEGMENT_ERROR_BUDGET_BURN_RATE, f"{ratio}\n/ (1 - {num(slo.target)})", static),
+                record(n.SEGMENT_SLO_ERRORS, f"{outcome_count(MSSW, errors, match, source)} or 0 * {counted}", static),
+                record(n.SEGMENT_SLO_EVENTS, counted, static),
+            ]
+    if not rules:
+        return []
+    errors_, events = n.SEGMENT_SLO_ERRORS, n.SEGMENT_SLO_EVENTS
+    return [
+        *rules,
+        record(n.SEGMENT_SLO_ERROR_RATIO_LOWER, wilson_lower(errors_, events, opts.burn_z)),
+        record(n.SEGMENT_SLO_ERROR_RATIO_UPPER, wilson_upper(errors_, events, opts.burn_z)),
+        record(n.SEGMENT_SLO_ERROR_RATIO_POISSON_LOWER, poisson_lower(errors_, events, opts.burn_z)),
+    ]

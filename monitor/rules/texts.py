@@ -26,7 +26,7 @@ _COLLAPSE: Final = c.ALERT_LABEL_COLLAPSE
 _DOWN: Final = c.ALERT_DOWN
 _RETRAIN: Final = c.ALERT_RETRAINING_RECOMMENDED
 
-TEXTS: Final[Mapping[str, Text]] = {
+_WHOLE: Final[Mapping[str, Text]] = {
     _BURN: Text(
         "{model}/{label}: {slo} is burning its error budget at {value}x ({burnrate_tier})",
         "Over the last {long_window} the {slo} SLO (target {target}) of model {model} spent its error budget "
@@ -149,6 +149,19 @@ TEXTS: Final[Mapping[str, Text]] = {
         "with its cooldown, whether to trigger.",
     ),
 }
+
+# The burn alerts of a per-segment SLO (one per segment value): the same texts, naming the value.
+SEGMENT: Final = "segment"
+
+
+def _for_segment(text: Text) -> Text:
+    return Text(text.summary.replace("{model}/{label}:", "{model}/{label} {segment}={segment_value}:", 1),
+                text.description.replace("of model {model}", "of model {model} on the events with "
+                                         "{segment} {segment_value}", 1), text.value_format)
+
+
+TEXTS: Final[Mapping[str, Text]] = {
+    **_WHOLE, **{f"{key}:{SEGMENT}": _for_segment(_WHOLE[key]) for key in (_BURN, f"{_BURN}:mid")}}
 
 
 class _Fields(dict[str, str]):
