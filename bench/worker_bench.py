@@ -13,7 +13,8 @@
    - worker: the real Worker in this process, from its first applied event to its last, then a scrape
      of /metrics, and the same figures as replay (checked);
    - restart: a second Worker on the same group after a graceful stop: time until it has restored every
-     partition from its checkpoint;
+     partition from its changelog; then a third with the state dir the first one wrote its local state
+     to (monitor/stream/local_state.py), which loads it instead;
    - repartitioned: a Worker with `kafka.repartition: always` (another group) on the same topics: the
      repartition stage copies every event to the internal topics in transactions and the join stage
      reads the copies, both in this one process, from the first event to the last applied (checked
@@ -33,6 +34,8 @@ import gc
 import io
 import os
 import pstats
+import shutil
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -226,6 +229,9 @@ def main() -> None:
         preds, truths, config_path = events_of(args.mix, args.events)
         total = len(preds) + len(truths)
         config = bench_config(args.bootstrap, args.partitions, config_path)
+        # The worker runs with a state dir, so its graceful stop leaves local state for the last restart.
+        state_dir = tempfile.mkdtemp(prefix="mlmon-bench-state-")
+        with_dir = config.model_copy(update={"join": config.join.for_worker(state_dir)})
         produce_s = asyncio.run(produce(config, preds, truths))
         cpu0 = time.process_time()
         bare_s = asyncio.run(bare_consume(config, total))  # its CPU includes the consumer's start-up
@@ -237,7 +243,7 @@ def main() -> None:
         replay_s, replay_cpu = time.perf_counter() - started, time.process_time() - cpu0
         at = replay_engine.latest_event_time or 0.0
         profile = cProfile.Profile() if args.profile else None
-        worker_s, worker, body = asyncio.run(run_worker(config, total, at, profile))
+        worker_s, worker, body = asyncio.run(run_worker(with_dir, total, at, profile))
         cpu = {"bare": {"worker": bare_cpu}, "replay": {"worker": replay_cpu}, "worker": dict(LAST_CPU)}
         # The same worker reading its inputs through aiokafka's getmany (a ConsumerRecord per record), on
         # another group: the peer of the columnar read.
@@ -245,7 +251,9 @@ def main() -> None:
         getmany_s, _, getmany_body = asyncio.run(run_worker(config.model_copy(update={"kafka": k}), total, at, None,
                                                             columns=False))
         cpu["worker, getmany"] = dict(LAST_CPU)
-        restart_s, restarted = asyncio.run(restart(config, at))
+        restart_s, restarted = asyncio.run(restart(config, at))  # no state dir: reads the changelog
+        local_s, loaded = asyncio.run(restart(with_dir, at))
+        shutil.rmtree(state_dir, ignore_errors=True)
         repartitioned = None
         if not args.no_repartition:
             # Same source topics, another group (so nothing is restored), every event through the copies.
@@ -296,7 +304,9 @@ def main() -> None:
                 print(f"repartition stage: {rst.copied} copied in {rst.transactions} transactions, "
                       f"{rst.seconds:.2f} s inside them, summed over source partitions (they overlap)")
         rs = restarted.stats
-        print(f"restart after graceful stop: {restart_s:.2f} s to joined and restored "
+        print(f"restart after graceful stop, local state: {local_s:.2f} s to joined and loaded "
+              f"({loaded.stats.restored_bytes / 1e6:.1f} MB of local files in {loaded.stats.restore_seconds:.2f} s)")
+        print(f"restart after graceful stop, changelog: {restart_s:.2f} s to joined and restored "
               f"({rs.restored_bytes / 1e6:.1f} MB of checkpoints read in {rs.restore_seconds:.2f} s)")
         for name, (mem, snap) in memory.items():
             print(f"pending join, {name} engine: {mem:.0f} bytes in memory (resident-set growth over 200k pending), "

@@ -108,10 +108,12 @@ def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | 
 
 
 class WorkerProcess:
-    def __init__(self, config_path: Path, at: float, tmp_path: Path, checkpoint_interval: float = 0.5) -> None:
+    def __init__(self, config_path: Path, at: float, tmp_path: Path, checkpoint_interval: float = 0.5,
+                 state_dir: Path | None = None) -> None:
         self.port = free_port()
         self.log = tmp_path / f"worker-{self.port}.log"
-        env = {**os.environ, "MLMON_SESSION_TIMEOUT_MS": "3000", "MLMON_CHECKPOINT_INTERVAL": str(checkpoint_interval)}
+        env = {**os.environ, "MLMON_SESSION_TIMEOUT_MS": "3000", "MLMON_CHECKPOINT_INTERVAL": str(checkpoint_interval),
+               **({"MLMON_STATE_DIR": str(state_dir)} if state_dir is not None else {})}
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor.cli", "worker", "--config", str(config_path),
@@ -300,6 +302,36 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     assert covered <= applied
     print(f"killed after {applied:.0f} predictions, checkpoints covered {covered}: {applied - covered:.0f} "
           f"re-applied exactly once; restart to drained {restart:.1f} s")
+
+
+@kafka_test
+@pytest.mark.timeout(240)
+def test_graceful_restart_loads_the_local_state(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
+    preds, truths, at = stream
+    path, config = write_config(tmp_path, kafka_bootstrap)
+    expected = replay_series(config, preds, truths, at)
+    kafka, state_dir = config.kafka, tmp_path / "state"
+    for topic in (kafka.predictions_topic, kafka.ground_truth_topic):
+        create_topic(kafka_bootstrap, topic, partitions=kafka.partitions)
+    cut = len(preds) // 2
+    produce(kafka_bootstrap, kafka.predictions_topic, preds[:cut])
+    first = WorkerProcess(path, at, tmp_path, state_dir=state_dir)
+    workers.append(first)
+    wait_for("the first half", lambda: total(first.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == cut,
+             workers=workers)
+    assert first.stop() == 0
+    assert first.output().count("local state written") == kafka.partitions, first.output()[-2000:]
+
+    produce(kafka_bootstrap, kafka.predictions_topic, preds[cut:])
+    produce(kafka_bootstrap, kafka.ground_truth_topic, truths)
+    second = WorkerProcess(path, at, tmp_path, state_dir=state_dir)
+    workers.append(second)
+    wait_for("the restarted worker to drain", drained([second], expected), workers=[second])
+    assert_series_equal(second.scrape(), expected)
+    out = second.output()
+    # Every partition came from the local files, none from reading the changelog.
+    assert out.count("loaded from the local state dir") == kafka.partitions, out[-2000:]
+    assert "restored from" not in out and not list((state_dir / "local").rglob("*.state"))
 
 
 @kafka_test

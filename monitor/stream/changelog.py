@@ -238,15 +238,10 @@ class ChangeTracker:
 
     def changes(self, engine: Engine, extra: dict[str, Any]) -> Changes:
         engine.flush()  # queued statistics become blocks first
-        blocks: list[Record] = []
-        current: dict[bytes, bytes] = {}
+        current = block_values(engine)
+        blocks: list[Record] = [(key, compress(raw)) for key, raw in current.items() if self.written.get(key) != raw]
         joins = []
         for name, state in engine.models.items():
-            for kind, v, b, block in _blocks(state.store):
-                for key, raw in block_records(name, kind, v, b, block):
-                    current[key] = raw
-                    if self.written.get(key) != raw:
-                        blocks.append((key, compress(raw)))
             ids, columns, gone = state.join.changes()
             joins.append(JoinChanges(name, state.n_labels, ids, columns, gone))
         blocks.extend((key, None) for key in self.written if key not in current)
@@ -257,6 +252,16 @@ class ChangeTracker:
         self.written = changes.written
         for state in engine.models.values():
             state.join.clear_changes()
+
+
+def block_values(engine: Engine) -> dict[bytes, bytes]:
+    """Every block record of the engine's state, key -> raw value, as the changelog holds them once written
+    (what a ChangeTracker compares against)."""
+    current: dict[bytes, bytes] = {}
+    for name, state in engine.models.items():
+        for kind, v, b, block in _blocks(state.store):
+            current.update(block_records(name, kind, v, b, block))
+    return current
 
 
 def track(engine: Engine) -> None:

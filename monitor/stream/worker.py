@@ -39,8 +39,16 @@ from monitor.events import InvalidEvent, parse_timestamp
 from monitor.exporter import FiguresCollector
 from monitor.mapping import RecordMeta
 from monitor.reference import Reference, load_reference
-from monitor.stream import fetched
-from monitor.stream.changelog import ChangelogError, ChangeTracker, StateWriter, read_partitions, rebuild, track
+from monitor.stream import fetched, local_state
+from monitor.stream.changelog import (
+    ChangelogError,
+    ChangeTracker,
+    StateWriter,
+    block_values,
+    read_partitions,
+    rebuild,
+    track,
+)
 from monitor.stream.fetched import PartitionBatch
 from monitor.stream.gc_policy import GcPolicy
 from monitor.stream.kafka_setup import SetupError, Topics, client_options, ensure_topics
@@ -120,6 +128,9 @@ class Worker:
         self.partitions: dict[int, PartitionState] = {}
         # Revoked partitions kept in memory: reused when they come back and nobody checkpointed them since.
         self.parked: dict[int, PartitionState] = {}
+        # Where a graceful stop leaves each partition's state for a restart here (None: no state dir).
+        self.local_dir = (local_state.directory(config.join.state_dir, config.kafka.group_id)
+                          if config.join.state_dir else None)
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.fatal: BaseException | None = None
@@ -272,6 +283,7 @@ class Worker:
         if self.consumer is not None and self.fatal is None and self.topics is not None:
             async with self.lock:
                 await self._checkpoint(list(self.partitions.values()), force=True)
+            self._save_local()
         for state in [*self.partitions.values(), *self.parked.values()]:
             await state.writer.close()
         self.stopping.set()
@@ -294,6 +306,24 @@ class Worker:
                  self.stats.events / max(elapsed, 1e-9), self.stats.dead_letters, self.stats.checkpoints,
                  self.stats.checkpoint_records, self.stats.checkpoint_bytes / 1e6, self.stats.checkpoint_seconds,
                  self.stats.state_write_failures)
+
+    def _save_local(self) -> None:
+        """After the final checkpoint: each partition whose state the changelog holds in full goes to the
+        state dir too, so a restart here can skip reading the changelog (monitor.stream.local_state)."""
+        if self.local_dir is None:
+            return
+        for s in self.partitions.values():
+            if s.dirty or s.state_end is None:
+                continue  # the changelog is behind this state (or unknown): a restart must read it
+            started = time.monotonic()
+            try:
+                size = local_state.save(self.local_dir, s.partition, s.state_end, s.engine,
+                                        {"partition": s.partition, "topics": dict(self.inputs), "offsets": s.offsets})
+            except OSError as exc:  # only a slower restart is lost
+                log.warning("partition %d: local state not written (%s)", s.partition, exc)
+                continue
+            log.info("partition %d: local state written (%.1f MB in %.2f s)", s.partition, size / 1e6,
+                     time.monotonic() - started)
 
     # --- the loop ------------------------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -523,9 +553,20 @@ class Worker:
         # Fence first: starting a partition's transactional producer aborts whatever a previous owner left
         # open, so the changelog read next is final.
         await asyncio.gather(*(w.start() for w in writers.values()))
-        read = await read_partitions(self.reader, self.topics.state, todo)
+        local = await self._local_states(todo)
+        read = await read_partitions(self.reader, self.topics.state, [p for p in todo if p not in local])
         fresh = []
         for p in todo:
+            if p in local:
+                loaded, end = local[p]
+                track(loaded.engine)
+                states[p] = PartitionState(p, loaded.engine, {k: int(v) for k, v in loaded.extra["offsets"].items()},
+                                           ChangeTracker(block_values(loaded.engine)), writers[p], state_end=end)
+                self.stats.restored_bytes += loaded.bytes
+                log.info("partition %d: state loaded from the local state dir (%.1f MB; the changelog ends where "
+                         "it was written) in %.2f s, resuming at %s", p, loaded.bytes / 1e6,
+                         time.monotonic() - started, states[p].offsets)
+                continue
             try:
                 restored = rebuild(self.config, self.references, read[p].records)
             except ChangelogError as exc:
@@ -565,6 +606,22 @@ class Worker:
         for state in self.parked.values():
             await state.writer.close()
         self.parked.clear()
+
+
+    async def _local_states(self, parts: list[int]) -> dict[int, tuple[local_state.LocalState, int]]:
+        """The partitions whose local state matches their changelog (read after fencing: an abort marker
+        the fence wrote moves the end, and the file is then not used), with that end offset."""
+        if self.local_dir is None or not parts or self.reader is None or self.topics is None:
+            return {}
+        tps = [TopicPartition(self.topics.state, p) for p in parts]
+        ends = {tp.partition: off for tp, off in (await self.reader.end_offsets(tps)).items()}
+        out = {}
+        for p in parts:
+            found = local_state.take(self.local_dir, p, ends[p], self.config, self.references,
+                                     {"partition": p, "topics": dict(self.inputs)})
+            if found is not None:
+                out[p] = (found, ends[p])
+        return out
 
 
 def _source_topic(record: ConsumerRecord) -> str:
