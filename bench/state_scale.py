@@ -11,8 +11,10 @@ For each N (a fresh consumer group and topics of one partition each):
 3. reads the worker's resident set (now and peak, /proc), and the changelog bytes it wrote per input event
    (mlmon_state_bytes_written_total);
 4. kill -9s it and starts a new worker process: the time until it is healthy and has every event
-   counted again is the restore from the changelog (the worker's on-disk join store is a cache it does not
-   reuse: a restart on the same machine restores from the changelog too).
+   counted again is the restore from the changelog (after a kill -9 nothing local is reused);
+5. stops that one gracefully (it writes its state to its state dir, monitor/stream/local_state.py) and
+   starts another on the same state dir: the time it takes to load the local state is the restart from
+   the local store.
 
 The worker runs with the config's join settings (no memory budget by default: everything in memory).
 
@@ -65,6 +67,7 @@ class Row:
     bytes_per_event: float
     restore_s: float
     restore_rate: float  # changelog records (entries and blocks) per second
+    local_s: float  # loading the local state a graceful stop left
 
 
 def free_port() -> int:
@@ -118,7 +121,7 @@ class WorkerProc:
     def __init__(self, config: Path, port: int, log: Path) -> None:
         self.port = port
         self.out = open(log, "ab")  # noqa: SIM115 (closed in kill)
-        env = {**os.environ, "MLMON_WORKER_AT": str(T0 + 3600)}
+        env = {**os.environ, "MLMON_WORKER_AT": str(T0 + 3600), "MLMON_STATE_DIR": str(log.with_suffix(".state"))}
         self.proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "worker", "--config", str(config),
                                       "--metrics-port", str(port)], cwd=ROOT, env=env, stdout=self.out,
                                      stderr=subprocess.STDOUT)
@@ -226,7 +229,13 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str) -> 
             again.wait("the restore", lambda: again.healthy() and (
                 again.metrics().get("mlmon_ground_truth_total") == probe), timeout=1800)
         finally:
-            again.stop()
+            again.stop()  # graceful: leaves its state in the state dir
+        local = WorkerProc(config, free_port(), tmp / f"{name}.log")
+        try:
+            local.wait("the local load", lambda: local.healthy() and (
+                local.metrics().get("mlmon_ground_truth_total") == probe), timeout=1800)
+        finally:
+            local.stop()
         # The restore itself (the log's own timing): start-up and the dead member's session timeout before
         # the group hands the partition over are not the changelog's cost.
         found = re.findall(r"state restored from (\d+) changelog records \(.*?\) in ([\d.]+) s",
@@ -234,11 +243,15 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str) -> 
         if not found:
             raise SystemExit(f"the restarted worker did not restore state: see {tmp / name}.log")
         restored, restore_s = int(found[-1][0]), float(found[-1][1])
+        loaded = re.findall(r"state loaded from the local state dir \(.*?\) in ([\d.]+) s",
+                            (tmp / f"{name}.log").read_text())
+        if not loaded:
+            raise SystemExit(f"the last worker did not load its local state: see {tmp / name}.log")
     finally:
         if worker.proc.poll() is None:
             worker.stop()
     return Row(pending, pending / fill_s if pending else 0.0, 2 * probe / probe_s, rss, peak, written / events,
-               restore_s, restored / restore_s)
+               restore_s, restored / restore_s, float(loaded[-1]))
 
 
 def join_row(pending: int, probe: int, budget: int | None) -> str:
@@ -327,11 +340,11 @@ def main() -> None:
     print(f"one partition, 6 labels, UUID ids, stock broker; probe: {args.probe:,} predictions + "
           f"{args.probe:,} ground truths; encoded entry with its key: about {entry} bytes")
     print(f"{'pending':>11} {'fill ev/s':>10} {'probe ev/s':>11} {'vs empty':>9} {'RSS MB':>8} {'peak MB':>8} "
-          f"{'state B/event':>14} {'restore s':>10} {'records/s':>10}")
+          f"{'state B/event':>14} {'restore s':>10} {'records/s':>10} {'local s':>8}")
     for r in [empty, *rows]:
         print(f"{r.pending:>11,} {r.fill_rate:>10,.0f} {r.probe_rate:>11,.0f} {r.probe_rate / empty.probe_rate:>9.2f} "
               f"{r.rss_mb:>8.0f} {r.peak_mb:>8.0f} {r.bytes_per_event:>14.0f} {r.restore_s:>10.1f} "
-              f"{r.restore_rate:>10,.0f}")
+              f"{r.restore_rate:>10,.0f} {r.local_s:>8.1f}")
 
 
 if __name__ == "__main__":
