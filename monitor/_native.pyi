@@ -132,3 +132,14 @@ class Join:
     def restore(self, ids: list[str], columns: dict[str, npt.NDArray[Any]], seq: int, watermark: float | None,
                 pending: dict[str, int], expired: dict[str, int], evicted: dict[str, int],
                 duplicates: dict[str, int], corrections: int, joined: int) -> None: ...
+
+Int64s = npt.NDArray[np.int64]
+
+def unpack_records(records: bytes, fetch_offset: int, read_committed: bool, aborted: list[tuple[int, int]]
+                   ) -> tuple[bytes, Int64s, Int64s, Int64s, Int64s, Int64s, int, int]:
+    """One partition's Fetch response `records` (record batches v2) -> the data records aiokafka's getmany
+    would return, as (data, key_start, key_end, value_start, value_end, offsets, next_offset, batches).
+    Record i's key is data[key_start[i]:key_end[i]], None when key_start[i] is -1 (values likewise).
+    Control batches, aborted transactions (read_committed; `aborted`: (producer id, first offset)) and
+    records below `fetch_offset` are left out; a truncated last batch is left for the next fetch.
+    `batches`: complete batches read. ValueError on a CRC mismatch or a corrupt batch."""

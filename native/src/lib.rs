@@ -5,6 +5,7 @@ mod decode;
 mod join;
 mod json;
 mod mapped;
+mod records;
 mod store;
 mod timestamp;
 
@@ -32,6 +33,7 @@ use crate::join::{Checkpoint, Counters, JoinTable, PredIn, TruthIn};
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<Join>()?;
+    m.add_function(wrap_pyfunction!(unpack_records, m)?)?;
     Ok(())
 }
 
@@ -48,6 +50,44 @@ fn column<T: Element>(py: Python<'_>, v: Vec<T>) -> Bound<'_, PyArray1<T>> {
 /// categorical features), where the length cannot tell the rows.
 fn rows_of<T: Element>(py: Python<'_>, v: Vec<T>, rows: usize, cols: usize) -> PyResult<Bound<'_, PyAny>> {
     Ok(PyArray1::from_vec(py, v).reshape([rows, cols])?.into_any())
+}
+
+// --- Kafka record batches ---------------------------------------------------------------------------
+
+type RecordColumns<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    i64,
+    usize,
+);
+
+/// One partition's Fetch `records` bytes -> (data, key_start, key_end, value_start, value_end, offsets,
+/// next_offset, batches): see records.rs.
+#[pyfunction]
+#[pyo3(signature = (records, fetch_offset, read_committed, aborted))]
+fn unpack_records<'py>(
+    py: Python<'py>,
+    records: &Bound<'py, PyBytes>,
+    fetch_offset: i64,
+    read_committed: bool,
+    aborted: Vec<(i64, i64)>,
+) -> PyResult<RecordColumns<'py>> {
+    let raw = records.as_bytes();
+    let cols = py.detach(|| records::unpack(raw, fetch_offset, read_committed, &aborted)).map_err(value_error)?;
+    Ok((
+        PyBytes::new(py, &cols.data),
+        column(py, cols.key_start),
+        column(py, cols.key_end),
+        column(py, cols.value_start),
+        column(py, cols.value_end),
+        column(py, cols.offsets),
+        cols.next_offset,
+        cols.batches,
+    ))
 }
 
 // --- Decoder ----------------------------------------------------------------------------------------
