@@ -43,6 +43,7 @@ from monitor.engine.engine import Engine
 from monitor.engine.join import EXPORT_COLUMNS
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
+from monitor.stream import raw_fetch
 
 log = logging.getLogger(__name__)
 
@@ -360,10 +361,14 @@ class PartitionRecords:
     end: int  # the offset read up to: the partition's last stable offset when reading began
 
 
-async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list[int],
-                          timeout: float = 600.0) -> dict[int, PartitionRecords]:
+async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list[int], timeout: float = 600.0,
+                          raw: bool = True) -> dict[int, PartitionRecords]:
     """The newest value of every key in each state partition, read from the beginning to the last
-    committed offset (`reader` reads committed records only). Tombstones remove their key."""
+    committed offset (`reader` reads committed records only). Tombstones remove their key.
+
+    With `raw` (and the native module built) the records come as flat columns from raw Fetch requests
+    sent through the reader's client (monitor.stream.raw_fetch), about 3x faster than `getmany`, which
+    builds a ConsumerRecord per record; both skip the same control and aborted records."""
     if not partitions:
         return {}
     tps = [TopicPartition(topic, p) for p in partitions]
@@ -372,6 +377,12 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
     out = {tp.partition: PartitionRecords({}, ends[tp]) for tp in tps}
     todo = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
     if not todo:
+        return out
+    if raw and raw_fetch.available():
+        # The reader's own client: its connections and metadata, no group, nothing assigned.
+        fetcher = raw_fetch.RawReader(reader._client, raw_fetch.READ_COMMITTED)
+        async for tp, cols in fetcher.read({tp: starts[tp] for tp in todo}, todo, timeout):
+            _apply(out[tp.partition].records, cols.items())
         return out
     reader.assign(list(todo))
     for tp in todo:
@@ -384,12 +395,7 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
                                    f"within {timeout:.0f} s")
             batch = await reader.getmany(timeout_ms=500, max_records=50_000)
             for tp, got in batch.items():
-                state = out[tp.partition].records
-                for record in got:
-                    if record.value is None:
-                        state.pop(record.key, None)
-                    else:
-                        state[record.key] = record.value
+                _apply(out[tp.partition].records, ((record.key, record.value) for record in got))
             for tp in list(todo):
                 # Control records (transaction markers) take offsets too: the position is what counts.
                 if await reader.position(tp) >= todo[tp]:
@@ -398,6 +404,14 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
     finally:
         reader.assign([])
     return out
+
+
+def _apply(state: dict[bytes, bytes], records: Iterable[tuple[Any, bytes | None]]) -> None:
+    for key, value in records:
+        if value is None:
+            state.pop(key, None)
+        else:
+            state[key] = value
 
 
 # --- writing ------------------------------------------------------------------------------------------------
