@@ -143,3 +143,15 @@ def unpack_records(records: bytes, fetch_offset: int, read_committed: bool, abor
     Control batches, aborted transactions (read_committed; `aborted`: (producer id, first offset)) and
     records below `fetch_offset` are left out; a truncated last batch is left for the next fetch.
     `batches`: complete batches read. ValueError on a CRC mismatch or a corrupt batch."""
+
+class Latest:
+    """The newest value of every key over record columns (a compacted topic as a reader sees it): a later
+    value replaces an earlier one in place, a None value removes its key, a key written again after its
+    removal goes last: the order of a Python dict filled the same way."""
+    def __init__(self) -> None: ...
+    def add(self, data: bytes, key_start: Int64s, key_end: Int64s, value_start: Int64s, value_end: Int64s) -> None:
+        """Records as unpack_records returns them (-1: None); ValueError on a record without a key."""
+    def __len__(self) -> int: ...
+    def columns(self) -> tuple[bytes, Int64s, Int64s, bytes, Int64s, Int64s]:
+        """(keys, key_start, key_end, values, value_start, value_end) of the live keys in dict order, the
+        values contiguous in that order."""

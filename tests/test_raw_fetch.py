@@ -192,3 +192,26 @@ def test_raw_reader_returns_what_getmany_returns(kafka_bootstrap: str) -> None: 
     committed, _ = asyncio.run(read_getmany(kafka_bootstrap, topic, {tp: 0 for tp in tps}))
     everything, _ = asyncio.run(read_getmany(kafka_bootstrap, topic, {tp: 0 for tp in tps}, "read_uncommitted"))
     assert sum(map(len, everything.values())) >= sum(map(len, committed.values())) + 3 * 700
+
+
+def test_latest_keeps_what_a_dict_keeps() -> None:
+    """Upserts, tombstones and keys written again after their removal, over several chunks: the newest
+    value of each key, in the order a dict filled record by record holds them."""
+    rng = random.Random(5)
+    latest, expected = raw_fetch.Latest(), {}
+    for _ in range(20):
+        rows = [(b"k%d" % rng.randint(0, 300), None if rng.random() < 0.25 else rng.randbytes(rng.randint(0, 30)))
+                for _ in range(rng.randint(0, 200))]
+        cols, _ = raw_fetch.unpack(batch(0, rows, 0), 0, raw_fetch.READ_COMMITTED, []) if rows else (None, 0)
+        if cols is not None:
+            latest.add(cols.data, cols.key_start, cols.key_end, cols.value_start, cols.value_end)
+        for key, value in rows:
+            if value is None:
+                expected.pop(key, None)
+            else:
+                expected[key] = value
+    keys, ks, ke, values, vs, ve = latest.columns()
+    bounds = zip(ks.tolist(), ke.tolist(), vs.tolist(), ve.tolist(), strict=True)
+    got = {keys[s:e]: values[a:b] for s, e, a, b in bounds}
+    assert list(got.items()) == list(expected.items()) and len(latest) == len(expected) > 100
+    assert vs[1:].tolist() == ve[:-1].tolist()  # values end to end

@@ -25,9 +25,9 @@ from aiokafka.protocol.fetch import FetchRequest
 log = logging.getLogger(__name__)
 
 try:
-    from monitor._native import unpack_records
+    from monitor._native import Latest, unpack_records
 except ImportError:  # the extension was not built (or predates unpack_records): callers use getmany
-    unpack_records = None
+    unpack_records = Latest = None
 
 READ_UNCOMMITTED, READ_COMMITTED = 0, 1
 RETRY_BACKOFF = 0.1

@@ -34,6 +34,8 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<Join>()?;
     m.add_function(wrap_pyfunction!(unpack_records, m)?)?;
+    m.add_class::<Latest>()?;
+    m.add_function(wrap_pyfunction!(str_slices, m)?)?;
     Ok(())
 }
 
@@ -88,6 +90,80 @@ fn unpack_records<'py>(
         cols.next_offset,
         cols.batches,
     ))
+}
+
+/// data[starts[i]..ends[i]] as str, each decoded like `bytes.decode("utf-8", "surrogatepass")` (ids
+/// written with surrogates take that Python call; the rest are plain UTF-8).
+#[pyfunction]
+fn str_slices<'py>(
+    py: Python<'py>,
+    data: &Bound<'py, PyBytes>,
+    starts: PyReadonlyArray1<'_, i64>,
+    ends: PyReadonlyArray1<'_, i64>,
+) -> PyResult<Bound<'py, PyList>> {
+    let (buf, starts, ends) = (data.as_bytes(), starts.as_slice()?, ends.as_slice()?);
+    if starts.len() != ends.len() {
+        return Err(value_error("starts and ends of different lengths"));
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (&s, &e) in starts.iter().zip(ends) {
+        let raw = buf.get(s as usize..e as usize).filter(|_| s >= 0).ok_or_else(|| value_error("a slice outside the data"))?;
+        out.push(match std::str::from_utf8(raw) {
+            Ok(text) => PyString::new(py, text).into_any(),
+            Err(_) => PyBytes::new(py, raw).call_method1("decode", ("utf-8", "surrogatepass"))?,
+        });
+    }
+    PyList::new(py, out)
+}
+
+/// The newest value of every key over record columns (records.rs `Latest`): a compacted topic's state.
+#[pyclass(module = "monitor._native")]
+struct Latest {
+    inner: records::Latest,
+}
+
+#[pymethods]
+impl Latest {
+    #[new]
+    fn new() -> Self {
+        Latest { inner: records::Latest::default() }
+    }
+
+    fn add(
+        &mut self,
+        py: Python<'_>,
+        data: &Bound<'_, PyBytes>,
+        key_start: PyReadonlyArray1<'_, i64>,
+        key_end: PyReadonlyArray1<'_, i64>,
+        value_start: PyReadonlyArray1<'_, i64>,
+        value_end: PyReadonlyArray1<'_, i64>,
+    ) -> PyResult<()> {
+        let (data, ks, ke, vs, ve) =
+            (data.as_bytes(), key_start.as_slice()?, key_end.as_slice()?, value_start.as_slice()?, value_end.as_slice()?);
+        let inner = &mut self.inner;
+        py.detach(|| inner.add(data, ks, ke, vs, ve)).map_err(value_error)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn columns<'py>(
+        &self,
+        py: Python<'py>,
+    ) -> (
+        Bound<'py, PyBytes>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyBytes>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+    ) {
+        let inner = &self.inner;
+        let (keys, ks, ke, values, vs, ve) = py.detach(|| inner.columns());
+        (PyBytes::new(py, &keys), column(py, ks), column(py, ke), PyBytes::new(py, &values), column(py, vs), column(py, ve))
+    }
 }
 
 // --- Decoder ----------------------------------------------------------------------------------------

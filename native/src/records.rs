@@ -17,7 +17,10 @@
 
 use bytes::Bytes;
 use kafka_protocol::records::RecordBatchDecoder;
-use rustc_hash::FxHashSet;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+use rustc_hash::{FxBuildHasher, FxHashSet};
 
 /// Base offset (8 bytes) and batch length (4): what precedes a batch's `length` bytes.
 const LOG_OVERHEAD: usize = 12;
@@ -143,4 +146,98 @@ pub fn unpack(raw: &[u8], fetch_offset: i64, read_committed: bool, aborted: &[(i
         out.next_offset = batch_next;
     }
     Ok(out)
+}
+
+/// The newest value of every key over a sequence of record columns (a compacted topic as a reader sees
+/// it): a later value replaces an earlier one in place, a tombstone (None value) removes its key, and a
+/// key written again after its removal goes last. That is the order of a Python dict filled the same
+/// way, so a consumer of the result sees what it saw from the per-record dict it replaces.
+///
+/// Keys and values live in two arenas and the index holds slot numbers (with their hashes), so a key
+/// costs no allocation of its own: millions of changelog records are kept at memory speed.
+#[derive(Default)]
+pub struct Latest {
+    index: HashTable<usize>,
+    slots: Vec<Slot>,
+    keys: Vec<u8>,
+    values: Vec<u8>,
+    live: usize,
+}
+
+struct Slot {
+    hash: u64,
+    key: (usize, usize),
+    value: (usize, usize),
+    live: bool,
+}
+
+impl Latest {
+    /// Record i of `data` has key data[ks[i]..ke[i]] and value data[vs[i]..ve[i]], -1: None.
+    pub fn add(&mut self, data: &[u8], ks: &[i64], ke: &[i64], vs: &[i64], ve: &[i64]) -> Result<(), String> {
+        let n = ks.len();
+        if ke.len() != n || vs.len() != n || ve.len() != n {
+            return Err("key and value offsets of different lengths".into());
+        }
+        let span = |s: i64, e: i64| -> Result<Option<&[u8]>, String> {
+            if s < 0 {
+                return Ok(None);
+            }
+            data.get(s as usize..e as usize).map(Some).ok_or_else(|| "an offset outside the data".to_string())
+        };
+        let Latest { index, slots, keys, values, live } = self;
+        index.reserve(n, |&i| slots[i].hash);
+        for i in 0..n {
+            let key = span(ks[i], ke[i])?.ok_or("a record without a key")?;
+            let hash = FxBuildHasher.hash_one(key);
+            let eq = |&j: &usize| {
+                let (a, b) = slots[j].key;
+                &keys[a..b] == key
+            };
+            match span(vs[i], ve[i])? {
+                None => {
+                    if let Ok(entry) = index.find_entry(hash, eq) {
+                        let (j, _) = entry.remove();
+                        slots[j].live = false;
+                        *live -= 1;
+                    }
+                }
+                Some(value) => {
+                    let at = (values.len(), values.len() + value.len());
+                    values.extend_from_slice(value);
+                    if let Some(&j) = index.find(hash, eq) {
+                        slots[j].value = at;
+                    } else {
+                        let k = (keys.len(), keys.len() + key.len());
+                        keys.extend_from_slice(key);
+                        index.insert_unique(hash, slots.len(), |&j| slots[j].hash);
+                        slots.push(Slot { hash, key: k, value: at, live: true });
+                        *live += 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.live
+    }
+
+    /// (keys, key starts, key ends, values, value starts, value ends) of the live keys in dict order;
+    /// the values are contiguous in that order.
+    pub fn columns(&self) -> (Vec<u8>, Vec<i64>, Vec<i64>, Vec<u8>, Vec<i64>, Vec<i64>) {
+        let (mut keys, mut values) = (Vec::with_capacity(self.keys.len()), Vec::new());
+        let cap = self.live;
+        let (mut ks, mut ke, mut vs, mut ve) =
+            (Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap));
+        for slot in self.slots.iter().filter(|s| s.live) {
+            ks.push(keys.len() as i64);
+            keys.extend_from_slice(&self.keys[slot.key.0..slot.key.1]);
+            ke.push(keys.len() as i64);
+            vs.push(values.len() as i64);
+            values.extend_from_slice(&self.values[slot.value.0..slot.value.1]);
+            ve.push(values.len() as i64);
+        }
+        (keys, ks, ke, values, vs, ve)
+    }
 }
