@@ -134,6 +134,7 @@ class Join:
                 duplicates: dict[str, int], corrections: int, joined: int) -> None: ...
 
 Int64s = npt.NDArray[np.int64]
+Bytes = npt.NDArray[np.uint8]
 
 def unpack_records(records: bytes, fetch_offset: int, read_committed: bool, aborted: list[tuple[int, int]]
                    ) -> tuple[bytes, Int64s, Int64s, Int64s, Int64s, Int64s, int, int]:
@@ -152,6 +153,9 @@ class Latest:
     def add(self, data: bytes, key_start: Int64s, key_end: Int64s, value_start: Int64s, value_end: Int64s) -> None:
         """Records as unpack_records returns them (-1: None); ValueError on a record without a key."""
     def __len__(self) -> int: ...
-    def columns(self) -> tuple[bytes, Int64s, Int64s, bytes, Int64s, Int64s]:
+    def take_columns(self) -> tuple[Bytes, Int64s, Int64s, Bytes, Int64s, Int64s]:
         """(keys, key_start, key_end, values, value_start, value_end) of the live keys in dict order, the
-        values contiguous in that order."""
+        values contiguous in that order, keys and values as uint8 arrays (no copy); leaves this empty."""
+
+def str_slices(data: Bytes, starts: Int64s, ends: Int64s) -> list[str]:
+    """data[starts[i]:ends[i]] decoded like bytes.decode("utf-8", "surrogatepass")."""

@@ -210,8 +210,21 @@ def test_latest_keeps_what_a_dict_keeps() -> None:
                 expected.pop(key, None)
             else:
                 expected[key] = value
-    keys, ks, ke, values, vs, ve = latest.columns()
+    size = len(latest)
+    keys, ks, ke, values, vs, ve = (c.tobytes() if c.dtype == "uint8" else c for c in latest.take_columns())
     bounds = zip(ks.tolist(), ke.tolist(), vs.tolist(), ve.tolist(), strict=True)
     got = {keys[s:e]: values[a:b] for s, e, a, b in bounds}
-    assert list(got.items()) == list(expected.items()) and len(latest) == len(expected) > 100
+    assert list(got.items()) == list(expected.items()) and size == len(expected) > 100 and len(latest) == 0
     assert vs[1:].tolist() == ve[:-1].tolist()  # values end to end
+
+
+def test_latest_of_distinct_keys_hands_over_every_record() -> None:
+    """No key replaced or removed (the arenas are handed over as they are): every record, in order."""
+    rows = [(b"key-%d" % i, b"v" * (i % 7)) for i in range(500)]
+    cols, _ = raw_fetch.unpack(batch(0, rows, 0), 0, raw_fetch.READ_COMMITTED, [])
+    latest = raw_fetch.Latest()
+    latest.add(cols.data, cols.key_start, cols.key_end, cols.value_start, cols.value_end)
+    keys, ks, ke, values, vs, ve = latest.take_columns()
+    got = [(keys[s:e].tobytes(), values[a:b].tobytes())
+           for s, e, a, b in zip(ks.tolist(), ke.tolist(), vs.tolist(), ve.tolist(), strict=True)]
+    assert got == rows

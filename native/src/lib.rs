@@ -97,11 +97,11 @@ fn unpack_records<'py>(
 #[pyfunction]
 fn str_slices<'py>(
     py: Python<'py>,
-    data: &Bound<'py, PyBytes>,
+    data: PyReadonlyArray1<'_, u8>,
     starts: PyReadonlyArray1<'_, i64>,
     ends: PyReadonlyArray1<'_, i64>,
 ) -> PyResult<Bound<'py, PyList>> {
-    let (buf, starts, ends) = (data.as_bytes(), starts.as_slice()?, ends.as_slice()?);
+    let (buf, starts, ends) = (data.as_slice()?, starts.as_slice()?, ends.as_slice()?);
     if starts.len() != ends.len() {
         return Err(value_error("starts and ends of different lengths"));
     }
@@ -148,21 +148,23 @@ impl Latest {
         self.inner.len()
     }
 
+    /// The columns of the live keys (keys and values as uint8 arrays, handed over without a copy);
+    /// leaves this empty.
     #[allow(clippy::type_complexity)]
-    fn columns<'py>(
-        &self,
+    fn take_columns<'py>(
+        &mut self,
         py: Python<'py>,
     ) -> (
-        Bound<'py, PyBytes>,
+        Bound<'py, PyArray1<u8>>,
         Bound<'py, PyArray1<i64>>,
         Bound<'py, PyArray1<i64>>,
-        Bound<'py, PyBytes>,
+        Bound<'py, PyArray1<u8>>,
         Bound<'py, PyArray1<i64>>,
         Bound<'py, PyArray1<i64>>,
     ) {
-        let inner = &self.inner;
-        let (keys, ks, ke, values, vs, ve) = py.detach(|| inner.columns());
-        (PyBytes::new(py, &keys), column(py, ks), column(py, ke), PyBytes::new(py, &values), column(py, vs), column(py, ve))
+        let inner = &mut self.inner;
+        let (keys, ks, ke, values, vs, ve) = py.detach(|| inner.take_columns());
+        (column(py, keys), column(py, ks), column(py, ke), column(py, values), column(py, vs), column(py, ve))
     }
 }
 

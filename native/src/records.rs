@@ -223,19 +223,36 @@ impl Latest {
         self.live
     }
 
-    /// (keys, key starts, key ends, values, value starts, value ends) of the live keys in dict order;
-    /// the values are contiguous in that order.
-    pub fn columns(&self) -> (Vec<u8>, Vec<i64>, Vec<i64>, Vec<u8>, Vec<i64>, Vec<i64>) {
-        let (mut keys, mut values) = (Vec::with_capacity(self.keys.len()), Vec::new());
+    /// (keys, key starts, key ends, values, value starts, value ends) of the live keys in dict order,
+    /// the values contiguous in that order; leaves this empty. When no key was replaced or removed (a
+    /// restore of a well-compacted log) the arenas already are that, and are handed over without a copy.
+    pub fn take_columns(&mut self) -> (Vec<u8>, Vec<i64>, Vec<i64>, Vec<u8>, Vec<i64>, Vec<i64>) {
         let cap = self.live;
         let (mut ks, mut ke, mut vs, mut ve) =
             (Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap));
-        for slot in self.slots.iter().filter(|s| s.live) {
+        let taken = std::mem::take(self);
+        let clean = taken.live == taken.slots.len()
+            && taken.slots.iter().scan(0usize, |end, s| {
+                let ok = s.value.0 == *end;
+                *end = s.value.1;
+                Some(ok)
+            }).all(|ok| ok);
+        if clean {
+            for slot in &taken.slots {
+                ks.push(slot.key.0 as i64);
+                ke.push(slot.key.1 as i64);
+                vs.push(slot.value.0 as i64);
+                ve.push(slot.value.1 as i64);
+            }
+            return (taken.keys, ks, ke, taken.values, vs, ve);
+        }
+        let (mut keys, mut values) = (Vec::with_capacity(taken.keys.len()), Vec::new());
+        for slot in taken.slots.iter().filter(|s| s.live) {
             ks.push(keys.len() as i64);
-            keys.extend_from_slice(&self.keys[slot.key.0..slot.key.1]);
+            keys.extend_from_slice(&taken.keys[slot.key.0..slot.key.1]);
             ke.push(keys.len() as i64);
             vs.push(values.len() as i64);
-            values.extend_from_slice(&self.values[slot.value.0..slot.value.1]);
+            values.extend_from_slice(&taken.values[slot.value.0..slot.value.1]);
             ve.push(values.len() as i64);
         }
         (keys, ks, ke, values, vs, ve)
