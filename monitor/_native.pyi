@@ -159,3 +159,7 @@ class Latest:
 
 def str_slices(data: Bytes, starts: Int64s, ends: Int64s) -> list[str]:
     """data[starts[i]:ends[i]] decoded like bytes.decode("utf-8", "surrogatepass")."""
+
+def name_groups(data: Bytes, starts: Int64s, ends: Int64s) -> tuple[list[bytes], Int64s]:
+    """Groups keys by the name at byte 1 (big-endian u16 length, then the name): (names in order of first
+    appearance, each key's group, -1 for a key too short for its name)."""

@@ -46,9 +46,9 @@ from monitor.reference import Reference
 from monitor.stream import raw_fetch
 
 try:
-    from monitor._native import str_slices as _str_slices
-except ImportError:  # the native module was not built: the same ids, a Python step each
-    _str_slices = None
+    from monitor import _native
+except ImportError:  # the native module was not built: the same columns, a Python step per entry
+    _native = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def decode_entries(values: list[bytes], n_labels: int) -> dict[str, np.ndarray]:
     return decode_rows(b"".join(values), n_labels)
 
 
-def decode_rows(raw: bytes, n_labels: int) -> dict[str, np.ndarray]:
+def decode_rows(raw: bytes | np.ndarray, n_labels: int) -> dict[str, np.ndarray]:
     """Join checkpoint columns of entry values laid end to end (each checked to be one row long)."""
     rows = np.frombuffer(raw, dtype=entry_dtype(n_labels))
     n = len(rows)
@@ -321,52 +321,63 @@ class StateRecords:
             yield (keys[self.key_start[i]:self.key_end[i]].tobytes(),
                    values[self.value_start[i]:self.value_end[i]].tobytes())
 
-    def entries(self, where: np.ndarray) -> dict[str, tuple[list[str], bytes, np.ndarray]]:
-        """Per model: the ids, the values end to end and their lengths, of the join entries at `where`
-        (ascending)."""
-        buf = self.keys
+    def entries(self, where: np.ndarray) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+        """Per model: the ids, the values end to end (uint8) and their lengths, of the join entries at
+        `where` (ascending)."""
         ks, ke = self.key_start[where], self.key_end[where]
-        if np.any(ke - ks < 1 + _NAME_LEN.size):
+        names, group = self._groups(ks, ke)
+        if np.any(group < 0):
             raise ChangelogError("a join entry key without its model name")
-        name_len = buf[ks + 1].astype(np.int64) * 256 + buf[ks + 2]
-        out: dict[str, tuple[list[str], bytes, np.ndarray]] = {}
-        todo = np.ones(len(where), dtype=bool)
-        while todo.any():
-            # One model at a time: the entries whose name equals the first remaining entry's.
-            first = int(np.argmax(todo))
-            n, start = int(name_len[first]), int(ks[first]) + 1 + _NAME_LEN.size
-            name = buf[start:start + n].tobytes()
-            same = todo & (name_len == n) & (ke - ks >= 1 + _NAME_LEN.size + n)
-            for j, byte in enumerate(name):
-                same &= buf[np.minimum(ks + 1 + _NAME_LEN.size + j, len(buf) - 1)] == byte
-            todo &= ~same
-            sel = np.flatnonzero(same)
-            starts, ends = ks[sel] + 1 + _NAME_LEN.size + n, ke[sel]
-            if _str_slices is not None:
-                ids = _str_slices(self.keys, starts, ends)
+        out: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
+        for g, name in enumerate(names):
+            sel = np.flatnonzero(group == g) if len(names) > 1 else np.arange(len(where))
+            starts, ends = ks[sel] + 1 + _NAME_LEN.size + len(name), ke[sel]
+            if _native is not None:
+                ids = _native.str_slices(self.keys, starts, ends)
             else:
-                keys = buf.tobytes()
+                keys = self.keys.tobytes()
                 ids = [keys[s:e].decode("utf-8", "surrogatepass")
                        for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
             rows = where[sel]
             out[name.decode()] = (ids, self._values(rows), self.value_end[rows] - self.value_start[rows])
         return out
 
-    def _values(self, rows: np.ndarray, chunk: int = 1 << 18) -> bytes:
-        """The values of records `rows` (ascending) end to end, gathered with a byte mask per chunk of
-        records (the values of consecutive records are contiguous)."""
+    def _groups(self, ks: np.ndarray, ke: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        """The model names of entry keys (b"e", u16 length, name, id) and each key's index among them (-1:
+        too short for its name)."""
+        if _native is not None:
+            return _native.name_groups(self.keys, ks, ke)
+        buf, head = self.keys, 1 + _NAME_LEN.size
+        name_len = np.where(ke - ks >= head, buf[np.minimum(ks + 1, len(buf) - 1)].astype(np.int64) * 256
+                            + buf[np.minimum(ks + 2, len(buf) - 1)], -1)
+        group = np.full(len(ks), -1, dtype=np.int64)
+        names: list[bytes] = []
+        todo = (name_len >= 0) & (ke - ks >= head + name_len)
+        while todo.any():
+            # One model at a time: the entries whose name equals the first remaining entry's.
+            first = int(np.argmax(todo))
+            n, start = int(name_len[first]), int(ks[first]) + head
+            name = buf[start:start + n].tobytes()
+            same = todo & (name_len == n)
+            for j, byte in enumerate(name):
+                same &= buf[np.minimum(ks + head + j, len(buf) - 1)] == byte
+            group[same] = len(names)
+            names.append(name)
+            todo &= ~same
+        return names, group
+
+    def _values(self, rows: np.ndarray) -> np.ndarray:
+        """The values of records `rows` (ascending) end to end. Consecutive records have their values
+        side by side, so each run of consecutive rows is one slice (entries usually come in a few runs
+        between window blocks)."""
         if not len(rows):
-            return b""
-        vbuf = self.values
-        member = np.zeros(len(self), dtype=bool)
-        member[rows] = True
-        lengths = self.value_end - self.value_start
-        out = []
-        for a in range(int(rows[0]), int(rows[-1]) + 1, chunk):
-            b = min(a + chunk, int(rows[-1]) + 1)
-            lo, hi = int(self.value_start[a]), int(self.value_end[b - 1])
-            out.append(vbuf[lo:hi][np.repeat(member[a:b], lengths[a:b])].tobytes())
-        return b"".join(out)
+            return np.zeros(0, dtype=np.uint8)
+        breaks = np.flatnonzero(np.diff(rows) != 1)
+        firsts = np.concatenate(([rows[0]], rows[breaks + 1])).tolist()
+        lasts = np.concatenate((rows[breaks], [rows[-1]])).tolist()
+        vs, ve = self.value_start, self.value_end
+        runs = [self.values[vs[a]:ve[b]] for a, b in zip(firsts, lasts, strict=True)]
+        return runs[0] if len(runs) == 1 else np.concatenate(runs)
 
 
 @dataclass
@@ -421,7 +432,7 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
             written[key] = raw
         elif key != KEY_META:
             raise ChangelogError(f"unknown state record key {key[:16]!r}")
-    entries = {}
+    entries: dict[str, tuple[list[str], np.ndarray]] = {}
     for name, (ids, rows, lengths) in records.entries(np.flatnonzero(is_entry)).items():
         if name in labels and name in prefixes:
             if np.any(lengths != entry_dtype(labels[name]).itemsize):
@@ -448,7 +459,7 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
         arrays[f"{prefix}.total.keys"] = np.array(versions, dtype=np.int64)
         arrays[f"{prefix}.total.blocks"] = (np.stack([total[(v, 0)] for v in versions]) if versions
                                             else np.zeros((0, size)))
-        ids, rows = entries.get(name, ([], b""))
+        ids, rows = entries.get(name, ([], np.zeros(0, dtype=np.uint8)))
         columns = decode_rows(rows, labels[name]) if ids else snapshot.empty_join_columns(labels[name])
         for col, arr in columns.items():
             arrays[f"{prefix}.join.{col}"] = arr

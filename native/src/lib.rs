@@ -36,6 +36,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(unpack_records, m)?)?;
     m.add_class::<Latest>()?;
     m.add_function(wrap_pyfunction!(str_slices, m)?)?;
+    m.add_function(wrap_pyfunction!(name_groups, m)?)?;
     Ok(())
 }
 
@@ -114,6 +115,44 @@ fn str_slices<'py>(
         });
     }
     PyList::new(py, out)
+}
+
+/// Group keys by the name each holds at byte 1 (a big-endian u16 length, then the name): the state
+/// changelog's join entry keys. -> (names in order of first appearance, each key's group; -1 when a key
+/// is too short for its name).
+#[pyfunction]
+fn name_groups<'py>(
+    py: Python<'py>,
+    data: PyReadonlyArray1<'_, u8>,
+    starts: PyReadonlyArray1<'_, i64>,
+    ends: PyReadonlyArray1<'_, i64>,
+) -> PyResult<(Vec<Bound<'py, PyBytes>>, Bound<'py, PyArray1<i64>>)> {
+    let (buf, starts, ends) = (data.as_slice()?, starts.as_slice()?, ends.as_slice()?);
+    if starts.len() != ends.len() {
+        return Err(value_error("starts and ends of different lengths"));
+    }
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut group = Vec::with_capacity(starts.len());
+    let mut last = usize::MAX;
+    for (&s, &e) in starts.iter().zip(ends) {
+        let key = buf.get(s as usize..e as usize).filter(|_| s >= 0).ok_or_else(|| value_error("a slice outside the data"))?;
+        if key.len() < 3 || key.len() < 3 + u16::from_be_bytes([key[1], key[2]]) as usize {
+            group.push(-1);
+            continue;
+        }
+        let name = &key[3..3 + u16::from_be_bytes([key[1], key[2]]) as usize];
+        if last == usize::MAX || names[last] != name {
+            last = match names.iter().position(|n| *n == name) {
+                Some(g) => g,
+                None => {
+                    names.push(name);
+                    names.len() - 1
+                }
+            };
+        }
+        group.push(last as i64);
+    }
+    Ok((names.iter().map(|n| PyBytes::new(py, n)).collect(), column(py, group)))
 }
 
 /// The newest value of every key over record columns (records.rs `Latest`): a compacted topic's state.
