@@ -198,7 +198,7 @@ def test_latest_keeps_what_a_dict_keeps() -> None:
     """Upserts, tombstones and keys written again after their removal, over several chunks: the newest
     value of each key, in the order a dict filled record by record holds them."""
     rng = random.Random(5)
-    latest, expected = raw_fetch.Latest(), {}
+    latest, expected = raw_fetch.latest(), {}
     for _ in range(20):
         rows = [(b"k%d" % rng.randint(0, 300), None if rng.random() < 0.25 else rng.randbytes(rng.randint(0, 30)))
                 for _ in range(rng.randint(0, 200))]
@@ -222,7 +222,7 @@ def test_latest_of_distinct_keys_hands_over_every_record() -> None:
     """No key replaced or removed (the arenas are handed over as they are): every record, in order."""
     rows = [(b"key-%d" % i, b"v" * (i % 7)) for i in range(500)]
     cols, _ = raw_fetch.unpack(batch(0, rows, 0), 0, raw_fetch.READ_COMMITTED, [])
-    latest = raw_fetch.Latest()
+    latest = raw_fetch.latest()
     latest.add(cols.data, cols.key_start, cols.key_end, cols.value_start, cols.value_end)
     keys, ks, ke, values, vs, ve = latest.take_columns()
     got = [(keys[s:e].tobytes(), values[a:b].tobytes())

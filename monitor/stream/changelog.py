@@ -494,7 +494,7 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
     starts = await reader.beginning_offsets(tps)
     todo = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
     if raw and raw_fetch.available():
-        latest = {tp: raw_fetch.Latest() for tp in tps}
+        latest = {tp: raw_fetch.latest() for tp in tps}
         if todo:
             # The reader's own client: its connections and metadata, no group, nothing assigned.
             fetcher = raw_fetch.RawReader(reader._client, raw_fetch.READ_COMMITTED)

@@ -25,16 +25,22 @@ from aiokafka.protocol.fetch import FetchRequest
 log = logging.getLogger(__name__)
 
 try:
-    from monitor._native import Latest, unpack_records
-except ImportError:  # the extension was not built (or predates unpack_records): callers use getmany
-    unpack_records = Latest = None
+    from monitor import _native
+except ImportError:  # the extension was not built: callers read through aiokafka's consumer
+    _native = None  # type: ignore[assignment]
 
 READ_UNCOMMITTED, READ_COMMITTED = 0, 1
 RETRY_BACKOFF = 0.1
 
 
 def available() -> bool:
-    return unpack_records is not None
+    return _native is not None
+
+
+def latest() -> _native.Latest:
+    """The newest value of every key over record columns (monitor._native.Latest)."""
+    assert _native is not None
+    return _native.Latest()
 
 
 @dataclass
@@ -63,9 +69,9 @@ class RecordColumns:
 def unpack(records: bytes, fetch_offset: int, isolation_level: int,
            aborted: list[tuple[int, int]] | None) -> tuple[RecordColumns, int]:
     """(columns, complete batches read) of one partition's Fetch `records`."""
-    assert unpack_records is not None
+    assert _native is not None
     try:
-        data, ks, ke, vs, ve, offsets, next_offset, batches = unpack_records(
+        data, ks, ke, vs, ve, offsets, next_offset, batches = _native.unpack_records(
             records, fetch_offset, isolation_level == READ_COMMITTED, list(aborted or []))
     except ValueError as exc:
         raise Errors.CorruptRecordException(str(exc)) from None
