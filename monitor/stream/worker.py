@@ -39,6 +39,7 @@ from monitor.events import InvalidEvent, parse_timestamp
 from monitor.exporter import FiguresCollector
 from monitor.mapping import RecordMeta
 from monitor.reference import Reference, load_reference
+from monitor.stream import raw_fetch
 from monitor.stream.changelog import ChangelogError, ChangeTracker, StateWriter, read_partitions, rebuild, track
 from monitor.stream.gc_policy import GcPolicy
 from monitor.stream.kafka_setup import SetupError, Topics, client_options, ensure_topics
@@ -505,7 +506,10 @@ class Worker:
         # Fence first: starting a partition's transactional producer aborts whatever a previous owner left
         # open, so the changelog read next is final.
         await asyncio.gather(*(w.start() for w in writers.values()))
+        fenced = time.monotonic()
         read = await read_partitions(self.reader, self.topics.state, todo)
+        log.info("state partitions %s: fenced in %.2f s, changelog read in %.2f s (%s)", todo, fenced - started,
+                 time.monotonic() - fenced, "native reader" if raw_fetch.available() else "aiokafka consumer")
         fresh = []
         for p in todo:
             try:
