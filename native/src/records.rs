@@ -232,11 +232,15 @@ impl Latest {
             (Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap));
         let taken = std::mem::take(self);
         let clean = taken.live == taken.slots.len()
-            && taken.slots.iter().scan(0usize, |end, s| {
-                let ok = s.value.0 == *end;
-                *end = s.value.1;
-                Some(ok)
-            }).all(|ok| ok);
+            && taken
+                .slots
+                .iter()
+                .scan(0usize, |end, s| {
+                    let ok = s.value.0 == *end;
+                    *end = s.value.1;
+                    Some(ok)
+                })
+                .all(|ok| ok);
         if clean {
             for slot in &taken.slots {
                 ks.push(slot.key.0 as i64);
