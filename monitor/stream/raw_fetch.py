@@ -177,6 +177,9 @@ class RawReader:
                     # Nothing to reset to for an explicit read: the caller's start was wrong (e.g. the log
                     # was truncated under it), so say so.
                     raise Errors.OffsetOutOfRangeError({tp: offsets[tp]})
+                elif error.retriable:  # e.g. a broker's storage error: tried again until the read's deadline
+                    log.warning("fetch %s at offset %d: %s, retrying", tp, offsets[tp], error.__name__)
+                    self.client.force_metadata_update()
                 else:
                     raise error(f"fetch {tp} at offset {offsets[tp]}")
         return out
