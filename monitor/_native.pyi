@@ -132,3 +132,34 @@ class Join:
     def restore(self, ids: list[str], columns: dict[str, npt.NDArray[Any]], seq: int, watermark: float | None,
                 pending: dict[str, int], expired: dict[str, int], evicted: dict[str, int],
                 duplicates: dict[str, int], corrections: int, joined: int) -> None: ...
+
+Int64s = npt.NDArray[np.int64]
+Bytes = npt.NDArray[np.uint8]
+
+def unpack_records(records: bytes, fetch_offset: int, read_committed: bool, aborted: list[tuple[int, int]]
+                   ) -> tuple[bytes, Int64s, Int64s, Int64s, Int64s, Int64s, int, int]:
+    """One partition's Fetch response `records` (record batches v2) -> the data records aiokafka's getmany
+    would return, as (data, key_start, key_end, value_start, value_end, offsets, next_offset, batches).
+    Record i's key is data[key_start[i]:key_end[i]], None when key_start[i] is -1 (values likewise).
+    Control batches, aborted transactions (read_committed; `aborted`: (producer id, first offset)) and
+    records below `fetch_offset` are left out; a truncated last batch is left for the next fetch.
+    `batches`: complete batches read. ValueError on a CRC mismatch or a corrupt batch."""
+
+class Latest:
+    """The newest value of every key over record columns (a compacted topic as a reader sees it): a later
+    value replaces an earlier one in place, a None value removes its key, a key written again after its
+    removal goes last: the order of a Python dict filled the same way."""
+    def __init__(self) -> None: ...
+    def add(self, data: bytes, key_start: Int64s, key_end: Int64s, value_start: Int64s, value_end: Int64s) -> None:
+        """Records as unpack_records returns them (-1: None); ValueError on a record without a key."""
+    def __len__(self) -> int: ...
+    def take_columns(self) -> tuple[Bytes, Int64s, Int64s, Bytes, Int64s, Int64s]:
+        """(keys, key_start, key_end, values, value_start, value_end) of the live keys in dict order, the
+        values contiguous in that order, keys and values as uint8 arrays (no copy); leaves this empty."""
+
+def str_slices(data: Bytes, starts: Int64s, ends: Int64s) -> list[str]:
+    """data[starts[i]:ends[i]] decoded like bytes.decode("utf-8", "surrogatepass")."""
+
+def name_groups(data: Bytes, starts: Int64s, ends: Int64s) -> tuple[list[bytes], Int64s]:
+    """Groups keys by the name at byte 1 (big-endian u16 length, then the name): (names in order of first
+    appearance, each key's group, -1 for a key too short for its name)."""

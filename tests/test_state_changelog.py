@@ -13,10 +13,12 @@ import pytest
 from monitor.engine import native
 from monitor.engine.engine import Engine
 from monitor.replay import merge_by_time, run_replay
+from monitor.stream import changelog
 from monitor.stream.changelog import (
     KEY_META,
     ChangelogError,
     ChangeTracker,
+    StateRecords,
     block_values,
     decode_entries,
     encode_entries,
@@ -306,3 +308,31 @@ def test_a_multiclass_model_with_hundreds_of_classes_writes_small_records() -> N
     restored = rebuild(cfg, None, dict(topic))
     assert restored is not None
     assert restored.engine.models["router"].store.total[version].tobytes() == state.store.total[version].tobytes()
+
+
+@pytest.mark.parametrize("use_native", ENGINES)
+def test_state_records_group_entries_like_parsing_each_key(use_native: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Entries of models whose names share a length or a prefix, interleaved with other records, with
+    non-ASCII and surrogate ids: grouped per model in record order like parse_entry_key on each key (with
+    the native grouping and with its numpy fallback)."""
+    if not use_native:
+        monkeypatch.setattr(changelog, "_native", None)
+    rng = np.random.default_rng(3)
+    records: dict[bytes, bytes] = {KEY_META: b"meta", b"b" + bytes(17) + b"ab": b"block"}
+    for i in range(3000):
+        model = ["ab", "cd", "abc", "m\u00e9", "a"][int(rng.integers(5))]
+        pid = [f"id-{i}", f"\u00fc-{i}", f"\ud800-{i}"][i % 3]
+        records[entry_key(model, pid)] = rng.bytes(int(rng.integers(1, 9)))
+    expected: dict[str, tuple[list[str], list[bytes]]] = {}
+    for key, value in records.items():
+        if key.startswith(b"e"):
+            model, pid = parse_entry_key(key)
+            expected.setdefault(model, ([], []))[0].append(pid)
+            expected[model][1].append(value)
+    state = StateRecords.of(records)
+    mask = state.entry_mask()
+    assert mask.sum() == 3000
+    got = state.entries(np.flatnonzero(mask))
+    assert {m: (ids, rows.tobytes(), lengths.tolist()) for m, (ids, rows, lengths) in got.items()} == {
+        m: (ids, b"".join(values), [len(v) for v in values]) for m, (ids, values) in expected.items()}
+    assert dict(state.items(np.flatnonzero(~mask))) == {k: v for k, v in records.items() if not k.startswith(b"e")}

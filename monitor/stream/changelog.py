@@ -43,6 +43,12 @@ from monitor.engine.engine import Engine
 from monitor.engine.join import EXPORT_COLUMNS
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
+from monitor.stream import raw_fetch
+
+try:
+    from monitor import _native
+except ImportError:  # the native module was not built: the same columns, a Python step per entry
+    _native = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +143,12 @@ def decode_entries(values: list[bytes], n_labels: int) -> dict[str, np.ndarray]:
     dtype = entry_dtype(n_labels)
     if any(len(v) != dtype.itemsize for v in values):
         raise ChangelogError(f"a join entry is not {dtype.itemsize} bytes long (another label count?)")
-    rows = np.frombuffer(b"".join(values), dtype=dtype)
+    return decode_rows(b"".join(values), n_labels)
+
+
+def decode_rows(raw: bytes | np.ndarray, n_labels: int) -> dict[str, np.ndarray]:
+    """Join checkpoint columns of entry values laid end to end (each checked to be one row long)."""
+    rows = np.frombuffer(raw, dtype=entry_dtype(n_labels))
     n = len(rows)
     flags = rows["flags"]
     out: dict[str, np.ndarray] = {
@@ -270,6 +281,110 @@ def track(engine: Engine) -> None:
 
 
 # --- restore --------------------------------------------------------------------------------------------
+def _bounds(parts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
+    ends = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)))
+    return ends - np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), ends
+
+
+@dataclass
+class StateRecords:
+    """The newest value of every key of a state partition as columns: key i is
+    keys[key_start[i]:key_end[i]], its value values[value_start[i]:value_end[i]], in the order a dict
+    filled record by record would hold them, the values end to end in that order. Millions of join
+    entries are then decoded with a few numpy operations instead of a Python step per key."""
+
+    keys: np.ndarray  # uint8
+    key_start: np.ndarray
+    key_end: np.ndarray
+    values: np.ndarray  # uint8
+    value_start: np.ndarray
+    value_end: np.ndarray
+
+    @classmethod
+    def of(cls, records: dict[bytes, bytes]) -> StateRecords:
+        keys, values = list(records), list(records.values())
+        return cls(np.frombuffer(b"".join(keys), dtype=np.uint8), *_bounds(keys),
+                   np.frombuffer(b"".join(values), dtype=np.uint8), *_bounds(values))
+
+    def __len__(self) -> int:
+        return len(self.key_start)
+
+    @property
+    def size(self) -> int:
+        return len(self.keys) + len(self.values)
+
+    def entry_mask(self) -> np.ndarray:
+        if not len(self):
+            return np.zeros(0, dtype=bool)
+        empty = self.key_end == self.key_start
+        first = self.keys[np.where(empty, 0, self.key_start)]
+        return (first == _ENTRY[0]) & ~empty
+
+    def items(self, where: np.ndarray) -> Iterator[Record]:
+        keys, values = self.keys, self.values
+        for i in where.tolist():
+            yield (keys[self.key_start[i]:self.key_end[i]].tobytes(),
+                   values[self.value_start[i]:self.value_end[i]].tobytes())
+
+    def entries(self, where: np.ndarray) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+        """Per model: the ids, the values end to end (uint8) and their lengths, of the join entries at
+        `where` (ascending)."""
+        ks, ke = self.key_start[where], self.key_end[where]
+        names, group = self._groups(ks, ke)
+        if np.any(group < 0):
+            raise ChangelogError("a join entry key without its model name")
+        out: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
+        for g, name in enumerate(names):
+            sel = np.flatnonzero(group == g) if len(names) > 1 else np.arange(len(where))
+            starts, ends = ks[sel] + 1 + _NAME_LEN.size + len(name), ke[sel]
+            if _native is not None:
+                ids = _native.str_slices(self.keys, starts, ends)
+            else:
+                keys = self.keys.tobytes()
+                ids = [keys[s:e].decode("utf-8", "surrogatepass")
+                       for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+            rows = where[sel]
+            out[name.decode()] = (ids, self._values(rows), self.value_end[rows] - self.value_start[rows])
+        return out
+
+    def _groups(self, ks: np.ndarray, ke: np.ndarray) -> tuple[list[bytes], np.ndarray]:
+        """The model names of entry keys (b"e", u16 length, name, id) and each key's index among them (-1:
+        too short for its name)."""
+        if _native is not None:
+            return _native.name_groups(self.keys, ks, ke)
+        buf, head = self.keys, 1 + _NAME_LEN.size
+        name_len = np.where(ke - ks >= head, buf[np.minimum(ks + 1, len(buf) - 1)].astype(np.int64) * 256
+                            + buf[np.minimum(ks + 2, len(buf) - 1)], -1)
+        group = np.full(len(ks), -1, dtype=np.int64)
+        names: list[bytes] = []
+        todo = (name_len >= 0) & (ke - ks >= head + name_len)
+        while todo.any():
+            # One model at a time: the entries whose name equals the first remaining entry's.
+            first = int(np.argmax(todo))
+            n, start = int(name_len[first]), int(ks[first]) + head
+            name = buf[start:start + n].tobytes()
+            same = todo & (name_len == n)
+            for j, byte in enumerate(name):
+                same &= buf[np.minimum(ks + head + j, len(buf) - 1)] == byte
+            group[same] = len(names)
+            names.append(name)
+            todo &= ~same
+        return names, group
+
+    def _values(self, rows: np.ndarray) -> np.ndarray:
+        """The values of records `rows` (ascending) end to end. Consecutive records have their values
+        side by side, so each run of consecutive rows is one slice (entries usually come in a few runs
+        between window blocks)."""
+        if not len(rows):
+            return np.zeros(0, dtype=np.uint8)
+        breaks = np.flatnonzero(np.diff(rows) != 1)
+        firsts = np.concatenate(([rows[0]], rows[breaks + 1])).tolist()
+        lasts = np.concatenate((rows[breaks], [rows[-1]])).tolist()
+        vs, ve = self.value_start, self.value_end
+        runs = [self.values[vs[a]:ve[b]] for a, b in zip(firsts, lasts, strict=True)]
+        return runs[0] if len(runs) == 1 else np.concatenate(runs)
+
+
 @dataclass
 class Restored:
     engine: Engine
@@ -280,11 +395,15 @@ class Restored:
 
 
 def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
-            records: dict[bytes, bytes]) -> Restored | None:
+            records: StateRecords | dict[bytes, bytes]) -> Restored | None:
     """The engine the newest value of every key describes (None: the partition has no state yet)."""
-    meta_value = records.get(KEY_META)
+    if isinstance(records, dict):
+        records = StateRecords.of(records)
+    is_entry = records.entry_mask()
+    others = dict(records.items(np.flatnonzero(~is_entry)))
+    meta_value = others.get(KEY_META)
     if meta_value is None:
-        if records:
+        if len(records):
             raise ChangelogError(f"{len(records)} state records but no meta record")
         return None
     try:
@@ -293,14 +412,13 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
         raise ChangelogError(str(exc)) from None
     prefixes = {m["name"]: (f"m{i}", m) for i, m in enumerate(meta.get("models", []))}
     blocks: dict[str, dict[str, dict[tuple[int, int], np.ndarray]]] = {}
-    entries: dict[str, tuple[list[str], list[bytes]]] = {}
     written: dict[bytes, bytes] = {}
     models = {s.cfg.name: s for s in Engine(config, references).models.values()}
     sizes = {name: s.layout.size for name, s in models.items()}
     labels = {name: s.n_labels for name, s in models.items()}
     parts: dict[tuple[str, str, int, int], dict[int, bytes]] = {}
     counts: dict[tuple[str, str, int, int], int] = {}
-    for key, value in records.items():
+    for key, value in others.items():
         if key.startswith(_BLOCK):
             name, kind, v, b = parse_block_key(key)
             if name not in sizes or name not in prefixes:
@@ -317,14 +435,15 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
             if counts.setdefault((name, kind, v, b), n_parts) != n_parts:
                 raise ChangelogError(f"the parts of a {kind} block of model {name!r} disagree on their count")
             written[key] = raw
-        elif key.startswith(_ENTRY):
-            name, pid = parse_entry_key(key)
-            if name in labels and name in prefixes:
-                ids, values = entries.setdefault(name, ([], []))
-                ids.append(pid)
-                values.append(value)
         elif key != KEY_META:
             raise ChangelogError(f"unknown state record key {key[:16]!r}")
+    entries: dict[str, tuple[list[str], np.ndarray]] = {}
+    for name, (ids, rows, lengths) in records.entries(np.flatnonzero(is_entry)).items():
+        if name in labels and name in prefixes:
+            if np.any(lengths != entry_dtype(labels[name]).itemsize):
+                raise ChangelogError(f"a join entry is not {entry_dtype(labels[name]).itemsize} bytes long "
+                                     "(another label count?)")
+            entries[name] = (ids, rows)
     for (name, kind, v, b), got in parts.items():
         if len(got) != counts[(name, kind, v, b)]:
             raise ChangelogError(f"a {kind} block of model {name!r} has {len(got)} of its "
@@ -345,8 +464,8 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
         arrays[f"{prefix}.total.keys"] = np.array(versions, dtype=np.int64)
         arrays[f"{prefix}.total.blocks"] = (np.stack([total[(v, 0)] for v in versions]) if versions
                                             else np.zeros((0, size)))
-        ids, values = entries.get(name, ([], []))
-        columns = decode_entries(values, labels[name]) if values else snapshot.empty_join_columns(labels[name])
+        ids, rows = entries.get(name, ([], np.zeros(0, dtype=np.uint8)))
+        columns = decode_rows(rows, labels[name]) if ids else snapshot.empty_join_columns(labels[name])
         for col, arr in columns.items():
             arrays[f"{prefix}.join.{col}"] = arr
         m["join"]["ids"] = ids
@@ -355,29 +474,47 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
     except snapshot.SnapshotError as exc:
         raise ChangelogError(str(exc)) from None
     track(engine)
-    size = sum(len(k) + len(v) for k, v in records.items())
-    return Restored(engine, extra, ChangeTracker(written), len(records), size)
+    return Restored(engine, extra, ChangeTracker(written), len(records), records.size)
 
 
 @dataclass
 class PartitionRecords:
-    records: dict[bytes, bytes]  # key -> newest value
+    records: StateRecords  # the newest value of every key
     end: int  # the offset read up to: the partition's last stable offset when reading began
 
 
-async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list[int],
-                          timeout: float = 600.0) -> dict[int, PartitionRecords]:
+async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list[int], timeout: float = 600.0,
+                          raw: bool = True) -> dict[int, PartitionRecords]:
     """The newest value of every key in each state partition, read from the beginning to the last
-    committed offset (`reader` reads committed records only). Tombstones remove their key."""
+    committed offset (`reader` reads committed records only). Tombstones remove their key.
+
+    With `raw` (and the native module built) the records come as flat columns from raw Fetch requests
+    sent through the reader's client (monitor.stream.raw_fetch) and the newest value of each key is kept
+    natively (monitor._native.Latest), without a Python object per record; else aiokafka's getmany, which
+    builds a ConsumerRecord per record, fills a dict. Both skip the same control and aborted records."""
     if not partitions:
         return {}
     tps = [TopicPartition(topic, p) for p in partitions]
     ends = await reader.end_offsets(tps)  # the last stable offset under read_committed
     starts = await reader.beginning_offsets(tps)
-    out = {tp.partition: PartitionRecords({}, ends[tp]) for tp in tps}
     todo = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
-    if not todo:
-        return out
+    if raw and raw_fetch.available():
+        latest = {tp: raw_fetch.latest() for tp in tps}
+        if todo:
+            # The reader's own client: its connections and metadata, no group, nothing assigned.
+            fetcher = raw_fetch.RawReader(reader._client, raw_fetch.READ_COMMITTED)
+            async for tp, cols in fetcher.read({tp: starts[tp] for tp in todo}, todo, timeout):
+                # Inline, not in a thread: measured slower in a thread on this 2-core machine under load.
+                latest[tp].add(cols.data, cols.key_start, cols.key_end, cols.value_start, cols.value_end)
+        return {tp.partition: PartitionRecords(StateRecords(*latest[tp].take_columns()), ends[tp]) for tp in tps}
+    state: dict[TopicPartition, dict[bytes, bytes]] = {tp: {} for tp in tps}
+    if todo:
+        await _read_getmany(reader, starts, todo, state, timeout)
+    return {tp.partition: PartitionRecords(StateRecords.of(state[tp]), ends[tp]) for tp in tps}
+
+
+async def _read_getmany(reader: AIOKafkaConsumer, starts: dict[TopicPartition, int], todo: dict[TopicPartition, int],
+                        state: dict[TopicPartition, dict[bytes, bytes]], timeout: float) -> None:
     reader.assign(list(todo))
     for tp in todo:
         reader.seek(tp, starts[tp])
@@ -389,12 +526,12 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
                                    f"within {timeout:.0f} s")
             batch = await reader.getmany(timeout_ms=500, max_records=50_000)
             for tp, got in batch.items():
-                state = out[tp.partition].records
+                records = state[tp]
                 for record in got:
                     if record.value is None:
-                        state.pop(record.key, None)
+                        records.pop(record.key, None)
                     else:
-                        state[record.key] = record.value
+                        records[record.key] = record.value
             for tp in list(todo):
                 # Control records (transaction markers) take offsets too: the position is what counts.
                 if await reader.position(tp) >= todo[tp]:
@@ -402,7 +539,6 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
                     reader.pause(tp)
     finally:
         reader.assign([])
-    return out
 
 
 # --- writing ------------------------------------------------------------------------------------------------

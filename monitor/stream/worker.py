@@ -39,7 +39,7 @@ from monitor.events import InvalidEvent, parse_timestamp
 from monitor.exporter import FiguresCollector
 from monitor.mapping import RecordMeta
 from monitor.reference import Reference, load_reference
-from monitor.stream import fetched, local_state
+from monitor.stream import fetched, local_state, raw_fetch
 from monitor.stream.changelog import (
     ChangelogError,
     ChangeTracker,
@@ -553,8 +553,14 @@ class Worker:
         # Fence first: starting a partition's transactional producer aborts whatever a previous owner left
         # open, so the changelog read next is final.
         await asyncio.gather(*(w.start() for w in writers.values()))
+        fenced = time.monotonic()
         local = await self._local_states(todo)
-        read = await read_partitions(self.reader, self.topics.state, [p for p in todo if p not in local])
+        unread = [p for p in todo if p not in local]
+        read = await read_partitions(self.reader, self.topics.state, unread)
+        if unread:
+            log.info("state partitions %s: fenced in %.2f s, changelog read in %.2f s (%s)", unread,
+                     fenced - started, time.monotonic() - fenced,
+                     "native reader" if raw_fetch.available() else "aiokafka consumer")
         fresh = []
         for p in todo:
             if p in local:

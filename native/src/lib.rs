@@ -5,6 +5,7 @@ mod decode;
 mod join;
 mod json;
 mod mapped;
+mod records;
 mod store;
 mod timestamp;
 
@@ -32,6 +33,10 @@ use crate::join::{Checkpoint, Counters, JoinTable, PredIn, TruthIn};
 fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<Join>()?;
+    m.add_function(wrap_pyfunction!(unpack_records, m)?)?;
+    m.add_class::<Latest>()?;
+    m.add_function(wrap_pyfunction!(str_slices, m)?)?;
+    m.add_function(wrap_pyfunction!(name_groups, m)?)?;
     Ok(())
 }
 
@@ -48,6 +53,158 @@ fn column<T: Element>(py: Python<'_>, v: Vec<T>) -> Bound<'_, PyArray1<T>> {
 /// categorical features), where the length cannot tell the rows.
 fn rows_of<T: Element>(py: Python<'_>, v: Vec<T>, rows: usize, cols: usize) -> PyResult<Bound<'_, PyAny>> {
     Ok(PyArray1::from_vec(py, v).reshape([rows, cols])?.into_any())
+}
+
+// --- Kafka record batches ---------------------------------------------------------------------------
+
+type RecordColumns<'py> = (
+    Bound<'py, PyBytes>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    i64,
+    usize,
+);
+
+/// One partition's Fetch `records` bytes -> (data, key_start, key_end, value_start, value_end, offsets,
+/// next_offset, batches): see records.rs.
+#[pyfunction]
+#[pyo3(signature = (records, fetch_offset, read_committed, aborted))]
+fn unpack_records<'py>(
+    py: Python<'py>,
+    records: &Bound<'py, PyBytes>,
+    fetch_offset: i64,
+    read_committed: bool,
+    aborted: Vec<(i64, i64)>,
+) -> PyResult<RecordColumns<'py>> {
+    let raw = records.as_bytes();
+    let cols = py.detach(|| records::unpack(raw, fetch_offset, read_committed, &aborted)).map_err(value_error)?;
+    Ok((
+        PyBytes::new(py, &cols.data),
+        column(py, cols.key_start),
+        column(py, cols.key_end),
+        column(py, cols.value_start),
+        column(py, cols.value_end),
+        column(py, cols.offsets),
+        cols.next_offset,
+        cols.batches,
+    ))
+}
+
+/// data[starts[i]..ends[i]] as str, each decoded like `bytes.decode("utf-8", "surrogatepass")` (ids
+/// written with surrogates take that Python call; the rest are plain UTF-8).
+#[pyfunction]
+fn str_slices<'py>(
+    py: Python<'py>,
+    data: PyReadonlyArray1<'_, u8>,
+    starts: PyReadonlyArray1<'_, i64>,
+    ends: PyReadonlyArray1<'_, i64>,
+) -> PyResult<Bound<'py, PyList>> {
+    let (buf, starts, ends) = (data.as_slice()?, starts.as_slice()?, ends.as_slice()?);
+    if starts.len() != ends.len() {
+        return Err(value_error("starts and ends of different lengths"));
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (&s, &e) in starts.iter().zip(ends) {
+        let raw = buf.get(s as usize..e as usize).filter(|_| s >= 0).ok_or_else(|| value_error("a slice outside the data"))?;
+        out.push(match std::str::from_utf8(raw) {
+            Ok(text) => PyString::new(py, text).into_any(),
+            Err(_) => PyBytes::new(py, raw).call_method1("decode", ("utf-8", "surrogatepass"))?,
+        });
+    }
+    PyList::new(py, out)
+}
+
+/// Group keys by the name each holds at byte 1 (a big-endian u16 length, then the name): the state
+/// changelog's join entry keys. -> (names in order of first appearance, each key's group; -1 when a key
+/// is too short for its name).
+#[pyfunction]
+fn name_groups<'py>(
+    py: Python<'py>,
+    data: PyReadonlyArray1<'_, u8>,
+    starts: PyReadonlyArray1<'_, i64>,
+    ends: PyReadonlyArray1<'_, i64>,
+) -> PyResult<(Vec<Bound<'py, PyBytes>>, Bound<'py, PyArray1<i64>>)> {
+    let (buf, starts, ends) = (data.as_slice()?, starts.as_slice()?, ends.as_slice()?);
+    if starts.len() != ends.len() {
+        return Err(value_error("starts and ends of different lengths"));
+    }
+    let mut names: Vec<&[u8]> = Vec::new();
+    let mut group = Vec::with_capacity(starts.len());
+    let mut last = usize::MAX;
+    for (&s, &e) in starts.iter().zip(ends) {
+        let key = buf.get(s as usize..e as usize).filter(|_| s >= 0).ok_or_else(|| value_error("a slice outside the data"))?;
+        if key.len() < 3 || key.len() < 3 + u16::from_be_bytes([key[1], key[2]]) as usize {
+            group.push(-1);
+            continue;
+        }
+        let name = &key[3..3 + u16::from_be_bytes([key[1], key[2]]) as usize];
+        if last == usize::MAX || names[last] != name {
+            last = match names.iter().position(|n| *n == name) {
+                Some(g) => g,
+                None => {
+                    names.push(name);
+                    names.len() - 1
+                }
+            };
+        }
+        group.push(last as i64);
+    }
+    Ok((names.iter().map(|n| PyBytes::new(py, n)).collect(), column(py, group)))
+}
+
+/// The newest value of every key over record columns (records.rs `Latest`): a compacted topic's state.
+#[pyclass(module = "monitor._native")]
+struct Latest {
+    inner: records::Latest,
+}
+
+#[pymethods]
+impl Latest {
+    #[new]
+    fn new() -> Self {
+        Latest { inner: records::Latest::default() }
+    }
+
+    fn add(
+        &mut self,
+        py: Python<'_>,
+        data: &Bound<'_, PyBytes>,
+        key_start: PyReadonlyArray1<'_, i64>,
+        key_end: PyReadonlyArray1<'_, i64>,
+        value_start: PyReadonlyArray1<'_, i64>,
+        value_end: PyReadonlyArray1<'_, i64>,
+    ) -> PyResult<()> {
+        let (data, ks, ke, vs, ve) =
+            (data.as_bytes(), key_start.as_slice()?, key_end.as_slice()?, value_start.as_slice()?, value_end.as_slice()?);
+        let inner = &mut self.inner;
+        py.detach(|| inner.add(data, ks, ke, vs, ve)).map_err(value_error)
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// The columns of the live keys (keys and values as uint8 arrays, handed over without a copy);
+    /// leaves this empty.
+    #[allow(clippy::type_complexity)]
+    fn take_columns<'py>(
+        &mut self,
+        py: Python<'py>,
+    ) -> (
+        Bound<'py, PyArray1<u8>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<u8>>,
+        Bound<'py, PyArray1<i64>>,
+        Bound<'py, PyArray1<i64>>,
+    ) {
+        let inner = &mut self.inner;
+        let (keys, ks, ke, values, vs, ve) = py.detach(|| inner.take_columns());
+        (column(py, keys), column(py, ks), column(py, ke), column(py, values), column(py, vs), column(py, ve))
+    }
 }
 
 // --- Decoder ----------------------------------------------------------------------------------------
