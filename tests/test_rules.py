@@ -17,12 +17,13 @@ from monitor.config import DAY, HOUR, MINUTE, load_config, parse_config
 from monitor.engine.metrics import drift
 from monitor.rules import ALERTS_FILE, RECORDING_FILE, TESTS_FILE, RuleOptions, generate, max_burn_rate, stats, write
 from monitor.rules import names as n
-from monitor.rules.check import check
+from monitor.rules.check import check, promtool
 from monitor.rules.cli import rules_command
 from monitor.rules.promtool_tests import psi
 from monitor.rules.recording import MLS, MVFW, MVLW, MVW
 from monitor.rules.tiers import TIER_SPECS, burn_cap, nearest_window, tiers_for
 from monitor.services import Prometheus, ServiceError, StaticMetrics
+from tests import promtool_shards
 from tests.needs import needs_prometheus, needs_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,7 +52,14 @@ def _tests(files: dict[str, str]) -> list[dict[str, Any]]:
 
 def _promtool_ok(files: dict[str, str], tmp_path: Path) -> None:
     write(files, tmp_path)
-    results = check(tmp_path)
+    _assert_promtool_passes(tmp_path)
+
+
+def _assert_promtool_passes(rules_dir: Path, tool: str | None = None) -> None:
+    """`promtool check rules` and every case of `promtool test rules`, the cases run in parallel shards
+    (tests/promtool_shards.py: the same cases and rule files, one promtool per core)."""
+    tool = tool or promtool()
+    results = promtool_shards.check(rules_dir, [tool])[tool]
     assert [r.ok for r in results] == [True, True], "\n".join(r.output for r in results)
 
 
@@ -75,8 +83,7 @@ def test_generation_is_deterministic() -> None:
 
 @needs_promtool
 def test_checked_in_rules_pass_promtool_check_and_tests() -> None:
-    results = check(GOLDEN)
-    assert [r.ok for r in results] == [True, True], "\n".join(r.output for r in results)
+    _assert_promtool_passes(GOLDEN)
 
 
 def _promtool3() -> str | None:
@@ -94,8 +101,7 @@ def _promtool3() -> str | None:
 @pytest.mark.skipif(_promtool3() is None, reason="no Prometheus 3.x promtool (set MLMON_PROMTOOL3)")
 def test_checked_in_rules_pass_a_prometheus_3_promtool() -> None:
     """The same files under Prometheus 3.x semantics (left-open ranges, its PromQL parser, keep_firing_for)."""
-    results = check(GOLDEN, tool=_promtool3())
-    assert [r.ok for r in results] == [True, True], "\n".join(r.output for r in results)
+    _assert_promtool_passes(GOLDEN, _promtool3())
 
 
 # --- every alert is generated, documented and tested ----------------------------------------------------------
