@@ -265,6 +265,13 @@ def test_check_reports_a_broken_rule(tmp_path: Path) -> None:
     text = alerts.read_text()
     assert text.count(">= 50\n") > 1
     alerts.write_text(text.replace(">= 50\n", ">= 5000\n", 1))  # the first burn tier's min_events
+    # Only the burn-rate cases, the ones that exercise the broken tier (13 of 57: promtool runs a quarter of
+    # the time); the check still has to run them and report the failure.
+    tests_file = tmp_path / TESTS_FILE
+    doc = yaml.load(tests_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 0.3 MB
+    doc["tests"] = [t for t in doc["tests"] if t["name"].startswith(f"{c.ALERT_LABEL_ERROR_BUDGET_BURN} ")]
+    assert len(doc["tests"]) >= 10
+    tests_file.write_text(yaml.safe_dump(doc, sort_keys=False, width=1 << 30))
     results = check(tmp_path)
     assert results[0].ok and not results[-1].ok
     assert "FAILED" in results[-1].output
@@ -272,8 +279,13 @@ def test_check_reports_a_broken_rule(tmp_path: Path) -> None:
 
 @needs_promtool
 def test_cli_writes_and_checks(tmp_path: Path) -> None:
+    # A one-label model without SLOs: promtool runs 35 cases instead of the example's 89 (a third of the
+    # time). The example's rules pass promtool in test_checked_in_rules_*, `for: 1m` rules in
+    # test_short_windows_*; here what counts is that the CLI writes the files, runs promtool and says so.
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"name": "m", "labels": ["a"]}]}))
     out = tmp_path / "rules"
-    result = CliRunner().invoke(rules_command, ["--config", str(EXAMPLE), "-o", str(out), "--check",
+    result = CliRunner().invoke(rules_command, ["--config", str(config), "-o", str(out), "--check",
                                                 "--for", "*=1m"])
     assert result.exit_code == 0, result.output
     assert (out / TESTS_FILE).is_file() and "SUCCESS" in result.output
