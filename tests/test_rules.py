@@ -42,12 +42,17 @@ def _config(targets: tuple[float, ...] = TARGETS, **model: Any) -> Any:
     return parse_config({"models": [spec]})
 
 
+# libyaml's safe loader when PyYAML has it: the same documents (the pure-Python loader yields equal
+# objects), parsed about 5x faster; the generated test files reach 1 MB.
+_YAML_LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _alerts(files: dict[str, str]) -> list[dict[str, Any]]:
-    return [r for g in yaml.safe_load(files[ALERTS_FILE])["groups"] for r in g["rules"]]
+    return [r for g in yaml.load(files[ALERTS_FILE], Loader=_YAML_LOADER)["groups"] for r in g["rules"]]
 
 
 def _tests(files: dict[str, str]) -> list[dict[str, Any]]:
-    return yaml.safe_load(files[TESTS_FILE])["tests"]
+    return yaml.load(files[TESTS_FILE], Loader=_YAML_LOADER)["tests"]
 
 
 def _promtool_ok(files: dict[str, str], tmp_path: Path) -> None:
@@ -268,7 +273,7 @@ def test_check_reports_a_broken_rule(tmp_path: Path) -> None:
     # Only the burn-rate cases, the ones that exercise the broken tier (13 of 57: promtool runs a quarter of
     # the time); the check still has to run them and report the failure.
     tests_file = tmp_path / TESTS_FILE
-    doc = yaml.load(tests_file.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # 0.3 MB
+    doc = yaml.load(tests_file.read_text(), Loader=_YAML_LOADER)
     doc["tests"] = [t for t in doc["tests"] if t["name"].startswith(f"{c.ALERT_LABEL_ERROR_BUDGET_BURN} ")]
     assert len(doc["tests"]) >= 10
     tests_file.write_text(yaml.safe_dump(doc, sort_keys=False, width=1 << 30))
