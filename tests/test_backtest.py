@@ -7,7 +7,6 @@ at every sampled evaluation must equal `ALERTS{alertstate="firing"}` there.
 
 from __future__ import annotations
 
-import math
 import re
 import subprocess
 from collections.abc import Iterator
@@ -199,13 +198,14 @@ def _start_oracle(build: str, cfg: Any, preds: list[bytes], truths: list[bytes],
             oracle.checks.append({"expr": 'ALERTS{alertstate="firing"}', "eval_time": f"{round(t - t0)}s",
                                   "exp_samples": expected})
         test_file = tmp_path / "oracle.test.yml"
-        test_file.write_text(yaml.safe_dump({
+        # libyaml's safe dumper: the same document (1.7 MB) written in 0.06 s instead of 1.2 s.
+        test_file.write_text(yaml.dump({
             "rule_files": [str(p) for p in rule_files], "evaluation_interval": "1m", "group_eval_order": groups,
             "tests": [{"interval": "1m",
                        "input_series": [{"series": key, "values": _promtool_values(times, samples)}
                                         for key, samples in series.items()],
                        "promql_expr_test": oracle.checks}],
-        }, sort_keys=False, width=math.inf))
+        }, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False, width=1 << 30))
         oracle.promtool = subprocess.Popen([promtool, "test", "rules", str(test_file)], stdout=subprocess.PIPE,
                                            stderr=subprocess.STDOUT, text=True)
     except Exception as exc:  # reported by that build's test, not by the other's
