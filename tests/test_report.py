@@ -3,6 +3,7 @@ contents, escaping, and a real headless Chromium that must render the charts wit
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -10,6 +11,7 @@ import struct
 import subprocess
 import sys
 import zlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from html import unescape
 from html.parser import HTMLParser
@@ -36,6 +38,33 @@ LABELS = ("violence", "hate", "spam", "nudity", "self_harm", "harassment")
 def monitor(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "monitor.cli", *args], capture_output=True, text=True,
                           check=check, cwd=ROOT, timeout=120)
+
+
+EVIDENTLY_TEST = "test_evidently_embed_is_sandboxed_and_renders"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def evidently_report(request: pytest.FixtureRequest,
+                     tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[subprocess.Popen[str], Path] | None]:
+    """`monitor report --evidently`, started with the module when its test is going to run: the command
+    spends about 20 s importing and running Evidently on one core, which now overlaps the module's other
+    tests instead of preceding that test's Chromium run. The test still waits for it and checks its exit."""
+    wanted = (any(item.name == EVIDENTLY_TEST for item in request.session.items) and CHROMIUM.exists()
+              and importlib.util.find_spec("evidently") is not None)
+    if not wanted:
+        yield None
+        return
+    tmp = tmp_path_factory.mktemp("evidently")
+    out = tmp / "r.html"
+    with (tmp / "stderr").open("w") as stderr:  # a file, not a pipe nobody reads until the test runs
+        proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "report", "--evidently", "-o", str(out)],
+                                stdout=subprocess.DEVNULL, stderr=stderr, text=True, cwd=ROOT)
+    try:
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -661,10 +690,13 @@ def test_headline_and_timeline_are_laid_out_and_drawn(example_report: Path, tmp_
 @pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium at /usr/bin/chromium "
                     "(apt-get install chromium; scripts/test.sh installs it)")
-def test_evidently_embed_is_sandboxed_and_renders(tmp_path: Path) -> None:
+def test_evidently_embed_is_sandboxed_and_renders(
+        tmp_path: Path, evidently_report: tuple[subprocess.Popen[str], Path] | None) -> None:
     pytest.importorskip("evidently")
-    out = tmp_path / "r.html"
-    monitor("report", "--evidently", "-o", str(out))
+    assert evidently_report is not None
+    proc, out = evidently_report
+    proc.wait(timeout=120)  # `monitor report --evidently -o out`, started with the module
+    assert proc.returncode == 0, (out.parent / "stderr").read_text()
     page = out.read_text()
     frames = re.findall(r'<iframe title="evidently report moderation" sandbox="allow-scripts" [^>]*srcdoc="([^"]*)"',
                         page)
