@@ -132,3 +132,25 @@ class Join:
     def restore(self, ids: list[str], columns: dict[str, npt.NDArray[Any]], seq: int, watermark: float | None,
                 pending: dict[str, int], expired: dict[str, int], evicted: dict[str, int],
                 duplicates: dict[str, int], corrections: int, joined: int) -> None: ...
+
+class Cells:
+    """A model's window layout (`monitor.engine.windows.Layout`): turns a flush's accepted predictions and
+    `Join.drain` output into block deltas identical to `ModelState._apply`'s numpy computation."""
+
+    def __init__(self, size: int, offsets: dict[str, int], scalars: list[int], bins: tuple[int, int, int],
+                 feature_offsets: list[int], n_numeric: int, n_categorical: int, pair_labels: int,
+                 multiclass: bool, advised_slot: list[int], score_edges: list[list[float]] | None = None,
+                 numeric_edges: list[list[float]] | None = None) -> None:
+        """`scalars`: the 8 positions windows.S_* in the order S_PREDICTIONS, S_JOINED, S_SUBSET_N,
+        S_SUBSET_OK, S_CARD_ACTUAL, S_CARD_ACTUAL_N, S_CARD_PRED, S_PENDING; `bins`: (calibration bins,
+        threshold bins, reference score bins per label); `pair_labels`: 0 without pair counts;
+        `advised_slot`: per label its threshold-histogram row or -1 (its length is the label count);
+        the edges: per label and per numeric feature, the reference's bin edges (None without one)."""
+    def deltas(self, cohort_keys: npt.NDArray[np.int64] | None,
+               preds: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64],
+                            npt.NDArray[np.bool_], npt.NDArray[np.float64], npt.NDArray[np.int64]] | None,
+               out: dict[str, npt.NDArray[Any]], newest_fine: int, fine_span: int,
+               coarse_span: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], int, int]:
+        """Block keys (store key << 32 | minute, sorted) and their deltas [keys, size], then the late
+        predictions and late ground truths. `cohort_keys`: store keys per cohort [cohorts, copies] (None:
+        the cohort is the key); `preds`: (version, ts, scores, predicted, numeric, categorical)."""
