@@ -150,7 +150,10 @@ class Cells:
                preds: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64],
                             npt.NDArray[np.bool_], npt.NDArray[np.float64], npt.NDArray[np.int64]] | None,
                out: dict[str, npt.NDArray[Any]], newest_fine: int, fine_span: int,
-               coarse_span: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], int, int]:
-        """Block keys (store key << 32 | minute, sorted) and their deltas [keys, size], then the late
-        predictions and late ground truths. `cohort_keys`: store keys per cohort [cohorts, copies] (None:
-        the cohort is the key); `preds`: (version, ts, scores, predicted, numeric, categorical)."""
+               coarse_span: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64],
+                                          npt.NDArray[np.float64], int, int]:
+        """Block keys (store key << 32 | minute, sorted) and their deltas as sparse rows (ptr, cells,
+        values: block i's touched cells are cells[ptr[i]:ptr[i+1]], distinct, the rest 0; `BlockStore.add_sparse`),
+        then the late predictions and late ground truths. `cohort_keys`: store keys per cohort [cohorts,
+        copies] (None: the cohort is the key); `preds`: (version, ts, scores, predicted, numeric,
+        categorical)."""

@@ -1,12 +1,15 @@
 """The native block deltas (`monitor._native.Cells`) against the numpy computation they replace.
 
 `ModelState._apply` in pure Python lists every contribution of a flush and sums them with `np.bincount`;
-the native core adds them in place. Both must hand `BlockStore.add_many` the same blocks and the same
-deltas to the last bit (compared as bytes), and count the same late events, for every kind of model:
+the native core adds them in place. Both must hand the store the same blocks and the same deltas to the
+last bit (compared as bytes), and count the same late events, for every kind of model:
 multilabel with a reference (score and feature bins, label pairs, threshold histograms for some labels),
 segments (a row's copies in the blocks of its segment values), multiclass (confusion), binary without
 a reference; with scores on bin edges, missing features, corrections (sign -1), partial ground truth,
 and minutes the store no longer keeps.
+
+`BlockStore.add_sparse`, which both engines' deltas go through, is checked against the plain definition
+of what the blocks must hold, summed row by row in Python.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from hypothesis import strategies as st
 from monitor.config import MonitorConfig, parse_config
 from monitor.engine import native
 from monitor.engine.model_state import AcceptedPredictions, ModelState
+from monitor.engine.windows import BlockStore
 from monitor.reference import Reference, categorical_binning, numeric_binning
 
 pytestmark = pytest.mark.skipif(native._native is None, reason="monitor._native is not built")
@@ -85,8 +89,16 @@ def flush_inputs(state: ModelState, rng: np.random.Generator, sizes: tuple[int, 
 
 
 def recorded_apply(state: ModelState, preds: list[AcceptedPredictions], out: dict[str, np.ndarray]) -> list:
+    """What `_apply` hands the store, with each block's delta as a dense row (the numpy engine's add_many
+    passes its nonzero cells, the native core its touched cells, to add_sparse)."""
     calls: list = []
-    state.store.add_many = lambda v, m, d: calls.append((v.tolist(), m.tolist(), d.shape, d.tobytes()))  # type: ignore[method-assign]
+
+    def record(v: np.ndarray, m: np.ndarray, ptr: np.ndarray, cells: np.ndarray, values: np.ndarray) -> None:
+        dense = np.zeros((v.size, state.layout.size))
+        dense[np.repeat(np.arange(v.size), np.diff(ptr)), cells] = values
+        calls.append((v.tolist(), m.tolist(), dense.tobytes()))
+
+    state.store.add_sparse = record  # type: ignore[method-assign]
     state._preds = list(preds)
     state._apply(out)
     return [calls, dict(state.late)]
@@ -122,3 +134,82 @@ def test_native_deltas_equal_the_numpy_deltas(index: int, seed: int, sizes: tupl
         preds = []
     got, want = recorded_apply(fast, preds, out), recorded_apply(slow, preds, out)
     assert got == want
+
+
+def plain_store(size: int, spans: tuple[int, int], calls: list[tuple[int, list[tuple[int, int, np.ndarray]]]]
+                ) -> tuple[dict, dict, dict]:
+    """The definition: per call, a total (a kept hourly block) gets the sum of its rows taken in order, a
+    kept minute's block its row; retention as BlockStore.in_retention with the newest minute before the call."""
+    fine_span, coarse_span = spans
+    fine: dict = {}
+    coarse: dict = {}
+    total: dict = {}
+    newest = -(1 << 62)
+    for advance_to, rows in calls:
+        if advance_to > newest:
+            newest = advance_to
+            for store, floor in ((fine, newest - fine_span), (coarse, newest // 60 - coarse_span)):
+                for per in store.values():
+                    for b in [b for b in per if b <= floor]:
+                        del per[b]
+        sums: dict = {}
+        for v, m, delta in rows:
+            ahead = m > newest
+            key = ("total", v)
+            sums[key] = sums.get(key, np.zeros(size)) + delta
+            if fine_span > 1 and (m > newest - fine_span or ahead):
+                per = fine.setdefault(v, {})
+                per[m] = per.get(m, np.zeros(size)) + delta
+            if coarse_span > 1 and (m // 60 > newest // 60 - coarse_span or ahead):
+                key = ("coarse", v, m // 60)
+                sums[key] = sums.get(key, np.zeros(size)) + delta
+        for key, value in sums.items():
+            if key[0] == "total":
+                total[key[1]] = total.get(key[1], np.zeros(size)) + value
+            else:
+                per = coarse.setdefault(key[1], {})
+                per[key[2]] = per.get(key[2], np.zeros(size)) + value
+    return fine, coarse, total
+
+
+def as_bytes(blocks: dict) -> dict:
+    return {k: as_bytes(v) if isinstance(v, dict) else v.tobytes() for k, v in blocks.items() if
+            not isinstance(v, dict) or v}
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32), st.integers(1, 6), st.booleans())
+def test_add_sparse_holds_the_sums_of_its_rows(seed: int, n_calls: int, dense: bool) -> None:
+    rng = np.random.default_rng(seed)
+    size = 7
+    store = BlockStore(size, [300, 3600, 6 * 3600, 3 * 86400])  # fine: 361 minutes, coarse: 73 hours
+    spans = (store.fine_span, store.coarse_span)
+    start = 29_409_120
+    calls = []
+    for k in range(n_calls):
+        newest = start + k * int(rng.integers(0, 400))
+        store.advance(newest)
+        # Distinct (version, minute) pairs sorted, minutes less than fine_span apart among the kept ones,
+        # some ahead of the newest minute, some older than every window (late).
+        minutes = np.unique(np.concatenate([newest - rng.integers(0, 360, 12), newest - rng.integers(361, 6000, 6),
+                                            newest + rng.integers(1, 3, int(rng.integers(0, 2)))]))
+        versions = np.sort(rng.integers(0, 2, minutes.size))
+        order = np.lexsort((minutes, versions))
+        versions, minutes = versions[order], minutes[order]
+        keep = np.unique(versions * (1 << 32) + minutes, return_index=True)[1]
+        versions, minutes = versions[keep], minutes[keep]
+        shape = (minutes.size, size)
+        magnitude = 10.0 ** rng.integers(-8, 12, shape)
+        deltas = np.where(rng.random(shape) < 0.4, rng.standard_normal(shape) * magnitude, 0.0)
+        if dense:
+            store.add_many(versions, minutes, deltas)
+        else:
+            rows, cells = np.nonzero(deltas)
+            store.add_sparse(versions, minutes, np.searchsorted(rows, np.arange(minutes.size + 1)), cells,
+                             deltas[rows, cells])
+        calls.append((newest, [(int(v), int(m), deltas[i])
+                               for i, (v, m) in enumerate(zip(versions, minutes, strict=True))]))
+    fine, coarse, total = plain_store(size, spans, calls)
+    assert as_bytes(store.fine) == as_bytes(fine)
+    assert as_bytes(store.coarse) == as_bytes(coarse)
+    assert as_bytes(store.total) == as_bytes(total)

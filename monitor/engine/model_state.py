@@ -330,7 +330,8 @@ class ModelState:
         self.store.add_many(blocks >> 32, blocks & 0xFFFFFFFF, deltas.reshape(len(blocks), size))
 
     def _apply_native(self, out: dict[str, np.ndarray]) -> None:
-        # What `_apply` does, with the cells computed in the native core from the same columns.
+        # What `_apply` does, with the cells computed in the native core from the same columns and handed
+        # over as the nonzero cells of each block (add_sparse), not as dense rows.
         preds = None
         if self._preds:
             p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*self._preds, strict=True)))
@@ -343,11 +344,11 @@ class ModelState:
             self.cohort_keys(np.zeros(0, dtype=np.int64))  # brings the table up to date
             table = self._cohort_keys
         st = self.store
-        blocks, deltas, late_p, late_g = self._cells.deltas(  # type: ignore[union-attr]
+        blocks, ptr, cells, values, late_p, late_g = self._cells.deltas(  # type: ignore[union-attr]
             table, preds, out, st.newest_fine, st.fine_span, st.coarse_span)
         self.late["predictions"] += late_p
         self.late["ground_truth"] += late_g
-        self.store.add_many(blocks >> 32, blocks & 0xFFFFFFFF, deltas)
+        st.add_sparse(blocks >> 32, blocks & 0xFFFFFFFF, ptr, cells, values)
 
     def _count_late(self, m: np.ndarray) -> int:
         """Contributions at these minute buckets that no window keeps any more."""

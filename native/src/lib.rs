@@ -754,11 +754,21 @@ impl Join {
 #[pyclass(module = "monitor._native", frozen)]
 struct Cells {
     layout: cells::Layout,
+    scratch: std::sync::Mutex<cells::Scratch>,
 }
 
 fn offset(offsets: &HashMap<String, usize>, name: &str) -> PyResult<usize> {
     offsets.get(name).copied().ok_or_else(|| value_error(format!("offsets lack {name:?}")))
 }
+
+type SparseDeltas<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<f64>>,
+    i64,
+    i64,
+);
 
 type PredictionArrays<'py> = (
     PyReadonlyArray1<'py, i64>,
@@ -844,11 +854,11 @@ impl Cells {
             multiclass,
             advised_slot,
         };
-        Ok(Cells { layout })
+        Ok(Cells { layout, scratch: Default::default() })
     }
 
-    /// One delta per touched (store key, minute) block: (keys, deltas [keys, size], late predictions,
-    /// late ground truths). `out` is what `Join.drain` returned.
+    /// One delta per touched (store key, minute) block as sparse rows: (keys, ptr, cells, values, late
+    /// predictions, late ground truths). `out` is what `Join.drain` returned.
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (cohort_keys, preds, out, newest_fine, fine_span, coarse_span))]
     fn deltas<'py>(
@@ -860,7 +870,7 @@ impl Cells {
         newest_fine: i64,
         fine_span: i64,
         coarse_span: i64,
-    ) -> PyResult<(Bound<'py, PyArray1<i64>>, Bound<'py, PyAny>, i64, i64)> {
+    ) -> PyResult<SparseDeltas<'py>> {
         let l = &self.layout;
         let nl = l.labels;
         let table = cohort_keys.as_ref().map(flat);
@@ -920,9 +930,11 @@ impl Cells {
         }
         let cohorts = cells::Cohorts { table: table.as_deref(), copies };
         let retention = cells::Retention { newest_fine, fine_span, coarse_span };
-        let size = l.size;
-        let d = py.detach(|| l.deltas(&cohorts, p.as_ref(), u.as_ref(), j.as_ref(), &retention));
-        let n = d.keys.len();
-        Ok((column(py, d.keys), rows_of(py, d.deltas, n, size)?, d.late_predictions, d.late_ground_truth))
+        let d = py.detach(|| {
+            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            l.deltas(&cohorts, p.as_ref(), u.as_ref(), j.as_ref(), &retention, &mut scratch)
+        });
+        Ok((column(py, d.keys), column(py, d.ptr), column(py, d.cells), column(py, d.values), d.late_predictions,
+            d.late_ground_truth))
     }
 }
