@@ -196,14 +196,16 @@ class BlockStore:
             ring[r] = 0.0 if found is None else found
             owner[r] = m
             blocks[m] = ring[r]
-        # Each (ring row, cell) at most once, so the fancy-index add is one addition per touched cell.
+        # Each (ring row, cell) at most once, so the fancy-index add is one addition per touched cell (on the
+        # flat ring: a 1-d index is cheaper than a pair of them).
+        flat = ring.reshape(-1)
         if rows.size == minutes.size:
-            ring[at[row], cells] += values
+            flat[(at * self.size)[row] + cells] += values
         else:
             kept = np.zeros(minutes.size, dtype=bool)
             kept[rows] = True
             picked = kept[row]
-            ring[at[row[picked]], cells[picked]] += values[picked]
+            flat[(at * self.size)[row[picked]] + cells[picked]] += values[picked]
 
     def advance(self, minute: int) -> None:
         """Move the newest bucket forward and drop blocks no window can reach any more."""
