@@ -2,7 +2,9 @@
 
 Join decisions happen per event (they depend on order) inside the join table, native or Python
 (docs/native.md). Everything they produce comes out as columns, and is turned into block deltas once
-per batch with a single `np.bincount`, so no statistic is computed per event in Python.
+per batch: with a single `np.bincount` in the pure-Python engine (the specification), or by the native
+core's `Cells`, which gives the same deltas to the bit as sparse rows. No statistic is computed per
+event in Python.
 """
 
 from __future__ import annotations
