@@ -77,7 +77,7 @@ class BlockStore:
     """Blocks per version at two granularities, plus a cumulative block per version (the counters).
 
     `fine`, `coarse` and `total` are plain dicts of vectors (snapshots and merges read and fill them).
-    The fine blocks `add_many` creates are rows of one ring array per version (row = minute % fine_span),
+    The fine blocks `add_sparse` creates are rows of one ring array per version (row = minute % fine_span),
     so that adding a batch's deltas to hundreds of minutes is one numpy operation, not one per minute.
     """
 
@@ -131,7 +131,7 @@ class BlockStore:
 
     def add_sparse(self, versions: np.ndarray, minutes: np.ndarray, ptr: np.ndarray, cells: np.ndarray,
                    values: np.ndarray) -> None:
-        """`add_many` with row i's delta given by its nonzero cells: `cells[ptr[i]:ptr[i+1]]` (distinct)
+        """`add_many` with row i's delta given by the cells it touches: `cells[ptr[i]:ptr[i+1]]` (distinct)
         hold `values[ptr[i]:ptr[i+1]]`, every other cell is 0. A flush touches about 6% of its blocks'
         cells, so nothing here is proportional to blocks x layout size but the totals and hourly blocks.
         A total (an hourly block) receives the sum of its rows computed row by row in the given order
