@@ -350,7 +350,11 @@ impl Layout {
                 }
             } else {
                 let x = p.categorical[i * self.n_categorical + f - nn];
-                if x < 0 { None } else { Some(x as usize) }
+                if x < 0 {
+                    None
+                } else {
+                    Some(x as usize)
+                }
             };
             match bin {
                 None => b.add(self.feat_missing + f, 1.0),
