@@ -98,7 +98,7 @@ def recorded_apply(state: ModelState, preds: list[AcceptedPredictions], out: dic
         dense[np.repeat(np.arange(v.size), np.diff(ptr)), cells] = values
         calls.append((v.tolist(), m.tolist(), dense.tobytes()))
 
-    state.store.add_sparse = record  # type: ignore[method-assign]
+    state.store.add_sparse = record  # type: ignore[method-assign,assignment]
     state._preds = list(preds)
     state._apply(out)
     return [calls, dict(state.late)]
@@ -155,7 +155,7 @@ def plain_store(size: int, spans: tuple[int, int], calls: list[tuple[int, list[t
         sums: dict = {}
         for v, m, delta in rows:
             ahead = m > newest
-            key = ("total", v)
+            key: tuple[str, int, int] = ("total", v, 0)
             sums[key] = sums.get(key, np.zeros(size)) + delta
             if fine_span > 1 and (m > newest - fine_span or ahead):
                 per = fine.setdefault(v, {})
