@@ -157,3 +157,9 @@ class Cells:
         then the late predictions and late ground truths. `cohort_keys`: store keys per cohort [cohorts,
         copies] (None: the cohort is the key); `preds`: (version, ts, scores, predicted, numeric,
         categorical)."""
+
+def add_rows(out: npt.NDArray[np.float64], rows: npt.NDArray[np.int64], ptr: npt.NDArray[np.int64],
+             cells: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> None:
+    """`out[rows[b], cells[e]] += values[e]` for each entry e in ptr[b]:ptr[b+1] of each block b with
+    rows[b] >= 0, one after the other in block order (`BlockStore.add_sparse`). `out` must be
+    C-contiguous; indexes are checked before anything is added."""

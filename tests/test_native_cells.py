@@ -93,7 +93,8 @@ def recorded_apply(state: ModelState, preds: list[AcceptedPredictions], out: dic
     passes its nonzero cells, the native core its touched cells, to add_sparse)."""
     calls: list = []
 
-    def record(v: np.ndarray, m: np.ndarray, ptr: np.ndarray, cells: np.ndarray, values: np.ndarray) -> None:
+    def record(v: np.ndarray, m: np.ndarray, ptr: np.ndarray, cells: np.ndarray, values: np.ndarray,
+               add_rows: object = None) -> None:
         dense = np.zeros((v.size, state.layout.size))
         dense[np.repeat(np.arange(v.size), np.diff(ptr)), cells] = values
         calls.append((v.tolist(), m.tolist(), dense.tobytes()))
@@ -178,8 +179,9 @@ def as_bytes(blocks: dict) -> dict:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(0, 2**32), st.integers(1, 6), st.booleans())
-def test_add_sparse_holds_the_sums_of_its_rows(seed: int, n_calls: int, dense: bool) -> None:
+@given(st.integers(0, 2**32), st.integers(1, 6), st.sampled_from(["dense", "numpy", "native"]))
+def test_add_sparse_holds_the_sums_of_its_rows(seed: int, n_calls: int, how: str) -> None:
+    """add_many (dense rows), add_sparse with numpy, and add_sparse with the native core's add_rows."""
     rng = np.random.default_rng(seed)
     size = 7
     store = BlockStore(size, [300, 3600, 6 * 3600, 3 * 86400])  # fine: 361 minutes, coarse: 73 hours
@@ -201,12 +203,12 @@ def test_add_sparse_holds_the_sums_of_its_rows(seed: int, n_calls: int, dense: b
         shape = (minutes.size, size)
         magnitude = 10.0 ** rng.integers(-8, 12, shape)
         deltas = np.where(rng.random(shape) < 0.4, rng.standard_normal(shape) * magnitude, 0.0)
-        if dense:
+        if how == "dense":
             store.add_many(versions, minutes, deltas)
         else:
             rows, cells = np.nonzero(deltas)
             store.add_sparse(versions, minutes, np.searchsorted(rows, np.arange(minutes.size + 1)), cells,
-                             deltas[rows, cells])
+                             deltas[rows, cells], native._native.add_rows if how == "native" else None)
         calls.append((newest, [(int(v), int(m), deltas[i])
                                for i, (v, m) in enumerate(zip(versions, minutes, strict=True))]))
     fine, coarse, total = plain_store(size, spans, calls)

@@ -353,7 +353,7 @@ class ModelState:
             table, preds, out, st.newest_fine, st.fine_span, st.coarse_span)
         self.late["predictions"] += late_p
         self.late["ground_truth"] += late_g
-        st.add_sparse(blocks >> 32, blocks & 0xFFFFFFFF, ptr, cells, values)
+        st.add_sparse(blocks >> 32, blocks & 0xFFFFFFFF, ptr, cells, values, getattr(native._native, "add_rows", None))
 
     def _count_late(self, m: np.ndarray) -> int:
         """Contributions at these minute buckets that no window keeps any more."""

@@ -8,7 +8,7 @@ edges are exact to the bucket width (DESIGN section 5). Counts stay exact in flo
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -23,6 +23,9 @@ SCORE_BINS = 10  # reference deciles give at most 10 bins
 S_PREDICTIONS, S_JOINED, S_SUBSET_N, S_SUBSET_OK, S_CARD_ACTUAL, S_CARD_ACTUAL_N, S_CARD_PRED, S_PENDING = range(8)
 N_SCALARS = 8
 NO_MINUTE = -(1 << 62)
+# out[rows[b], cells[e]] += values[e] for each entry e of each block b with rows[b] >= 0, in block order
+# (args: out, rows, ptr, cells, values): the native core's `add_rows`.
+AddRows = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 @dataclass
@@ -130,12 +133,13 @@ class BlockStore:
         self.add_sparse(versions, minutes, ptr, cells, deltas[rows, cells])
 
     def add_sparse(self, versions: np.ndarray, minutes: np.ndarray, ptr: np.ndarray, cells: np.ndarray,
-                   values: np.ndarray) -> None:
+                   values: np.ndarray, add_rows: AddRows | None = None) -> None:
         """`add_many` with row i's delta given by the cells it touches: `cells[ptr[i]:ptr[i+1]]` (distinct)
         hold `values[ptr[i]:ptr[i+1]]`, every other cell is 0. A flush touches about 6% of its blocks'
         cells, so nothing here is proportional to blocks x layout size but the totals and hourly blocks.
         A total (an hourly block) receives the sum of its rows computed row by row in the given order
-        (np.bincount adds in input order), then added once."""
+        (np.bincount adds in input order), then added once. `add_rows` (the native core's) does the same
+        additions in the same order without numpy's intermediate arrays."""
         n = versions.size
         if not n:
             return
@@ -146,7 +150,7 @@ class BlockStore:
         keep_coarse = (minutes // 60 > newest // 60 - self.coarse_span) | ahead
         if self.coarse_span <= 1:
             keep_coarse[:] = False
-        row = np.repeat(np.arange(n), np.diff(ptr))  # each entry's row
+        row = np.repeat(np.arange(n), np.diff(ptr)) if add_rows is None else None  # each entry's row
         # `versions` comes sorted, and most flushes hold one version: then no per-version masks.
         one = versions[0] == versions[-1]
         for v in ([int(versions[0])] if one else np.unique(versions).tolist()):
@@ -154,8 +158,14 @@ class BlockStore:
             total = self.total.get(v)
             if total is None:
                 total = self.total[v] = np.zeros(self.size)
-            picked = mine[row]
-            total += np.bincount(cells[picked], weights=values[picked], minlength=size)
+            if add_rows is not None:
+                row_sum = np.zeros((1, size))
+                add_rows(row_sum, np.where(mine, 0, -1), ptr, cells, values)
+                total += row_sum[0]
+            else:
+                assert row is not None
+                picked = mine[row]
+                total += np.bincount(cells[picked], weights=values[picked], minlength=size)
             rows = np.nonzero(mine & keep_fine)[0]
             if rows.size:
                 if ahead[rows].any():  # minutes a ring row apart could collide: one at a time
@@ -163,24 +173,32 @@ class BlockStore:
                         a, b = ptr[r], ptr[r + 1]
                         self._block(self.fine, v, int(minutes[r]))[cells[a:b]] += values[a:b]
                 else:
-                    self._add_fine(v, minutes, rows, row, cells, values)
+                    self._add_fine(v, minutes, rows, (ptr, row, cells, values), add_rows)
             rows = np.nonzero(mine & keep_coarse)[0]
             if rows.size:
                 # One sum per hour: entries numbered by their row's hour, summed in row order.
                 hours, group = np.unique(minutes[rows] // 60, return_inverse=True)
                 group_of = np.full(n, -1, dtype=np.int64)
                 group_of[rows] = group.ravel()
-                g = group_of[row]
-                picked = g >= 0
-                sums = np.bincount(g[picked] * size + cells[picked], weights=values[picked],
-                                   minlength=hours.size * size).reshape(hours.size, size)
+                sums: np.ndarray
+                if add_rows is not None:
+                    sums = np.zeros((hours.size, size))
+                    add_rows(sums, group_of, ptr, cells, values)
+                else:
+                    assert row is not None
+                    g = group_of[row]
+                    picked = g >= 0
+                    sums = np.bincount(g[picked] * size + cells[picked], weights=values[picked],
+                                       minlength=hours.size * size).reshape(hours.size, size)
                 for hour, delta in zip(hours.tolist(), sums, strict=True):
                     self._block(self.coarse, v, hour)[:] += delta
 
-    def _add_fine(self, version: int, minutes: np.ndarray, rows: np.ndarray, row: np.ndarray, cells: np.ndarray,
-                  values: np.ndarray) -> None:
-        """Add the entries of `rows` (distinct minutes less than fine_span apart: distinct ring rows) to their
-        fine blocks; `row` is each entry's row."""
+    def _add_fine(self, version: int, minutes: np.ndarray, rows: np.ndarray,
+                  entries: tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray],
+                  add_rows: AddRows | None) -> None:
+        """Add the entries (ptr, each entry's row, cells, values) of `rows` (distinct minutes less than
+        fine_span apart: distinct ring rows) to their fine blocks."""
+        ptr, row, cells, values = entries
         ring_owner = self._rings.get(version)
         if ring_owner is None:
             ring_owner = self._rings[version] = (np.zeros((self.fine_span, self.size)),
@@ -198,6 +216,12 @@ class BlockStore:
             blocks[m] = ring[r]
         # Each (ring row, cell) at most once, so the fancy-index add is one addition per touched cell (on the
         # flat ring: a 1-d index is cheaper than a pair of them).
+        if add_rows is not None:
+            target = np.full(minutes.size, -1, dtype=np.int64)
+            target[rows] = at[rows]
+            add_rows(ring, target, ptr, cells, values)
+            return
+        assert row is not None
         flat = ring.reshape(-1)
         if rows.size == minutes.size:
             flat[(at * self.size)[row] + cells] += values

@@ -35,6 +35,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<Join>()?;
     m.add_class::<Cells>()?;
+    m.add_function(wrap_pyfunction!(add_rows, m)?)?;
     Ok(())
 }
 
@@ -937,4 +938,42 @@ impl Cells {
         Ok((column(py, d.keys), column(py, d.ptr), column(py, d.cells), column(py, d.values), d.late_predictions,
             d.late_ground_truth))
     }
+}
+
+/// `out[rows[b], cells[e]] += values[e]` for every block b with `rows[b] >= 0` and each of its entries
+/// e in `ptr[b]..ptr[b + 1]`, one after the other in block order (BlockStore.add_sparse's sums and ring).
+#[pyfunction]
+fn add_rows(
+    mut out: numpy::PyReadwriteArray2<'_, f64>,
+    rows: PyReadonlyArray1<'_, i64>,
+    ptr: PyReadonlyArray1<'_, i64>,
+    cells: PyReadonlyArray1<'_, i64>,
+    values: PyReadonlyArray1<'_, f64>,
+) -> PyResult<()> {
+    let (height, width) = (out.shape()[0], out.shape()[1]);
+    let (rows, ptr, cells, values) = (flat(&rows), flat(&ptr), flat(&cells), flat(&values));
+    if ptr.len() != rows.len() + 1 || cells.len() != values.len() {
+        return Err(value_error("ptr needs one more entry than rows, and values one per cell"));
+    }
+    // Checked before anything is added, so a bad call changes nothing.
+    for (b, &r) in rows.iter().enumerate() {
+        let (a, z) = (ptr[b], ptr[b + 1]);
+        if a < 0 || z < a || z as usize > cells.len() || r >= height as i64 {
+            return Err(PyIndexError::new_err(format!("block {b} is outside the arrays")));
+        }
+        if r >= 0 && cells[a as usize..z as usize].iter().any(|&c| c < 0 || c as usize >= width) {
+            return Err(PyIndexError::new_err(format!("a cell of block {b} is outside the row")));
+        }
+    }
+    let o = out.as_slice_mut().map_err(|_| value_error("out must be C-contiguous"))?;
+    for (b, &r) in rows.iter().enumerate() {
+        if r < 0 {
+            continue;
+        }
+        let row = &mut o[r as usize * width..(r as usize + 1) * width];
+        for e in ptr[b] as usize..ptr[b + 1] as usize {
+            row[cells[e] as usize] += values[e];
+        }
+    }
+    Ok(())
 }
