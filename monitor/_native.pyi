@@ -163,3 +163,34 @@ def str_slices(data: Bytes, starts: Int64s, ends: Int64s) -> list[str]:
 def name_groups(data: Bytes, starts: Int64s, ends: Int64s) -> tuple[list[bytes], Int64s]:
     """Groups keys by the name at byte 1 (big-endian u16 length, then the name): (names in order of first
     appearance, each key's group, -1 for a key too short for its name)."""
+
+class Cells:
+    """A model's window layout (`monitor.engine.windows.Layout`): turns a flush's accepted predictions and
+    `Join.drain` output into block deltas identical to `ModelState._apply`'s numpy computation."""
+
+    def __init__(self, size: int, offsets: dict[str, int], scalars: list[int], bins: tuple[int, int, int],
+                 feature_offsets: list[int], n_numeric: int, n_categorical: int, pair_labels: int,
+                 multiclass: bool, advised_slot: list[int], score_edges: list[list[float]] | None = None,
+                 numeric_edges: list[list[float]] | None = None) -> None:
+        """`scalars`: the 8 positions windows.S_* in the order S_PREDICTIONS, S_JOINED, S_SUBSET_N,
+        S_SUBSET_OK, S_CARD_ACTUAL, S_CARD_ACTUAL_N, S_CARD_PRED, S_PENDING; `bins`: (calibration bins,
+        threshold bins, reference score bins per label); `pair_labels`: 0 without pair counts;
+        `advised_slot`: per label its threshold-histogram row or -1 (its length is the label count);
+        the edges: per label and per numeric feature, the reference's bin edges (None without one)."""
+    def deltas(self, cohort_keys: npt.NDArray[np.int64] | None,
+               preds: tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.float64],
+                            npt.NDArray[np.bool_], npt.NDArray[np.float64], npt.NDArray[np.int64]] | None,
+               out: dict[str, npt.NDArray[Any]], newest_fine: int, fine_span: int,
+               coarse_span: int) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64],
+                                          npt.NDArray[np.float64], int, int]:
+        """Block keys (store key << 32 | minute, sorted) and their deltas as sparse rows (ptr, cells,
+        values: block i's touched cells are cells[ptr[i]:ptr[i+1]], distinct, the rest 0; `BlockStore.add_sparse`),
+        then the late predictions and late ground truths. `cohort_keys`: store keys per cohort [cohorts,
+        copies] (None: the cohort is the key); `preds`: (version, ts, scores, predicted, numeric,
+        categorical)."""
+
+def add_rows(out: npt.NDArray[np.float64], rows: npt.NDArray[np.int64], ptr: npt.NDArray[np.int64],
+             cells: npt.NDArray[np.int64], values: npt.NDArray[np.float64]) -> None:
+    """`out[rows[b], cells[e]] += values[e]` for each entry e in ptr[b]:ptr[b+1] of each block b with
+    rows[b] >= 0, one after the other in block order (`BlockStore.add_sparse`). `out` must be
+    C-contiguous; indexes are checked before anything is added."""

@@ -2,18 +2,21 @@
 
 Join decisions happen per event (they depend on order) inside the join table, native or Python
 (docs/native.md). Everything they produce comes out as columns, and is turned into block deltas once
-per batch with a single `np.bincount`, so no statistic is computed per event in Python.
+per batch: with a single `np.bincount` in the pure-Python engine (the specification), or by the native
+core's `Cells`, which gives the same deltas to the bit as sparse rows. No statistic is computed per
+event in Python.
 """
 
 from __future__ import annotations
 
 import itertools
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
 from monitor.config import ModelConfig, MonitorConfig
 from monitor.conventions import (
+    CALIBRATION_BINS,
     GROUND_TRUTH_DELAY_BUCKETS,
     LABEL_PAIRS_EXPORTED,
     LATENCY_BUCKETS,
@@ -47,6 +50,9 @@ from monitor.engine.windows import (
     fine_bucket,
 )
 from monitor.reference import Reference
+
+if TYPE_CHECKING:
+    from monitor._native import Cells
 
 # The version label of predictions from versions beyond `max_versions` (see ModelConfig).
 OTHER_VERSION = "_other"
@@ -95,6 +101,21 @@ def make_join(config: MonitorConfig, n_labels: int, use_native: bool) -> JoinTab
     return JoinTable(j.ttl, j.max_pending, n_labels)
 
 
+def make_cells(layout: Layout, reference: Reference | None, advised_slot: np.ndarray, multiclass: bool,
+               numeric: list[str], categorical: list[str]) -> Cells:
+    """The native twin of `ModelState._apply`'s cell computation for this layout."""
+    edges = None
+    if reference is not None:
+        edges = ([b.edges.tolist() for b in reference.scores if b.edges is not None],
+                 [e.tolist() for f in numeric if (e := reference.features[f].edges) is not None])
+    return native._native.Cells(  # type: ignore[no-any-return]
+        layout.size, dict(layout.offsets),
+        [S_PREDICTIONS, S_JOINED, S_SUBSET_N, S_SUBSET_OK, S_CARD_ACTUAL, S_CARD_ACTUAL_N, S_CARD_PRED, S_PENDING],
+        (CALIBRATION_BINS, THRESHOLD_BINS, SCORE_BINS), layout.feature_offsets.tolist(), len(numeric),
+        len(categorical), layout.pair_labels if layout.pair_labels >= 2 else 0, multiclass, advised_slot.tolist(),
+        *(edges or (None, None)))
+
+
 class ModelState:
     def __init__(self, config: MonitorConfig, cfg: ModelConfig, reference: Reference | None,
                  use_native: bool = False) -> None:
@@ -122,6 +143,12 @@ class ModelState:
         )
         self.store = BlockStore(self.layout.size, config.windows)
         self.join = make_join(config, self.n_labels, use_native)
+        # The native core computes the same block deltas as `_apply` below (bit for bit, cells.rs). An
+        # extension built before `Cells` existed still decodes and joins; the numpy code then makes the deltas
+        # (tests/test_native_cells.py fails on such a build).
+        self._cells = (make_cells(self.layout, reference, self.advised_slot, self.multiclass,
+                                  list(cfg.features.numeric), list(cfg.features.categorical))
+                       if use_native and hasattr(native._native, "Cells") else None)
         self.versions: dict[str, int] = {}
         self.version_names: list[str] = []
         self.predictions_total: list[int] = []
@@ -262,6 +289,9 @@ class ModelState:
             self._apply(out)
 
     def _apply(self, out: dict[str, np.ndarray]) -> None:
+        if self._cells is not None:
+            self._apply_native(out)
+            return
         # Each contribution goes to the block of its (version, minute): predictions and pending-score
         # removals at prediction time, joins at observation time. One np.unique over all of them numbers
         # the blocks, one bincount makes every block's delta, one add_many applies them. With segments a
@@ -303,6 +333,27 @@ class ModelState:
             self.late["ground_truth"] += self._count_late(parts[-1][1])
         deltas = np.bincount(np.concatenate(idx), weights=np.concatenate(w), minlength=len(blocks) * size)
         self.store.add_many(blocks >> 32, blocks & 0xFFFFFFFF, deltas.reshape(len(blocks), size))
+
+    def _apply_native(self, out: dict[str, np.ndarray]) -> None:
+        # What `_apply` does, with the cells computed in the native core from the same columns and handed
+        # over as the nonzero cells of each block (add_sparse), not as dense rows.
+        preds = None
+        if self._preds:
+            p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*self._preds, strict=True)))
+            self._preds = []
+            preds = (p.version, p.ts, p.scores, p.predicted, p.numeric, p.categorical)
+        if preds is None and not out["unpend_ts"].size and not out["join_obs"].size:
+            return
+        table = None
+        if self.cfg.segments:
+            self.cohort_keys(np.zeros(0, dtype=np.int64))  # brings the table up to date
+            table = self._cohort_keys
+        st = self.store
+        blocks, ptr, cells, values, late_p, late_g = self._cells.deltas(  # type: ignore[union-attr]
+            table, preds, out, st.newest_fine, st.fine_span, st.coarse_span)
+        self.late["predictions"] += late_p
+        self.late["ground_truth"] += late_g
+        st.add_sparse(blocks >> 32, blocks & 0xFFFFFFFF, ptr, cells, values, getattr(native._native, "add_rows", None))
 
     def _count_late(self, m: np.ndarray) -> int:
         """Contributions at these minute buckets that no window keeps any more."""

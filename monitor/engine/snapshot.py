@@ -50,6 +50,7 @@ MODEL_STATE_FIELDS = frozenset({
     "no_ground_truth", "exported_pairs", "advised", "advised_slot",
     "segment_values", "_segment_index", "cohorts", "_cohort_rows",
     "_cohort_keys",  # derived from _cohort_rows (a cache)
+    "_cells",  # derived from the layout and the reference (the native cell computation), rebuilt on restore
 })
 # The Python join's fields; the native join exports the same state through the same export()/restore().
 JOIN_FIELDS = frozenset({

@@ -8,8 +8,7 @@ edges are exact to the bucket width (DESIGN section 5). Counts stay exact in flo
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +23,9 @@ SCORE_BINS = 10  # reference deciles give at most 10 bins
 S_PREDICTIONS, S_JOINED, S_SUBSET_N, S_SUBSET_OK, S_CARD_ACTUAL, S_CARD_ACTUAL_N, S_CARD_PRED, S_PENDING = range(8)
 N_SCALARS = 8
 NO_MINUTE = -(1 << 62)
-_MAX_RUNS = 64  # more runs of ring rows than this: one fancy-index add
+# out[rows[b], cells[e]] += values[e] for each entry e of each block b with rows[b] >= 0, in block order
+# (args: out, rows, ptr, cells, values): the native core's `add_rows`.
+AddRows = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], None]
 
 
 @dataclass
@@ -79,7 +80,7 @@ class BlockStore:
     """Blocks per version at two granularities, plus a cumulative block per version (the counters).
 
     `fine`, `coarse` and `total` are plain dicts of vectors (snapshots and merges read and fill them).
-    The fine blocks `add_many` creates are rows of one ring array per version (row = minute % fine_span),
+    The fine blocks `add_sparse` creates are rows of one ring array per version (row = minute % fine_span),
     so that adding a batch's deltas to hundreds of minutes is one numpy operation, not one per minute.
     """
 
@@ -124,49 +125,80 @@ class BlockStore:
         return keep_fine or keep_coarse
 
     def add_many(self, versions: np.ndarray, minutes: np.ndarray, deltas: np.ndarray) -> None:
-        """`add(versions[i], minutes[i], deltas[i])` for every i, with distinct (version, minute) pairs,
-        as a few numpy operations per version. Totals and hourly blocks receive the sum of their rows (the
-        same values up to float rounding)."""
+        """`add(versions[i], minutes[i], deltas[i])` for every i, with distinct (version, minute) pairs sorted
+        by (version, minute). Totals and hourly blocks receive the sum of their rows (the same values up to
+        float rounding). The dense form of `add_sparse`."""
+        rows, cells = np.nonzero(deltas)
+        ptr = np.searchsorted(rows, np.arange(deltas.shape[0] + 1))
+        self.add_sparse(versions, minutes, ptr, cells, deltas[rows, cells])
+
+    def add_sparse(self, versions: np.ndarray, minutes: np.ndarray, ptr: np.ndarray, cells: np.ndarray,
+                   values: np.ndarray, add_rows: AddRows | None = None) -> None:
+        """`add_many` with row i's delta given by the cells it touches: `cells[ptr[i]:ptr[i+1]]` (distinct)
+        hold `values[ptr[i]:ptr[i+1]]`, every other cell is 0. A flush touches about 6% of its blocks'
+        cells, so nothing here is proportional to blocks x layout size but the totals and hourly blocks.
+        A total (an hourly block) receives the sum of its rows computed row by row in the given order
+        (np.bincount adds in input order), then added once. `add_rows` (the native core's) does the same
+        additions in the same order without numpy's intermediate arrays."""
+        n = versions.size
+        if not n:
+            return
+        size = self.size
         newest = self.newest_fine
         ahead = minutes > newest  # (only after a restore) newer than every block: kept like in_retention
         keep_fine = ((minutes > newest - self.fine_span) | ahead) if self.fine_span > 1 else np.zeros_like(ahead)
         keep_coarse = (minutes // 60 > newest // 60 - self.coarse_span) | ahead
         if self.coarse_span <= 1:
             keep_coarse[:] = False
-        # `versions` and `minutes` come sorted by (version, minute) from the caller's np.unique, and most
-        # flushes hold one version: then every row is that version's, in minute order, and the per-version
-        # masks, gathers and sorts below would each copy all of `deltas` (hundreds of blocks) for nothing.
-        one = versions.size > 0 and versions[0] == versions[-1]
+        row = np.repeat(np.arange(n), np.diff(ptr)) if add_rows is None else None  # each entry's row
+        # `versions` comes sorted, and most flushes hold one version: then no per-version masks.
+        one = versions[0] == versions[-1]
         for v in ([int(versions[0])] if one else np.unique(versions).tolist()):
-            mine = None if one else versions == v
+            mine = np.ones(n, dtype=bool) if one else versions == v
             total = self.total.get(v)
             if total is None:
                 total = self.total[v] = np.zeros(self.size)
-            total += deltas.sum(axis=0) if mine is None else deltas[mine].sum(axis=0)
-            rows = np.nonzero(keep_fine if mine is None else mine & keep_fine)[0]
+            if add_rows is not None:
+                row_sum = np.zeros((1, size))
+                add_rows(row_sum, np.where(mine, 0, -1), ptr, cells, values)
+                total += row_sum[0]
+            else:
+                assert row is not None
+                picked = mine[row]
+                total += np.bincount(cells[picked], weights=values[picked], minlength=size)
+            rows = np.nonzero(mine & keep_fine)[0]
             if rows.size:
                 if ahead[rows].any():  # minutes a ring row apart could collide: one at a time
                     for r in rows.tolist():
-                        self._block(self.fine, v, int(minutes[r]))[:] += deltas[r]
+                        a, b = ptr[r], ptr[r + 1]
+                        self._block(self.fine, v, int(minutes[r]))[cells[a:b]] += values[a:b]
                 else:
-                    self._add_fine(v, minutes[rows], deltas if rows.size == deltas.shape[0] else deltas[rows])
-            rows = np.nonzero(keep_coarse if mine is None else mine & keep_coarse)[0]
+                    self._add_fine(v, minutes, rows, (ptr, row, cells, values), add_rows)
+            rows = np.nonzero(mine & keep_coarse)[0]
             if rows.size:
-                hours = minutes[rows] // 60
-                if hours.size > 1 and bool((hours[1:] >= hours[:-1]).all()):
-                    # Already in hour order (the stable argsort would be the identity): no gather of rows.
-                    picked = deltas if rows.size == deltas.shape[0] else deltas[rows]
+                # One sum per hour: entries numbered by their row's hour, summed in row order.
+                hours, group = np.unique(minutes[rows] // 60, return_inverse=True)
+                group_of = np.full(n, -1, dtype=np.int64)
+                group_of[rows] = group.ravel()
+                sums: np.ndarray
+                if add_rows is not None:
+                    sums = np.zeros((hours.size, size))
+                    add_rows(sums, group_of, ptr, cells, values)
                 else:
-                    order = np.argsort(hours, kind="stable")
-                    hours = hours[order]
-                    picked = deltas[rows[order]]
-                starts = np.concatenate([[0], np.nonzero(np.diff(hours))[0] + 1])
-                sums = np.add.reduceat(picked, starts, axis=0)
-                for hour, delta in zip(hours[starts].tolist(), sums, strict=True):
+                    assert row is not None
+                    g = group_of[row]
+                    picked = g >= 0
+                    sums = np.bincount(g[picked] * size + cells[picked], weights=values[picked],
+                                       minlength=hours.size * size).reshape(hours.size, size)
+                for hour, delta in zip(hours.tolist(), sums, strict=True):
                     self._block(self.coarse, v, hour)[:] += delta
 
-    def _add_fine(self, version: int, minutes: np.ndarray, deltas: np.ndarray) -> None:
-        """Add rows to fine blocks of distinct minutes less than fine_span apart (distinct ring rows)."""
+    def _add_fine(self, version: int, minutes: np.ndarray, rows: np.ndarray,
+                  entries: tuple[np.ndarray, np.ndarray | None, np.ndarray, np.ndarray],
+                  add_rows: AddRows | None) -> None:
+        """Add the entries (ptr, each entry's row, cells, values) of `rows` (distinct minutes less than
+        fine_span apart: distinct ring rows) to their fine blocks."""
+        ptr, row, cells, values = entries
         ring_owner = self._rings.get(version)
         if ring_owner is None:
             ring_owner = self._rings[version] = (np.zeros((self.fine_span, self.size)),
@@ -176,23 +208,28 @@ class BlockStore:
         at = minutes % self.fine_span
         # Rows whose minute the ring does not hold yet: a new block (claims the row, whose old minute
         # `advance` has dropped), or one a snapshot or merge put in the dict (adopted into the row).
-        for i in np.nonzero(owner[at] != minutes)[0].tolist():
+        for i in rows[owner[at[rows]] != minutes[rows]].tolist():
             m, r = int(minutes[i]), int(at[i])
             found = blocks.get(m)
             ring[r] = 0.0 if found is None else found
             owner[r] = m
             blocks[m] = ring[r]
-        # Runs of consecutive ring rows (consecutive minutes, cut where the ring wraps) are added in place,
-        # without the gather and scatter of a fancy index: the same additions, element by element. A
-        # flush's minutes form a few runs (gaps are minutes nothing landed in).
-        cuts = np.nonzero(np.diff(at) != 1)[0] + 1
-        if cuts.size <= _MAX_RUNS:
-            bounds = [0, *cuts.tolist(), at.size]
-            for a, b in itertools.pairwise(bounds):
-                first = int(at[a])
-                ring[first:first + b - a] += deltas[a:b]
+        # Each (ring row, cell) at most once, so the fancy-index add is one addition per touched cell (on the
+        # flat ring: a 1-d index is cheaper than a pair of them).
+        if add_rows is not None:
+            target = np.full(minutes.size, -1, dtype=np.int64)
+            target[rows] = at[rows]
+            add_rows(ring, target, ptr, cells, values)
+            return
+        assert row is not None
+        flat = ring.reshape(-1)
+        if rows.size == minutes.size:
+            flat[(at * self.size)[row] + cells] += values
         else:
-            ring[at] += deltas
+            kept = np.zeros(minutes.size, dtype=bool)
+            kept[rows] = True
+            picked = kept[row]
+            flat[(at * self.size)[row[picked]] + cells[picked]] += values[picked]
 
     def advance(self, minute: int) -> None:
         """Move the newest bucket forward and drop blocks no window can reach any more."""

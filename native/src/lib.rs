@@ -1,6 +1,8 @@
 //! `monitor._native`: the per-event core of the engine (docs/native.md). This file is the PyO3 glue;
-//! the logic, which knows nothing of Python, is in `decode` (with `json` and `timestamp`) and `join`.
+//! the logic, which knows nothing of Python, is in `decode` (with `json` and `timestamp`), `join` and
+//! `cells`.
 
+mod cells;
 mod decode;
 mod join;
 mod json;
@@ -37,6 +39,8 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Latest>()?;
     m.add_function(wrap_pyfunction!(str_slices, m)?)?;
     m.add_function(wrap_pyfunction!(name_groups, m)?)?;
+    m.add_class::<Cells>()?;
+    m.add_function(wrap_pyfunction!(add_rows, m)?)?;
     Ok(())
 }
 
@@ -900,4 +904,233 @@ impl Join {
         };
         Ok(())
     }
+}
+
+// --- Cells ------------------------------------------------------------------------------------------
+
+/// A model's window layout, turning a flush's columns into block deltas (cells.rs).
+#[pyclass(module = "monitor._native", frozen)]
+struct Cells {
+    layout: cells::Layout,
+    scratch: std::sync::Mutex<cells::Scratch>,
+}
+
+fn offset(offsets: &HashMap<String, usize>, name: &str) -> PyResult<usize> {
+    offsets.get(name).copied().ok_or_else(|| value_error(format!("offsets lack {name:?}")))
+}
+
+type SparseDeltas<'py> = (
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<f64>>,
+    i64,
+    i64,
+);
+
+type PredictionArrays<'py> = (
+    PyReadonlyArray1<'py, i64>,
+    PyReadonlyArray1<'py, f64>,
+    PyReadonlyArray2<'py, f64>,
+    PyReadonlyArray2<'py, bool>,
+    PyReadonlyArray2<'py, f64>,
+    PyReadonlyArray2<'py, i64>,
+);
+
+fn item<'py, T: FromPyObjectOwned<'py>>(d: &Bound<'py, PyDict>, key: &str) -> PyResult<T> {
+    required(d, key)?.extract::<T>().map_err(Into::into)
+}
+
+fn check_len(what: &str, got: usize, want: usize) -> PyResult<()> {
+    if got != want {
+        return Err(value_error(format!("{what} has {got} values, expected {want}")));
+    }
+    Ok(())
+}
+
+#[pymethods]
+impl Cells {
+    #[new]
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (size, offsets, scalars, bins, feature_offsets, n_numeric, n_categorical, pair_labels,
+                        multiclass, advised_slot, score_edges=None, numeric_edges=None))]
+    fn new(
+        size: usize,
+        offsets: HashMap<String, usize>,
+        scalars: Vec<usize>,
+        bins: (usize, usize, usize),
+        feature_offsets: Vec<usize>,
+        n_numeric: usize,
+        n_categorical: usize,
+        pair_labels: usize,
+        multiclass: bool,
+        advised_slot: Vec<i64>,
+        score_edges: Option<Vec<Vec<f64>>>,
+        numeric_edges: Option<Vec<Vec<f64>>>,
+    ) -> PyResult<Self> {
+        let [predictions, joined, subset_n, subset_ok, card_actual, card_actual_n, card_pred, pending] = scalars[..]
+        else {
+            return Err(value_error("scalars must list 8 positions"));
+        };
+        let reference = score_edges.is_some();
+        let labels = advised_slot.len();
+        let score_edges = score_edges.unwrap_or_default();
+        let numeric_edges = numeric_edges.unwrap_or_default();
+        if reference && (score_edges.len() != labels || numeric_edges.len() != n_numeric) {
+            return Err(value_error("score_edges needs one list per label and numeric_edges one per numeric feature"));
+        }
+        if feature_offsets.len() != n_numeric + n_categorical {
+            return Err(value_error("feature_offsets needs one offset per feature"));
+        }
+        let layout = cells::Layout {
+            labels,
+            size,
+            scalars_at: offset(&offsets, "scalars")?,
+            scalars: cells::Scalars {
+                predictions, joined, subset_n, subset_ok, card_actual, card_actual_n, card_pred, pending,
+            },
+            outcomes: offset(&offsets, "outcomes")?,
+            calib: offset(&offsets, "calib")?,
+            pending: offset(&offsets, "pending")?,
+            pred_pos: offset(&offsets, "pred_pos")?,
+            score_bins: offset(&offsets, "score_bins")?,
+            feat_bins: offset(&offsets, "feat_bins")?,
+            feat_missing: offset(&offsets, "feat_missing")?,
+            pairs: offset(&offsets, "pairs")?,
+            confusion: offset(&offsets, "confusion")?,
+            thr_hist: offset(&offsets, "thr_hist")?,
+            calibration_bins: bins.0,
+            threshold_bins: bins.1,
+            reference_bins: bins.2,
+            score_edges,
+            numeric_edges,
+            reference,
+            feature_offsets,
+            n_numeric,
+            n_categorical,
+            pair_labels,
+            multiclass,
+            advised_slot,
+        };
+        Ok(Cells { layout, scratch: Default::default() })
+    }
+
+    /// One delta per touched (store key, minute) block as sparse rows: (keys, ptr, cells, values, late
+    /// predictions, late ground truths). `out` is what `Join.drain` returned.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (cohort_keys, preds, out, newest_fine, fine_span, coarse_span))]
+    fn deltas<'py>(
+        &self,
+        py: Python<'py>,
+        cohort_keys: Option<PyReadonlyArray2<'py, i64>>,
+        preds: Option<PredictionArrays<'py>>,
+        out: &Bound<'py, PyDict>,
+        newest_fine: i64,
+        fine_span: i64,
+        coarse_span: i64,
+    ) -> PyResult<SparseDeltas<'py>> {
+        let l = &self.layout;
+        let nl = l.labels;
+        let table = cohort_keys.as_ref().map(flat);
+        let copies = cohort_keys.as_ref().map_or(1, |t| t.shape()[1]);
+        let n_cohorts = cohort_keys.as_ref().map_or(usize::MAX, |t| t.shape()[0]);
+        let cohort_ok = |v: &[i64]| v.iter().all(|&x| x >= 0 && (x as usize) < n_cohorts);
+        let pred_cols = preds.as_ref().map(|(v, t, s, p, n, c)| (flat(v), flat(t), flat(s), flat(p), flat(n), flat(c)));
+        let p = match &pred_cols {
+            None => None,
+            Some((v, t, s, pr, n, c)) => {
+                let rows = v.len();
+                check_len("preds ts", t.len(), rows)?;
+                check_len("preds scores", s.len(), rows * nl)?;
+                check_len("preds predicted", pr.len(), rows * nl)?;
+                check_len("preds numeric", n.len(), rows * l.n_numeric)?;
+                check_len("preds categorical", c.len(), rows * l.n_categorical)?;
+                Some(cells::Predictions { version: v, ts: t, scores: s, predicted: pr, numeric: n, categorical: c })
+            }
+        };
+        let u_version: PyReadonlyArray1<i64> = item(out, "unpend_version")?;
+        let u_ts: PyReadonlyArray1<f64> = item(out, "unpend_ts")?;
+        let u_scores: PyReadonlyArray2<f64> = item(out, "unpend_scores")?;
+        let u_predicted: PyReadonlyArray2<bool> = item(out, "unpend_predicted")?;
+        let (u_version, u_ts, u_scores, u_predicted) = (flat(&u_version), flat(&u_ts), flat(&u_scores), flat(&u_predicted));
+        let rows = u_ts.len();
+        check_len("unpend_version", u_version.len(), rows)?;
+        check_len("unpend_scores", u_scores.len(), rows * nl)?;
+        check_len("unpend_predicted", u_predicted.len(), rows * nl)?;
+        let u = (rows > 0).then_some(cells::Unpended {
+            version: &u_version, ts: &u_ts, scores: &u_scores, predicted: &u_predicted,
+        });
+        let j_version: PyReadonlyArray1<i64> = item(out, "join_version")?;
+        let j_obs: PyReadonlyArray1<f64> = item(out, "join_obs")?;
+        let j_scores: PyReadonlyArray2<f64> = item(out, "join_scores")?;
+        let j_predicted: PyReadonlyArray2<bool> = item(out, "join_predicted")?;
+        let j_known: PyReadonlyArray2<bool> = item(out, "join_known")?;
+        let j_actual: PyReadonlyArray2<bool> = item(out, "join_actual")?;
+        let j_full: PyReadonlyArray1<bool> = item(out, "join_full")?;
+        let j_sign: PyReadonlyArray1<f64> = item(out, "join_sign")?;
+        let (j_version, j_obs, j_scores, j_predicted) = (flat(&j_version), flat(&j_obs), flat(&j_scores), flat(&j_predicted));
+        let (j_known, j_actual, j_full, j_sign) = (flat(&j_known), flat(&j_actual), flat(&j_full), flat(&j_sign));
+        let rows = j_obs.len();
+        check_len("join_version", j_version.len(), rows)?;
+        for (what, n) in [("join_scores", j_scores.len()), ("join_predicted", j_predicted.len()),
+                          ("join_known", j_known.len()), ("join_actual", j_actual.len())] {
+            check_len(what, n, rows * nl)?;
+        }
+        check_len("join_full", j_full.len(), rows)?;
+        check_len("join_sign", j_sign.len(), rows)?;
+        let j = (rows > 0).then_some(cells::Joins {
+            version: &j_version, obs: &j_obs, scores: &j_scores, predicted: &j_predicted, known: &j_known,
+            actual: &j_actual, full: &j_full, sign: &j_sign,
+        });
+        let versions = [p.as_ref().map(|p| p.version), u.as_ref().map(|u| u.version), j.as_ref().map(|j| j.version)];
+        if !versions.iter().flatten().all(|v| cohort_ok(v)) {
+            return Err(PyIndexError::new_err("a cohort index is outside cohort_keys"));
+        }
+        let cohorts = cells::Cohorts { table: table.as_deref(), copies };
+        let retention = cells::Retention { newest_fine, fine_span, coarse_span };
+        let d = py.detach(|| {
+            let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+            l.deltas(&cohorts, p.as_ref(), u.as_ref(), j.as_ref(), &retention, &mut scratch)
+        });
+        Ok((column(py, d.keys), column(py, d.ptr), column(py, d.cells), column(py, d.values), d.late_predictions,
+            d.late_ground_truth))
+    }
+}
+
+/// `out[rows[b], cells[e]] += values[e]` for every block b with `rows[b] >= 0` and each of its entries
+/// e in `ptr[b]..ptr[b + 1]`, one after the other in block order (BlockStore.add_sparse's sums and ring).
+#[pyfunction]
+fn add_rows(
+    mut out: numpy::PyReadwriteArray2<'_, f64>,
+    rows: PyReadonlyArray1<'_, i64>,
+    ptr: PyReadonlyArray1<'_, i64>,
+    cells: PyReadonlyArray1<'_, i64>,
+    values: PyReadonlyArray1<'_, f64>,
+) -> PyResult<()> {
+    let (height, width) = (out.shape()[0], out.shape()[1]);
+    let (rows, ptr, cells, values) = (flat(&rows), flat(&ptr), flat(&cells), flat(&values));
+    if ptr.len() != rows.len() + 1 || cells.len() != values.len() {
+        return Err(value_error("ptr needs one more entry than rows, and values one per cell"));
+    }
+    // Checked before anything is added, so a bad call changes nothing.
+    for (b, &r) in rows.iter().enumerate() {
+        let (a, z) = (ptr[b], ptr[b + 1]);
+        if a < 0 || z < a || z as usize > cells.len() || r >= height as i64 {
+            return Err(PyIndexError::new_err(format!("block {b} is outside the arrays")));
+        }
+        if r >= 0 && cells[a as usize..z as usize].iter().any(|&c| c < 0 || c as usize >= width) {
+            return Err(PyIndexError::new_err(format!("a cell of block {b} is outside the row")));
+        }
+    }
+    let o = out.as_slice_mut().map_err(|_| value_error("out must be C-contiguous"))?;
+    for (b, &r) in rows.iter().enumerate() {
+        if r < 0 {
+            continue;
+        }
+        let row = &mut o[r as usize * width..(r as usize + 1) * width];
+        for e in ptr[b] as usize..ptr[b + 1] as usize {
+            row[cells[e] as usize] += values[e];
+        }
+    }
+    Ok(())
 }
