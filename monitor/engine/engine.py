@@ -119,19 +119,24 @@ class Engine:
         n = len(raws)
         decoded = DecodedTopic(topic, raws, np.full(n, -1, dtype=np.int64), np.full(n, -1, dtype=np.int64),
                                [None] * len(self._states), {})
-        by_source: dict[str, list[int]] = {}
-        for i, source in enumerate(sources):
-            by_source.setdefault(source, []).append(i)
+        by_source: dict[str, list[int] | None] = {}
+        if n and sources.count(sources[0]) == n:
+            by_source[sources[0]] = None  # one source (the usual batch): no per-message grouping
+        else:
+            for i, source in enumerate(sources):
+                by_source.setdefault(source, []).append(i)  # type: ignore[union-attr]
         positions: list[int] = []
         events: list[Prediction | GroundTruth | InvalidEvent] = []
-        for source, where in by_source.items():
+        for source, listed in by_source.items():
+            where: list[int] = list(range(n)) if listed is None else listed
             reader = self.readers[(topic, source)]
             reading = self.fast_readings.get((topic, source))
             if self.fast is not None and (reader.plain or reading is not None):
                 decode = self.fast.predictions if topic == PREDICTIONS else self.fast.ground_truth
-                out = decode([raws[i] for i in where], reading)
-                self._fast_segments(topic, [raws[i] for i in where], out, reader)
-                pos = np.array(where, dtype=np.int64)
+                mine = raws if listed is None else [raws[i] for i in listed]
+                out = decode(mine, reading)
+                self._fast_segments(topic, mine, out, reader)
+                pos = np.arange(n, dtype=np.int64) if listed is None else np.array(listed, dtype=np.int64)
                 self._add_fast(decoded, pos, out)
                 where = pos[out["model"] < 0].tolist()
             for i in where:
