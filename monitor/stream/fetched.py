@@ -6,11 +6,11 @@ has already buffered and returns each partition's records as columns. Everything
 group membership, fetch requests and prefetching, positions, read_committed filtering (aborted
 transactions and control batches are skipped by aiokafka's own `PartitionRecords`), errors.
 
-With the native core, a fetch result's record batches are unpacked in Rust (`_native.unpack_records`,
-the kafka-protocol crate's batch decoder under aiokafka's consumer rules) into one buffer of keys and
-values with their spans, which the native decoder reads without a Python object per record; the raw
-bytes come from aiokafka's `MemoryRecords`, which `install` makes keep them. Without it, aiokafka's own
-iteration (Cython) gives the columns.
+With the native core, a fetch result's record batches are unpacked in Rust (`raw_fetch.unpack`, as the
+changelog reader does: the kafka-protocol crate's batch decoder under aiokafka's consumer rules) into
+one buffer of keys and values with their spans, which the native decoder reads without a Python object
+per record; the raw bytes come from aiokafka's `MemoryRecords`, which `install` makes keep them.
+Without it, aiokafka's own iteration (Cython) gives the columns.
 
 This reads aiokafka's fetcher internals (`Fetcher._records`, `FetchResult`, `PartitionRecords`), which
 are not a public API: `supported` checks them once, and the worker falls back to `getmany` (and says
@@ -31,6 +31,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from monitor.engine import native
+from monitor.stream import raw_fetch
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def install() -> bool:
     """Make aiokafka's fetcher keep each partition's raw record bytes (on its `MemoryRecords`, as `raw`)
     so the native core can unpack them; True when that is in place. Process-wide and idempotent: the
     subclass only adds the attribute, aiokafka's own reading is unchanged."""
-    if native._native is None or not hasattr(native._native, "unpack_records"):
+    if not raw_fetch.available():
         return False
     try:
         import aiokafka.consumer.fetcher as fetcher_module
@@ -213,15 +214,13 @@ def _columns(tp: TopicPartition, result: Any) -> PartitionBatch:
 
 
 def _unpacked(tp: TopicPartition, result: Any, raw: bytes) -> PartitionBatch:
-    """The native core's columns of a fetch result's raw bytes (what aiokafka's iteration would give)."""
-    from aiokafka.consumer.fetcher import READ_COMMITTED
-
+    """The native core's columns of a fetch result's raw bytes (what aiokafka's iteration would give); a
+    corrupt batch raises aiokafka's CorruptRecordException, as getmany would."""
     records = result._partition_records
-    data, key_start, key_end, value_start, value_end, offsets, next_offset, _ = native._native.unpack_records(
-        raw, records.next_fetch_offset, records._isolation_level == READ_COMMITTED,
-        list(records._aborted_transactions))
-    records.next_fetch_offset = next_offset
+    columns, _ = raw_fetch.unpack(raw, records.next_fetch_offset, records._isolation_level,
+                                  records._aborted_transactions)
+    records.next_fetch_offset = columns.next_offset
     result._update_position()
     result._partition_records = None
-    return PartitionBatch(tp, Spans(data, value_start, value_end, b""), Spans(data, key_start, key_end),
-                          offsets.tolist())
+    return PartitionBatch(tp, Spans(columns.data, columns.value_start, columns.value_end, b""),
+                          Spans(columns.data, columns.key_start, columns.key_end), columns.offsets.tolist())
