@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import click
 
+from monitor.spans import Spans
+
 if TYPE_CHECKING:
     from monitor.config import MonitorConfig
 
@@ -46,10 +48,7 @@ class InputLines(Sequence[bytes]):
     report, iteration)."""
 
     def __init__(self, lines: Iterable[bytes] = (), source: str = "", numbers: list[int] | None = None) -> None:
-        self._lines: list[bytes] | None = list(lines)
-        self._buffer = b""
-        self._starts: Any = None
-        self._ends: Any = None
+        self._items: list[bytes] | Spans = list(lines)
         self.source = source
         # None while no blank line was skipped: then line i is line number i + 1.
         self._numbers = numbers
@@ -58,18 +57,18 @@ class InputLines(Sequence[bytes]):
     def of_buffer(cls, data: bytes, starts: Any, ends: Any, source: str, numbers: list[int] | None) -> InputLines:
         """Lines as spans of `data` (int64 arrays of start and end offsets)."""
         out = cls((), source, numbers)
-        out._lines, out._buffer, out._starts, out._ends = None, data, starts, ends
+        out._items = Spans(data, starts, ends)
         return out
 
     def spans(self) -> tuple[bytes, Any, Any] | None:
         """(buffer, starts, ends) when the lines are spans of one buffer, else None."""
-        return None if self._lines is not None else (self._buffer, self._starts, self._ends)
+        return self._items.spans() if isinstance(self._items, Spans) else None
 
     def line_number(self, index: int) -> int:
         return self._numbers[index] if self._numbers is not None else index + 1
 
     def __len__(self) -> int:
-        return len(self._lines) if self._lines is not None else len(self._starts)
+        return len(self._items)
 
     @overload
     def __getitem__(self, index: int) -> bytes: ...
@@ -77,17 +76,12 @@ class InputLines(Sequence[bytes]):
     def __getitem__(self, index: slice) -> list[bytes]: ...
 
     def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
-        if self._lines is not None:
-            return self._lines[index]
         if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        return self._buffer[int(self._starts[index]):int(self._ends[index])]
+            return list(self._items[index])  # type: ignore[arg-type]
+        return self._items[index]  # type: ignore[return-value]  # a line span is never missing
 
     def __iter__(self) -> Iterator[bytes]:
-        if self._lines is not None:
-            return iter(self._lines)
-        data = self._buffer
-        return (data[a:b] for a, b in zip(self._starts.tolist(), self._ends.tolist(), strict=True))
+        return iter(self._items)  # type: ignore[arg-type]
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, (list, InputLines)) and list(self) == list(other)

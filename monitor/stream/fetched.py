@@ -25,46 +25,15 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any
 
-import numpy as np
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 
 from monitor.engine import native
+from monitor.spans import Spans
 from monitor.stream import raw_fetch
 
 log = logging.getLogger(__name__)
-
-
-class Spans(Sequence[bytes | None]):
-    """Byte strings as spans of one buffer (int64 starts and ends; a start of -1 is None, or `missing`).
-    `spans()` hands the native decoder the buffer and spans without a Python object per item."""
-
-    def __init__(self, data: bytes, starts: np.ndarray, ends: np.ndarray, missing: bytes | None = None) -> None:
-        self._data = data
-        self._starts = starts
-        self._ends = ends
-        self._missing = missing
-
-    def spans(self) -> tuple[bytes, np.ndarray, np.ndarray]:
-        none = self._starts < 0  # a missing item reads as an empty span
-        if none.any():
-            return self._data, np.where(none, 0, self._starts), np.where(none, 0, self._ends)
-        return self._data, self._starts, self._ends
-
-    def __len__(self) -> int:
-        return len(self._starts)
-
-    @overload
-    def __getitem__(self, index: int) -> bytes | None: ...
-    @overload
-    def __getitem__(self, index: slice) -> Spans: ...
-
-    def __getitem__(self, index: int | slice) -> bytes | Spans | None:
-        if isinstance(index, slice):
-            return Spans(self._data, self._starts[index], self._ends[index], self._missing)
-        start = int(self._starts[index])
-        return self._missing if start < 0 else self._data[start:int(self._ends[index])]
 
 
 @dataclass
