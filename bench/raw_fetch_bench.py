@@ -63,7 +63,7 @@ async def write_state(bootstrap: str, config: MonitorConfig, references: Referen
     finally:
         await admin.close()
     engine = engine_with_pending(config, references, n)
-    changes = ChangeTracker().changes(engine, {"partition": 0, "topics": {}, "offsets": {}})
+    changes = ChangeTracker().take(engine, {"partition": 0, "topics": {}, "offsets": {}})
     writer = StateWriter(state, 0, f"{name}-group", {"bootstrap_servers": bootstrap})
     started = time.perf_counter()
     await writer.write(changes, {TopicPartition(source, 0): n})

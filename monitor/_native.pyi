@@ -129,6 +129,8 @@ class Join:
     def changes(self) -> tuple[list[str], dict[str, npt.NDArray[Any]], list[str]]:
         """Changed live entries as `export` columns (ids sorted) and the ids that left the table."""
     def clear_changes(self) -> None: ...
+    def mark_changed(self, ids: list[str]) -> None:
+        """Records `ids` as changed again (a checkpoint that took them was not written)."""
     def restore(self, ids: list[str], columns: dict[str, npt.NDArray[Any]], seq: int, watermark: float | None,
                 pending: dict[str, int], expired: dict[str, int], evicted: dict[str, int],
                 duplicates: dict[str, int], corrections: int, joined: int) -> None: ...

@@ -270,6 +270,11 @@ class JoinTable:
         if self._dirty is not None:
             self._dirty.clear()
 
+    def mark_changed(self, ids: list[str]) -> None:
+        """Record `ids` as changed again: a checkpoint that took them was not written."""
+        if self._dirty is not None:
+            self._dirty.update(ids)
+
     def export(self) -> tuple[list[str], dict[str, np.ndarray]]:
         """Every entry as checkpoint columns (one row per entry) and the ids in the same order."""
         return list(self.entries), self._columns(list(self.entries.values()))

@@ -243,26 +243,39 @@ class Changes:
 @dataclass
 class ChangeTracker:
     """What the changelog holds of one partition's blocks, to write only the blocks that changed. Join
-    entries are tracked by the join table itself (`track_changes`)."""
+    entries are tracked by the join table itself (`track_changes`).
+
+    A checkpoint is taken (`take`), then written while the engine goes on: `committed` once it is in the
+    changelog, `failed` if not, which hands its entries back to the join's change record so the next
+    checkpoint writes them (with whatever they became meanwhile)."""
 
     written: dict[bytes, bytes] = field(default_factory=dict)  # block key -> raw bytes in the changelog
 
-    def changes(self, engine: Engine, extra: dict[str, Any]) -> Changes:
+    def take(self, engine: Engine, extra: dict[str, Any]) -> Changes:
+        """Everything that changed since the last checkpoint taken, as of now; the join's change record
+        starts afresh, so changes made while this checkpoint is written belong to the next one."""
         engine.flush()  # queued statistics become blocks first
         current = block_values(engine)
         blocks: list[Record] = [(key, compress(raw)) for key, raw in current.items() if self.written.get(key) != raw]
         joins = []
         for name, state in engine.models.items():
             ids, columns, gone = state.join.changes()
+            state.join.clear_changes()
             joins.append(JoinChanges(name, state.n_labels, ids, columns, gone))
         blocks.extend((key, None) for key in self.written if key not in current)
         meta = snapshot.dump(engine, extra=extra, entries=False)
         return Changes(blocks, joins, meta, current)
 
-    def committed(self, engine: Engine, changes: Changes) -> None:
+    def committed(self, changes: Changes) -> None:
+        """`changes` are in the changelog: blocks are compared against them from now on."""
         self.written = changes.written
-        for state in engine.models.values():
-            state.join.clear_changes()
+
+    @staticmethod
+    def failed(engine: Engine, changes: Changes) -> None:
+        """`changes` were not written: their entries count as changed again. Blocks need nothing, as
+        `written` still says what the changelog holds."""
+        for j in changes.joins:
+            engine.models[j.model].join.mark_changed([*j.ids, *j.gone])
 
 
 def block_values(engine: Engine) -> dict[bytes, bytes]:

@@ -42,6 +42,7 @@ from monitor.reference import Reference, load_reference
 from monitor.stream import fetched, local_state, raw_fetch
 from monitor.stream.changelog import (
     ChangelogError,
+    Changes,
     ChangeTracker,
     StateWriter,
     block_values,
@@ -105,6 +106,16 @@ class PartitionState:
 
 
 @dataclass
+class Checkpoint:
+    """A checkpoint taken: per partition its changes and the input offsets they describe, and the dead
+    letters sent before it."""
+
+    states: list[tuple[PartitionState, Changes, dict[TopicPartition, int]]]
+    dead_letters: list[asyncio.Future[Any]]
+    taken_at: float
+
+
+@dataclass
 class Stats:
     events: int = 0
     batches: int = 0
@@ -155,6 +166,7 @@ class Worker:
         self.last_poll = 0.0
         self._dead_letter_futures: list[asyncio.Future[Any]] = []
         self._next_checkpoint = 0.0
+        self._writing: asyncio.Task[None] | None = None  # the checkpoint being written, while consuming on
         self.gc = GcPolicy() if os.environ.get("MLMON_WORKER_GC_FREEZE", "1") != "0" else None
         registry = CollectorRegistry(auto_describe=False)
         registry.register(FiguresCollector(self.figures, self.partition_figures))
@@ -284,6 +296,11 @@ class Worker:
             async with self.lock:
                 await self._checkpoint(list(self.partitions.values()), force=True)
             self._save_local()
+        elif self._writing is not None:
+            try:
+                await self._settle()
+            except Exception:  # already failing: the reason that stops the worker is reported elsewhere
+                log.exception("the checkpoint being written failed")
         for state in [*self.partitions.values(), *self.parked.values()]:
             await state.writer.close()
         self.stopping.set()
@@ -365,13 +382,24 @@ class Worker:
                     await self._apply(batch)
                 if self.gc is not None:
                     self.gc.after_batch()
-            if time.monotonic() >= self._next_checkpoint:
+            if self._writing is not None and self._writing.done():
+                await self._settle()
+            if self._writing is None and time.monotonic() >= self._next_checkpoint:
                 started = time.monotonic()
                 async with self.lock:
-                    await self._checkpoint(list(self.partitions.values()))
-                cost = time.monotonic() - started
-                self._next_checkpoint = time.monotonic() + max(self.options.checkpoint_interval,
-                                                               cost / self.options.checkpoint_budget)
+                    checkpoint = self._take(list(self.partitions.values()), force=False)
+                if checkpoint is None:
+                    self._next_checkpoint = started + self.options.checkpoint_interval
+                    continue
+                # Written while the loop consumes on: the taken changes and offsets are a value, and the
+                # next checkpoint starts after this one ends, so checkpoints commit in order.
+                self._writing = asyncio.create_task(self._write(checkpoint))
+
+    def _schedule_next(self, started: float) -> None:
+        """A big state is checkpointed less often: checkpoints take about `checkpoint_budget` of the time."""
+        cost = time.monotonic() - started
+        self._next_checkpoint = time.monotonic() + max(self.options.checkpoint_interval,
+                                                       cost / self.options.checkpoint_budget)
 
     async def _apply(self, batch: list[PartitionBatch]) -> None:
         by_partition: dict[int, tuple[list[PartitionBatch], list[PartitionBatch]]] = {}
@@ -441,38 +469,61 @@ class Worker:
             self._dead_letter_futures.append(fut)
             self.stats.dead_letters += 1
 
-    async def _flush_dead_letters(self) -> None:
-        futures, self._dead_letter_futures = self._dead_letter_futures, []
+    @staticmethod
+    async def _flush_dead_letters(futures: list[asyncio.Future[Any]]) -> None:
         for result in await asyncio.gather(*futures, return_exceptions=True):
             if isinstance(result, BaseException):
                 log.error("a dead letter was not delivered: %s", result)
 
     # --- checkpoints ---------------------------------------------------------------------------------------
-    async def _checkpoint(self, states: list[PartitionState], force: bool = False) -> None:
-        """Write the changes of every dirty partition in `states` (the caller holds `self.lock`). A failed
-        write is counted, shows in /healthz and is retried after a backoff; consumption goes on, and
-        the last state written still stands (with its offsets), so nothing is lost or counted twice."""
+    def _take(self, states: list[PartitionState], force: bool) -> Checkpoint | None:
+        """Take a checkpoint of every dirty partition in `states` as of now (the caller holds `self.lock`):
+        each one's changes and the input offsets they describe, and the dead letters sent so far."""
         now = time.monotonic()
         due = [s for s in states if s.dirty and (force or now >= s.retry_at)]
         if not due:
-            return
-        assert self.topics is not None
-        started = time.monotonic()
-        # Dead letters of the events a checkpoint covers reach the broker before the checkpoint does.
-        await self._flush_dead_letters()
-        # Each partition has its own transactional producer: their round trips overlap.
-        await asyncio.gather(*(self._write_state(s) for s in due))
-        self.stats.checkpoint_seconds += time.monotonic() - started
+            return None
+        taken = []
+        for s in due:
+            extra = {"partition": s.partition, "offsets": dict(s.offsets), "topics": dict(self.inputs),
+                     "written_at": time.time()}
+            offsets = {TopicPartition(topic, s.partition): s.offsets[key] for key, topic in self.inputs}
+            taken.append((s, s.tracker.take(s.engine, extra), offsets))
+            s.dirty = False
+        futures, self._dead_letter_futures = self._dead_letter_futures, []
+        return Checkpoint(taken, futures, now)
 
-    async def _write_state(self, s: PartitionState) -> None:
+    async def _write(self, checkpoint: Checkpoint) -> None:
+        """Write a taken checkpoint. A failed write is counted, shows in /healthz and is retried after a
+        backoff; consumption goes on, and the last state written still stands (with its offsets), so
+        nothing is lost or counted twice."""
+        # Dead letters of the events a checkpoint covers reach the broker before the checkpoint does.
+        await self._flush_dead_letters(checkpoint.dead_letters)
+        # Each partition has its own transactional producer: their round trips overlap.
+        await asyncio.gather(*(self._write_state(s, changes, offsets) for s, changes, offsets in checkpoint.states))
+        self.stats.checkpoint_seconds += time.monotonic() - checkpoint.taken_at
+        self._schedule_next(checkpoint.taken_at)
+
+    async def _checkpoint(self, states: list[PartitionState], force: bool = False) -> None:
+        """Checkpoint `states` now and wait for it (revocation, shutdown); the caller holds `self.lock`."""
+        await self._settle()
+        checkpoint = self._take(states, force)
+        if checkpoint is not None:
+            await self._write(checkpoint)
+
+    async def _settle(self) -> None:
+        """Wait for the checkpoint being written in the background, if any."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            await writing  # a write's expected failures are handled in it: anything else stops the worker
+
+    async def _write_state(self, s: PartitionState, changes: Changes, offsets: dict[TopicPartition, int]) -> None:
         assert self.topics is not None
-        extra = {"partition": s.partition, "offsets": dict(s.offsets), "topics": dict(self.inputs),
-                 "written_at": time.time()}
-        changes = s.tracker.changes(s.engine, extra)
-        offsets = {TopicPartition(topic, s.partition): s.offsets[key] for key, topic in self.inputs}
         try:
             meta_offset = await asyncio.wait_for(s.writer.write(changes, offsets), self.options.state_write_timeout)
         except (KafkaError, OSError, TimeoutError, ChangelogError) as exc:
+            s.tracker.failed(s.engine, changes)
+            s.dirty = True
             s.failures += 1
             s.last_error = f"{type(exc).__name__}: {exc}"[:300]
             s.retry_at = time.monotonic() + min(30.0, self.options.state_retry_base * 2 ** (s.failures - 1))
@@ -480,8 +531,7 @@ class Worker:
             log.warning("partition %d: state write failed (%s); retrying in %.0f s, consuming on", s.partition,
                         s.last_error, s.retry_at - time.monotonic())
             return
-        s.tracker.committed(s.engine, changes)
-        s.dirty = False
+        s.tracker.committed(changes)
         s.failures, s.last_error = 0, None
         s.state_end = meta_offset + 2  # the meta record, then the transaction's commit marker
         if self.purger is not None:

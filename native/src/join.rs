@@ -719,6 +719,28 @@ impl JoinTable {
         (self.rows(live), gone)
     }
 
+    /// Records `ids` as changed again: a checkpoint that took them was not written, so the next one
+    /// must. An id now in the store is captured from there, as if it had moved there while changed.
+    pub fn mark_changed(&mut self, ids: &[String]) {
+        let Some(dirty) = &mut self.dirty else {
+            return;
+        };
+        for id in ids {
+            let id: Arc<str> = match self.index.get(id.as_str()) {
+                Some(&s) => self.slots[s as usize].id.clone(),
+                None => Arc::from(id.as_str()),
+            };
+            if let Some(cold) = &mut self.cold {
+                if !self.index.contains_key(&*id) && !cold.changed.contains_key(&*id) {
+                    if let Some(found) = cold.store.get(id.as_bytes()).unwrap_or_else(|e| panic!("{e}")) {
+                        cold.changed.insert(id.clone(), found);
+                    }
+                }
+            }
+            dirty.insert(id);
+        }
+    }
+
     pub fn clear_changes(&mut self) {
         if let Some(dirty) = &mut self.dirty {
             dirty.clear();

@@ -801,6 +801,11 @@ impl Join {
         self.table.clear_changes();
     }
 
+    /// Records `ids` as changed again (a checkpoint that took them was not written).
+    fn mark_changed(&mut self, ids: Vec<String>) {
+        self.table.mark_changed(&ids);
+    }
+
     /// Replaces the table with a checkpoint taken by `export` (and the counters saved beside it).
     #[allow(clippy::too_many_arguments)]
     #[pyo3(signature = (ids, columns, seq, watermark, pending, expired, evicted, duplicates, corrections, joined))]
