@@ -74,3 +74,11 @@ def test_a_checkpoint_written_now_reads_like_the_previous_one() -> None:
             assert new[key] == old[key], key
         assert {k: v for k, v in new["join"].items() if k != "ids"} == \
             {k: v for k, v in old["join"].items() if k != "ids"}
+
+
+def test_a_checkpoint_with_more_versions_than_the_config_admits_is_refused() -> None:
+    config, _, data = fixture()
+    fewer = config.model_copy(update={"models": [config.models[0].model_copy(update={"max_versions": 1}),
+                                                 config.models[1]]})
+    with pytest.raises(snapshot.SnapshotError):
+        snapshot.load(fewer, None, data)

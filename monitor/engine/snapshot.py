@@ -243,7 +243,9 @@ def _load_model(state: ModelState, m: dict[str, Any], prefix: str, arrays: dict[
     mine = f"{prefix}."
     own = {name[len(mine):]: a for name, a in arrays.items() if name.startswith(mine)}
     try:
-        state.tallies = ModelTallies.load(m, own, len(m["versions"]))
+        # One value per version the state registered: a checkpoint with more (max_versions lowered since)
+        # does not fit.
+        state.tallies = ModelTallies.load(m, own, len(state.version_names))
     except TalliesError as exc:
         raise SnapshotError(f"model {state.cfg.name!r}: {exc}") from None
     _load_store(state.store, int(m["newest_fine"]), prefix, arrays, keys_ok)
