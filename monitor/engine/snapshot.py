@@ -295,8 +295,8 @@ def _load_join(join: JoinTable, m: dict[str, Any], n_labels: int, n_versions: in
                arrays: dict[str, np.ndarray]) -> None:
     ids = m["ids"]
     n = len(ids)
-    col = {name: np.ascontiguousarray(arrays[f"{prefix}.join.{name}"], dtype=dtype)
-           for name, dtype in EXPORT_COLUMNS.items()}
+    col: dict[str, np.ndarray] = {name: np.ascontiguousarray(arrays[f"{prefix}.join.{name}"], dtype=dtype)
+                                 for name, dtype in EXPORT_COLUMNS.items()}
     shapes = {name: (n, n_labels) for name in MATRIX_COLUMNS}
     for name, arr in col.items():
         if arr.shape != shapes.get(name, (n,)):

@@ -308,6 +308,8 @@ class ModelTallies(Values):
 class JoinLike(Protocol):
     """What `JoinCounters` reads and restores: monitor.engine.join.JoinTable and monitor._native.Join."""
 
+    watermark: float
+
     @property
     def pending(self) -> Mapping[str, int]: ...
     @property
