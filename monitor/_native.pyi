@@ -101,6 +101,8 @@ class Join:
     def expire(self) -> None: ...
     def drain(self) -> dict[str, npt.NDArray[Any]]:
         """unpend_* / join_* / delay columns produced since the last drain (docs/native.md)."""
+    # pending ... joined, and restore's keywords of the same names: the fields of
+    # monitor.engine.tallies.JoinCounters (tests/test_tallies.py).
     watermark: float
     @property
     def seq(self) -> int: ...

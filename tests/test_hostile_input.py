@@ -533,7 +533,7 @@ def test_join_invariants_hold_under_skewed_clocks_duplicates_and_the_cap(events:
             assert join.pending[c.SIDE_PREDICTION] == np.sum(entries["has_pred"] & ~entries["has_truth"])
             assert join.pending[c.SIDE_GROUND_TRUTH] == np.sum(~entries["has_pred"] & entries["has_truth"])
             # Every accepted prediction is joined, waiting or expired (evicted ones included): none vanish.
-            assert sum(state.predictions_total) == join.joined + join.pending[c.SIDE_PREDICTION] + \
+            assert sum(state.tallies.predictions_total) == join.joined + join.pending[c.SIDE_PREDICTION] + \
                 join.expired[c.SIDE_PREDICTION]
             assert join.evicted[c.SIDE_PREDICTION] <= join.expired[c.SIDE_PREDICTION]
             assert join.evicted[c.SIDE_GROUND_TRUTH] <= join.expired[c.SIDE_GROUND_TRUTH]

@@ -102,7 +102,7 @@ def recorded_apply(state: ModelState, preds: list[AcceptedPredictions], out: dic
     state.store.add_sparse = record  # type: ignore[method-assign,assignment]
     state._preds = list(preds)
     state._apply(out)
-    return [calls, dict(state.late)]
+    return [calls, dict(state.tallies.late)]
 
 
 def states(config: MonitorConfig, index: int, seed: int) -> tuple[ModelState, ModelState, int]:

@@ -183,7 +183,7 @@ def test_a_changed_model_is_refused_an_added_model_starts_empty() -> None:
     added = parse_config({"windows": ["5m", "30m", "1h", "2h", "6h", "1d"], "join": {"ttl": "3d"},
                           "models": [ORACLE_MODEL, {**ORACLE_MODEL, "name": "other"}]})
     restored = snapshot.load(added, None, data)
-    assert restored.models["m"].predictions_total == engine.models["m"].predictions_total
+    assert restored.models["m"].tallies == engine.models["m"].tallies
     assert restored.models["other"].version_names == []
 
 

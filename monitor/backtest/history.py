@@ -27,7 +27,7 @@ from monitor.config import MonitorConfig
 from monitor.engine.columns import DecodedTopic
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine, topic_steps
 from monitor.engine.figures import model_figures
-from monitor.engine.model_state import Histogram
+from monitor.engine.tallies import Histogram
 from monitor.replay import _event_time
 
 UP = "up"

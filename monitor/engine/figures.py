@@ -14,7 +14,8 @@ import numpy as np
 from monitor import conventions as c
 from monitor.config import format_duration
 from monitor.engine.metrics import calibration, classification, drift, estimation, slo, thresholds
-from monitor.engine.model_state import Histogram, ModelState, segment_key
+from monitor.engine.model_state import ModelState, segment_key
+from monitor.engine.tallies import Histogram, JoinCounters
 from monitor.engine.windows import (
     S_CARD_ACTUAL,
     S_CARD_ACTUAL_N,
@@ -94,8 +95,8 @@ def cumulative_figures(state: ModelState, out: Figures) -> None:
                 for k, name in enumerate(c.OUTCOMES):
                     out.add(c.LABEL_OUTCOMES_TOTAL, (model, version, label, name), outcomes[li, k])
             out.add(c.JOINED_TOTAL, (model, version), lay.view(total, "scalars")[S_JOINED])
-        out.add(c.PREDICTIONS_TOTAL, (model, version), state.predictions_total[v])
-        out.add_histogram(c.PREDICTION_LATENCY_SECONDS, (model, version), state.latency[v])
+        out.add(c.PREDICTIONS_TOTAL, (model, version), state.tallies.predictions_total[v])
+        out.add_histogram(c.PREDICTION_LATENCY_SECONDS, (model, version), state.tallies.latency[v])
     _model_counters(state, out)
 
 
@@ -273,10 +274,11 @@ def _slo_figures(state: ModelState, windows: list[int], sums: dict[int, np.ndarr
 def _model_counters(state: ModelState, out: Figures) -> None:
     cfg = state.cfg
     model = cfg.name
-    join = state.join
-    out.add(c.GROUND_TRUTH_TOTAL, (model,), state.ground_truth_total)
+    t = state.tallies
+    join = JoinCounters.of(state.join)  # one read of the native join's counters, every side present
+    out.add(c.GROUND_TRUTH_TOTAL, (model,), t.ground_truth_total)
     out.add(c.CORRECTIONS_TOTAL, (model,), join.corrections)
-    out.add(c.IGNORED_SCORES_TOTAL, (model,), state.ignored_scores)
+    out.add(c.IGNORED_SCORES_TOTAL, (model,), t.ignored_scores)
     for side in (c.SIDE_PREDICTION, c.SIDE_GROUND_TRUTH):
         out.add(c.JOIN_EXPIRED_TOTAL, (model, side), join.expired[side])
         out.add(c.PENDING_JOINS, (model, side), join.pending[side])
@@ -284,11 +286,11 @@ def _model_counters(state: ModelState, out: Figures) -> None:
         out.add(c.JOIN_EVICTED_TOTAL, (model, side), join.evicted[side])
     for side, topic in ((c.SIDE_PREDICTION, c.TOPIC_PREDICTIONS), (c.SIDE_GROUND_TRUTH, c.TOPIC_GROUND_TRUTH)):
         out.add(c.DUPLICATES_TOTAL, (model, topic), join.duplicates[side])
-    for topic, n in state.late.items():
+    for topic, n in t.late.items():
         out.add(c.LATE_EVENTS_TOTAL, (model, topic), n)
-    for topic, ts in state.last_event.items():
+    for topic, ts in t.last_event.items():
         out.add(c.LAST_EVENT_TIMESTAMP, (model, topic), ts)
-    out.add_histogram(c.GROUND_TRUTH_DELAY_SECONDS, (model,), state.delay)
+    out.add_histogram(c.GROUND_TRUTH_DELAY_SECONDS, (model,), t.delay)
     ref = state.reference
     if ref is not None:
         for li, label in enumerate(cfg.labels):

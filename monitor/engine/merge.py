@@ -1,9 +1,10 @@
 """One view over several engines' states: the figures of N partition engines as if they were one.
 
 Every statistic is additive, so the merged view sums: window blocks per (version name, bucket) — the
-version indexes of two engines differ, the names do not —, cumulative blocks, counters, histograms and
-pending counts. `figures.model_figures` then computes every ratio (precision, ECE, PSI, burn rates)
-from the sums, never by averaging the engines' ratios. The view holds no join entries: it is for
+version indexes of two engines differ, the names do not —, cumulative blocks, and the counters,
+histograms and pending counts of monitor.engine.tallies (which says how each one adds).
+`figures.model_figures` then computes every ratio (precision, ECE, PSI, burn rates) from the sums, never
+by averaging the engines' ratios. The view holds no join entries: it is for
 evaluation only and must not be fed events.
 """
 
@@ -18,6 +19,8 @@ from monitor.config import ModelConfig, MonitorConfig
 from monitor.engine.engine import Engine
 from monitor.engine.figures import Figures
 from monitor.engine.model_state import ModelState, segment_key
+from monitor.engine.snapshot import empty_join_columns
+from monitor.engine.tallies import JoinCounters
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
 
@@ -26,7 +29,8 @@ def merge_model_states(config: MonitorConfig, cfg: ModelConfig, reference: Refer
                        states: Sequence[ModelState]) -> ModelState:
     """A fresh ModelState whose statistics are the sums of `states` (all of the same model)."""
     out = ModelState(config, cfg, reference)
-    join = out.join
+    join = JoinCounters.zero()
+    watermark = float("-inf")
     for s in states:
         if s.layout.size != out.layout.size:
             raise ValueError(f"model {cfg.name!r}: states with different statistics layouts cannot be merged")
@@ -36,29 +40,12 @@ def merge_model_states(config: MonitorConfig, cfg: ModelConfig, reference: Refer
         for seg, values in enumerate(s.segment_values):
             for i, value in enumerate(values):
                 keymap[segment_key(seg, i)] = segment_key(seg, out.segment_value_index(seg, value))
-        for v, n in enumerate(s.predictions_total):
-            out.predictions_total[vmap[v]] += n
-        for v, h in enumerate(s.latency):
-            out.latency[vmap[v]].counts += h.counts
-            out.latency[vmap[v]].sum += h.sum
-        out.delay.counts += s.delay.counts
-        out.delay.sum += s.delay.sum
-        out.ground_truth_total += s.ground_truth_total
-        out.ignored_scores += s.ignored_scores
-        for topic, n in s.late.items():
-            out.late[topic] = out.late.get(topic, 0) + n
-        for topic, ts in s.last_event.items():
-            out.last_event[topic] = max(out.last_event.get(topic, ts), ts)
+        out.tallies.add(s.tallies, vmap)
         _add_store(out.store, s.store, keymap)
-        sj = s.join
-        for side, n in sj.pending.items():
-            join.pending[side] = join.pending.get(side, 0) + n
-        join.expired.update(sj.expired)
-        join.evicted.update(sj.evicted)
-        join.duplicates.update(sj.duplicates)
-        join.corrections += sj.corrections
-        join.joined += sj.joined
-        join.watermark = max(join.watermark, sj.watermark)
+        join.add(JoinCounters.of(s.join))
+        watermark = max(watermark, s.join.watermark)
+    # The view's join holds the summed counters and no entries.
+    join.restore(out.join, [], empty_join_columns(out.n_labels), 0, watermark)
     return out
 
 

@@ -17,9 +17,7 @@ import numpy as np
 from monitor.config import ModelConfig, MonitorConfig
 from monitor.conventions import (
     CALIBRATION_BINS,
-    GROUND_TRUTH_DELAY_BUCKETS,
     LABEL_PAIRS_EXPORTED,
-    LATENCY_BUCKETS,
     SEGMENT_MISSING,
     SEGMENT_OTHER,
     THRESHOLD_BINS,
@@ -35,6 +33,7 @@ from monitor.engine.columns import (
 from monitor.engine.join import JoinTable
 from monitor.engine.metrics import drift
 from monitor.engine.metrics.calibration import score_bins
+from monitor.engine.tallies import ModelTallies
 from monitor.engine.windows import (
     S_CARD_ACTUAL,
     S_CARD_ACTUAL_N,
@@ -65,20 +64,6 @@ SEGMENT_KEY_STRIDE = 1 << 16
 
 def segment_key(segment: int, value: int) -> int:
     return SEGMENT_KEY_BASE + segment * SEGMENT_KEY_STRIDE + value
-
-
-class Histogram:
-    """Cumulative-at-export histogram counts (the Prometheus shape) kept as a numpy vector."""
-
-    def __init__(self, buckets: tuple[float, ...]) -> None:
-        self.buckets = np.asarray(buckets, dtype=np.float64)
-        self.counts = np.zeros(len(buckets) + 1)
-        self.sum = 0.0
-
-    def observe(self, values: np.ndarray) -> None:
-        # side="left": a value equal to a bound belongs to that bound's bucket (le="bound").
-        self.counts += np.bincount(np.searchsorted(self.buckets, values, side="left"), minlength=self.counts.size)
-        self.sum += float(np.sum(values))
 
 
 class AcceptedPredictions(NamedTuple):
@@ -151,13 +136,9 @@ class ModelState:
                        if use_native and hasattr(native._native, "Cells") else None)
         self.versions: dict[str, int] = {}
         self.version_names: list[str] = []
-        self.predictions_total: list[int] = []
-        self.latency: list[Histogram] = []
-        self.delay = Histogram(GROUND_TRUTH_DELAY_BUCKETS)
-        self.ground_truth_total = 0
-        self.ignored_scores = 0
-        self.late = {"predictions": 0, "ground_truth": 0}
-        self.last_event: dict[str, float] = {}
+        # Counters and histograms outside the window blocks, per version index where they are per version
+        # (monitor.engine.tallies: how they add across partitions, dump and load).
+        self.tallies = ModelTallies.zero()
         # Segments: per segment the values admitted so far (index = position), max_values regular ones
         # plus "_other" and "_missing". A prediction's "cohort" is its (version, value per segment): the
         # join keeps the cohort index where it would keep the version, so a joined ground truth counts
@@ -184,8 +165,7 @@ class ModelState:
         if idx is None:
             idx = self.versions[name] = len(self.version_names)
             self.version_names.append(name)
-            self.predictions_total.append(0)
-            self.latency.append(Histogram(LATENCY_BUCKETS))
+            self.tallies.add_version()
         return idx
 
     def segment_value_index(self, segment: int, value: str) -> int:
@@ -229,8 +209,8 @@ class ModelState:
         accepted = self.join.apply(kinds, rows, P.ids, P.ts, P.version, P.scores, P.predicted,
                                    G.ids, G.ts, G.known, G.actual, G.full)
         if gt_rows.size:
-            self.ground_truth_total += int(gt_rows.size)
-            self._seen("ground_truth", float(G.ts[gt_rows].max()))
+            self.tallies.ground_truth_total += int(gt_rows.size)
+            self.tallies.seen("ground_truth", float(G.ts[gt_rows].max()))
         if accepted.size:
             self._count_predictions(P, accepted)
 
@@ -260,21 +240,19 @@ class ModelState:
         P.version[rows] = cohort[inverse.ravel()]
 
     def _count_predictions(self, P: PredictionColumns, rows: np.ndarray) -> None:
+        t = self.tallies
         version = self.cohort_keys(P.version[rows])[:, 0]
         for v, n in enumerate(np.bincount(version).tolist()):
-            self.predictions_total[v] += n
+            t.predictions_total[v] += n
         latency = P.latency[rows]
         reported = ~np.isnan(latency)
         if reported.any():
             for v in np.unique(version[reported]).tolist():
-                self.latency[v].observe(latency[reported & (version == v)])
-        self.ignored_scores += int(P.ignored[rows].sum())
-        self._seen("predictions", float(P.ts[rows].max()))
+                t.latency[v].observe(latency[reported & (version == v)])
+        t.ignored_scores += int(P.ignored[rows].sum())
+        t.seen("predictions", float(P.ts[rows].max()))
         self._preds.append(AcceptedPredictions(P.version[rows], P.ts[rows], P.scores[rows], P.predicted[rows],
                                                P.numeric[rows], P.categorical[rows]))
-
-    def _seen(self, topic: str, ts: float) -> None:
-        self.last_event[topic] = max(self.last_event.get(topic, ts), ts)
 
     # --- batch -> block deltas ---------------------------------------------------------------------
     def flush(self) -> None:
@@ -284,7 +262,7 @@ class ModelState:
             self.store.advance(int(self.join.watermark // 60))
         out = self.join.drain()
         if out["delay"].size:
-            self.delay.observe(out["delay"])
+            self.tallies.delay.observe(out["delay"])
         if self._preds or out["unpend_ts"].size or out["join_obs"].size:
             self._apply(out)
 
@@ -323,14 +301,14 @@ class ModelState:
         if p is not None:
             for _ in range(copies):
                 self._prediction_cells(p, next(bases), idx, w)
-            self.late["predictions"] += self._count_late(parts[0][1])
+            self.tallies.late["predictions"] += self._count_late(parts[0][1])
         if unpend:
             for _ in range(copies):
                 self._pending_cells(out["unpend_scores"], out["unpend_predicted"], next(bases), -1.0, idx, w)
         if joins:
             for _ in range(copies):
                 self._join_cells(out, next(bases), idx, w)
-            self.late["ground_truth"] += self._count_late(parts[-1][1])
+            self.tallies.late["ground_truth"] += self._count_late(parts[-1][1])
         deltas = np.bincount(np.concatenate(idx), weights=np.concatenate(w), minlength=len(blocks) * size)
         self.store.add_many(blocks >> 32, blocks & 0xFFFFFFFF, deltas.reshape(len(blocks), size))
 
@@ -351,8 +329,8 @@ class ModelState:
         st = self.store
         blocks, ptr, cells, values, late_p, late_g = self._cells.deltas(  # type: ignore[union-attr]
             table, preds, out, st.newest_fine, st.fine_span, st.coarse_span)
-        self.late["predictions"] += late_p
-        self.late["ground_truth"] += late_g
+        self.tallies.late["predictions"] += late_p
+        self.tallies.late["ground_truth"] += late_g
         st.add_sparse(blocks >> 32, blocks & 0xFFFFFFFF, ptr, cells, values, getattr(native._native, "add_rows", None))
 
     def _count_late(self, m: np.ndarray) -> int:

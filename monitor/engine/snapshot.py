@@ -10,10 +10,11 @@ column-wise (one array per field over all pending joins or all blocks), which ke
 100,000 pending joins a few dozen members rather than 100,000 objects.
 
 What a model's state holds, and where it goes:
-  counters and small maps      -> meta (JSON)
+  versions, segment values     -> meta (JSON)
+  counters (ModelTallies)      -> meta, histograms' counts as `<m>.<name>` (monitor.engine.tallies)
   window blocks, cumulative    -> `<m>.fine.*`, `<m>.coarse.*`, `<m>.total.*` (keys + stacked vectors)
-  histograms                   -> `<m>.latency`, `<m>.delay`
-  the join table               -> `<m>.join.*` columns, ids in meta; the expiry heap is rebuilt
+  the join table               -> `<m>.join.*` columns, ids, seq, watermark and its JoinCounters in
+                                  meta["join"]; the expiry heap is rebuilt
 """
 
 from __future__ import annotations
@@ -23,16 +24,17 @@ import itertools
 import zipfile
 from collections import Counter
 from collections.abc import Callable, Mapping
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 import orjson
 
 from monitor.config import MonitorConfig
-from monitor.conventions import LATENCY_BUCKETS
 from monitor.engine.engine import Engine
 from monitor.engine.join import EXPORT_COLUMNS, JoinTable
-from monitor.engine.model_state import Histogram, ModelState, segment_key
+from monitor.engine.model_state import ModelState, segment_key
+from monitor.engine.tallies import JoinCounters, ModelTallies, TalliesError
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
 
@@ -45,19 +47,18 @@ MAX_UNCOMPRESSED = 8 << 30
 # field added to the engine cannot be silently dropped from checkpoints.
 MODEL_STATE_FIELDS = frozenset({
     "cfg", "reference", "n_labels", "multiclass", "features", "n_numeric", "feature_spec", "pair_labels",
-    "layout", "store", "join", "versions", "version_names", "predictions_total", "latency", "delay",
-    "ground_truth_total", "ignored_scores", "late", "last_event", "_preds", "_pairs", "no_predictions",
+    "layout", "store", "join", "versions", "version_names", "tallies", "_preds", "_pairs", "no_predictions",
     "no_ground_truth", "exported_pairs", "advised", "advised_slot",
     "segment_values", "_segment_index", "cohorts", "_cohort_rows",
     "_cohort_keys",  # derived from _cohort_rows (a cache)
     "_cells",  # derived from the layout and the reference (the native cell computation), rebuilt on restore
 })
-# The Python join's fields; the native join exports the same state through the same export()/restore().
+# The Python join's fields; the native join exports the same state through the same export()/restore(),
+# its counters as JoinCounters fields.
 JOIN_FIELDS = frozenset({
-    "ttl", "max_entries", "n_labels", "entries", "_heap", "seq", "watermark", "pending", "expired", "evicted",
-    "duplicates", "corrections", "joined", "_unpend", "_joins", "_delays",
+    "ttl", "max_entries", "n_labels", "entries", "_heap", "seq", "watermark", "_unpend", "_joins", "_delays",
     "_dirty",  # change tracking for the worker's changelog (monitor.stream.changelog), not state
-})
+}) | {f.name for f in fields(JoinCounters)}
 # `_rings` is derived: the fine blocks it holds are the same arrays as in `fine` (a restore refills it).
 STORE_FIELDS = frozenset({"size", "fine_span", "coarse_span", "fine", "coarse", "total", "newest_fine", "_rings"})
 
@@ -95,10 +96,9 @@ def dump(engine: Engine, extra: Mapping[str, Any] | None = None, compress: bool 
 def _dump_model(state: ModelState, prefix: str, arrays: dict[str, np.ndarray], entries: bool) -> dict[str, Any]:
     if state._preds:
         raise SnapshotError("model state has unflushed statistics")
-    width = len(LATENCY_BUCKETS) + 1
-    arrays[f"{prefix}.latency"] = (np.stack([h.counts for h in state.latency]) if state.latency
-                                   else np.zeros((0, width)))
-    arrays[f"{prefix}.delay"] = state.delay.counts.copy()
+    tallies, tally_arrays = state.tallies.dump()
+    for name, arr in tally_arrays.items():
+        arrays[f"{prefix}.{name}"] = arr
     _dump_store(state.store if entries else BlockStore(state.store.size, []), prefix, arrays)
     join = state.join
     ids, columns = join.export() if entries else ([], empty_join_columns(state.n_labels))
@@ -113,24 +113,13 @@ def _dump_model(state: ModelState, prefix: str, arrays: dict[str, np.ndarray], e
         "segments": [seg.name for seg in state.cfg.segments],
         "segment_values": [list(values) for values in state.segment_values],
         "cohorts": [list(key) for key in state.cohorts],  # in index order (a dict keeps insertion order)
-        "predictions_total": list(state.predictions_total),
-        "latency_sum": [h.sum for h in state.latency],
-        "delay_sum": state.delay.sum,
-        "ground_truth_total": state.ground_truth_total,
-        "ignored_scores": state.ignored_scores,
-        "late": dict(state.late),
-        "last_event": dict(state.last_event),
+        **tallies,
         "newest_fine": state.store.newest_fine,
         "join": {
             "ids": ids,
             "seq": join.seq,
             "watermark": None if join.watermark == float("-inf") else join.watermark,
-            "pending": dict(join.pending),
-            "expired": dict(join.expired),
-            "evicted": dict(join.evicted),
-            "duplicates": dict(join.duplicates),
-            "corrections": join.corrections,
-            "joined": join.joined,
+            **JoinCounters.of(join).dump()[0],
         },
     }
 
@@ -251,26 +240,18 @@ def _load_model(state: ModelState, m: dict[str, Any], prefix: str, arrays: dict[
             raise SnapshotError("a cohort names an unknown model version or segment value")
         state.cohort_index(tuple(int(x) for x in key))
     keys_ok = _key_check(state, len(m["versions"]))
-    state.predictions_total[:] = [int(x) for x in m["predictions_total"]]
-    latency = arrays[f"{prefix}.latency"]
-    for h, counts, total in zip(state.latency, latency, m["latency_sum"], strict=True):
-        _set_histogram(h, counts, total)
-    _set_histogram(state.delay, arrays[f"{prefix}.delay"], m["delay_sum"])
-    state.ground_truth_total = int(m["ground_truth_total"])
-    state.ignored_scores = int(m["ignored_scores"])
-    state.late = {k: int(v) for k, v in m["late"].items()}
-    state.last_event = {k: float(v) for k, v in m["last_event"].items()}
+    mine = f"{prefix}."
+    own = {name[len(mine):]: a for name, a in arrays.items() if name.startswith(mine)}
+    try:
+        # One value per version the state registered: a checkpoint with more (max_versions lowered since)
+        # does not fit.
+        state.tallies = ModelTallies.load(m, own, len(state.version_names))
+    except TalliesError as exc:
+        raise SnapshotError(f"model {state.cfg.name!r}: {exc}") from None
     _load_store(state.store, int(m["newest_fine"]), prefix, arrays, keys_ok)
     # The join keeps cohort indexes (ModelState.cohort_index), which are version indexes without segments.
     n_cohorts = len(state.cohorts) if state.cfg.segments else len(m["versions"])
     _load_join(state.join, m["join"], state.n_labels, n_cohorts, prefix, arrays)
-
-
-def _set_histogram(h: Histogram, counts: np.ndarray, total: float) -> None:
-    if counts.shape != h.counts.shape:
-        raise SnapshotError("histogram buckets changed")
-    h.counts[:] = counts
-    h.sum = float(total)
 
 
 def _key_check(state: ModelState, n_versions: int) -> Callable[[int], None]:
@@ -314,8 +295,8 @@ def _load_join(join: JoinTable, m: dict[str, Any], n_labels: int, n_versions: in
                arrays: dict[str, np.ndarray]) -> None:
     ids = m["ids"]
     n = len(ids)
-    col = {name: np.ascontiguousarray(arrays[f"{prefix}.join.{name}"], dtype=dtype)
-           for name, dtype in EXPORT_COLUMNS.items()}
+    col: dict[str, np.ndarray] = {name: np.ascontiguousarray(arrays[f"{prefix}.join.{name}"], dtype=dtype)
+                                 for name, dtype in EXPORT_COLUMNS.items()}
     shapes = {name: (n, n_labels) for name in MATRIX_COLUMNS}
     for name, arr in col.items():
         if arr.shape != shapes.get(name, (n,)):
@@ -325,8 +306,5 @@ def _load_join(join: JoinTable, m: dict[str, Any], n_labels: int, n_versions: in
         raise SnapshotError("a pending prediction names an unknown model version")
     if not all(map(isinstance, ids, itertools.repeat(str))):  # one C loop: restores hold millions
         raise SnapshotError("prediction ids must be strings")
-    join.restore(ids, col, int(m["seq"]), float("-inf") if m["watermark"] is None else float(m["watermark"]),
-                 {k: int(v) for k, v in m["pending"].items()}, {k: int(v) for k, v in m["expired"].items()},
-                 # Absent from snapshots written before the counter existed (same format version: it only adds).
-                 {k: int(v) for k, v in m.get("evicted", {}).items()},
-                 {k: int(v) for k, v in m["duplicates"].items()}, int(m["corrections"]), int(m["joined"]))
+    JoinCounters.load(m).restore(join, ids, col, int(m["seq"]),
+                                 float("-inf") if m["watermark"] is None else float(m["watermark"]))
