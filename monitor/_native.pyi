@@ -140,6 +140,13 @@ class Join:
 Int64s = npt.NDArray[np.int64]
 Bytes = npt.NDArray[np.uint8]
 
+def encode_record_batches(prefix: bytes, keys: bytes, ends: npt.NDArray[np.int64], values: bytes | None, width: int,
+                          max_bytes: int, timestamp_ms: int) -> list[tuple[bytearray, int]]:
+    """Transactional v2 record batches (no producer state yet) of one record per key: key i is `prefix` +
+    `keys[ends[i-1]:ends[i]]`, its value the i-th `width` bytes of `values` (None: tombstones); each batch
+    at most `max_bytes`, with its record count."""
+def set_producer_state(batch: bytearray, producer_id: int, epoch: int, base_sequence: int) -> None:
+    """Writes the producer state into an encoded batch and recomputes its CRC-32C, in place."""
 def unpack_records(records: bytes, fetch_offset: int, read_committed: bool, aborted: list[tuple[int, int]]
                    ) -> tuple[bytes, Int64s, Int64s, Int64s, Int64s, Int64s, int, int]:
     """One partition's Fetch response `records` (record batches v2) -> the data records aiokafka's getmany

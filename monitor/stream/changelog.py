@@ -43,7 +43,7 @@ from monitor.engine.engine import Engine
 from monitor.engine.join import EXPORT_COLUMNS
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
-from monitor.stream import raw_fetch
+from monitor.stream import encoded, raw_fetch
 
 try:
     from monitor import _native
@@ -124,6 +124,12 @@ def entry_dtype(n_labels: int) -> np.dtype:
 
 def encode_entries(columns: dict[str, np.ndarray], n_labels: int) -> list[bytes]:
     """Join checkpoint columns (monitor.engine.join.EXPORT_COLUMNS) -> one value per row."""
+    raw, width = encode_rows(columns, n_labels)
+    return [raw[i * width:(i + 1) * width] for i in range(len(raw) // width)]
+
+
+def encode_rows(columns: dict[str, np.ndarray], n_labels: int) -> tuple[bytes, int]:
+    """Join checkpoint columns -> the values of every row, back to back, and the width of one."""
     n = len(columns["has_pred"])
     dtype = entry_dtype(n_labels)
     rows = np.zeros(n, dtype=dtype)
@@ -134,9 +140,7 @@ def encode_entries(columns: dict[str, np.ndarray], n_labels: int) -> list[bytes]
     rows["scores"] = columns["scores"].reshape(n, n_labels)
     for i, name in enumerate(("predicted", "known", "actual")):
         rows["bits"][:, i] = np.packbits(columns[name].reshape(n, n_labels).astype(bool), axis=1)
-    raw = rows.tobytes()
-    width = dtype.itemsize
-    return [raw[i * width:(i + 1) * width] for i in range(n)]
+    return rows.tobytes(), dtype.itemsize
 
 
 def decode_entries(values: list[bytes], n_labels: int) -> dict[str, np.ndarray]:
@@ -238,6 +242,31 @@ class Changes:
                     yield entry_key(j.model, pid), value
             for pid in j.gone:
                 yield entry_key(j.model, pid), None
+
+    def parts(self, max_bytes: int) -> Iterator[list[Record] | list[encoded.EncodedBatch]]:
+        """The records of `records()`, in the same order: the blocks as records, the join entries as
+        natively encoded batches of at most `max_bytes` (monitor.stream.encoded) when that is supported,
+        else as records too."""
+        if not encoded.supported():
+            yield list(self.records())
+            return
+        self.count, self.size = 1 + len(self.blocks), len(KEY_META) + len(self.meta)
+        self.size += sum(len(k) + len(v or b"") for k, v in self.blocks)
+        yield self.blocks
+        for j in self.joins:
+            prefix = entry_key(j.model, "")
+            for start in range(0, len(j.ids), ENTRY_CHUNK):
+                chunk = {name: col[start:start + ENTRY_CHUNK] for name, col in j.columns.items()}
+                rows, width = encode_rows(chunk, j.n_labels)
+                yield self._add(encoded.entry_batches(prefix, j.ids[start:start + ENTRY_CHUNK], rows, width, max_bytes))
+            for start in range(0, len(j.gone), ENTRY_CHUNK):
+                yield self._add(encoded.entry_batches(prefix, j.gone[start:start + ENTRY_CHUNK], None, 0, max_bytes))
+
+    def _add(self, made: tuple[list[encoded.EncodedBatch], int]) -> list[encoded.EncodedBatch]:
+        batches, size = made
+        self.count += sum(b.record_count() for b in batches)
+        self.size += size
+        return batches
 
 
 @dataclass
@@ -595,16 +624,21 @@ class StateWriter:
         assert producer is not None
         await producer.begin_transaction()
         try:
-            batch = producer.create_batch()
             sends = []
-            for key, value in changes.records():
-                if batch.append(key=key, value=value, timestamp=None) is None:
-                    sends.append(await producer.send_batch(batch, self.topic, partition=self.partition))
-                    batch = producer.create_batch()
+            for part in changes.parts(MAX_BATCH_BYTES):
+                if part and isinstance(part[0], encoded.EncodedBatch):
+                    for made in part:
+                        sends.append(await producer.send_batch(made, self.topic, partition=self.partition))
+                    continue
+                batch = producer.create_batch()
+                for key, value in part:
                     if batch.append(key=key, value=value, timestamp=None) is None:
-                        raise ChangelogError(f"a state record of {len(value or b'')} bytes does not fit a batch")
-            if batch.record_count():
-                sends.append(await producer.send_batch(batch, self.topic, partition=self.partition))
+                        sends.append(await producer.send_batch(batch, self.topic, partition=self.partition))
+                        batch = producer.create_batch()
+                        if batch.append(key=key, value=value, timestamp=None) is None:
+                            raise ChangelogError(f"a state record of {len(value or b'')} bytes does not fit a batch")
+                if batch.record_count():
+                    sends.append(await producer.send_batch(batch, self.topic, partition=self.partition))
             meta = await producer.send(self.topic, value=changes.meta, key=KEY_META, partition=self.partition)
             await producer.send_offsets_to_transaction(offsets, self.group_id)
             await producer.commit_transaction()

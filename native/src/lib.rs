@@ -7,6 +7,7 @@ mod decode;
 mod join;
 mod json;
 mod mapped;
+mod produce;
 mod records;
 mod store;
 mod timestamp;
@@ -22,7 +23,7 @@ use numpy::{
 };
 use pyo3::exceptions::{PyIndexError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyByteArray, PyByteArrayMethods, PyBytes, PyDict, PyList, PyString};
 use rustc_hash::FxHashMap;
 
 use crate::decode::ModelSpec;
@@ -36,6 +37,8 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_class::<Join>()?;
     m.add_function(wrap_pyfunction!(unpack_records, m)?)?;
+    m.add_function(wrap_pyfunction!(encode_record_batches, m)?)?;
+    m.add_function(wrap_pyfunction!(set_producer_state, m)?)?;
     m.add_class::<Latest>()?;
     m.add_function(wrap_pyfunction!(str_slices, m)?)?;
     m.add_function(wrap_pyfunction!(name_groups, m)?)?;
@@ -95,6 +98,35 @@ fn unpack_records<'py>(
         cols.next_offset,
         cols.batches,
     ))
+}
+
+/// Transactional v2 record batches of one record per key (see produce.rs), each with its record count.
+#[pyfunction]
+#[pyo3(signature = (prefix, keys, ends, values, width, max_bytes, timestamp_ms))]
+#[allow(clippy::too_many_arguments)]
+fn encode_record_batches<'py>(
+    py: Python<'py>,
+    prefix: &[u8],
+    keys: &[u8],
+    ends: PyReadonlyArray1<'py, i64>,
+    values: Option<&[u8]>,
+    width: usize,
+    max_bytes: usize,
+    timestamp_ms: i64,
+) -> PyResult<Vec<(Bound<'py, PyByteArray>, usize)>> {
+    let ends = ends.as_slice()?;
+    let batches = py
+        .detach(|| produce::encode_batches(prefix, keys, ends, values, width, max_bytes, timestamp_ms))
+        .map_err(value_error)?;
+    Ok(batches.into_iter().map(|(raw, n)| (PyByteArray::new(py, &raw), n)).collect())
+}
+
+/// Writes the producer state into a batch from `encode_record_batches` (and its CRC), in place.
+#[pyfunction]
+fn set_producer_state(batch: &Bound<'_, PyByteArray>, producer_id: i64, epoch: i16, base_sequence: i32) -> PyResult<()> {
+    // SAFETY: nothing else reads or resizes the bytearray while this runs (the GIL is held throughout).
+    let raw = unsafe { batch.as_bytes_mut() };
+    produce::set_producer_state(raw, producer_id, epoch, base_sequence).map_err(value_error)
 }
 
 /// data[starts[i]..ends[i]] as str, each decoded like `bytes.decode("utf-8", "surrogatepass")` (ids
