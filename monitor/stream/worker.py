@@ -577,6 +577,9 @@ class Worker:
                 self.stop()
                 return
             self.joined = True
+            # What was just assigned is what its changelog holds: the first checkpoint is an interval away.
+            if self._writing is None:
+                self._next_checkpoint = time.monotonic() + self.options.checkpoint_interval
 
     async def _assign(self, assigned: set[TopicPartition]) -> None:
         assert self.reader is not None and self.consumer is not None and self.topics is not None
