@@ -11,6 +11,7 @@
 
 use bytes::{Bytes, BytesMut};
 use indexmap::IndexMap;
+use crate::records::MAGIC_OFFSET;
 use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType, NO_PARTITION_LEADER_EPOCH,
     NO_PRODUCER_EPOCH, NO_PRODUCER_ID,
@@ -99,7 +100,7 @@ fn encode(records: &[Record], options: &RecordEncodeOptions) -> Result<(Vec<u8>,
 /// Writes the producer id, epoch and base sequence into an encoded batch and recomputes its CRC-32C
 /// (over everything from the attributes on).
 pub fn set_producer_state(batch: &mut [u8], producer_id: i64, epoch: i16, base_sequence: i32) -> Result<(), String> {
-    if batch.len() < HEADER || batch[16] != 2 {
+    if batch.len() < HEADER || batch[MAGIC_OFFSET] != 2 {
         return Err("not a v2 record batch".into());
     }
     batch[PRODUCER_ID_AT..PRODUCER_ID_AT + 8].copy_from_slice(&producer_id.to_be_bytes());

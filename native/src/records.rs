@@ -26,7 +26,7 @@ use rustc_hash::{FxBuildHasher, FxHashSet};
 const LOG_OVERHEAD: usize = 12;
 /// aiokafka's smallest acceptable batch (its legacy v0 record overhead): anything shorter is corrupt.
 const MIN_SLICE: usize = LOG_OVERHEAD + 14;
-const MAGIC_OFFSET: usize = 16;
+pub(crate) const MAGIC_OFFSET: usize = 16;
 /// The v2 batch header's lastOffsetDelta, which `kafka-protocol` reads but does not expose.
 const LAST_OFFSET_DELTA_OFFSET: usize = 23;
 
