@@ -98,6 +98,11 @@ class Summary:
     retraining_requests: int = 0
     retraining_verified: bool = False
     retraining_signals: list[str] = field(default_factory=list)
+    # What reached the pager and the ticket webhook, as the event log names them, and the PagerDuty
+    # routing keys the pages carried.
+    paged: list[str] = field(default_factory=list)
+    ticketed: list[str] = field(default_factory=list)
+    routing_keys: list[str] = field(default_factory=list)
     events_sent: dict[str, int] = field(default_factory=dict)
     interrupted: bool = False
 
@@ -199,6 +204,8 @@ class Observer:
                 if body.get("event_action") == "trigger" and body["payload"]["summary"] not in self._paged:
                     self._paged.add(body["payload"]["summary"])
                     self.summary.pages = len(self._paged)
+                    self.summary.paged = sorted(self._paged)
+                    self.summary.routing_keys = sorted({*self.summary.routing_keys, str(body.get("routing_key"))})
                     self.note(f"page at the pager: {body['payload']['summary']}")
                 if self.summary.page_after_injection is None and _is_burn_page(r):
                     self.summary.page_after_injection = round(r.at - self.t0 - self.plan.degrade_at, 1)
@@ -209,6 +216,7 @@ class Observer:
                     if alert["status"] == "firing" and text not in self._ticketed:
                         self._ticketed.add(text)
                         self.summary.tickets = len(self._ticketed)
+                        self.summary.ticketed = sorted(self._ticketed)
                         self.note(text)
             else:
                 self.summary.retraining_requests += 1

@@ -1,6 +1,6 @@
 """docker-compose.yml: valid for Compose, every mounted file exists, versions match what the tests use,
 and every service runs a command this build has. (No Docker engine here: the stack itself is exercised
-by tests/test_e2e_alerting.py through monitor.stack, with the same configs.)"""
+by tests/test_demo.py through monitor.stack, with the same configs.)"""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ import yaml
 
 from monitor.config import load_config
 from monitor.dashboards.common import GRAFANA_VERSION
+from monitor.rules import ALERTS_FILE, RECORDING_FILE
+from monitor.rules.options import DEFAULT_JOB
 from monitor.stream.broker import KAFKA_VERSION
 from tests.conftest import ROOT
 
@@ -70,3 +72,21 @@ def test_compose_config_is_valid_and_points_at_the_services() -> None:
         assert target.split(":")[0] in services, target
     assert cfg.models[0].reference is not None
     assert Path(cfg.models[0].reference).name in {p.name for p in (ROOT / "monitor/examples/reference").iterdir()}
+
+
+@pytest.mark.prometheus
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="apt-get install prometheus")
+def test_deploy_prometheus_config_loads_the_generated_rules(tmp_path: Path) -> None:
+    """The compose layout: prometheus.yml beside alert_rules/; the rules glob takes the two rule files
+    and never the promtool tests; the worker job is the one the rules watch."""
+    config = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs[DEFAULT_JOB]["static_configs"] == [{"targets": ["worker:9108"]}]
+    assert config["alerting"]["alertmanagers"] == [{"static_configs": [{"targets": ["alertmanager:9093"]}]}]
+    shutil.copy(ROOT / "deploy" / "prometheus.yml", tmp_path / "prometheus.yml")
+    shutil.copytree(ROOT / "alert_rules", tmp_path / "alert_rules")
+    result = subprocess.run(["promtool", "check", "config", str(tmp_path / "prometheus.yml")],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 rule files found" in result.stdout
+    assert RECORDING_FILE in result.stdout and ALERTS_FILE in result.stdout and "test.yml" not in result.stdout
