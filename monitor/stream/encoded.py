@@ -9,17 +9,20 @@ sender writes the producer id, epoch and base sequence into the header when it d
 idempotence, transactions and retries stay aiokafka's.
 
 This leans on that builder's interface (`_set_producer_state`, `_build`, `size`, `record_count`,
-`closed`, `close`); `supported()` checks it is still there, and without it (or without the native core)
-the records are appended one by one as before.
+`closed`, `close`); `supported()` checks it is still there, and without it (or without the native core,
+or with `MLMON_NATIVE=0`) the records are appended one by one as before.
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
 import numpy as np
 from aiokafka.producer.message_accumulator import BatchBuilder, MessageBatch
+
+from monitor.engine import native
 
 try:
     from monitor import _native
@@ -28,7 +31,14 @@ except ImportError:  # the pure-Python install
 
 
 def supported() -> bool:
-    return (_native is not None and hasattr(_native, "encode_record_batches")
+    """The native core is in use (`MLMON_NATIVE=0` turns it off, as everywhere) and aiokafka's producer
+    still drives batches through the interface `EncodedBatch` provides."""
+    return native.enabled() and _aiokafka_interface()
+
+
+@functools.cache
+def _aiokafka_interface() -> bool:
+    return (hasattr(_native, "encode_record_batches")
             and all(callable(getattr(BatchBuilder, name, None))
                     for name in ("_set_producer_state", "_build", "size", "record_count", "closed", "close"))
             and all(callable(getattr(MessageBatch, name, None)) for name in ("set_producer_state", "get_data_buffer")))
