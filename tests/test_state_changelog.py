@@ -20,8 +20,8 @@ from monitor.stream.changelog import (
     ChangeTracker,
     StateRecords,
     block_values,
-    decode_entries,
-    encode_entries,
+    decode_rows,
+    encode_rows,
     entry_dtype,
     entry_key,
     parse_entry_key,
@@ -213,9 +213,9 @@ def test_entry_encoding_round_trips_every_column(n_labels: int) -> None:
         "actual": rng.random((n, n_labels)) < 0.5, "full": rng.random(n) < 0.5,
         "seq": rng.integers(0, 1 << 40, n), "expires": rng.random(n) * 1e9,
     }
-    values = encode_entries(cols, n_labels)
-    assert all(len(v) == entry_dtype(n_labels).itemsize for v in values)
-    back = decode_entries(values, n_labels)
+    raw, width = encode_rows(cols, n_labels)
+    assert width == entry_dtype(n_labels).itemsize and len(raw) == n * width
+    back = decode_rows(raw, n_labels)
     for name, col in cols.items():
         assert np.array_equal(back[name], col), name
     # Ids of any content, model names with any bytes: the key is length-prefixed, not separated.

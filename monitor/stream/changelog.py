@@ -122,12 +122,6 @@ def entry_dtype(n_labels: int) -> np.dtype:
                      ("bits", "u1", (3, (n_labels + 7) // 8))])
 
 
-def encode_entries(columns: dict[str, np.ndarray], n_labels: int) -> list[bytes]:
-    """Join checkpoint columns (monitor.engine.join.EXPORT_COLUMNS) -> one value per row."""
-    raw, width = encode_rows(columns, n_labels)
-    return [raw[i * width:(i + 1) * width] for i in range(len(raw) // width)]
-
-
 def encode_rows(columns: dict[str, np.ndarray], n_labels: int) -> tuple[bytes, int]:
     """Join checkpoint columns -> the values of every row, back to back, and the width of one."""
     n = len(columns["has_pred"])
@@ -143,15 +137,8 @@ def encode_rows(columns: dict[str, np.ndarray], n_labels: int) -> tuple[bytes, i
     return rows.tobytes(), dtype.itemsize
 
 
-def decode_entries(values: list[bytes], n_labels: int) -> dict[str, np.ndarray]:
-    dtype = entry_dtype(n_labels)
-    if any(len(v) != dtype.itemsize for v in values):
-        raise ChangelogError(f"a join entry is not {dtype.itemsize} bytes long (another label count?)")
-    return decode_rows(b"".join(values), n_labels)
-
-
 def decode_rows(raw: bytes | np.ndarray, n_labels: int) -> dict[str, np.ndarray]:
-    """Join checkpoint columns of entry values laid end to end (each checked to be one row long)."""
+    """Join checkpoint columns of entry values laid end to end (the caller checks each is one row long)."""
     rows = np.frombuffer(raw, dtype=entry_dtype(n_labels))
     n = len(rows)
     flags = rows["flags"]
@@ -207,6 +194,15 @@ class JoinChanges:
     columns: dict[str, np.ndarray]
     gone: list[str]
 
+    def chunks(self) -> Iterator[tuple[list[str], bytes | None, int]]:
+        """ENTRY_CHUNK ids at a time with their values end to end and the width of one, then the ids that
+        left the table (no values: tombstones)."""
+        for start in range(0, len(self.ids), ENTRY_CHUNK):
+            chunk = {name: col[start:start + ENTRY_CHUNK] for name, col in self.columns.items()}
+            yield self.ids[start:start + ENTRY_CHUNK], *encode_rows(chunk, self.n_labels)
+        for start in range(0, len(self.gone), ENTRY_CHUNK):
+            yield self.gone[start:start + ENTRY_CHUNK], None, 0
+
 
 @dataclass
 class Changes:
@@ -235,13 +231,9 @@ class Changes:
     def _records(self) -> Iterator[Record]:
         yield from self.blocks
         for j in self.joins:
-            for start in range(0, len(j.ids), ENTRY_CHUNK):
-                chunk = {name: col[start:start + ENTRY_CHUNK] for name, col in j.columns.items()}
-                values = encode_entries(chunk, j.n_labels)
-                for pid, value in zip(j.ids[start:start + ENTRY_CHUNK], values, strict=True):
-                    yield entry_key(j.model, pid), value
-            for pid in j.gone:
-                yield entry_key(j.model, pid), None
+            for ids, rows, width in j.chunks():
+                for i, pid in enumerate(ids):
+                    yield entry_key(j.model, pid), None if rows is None else rows[i * width:(i + 1) * width]
 
     def parts(self, max_bytes: int) -> Iterator[list[Record] | list[encoded.EncodedBatch]]:
         """The records of `records()`, in the same order: the blocks as records, the join entries as
@@ -255,18 +247,11 @@ class Changes:
         yield self.blocks
         for j in self.joins:
             prefix = entry_key(j.model, "")
-            for start in range(0, len(j.ids), ENTRY_CHUNK):
-                chunk = {name: col[start:start + ENTRY_CHUNK] for name, col in j.columns.items()}
-                rows, width = encode_rows(chunk, j.n_labels)
-                yield self._add(encoded.entry_batches(prefix, j.ids[start:start + ENTRY_CHUNK], rows, width, max_bytes))
-            for start in range(0, len(j.gone), ENTRY_CHUNK):
-                yield self._add(encoded.entry_batches(prefix, j.gone[start:start + ENTRY_CHUNK], None, 0, max_bytes))
-
-    def _add(self, made: tuple[list[encoded.EncodedBatch], int]) -> list[encoded.EncodedBatch]:
-        batches, size = made
-        self.count += sum(b.record_count() for b in batches)
-        self.size += size
-        return batches
+            for ids, rows, width in j.chunks():
+                batches, size = encoded.entry_batches(prefix, ids, rows, width, max_bytes)
+                self.count += len(ids)
+                self.size += size
+                yield batches
 
 
 @dataclass
@@ -324,8 +309,9 @@ def track(engine: Engine) -> None:
 
 # --- restore --------------------------------------------------------------------------------------------
 def _bounds(parts: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
-    ends = np.cumsum(np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)))
-    return ends - np.fromiter(map(len, parts), dtype=np.int64, count=len(parts)), ends
+    lengths = np.fromiter(map(len, parts), dtype=np.int64, count=len(parts))
+    ends = np.cumsum(lengths)
+    return ends - lengths, ends
 
 
 @dataclass
