@@ -726,12 +726,13 @@ impl JoinTable {
             return;
         };
         for id in ids {
-            let id: Arc<str> = match self.index.get(id.as_str()) {
-                Some(&s) => self.slots[s as usize].id.clone(),
+            let hot = self.index.get(id.as_str()).copied();
+            let id: Arc<str> = match hot {
+                Some(s) => self.slots[s as usize].id.clone(),
                 None => Arc::from(id.as_str()),
             };
-            if let Some(cold) = &mut self.cold {
-                if !self.index.contains_key(&*id) && !cold.changed.contains_key(&*id) {
+            if let (None, Some(cold)) = (hot, &mut self.cold) {
+                if !cold.changed.contains_key(&*id) {
                     if let Some(found) = cold.store.get(id.as_bytes()).unwrap_or_else(|e| panic!("{e}")) {
                         cold.changed.insert(id.clone(), found);
                     }
