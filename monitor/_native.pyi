@@ -10,6 +10,8 @@ from typing import Any, TypedDict
 import numpy as np
 import numpy.typing as npt
 
+from monitor.spans import TextSpans
+
 Steps = list[str | int]  # a simple path: object keys and list indexes (monitor.config.simple_path)
 
 class ModelDict(TypedDict):
@@ -133,8 +135,10 @@ class Join:
     def clear_changes(self) -> None: ...
     def mark_changed(self, ids: list[str]) -> None:
         """Records `ids` as changed again (a checkpoint that took them was not written)."""
-    def restore(self, ids: list[str], columns: dict[str, npt.NDArray[Any]], seq: int, watermark: float | None,
-                pending: dict[str, int], expired: dict[str, int], evicted: dict[str, int],
+    # `ids`: a list of str, or an object whose spans() gives (uint8 buffer, starts, ends) of UTF-8 ids
+    # (monitor.spans.TextSpans).
+    def restore(self, ids: list[str] | TextSpans, columns: dict[str, npt.NDArray[Any]], seq: int,
+                watermark: float | None, pending: dict[str, int], expired: dict[str, int], evicted: dict[str, int],
                 duplicates: dict[str, int], corrections: int, joined: int) -> None: ...
 
 Int64s = npt.NDArray[np.int64]
@@ -167,9 +171,6 @@ class Latest:
     def take_columns(self) -> tuple[Bytes, Int64s, Int64s, Bytes, Int64s, Int64s]:
         """(keys, key_start, key_end, values, value_start, value_end) of the live keys in dict order, the
         values contiguous in that order, keys and values as uint8 arrays (no copy); leaves this empty."""
-
-def str_slices(data: Bytes, starts: Int64s, ends: Int64s) -> list[str]:
-    """data[starts[i]:ends[i]] decoded like bytes.decode("utf-8", "surrogatepass")."""
 
 def name_groups(data: Bytes, starts: Int64s, ends: Int64s) -> tuple[list[bytes], Int64s]:
     """Groups keys by the name at byte 1 (big-endian u16 length, then the name): (names in order of first

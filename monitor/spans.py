@@ -49,3 +49,41 @@ class Spans(Sequence[bytes | None]):
         data, missing = self._data, self._missing
         return (missing if a < 0 else data[a:b] for a, b in zip(self._starts.tolist(), self._ends.tolist(),
                                                                  strict=True))
+
+
+class TextSpans(Sequence[str]):
+    """UTF-8 strings as spans of one buffer (bytes or a uint8 array): item i is data[starts[i]:ends[i]]
+    decoded like `bytes.decode("utf-8", "surrogatepass")`. A changelog restore hands millions of
+    prediction ids this way to the native join (`spans()`), which reads them without a str per id; a
+    `str` is made only when something iterates or indexes."""
+
+    def __init__(self, data: Any, starts: Any, ends: Any) -> None:
+        self._data = data
+        self._starts = starts
+        self._ends = ends
+
+    def spans(self) -> tuple[Any, Any, Any]:
+        """(uint8 buffer, starts, ends)."""
+        import numpy as np
+
+        data = self._data
+        buf = np.frombuffer(data, dtype=np.uint8) if isinstance(data, bytes | bytearray) else data
+        return buf, self._starts, self._ends
+
+    def __len__(self) -> int:
+        return len(self._starts)
+
+    @overload
+    def __getitem__(self, index: int) -> str: ...
+    @overload
+    def __getitem__(self, index: slice) -> TextSpans: ...
+
+    def __getitem__(self, index: int | slice) -> str | TextSpans:
+        if isinstance(index, slice):
+            return TextSpans(self._data, self._starts[index], self._ends[index])
+        return bytes(self._data[int(self._starts[index]):int(self._ends[index])]).decode("utf-8", "surrogatepass")
+
+    def __iter__(self) -> Iterator[str]:
+        data = self._data if isinstance(self._data, bytes) else bytes(self._data)
+        return (data[a:b].decode("utf-8", "surrogatepass")
+                for a, b in zip(self._starts.tolist(), self._ends.tolist(), strict=True))

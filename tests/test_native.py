@@ -210,3 +210,35 @@ def test_a_budget_above_the_cap_is_refused_naming_both() -> None:
     # The worker's --state-dir goes to the join settings; the budget stays what the config says.
     worker = parse_config({"models": [{"name": "m", "labels": ["a"]}]}).join.for_worker("/tmp/x")
     assert worker.memory_entries is None and worker.state_dir == "/tmp/x"
+
+
+@pytest.mark.parametrize("memory_entries", [None, 3])
+def test_the_native_join_restores_ids_given_as_spans_like_a_list(memory_entries: int | None) -> None:
+    """A changelog restore hands the ids as spans of its keys (monitor.spans.TextSpans): the table equals
+    one restored from a list of str, with and without a memory budget; a span that is not UTF-8 is refused."""
+    from monitor import _native
+    from monitor.spans import TextSpans
+
+    engine = Engine(CFG, use_native=True)
+    engine.process([(PREDICTIONS, orjson.dumps({"prediction_id": pid, "model": "k", "timestamp": stamp(i),
+                                                "scores": {"x": 0.1 * i, "y": 0.5}}))
+                    for i, pid in enumerate(["a", "\u00e9t\u00e9", "\u4e2d\u6587", "id-3", "", "x" * 300])])
+    ids, columns = engine.models["k"].join.export()
+    raw = [pid.encode() for pid in ids]
+    ends = np.cumsum([len(r) for r in raw], dtype=np.int64)
+    spans = TextSpans(b"".join(raw), ends - [len(r) for r in raw], ends)
+    assert list(spans) == ids and spans[1] == ids[1] and list(spans[2:4]) == ids[2:4]
+    counters = dict(pending={"prediction": len(ids), "ground_truth": 0}, expired={"prediction": 0, "ground_truth": 0},
+                    evicted={"prediction": 0, "ground_truth": 0, "joined": 0},
+                    duplicates={"prediction": 0, "ground_truth": 0}, corrections=0, joined=0)
+    tables = []
+    for form in (ids, spans):
+        join = _native.Join(3600.0, 100, 2, memory_entries)
+        join.restore(form, columns, 7, 5.0, **counters)
+        tables.append(join.export())
+    assert tables[0][0] == tables[1][0] == ids
+    assert all(np.array_equal(tables[0][1][c], tables[1][1][c]) for c in tables[0][1])
+    bad = TextSpans(b"ok\xff", np.array([0, 2], dtype=np.int64), np.array([2, 3], dtype=np.int64))
+    two = {c: v[:2] for c, v in columns.items()}
+    with pytest.raises(ValueError, match="not valid UTF-8"):
+        _native.Join(3600.0, 100, 2, memory_entries).restore(bad, two, 7, 5.0, **counters)

@@ -383,6 +383,6 @@ def test_state_records_group_entries_like_parsing_each_key(use_native: bool, mon
     mask = state.entry_mask()
     assert mask.sum() == 3000
     got = state.entries(np.flatnonzero(mask))
-    assert {m: (ids, rows.tobytes(), lengths.tolist()) for m, (ids, rows, lengths) in got.items()} == {
+    assert {m: (list(ids), rows.tobytes(), lengths.tolist()) for m, (ids, rows, lengths) in got.items()} == {
         m: (ids, b"".join(values), [len(v) for v in values]) for m, (ids, values) in expected.items()}
     assert dict(state.items(np.flatnonzero(~mask))) == {k: v for k, v in records.items() if not k.startswith(b"e")}

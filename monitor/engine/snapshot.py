@@ -37,6 +37,7 @@ from monitor.engine.model_state import ModelState, segment_key
 from monitor.engine.tallies import JoinCounters, ModelTallies, TalliesError
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
+from monitor.spans import TextSpans
 
 FORMAT = "mlmon.engine-snapshot"
 VERSION = 1
@@ -304,7 +305,8 @@ def _load_join(join: JoinTable, m: dict[str, Any], n_labels: int, n_versions: in
     versions = col["pred_version"][col["has_pred"]]
     if n and ((versions < 0) | (versions >= n_versions)).any():
         raise SnapshotError("a pending prediction names an unknown model version")
-    if not all(map(isinstance, ids, itertools.repeat(str))):  # one C loop: restores hold millions
+    # TextSpans (a changelog's keys) are str by construction; a list is checked in one C loop.
+    if not isinstance(ids, TextSpans) and not all(map(isinstance, ids, itertools.repeat(str))):
         raise SnapshotError("prediction ids must be strings")
     JoinCounters.load(m).restore(join, ids, col, int(m["seq"]),
                                  float("-inf") if m["watermark"] is None else float(m["watermark"]))

@@ -43,6 +43,7 @@ from monitor.engine.engine import Engine
 from monitor.engine.join import EXPORT_COLUMNS
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
+from monitor.spans import TextSpans
 from monitor.stream import encoded, raw_fetch
 
 try:
@@ -354,7 +355,7 @@ class StateRecords:
             yield (keys[self.key_start[i]:self.key_end[i]].tobytes(),
                    values[self.value_start[i]:self.value_end[i]].tobytes())
 
-    def entries(self, where: np.ndarray) -> dict[str, tuple[list[str], np.ndarray, np.ndarray]]:
+    def entries(self, where: np.ndarray) -> dict[str, tuple[TextSpans, np.ndarray, np.ndarray]]:
         """Per model: the ids, the values end to end (uint8) and their lengths, of the join entries at
         `where` (ascending)."""
         ks, ke = self.key_start[where], self.key_end[where]
@@ -365,12 +366,7 @@ class StateRecords:
         for g, name in enumerate(names):
             sel = np.flatnonzero(group == g) if len(names) > 1 else np.arange(len(where))
             starts, ends = ks[sel] + 1 + _NAME_LEN.size + len(name), ke[sel]
-            if _native is not None:
-                ids = _native.str_slices(self.keys, starts, ends)
-            else:
-                keys = self.keys.tobytes()
-                ids = [keys[s:e].decode("utf-8", "surrogatepass")
-                       for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+            ids = TextSpans(self.keys, starts, ends)
             rows = where[sel]
             out[name.decode()] = (ids, self._values(rows), self.value_end[rows] - self.value_start[rows])
         return out
@@ -465,7 +461,7 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
             written[key] = raw
         elif key != KEY_META:
             raise ChangelogError(f"unknown state record key {key[:16]!r}")
-    entries: dict[str, tuple[list[str], np.ndarray]] = {}
+    entries: dict[str, tuple[TextSpans, np.ndarray]] = {}
     for name, (ids, rows, lengths) in records.entries(np.flatnonzero(is_entry)).items():
         if name in labels and name in prefixes:
             if np.any(lengths != entry_dtype(labels[name]).itemsize):
@@ -492,8 +488,11 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
         arrays[f"{prefix}.total.keys"] = np.array(versions, dtype=np.int64)
         arrays[f"{prefix}.total.blocks"] = (np.stack([total[(v, 0)] for v in versions]) if versions
                                             else np.zeros((0, size)))
-        ids, rows = entries.get(name, ([], np.zeros(0, dtype=np.uint8)))
-        columns = decode_rows(rows, labels[name]) if ids else snapshot.empty_join_columns(labels[name])
+        ids: TextSpans | list[str] = []
+        columns = snapshot.empty_join_columns(labels[name])
+        if name in entries:
+            ids, rows = entries[name]
+            columns = decode_rows(rows, labels[name])
         for col, arr in columns.items():
             arrays[f"{prefix}.join.{col}"] = arr
         m["join"]["ids"] = ids

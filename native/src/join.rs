@@ -860,7 +860,9 @@ impl JoinTable {
         self.births = k as u64;
         self.free.clear();
         (self.scores, self.predicted, self.known, self.actual) = (c.scores, c.predicted, c.known, c.actual);
-        self.rebuild_heap();
+        // Every slot is live here: read them in order (the index's order is random memory). The heap's
+        // order does not depend on the order its items come in.
+        self.heap = self.slots.iter().map(|slot| Item { expires: slot.expires, id: slot.id.clone() }).collect();
         self.out = Output::default();
         self.clear_changes();
         Ok(())

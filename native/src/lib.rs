@@ -40,7 +40,6 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_record_batches, m)?)?;
     m.add_function(wrap_pyfunction!(set_producer_state, m)?)?;
     m.add_class::<Latest>()?;
-    m.add_function(wrap_pyfunction!(str_slices, m)?)?;
     m.add_function(wrap_pyfunction!(name_groups, m)?)?;
     m.add_class::<Cells>()?;
     m.add_function(wrap_pyfunction!(add_rows, m)?)?;
@@ -127,30 +126,6 @@ fn set_producer_state(batch: &Bound<'_, PyByteArray>, producer_id: i64, epoch: i
     // SAFETY: nothing else reads or resizes the bytearray while this runs (the GIL is held throughout).
     let raw = unsafe { batch.as_bytes_mut() };
     produce::set_producer_state(raw, producer_id, epoch, base_sequence).map_err(value_error)
-}
-
-/// data[starts[i]..ends[i]] as str, each decoded like `bytes.decode("utf-8", "surrogatepass")` (ids
-/// written with surrogates take that Python call; the rest are plain UTF-8).
-#[pyfunction]
-fn str_slices<'py>(
-    py: Python<'py>,
-    data: PyReadonlyArray1<'_, u8>,
-    starts: PyReadonlyArray1<'_, i64>,
-    ends: PyReadonlyArray1<'_, i64>,
-) -> PyResult<Bound<'py, PyList>> {
-    let (buf, starts, ends) = (data.as_slice()?, starts.as_slice()?, ends.as_slice()?);
-    if starts.len() != ends.len() {
-        return Err(value_error("starts and ends of different lengths"));
-    }
-    let mut out = Vec::with_capacity(starts.len());
-    for (&s, &e) in starts.iter().zip(ends) {
-        let raw = buf.get(s as usize..e as usize).filter(|_| s >= 0).ok_or_else(|| value_error("a slice outside the data"))?;
-        out.push(match std::str::from_utf8(raw) {
-            Ok(text) => PyString::new(py, text).into_any(),
-            Err(_) => PyBytes::new(py, raw).call_method1("decode", ("utf-8", "surrogatepass"))?,
-        });
-    }
-    PyList::new(py, out)
 }
 
 /// Group keys by the name each holds at byte 1 (a big-endian u16 length, then the name): the state
@@ -511,6 +486,38 @@ fn batch_dict<'py>(
 
 // --- Join -------------------------------------------------------------------------------------------
 
+/// A checkpoint's prediction ids: a list of str, or an object whose `spans()` gives (uint8 buffer,
+/// starts, ends) of UTF-8 ids (monitor.spans.TextSpans: a changelog's keys, with no str per id).
+fn checkpoint_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<Arc<str>>> {
+    if let Ok(list) = ids.cast::<PyList>() {
+        let mut out = Vec::with_capacity(list.len());
+        for id in list.iter() {
+            let id = id.cast::<PyString>().map_err(|_| PyTypeError::new_err("prediction ids must be strings"))?;
+            out.push(Arc::from(id.to_str()?));
+        }
+        return Ok(out);
+    }
+    let (buf, starts, ends): (PyReadonlyArray1<'_, u8>, PyReadonlyArray1<'_, i64>, PyReadonlyArray1<'_, i64>) =
+        ids.call_method0("spans").map_err(|_| PyTypeError::new_err("prediction ids must be a list of str or spans"))?
+            .extract()?;
+    let (buf, starts, ends) = (buf.as_slice()?, starts.as_slice()?, ends.as_slice()?);
+    if starts.len() != ends.len() {
+        return Err(value_error("spans: starts and ends differ in length"));
+    }
+    starts
+        .iter()
+        .zip(ends)
+        .map(|(&a, &b)| {
+            let raw = buf
+                .get(a as usize..b as usize)
+                .filter(|_| a >= 0)
+                .ok_or_else(|| value_error("spans: a span outside the buffer"))?;
+            // What PyString::to_str refuses too: ids with lone surrogates cannot be restored either way.
+            std::str::from_utf8(raw).map(Arc::from).map_err(|_| value_error("a prediction id is not valid UTF-8"))
+        })
+        .collect()
+}
+
 #[pyclass(module = "monitor._native")]
 struct Join {
     table: JoinTable,
@@ -843,7 +850,7 @@ impl Join {
     #[pyo3(signature = (ids, columns, seq, watermark, pending, expired, evicted, duplicates, corrections, joined))]
     fn restore(
         &mut self,
-        ids: &Bound<'_, PyList>,
+        ids: &Bound<'_, PyAny>,
         columns: &Bound<'_, PyDict>,
         seq: i64,
         watermark: Option<f64>,
@@ -854,7 +861,7 @@ impl Join {
         corrections: i64,
         joined: i64,
     ) -> PyResult<()> {
-        let (k, l) = (ids.len(), self.table.n_labels);
+        let (k, l) = (ids.len()?, self.table.n_labels);
         for name in columns.keys() {
             let name: String = name.extract()?;
             if !CHECKPOINT_COLUMNS.contains(&name.as_str()) {
@@ -883,11 +890,7 @@ impl Join {
                 a.as_array().iter().copied().collect::<Vec<$t>>()
             }};
         }
-        let mut id_list = Vec::with_capacity(k);
-        for id in ids.iter() {
-            let id = id.cast::<PyString>().map_err(|_| PyTypeError::new_err("prediction ids must be strings"))?;
-            id_list.push(Arc::from(id.to_str()?));
-        }
+        let id_list = checkpoint_ids(ids)?;
         let checkpoint = Checkpoint {
             ids: id_list,
             has_pred: vector!("has_pred", bool),
