@@ -228,3 +228,11 @@ def test_latest_of_distinct_keys_hands_over_every_record() -> None:
     got = [(keys[s:e].tobytes(), values[a:b].tobytes())
            for s, e, a, b in zip(ks.tolist(), ke.tolist(), vs.tolist(), ve.tolist(), strict=True)]
     assert got == rows
+
+
+def test_mlmon_native_0_turns_the_native_reader_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restores read through aiokafka's consumer in a pure-Python run, as its inputs and engine do."""
+    monkeypatch.setenv("MLMON_NATIVE", "0")
+    assert not raw_fetch.available()
+    monkeypatch.setenv("MLMON_NATIVE", "1")
+    assert raw_fetch.available()

@@ -22,6 +22,8 @@ from aiokafka import errors as Errors
 from aiokafka.client import AIOKafkaClient
 from aiokafka.protocol.fetch import FetchRequest
 
+from monitor.engine import native
+
 log = logging.getLogger(__name__)
 
 try:
@@ -34,7 +36,9 @@ RETRY_BACKOFF = 0.1
 
 
 def available() -> bool:
-    return _native is not None
+    """Whether the native reader is used: the extension is built and MLMON_NATIVE=0 does not turn it off
+    (then state restores read through aiokafka's consumer, like the rest of a pure-Python run)."""
+    return native.enabled()
 
 
 def latest() -> _native.Latest:
