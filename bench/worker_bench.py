@@ -1,7 +1,7 @@
 """Broker -> worker -> metrics, beside `monitor replay` and a bare aiokafka consumer, on the same events.
 
     python -m bench.worker_bench [--mix example|realistic] [--events N] [--partitions P] [--bootstrap HOST:PORT]
-                                 [--profile FILE] [--no-repartition]
+                                 [--profile FILE] [--no-repartition] [--repeat R]
 
 1. Generates N predictions and their ground truth: of the 6-label example model (monitor.simulate), or with
    `--mix realistic` bench/make_stream.py's mix (three models; served lists, partial ground truth,
@@ -22,7 +22,11 @@
 4. Reports events/s and the ratios worker/replay and worker/bare, checkpoint counts and sizes, and
    the memory per pending join (resident-set growth over predictions that never get ground truth).
 
-With --profile the worker runs under cProfile and the top functions are printed.
+With --repeat R, bare, replay and both workers run R rounds in turn (each round's workers on fresh groups)
+and the table gives each peer's median, with every round's rates and ratios below it: single runs of
+about a second follow the broker's fetches and the machine's load.
+
+With --profile the worker runs under cProfile (first round) and the top functions are printed.
 """
 
 from __future__ import annotations
@@ -35,11 +39,14 @@ import io
 import os
 import pstats
 import shutil
+import statistics
 import tempfile
 import time
 import urllib.request
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -207,6 +214,54 @@ def _rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@dataclass
+class Round:
+    """One round of the timed peers on the same topics: seconds and CPU per peer, and what the checks
+    compare (the replay's figures and both workers' /metrics)."""
+
+    seconds: dict[str, float]
+    cpu: dict[str, dict[str, float | None]]
+    at: float
+    figures: Any
+    worker: Worker
+    body: bytes
+    getmany_body: bytes
+
+
+def with_state_dir(config: MonitorConfig) -> MonitorConfig:
+    return config.model_copy(update={"join": config.join.for_worker(tempfile.mkdtemp(prefix="mlmon-bench-state-"))})
+
+
+def one_round(config: MonitorConfig, with_dir: MonitorConfig, preds: list[bytes], truths: list[bytes],
+              suffix: str, profile: cProfile.Profile | None) -> Round:
+    """A bare consumer, replay in memory, the worker reading columns and the worker reading through
+    aiokafka's getmany, one after the other; the workers on groups named with `suffix`."""
+    total = len(preds) + len(truths)
+    cpu0 = time.process_time()
+    bare_s = asyncio.run(bare_consume(config, total))  # its CPU includes the consumer's start-up
+    bare_cpu = time.process_time() - cpu0
+    started, cpu0 = time.perf_counter(), time.process_time()
+    # Evaluated at the newest event time, as the engine reads it (the mix's timestamps come in several
+    # forms); the worker is then evaluated at the same instant.
+    replay_engine, replay_figures = run_replay(config, preds, truths)
+    replay_s, replay_cpu = time.perf_counter() - started, time.process_time() - cpu0
+    at = replay_engine.latest_event_time or 0.0
+
+    def group(name: MonitorConfig, extra: str) -> MonitorConfig:
+        k = name.kafka.model_copy(update={"group_id": f"{config.kafka.group_id}{extra}{suffix}"})
+        return name.model_copy(update={"kafka": k})
+
+    worker_s, worker, body = asyncio.run(run_worker(group(with_dir, ""), total, at, profile))
+    cpu: dict[str, dict[str, float | None]] = {"bare": {"worker": bare_cpu}, "replay": {"worker": replay_cpu},
+                                               "worker": dict(LAST_CPU)}
+    # The same worker reading its inputs through aiokafka's getmany (a ConsumerRecord per record), on
+    # another group: the peer of the columnar read.
+    getmany_s, _, getmany_body = asyncio.run(run_worker(group(config, "-getmany"), total, at, None, columns=False))
+    cpu["worker, getmany"] = dict(LAST_CPU)
+    seconds = {"bare": bare_s, "replay": replay_s, "worker": worker_s, "worker, getmany": getmany_s}
+    return Round(seconds, cpu, at, replay_figures, worker, body, getmany_body)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mix", choices=("example", "realistic"), default="example",
@@ -216,6 +271,8 @@ def main() -> None:
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     ap.add_argument("--profile", help="write the worker's cProfile stats here and print the top entries")
     ap.add_argument("--no-repartition", action="store_true", help="skip the repartitioned worker's run")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds of bare, replay and both workers (fresh groups each); medians are reported")
     args = ap.parse_args()
 
     broker = None
@@ -233,24 +290,18 @@ def main() -> None:
         state_dir = tempfile.mkdtemp(prefix="mlmon-bench-state-")
         with_dir = config.model_copy(update={"join": config.join.for_worker(state_dir)})
         produce_s = asyncio.run(produce(config, preds, truths))
-        cpu0 = time.process_time()
-        bare_s = asyncio.run(bare_consume(config, total))  # its CPU includes the consumer's start-up
-        bare_cpu = time.process_time() - cpu0
-        started, cpu0 = time.perf_counter(), time.process_time()
-        # Evaluated at the newest event time, as the engine reads it (the mix's timestamps come in several
-        # forms); the worker is then evaluated at the same instant.
-        replay_engine, replay_figures = run_replay(config, preds, truths)
-        replay_s, replay_cpu = time.perf_counter() - started, time.process_time() - cpu0
-        at = replay_engine.latest_event_time or 0.0
         profile = cProfile.Profile() if args.profile else None
-        worker_s, worker, body = asyncio.run(run_worker(with_dir, total, at, profile))
-        cpu = {"bare": {"worker": bare_cpu}, "replay": {"worker": replay_cpu}, "worker": dict(LAST_CPU)}
-        # The same worker reading its inputs through aiokafka's getmany (a ConsumerRecord per record), on
-        # another group: the peer of the columnar read.
-        k = config.kafka.model_copy(update={"group_id": f"{config.kafka.group_id}-getmany"})
-        getmany_s, _, getmany_body = asyncio.run(run_worker(config.model_copy(update={"kafka": k}), total, at, None,
-                                                            columns=False))
-        cpu["worker, getmany"] = dict(LAST_CPU)
+        rounds: list[Round] = []
+        for r in range(args.repeat):
+            # Each round's workers join fresh groups (with fresh changelogs), so each consumes everything.
+            rounds.append(one_round(config, with_dir if r == 0 else with_state_dir(config), preds, truths,
+                                    "" if r == 0 else f"-r{r}", profile if r == 0 else None))
+        first = rounds[0]
+        at, replay_figures, worker, body, getmany_body = first.at, first.figures, first.worker, first.body, \
+            first.getmany_body
+        # Medians over the rounds (the broker's CPU is the first round's: the repartition lines print it).
+        cpu = {name: {**used, "worker": statistics.median([r.cpu[name]["worker"] or 0.0 for r in rounds])}
+               for name, used in first.cpu.items()}
         restart_s, restarted = asyncio.run(restart(config, at))  # no state dir: reads the changelog
         local_s, loaded = asyncio.run(restart(with_dir, at))
         shutil.rmtree(state_dir, ignore_errors=True)
@@ -269,7 +320,11 @@ def main() -> None:
 
         assert_series_equal(parse(body.decode()), parse(prometheus_text(replay_figures).decode()))
         assert_series_equal(parse(getmany_body.decode()), parse(prometheus_text(replay_figures).decode()))
-        runs = [("bare", bare_s), ("replay", replay_s), ("worker", worker_s), ("worker, getmany", getmany_s)]
+        for extra in rounds[1:]:
+            for got in (extra.body, extra.getmany_body):
+                assert_series_equal(parse(got.decode()), parse(prometheus_text(replay_figures).decode()))
+        runs = [(name, statistics.median([r.seconds[name] for r in rounds])) for name in first.seconds]
+        worker_s = dict(runs)["worker"]
         if repartitioned is not None:
             assert_series_equal(parse(repartitioned[2].decode()), parse(prometheus_text(replay_figures).decode()))
             runs.append(("repartitioned", repartitioned[0]))
@@ -282,6 +337,19 @@ def main() -> None:
         for name, s in runs:
             used = cpu.get(name, {}).get("worker")
             print(f"{name:<18}{s:>10.2f}{rate[name]:>12,.0f}{'' if used is None else f'{1e6 * used / total:.1f}':>14}")
+        if len(rounds) > 1:
+            print(f"(medians of {len(rounds)} rounds; each round runs bare, replay, worker and worker (getmany) "
+                  "one after the other)")
+            print(f"{'round':<7}" + "".join(f"{name + ' ev/s':>24}" for name in first.seconds)
+                  + f"{'worker/replay':>15}{'worker/bare':>13}")
+            for i, r in enumerate(rounds, 1):
+                ev = {name: total / sec for name, sec in r.seconds.items()}
+                print(f"{i:<7}" + "".join(f"{ev[name]:>24,.0f}" for name in first.seconds)
+                      + f"{ev['worker'] / ev['replay']:>15.2f}{ev['worker'] / ev['bare']:>13.2f}")
+            paired = {peer: statistics.median([r.seconds[peer] / r.seconds["worker"] for r in rounds])
+                      for peer in ("replay", "bare")}
+            print(f"median of the rounds' ratios: worker/replay = {paired['replay']:.2f}   "
+                  f"worker/bare = {paired['bare']:.2f}")
         print(f"worker/replay = {rate['worker'] / rate['replay']:.2f}   "
               f"worker/bare = {rate['worker'] / rate['bare']:.3f}   "
               "(targets: worker >= 0.8 x replay and >= 2 x bare)")
