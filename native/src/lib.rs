@@ -449,22 +449,25 @@ impl<'py> Raws<'py> {
     fn slices(&self) -> PyResult<Vec<&[u8]>> {
         match self {
             Raws::Each(items) => Ok(items.iter().map(|b| b.as_bytes()).collect()),
-            Raws::Spans(buf, starts, ends) => {
-                let buf = buf.as_bytes();
-                let (starts, ends) = (starts.as_slice()?, ends.as_slice()?);
-                if starts.len() != ends.len() {
-                    return Err(value_error("spans: starts and ends differ in length"));
-                }
-                starts
-                    .iter()
-                    .zip(ends)
-                    .map(|(&a, &b)| {
-                        buf.get(a as usize..b as usize).ok_or_else(|| value_error("spans: a span outside the buffer"))
-                    })
-                    .collect()
-            }
+            Raws::Spans(buf, starts, ends) => span_slices(buf.as_bytes(), starts.as_slice()?, ends.as_slice()?),
         }
     }
+}
+
+/// buf[starts[i]..ends[i]] for every i, checked against the buffer.
+fn span_slices<'a>(buf: &'a [u8], starts: &[i64], ends: &[i64]) -> PyResult<Vec<&'a [u8]>> {
+    if starts.len() != ends.len() {
+        return Err(value_error("spans: starts and ends differ in length"));
+    }
+    starts
+        .iter()
+        .zip(ends)
+        .map(|(&a, &b)| {
+            buf.get(a as usize..b as usize)
+                .filter(|_| a >= 0)
+                .ok_or_else(|| value_error("spans: a span outside the buffer"))
+        })
+        .collect()
 }
 
 fn strings<'py>(py: Python<'py>, values: &[Cow<'_, str>]) -> PyResult<Bound<'py, PyList>> {
@@ -500,21 +503,10 @@ fn checkpoint_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<Arc<str>>> {
     let (buf, starts, ends): (PyReadonlyArray1<'_, u8>, PyReadonlyArray1<'_, i64>, PyReadonlyArray1<'_, i64>) =
         ids.call_method0("spans").map_err(|_| PyTypeError::new_err("prediction ids must be a list of str or spans"))?
             .extract()?;
-    let (buf, starts, ends) = (buf.as_slice()?, starts.as_slice()?, ends.as_slice()?);
-    if starts.len() != ends.len() {
-        return Err(value_error("spans: starts and ends differ in length"));
-    }
-    starts
-        .iter()
-        .zip(ends)
-        .map(|(&a, &b)| {
-            let raw = buf
-                .get(a as usize..b as usize)
-                .filter(|_| a >= 0)
-                .ok_or_else(|| value_error("spans: a span outside the buffer"))?;
-            // What PyString::to_str refuses too: ids with lone surrogates cannot be restored either way.
-            std::str::from_utf8(raw).map(Arc::from).map_err(|_| value_error("a prediction id is not valid UTF-8"))
-        })
+    span_slices(buf.as_slice()?, starts.as_slice()?, ends.as_slice()?)?
+        .into_iter()
+        // What PyString::to_str refuses too: ids with lone surrogates cannot be restored either way.
+        .map(|raw| std::str::from_utf8(raw).map(Arc::from).map_err(|_| value_error("a prediction id is not valid UTF-8")))
         .collect()
 }
 
