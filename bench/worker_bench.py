@@ -228,8 +228,8 @@ class Round:
     getmany_body: bytes
 
 
-def with_state_dir(config: MonitorConfig) -> MonitorConfig:
-    return config.model_copy(update={"join": config.join.for_worker(tempfile.mkdtemp(prefix="mlmon-bench-state-"))})
+def with_state_dir(config: MonitorConfig, state_dir: str) -> MonitorConfig:
+    return config.model_copy(update={"join": config.join.for_worker(state_dir)})
 
 
 def one_round(config: MonitorConfig, with_dir: MonitorConfig, preds: list[bytes], truths: list[bytes],
@@ -286,15 +286,16 @@ def main() -> None:
         preds, truths, config_path = events_of(args.mix, args.events)
         total = len(preds) + len(truths)
         config = bench_config(args.bootstrap, args.partitions, config_path)
-        # The worker runs with a state dir, so its graceful stop leaves local state for the last restart.
-        state_dir = tempfile.mkdtemp(prefix="mlmon-bench-state-")
-        with_dir = config.model_copy(update={"join": config.join.for_worker(state_dir)})
+        # The workers run with a state dir, so the first one's graceful stop leaves local state for the last
+        # restart.
+        state_dirs = [tempfile.mkdtemp(prefix="mlmon-bench-state-") for _ in range(args.repeat)]
+        with_dir = with_state_dir(config, state_dirs[0])
         produce_s = asyncio.run(produce(config, preds, truths))
         profile = cProfile.Profile() if args.profile else None
         rounds: list[Round] = []
         for r in range(args.repeat):
             # Each round's workers join fresh groups (with fresh changelogs), so each consumes everything.
-            rounds.append(one_round(config, with_dir if r == 0 else with_state_dir(config), preds, truths,
+            rounds.append(one_round(config, with_state_dir(config, state_dirs[r]), preds, truths,
                                     "" if r == 0 else f"-r{r}", profile if r == 0 else None))
         first = rounds[0]
         at, replay_figures, worker, body, getmany_body = first.at, first.figures, first.worker, first.body, \
@@ -304,7 +305,8 @@ def main() -> None:
                for name, used in first.cpu.items()}
         restart_s, restarted = asyncio.run(restart(config, at))  # no state dir: reads the changelog
         local_s, loaded = asyncio.run(restart(with_dir, at))
-        shutil.rmtree(state_dir, ignore_errors=True)
+        for state_dir in state_dirs:
+            shutil.rmtree(state_dir, ignore_errors=True)
         repartitioned = None
         if not args.no_repartition:
             # Same source topics, another group (so nothing is restored), every event through the copies.
