@@ -5,11 +5,15 @@ transactions, control batches, compressed batches (every codec aiokafka has), nu
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
+import weakref
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.consumer import fetcher as aiokafka_fetcher
 
 from monitor.stream import fetched
 
@@ -122,3 +126,51 @@ def test_since_drops_what_is_applied() -> None:
     assert len(batch.since(9)) == 0
     record = later.record(0)
     assert (record.topic, record.partition, record.offset, record.key, record.value) == ("t", 0, 7, b"k", b"b")
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("path", ["native", "aiokafka iteration"])
+def test_taken_fetch_results_are_freed_without_the_cyclic_collector(
+        filled: tuple[str, str, int], path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker freezes its survivors between full collections (monitor.stream.gc_policy), so a fetch
+    result that only the cyclic collector could free would keep its response bytes for minutes."""
+    bootstrap, topic, _ = filled
+    if path == "native":
+        if not fetched.install():
+            pytest.skip("the native core (monitor._native) is not built")
+    else:
+        monkeypatch.setenv("MLMON_NATIVE", "0")
+
+    refs: list[weakref.ref[Any]] = []
+    made = aiokafka_fetcher.PartitionRecords.__init__
+
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        made(self, *args, **kwargs)
+        refs.append(weakref.ref(self))
+
+    monkeypatch.setattr(aiokafka_fetcher.PartitionRecords, "__init__", init)
+
+    async def read() -> int:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    max_partition_fetch_bytes=4096)
+        await consumer.start()
+        tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        taken = 0
+        try:
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            for _ in range(50):
+                taken += sum(len(b) for b in await fetched.take(consumer, timeout_ms=200, max_records=500))
+        finally:
+            await consumer.stop()
+        return taken
+
+    gc.collect()
+    gc.disable()
+    try:
+        taken = asyncio.run(read())
+        alive = sum(ref() is not None for ref in refs)
+    finally:
+        gc.enable()
+    assert taken and len(refs) > 2 * PARTITIONS  # not vacuous: several fetch results per partition
+    assert alive <= PARTITIONS  # at most the ones still buffered when the consumer stopped

@@ -178,7 +178,7 @@ def _columns(tp: TopicPartition, result: Any) -> PartitionBatch:
         keys.append(r.key)
         offsets.append(r.offset)
     result._update_position()  # to the next offset after the batch, skipped control/aborted batches included
-    result._partition_records = None
+    _release(result)
     return PartitionBatch(tp, values, keys, offsets)
 
 
@@ -190,6 +190,17 @@ def _unpacked(tp: TopicPartition, result: Any, raw: bytes) -> PartitionBatch:
                                   records._aborted_transactions)
     records.next_fetch_offset = columns.next_offset
     result._update_position()
-    result._partition_records = None
+    _release(result)
     return PartitionBatch(tp, Spans(columns.data, columns.value_start, columns.value_end, b""),
                           Spans(columns.data, columns.key_start, columns.key_end), columns.offsets.tolist())
+
+
+def _release(result: Any) -> None:
+    """Drop a taken fetch result's records now. aiokafka's `PartitionRecords` and the generator it makes
+    for its own iteration refer to each other until that iteration ends, which reading as columns never
+    starts: left alone, each fetch response (up to max_partition_fetch_bytes) would wait for a full
+    collection, and the worker's GC policy freezes survivors between its full passes (minutes)."""
+    records = result._partition_records
+    result._partition_records = None
+    records._records_iterator = None
+    records._records = None
