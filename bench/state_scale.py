@@ -175,11 +175,12 @@ class WorkerProc:
         self.out.close()
 
 
-def write_config(tmp: Path, bootstrap: str, name: str, max_pending: int) -> Path:
+def write_config(tmp: Path, bootstrap: str, name: str, max_pending: int, memory_entries: int | None) -> Path:
     config = yaml.safe_load((ROOT / "monitor" / "examples" / "config.yaml").read_text())
     config["kafka"] = {"bootstrap_servers": bootstrap, "predictions_topic": f"{name}-p", "ground_truth_topic":
                        f"{name}-g", "dead_letter_topic": f"{name}-dlq", "group_id": f"{name}-group", "partitions": 1}
-    config["join"] = {"ttl": "72h", "max_pending": max_pending}
+    config["join"] = {"ttl": "72h", "max_pending": max_pending,
+                      **({"memory_entries": memory_entries} if memory_entries else {})}
     for key in ("reference", "features", "slos"):
         config["models"][0].pop(key, None)
     config.pop("retraining", None)
@@ -198,9 +199,10 @@ def probe_events(n: int, start: int) -> tuple[list[tuple[bytes, bytes]], list[tu
     return preds, truths
 
 
-def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str) -> Row:
+def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, memory_entries: int | None) -> Row:
     name = f"scale-{label}-{uuid.uuid4().hex[:6]}"
-    config = write_config(tmp, bootstrap, name, max_pending=max(2_000_000, 2 * (pending + probe)))
+    config = write_config(tmp, bootstrap, name, max_pending=max(2_000_000, 2 * (pending + probe)),
+                          memory_entries=memory_entries)
     asyncio.run(create_topics(bootstrap, [f"{name}-p", f"{name}-g"]))
     def fill() -> Iterator[tuple[bytes, bytes]]:
         for i in range(pending):
@@ -316,6 +318,8 @@ def main() -> None:
                     help="--join-only: join.memory_entries values to compare (none: all in memory)")
     ap.add_argument("--sizes", default="1000000,5000000,10000000", help="pending predictions, comma-separated")
     ap.add_argument("--probe", type=int, default=100_000, help="predictions (and as many ground truths) timed")
+    ap.add_argument("--memory-entries", type=int, default=None,
+                    help="the worker's join.memory_entries (default: the config's, no budget: all in memory)")
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -332,8 +336,8 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
-            empty = run_one(tmp, args.bootstrap, 0, args.probe, "empty")
-            rows = [run_one(tmp, args.bootstrap, n, args.probe, str(n)) for n in sizes]
+            empty = run_one(tmp, args.bootstrap, 0, args.probe, "empty", args.memory_entries)
+            rows = [run_one(tmp, args.bootstrap, n, args.probe, str(n), args.memory_entries) for n in sizes]
     finally:
         if broker is not None:
             broker.stop()

@@ -133,6 +133,9 @@ class Join:
     def changes(self) -> tuple[list[str], dict[str, npt.NDArray[Any]], list[str]]:
         """Changed live entries as `export` columns (ids sorted) and the ids that left the table."""
     def clear_changes(self) -> None: ...
+    @property
+    def changed(self) -> int:
+        """How many ids changed (or left) since tracking started or `clear_changes`."""
     def mark_changed(self, ids: list[str]) -> None:
         """Records `ids` as changed again (a checkpoint that took them was not written)."""
     # `ids`: a list of str, or an object whose spans() gives (uint8 buffer, starts, ends) of UTF-8 ids

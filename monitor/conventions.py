@@ -294,9 +294,14 @@ STATE_RECORDS_WRITTEN = _m("state_records_written_total", "counter", (),
                            "Records written to the state changelog.")
 STATE_BYTES_WRITTEN = _m("state_bytes_written_total", "counter", (),
                          "Key and value bytes written to the state changelog.")
+STATE_WRITE_WAITS = _m(
+    "state_write_waits_total", "counter", (),
+    "Times consumption paused for the state write in flight: the input outran the changelog and the "
+    "changes not yet written reached their bound.",
+)
 # Exported by the worker only (not by replay): its Kafka and state health.
 WORKER_ONLY: Final = frozenset(m.name for m in (CONSUMER_LAG, STATE_WRITE_FAILURES, STATE_RECORDS_WRITTEN,
-                                                STATE_BYTES_WRITTEN))
+                                                STATE_BYTES_WRITTEN, STATE_WRITE_WAITS))
 BUILD_INFO = _m("build_info", "info", ("version", "python"), "Build information.")
 LAST_EVENT_TIMESTAMP = _m(
     "last_event_timestamp_seconds", "gauge", (L_MODEL, L_TOPIC),

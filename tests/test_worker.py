@@ -109,11 +109,11 @@ def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | 
 
 class WorkerProcess:
     def __init__(self, config_path: Path, at: float, tmp_path: Path, checkpoint_interval: float = 0.5,
-                 state_dir: Path | None = None) -> None:
+                 state_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = tmp_path / f"worker-{self.port}.log"
         env = {**os.environ, "MLMON_SESSION_TIMEOUT_MS": "3000", "MLMON_CHECKPOINT_INTERVAL": str(checkpoint_interval),
-               **({"MLMON_STATE_DIR": str(state_dir)} if state_dir is not None else {})}
+               **({"MLMON_STATE_DIR": str(state_dir)} if state_dir is not None else {}), **(env or {})}
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor.cli", "worker", "--config", str(config_path),
@@ -302,6 +302,46 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     assert covered <= applied
     print(f"killed after {applied:.0f} predictions, checkpoints covered {covered}: {applied - covered:.0f} "
           f"re-applied exactly once; restart to drained {restart:.1f} s")
+
+
+@kafka_test
+@pytest.mark.timeout(240)
+def test_unwritten_changes_are_bounded_and_checkpointed_by_size(kafka_bootstrap: str, tmp_path: Path, stream,  # noqa: F811
+                                                                 workers) -> None:
+    """With checkpoints a long interval apart, the bound on unwritten changes alone makes the worker
+    checkpoint (and wait for the write in flight when it is reached again); the figures stay exact, and a
+    worker killed with -9 resumes from those checkpoints."""
+    preds, truths, at = stream
+    path, config = write_config(tmp_path, kafka_bootstrap)
+    expected = replay_series(config, preds, truths, at)
+    kafka = config.kafka
+    for topic in (kafka.predictions_topic, kafka.ground_truth_topic):
+        create_topic(kafka_bootstrap, topic, partitions=kafka.partitions)
+    bound = {"MLMON_MAX_UNWRITTEN": "50"}
+    first = WorkerProcess(path, at, tmp_path, checkpoint_interval=600, env=bound)
+    workers.append(first)
+    wait_for("the worker to join its group", lambda: first.get("/healthz")[0] == 200 if first.try_scrape() else False,
+             workers=workers)
+    for i in range(0, len(preds), 200):  # slices: batches keep arriving while checkpoints are written
+        produce(kafka_bootstrap, kafka.predictions_topic, preds[i:i + 200])
+    for i in range(0, len(truths), 200):
+        produce(kafka_bootstrap, kafka.ground_truth_topic, truths[i:i + 200])
+    wait_for("the worker to drain", drained([first], expected), workers=workers)
+    assert_series_equal(first.scrape(), expected)
+    wait_for("the checkpoints to settle", state_settled(first), workers=workers)
+    text = first.get("/metrics")[1].decode()
+    written, waits = (float(re.search(rf"^{m.name} (\S+)$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+                      for m in (c.STATE_RECORDS_WRITTEN, c.STATE_WRITE_WAITS))
+    assert written >= len(preds)  # every entry went out, the 600 s interval never came
+    print(f"{written:.0f} state records, {waits:.0f} waits for a write")
+    first.proc.kill()
+    first.proc.wait(10)
+
+    second = WorkerProcess(path, at, tmp_path, checkpoint_interval=600, env=bound)
+    workers.append(second)
+    wait_for("the restarted worker to drain", drained([second], expected), workers=[second])
+    assert_series_equal(second.scrape(), expected)
+    assert second.output().count("resuming at ") == kafka.partitions
 
 
 @kafka_test

@@ -266,6 +266,11 @@ class JoinTable:
         gone = [pid for pid in ids if pid not in self.entries]
         return live, self._columns([self.entries[pid] for pid in live]), gone
 
+    @property
+    def changed(self) -> int:
+        """How many ids changed (or left) since tracking started or `clear_changes`."""
+        return len(self._dirty or ())
+
     def clear_changes(self) -> None:
         if self._dirty is not None:
             self._dirty.clear()

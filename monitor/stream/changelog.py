@@ -281,6 +281,11 @@ class ChangeTracker:
         meta = snapshot.dump(engine, extra=extra, entries=False)
         return Changes(blocks, joins, meta, current)
 
+    @staticmethod
+    def unwritten(engine: Engine) -> int:
+        """Join entries changed since the last checkpoint taken: what the next one would write."""
+        return sum(state.join.changed for state in engine.models.values())
+
     def committed(self, changes: Changes) -> None:
         """`changes` are in the changelog: blocks are compared against them from now on."""
         self.written = changes.written

@@ -76,6 +76,11 @@ class WorkerOptions:
     checkpoint_interval: float = 2.0
     # Checkpoints take at most about this share of the time: a big state is checkpointed less often.
     checkpoint_budget: float = 0.1
+    # Join entries changed and not yet in a checkpoint taken, over the partitions: at this many a checkpoint
+    # is taken at once, and while one is being written the loop waits for it before consuming on. It bounds
+    # the memory that changes waiting for the changelog hold (about twice this many entries), whatever the
+    # input rate; the wait is bounded by `state_write_timeout`.
+    max_unwritten: int = 200_000
     session_timeout_ms: int = 10_000
     rebalance_timeout_ms: int = 60_000
     # A state write that takes longer is abandoned (its transaction aborted) and retried later.
@@ -125,6 +130,7 @@ class Stats:
     checkpoint_records: int = 0
     checkpoint_seconds: float = 0.0
     state_write_failures: int = 0
+    write_waits: int = 0  # times consumption waited for a state write (the changes' bound was reached)
     restored_bytes: int = 0
     restored_records: int = 0
     restore_seconds: float = 0.0
@@ -384,7 +390,11 @@ class Worker:
                     self.gc.after_batch()
             if self._writing is not None and self._writing.done():
                 await self._settle()
-            if self._writing is None and time.monotonic() >= self._next_checkpoint:
+            full = self._unwritten() >= self.options.max_unwritten
+            if full and self._writing is not None:
+                self.stats.write_waits += 1
+                await self._settle()  # the input outruns the changelog: it waits for the write in flight
+            if self._writing is None and (full or time.monotonic() >= self._next_checkpoint):
                 started = time.monotonic()
                 async with self.lock:
                     checkpoint = self._take(list(self.partitions.values()), force=False)
@@ -394,6 +404,12 @@ class Worker:
                 # Written while the loop consumes on: the taken changes and offsets are a value, and the
                 # next checkpoint starts after this one ends, so checkpoints commit in order.
                 self._writing = asyncio.create_task(self._write(checkpoint))
+
+    def _unwritten(self) -> int:
+        """Changed join entries of the partitions a checkpoint would take now (one whose write failed
+        waits for its retry: its changes do not hold the others back)."""
+        now = time.monotonic()
+        return sum(ChangeTracker.unwritten(s.engine) for s in self.partitions.values() if now >= s.retry_at)
 
     def _schedule_next(self, started: float) -> None:
         """A big state is checkpointed less often: checkpoints take about `checkpoint_budget` of the time."""
@@ -734,7 +750,8 @@ class _LagCollector(Collector):
 
 
 class _StateCollector(Collector):
-    """The state changelog's health: failed writes (each one also logged), records and bytes written."""
+    """The state changelog's health: failed writes (each one also logged), records and bytes written, and
+    the times consumption waited for a write."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -743,7 +760,8 @@ class _StateCollector(Collector):
         st = self.worker.stats
         for metric, value in ((c.STATE_WRITE_FAILURES, st.state_write_failures),
                               (c.STATE_RECORDS_WRITTEN, st.checkpoint_records),
-                              (c.STATE_BYTES_WRITTEN, st.checkpoint_bytes)):
+                              (c.STATE_BYTES_WRITTEN, st.checkpoint_bytes),
+                              (c.STATE_WRITE_WAITS, st.write_waits)):
             fam = CounterMetricFamily(metric.name.removesuffix("_total"), metric.help)
             fam.add_metric([], value)
             yield fam
@@ -779,6 +797,10 @@ async def run_worker(config: MonitorConfig, options: WorkerOptions) -> None:
 @click.option("--metrics-port", type=int, help="Port of /metrics and /healthz (default: config metrics.port).")
 @click.option("--checkpoint-interval", type=float, default=2.0, show_default=True, envvar="MLMON_CHECKPOINT_INTERVAL",
               help="Seconds between checkpoints of each partition's state (longer when the state is large).")
+@click.option("--max-unwritten", type=click.IntRange(min=1), default=200_000, show_default=True,
+              envvar="MLMON_MAX_UNWRITTEN",
+              help="Join entries changed and not yet checkpointed at which a checkpoint starts at once, and "
+                   "consumption waits for the one being written: bounds the memory of changes in flight.")
 @click.option("--session-timeout-ms", type=int, default=10_000, show_default=True, envvar="MLMON_SESSION_TIMEOUT_MS",
               help="Consumer-group session timeout: how fast a dead worker's partitions move.")
 @click.option("--at", hidden=True, envvar="MLMON_WORKER_AT",
@@ -789,8 +811,8 @@ async def run_worker(config: MonitorConfig, options: WorkerOptions) -> None:
                    "system temp directory).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
-def worker_command(config_path: str, metrics_port: int | None, checkpoint_interval: float, session_timeout_ms: int,
-                   at: str | None, state_dir: str | None, log_level: str) -> None:
+def worker_command(config_path: str, metrics_port: int | None, checkpoint_interval: float, max_unwritten: int,
+                   session_timeout_ms: int, at: str | None, state_dir: str | None, log_level: str) -> None:
     """Consume predictions and ground truth from Kafka and serve the metrics on /metrics.
 
     Scale out by starting more workers with the same config: they share the partitions of one consumer
@@ -808,7 +830,7 @@ def worker_command(config_path: str, metrics_port: int | None, checkpoint_interv
     options = WorkerOptions(
         metrics_port=config.metrics.port if metrics_port is None else metrics_port,
         metrics_bind=config.metrics.bind, at=_parse_at(at), checkpoint_interval=checkpoint_interval,
-        session_timeout_ms=session_timeout_ms,
+        max_unwritten=max_unwritten, session_timeout_ms=session_timeout_ms,
     )
     try:
         asyncio.run(run_worker(config, options))

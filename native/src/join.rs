@@ -747,6 +747,10 @@ impl JoinTable {
         }
     }
 
+    pub fn changed(&self) -> usize {
+        self.dirty.as_ref().map_or(0, HashSet::len)
+    }
+
     pub fn clear_changes(&mut self) {
         if let Some(dirty) = &mut self.dirty {
             dirty.clear();

@@ -832,6 +832,13 @@ impl Join {
         self.table.clear_changes();
     }
 
+    /// How many ids changed (or left) since tracking started or `clear_changes`: what the next
+    /// checkpoint writes.
+    #[getter]
+    fn changed(&self) -> usize {
+        self.table.changed()
+    }
+
     /// Records `ids` as changed again (a checkpoint that took them was not written).
     fn mark_changed(&mut self, ids: Vec<String>) {
         self.table.mark_changed(&ids);
