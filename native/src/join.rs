@@ -174,7 +174,26 @@ fn side_of(slot: &Slot) -> Side {
     }
 }
 
-/// A stored value back into a slot and label vectors (`JoinTable::encode`'s layout).
+/// An entry's value in the store (its id and expiry are the key): born, flags, the sides' fields and
+/// label vectors, little-endian, floats bit for bit.
+fn encode_entry(slot: &Slot, scores: &[f64], predicted: &[bool], known: &[bool], actual: &[bool]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(41 + scores.len() * 11);
+    v.extend_from_slice(&slot.born.to_le_bytes());
+    v.push(slot.has_pred as u8 | (slot.has_truth as u8) << 1 | (slot.full as u8) << 2);
+    v.extend_from_slice(&slot.pred_ts.to_le_bytes());
+    v.extend_from_slice(&slot.pred_version.to_le_bytes());
+    v.extend_from_slice(&slot.truth_ts.to_le_bytes());
+    v.extend_from_slice(&slot.truth_seq.to_le_bytes());
+    for x in scores {
+        v.extend_from_slice(&x.to_le_bytes());
+    }
+    for flags in [predicted, known, actual] {
+        v.extend(flags.iter().map(|&b| b as u8));
+    }
+    v
+}
+
+/// A stored value back into a slot and label vectors (`encode_entry`'s layout).
 fn decode(id: Arc<str>, expires: f64, v: &[u8], n: usize) -> Loaded {
     let u64_at = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().expect("8 bytes"));
     let f64_at = |i: usize| f64::from_bits(u64_at(i));
@@ -513,25 +532,16 @@ impl JoinTable {
         cold.store.put_many(batch).unwrap_or_else(|e| panic!("{e}"));
     }
 
-    /// An entry's value in the store (its id and expiry are the key): born, flags, the sides' fields
-    /// and label vectors, little-endian, floats bit for bit.
+    /// Slot `s`'s value in the store (`encode_entry`).
     fn encode(&self, s: u32) -> Vec<u8> {
         let (n, at) = (self.n_labels, s as usize * self.n_labels);
-        let slot = &self.slots[s as usize];
-        let mut v = Vec::with_capacity(41 + n * 11);
-        v.extend_from_slice(&slot.born.to_le_bytes());
-        v.push(slot.has_pred as u8 | (slot.has_truth as u8) << 1 | (slot.full as u8) << 2);
-        v.extend_from_slice(&slot.pred_ts.to_le_bytes());
-        v.extend_from_slice(&slot.pred_version.to_le_bytes());
-        v.extend_from_slice(&slot.truth_ts.to_le_bytes());
-        v.extend_from_slice(&slot.truth_seq.to_le_bytes());
-        for x in &self.scores[at..at + n] {
-            v.extend_from_slice(&x.to_le_bytes());
-        }
-        for flags in [&self.predicted, &self.known, &self.actual] {
-            v.extend(flags[at..at + n].iter().map(|&b| b as u8));
-        }
-        v
+        encode_entry(
+            &self.slots[s as usize],
+            &self.scores[at..at + n],
+            &self.predicted[at..at + n],
+            &self.known[at..at + n],
+            &self.actual[at..at + n],
+        )
     }
 
     /// Pops the heap's smallest item and drops its entry unless the item is stale (the entry was
@@ -783,12 +793,6 @@ impl JoinTable {
         Some(decode(id.clone(), *expires, value, self.n_labels))
     }
 
-    fn cold_entry(&self, id: &str) -> Option<Loaded> {
-        let cold = self.cold.as_ref()?;
-        let (expires, value) = cold.store.get(id.as_bytes()).unwrap_or_else(|e| panic!("{e}"))?;
-        Some(decode(Arc::from(id), expires, &value, self.n_labels))
-    }
-
     fn rows(&self, order: Vec<Src>) -> Checkpoint {
         let n = self.n_labels;
         let mut c = Checkpoint::default();
@@ -875,17 +879,49 @@ impl JoinTable {
         Ok(())
     }
 
-    /// `restore` with a budget: entries go in one at a time and spill as they would in use, so memory
-    /// never holds more than the budget besides the checkpoint itself.
+    /// `restore` with a budget: the entries that expire last (up to the budget less a sixteenth, as a
+    /// spill leaves it) go to memory, the rest straight into the store, sorted, in one bulk load. Any
+    /// split is the same table (lookups and expiry read both tiers); this one is what spilling would
+    /// have kept in memory, without a store write per entry.
     fn restore_within_budget(&mut self, mut c: Checkpoint) -> Result<(), String> {
         let n = self.n_labels;
         self.clear_changes();
-        self.cold.as_mut().expect("a budget").store.clear()?;
         (self.index, self.slots, self.free, self.heap) = (IdMap::default(), Vec::new(), Vec::new(), BinaryHeap::new());
         (self.scores, self.predicted, self.known, self.actual) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (i, id) in std::mem::take(&mut c.ids).into_iter().enumerate() {
-            if self.index.contains_key(&*id) || self.cold_entry(&id).is_some() {
-                return Err(format!("prediction id {:?} appears twice", &*id));
+        let ids = std::mem::take(&mut c.ids);
+        let k = ids.len();
+        let mut by_id: Vec<u32> = (0..k as u32).collect();
+        by_id.sort_unstable_by(|&a, &b| ids[a as usize].cmp(&ids[b as usize]));
+        if let Some(w) = by_id.windows(2).find(|w| ids[w[0] as usize] == ids[w[1] as usize]) {
+            return Err(format!("prediction id {:?} appears twice", &*ids[w[0] as usize]));
+        }
+        let budget = self.cold.as_ref().expect("a budget").budget;
+        let hot = if k <= budget { k } else { budget - budget / 16 };
+        let mut by_expiry: Vec<u32> = (0..k as u32).collect();
+        by_expiry.sort_unstable_by(|&a, &b| {
+            let (a, b) = (a as usize, b as usize);
+            c.expires[a].partial_cmp(&c.expires[b]).unwrap_or(Ordering::Equal).then_with(|| ids[a].cmp(&ids[b]))
+        });
+        let mut cold = vec![false; k];
+        for &i in &by_expiry[..k - hot] {
+            cold[i as usize] = true;
+        }
+        let row = |i: usize| {
+            let at = i * n;
+            encode_entry(
+                &c.slot(i, ids[i].clone()),
+                &c.scores[at..at + n],
+                &c.predicted[at..at + n],
+                &c.known[at..at + n],
+                &c.actual[at..at + n],
+            )
+        };
+        let stored = by_expiry[..k - hot].iter().map(|&i| (ids[i as usize].as_bytes(), c.expires[i as usize], row(i as usize)));
+        let stored_ids = by_id.iter().filter(|&&i| cold[i as usize]).map(|&i| (ids[i as usize].as_bytes(), c.expires[i as usize]));
+        self.cold.as_mut().expect("a budget").store.load_sorted(stored, stored_ids)?;
+        for (i, id) in ids.iter().enumerate() {
+            if cold[i] {
+                continue;
             }
             let s = self.insert_slot(c.slot(i, id.clone()));
             let (at, from) = (s as usize * n, i * n);
@@ -894,10 +930,9 @@ impl JoinTable {
             self.known[at..at + n].copy_from_slice(&c.known[from..from + n]);
             self.actual[at..at + n].copy_from_slice(&c.actual[from..from + n]);
             self.index.insert(id.clone(), s);
-            self.heap.push(Item { expires: c.expires[i], id });
-            self.enforce_budget();
         }
-        self.births = self.len() as u64;
+        self.rebuild_heap();
+        self.births = k as u64;
         self.out = Output::default();
         self.clear_changes();
         Ok(())
