@@ -5,9 +5,10 @@
 For each N (a fresh consumer group and topics of one partition each):
 1. produces N predictions that never get ground truth (UUID ids, the 6-label example model), and starts
    `monitor worker` as a sub-process: the time until all N are applied gives the fill rate;
-2. produces a probe of P predictions plus P ground truths for them and times how long the worker takes
-   to apply them with N pending; the same probe on an empty state (its own group, measured first in the
-   same run) is the peer;
+2. produces a probe of P predictions plus P ground truths for them and measures the worker's CPU time
+   from then until a checkpoint covers them (probe events per CPU second), with N pending; the same
+   probe on an empty state (its own group, measured first in the same run) is the peer. The wall time
+   from the start of producing is shown too (a worker on a small state keeps up with the producer);
 3. reads the worker's resident set (now and peak, /proc), and the changelog bytes it wrote per input event
    (mlmon_state_bytes_written_total);
 4. kill -9s it and starts a new worker process: the time until it is healthy and has every event
@@ -63,7 +64,8 @@ T0 = 1_790_000_000.0  # event times: a fixed day, so every run evaluates the sam
 class Row:
     pending: int
     fill_rate: float
-    probe_rate: float
+    probe_rate: float  # probe events per second of wall time, producing them included
+    probe_cpu_rate: float  # probe events per CPU second of the worker (the compared figure)
     rss_mb: float
     peak_mb: float
     bytes_per_event: float
@@ -158,6 +160,11 @@ class WorkerProc:
             time.sleep(0.05)
         return time.perf_counter() - started
 
+    def cpu(self) -> float:
+        """User and system CPU seconds the worker has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def memory(self) -> tuple[float, float]:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
         rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
@@ -219,12 +226,19 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, mem
         fill_s = worker.wait(f"{pending:,} pending predictions",
                              lambda: worker.metrics().get("mlmon_predictions_total") == pending)
         preds, truths = probe_events(probe, pending)
+        # The worker keeps up with the producer on a small state, so the time after producing would time
+        # only the tail: the worker's CPU time from the first probe event to the checkpoint that covers
+        # the probe is the measure (checkpoints included), the wall time from the start of producing is
+        # shown beside it.
+        cpu_before, started = worker.cpu(), time.perf_counter()
         asyncio.run(produce(bootstrap, f"{name}-p", preds))
         asyncio.run(produce(bootstrap, f"{name}-g", truths))
-        probe_s = worker.wait("the probe", lambda: worker.metrics().get("mlmon_ground_truth_total") == probe)
+        worker.wait("the probe", lambda: worker.metrics().get("mlmon_ground_truth_total") == probe)
+        probe_s = time.perf_counter() - started
         # Every pending entry and every probe entry written at least once: a checkpoint covers the probe.
         worker.wait("the checkpoint of the probe",
                     lambda: worker.metrics().get("mlmon_state_records_written_total", 0) >= pending + probe)
+        probe_cpu = worker.cpu() - cpu_before
         rss, peak = worker.memory()
         written = worker.metrics()["mlmon_state_bytes_written_total"]
         events = pending + 2 * probe
@@ -256,8 +270,9 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, mem
     finally:
         if worker.proc.poll() is None:
             worker.stop()
-    return Row(pending, pending / fill_s if pending else 0.0, 2 * probe / probe_s, rss, peak, written / events,
-               restore_s, restored / restore_s, restore_peak, float(loaded[-1]) if loaded else float("nan"))
+    return Row(pending, pending / fill_s if pending else 0.0, 2 * probe / probe_s, 2 * probe / probe_cpu, rss, peak,
+               written / events, restore_s, restored / restore_s, restore_peak,
+               float(loaded[-1]) if loaded else float("nan"))
 
 
 def join_row(pending: int, probe: int, budget: int | None) -> str:
@@ -340,7 +355,8 @@ def main() -> None:
     budget = f"join.memory_entries {args.memory_entries:,}" if args.memory_entries else "no join memory budget"
     print(f"one partition, 6 labels, UUID ids, stock broker, {budget}; probe: {args.probe:,} predictions + "
           f"{args.probe:,} ground truths; encoded entry with its key: about {entry} bytes")
-    print(f"{'pending':>11} {'fill ev/s':>10} {'probe ev/s':>11} {'vs empty':>9} {'RSS MB':>8} {'peak MB':>8} "
+    print(f"{'pending':>11} {'fill ev/s':>10} {'probe ev/s':>11} {'ev/CPU s':>10} {'vs empty':>9} {'RSS MB':>8} "
+          f"{'peak MB':>8} "
           f"{'state B/event':>14} {'restore s':>10} {'records/s':>10} {'restore peak MB':>16} {'local s':>8}",
           flush=True)
     try:
@@ -356,7 +372,8 @@ def main() -> None:
 
 
 def show(r: Row, empty: Row) -> None:
-    print(f"{r.pending:>11,} {r.fill_rate:>10,.0f} {r.probe_rate:>11,.0f} {r.probe_rate / empty.probe_rate:>9.2f} "
+    print(f"{r.pending:>11,} {r.fill_rate:>10,.0f} {r.probe_rate:>11,.0f} {r.probe_cpu_rate:>10,.0f} "
+          f"{r.probe_cpu_rate / empty.probe_cpu_rate:>9.2f} "
           f"{r.rss_mb:>8.0f} {r.peak_mb:>8.0f} {r.bytes_per_event:>14.0f} {r.restore_s:>10.1f} "
           f"{r.restore_rate:>10,.0f} {r.restore_peak_mb:>16.0f} {r.local_s:>8.1f}", flush=True)
 

@@ -90,6 +90,15 @@ async def _read(bootstrap: str, topic: str, isolation: str, columns: bool, spans
         await consumer.stop()
 
 
+def use_path(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Columns from the native core's unpacking of the raw bytes, or from aiokafka's own iteration."""
+    if path == "native":
+        if not fetched.install():
+            pytest.skip("the native core (monitor._native) is not built")
+    else:
+        monkeypatch.setenv("MLMON_NATIVE", "0")
+
+
 @pytest.fixture(scope="module")
 def filled(kafka_bootstrap: str) -> tuple[str, str, int]:
     topic = f"fetched-{uuid.uuid4().hex[:8]}"
@@ -102,11 +111,7 @@ def filled(kafka_bootstrap: str) -> tuple[str, str, int]:
 def test_columns_equal_getmany(filled: tuple[str, str, int], isolation: str, path: str,
                                monkeypatch: pytest.MonkeyPatch) -> None:
     bootstrap, topic, sent = filled
-    if path == "native":
-        if not fetched.install():
-            pytest.skip("the native core (monitor._native) is not built")
-    else:
-        monkeypatch.setenv("MLMON_NATIVE", "0")
+    use_path(path, monkeypatch)
     ours, our_positions = asyncio.run(_read(bootstrap, topic, isolation, columns=True, spans=path == "native"))
     theirs, their_positions = asyncio.run(_read(bootstrap, topic, isolation, columns=False))
     assert ours == theirs
@@ -135,11 +140,7 @@ def test_taken_fetch_results_are_freed_without_the_cyclic_collector(
     """The worker freezes its survivors between full collections (monitor.stream.gc_policy), so a fetch
     result that only the cyclic collector could free would keep its response bytes for minutes."""
     bootstrap, topic, _ = filled
-    if path == "native":
-        if not fetched.install():
-            pytest.skip("the native core (monitor._native) is not built")
-    else:
-        monkeypatch.setenv("MLMON_NATIVE", "0")
+    use_path(path, monkeypatch)
 
     refs: list[weakref.ref[Any]] = []
     made = aiokafka_fetcher.PartitionRecords.__init__
