@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from monitor.config import MonitorConfig, parse_config
-from monitor.engine import native, snapshot
+from monitor.engine import model_state, native, snapshot
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
 from monitor.engine.figures import Figures
+from monitor.engine.merge import merged_engine
 from monitor.inputs import load_inputs
 from monitor.replay import run_replay
 from tests.events import BASE
@@ -198,6 +199,26 @@ def test_a_budget_spills_and_loads_back_in_expiry_order() -> None:
     assert evicted == dict(slow.models["k"].join.evicted) and sum(evicted.values()) == 2
     assert sorted(join.export()[0]) == sorted(slow.models["k"].join.export()[0])
     assert_same_engines(fast, slow, BASE + 2 * 3600)
+
+
+def test_the_merged_view_of_budgeted_engines_opens_no_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """/metrics builds a merged view on every scrape; its joins hold no entries, so with a budget they must
+    not each open (and delete) an on-disk store."""
+    engine = Engine(with_budget(2), use_native=True)
+    engine.process([(PREDICTIONS, orjson.dumps({"prediction_id": f"id{i}", "model": "k", "timestamp": stamp(0),
+                                                "scores": {"x": 0.7, "y": 0.3}})) for i in range(5)])
+    assert engine.models["k"].join.store_dir is not None  # the engine's own join does have one
+    made: list[tuple[int | None, bool]] = []
+    real = model_state.make_join
+
+    def make_join(config: MonitorConfig, n_labels: int, use_native: bool) -> object:
+        made.append((config.join.memory_entries, use_native))
+        return real(config, n_labels, use_native)
+
+    monkeypatch.setattr(model_state, "make_join", make_join)
+    view = merged_engine(with_budget(2), {}, [engine])
+    assert made and all(budget is None for budget, _ in made)  # no join of the view has a store
+    assert view.models["k"].join.pending == engine.models["k"].join.pending
 
 
 def test_a_budget_above_the_cap_is_refused_naming_both() -> None:

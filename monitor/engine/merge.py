@@ -74,6 +74,9 @@ def merged_engine(config: MonitorConfig, references: dict[str, Reference | None]
     every engine's events would report (`at` defaults to the newest event time over all of them)."""
     for e in engines:
         e.flush()
+    # The view holds no join entries: with a memory budget its joins would each open (and delete) an
+    # on-disk store on every scrape.
+    config = config.model_copy(update={"join": config.join.model_copy(update={"memory_entries": None})})
     out = Engine(config, references)
     out.models = {cfg.name: merge_model_states(config, cfg, references.get(cfg.name),
                                                [e.models[cfg.name] for e in engines])
