@@ -6,7 +6,7 @@ For each N (a fresh consumer group and topics of one partition each):
 1. produces N predictions that never get ground truth (UUID ids, the 6-label example model), and starts
    `monitor worker` as a sub-process: the time until all N are applied gives the fill rate;
 2. produces a probe of P predictions plus P ground truths for them and measures the worker's CPU time
-   from then until a checkpoint covers them (probe events per CPU second), with N pending; the same
+   from then until all are applied (probe events per CPU second), with N pending; the same
    probe on an empty state (its own group, measured first in the same run) is the peer. The wall time
    from the start of producing is shown too (a worker on a small state keeps up with the producer);
 3. reads the worker's resident set (now and peak, /proc), and the changelog bytes it wrote per input event
@@ -157,13 +157,23 @@ class WorkerProc:
                 raise SystemExit(f"the worker exited ({self.proc.returncode}) while waiting for {what}")
             if time.perf_counter() - started > timeout:
                 raise SystemExit(f"timed out waiting for {what}")
-            time.sleep(0.05)
+            time.sleep(0.1)  # each poll is a scrape, which costs the worker CPU
         return time.perf_counter() - started
 
     def cpu(self) -> float:
         """User and system CPU seconds the worker has used so far."""
         fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def settle(self, timeout: float = 600) -> float:
+        """Seconds until the worker uses under 5% of a core over 2 s (its background work done)."""
+        started = time.perf_counter()
+        while time.perf_counter() - started < timeout:
+            before = self.cpu()
+            time.sleep(2)
+            if self.cpu() - before < 0.1:
+                break
+        return time.perf_counter() - started
 
     def memory(self) -> tuple[float, float]:
         status = Path(f"/proc/{self.proc.pid}/status").read_text()
@@ -209,7 +219,8 @@ def probe_events(n: int, start: int) -> tuple[list[tuple[bytes, bytes]], list[tu
     return preds, truths
 
 
-def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, memory_entries: int | None) -> Row:
+def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, memory_entries: int | None,
+            settle: bool = False) -> Row:
     name = f"scale-{label}-{uuid.uuid4().hex[:6]}"
     config = write_config(tmp, bootstrap, name, max_pending=max(2_000_000, 2 * (pending + probe)),
                           memory_entries=memory_entries)
@@ -225,20 +236,23 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, mem
         worker.wait("the worker's start", worker.healthy, timeout=300)
         fill_s = worker.wait(f"{pending:,} pending predictions",
                              lambda: worker.metrics().get("mlmon_predictions_total") == pending)
+        if settle:  # the store's flushes and compactions of the fill done first: the probe's own cost only
+            quiet = worker.settle()
+            print(f"  {pending:,} pending: the worker was busy {quiet:.0f} s after the fill", file=sys.stderr)
         preds, truths = probe_events(probe, pending)
         # The worker keeps up with the producer on a small state, so the time after producing would time
-        # only the tail: the worker's CPU time from the first probe event to the checkpoint that covers
-        # the probe is the measure (checkpoints included), the wall time from the start of producing is
-        # shown beside it.
+        # only the tail: the worker's CPU time from the first probe event to the last one applied is the
+        # measure, the wall time from the start of producing is shown beside it. (Not until the probe's
+        # checkpoint: with millions pending the next one can be 20 s away, and this bench's own scrapes
+        # in the meantime would be most of the CPU.)
         cpu_before, started = worker.cpu(), time.perf_counter()
         asyncio.run(produce(bootstrap, f"{name}-p", preds))
         asyncio.run(produce(bootstrap, f"{name}-g", truths))
         worker.wait("the probe", lambda: worker.metrics().get("mlmon_ground_truth_total") == probe)
-        probe_s = time.perf_counter() - started
+        probe_s, probe_cpu = time.perf_counter() - started, worker.cpu() - cpu_before
         # Every pending entry and every probe entry written at least once: a checkpoint covers the probe.
         worker.wait("the checkpoint of the probe",
                     lambda: worker.metrics().get("mlmon_state_records_written_total", 0) >= pending + probe)
-        probe_cpu = worker.cpu() - cpu_before
         rss, peak = worker.memory()
         written = worker.metrics()["mlmon_state_bytes_written_total"]
         events = pending + 2 * probe
@@ -339,6 +353,9 @@ def main() -> None:
     ap.add_argument("--probe", type=int, default=100_000, help="predictions (and as many ground truths) timed")
     ap.add_argument("--memory-entries", type=int, default=None,
                     help="the worker's join.memory_entries (default: the config's, no budget: all in memory)")
+    ap.add_argument("--settle", action="store_true",
+                    help="before each probe, wait until the worker is idle (the store's compactions of the fill "
+                         "done), so the probe measures its own cost only")
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -362,10 +379,10 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
-            empty = run_one(tmp, args.bootstrap, 0, args.probe, "empty", args.memory_entries)
+            empty = run_one(tmp, args.bootstrap, 0, args.probe, "empty", args.memory_entries, args.settle)
             show(empty, empty)
             for n in sizes:  # each row as soon as it is measured: a long run that fails later keeps them
-                show(run_one(tmp, args.bootstrap, n, args.probe, str(n), args.memory_entries), empty)
+                show(run_one(tmp, args.bootstrap, n, args.probe, str(n), args.memory_entries, args.settle), empty)
     finally:
         if broker is not None:
             broker.stop()
