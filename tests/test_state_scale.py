@@ -32,6 +32,7 @@ from tests.test_worker import (
     replay_series,
     total,
     wait_for,
+    worker_counter,
     workers,  # noqa: F401
 )
 
@@ -92,14 +93,6 @@ def _expected(config_path: Path) -> Series:
     return replay_series(load_config(config_path), preds, truths, T0 + PENDING * 0.01 + 600)
 
 
-def _state_records(w: WorkerProcess) -> float:
-    status, body = w.get("/metrics")
-    if status != 200:
-        return 0.0
-    found = re.search(rf"^{c.STATE_RECORDS_WRITTEN.name} (\S+)$", body.decode(), re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
-
-
 @pytest.mark.kafka
 @pytest.mark.slow
 @pytest.mark.timeout(900)
@@ -136,7 +129,9 @@ def _run(kafka_bootstrap: str, name: str, path: Path, tmp_path: Path, workers: l
     def filled() -> bool:
         healthy.append(first.get("/healthz")[0] if first.try_scrape() is not None else None)
         scrape = first.try_scrape() or {}
-        return total(scrape, c.PREDICTIONS_TOTAL.name) == PENDING and _state_records(first) >= PENDING
+        if total(scrape, c.PREDICTIONS_TOTAL.name) != PENDING:
+            return False
+        return (worker_counter(first, c.STATE_RECORDS_WRITTEN.name) or 0.0) >= PENDING
 
     wait_for(f"{PENDING:,} pending predictions applied and in the changelog", filled, timeout=400, workers=workers)
     assert healthy[-1] == 200 and 503 not in healthy[len(healthy) // 2:], healthy[-20:]
