@@ -2,21 +2,37 @@
 //! (fjall) on local disk. The store is a cache of the worker's changelog, so it is created empty in a
 //! fresh directory and deleted when the table goes; nothing here has to survive a crash.
 //!
-//! Two keyspaces: `expiry` maps `(expires, id)` to the encoded entry, so the store's first key is its
-//! smallest entry in the join's expiry order; `ids` maps an id to its expiry, for lookups (bloom filters
-//! answer the common miss without reading a block).
+//! Two keyspaces: `expiry` maps `(expires, id)` to the entry's epoch and encoded value, so the store's
+//! first key is its smallest entry in the join's expiry order; `ids` maps `(epoch, id)` to the expiry,
+//! for lookups (an in-memory bloom filter answers the common miss without reading a block).
+//!
+//! An epoch is a run of about a million spilled entries. Ids are random, so an index keyed by id alone
+//! would have every new table overlap all older ones, and the LSM's compactions would rewrite the whole
+//! index again and again (at 3M stored entries that was half the CPU of a spilling worker). Keyed by
+//! epoch first, new ids only ever overlap their own epoch. The index is never updated in place either:
+//! a removal deletes the `expiry` row only, a lookup checks that the row its index entry points at still
+//! exists and still belongs to that epoch, and an epoch's index range is dropped once it holds no live
+//! entry. A lookup of a stored id tries the live epochs, newest first.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use ahash::RandomState;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use std::collections::BTreeMap;
+
+use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions};
 
 /// Block cache of each store: lookups of recent spills hit it; beyond that the OS page cache helps.
 const CACHE_BYTES: u64 = 32 << 20;
 /// Memtable size per keyspace (fjall's default is 64 MiB; two keyspaces per table, one table per model
 /// and partition).
 const MEMTABLE_BYTES: u64 = 16 << 20;
+/// Entries per epoch of the id index, and the target size of its tables.
+const EPOCH_ENTRIES: usize = 1 << 20;
+const INDEX_TABLE_BYTES: u64 = 8 << 20;
+/// Spills of at least this many entries are ingested as new tables rather than written through the
+/// journal and memtables.
+const INGEST_MIN: usize = 4096;
 
 static OPENED: AtomicU64 = AtomicU64::new(0);
 
@@ -40,6 +56,25 @@ fn expiry_key(expires: f64, id: &[u8]) -> Vec<u8> {
     k.extend_from_slice(&expiry_bytes(expires));
     k.extend_from_slice(id);
     k
+}
+
+fn id_key(epoch: u32, id: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + id.len());
+    k.extend_from_slice(&epoch.to_be_bytes());
+    k.extend_from_slice(id);
+    k
+}
+
+/// An `expiry` row's value: the entry's epoch, then its encoded value.
+fn stored_value(epoch: u32, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + value.len());
+    v.extend_from_slice(&epoch.to_be_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn epoch_of(stored: &[u8]) -> u32 {
+    u32::from_be_bytes(stored[..4].try_into().expect("a 4-byte epoch prefix"))
 }
 
 fn err(e: fjall::Error) -> String {
@@ -123,6 +158,12 @@ pub struct ColdStore {
     /// The smallest key and its value, while known.
     first: Option<(Vec<u8>, Vec<u8>)>,
     bloom: Bloom,
+    /// Live entries per epoch of the id index.
+    epochs: BTreeMap<u32, usize>,
+    /// The epoch new spills go to, how many entries it took so far, and how many it takes.
+    epoch: u32,
+    epoch_filled: usize,
+    epoch_entries: usize,
     pub dir: PathBuf,
 }
 
@@ -138,39 +179,93 @@ impl ColdStore {
             std::fs::remove_dir_all(&dir).map_err(|e| format!("join store {}: {e}", dir.display()))?;
         }
         std::fs::create_dir_all(&dir).map_err(|e| format!("join store {}: {e}", dir.display()))?;
-        let db = Database::builder(&dir).cache_size(CACHE_BYTES).temporary(true).open().map_err(err)?;
+        // One background thread per store: with more, fjall's first worker re-queues every compaction
+        // request to leave itself free for flushes and spins doing so while another compacts.
+        let db = Database::builder(&dir).cache_size(CACHE_BYTES).worker_threads(1).temporary(true).open().map_err(err)?;
         let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
-        let expiry = db.keyspace("expiry", opts).map_err(err)?;
-        let ids = db.keyspace("ids", opts).map_err(err)?;
-        Ok(ColdStore { db, expiry, ids, len: 0, floor: Vec::new(), first: None, bloom: Bloom::new(0), dir })
+        // Every `expiry` read is of a key the index just named: its filters would only cost memory.
+        let expiry = db.keyspace("expiry", || opts().expect_point_read_hits(true)).map_err(err)?;
+        // Small index tables, merged eight spills at a time: a merge rewrites only the tables of the
+        // current epoch, so the less of an epoch one table spans, the less is rewritten.
+        let index_compaction = std::sync::Arc::new(
+            fjall::compaction::Leveled::default().with_table_target_size(INDEX_TABLE_BYTES).with_l0_threshold(8),
+        );
+        let ids = db.keyspace("ids", || opts().compaction_strategy(index_compaction.clone())).map_err(err)?;
+        Ok(ColdStore {
+            db,
+            expiry,
+            ids,
+            len: 0,
+            floor: Vec::new(),
+            first: None,
+            bloom: Bloom::new(0),
+            epochs: BTreeMap::new(),
+            epoch: 0,
+            epoch_filled: 0,
+            epoch_entries: EPOCH_ENTRIES,
+            dir,
+        })
     }
 
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// Stores entries (id, expires, encoded value) that are not in the store yet, in one write batch.
+    /// Stores entries (id, expires, encoded value) that are not in the store yet. A spill of many goes
+    /// straight into new tables (fjall's ingestion of sorted runs): no journal, and no memtable, whose
+    /// skiplist inserts cost more than the join step itself. A few go through one write batch, as a
+    /// table per handful of keys would cost more in compactions than it saves.
     pub fn put_many(&mut self, entries: Vec<(Vec<u8>, f64, Vec<u8>)>) -> Result<(), String> {
         if entries.is_empty() {
             return Ok(());
         }
-        let mut batch = self.db.batch();
+        let epoch = self.epoch;
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(entries.len());
+        let mut index: Vec<(Vec<u8>, [u8; 8])> = Vec::with_capacity(entries.len());
         for (id, expires, value) in entries {
             let key = expiry_key(expires, &id);
             if key < self.floor {
                 self.floor.clone_from(&key);
             }
-            if let Some((first, _)) = &self.first {
-                if key < *first {
-                    self.first = Some((key.clone(), value.clone()));
-                }
+            if self.first.as_ref().is_some_and(|(first, _)| key < *first) {
+                self.first = None;
             }
             self.bloom.insert(&id);
-            batch.insert(&self.ids, id, expiry_bytes(expires).to_vec());
-            batch.insert(&self.expiry, key, value);
-            self.len += 1;
+            index.push((id_key(epoch, &id), expiry_bytes(expires)));
+            rows.push((key, stored_value(epoch, &value)));
         }
-        batch.commit().map_err(err)?;
+        let n = rows.len();
+        if n < INGEST_MIN {
+            let mut batch = self.db.batch();
+            for ((key, value), (id, expires)) in rows.into_iter().zip(index) {
+                batch.insert(&self.ids, id, expires.to_vec());
+                batch.insert(&self.expiry, key, value);
+            }
+            batch.commit().map_err(err)?;
+        } else {
+            // A spill pops the join's heap in key order already; the sort is then one linear pass.
+            rows.sort_by(|a, b| a.0.cmp(&b.0));
+            index.sort_by(|a, b| a.0.cmp(&b.0));
+            let mut ingestion = self.expiry.start_ingestion().map_err(err)?;
+            for (key, value) in rows {
+                ingestion.write(key, value).map_err(err)?;
+            }
+            ingestion.finish().map_err(err)?;
+            let mut ingestion = self.ids.start_ingestion().map_err(err)?;
+            for (id, expires) in index {
+                ingestion.write(id, expires.to_vec()).map_err(err)?;
+            }
+            ingestion.finish().map_err(err)?;
+        }
+        self.len += n;
+        *self.epochs.entry(epoch).or_default() += n;
+        self.epoch_filled += n;
+        if self.epoch_filled >= self.epoch_entries {
+            (self.epoch, self.epoch_filled) = (self.epoch + 1, 0);
+            if self.epochs.get(&epoch) == Some(&0) {
+                self.drop_epoch(epoch)?;
+            }
+        }
         if self.bloom.full() {
             self.rebuild_bloom()?;
         }
@@ -180,8 +275,10 @@ impl ColdStore {
     /// A filter sized for twice the ids stored now, from the ids keyspace (keys only).
     fn rebuild_bloom(&mut self) -> Result<(), String> {
         let mut bloom = Bloom::new(2 * self.len);
-        for guard in self.ids.iter() {
-            bloom.insert(&guard.key().map_err(err)?);
+        for &epoch in self.epochs.keys() {
+            for guard in self.ids.prefix(epoch.to_be_bytes()) {
+                bloom.insert(&guard.key().map_err(err)?[4..]);
+            }
         }
         bloom.added = self.len;
         self.bloom = bloom;
@@ -190,39 +287,66 @@ impl ColdStore {
 
     /// The entry stored for `id`: its expiry and encoded value.
     pub fn get(&self, id: &[u8]) -> Result<Option<(f64, Vec<u8>)>, String> {
+        Ok(self.find(id)?.map(|(expires, _, mut stored)| (expires, stored.split_off(4))))
+    }
+
+    /// The entry stored for `id` as its expiry, epoch and `expiry` row value. Index entries whose row
+    /// is gone or belongs to a later epoch (the id left and was stored again) are stale.
+    fn find(&self, id: &[u8]) -> Result<Option<(f64, u32, Vec<u8>)>, String> {
         if self.len == 0 || !self.bloom.may_contain(id) {
             return Ok(None);
         }
-        let Some(e) = self.ids.get(id).map_err(err)? else {
-            return Ok(None);
-        };
-        let mut key = e.to_vec();
-        key.extend_from_slice(id);
-        let value = self.expiry.get(&key).map_err(err)?.ok_or("join store: an id without its entry")?;
-        Ok(Some((expiry_from(&e), value.to_vec())))
+        for &epoch in self.epochs.keys().rev() {
+            let Some(e) = self.ids.get(id_key(epoch, id)).map_err(err)? else {
+                continue;
+            };
+            let mut key = e.to_vec();
+            key.extend_from_slice(id);
+            if key < self.floor {
+                continue;
+            }
+            match self.expiry.get(&key).map_err(err)? {
+                Some(stored) if epoch_of(&stored) == epoch => {
+                    return Ok(Some((expiry_from(&e), epoch, stored.to_vec())));
+                }
+                _ => continue,
+            }
+        }
+        Ok(None)
     }
 
     /// Removes and returns the entry stored for `id`.
     pub fn take(&mut self, id: &[u8]) -> Result<Option<(f64, Vec<u8>)>, String> {
-        let found = self.get(id)?;
-        if let Some((expires, _)) = &found {
-            self.remove(id, *expires)?;
-        }
-        Ok(found)
+        let Some((expires, epoch, mut stored)) = self.find(id)? else {
+            return Ok(None);
+        };
+        self.remove(id, expires, epoch)?;
+        Ok(Some((expires, stored.split_off(4))))
     }
 
-    fn remove(&mut self, id: &[u8], expires: f64) -> Result<(), String> {
+    /// Deletes an entry's `expiry` row; its index entry goes with its epoch's range.
+    fn remove(&mut self, id: &[u8], expires: f64, epoch: u32) -> Result<(), String> {
         let key = expiry_key(expires, id);
         if self.first.as_ref().is_some_and(|(first, _)| *first == key) {
             self.first = None;
             self.floor = key.clone();
         }
-        let mut batch = self.db.batch();
-        batch.remove(&self.ids, id.to_vec());
-        batch.remove(&self.expiry, key);
-        batch.commit().map_err(err)?;
+        self.expiry.remove(key).map_err(err)?;
         self.len -= 1;
+        let live = self.epochs.get_mut(&epoch).ok_or("join store: an entry of an unknown epoch")?;
+        *live -= 1;
+        if *live == 0 && epoch != self.epoch {
+            self.drop_epoch(epoch)?;
+        }
         Ok(())
+    }
+
+    /// Forgets an epoch without live entries and drops the index tables wholly inside it; its rows in
+    /// tables shared with a neighbour stay until compaction, unread (no lookup asks a dead epoch).
+    fn drop_epoch(&mut self, epoch: u32) -> Result<(), String> {
+        self.epochs.remove(&epoch);
+        let (lo, hi) = (epoch.to_be_bytes(), (epoch + 1).to_be_bytes());
+        self.ids.tree.drop_range::<&[u8], _>(&lo[..]..&hi[..]).map_err(|e| format!("join store: {e}"))
     }
 
     /// The smallest `(expires, id)` stored.
@@ -245,10 +369,10 @@ impl ColdStore {
         if self.first()?.is_none() {
             return Ok(None);
         }
-        let (k, v) = self.first.take().expect("just read");
+        let (k, mut v) = self.first.take().expect("just read");
         let (expires, id) = (expiry_from(&k), k[8..].to_vec());
-        self.remove(&id, expires)?;
-        Ok(Some((id, expires, v)))
+        self.remove(&id, expires, epoch_of(&v))?;
+        Ok(Some((id, expires, v.split_off(4))))
     }
 
     /// Every entry, in `(expires, id)` order: (id, expires, encoded value).
@@ -256,7 +380,7 @@ impl ColdStore {
         let it = if self.len == 0 { None } else { Some(self.expiry.range(self.floor.as_slice()..)) };
         it.into_iter().flatten().map(|guard| {
             let (k, v) = guard.into_inner().map_err(err)?;
-            Ok((k[8..].to_vec(), expiry_from(&k), v.to_vec()))
+            Ok((k[8..].to_vec(), expiry_from(&k), v[4..].to_vec()))
         })
     }
 
@@ -270,10 +394,12 @@ impl ColdStore {
         by_id: impl Iterator<Item = (&'a [u8], f64)>,
     ) -> Result<(), String> {
         self.clear()?;
+        // One epoch for all of them: it is written once, sorted, and never overlaps a later one.
+        let epoch = self.epoch;
         let mut n = 0;
         let mut ingestion = self.expiry.start_ingestion().map_err(err)?;
         for (id, expires, value) in by_expiry {
-            ingestion.write(expiry_key(expires, id), value).map_err(err)?;
+            ingestion.write(expiry_key(expires, id), stored_value(epoch, &value)).map_err(err)?;
             n += 1;
         }
         ingestion.finish().map_err(err)?;
@@ -281,13 +407,17 @@ impl ColdStore {
         let mut ingestion = self.ids.start_ingestion().map_err(err)?;
         for (id, expires) in by_id {
             bloom.insert(id);
-            ingestion.write(id.to_vec(), expiry_bytes(expires).to_vec()).map_err(err)?;
+            ingestion.write(id_key(epoch, id), expiry_bytes(expires).to_vec()).map_err(err)?;
         }
         ingestion.finish().map_err(err)?;
         if bloom.added != n {
             return Err(format!("join store: {n} entries but {} ids loaded", bloom.added));
         }
         (self.len, self.bloom) = (n, bloom);
+        if n > 0 {
+            self.epochs.insert(epoch, n);
+            (self.epoch, self.epoch_filled) = (epoch + 1, 0);
+        }
         Ok(())
     }
 
@@ -296,6 +426,9 @@ impl ColdStore {
         self.expiry.clear().map_err(err)?;
         self.ids.clear().map_err(err)?;
         (self.len, self.floor, self.first, self.bloom) = (0, Vec::new(), None, Bloom::new(0));
+        self.epochs.clear();
+        // Epoch numbers are not reused, so no index entry left anywhere can pass for a new one.
+        (self.epoch, self.epoch_filled) = (self.epoch + 1, 0);
         Ok(())
     }
 }
@@ -340,5 +473,34 @@ mod tests {
         assert!(s.get(b"ab").unwrap().is_some() && s.get(b"k70000").unwrap().is_none());
         drop(s);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn lookups_skip_stale_index_entries_across_epochs() {
+        let mut s = ColdStore::open(None).unwrap();
+        s.epoch_entries = 3;
+        let e = |id: &str, x: f64, v: &str| (id.as_bytes().to_vec(), x, v.as_bytes().to_vec());
+        s.put_many(vec![e("a", 1.0, "a1"), e("b", 2.0, "b1"), e("c", 3.0, "c1")]).unwrap(); // epoch 0
+        assert_eq!(s.take(b"b").unwrap(), Some((2.0, b"b1".to_vec())));
+        // Stored again, same expiry, in epoch 1: the epoch-0 index entry now points at a row of epoch 1.
+        s.put_many(vec![e("b", 2.0, "b2"), e("d", 4.0, "d1"), e("e", 5.0, "e1")]).unwrap();
+        assert_eq!(s.get(b"b").unwrap(), Some((2.0, b"b2".to_vec())));
+        assert_eq!(s.take(b"b").unwrap(), Some((2.0, b"b2".to_vec())));
+        assert_eq!(s.get(b"b").unwrap(), None, "both index entries are stale");
+        // Epoch 0 empties and is dropped; its ids are not found, the others are.
+        assert_eq!(s.pop_first().unwrap().unwrap().0, b"a");
+        assert_eq!(s.pop_first().unwrap().unwrap().0, b"c");
+        assert!(!s.epochs.contains_key(&0));
+        assert_eq!(s.get(b"a").unwrap(), None);
+        assert_eq!(s.get(b"d").unwrap(), Some((4.0, b"d1".to_vec())));
+        assert_eq!(s.len(), 2);
+        let rest: Vec<Vec<u8>> = s.scan().map(|r| r.unwrap().2).collect();
+        assert_eq!(rest, [b"d1".to_vec(), b"e1".to_vec()]);
+        // A spill large enough to be ingested as tables, then read back through both keyspaces.
+        let many: Vec<_> = (0..5000).map(|i| e(&format!("k{i:05}"), 10.0 + i as f64, "v")).collect();
+        s.put_many(many).unwrap();
+        assert!((0..5000).step_by(499).all(|i| s.get(format!("k{i:05}").as_bytes()).unwrap().is_some()));
+        assert_eq!(s.pop_first().unwrap().unwrap().0, b"d");
+        assert_eq!(s.len(), 5001);
     }
 }
