@@ -104,15 +104,21 @@ fn remove_orphans(parent: &Path) {
 
 /// Bits per id and probes of the in-memory filter in front of the store.
 const BLOOM_BITS: usize = 12;
-const BLOOM_PROBES: u64 = 6;
+const BLOOM_PROBES: u32 = 6;
+
+/// One cache line of the filter: all of an id's bits are in one, so a lookup or insert costs one
+/// memory access rather than one per probe (at 10M ids the filter is far larger than the caches).
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct Block([u64; 8]);
 
 /// A bloom filter over the ids in the store, in memory (12 bits an id: 15 MB at 10M), so that a new id,
 /// the usual lookup, costs no store read at all (the store's own filters sit behind its memtables,
-/// whose lookups cost more than the whole step). Removals leave their bits set; the filter is rebuilt
+/// whose lookups cost more than the whole step). Blocked: each id's 6 bits lie in one 512-bit block
+/// (false positives about 0.5% rather than 0.3%). Removals leave their bits set; the filter is rebuilt
 /// from the store's ids once as many ids went in as it was sized for.
 struct Bloom {
-    bits: Vec<u64>,
-    mask: u64,
+    blocks: Vec<Block>,
     hasher: RandomState,
     capacity: usize,
     added: usize,
@@ -121,25 +127,36 @@ struct Bloom {
 impl Bloom {
     fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1 << 16);
-        let n_bits = (capacity * BLOOM_BITS).next_power_of_two();
-        Bloom { bits: vec![0; n_bits / 64], mask: n_bits as u64 - 1, hasher: RandomState::new(), capacity, added: 0 }
+        let n_blocks = (capacity * BLOOM_BITS / 512).next_power_of_two();
+        Bloom { blocks: vec![Block([0; 8]); n_blocks], hasher: RandomState::new(), capacity, added: 0 }
     }
 
-    fn probes(&self, id: &[u8]) -> impl Iterator<Item = u64> {
+    /// The id's block and the 6 bit positions in it (9 bits each, from a second mix of the hash).
+    fn locate(&self, id: &[u8]) -> (usize, u64) {
         let h = self.hasher.hash_one(id);
-        let (a, b, mask) = (h, h.rotate_left(32) | 1, self.mask);
-        (0..BLOOM_PROBES).map(move |i| a.wrapping_add(i.wrapping_mul(b)) & mask)
+        let block = (h >> 32) as usize & (self.blocks.len() - 1);
+        let mut x = h ^ (h >> 31);
+        x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        (block, x ^ (x >> 29))
     }
 
     fn insert(&mut self, id: &[u8]) {
-        for bit in self.probes(id).collect::<Vec<_>>() {
-            self.bits[(bit / 64) as usize] |= 1 << (bit % 64);
+        let (b, bits) = self.locate(id);
+        let block = &mut self.blocks[b].0;
+        for i in 0..BLOOM_PROBES {
+            let bit = (bits >> (9 * i)) & 511;
+            block[(bit / 64) as usize] |= 1 << (bit % 64);
         }
         self.added += 1;
     }
 
     fn may_contain(&self, id: &[u8]) -> bool {
-        self.probes(id).all(|bit| self.bits[(bit / 64) as usize] & (1 << (bit % 64)) != 0)
+        let (b, bits) = self.locate(id);
+        let block = &self.blocks[b].0;
+        (0..BLOOM_PROBES).all(|i| {
+            let bit = (bits >> (9 * i)) & 511;
+            block[(bit / 64) as usize] & (1 << (bit % 64)) != 0
+        })
     }
 
     fn full(&self) -> bool {
@@ -181,7 +198,8 @@ impl ColdStore {
         std::fs::create_dir_all(&dir).map_err(|e| format!("join store {}: {e}", dir.display()))?;
         // One background thread per store: with more, fjall's first worker re-queues every compaction
         // request to leave itself free for flushes and spins doing so while another compacts.
-        let db = Database::builder(&dir).cache_size(CACHE_BYTES).worker_threads(1).temporary(true).open().map_err(err)?;
+        let db =
+            Database::builder(&dir).cache_size(CACHE_BYTES).worker_threads(1).temporary(true).open().map_err(err)?;
         let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         // Every `expiry` read is of a key the index just named: its filters would only cost memory.
         let expiry = db.keyspace("expiry", || opts().expect_point_read_hits(true)).map_err(err)?;
@@ -473,6 +491,15 @@ mod tests {
         assert!(s.get(b"ab").unwrap().is_some() && s.get(b"k70000").unwrap().is_none());
         drop(s);
         assert!(!dir.exists());
+    }
+
+    #[test]
+    fn the_filter_has_no_false_negatives_and_few_false_positives() {
+        let mut b = Bloom::new(100_000);
+        (0..100_000).for_each(|i| b.insert(format!("id-{i}").as_bytes()));
+        assert!((0..100_000).all(|i| b.may_contain(format!("id-{i}").as_bytes())));
+        let false_positives = (0..100_000).filter(|i| b.may_contain(format!("other-{i}").as_bytes())).count();
+        assert!(false_positives < 1_000, "{false_positives} of 100,000");
     }
 
     #[test]
