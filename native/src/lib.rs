@@ -12,9 +12,6 @@ mod records;
 mod store;
 mod timestamp;
 
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
