@@ -14,12 +14,11 @@
 //! exists and still belongs to that epoch, and an epoch's index range is dropped once it holds no live
 //! entry. A lookup of a stored id tries the live epochs, newest first.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use ahash::RandomState;
-use std::collections::BTreeMap;
-
 use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions};
 
 /// Block cache of each store: lookups of recent spills hit it; beyond that the OS page cache helps.
