@@ -80,6 +80,19 @@ fn err(e: fjall::Error) -> String {
     format!("join store: {e}")
 }
 
+/// Writes `rows`, in strictly ascending key order, as new tables of `keyspace` (fjall's ingestion of
+/// sorted runs: no journal, no memtable); returns how many.
+fn ingest(keyspace: &Keyspace, rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<usize, String> {
+    let mut ingestion = keyspace.start_ingestion().map_err(err)?;
+    let mut n = 0;
+    for (key, value) in rows {
+        ingestion.write(key, value).map_err(err)?;
+        n += 1;
+    }
+    ingestion.finish().map_err(err)?;
+    Ok(n)
+}
+
 /// Removes the stores of processes that are gone (killed before they could delete them), so crashes do
 /// not fill the disk. Linux only (process liveness from /proc); elsewhere they stay.
 fn remove_orphans(parent: &Path) {
@@ -263,16 +276,8 @@ impl ColdStore {
             // A spill pops the join's heap in key order already; the sort is then one linear pass.
             rows.sort_by(|a, b| a.0.cmp(&b.0));
             index.sort_by(|a, b| a.0.cmp(&b.0));
-            let mut ingestion = self.expiry.start_ingestion().map_err(err)?;
-            for (key, value) in rows {
-                ingestion.write(key, value).map_err(err)?;
-            }
-            ingestion.finish().map_err(err)?;
-            let mut ingestion = self.ids.start_ingestion().map_err(err)?;
-            for (id, expires) in index {
-                ingestion.write(id, expires.to_vec()).map_err(err)?;
-            }
-            ingestion.finish().map_err(err)?;
+            ingest(&self.expiry, rows)?;
+            ingest(&self.ids, index.into_iter().map(|(id, expires)| (id, expires.to_vec())))?;
         }
         self.len += n;
         *self.epochs.entry(epoch).or_default() += n;
@@ -413,20 +418,18 @@ impl ColdStore {
         self.clear()?;
         // One epoch for all of them: it is written once, sorted, and never overlaps a later one.
         let epoch = self.epoch;
-        let mut n = 0;
-        let mut ingestion = self.expiry.start_ingestion().map_err(err)?;
-        for (id, expires, value) in by_expiry {
-            ingestion.write(expiry_key(expires, id), stored_value(epoch, &value)).map_err(err)?;
-            n += 1;
-        }
-        ingestion.finish().map_err(err)?;
+        let n = ingest(
+            &self.expiry,
+            by_expiry.map(|(id, expires, value)| (expiry_key(expires, id), stored_value(epoch, &value))),
+        )?;
         let mut bloom = Bloom::new(2 * n);
-        let mut ingestion = self.ids.start_ingestion().map_err(err)?;
-        for (id, expires) in by_id {
-            bloom.insert(id);
-            ingestion.write(id_key(epoch, id), expiry_bytes(expires).to_vec()).map_err(err)?;
-        }
-        ingestion.finish().map_err(err)?;
+        ingest(
+            &self.ids,
+            by_id.map(|(id, expires)| {
+                bloom.insert(id);
+                (id_key(epoch, id), expiry_bytes(expires).to_vec())
+            }),
+        )?;
         if bloom.added != n {
             return Err(format!("join store: {n} entries but {} ids loaded", bloom.added));
         }
