@@ -143,6 +143,10 @@ class Join:
     def restore(self, ids: list[str] | TextSpans, columns: dict[str, npt.NDArray[Any]], seq: int,
                 watermark: float | None, pending: dict[str, int], expired: dict[str, int], evicted: dict[str, int],
                 duplicates: dict[str, int], corrections: int, joined: int) -> None: ...
+    def load_staged(self, staged: Staged, model: str) -> int:
+        """Fills the table, empty after a `restore` without entries, with `model`'s entries of a finished
+        `Staged` read, holding at most the memory budget of them at a time; returns how many.
+        ValueError on an entry of the wrong length or an id that is not UTF-8."""
 
 Int64s = npt.NDArray[np.int64]
 Bytes = npt.NDArray[np.uint8]
@@ -174,6 +178,31 @@ class Latest:
     def take_columns(self) -> tuple[Bytes, Int64s, Int64s, Bytes, Int64s, Int64s]:
         """(keys, key_start, key_end, values, value_start, value_end) of the live keys in dict order, the
         values contiguous in that order, keys and values as uint8 arrays (no copy); leaves this empty."""
+
+class Staged:
+    """A state changelog read in bounded memory: join entry records (keys starting b"e") go, a window at a
+    time, into sorted runs of a staging store in a fresh directory under `state_dir` (the system temp
+    directory when None; deleted with this object), later runs winning; the other records are kept like
+    `Latest`. Call `finish` once the read is complete. A run is written per `window_bytes` of entry
+    records (64 MiB by default)."""
+    def __init__(self, state_dir: str | None = None, window_bytes: int = ...) -> None: ...
+    def add(self, data: bytes, key_start: Int64s, key_end: Int64s, value_start: Int64s, value_end: Int64s) -> None:
+        """Records as unpack_records returns them; ValueError on a record without a key or an entry key
+        too short for its model name."""
+    def finish(self) -> None: ...
+    def take_others(self) -> tuple[Bytes, Int64s, Int64s, Bytes, Int64s, Int64s]:
+        """The records other than join entries, as `Latest.take_columns`."""
+    @property
+    def records(self) -> int:
+        """Records read, tombstones included."""
+    @property
+    def bytes(self) -> int:
+        """Their key and value bytes."""
+    @property
+    def staged(self) -> int:
+        """Entry values written to the staging store (a key once per run): at least the live entries."""
+    @property
+    def dir(self) -> str: ...
 
 def name_groups(data: Bytes, starts: Int64s, ends: Int64s) -> tuple[list[bytes], Int64s]:
     """Groups keys by the name at byte 1 (big-endian u16 length, then the name): (names in order of first

@@ -386,3 +386,89 @@ def test_state_records_group_entries_like_parsing_each_key(use_native: bool, mon
     assert {m: (list(ids), rows.tobytes(), lengths.tolist()) for m, (ids, rows, lengths) in got.items()} == {
         m: (ids, b"".join(values), [len(v) for v in values]) for m, (ids, values) in expected.items()}
     assert dict(state.items(np.flatnonzero(~mask))) == {k: v for k, v in records.items() if not k.startswith(b"e")}
+
+
+def _columns(records: list[tuple[bytes, bytes | None]]) -> tuple[bytes, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Records as the raw reader hands them over: one buffer, key and value offsets (-1: a tombstone)."""
+    data, ks, ke, vs, ve = bytearray(), [], [], [], []
+    for key, value in records:
+        ks.append(len(data))
+        data += key
+        ke.append(len(data))
+        if value is None:
+            vs.append(-1)
+            ve.append(-1)
+        else:
+            vs.append(len(data))
+            data += value
+            ve.append(len(data))
+    return bytes(data), *(np.array(x, dtype=np.int64) for x in (ks, ke, vs, ve))
+
+
+@pytest.mark.skipif(not native.enabled(), reason="native core not built")
+@pytest.mark.parametrize("window_bytes", [3000, 40_000, 1 << 26])
+@pytest.mark.parametrize("join", [{"ttl": "1h", "memory_entries": 7}, {"ttl": "2h", "max_pending": 150,
+                                                                      "memory_entries": 40}, {"ttl": "1h"}])
+def test_a_staged_restore_equals_the_restore_in_memory(join: dict, window_bytes: int, tmp_path) -> None:
+    """The changelog as a reader sees it before compaction (every record in order: entries written,
+    rewritten and tombstoned) read through a staging store, with runs of one record, of a few dozen and
+    one run: the rebuilt engine holds the same entries as the one rebuilt from the newest values in
+    memory, keeps at most its budget of them in memory, and goes on to the figures of an engine never
+    checkpointed, bit for bit."""
+    config = oracle_config(**join)
+    raw_p, raw_g = to_raw(*make_stream(seed=17, n=1500))
+    parts = list(batches(list(merge_by_time(raw_p, raw_g, None)), 211))
+    whole = Engine(oracle_config(**{k: v for k, v in join.items() if k != "memory_entries"}), use_native=True)
+    engine = Engine(config, use_native=True)
+    track(engine)
+    tracker = ChangeTracker()
+    log: list[tuple[bytes, bytes | None]] = []
+    topic: dict[bytes, bytes] = {}
+    half = len(parts) // 2
+    for i, batch in enumerate(parts[:half]):
+        whole.process(batch)
+        engine.process(batch)
+        changes = tracker.take(engine, {"offsets": {"predictions": i}})
+        records = [(k, None if v is None else bytes(v)) for k, v in changes.records()]
+        log += [*records, (KEY_META, changes.meta)]
+        apply(topic, records, changes.meta)
+        tracker.committed(changes)
+    assert sum(v is None for k, v in log if k.startswith(b"e")) > 0  # tombstones to honour
+    staged = native._native.Staged(str(tmp_path), window_bytes)
+    for start in range(0, len(log), 500):
+        staged.add(*_columns(log[start:start + 500]))
+    staged.finish()
+    assert staged.records == len(log)
+    assert any(p.name.startswith("mlmon-restore-") for p in tmp_path.iterdir())
+    from_staged = rebuild(config, None, StateRecords(*staged.take_others()), staged)
+    in_memory = rebuild(config, None, dict(topic))
+    assert from_staged is not None and in_memory is not None
+    a, b = from_staged.engine.models["m"].join, in_memory.engine.models["m"].join
+    ids_a, cols_a = a.export()
+    ids_b, cols_b = b.export()
+    order_a, order_b = np.argsort(ids_a), np.argsort(ids_b)
+    assert [ids_a[i] for i in order_a] == [ids_b[i] for i in order_b]
+    for name in cols_b:
+        np.testing.assert_array_equal(cols_a[name][order_a], cols_b[name][order_b], err_msg=name)
+    if "memory_entries" in join:
+        assert a.memory_len == b.memory_len <= join["memory_entries"] < len(a)
+    assert_figures_equal(from_staged.engine.evaluate(), in_memory.engine.evaluate(), rel=0, abs_=0)
+    engine = from_staged.engine
+    for batch in parts[half:]:
+        whole.process(batch)
+        engine.process(batch)
+    assert_figures_equal(engine.evaluate(), whole.evaluate(), rel=0, abs_=0)
+
+
+@pytest.mark.skipif(not native.enabled(), reason="native core not built")
+def test_a_staged_restore_refuses_entries_of_another_label_count(tmp_path) -> None:
+    config = oracle_config(memory_entries=5)
+    engine = Engine(config, use_native=True)
+    meta = changelog.snapshot.dump(engine, extra={}, entries=False)
+    staged = native._native.Staged(str(tmp_path))
+    staged.add(*_columns([(KEY_META, meta), (entry_key("m", "p1"), b"\0" * 7)]))
+    staged.finish()
+    with pytest.raises(ChangelogError, match=r"model 'm': a join entry is not .* bytes long"):
+        rebuild(config, None, StateRecords(*staged.take_others()), staged)
+    with pytest.raises(ValueError, match="without its model name"):
+        native._native.Staged(str(tmp_path)).add(*_columns([(b"e\x00\x09m", b"x")]))

@@ -72,8 +72,11 @@ def assert_series_equal(got: Series, want: Series, rel: float = 1e-9, abs_: floa
     assert not bad, f"{len(bad)} of {len(want)} series differ, e.g. {bad[:4]}"
 
 
-def write_config(tmp_path: Path, bootstrap: str, partitions: int = 4) -> tuple[Path, MonitorConfig]:
+def write_config(tmp_path: Path, bootstrap: str, partitions: int = 4,
+                 join: dict | None = None) -> tuple[Path, MonitorConfig]:
     data = yaml.safe_load(EXAMPLE_CONFIG.read_text())
+    if join:
+        data["join"] = {**data.get("join", {}), **join}
     name = unique_topic("w")
     data["kafka"] = {"bootstrap_servers": bootstrap, "predictions_topic": f"{name}-predictions",
                      "ground_truth_topic": f"{name}-truth", "dead_letter_topic": f"{name}-dlq",
@@ -254,9 +257,13 @@ def test_worker_metrics_equal_replay(kafka_bootstrap: str, tmp_path: Path, strea
 
 @kafka_test
 @pytest.mark.timeout(240)
-def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811
+# With a memory budget most entries live in the join's store, and the restart restores through a staging
+# store (monitor._native.Staged) rather than memory.
+@pytest.mark.parametrize("join", [None, pytest.param({"memory_entries": 40}, id="budget")])
+def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path: Path, stream, workers,  # noqa: F811
+                                                  join: dict | None) -> None:
     preds, truths, at = stream
-    path, config = write_config(tmp_path, kafka_bootstrap)
+    path, config = write_config(tmp_path, kafka_bootstrap, join=join)
     expected = replay_series(config, preds, truths, at)
     kafka = config.kafka
     # Ground truth is produced in event-time order with its predictions, as in production.
@@ -304,6 +311,7 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     resumed = [orjson.loads(line.split("resuming at ")[1].replace("'", '"')) for line in out.splitlines()
                if "resuming at " in line]
     assert len(resumed) == kafka.partitions, out[-2000:]  # every partition restored state, none started over
+    assert ("join entries staged on disk" in out) == (join is not None), out[-2000:]
     covered = sum(r["predictions"] for r in resumed)  # topics start at offset 0
     applied = total(before, c.PREDICTIONS_TOTAL.name)
     assert covered <= applied

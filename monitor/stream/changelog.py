@@ -419,21 +419,24 @@ class Restored:
     engine: Engine
     extra: dict[str, Any]
     tracker: ChangeTracker
-    records: int
+    records: int  # the records it was rebuilt from (with a staged read: every record read) and their bytes
     bytes: int
 
 
 def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
-            records: StateRecords | dict[bytes, bytes]) -> Restored | None:
-    """The engine the newest value of every key describes (None: the partition has no state yet)."""
+            records: StateRecords | dict[bytes, bytes], staged: Any = None) -> Restored | None:
+    """The engine the newest value of every key describes (None: the partition has no state yet).
+
+    With `staged` (a finished monitor._native.Staged, see `read_partitions`) the join entries are there
+    and `records` holds the other records; each model's join loads its entries from it."""
     if isinstance(records, dict):
         records = StateRecords.of(records)
     is_entry = records.entry_mask()
     others = dict(records.items(np.flatnonzero(~is_entry)))
     meta_value = others.get(KEY_META)
     if meta_value is None:
-        if len(records):
-            raise ChangelogError(f"{len(records)} state records but no meta record")
+        if len(records) or (staged is not None and staged.staged):
+            raise ChangelogError(f"{len(records) + (staged.staged if staged else 0)} state records but no meta record")
         return None
     try:
         meta, arrays = snapshot.open_parts(meta_value)
@@ -505,25 +508,45 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
         engine, extra = snapshot.restore_parts(config, references, meta, arrays)
     except snapshot.SnapshotError as exc:
         raise ChangelogError(str(exc)) from None
+    if staged is not None:
+        for name, state in engine.models.items():
+            if name in prefixes:
+                try:
+                    state.join.load_staged(staged, name)
+                except ValueError as exc:
+                    raise ChangelogError(f"model {name!r}: {exc}") from None
     track(engine)
+    if staged is not None:
+        return Restored(engine, extra, ChangeTracker(written), staged.records, staged.bytes)
     return Restored(engine, extra, ChangeTracker(written), len(records), records.size)
 
 
 @dataclass
 class PartitionRecords:
-    records: StateRecords  # the newest value of every key
+    records: StateRecords  # the newest value of every key (with `staged`: of every key but the join entries)
     end: int  # the offset read up to: the partition's last stable offset when reading began
+    staged: Any = None  # a finished monitor._native.Staged holding the join entries, when read staged
+
+
+@dataclass(frozen=True)
+class Staging:
+    """Read join entries into a staging store under `state_dir` (the system temp directory when None)
+    rather than memory: for joins with a memory budget, whose restore then holds at most the budget."""
+
+    state_dir: str | None = None
 
 
 async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list[int], timeout: float = 600.0,
-                          raw: bool = True) -> dict[int, PartitionRecords]:
+                          raw: bool = True, staging: Staging | None = None) -> dict[int, PartitionRecords]:
     """The newest value of every key in each state partition, read from the beginning to the last
     committed offset (`reader` reads committed records only). Tombstones remove their key.
 
     With `raw` (and the native module built) the records come as flat columns from raw Fetch requests
     sent through the reader's client (monitor.stream.raw_fetch) and the newest value of each key is kept
     natively (monitor._native.Latest), without a Python object per record; else aiokafka's getmany, which
-    builds a ConsumerRecord per record, fills a dict. Both skip the same control and aborted records."""
+    builds a ConsumerRecord per record, fills a dict. Both skip the same control and aborted records.
+    With `staging` as well, the join entries go to a staging store as they are read (monitor._native.Staged),
+    so memory stays flat however many the partition holds."""
     if not partitions:
         return {}
     tps = [TopicPartition(topic, p) for p in partitions]
@@ -531,13 +554,19 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
     starts = await reader.beginning_offsets(tps)
     todo = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
     if raw and raw_fetch.available():
-        latest = {tp: raw_fetch.latest() for tp in tps}
+        latest = {tp: raw_fetch.latest() if staging is None else _native.Staged(staging.state_dir) for tp in tps}
         if todo:
             # The reader's own client: its connections and metadata, no group, nothing assigned.
             fetcher = raw_fetch.RawReader(reader._client, raw_fetch.READ_COMMITTED)
             async for tp, cols in fetcher.read({tp: starts[tp] for tp in todo}, todo, timeout):
                 # Inline, not in a thread: measured slower in a thread on this 2-core machine under load.
                 latest[tp].add(cols.data, cols.key_start, cols.key_end, cols.value_start, cols.value_end)
+        if staging is not None:
+            out = {}
+            for tp in tps:
+                latest[tp].finish()
+                out[tp.partition] = PartitionRecords(StateRecords(*latest[tp].take_others()), ends[tp], latest[tp])
+            return out
         return {tp.partition: PartitionRecords(StateRecords(*latest[tp].take_columns()), ends[tp]) for tp in tps}
     state: dict[TopicPartition, dict[bytes, bytes]] = {tp: {} for tp in tps}
     if todo:

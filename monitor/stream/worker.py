@@ -44,6 +44,7 @@ from monitor.stream.changelog import (
     ChangelogError,
     Changes,
     ChangeTracker,
+    Staging,
     StateWriter,
     block_values,
     read_partitions,
@@ -625,11 +626,15 @@ class Worker:
         fenced = time.monotonic()
         local = await self._local_states(todo)
         unread = [p for p in todo if p not in local]
-        read = await read_partitions(self.reader, self.topics.state, unread)
+        # A join with a memory budget restores within it: its entries are staged on disk while read.
+        staging = Staging(self.config.join.state_dir) if self.config.join.memory_entries is not None else None
+        read = await read_partitions(self.reader, self.topics.state, unread, staging=staging)
         if unread:
-            log.info("state partitions %s: fenced in %.2f s, changelog read in %.2f s (%s)", unread,
-                     fenced - started, time.monotonic() - fenced,
-                     "native reader" if raw_fetch.available() else "aiokafka consumer")
+            how = "native reader" if raw_fetch.available() else "aiokafka consumer"
+            staged = any(r.staged is not None for r in read.values())
+            log.info("state partitions %s: fenced in %.2f s, changelog read in %.2f s (%s%s)", unread,
+                     fenced - started, time.monotonic() - fenced, how,
+                     ", join entries staged on disk" if staged else "")
         fresh = []
         for p in todo:
             if p in local:
@@ -643,7 +648,7 @@ class Worker:
                          time.monotonic() - started, states[p].offsets)
                 continue
             try:
-                restored = rebuild(self.config, self.references, read[p].records)
+                restored = rebuild(self.config, self.references, read[p].records, read[p].staged)
             except ChangelogError as exc:
                 raise WorkerError(f"the state topic {self.topics.state!r}, partition {p}: {exc}. It holds state "
                                   "this worker cannot restore: use another kafka.group_id (a fresh start) or "

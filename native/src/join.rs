@@ -13,7 +13,8 @@ use std::sync::Arc;
 
 use ahash::RandomState;
 
-use crate::store::ColdStore;
+use crate::restore::{entry_expires, entry_width, ChangelogEntry};
+use crate::store::{expiry_bytes, ColdStore, EPOCH_ENTRIES};
 
 /// Ids come from producers: a seeded hash keeps crafted ids from colliding on purpose (Python's dict
 /// has the same protection with its randomized str hash).
@@ -177,17 +178,29 @@ fn side_of(slot: &Slot) -> Side {
 /// An entry's value in the store (its id and expiry are the key): born, flags, the sides' fields and
 /// label vectors, little-endian, floats bit for bit.
 fn encode_entry(slot: &Slot, scores: &[f64], predicted: &[bool], known: &[bool], actual: &[bool]) -> Vec<u8> {
+    let flags = slot.has_pred as u8 | (slot.has_truth as u8) << 1 | (slot.full as u8) << 2;
+    let fields = (slot.pred_ts, slot.pred_version, slot.truth_ts, slot.truth_seq);
+    encode_fields(slot.born, flags, fields, scores, [predicted, known, actual])
+}
+
+/// `encode_entry` of an entry read from the changelog.
+fn encode_loaded(born: u64, e: &ChangelogEntry) -> Vec<u8> {
+    let flags = e.has_pred as u8 | (e.has_truth as u8) << 1 | (e.full as u8) << 2;
+    encode_fields(born, flags, (e.pred_ts, e.pred_version, e.truth_ts, e.seq), &e.scores, [&e.predicted, &e.known, &e.actual])
+}
+
+fn encode_fields(born: u64, flags: u8, fields: (f64, i64, f64, i64), scores: &[f64], vectors: [&[bool]; 3]) -> Vec<u8> {
     let mut v = Vec::with_capacity(41 + scores.len() * 11);
-    v.extend_from_slice(&slot.born.to_le_bytes());
-    v.push(slot.has_pred as u8 | (slot.has_truth as u8) << 1 | (slot.full as u8) << 2);
-    v.extend_from_slice(&slot.pred_ts.to_le_bytes());
-    v.extend_from_slice(&slot.pred_version.to_le_bytes());
-    v.extend_from_slice(&slot.truth_ts.to_le_bytes());
-    v.extend_from_slice(&slot.truth_seq.to_le_bytes());
+    v.extend_from_slice(&born.to_le_bytes());
+    v.push(flags);
+    v.extend_from_slice(&fields.0.to_le_bytes());
+    v.extend_from_slice(&fields.1.to_le_bytes());
+    v.extend_from_slice(&fields.2.to_le_bytes());
+    v.extend_from_slice(&fields.3.to_le_bytes());
     for x in scores {
         v.extend_from_slice(&x.to_le_bytes());
     }
-    for flags in [predicted, known, actual] {
+    for flags in vectors {
         v.extend(flags.iter().map(|&b| b as u8));
     }
     v
@@ -939,6 +952,200 @@ impl JoinTable {
     }
 }
 
+/// Entries on their way into a table with a budget, keeping those that expire last. The loader reads ids
+/// in ascending order, so an entry's arrival number orders ties on the expiry as its id does and
+/// entries compare as integers. Up to twice the budget are held; then a selection (linear, in
+/// sequential memory, unlike a heap's pops at this size) keeps the budget's worth that expire last and
+/// hands over the rest. Ids and changelog values wait in reused slots.
+struct Candidates {
+    keys: Vec<(u64, u64, u32)>,
+    ids: Vec<Vec<u8>>,
+    values: Vec<u8>,
+    free: Vec<u32>,
+    width: usize,
+}
+
+impl Candidates {
+    fn push(&mut self, expires: f64, arrival: u64, id: &[u8], value: &[u8]) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.ids.push(Vec::new());
+            self.values.resize(self.values.len() + self.width, 0);
+            (self.ids.len() - 1) as u32
+        });
+        let s = slot as usize;
+        self.ids[s].clear();
+        self.ids[s].extend_from_slice(id);
+        self.values[s * self.width..(s + 1) * self.width].copy_from_slice(value);
+        self.keys.push((u64::from_be_bytes(expiry_bytes(expires)), arrival, slot));
+    }
+
+    /// Keeps the `keep` that expire last; `f` gets each of the others, in the table's expiry order, as
+    /// (arrival, id, changelog value).
+    fn keep_last(&mut self, keep: usize, mut f: impl FnMut(u64, &[u8], &[u8]) -> Result<(), String>) -> Result<(), String> {
+        if self.keys.len() <= keep {
+            return Ok(());
+        }
+        let cut = self.keys.len() - keep;
+        if keep > 0 {
+            self.keys.select_nth_unstable(cut);
+        }
+        let mut out: Vec<(u64, u64, u32)> = self.keys.drain(..cut).collect();
+        out.sort_unstable();
+        for (_, arrival, slot) in out {
+            let s = slot as usize;
+            f(arrival, &self.ids[s], &self.values[s * self.width..(s + 1) * self.width])?;
+            self.free.push(slot);
+        }
+        Ok(())
+    }
+
+    fn into_rows(self) -> impl Iterator<Item = (u64, Vec<u8>, Vec<u8>)> {
+        let width = self.width;
+        let (mut ids, values) = (self.ids, self.values);
+        let rows: Vec<_> = self
+            .keys
+            .into_iter()
+            .map(|(_, arrival, slot)| {
+                let s = slot as usize;
+                (arrival, std::mem::take(&mut ids[s]), values[s * width..(s + 1) * width].to_vec())
+            })
+            .collect();
+        rows.into_iter()
+    }
+}
+
+impl JoinTable {
+    /// Fills an empty table with entries as the changelog encodes them (restore.rs), given once each in
+    /// ascending id order (a staged restore), holding at most the memory budget of them at a time: the
+    /// entries that expire last are kept (`Candidates`), those pushed out go to the store an epoch at a
+    /// time, and the split is that of `restore_within_budget`. `expected` (at least the count) sizes the
+    /// store's id filter. Returns how many were loaded.
+    pub fn load_staged<K: AsRef<[u8]>, V: AsRef<[u8]>>(
+        &mut self,
+        rows: impl Iterator<Item = Result<(K, V), String>>,
+        expected: usize,
+    ) -> Result<usize, String> {
+        if !self.index.is_empty() || self.cold.as_ref().is_some_and(|c| c.store.len() > 0) {
+            return Err("entries can only be loaded into an empty table".into());
+        }
+        let (n, width) = (self.n_labels, entry_width(self.n_labels));
+        let budget = self.cold.as_ref().map_or(usize::MAX, |c| c.budget);
+        if let Some(cold) = &mut self.cold {
+            cold.store.expect(expected);
+        }
+        let mut entry = ChangelogEntry::new(n);
+        let mut kept = Candidates { keys: Vec::new(), ids: Vec::new(), values: Vec::new(), free: Vec::new(), width };
+        let mut out: Vec<Spilled> = Vec::new();
+        let mut k = 0u64;
+        let mut previous: Option<K> = None;
+        for row in rows {
+            let (id, value) = row?;
+            let (id_bytes, value) = (id.as_ref(), value.as_ref());
+            if value.len() != width {
+                return Err(format!("a join entry is not {width} bytes long (another label count?)"));
+            }
+            std::str::from_utf8(id_bytes).map_err(|_| "a prediction id is not valid UTF-8".to_string())?;
+            if previous.as_ref().is_some_and(|p| p.as_ref() >= id_bytes) {
+                return Err("staged entries out of id order".into());
+            }
+            let arrival = k;
+            k += 1;
+            if self.cold.is_none() {
+                entry.read(value)?;
+                self.load_hot(id_bytes, arrival, &entry);
+            } else {
+                kept.push(entry_expires(value), arrival, id_bytes, value);
+                if kept.keys.len() >= 2 * budget.max(1 << 16) {
+                    kept.keep_last(budget, |arrival, id, value| self.spill_loaded(arrival, id, value, &mut entry, &mut out))?;
+                }
+            }
+            previous = Some(id);
+        }
+        let k = k as usize;
+        let hot = if k <= budget { k } else { budget - budget / 16 };
+        kept.keep_last(hot, |arrival, id, value| self.spill_loaded(arrival, id, value, &mut entry, &mut out))?;
+        self.put_loaded(std::mem::take(&mut out))?;
+        for (arrival, id, value) in kept.into_rows() {
+            entry.read(&value)?;
+            self.load_hot(&id, arrival, &entry);
+        }
+        self.births = k as u64;
+        self.rebuild_heap();
+        self.out = Output::default();
+        self.clear_changes();
+        Ok(k)
+    }
+
+    fn loaded_slot(id: Arc<str>, born: u64, e: &ChangelogEntry) -> Slot {
+        Slot {
+            id,
+            born,
+            expires: e.expires,
+            has_pred: e.has_pred,
+            pred_ts: e.pred_ts,
+            pred_version: e.pred_version,
+            has_truth: e.has_truth,
+            truth_ts: e.truth_ts,
+            truth_seq: e.seq,
+            full: e.full,
+        }
+    }
+
+    fn load_hot(&mut self, id: &[u8], born: u64, e: &ChangelogEntry) {
+        let id: Arc<str> = Arc::from(std::str::from_utf8(id).expect("checked when read"));
+        let s = self.insert_slot(Self::loaded_slot(id.clone(), born, e));
+        let at = s as usize * self.n_labels;
+        let n = self.n_labels;
+        self.scores[at..at + n].copy_from_slice(&e.scores);
+        self.predicted[at..at + n].copy_from_slice(&e.predicted);
+        self.known[at..at + n].copy_from_slice(&e.known);
+        self.actual[at..at + n].copy_from_slice(&e.actual);
+        self.index.insert(id, s);
+    }
+
+    /// An entry the budget has no room for, into the store (an epoch's worth at a time).
+    fn spill_loaded(
+        &mut self,
+        arrival: u64,
+        id: &[u8],
+        value: &[u8],
+        entry: &mut ChangelogEntry,
+        out: &mut Vec<Spilled>,
+    ) -> Result<(), String> {
+        entry.read(value)?;
+        let key = u64::from_be_bytes(expiry_bytes(entry.expires));
+        out.push((key, arrival, id.to_vec(), entry.expires, encode_loaded(arrival, entry)));
+        if out.len() >= EPOCH_ENTRIES {
+            self.put_loaded(std::mem::take(out))?;
+        }
+        Ok(())
+    }
+
+    /// Spilled entries into the store, put in its two orders by integer keys: arrival is id order.
+    fn put_loaded(&mut self, mut out: Vec<Spilled>) -> Result<(), String> {
+        let Some(cold) = &mut self.cold else {
+            return Ok(());
+        };
+        // Sorting positions, not the entries: moving each entry's 72 bytes around took more than the rest.
+        let mut order: Vec<(u64, u64, u32)> = out.iter().enumerate().map(|(i, r)| (r.0, r.1, i as u32)).collect();
+        order.sort_unstable();
+        let mut by_id: Vec<(u64, u32)> = order.iter().enumerate().map(|(at, &(_, arrival, _))| (arrival, at as u32)).collect();
+        by_id.sort_unstable();
+        let by_id: Vec<u32> = by_id.into_iter().map(|(_, at)| at).collect();
+        let sorted = order
+            .into_iter()
+            .map(|(_, _, i)| {
+                let r = &mut out[i as usize];
+                (std::mem::take(&mut r.2), r.3, std::mem::take(&mut r.4))
+            })
+            .collect();
+        cold.store.put_sorted(sorted, &by_id)
+    }
+}
+
+/// An entry on its way to the store: its expiry as ordered bits, arrival, id, expiry, encoded value.
+type Spilled = (u64, u64, Vec<u8>, f64, Vec<u8>);
+
 /// The table's entries as columns, one row per entry (the layout of the Python engine's checkpoints).
 #[derive(Default, Debug, Clone)]
 pub struct Checkpoint {
@@ -1194,5 +1401,78 @@ mod tests {
         let mut short = c;
         short.expires.pop();
         assert!(u.restore(short).is_err());
+    }
+
+    /// The changelog rows of a checkpoint, in id order, as a staged restore reads them back.
+    fn staged_rows(c: &Checkpoint) -> Vec<Result<(Vec<u8>, Vec<u8>), String>> {
+        let n = c.scores.len() / c.ids.len().max(1);
+        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = (0..c.ids.len())
+            .map(|i| {
+                let mut e = ChangelogEntry::new(n);
+                (e.pred_ts, e.truth_ts, e.expires) = (c.pred_ts[i], c.truth_ts[i], c.expires[i]);
+                (e.pred_version, e.seq) = (c.pred_version[i], c.seq[i]);
+                (e.has_pred, e.has_truth, e.full) = (c.has_pred[i], c.has_truth[i], c.full[i]);
+                e.scores.copy_from_slice(&c.scores[i * n..(i + 1) * n]);
+                e.predicted.copy_from_slice(&c.predicted[i * n..(i + 1) * n]);
+                e.known.copy_from_slice(&c.known[i * n..(i + 1) * n]);
+                e.actual.copy_from_slice(&c.actual[i * n..(i + 1) * n]);
+                (c.ids[i].as_bytes().to_vec(), crate::restore::tests::encode(&e))
+            })
+            .collect();
+        rows.sort();
+        rows.into_iter().map(Ok).collect()
+    }
+
+    /// Export rows by id, as text: tables holding the same entries compare equal whatever their order.
+    fn by_id(t: &JoinTable) -> Vec<String> {
+        let c = t.export();
+        let n = t.n_labels;
+        let mut rows: Vec<String> = (0..c.ids.len())
+            .map(|i| {
+                format!(
+                    "{} {} {} {} {} {} {} {} {} {:?} {:?} {:?} {:?}",
+                    c.ids[i], c.has_pred[i], c.pred_ts[i], c.pred_version[i], c.has_truth[i], c.truth_ts[i],
+                    c.full[i], c.seq[i], c.expires[i], &c.scores[i * n..(i + 1) * n], &c.predicted[i * n..(i + 1) * n],
+                    &c.known[i * n..(i + 1) * n], &c.actual[i * n..(i + 1) * n]
+                )
+            })
+            .collect();
+        rows.sort();
+        rows
+    }
+
+    #[test]
+    fn a_staged_load_splits_like_a_restore_and_goes_on_alike() {
+        let mut t = table(10_000);
+        for i in 0..3000 {
+            // Expiries tie in pairs, so the split falls between entries of one expiry.
+            pred(&mut t, &format!("p{:05}", (i * 7919) % 3000), 1000.0 + (i / 2) as f64);
+            if i % 5 == 0 {
+                truth(&mut t, &format!("p{:05}", (i * 31) % 3000), 1001.0 + (i / 2) as f64, [i % 2 == 0, true]);
+            }
+        }
+        let c = t.export();
+        for budget in [1, 40, 2999, 5000] {
+            let mut restored = JoinTable::with_budget(TTL, 10_000, 2, budget, None).unwrap();
+            restored.restore(c.clone()).unwrap();
+            let mut loaded = JoinTable::with_budget(TTL, 10_000, 2, budget, None).unwrap();
+            assert_eq!(loaded.load_staged(staged_rows(&c).into_iter(), 3000).unwrap(), 3000);
+            assert_eq!((loaded.len(), loaded.hot_len()), (restored.len(), restored.hot_len()), "{budget}");
+            assert_eq!(by_id(&loaded), by_id(&restored));
+            // Expiry then takes the same entries in the same order.
+            for table in [&mut restored, &mut loaded] {
+                table.watermark = 1900.0;
+                table.expire();
+            }
+            assert_eq!(by_id(&loaded), by_id(&restored));
+            assert_eq!(format!("{:?}", loaded.out), format!("{:?}", restored.out));
+        }
+        let mut unbudgeted = table(10_000);
+        unbudgeted.load_staged(staged_rows(&c).into_iter(), 0).unwrap();
+        assert_eq!(by_id(&unbudgeted), by_id(&t));
+        let mut rows = staged_rows(&c);
+        rows.swap(0, 1);
+        assert!(table(10_000).load_staged(rows.into_iter(), 0).unwrap_err().contains("order"));
+        assert!(unbudgeted.load_staged(staged_rows(&c).into_iter(), 0).unwrap_err().contains("empty"));
     }
 }

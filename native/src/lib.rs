@@ -9,6 +9,7 @@ mod json;
 mod mapped;
 mod produce;
 mod records;
+mod restore;
 mod store;
 mod timestamp;
 
@@ -40,6 +41,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(encode_record_batches, m)?)?;
     m.add_function(wrap_pyfunction!(set_producer_state, m)?)?;
     m.add_class::<Latest>()?;
+    m.add_class::<Staged>()?;
     m.add_function(wrap_pyfunction!(name_groups, m)?)?;
     m.add_class::<Cells>()?;
     m.add_function(wrap_pyfunction!(add_rows, m)?)?;
@@ -166,6 +168,42 @@ fn name_groups<'py>(
     Ok((names.iter().map(|n| PyBytes::new(py, n)).collect(), column(py, group)))
 }
 
+/// Record columns as numpy arrays: keys and values (uint8), their starts and ends.
+type RecordArrays<'py> = (
+    Bound<'py, PyArray1<u8>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<u8>>,
+    Bound<'py, PyArray1<i64>>,
+    Bound<'py, PyArray1<i64>>,
+);
+
+fn record_arrays(py: Python<'_>, cols: records::KeyValueColumns) -> RecordArrays<'_> {
+    let (keys, ks, ke, values, vs, ve) = cols;
+    (column(py, keys), column(py, ks), column(py, ke), column(py, values), column(py, vs), column(py, ve))
+}
+
+/// Record columns handed in from Python (`unpack_records`'s layout) as slices, without a copy.
+struct RecordsIn<'a, 'py> {
+    data: &'a Bound<'py, PyBytes>,
+    ks: PyReadonlyArray1<'py, i64>,
+    ke: PyReadonlyArray1<'py, i64>,
+    vs: PyReadonlyArray1<'py, i64>,
+    ve: PyReadonlyArray1<'py, i64>,
+}
+
+impl RecordsIn<'_, '_> {
+    fn with<T: Send>(
+        &self,
+        py: Python<'_>,
+        f: impl FnOnce(&[u8], &[i64], &[i64], &[i64], &[i64]) -> Result<T, String> + Send,
+    ) -> PyResult<T> {
+        let (data, ks, ke, vs, ve) =
+            (self.data.as_bytes(), self.ks.as_slice()?, self.ke.as_slice()?, self.vs.as_slice()?, self.ve.as_slice()?);
+        py.detach(|| f(data, ks, ke, vs, ve)).map_err(value_error)
+    }
+}
+
 /// The newest value of every key over record columns (records.rs `Latest`): a compacted topic's state.
 #[pyclass(module = "monitor._native")]
 struct Latest {
@@ -179,19 +217,18 @@ impl Latest {
         Latest { inner: records::Latest::default() }
     }
 
-    fn add(
+    fn add<'py>(
         &mut self,
-        py: Python<'_>,
-        data: &Bound<'_, PyBytes>,
-        key_start: PyReadonlyArray1<'_, i64>,
-        key_end: PyReadonlyArray1<'_, i64>,
-        value_start: PyReadonlyArray1<'_, i64>,
-        value_end: PyReadonlyArray1<'_, i64>,
+        py: Python<'py>,
+        data: &Bound<'py, PyBytes>,
+        key_start: PyReadonlyArray1<'py, i64>,
+        key_end: PyReadonlyArray1<'py, i64>,
+        value_start: PyReadonlyArray1<'py, i64>,
+        value_end: PyReadonlyArray1<'py, i64>,
     ) -> PyResult<()> {
-        let (data, ks, ke, vs, ve) =
-            (data.as_bytes(), key_start.as_slice()?, key_end.as_slice()?, value_start.as_slice()?, value_end.as_slice()?);
         let inner = &mut self.inner;
-        py.detach(|| inner.add(data, ks, ke, vs, ve)).map_err(value_error)
+        RecordsIn { data, ks: key_start, ke: key_end, vs: value_start, ve: value_end }
+            .with(py, |data, ks, ke, vs, ve| inner.add(data, ks, ke, vs, ve))
     }
 
     fn __len__(&self) -> usize {
@@ -200,21 +237,69 @@ impl Latest {
 
     /// The columns of the live keys (keys and values as uint8 arrays, handed over without a copy);
     /// leaves this empty.
-    #[allow(clippy::type_complexity)]
-    fn take_columns<'py>(
+    fn take_columns<'py>(&mut self, py: Python<'py>) -> RecordArrays<'py> {
+        let inner = &mut self.inner;
+        let cols = py.detach(|| inner.take_columns());
+        record_arrays(py, cols)
+    }
+}
+
+/// A state partition's changelog read into bounded memory (restore.rs `Staged`): join entries into sorted
+/// runs of a staging store, the other records into memory.
+#[pyclass(module = "monitor._native")]
+struct Staged {
+    inner: restore::Staged,
+}
+
+#[pymethods]
+impl Staged {
+    #[new]
+    #[pyo3(signature = (state_dir=None, window_bytes=restore::WINDOW_BYTES))]
+    fn new(state_dir: Option<std::path::PathBuf>, window_bytes: usize) -> PyResult<Self> {
+        Ok(Staged { inner: restore::Staged::open(state_dir.as_deref(), window_bytes).map_err(value_error)? })
+    }
+
+    fn add<'py>(
         &mut self,
         py: Python<'py>,
-    ) -> (
-        Bound<'py, PyArray1<u8>>,
-        Bound<'py, PyArray1<i64>>,
-        Bound<'py, PyArray1<i64>>,
-        Bound<'py, PyArray1<u8>>,
-        Bound<'py, PyArray1<i64>>,
-        Bound<'py, PyArray1<i64>>,
-    ) {
+        data: &Bound<'py, PyBytes>,
+        key_start: PyReadonlyArray1<'py, i64>,
+        key_end: PyReadonlyArray1<'py, i64>,
+        value_start: PyReadonlyArray1<'py, i64>,
+        value_end: PyReadonlyArray1<'py, i64>,
+    ) -> PyResult<()> {
         let inner = &mut self.inner;
-        let (keys, ks, ke, values, vs, ve) = py.detach(|| inner.take_columns());
-        (column(py, keys), column(py, ks), column(py, ke), column(py, values), column(py, vs), column(py, ve))
+        RecordsIn { data, ks: key_start, ke: key_end, vs: value_start, ve: value_end }
+            .with(py, |data, ks, ke, vs, ve| inner.add(data, ks, ke, vs, ve))
+    }
+
+    fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
+        let inner = &mut self.inner;
+        py.detach(|| inner.finish()).map_err(value_error)
+    }
+
+    fn take_others<'py>(&mut self, py: Python<'py>) -> RecordArrays<'py> {
+        record_arrays(py, self.inner.take_others())
+    }
+
+    #[getter]
+    fn records(&self) -> usize {
+        self.inner.records
+    }
+
+    #[getter]
+    fn bytes(&self) -> usize {
+        self.inner.bytes
+    }
+
+    #[getter]
+    fn staged(&self) -> usize {
+        self.inner.staged
+    }
+
+    #[getter]
+    fn dir(&self) -> String {
+        self.inner.dir.display().to_string()
     }
 }
 
@@ -842,6 +927,13 @@ impl Join {
     /// Records `ids` as changed again (a checkpoint that took them was not written).
     fn mark_changed(&mut self, ids: Vec<String>) {
         self.table.mark_changed(&ids);
+    }
+
+    /// Fills the (empty) table with `model`'s entries of a finished staged changelog read; returns how
+    /// many.
+    fn load_staged(&mut self, py: Python<'_>, staged: PyRef<'_, Staged>, model: &str) -> PyResult<usize> {
+        let (table, staged) = (&mut self.table, &staged.inner);
+        py.detach(|| table.load_staged(staged.entries(model), staged.staged)).map_err(value_error)
     }
 
     /// Replaces the table with a checkpoint taken by `export` (and the counters saved beside it).

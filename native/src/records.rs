@@ -148,6 +148,33 @@ pub fn unpack(raw: &[u8], fetch_offset: i64, read_committed: bool, aborted: &[(i
     Ok(out)
 }
 
+/// Keys and values end to end, with their starts and ends: (keys, key starts, key ends, values, value
+/// starts, value ends).
+pub type KeyValueColumns = (Vec<u8>, Vec<i64>, Vec<i64>, Vec<u8>, Vec<i64>, Vec<i64>);
+
+/// The records of columns (record i's key is data[ks[i]..ke[i]], its value data[vs[i]..ve[i]], -1: a
+/// tombstone), checked: every record has a key and every offset lies within `data`.
+#[allow(clippy::type_complexity)]
+pub fn columns<'a>(
+    data: &'a [u8],
+    ks: &'a [i64],
+    ke: &'a [i64],
+    vs: &'a [i64],
+    ve: &'a [i64],
+) -> Result<impl Iterator<Item = Result<(&'a [u8], Option<&'a [u8]>), String>> + 'a, String> {
+    let n = ks.len();
+    if ke.len() != n || vs.len() != n || ve.len() != n {
+        return Err("key and value offsets of different lengths".into());
+    }
+    let span = move |s: i64, e: i64| -> Result<Option<&'a [u8]>, String> {
+        if s < 0 {
+            return Ok(None);
+        }
+        data.get(s as usize..e as usize).map(Some).ok_or_else(|| "an offset outside the data".to_string())
+    };
+    Ok((0..n).map(move |i| Ok((span(ks[i], ke[i])?.ok_or("a record without a key")?, span(vs[i], ve[i])?))))
+}
+
 /// The newest value of every key over a sequence of record columns (a compacted topic as a reader sees
 /// it): a later value replaces an earlier one in place, a tombstone (None value) removes its key, and a
 /// key written again after its removal goes last. That is the order of a Python dict filled the same
@@ -174,49 +201,45 @@ struct Slot {
 impl Latest {
     /// Record i of `data` has key data[ks[i]..ke[i]] and value data[vs[i]..ve[i]], -1: None.
     pub fn add(&mut self, data: &[u8], ks: &[i64], ke: &[i64], vs: &[i64], ve: &[i64]) -> Result<(), String> {
-        let n = ks.len();
-        if ke.len() != n || vs.len() != n || ve.len() != n {
-            return Err("key and value offsets of different lengths".into());
-        }
-        let span = |s: i64, e: i64| -> Result<Option<&[u8]>, String> {
-            if s < 0 {
-                return Ok(None);
-            }
-            data.get(s as usize..e as usize).map(Some).ok_or_else(|| "an offset outside the data".to_string())
-        };
-        let Latest { index, slots, keys, values, live } = self;
-        index.reserve(n, |&i| slots[i].hash);
-        for i in 0..n {
-            let key = span(ks[i], ke[i])?.ok_or("a record without a key")?;
-            let hash = FxBuildHasher.hash_one(key);
-            let eq = |&j: &usize| {
-                let (a, b) = slots[j].key;
-                &keys[a..b] == key
-            };
-            match span(vs[i], ve[i])? {
-                None => {
-                    if let Ok(entry) = index.find_entry(hash, eq) {
-                        let (j, _) = entry.remove();
-                        slots[j].live = false;
-                        *live -= 1;
-                    }
-                }
-                Some(value) => {
-                    let at = (values.len(), values.len() + value.len());
-                    values.extend_from_slice(value);
-                    if let Some(&j) = index.find(hash, eq) {
-                        slots[j].value = at;
-                    } else {
-                        let k = (keys.len(), keys.len() + key.len());
-                        keys.extend_from_slice(key);
-                        index.insert_unique(hash, slots.len(), |&j| slots[j].hash);
-                        slots.push(Slot { hash, key: k, value: at, live: true });
-                        *live += 1;
-                    }
-                }
-            }
+        let slots = &self.slots;
+        self.index.reserve(ks.len(), |&i| slots[i].hash);
+        for record in columns(data, ks, ke, vs, ve)? {
+            let (key, value) = record?;
+            self.put(key, value);
         }
         Ok(())
+    }
+
+    /// One record: `key` now has `value` (None: a tombstone, the key is gone).
+    pub fn put(&mut self, key: &[u8], value: Option<&[u8]>) {
+        let Latest { index, slots, keys, values, live } = self;
+        let hash = FxBuildHasher.hash_one(key);
+        let eq = |&j: &usize| {
+            let (a, b) = slots[j].key;
+            &keys[a..b] == key
+        };
+        match value {
+            None => {
+                if let Ok(entry) = index.find_entry(hash, eq) {
+                    let (j, _) = entry.remove();
+                    slots[j].live = false;
+                    *live -= 1;
+                }
+            }
+            Some(value) => {
+                let at = (values.len(), values.len() + value.len());
+                values.extend_from_slice(value);
+                if let Some(&j) = index.find(hash, eq) {
+                    slots[j].value = at;
+                } else {
+                    let k = (keys.len(), keys.len() + key.len());
+                    keys.extend_from_slice(key);
+                    index.insert_unique(hash, slots.len(), |&j| slots[j].hash);
+                    slots.push(Slot { hash, key: k, value: at, live: true });
+                    *live += 1;
+                }
+            }
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -226,7 +249,7 @@ impl Latest {
     /// (keys, key starts, key ends, values, value starts, value ends) of the live keys in dict order,
     /// the values contiguous in that order; leaves this empty. When no key was replaced or removed (a
     /// restore of a well-compacted log) the arenas already are that, and are handed over without a copy.
-    pub fn take_columns(&mut self) -> (Vec<u8>, Vec<i64>, Vec<i64>, Vec<u8>, Vec<i64>, Vec<i64>) {
+    pub fn take_columns(&mut self) -> KeyValueColumns {
         let cap = self.live;
         let (mut ks, mut ke, mut vs, mut ve) =
             (Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap));

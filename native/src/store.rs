@@ -27,7 +27,7 @@ const CACHE_BYTES: u64 = 32 << 20;
 /// and partition).
 const MEMTABLE_BYTES: u64 = 16 << 20;
 /// Entries per epoch of the id index, and the target size of its tables.
-const EPOCH_ENTRIES: usize = 1 << 20;
+pub const EPOCH_ENTRIES: usize = 1 << 20;
 const INDEX_TABLE_BYTES: u64 = 8 << 20;
 /// Spills of at least this many entries are ingested as new tables rather than written through the
 /// journal and memtables.
@@ -76,13 +76,13 @@ fn epoch_of(stored: &[u8]) -> u32 {
     u32::from_be_bytes(stored[..4].try_into().expect("a 4-byte epoch prefix"))
 }
 
-fn err(e: fjall::Error) -> String {
+pub fn err(e: fjall::Error) -> String {
     format!("join store: {e}")
 }
 
 /// Writes `rows`, in strictly ascending key order, as new tables of `keyspace` (fjall's ingestion of
 /// sorted runs: no journal, no memtable); returns how many.
-fn ingest(keyspace: &Keyspace, rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<usize, String> {
+pub fn ingest(keyspace: &Keyspace, rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<usize, String> {
     let mut ingestion = keyspace.start_ingestion().map_err(err)?;
     let mut n = 0;
     for (key, value) in rows {
@@ -104,7 +104,10 @@ fn remove_orphans(parent: &Path) {
     };
     for entry in dir.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("mlmon-join-")).and_then(|r| r.split('-').next())
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| STORE_KINDS.iter().find_map(|kind| n.strip_prefix(&format!("mlmon-{kind}-"))))
+            .and_then(|r| r.split('-').next())
         else {
             continue;
         };
@@ -112,6 +115,28 @@ fn remove_orphans(parent: &Path) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// The kinds of store this process opens (directory `mlmon-{kind}-{pid}-{n}`): a join's cold tier, and
+/// the staging of a changelog restore (monitor::restore).
+const STORE_KINDS: [&str; 2] = ["join", "restore"];
+
+/// A new fjall database in a fresh directory under `parent` (the system temp directory when None),
+/// deleted when the database is dropped; orphans of dead processes are removed first.
+pub fn open_fresh(parent: Option<&Path>, kind: &str) -> Result<(Database, PathBuf), String> {
+    debug_assert!(STORE_KINDS.contains(&kind));
+    let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+    remove_orphans(&parent);
+    let n = OPENED.fetch_add(1, AtomicOrdering::Relaxed);
+    let dir = parent.join(format!("mlmon-{kind}-{}-{n}", std::process::id()));
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| format!("{kind} store {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{kind} store {}: {e}", dir.display()))?;
+    // One background thread per store: with more, fjall's first worker re-queues every compaction
+    // request to leave itself free for flushes and spins doing so while another compacts.
+    let db = Database::builder(&dir).cache_size(CACHE_BYTES).worker_threads(1).temporary(true).open().map_err(err)?;
+    Ok((db, dir))
 }
 
 /// Bits per id and probes of the in-memory filter in front of the store.
@@ -200,18 +225,7 @@ impl ColdStore {
     /// A new, empty store in a fresh directory under `parent` (the system temp directory when None),
     /// removed when the store is dropped.
     pub fn open(parent: Option<&Path>) -> Result<Self, String> {
-        let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-        remove_orphans(&parent);
-        let n = OPENED.fetch_add(1, AtomicOrdering::Relaxed);
-        let dir = parent.join(format!("mlmon-join-{}-{n}", std::process::id()));
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| format!("join store {}: {e}", dir.display()))?;
-        }
-        std::fs::create_dir_all(&dir).map_err(|e| format!("join store {}: {e}", dir.display()))?;
-        // One background thread per store: with more, fjall's first worker re-queues every compaction
-        // request to leave itself free for flushes and spins doing so while another compacts.
-        let db =
-            Database::builder(&dir).cache_size(CACHE_BYTES).worker_threads(1).temporary(true).open().map_err(err)?;
+        let (db, dir) = open_fresh(parent, "join")?;
         let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
         // Every `expiry` read is of a key the index just named: its filters would only cost memory.
         let expiry = db.keyspace("expiry", || opts().expect_point_read_hits(true)).map_err(err)?;
@@ -245,39 +259,50 @@ impl ColdStore {
     /// straight into new tables (fjall's ingestion of sorted runs): no journal, and no memtable, whose
     /// skiplist inserts cost more than the join step itself. A few go through one write batch, as a
     /// table per handful of keys would cost more in compactions than it saves.
-    pub fn put_many(&mut self, entries: Vec<(Vec<u8>, f64, Vec<u8>)>) -> Result<(), String> {
+    pub fn put_many(&mut self, mut entries: Vec<(Vec<u8>, f64, Vec<u8>)>) -> Result<(), String> {
+        let mut by_id: Vec<u32> = (0..entries.len() as u32).collect();
+        if entries.len() >= INGEST_MIN {
+            // A spill pops the join's heap in key order already; the sort is then one linear pass.
+            entries.sort_by(|a, b| expiry_bytes(a.1).cmp(&expiry_bytes(b.1)).then_with(|| a.0.cmp(&b.0)));
+            by_id.sort_unstable_by(|&a, &b| entries[a as usize].0.cmp(&entries[b as usize].0));
+        }
+        self.put_sorted(entries, &by_id)
+    }
+
+    /// `put_many` of entries already in `(expires, id)` order, `by_id` listing them in id order (both
+    /// orders only matter from INGEST_MIN entries on).
+    pub fn put_sorted(&mut self, entries: Vec<(Vec<u8>, f64, Vec<u8>)>, by_id: &[u32]) -> Result<(), String> {
         if entries.is_empty() {
             return Ok(());
         }
         let epoch = self.epoch;
-        let mut rows: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(entries.len());
-        let mut index: Vec<(Vec<u8>, [u8; 8])> = Vec::with_capacity(entries.len());
-        for (id, expires, value) in entries {
-            let key = expiry_key(expires, &id);
+        let n = entries.len();
+        for (id, expires, _) in &entries {
+            self.bloom.insert(id);
+            let key = expiry_key(*expires, id);
             if key < self.floor {
-                self.floor.clone_from(&key);
+                self.floor = key;
             }
-            if self.first.as_ref().is_some_and(|(first, _)| key < *first) {
+        }
+        if let Some((first, _)) = &self.first {
+            if entries.iter().any(|(id, expires, _)| expiry_key(*expires, id) < *first) {
                 self.first = None;
             }
-            self.bloom.insert(&id);
-            index.push((id_key(epoch, &id), expiry_bytes(expires)));
-            rows.push((key, stored_value(epoch, &value)));
         }
-        let n = rows.len();
         if n < INGEST_MIN {
             let mut batch = self.db.batch();
-            for ((key, value), (id, expires)) in rows.into_iter().zip(index) {
-                batch.insert(&self.ids, id, expires.to_vec());
-                batch.insert(&self.expiry, key, value);
+            for (id, expires, value) in &entries {
+                batch.insert(&self.ids, id_key(epoch, id), expiry_bytes(*expires).to_vec());
+                batch.insert(&self.expiry, expiry_key(*expires, id), stored_value(epoch, value));
             }
             batch.commit().map_err(err)?;
         } else {
-            // A spill pops the join's heap in key order already; the sort is then one linear pass.
-            rows.sort_by(|a, b| a.0.cmp(&b.0));
-            index.sort_by(|a, b| a.0.cmp(&b.0));
-            ingest(&self.expiry, rows)?;
-            ingest(&self.ids, index.into_iter().map(|(id, expires)| (id, expires.to_vec())))?;
+            let index = by_id.iter().map(|&i| {
+                let (id, expires, _) = &entries[i as usize];
+                (id_key(epoch, id), expiry_bytes(*expires).to_vec())
+            });
+            ingest(&self.ids, index)?;
+            ingest(&self.expiry, entries.into_iter().map(|(id, expires, value)| (expiry_key(expires, &id), stored_value(epoch, &value))))?;
         }
         self.len += n;
         *self.epochs.entry(epoch).or_default() += n;
@@ -292,6 +317,14 @@ impl ColdStore {
             self.rebuild_bloom()?;
         }
         Ok(())
+    }
+
+    /// Sizes the id filter of an empty store for `n` ids, so a load of that many does not rebuild it on
+    /// the way (it grows by rebuilding from the store, a read of every stored id).
+    pub fn expect(&mut self, n: usize) {
+        if self.len == 0 && n > self.bloom.capacity {
+            self.bloom = Bloom::new(n);
+        }
     }
 
     /// A filter sized for twice the ids stored now, from the ids keyspace (keys only).
