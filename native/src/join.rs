@@ -450,13 +450,7 @@ impl JoinTable {
             cold.changed.remove(&*id);
         }
         let e = decode(id.clone(), expires, value, self.n_labels);
-        let s = self.insert_slot(e.slot);
-        let (n, at) = (self.n_labels, s as usize * self.n_labels);
-        self.scores[at..at + n].copy_from_slice(&e.scores);
-        self.predicted[at..at + n].copy_from_slice(&e.predicted);
-        self.known[at..at + n].copy_from_slice(&e.known);
-        self.actual[at..at + n].copy_from_slice(&e.actual);
-        self.index.insert(id.clone(), s);
+        let s = self.place(e.slot, &e.scores, [&e.predicted, &e.known, &e.actual]);
         if schedule {
             self.heap.push(Item { expires, id });
         }
@@ -635,6 +629,20 @@ impl JoinTable {
                 (self.slots.len() - 1) as u32
             }
         }
+    }
+
+    /// A whole entry into a slot, indexed by its id: the slot's fields, scores and label vectors
+    /// (predicted, known, actual).
+    fn place(&mut self, slot: Slot, scores: &[f64], vectors: [&[bool]; 3]) -> u32 {
+        let id = slot.id.clone();
+        let s = self.insert_slot(slot);
+        let (n, at) = (self.n_labels, s as usize * self.n_labels);
+        self.scores[at..at + n].copy_from_slice(scores);
+        self.predicted[at..at + n].copy_from_slice(vectors[0]);
+        self.known[at..at + n].copy_from_slice(vectors[1]);
+        self.actual[at..at + n].copy_from_slice(vectors[2]);
+        self.index.insert(id, s);
+        s
     }
 
     fn set_truth(&mut self, s: u32, g: &TruthIn, seq: i64) {
@@ -936,13 +944,9 @@ impl JoinTable {
             if cold[i] {
                 continue;
             }
-            let s = self.insert_slot(c.slot(i, id.clone()));
-            let (at, from) = (s as usize * n, i * n);
-            self.scores[at..at + n].copy_from_slice(&c.scores[from..from + n]);
-            self.predicted[at..at + n].copy_from_slice(&c.predicted[from..from + n]);
-            self.known[at..at + n].copy_from_slice(&c.known[from..from + n]);
-            self.actual[at..at + n].copy_from_slice(&c.actual[from..from + n]);
-            self.index.insert(id.clone(), s);
+            let at = i * n..(i + 1) * n;
+            let vectors = [&c.predicted[at.clone()], &c.known[at.clone()], &c.actual[at.clone()]];
+            self.place(c.slot(i, id.clone()), &c.scores[at], vectors);
         }
         self.rebuild_heap();
         self.births = k as u64;
@@ -1093,14 +1097,7 @@ impl JoinTable {
 
     fn load_hot(&mut self, id: &[u8], born: u64, e: &ChangelogEntry) {
         let id: Arc<str> = Arc::from(std::str::from_utf8(id).expect("checked when read"));
-        let s = self.insert_slot(Self::loaded_slot(id.clone(), born, e));
-        let at = s as usize * self.n_labels;
-        let n = self.n_labels;
-        self.scores[at..at + n].copy_from_slice(&e.scores);
-        self.predicted[at..at + n].copy_from_slice(&e.predicted);
-        self.known[at..at + n].copy_from_slice(&e.known);
-        self.actual[at..at + n].copy_from_slice(&e.actual);
-        self.index.insert(id, s);
+        self.place(Self::loaded_slot(id, born, e), &e.scores, [&e.predicted, &e.known, &e.actual]);
     }
 
     /// An entry the budget has no room for, into the store (an epoch's worth at a time).

@@ -149,11 +149,10 @@ fn name_groups<'py>(
     let mut last = usize::MAX;
     for (&s, &e) in starts.iter().zip(ends) {
         let key = buf.get(s as usize..e as usize).filter(|_| s >= 0).ok_or_else(|| value_error("a slice outside the data"))?;
-        if key.len() < 3 || key.len() < 3 + u16::from_be_bytes([key[1], key[2]]) as usize {
+        let Some(name) = restore::model_of(key) else {
             group.push(-1);
             continue;
-        }
-        let name = &key[3..3 + u16::from_be_bytes([key[1], key[2]]) as usize];
+        };
         if last == usize::MAX || names[last] != name {
             last = match names.iter().position(|n| *n == name) {
                 Some(g) => g,

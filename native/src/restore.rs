@@ -173,15 +173,21 @@ impl Staged {
 
     /// The live entries of `model`, in id order: (id, changelog value).
     pub fn entries(&self, model: &str) -> impl Iterator<Item = Result<(StagedId, fjall::Slice), String>> + '_ {
-        let mut prefix = vec![ENTRY];
-        prefix.extend_from_slice(&(model.len() as u16).to_be_bytes());
-        prefix.extend_from_slice(model.as_bytes());
+        let prefix = entry_prefix(model);
         let skip = prefix.len();
         self.entries.prefix(prefix).map(move |guard| {
             let (key, value) = guard.into_inner().map_err(err)?;
             Ok((StagedId(key, skip), value))
         })
     }
+}
+
+/// What the keys of `model`'s entries start with (monitor.stream.changelog.entry_key).
+fn entry_prefix(model: &str) -> Vec<u8> {
+    let mut prefix = vec![ENTRY];
+    prefix.extend_from_slice(&(model.len() as u16).to_be_bytes());
+    prefix.extend_from_slice(model.as_bytes());
+    prefix
 }
 
 /// An entry key read back, seen as its prediction id (what follows the model name).
@@ -193,8 +199,9 @@ impl AsRef<[u8]> for StagedId {
     }
 }
 
-/// The model name of an entry key, None when the key is too short to hold it.
-fn model_of(key: &[u8]) -> Option<&[u8]> {
+/// The model name of an entry key (the name after its u16 length at byte 1), None when the key is too
+/// short to hold it.
+pub fn model_of(key: &[u8]) -> Option<&[u8]> {
     let n = u16::from_be_bytes(key.get(1..3)?.try_into().ok()?) as usize;
     key.get(3..3 + n)
 }
@@ -320,11 +327,7 @@ pub mod tests {
     }
 
     fn key(model: &str, id: &str) -> Vec<u8> {
-        let mut k = vec![ENTRY];
-        k.extend_from_slice(&(model.len() as u16).to_be_bytes());
-        k.extend_from_slice(model.as_bytes());
-        k.extend_from_slice(id.as_bytes());
-        k
+        [entry_prefix(model), id.as_bytes().to_vec()].concat()
     }
 
     fn staged(window_bytes: usize, records: &[(Vec<u8>, Option<Vec<u8>>)]) -> Staged {

@@ -277,23 +277,24 @@ impl ColdStore {
         }
         let epoch = self.epoch;
         let n = entries.len();
-        for (id, expires, _) in &entries {
-            self.bloom.insert(id);
-            let key = expiry_key(*expires, id);
-            if key < self.floor {
-                self.floor = key;
+        // Each `expiry` key is built once: a spill's keys are its largest cost after the store's own.
+        let keys: Vec<Vec<u8>> = entries.iter().map(|(id, expires, _)| expiry_key(*expires, id)).collect();
+        if let Some(smallest) = keys.iter().min() {
+            if *smallest < self.floor {
+                self.floor.clone_from(smallest);
             }
-        }
-        if let Some((first, _)) = &self.first {
-            if entries.iter().any(|(id, expires, _)| expiry_key(*expires, id) < *first) {
+            if self.first.as_ref().is_some_and(|(first, _)| smallest < first) {
                 self.first = None;
             }
         }
+        for (id, _, _) in &entries {
+            self.bloom.insert(id);
+        }
         if n < INGEST_MIN {
             let mut batch = self.db.batch();
-            for (id, expires, value) in &entries {
+            for ((id, expires, value), key) in entries.iter().zip(keys) {
                 batch.insert(&self.ids, id_key(epoch, id), expiry_bytes(*expires).to_vec());
-                batch.insert(&self.expiry, expiry_key(*expires, id), stored_value(epoch, value));
+                batch.insert(&self.expiry, key, stored_value(epoch, value));
             }
             batch.commit().map_err(err)?;
         } else {
@@ -302,7 +303,7 @@ impl ColdStore {
                 (id_key(epoch, id), expiry_bytes(*expires).to_vec())
             });
             ingest(&self.ids, index)?;
-            ingest(&self.expiry, entries.into_iter().map(|(id, expires, value)| (expiry_key(expires, &id), stored_value(epoch, &value))))?;
+            ingest(&self.expiry, keys.into_iter().zip(&entries).map(|(key, (_, _, value))| (key, stored_value(epoch, value))))?;
         }
         self.len += n;
         *self.epochs.entry(epoch).or_default() += n;
