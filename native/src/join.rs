@@ -7,47 +7,19 @@
 //! entries in it; `born` reproduces that order for `export`.
 
 use std::cmp::Ordering;
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;
 
 use ahash::RandomState;
 
+use crate::expiry::{ExpiryQueue, Item};
 use crate::restore::{entry_expires, entry_width, ChangelogEntry};
 use crate::store::{expiry_bytes, ColdStore, EPOCH_ENTRIES};
 
 /// Ids come from producers: a seeded hash keeps crafted ids from colliding on purpose (Python's dict
 /// has the same protection with its randomized str hash).
 type IdMap = HashMap<Arc<str>, u32, RandomState>;
-
-/// An expiry: entries leave in `(expires, id)` order, as from Python's heap of tuples. Rust orders
-/// `str` by UTF-8 bytes, which is Python's code point order.
-struct Item {
-    expires: f64,
-    id: Arc<str>,
-}
-
-impl PartialEq for Item {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-
-impl Eq for Item {}
-
-impl PartialOrd for Item {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-impl Ord for Item {
-    /// Reversed, so std's max-heap pops the smallest. Float `==` as in a Python tuple compare (expiry
-    /// times are finite: timestamps within 2000-2100 plus a finite TTL).
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.expires.partial_cmp(&self.expires).unwrap_or(Ordering::Equal).then_with(|| other.id.cmp(&self.id))
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Side {
@@ -132,7 +104,10 @@ pub struct JoinTable {
     predicted: Vec<bool>,
     known: Vec<bool>,
     actual: Vec<bool>,
-    heap: BinaryHeap<Item>,
+    /// Expiry order; may hold stale items (`current` tells).
+    expiry: ExpiryQueue,
+    /// The id of a free slot: one shared allocation, so freeing a slot allocates nothing.
+    vacant: Arc<str>,
     births: u64,
     /// Ids whose entry changed (or left) since `clear_changes`, when tracking: the changelog writes
     /// only these, so a checkpoint costs what changed, not the table's size.
@@ -255,7 +230,8 @@ impl JoinTable {
             predicted: Vec::new(),
             known: Vec::new(),
             actual: Vec::new(),
-            heap: BinaryHeap::new(),
+            expiry: ExpiryQueue::default(),
+            vacant: Arc::from(""),
             births: 0,
             dirty: None,
             cold: None,
@@ -395,7 +371,7 @@ impl JoinTable {
     /// Drops everything whose TTL passed at the current watermark.
     pub fn expire(&mut self) {
         if self.cold.is_none() {
-            while self.heap.peek().is_some_and(|top| top.expires < self.watermark) {
+            while self.expiry.peek().is_some_and(|top| top.expires < self.watermark) {
                 self.pop();
             }
             return;
@@ -408,7 +384,7 @@ impl JoinTable {
 
     fn enforce_cap(&mut self) {
         if self.cold.is_none() {
-            while self.index.len() > self.max_entries && !self.heap.is_empty() {
+            while self.index.len() > self.max_entries && !self.expiry.is_empty() {
                 if let Some(side) = self.pop() {
                     self.count_eviction(side);
                 }
@@ -452,29 +428,35 @@ impl JoinTable {
         let e = decode(id.clone(), expires, value, self.n_labels);
         let s = self.place(e.slot, &e.scores, [&e.predicted, &e.known, &e.actual]);
         if schedule {
-            self.heap.push(Item { expires, id });
+            self.expiry.push(Item { expires, id, slot: s });
         }
         s
     }
 
-    /// Drops the heap's stale tops: items of entries rescheduled, gone, or moved to the store.
-    fn settle_heap(&mut self) {
-        while let Some(top) = self.heap.peek() {
-            match self.index.get(&*top.id) {
-                Some(&s) if self.slots[s as usize].expires == top.expires => return,
-                _ => {
-                    self.heap.pop();
-                }
+    /// Whether an expiry item still describes its entry: the entry holds the slot the item names (the id's
+    /// allocation lives as long as the item does, so no other entry can have it) with that expiry. Items of
+    /// entries rescheduled, gone, or moved to the store are stale.
+    fn current(slots: &[Slot], item: &Item) -> bool {
+        let slot = &slots[item.slot as usize];
+        Arc::ptr_eq(&slot.id, &item.id) && slot.expires == item.expires
+    }
+
+    /// Drops the stale items at the front of the expiry order.
+    fn settle_expiry(&mut self) {
+        while let Some(top) = self.expiry.peek() {
+            if Self::current(&self.slots, top) {
+                return;
             }
+            self.expiry.pop();
         }
     }
 
     /// Whether the smallest `(expires, id)` of the table is in the store (None: the table is empty).
     fn min_is_cold(&mut self) -> Option<bool> {
-        self.settle_heap();
+        self.settle_expiry();
         let cold = self.cold.as_mut().expect("a budget");
         let c = cold.store.first().unwrap_or_else(|e| panic!("{e}"));
-        Some(match (self.heap.peek(), c) {
+        Some(match (self.expiry.peek(), c) {
             (None, None) => return None,
             (Some(_), None) => false,
             (None, Some(_)) => true,
@@ -490,7 +472,7 @@ impl JoinTable {
             let cold = self.cold.as_mut().expect("a budget");
             cold.store.first().unwrap_or_else(|e| panic!("{e}")).map(|(e, _)| e)
         } else {
-            self.heap.peek().map(|h| h.expires)
+            self.expiry.peek().map(|h| h.expires)
         }
     }
 
@@ -522,8 +504,8 @@ impl JoinTable {
         let target = budget - budget / 16;
         let mut batch = Vec::with_capacity(self.index.len() - target);
         while self.index.len() > target {
-            self.settle_heap();
-            let Some(item) = self.heap.pop() else {
+            self.settle_expiry();
+            let Some(item) = self.expiry.pop() else {
                 break;
             };
             let s = self.index.remove(&*item.id).expect("settled");
@@ -532,7 +514,7 @@ impl JoinTable {
                 self.cold.as_mut().expect("a budget").changed.insert(item.id.clone(), (item.expires, value.clone()));
             }
             batch.push((item.id.as_bytes().to_vec(), item.expires, value));
-            self.slots[s as usize].id = Arc::from("");
+            self.slots[s as usize].id = self.vacant.clone();
             self.free.push(s);
         }
         let cold = self.cold.as_mut().expect("a budget");
@@ -551,17 +533,15 @@ impl JoinTable {
         )
     }
 
-    /// Pops the heap's smallest item and drops its entry unless the item is stale (the entry was
+    /// Pops the smallest expiry item and drops its entry unless the item is stale (the entry was
     /// rescheduled or is gone); returns what the dropped entry held.
     fn pop(&mut self) -> Option<Side> {
-        let item = self.heap.pop()?;
-        let s = *self.index.get(&*item.id)?;
-        let slot = &self.slots[s as usize];
-        if slot.expires != item.expires {
+        let item = self.expiry.pop()?;
+        if !Self::current(&self.slots, &item) {
             return None;
         }
-        let side = side_of(slot);
-        self.drop_entry(s);
+        let side = side_of(&self.slots[item.slot as usize]);
+        self.drop_entry(item.slot);
         Some(side)
     }
 
@@ -589,7 +569,7 @@ impl JoinTable {
             self.emit_unpend(s);
         }
         // A joined entry just leaves: its outcome stays counted.
-        self.slots[s as usize].id = Arc::from("");
+        self.slots[s as usize].id = self.vacant.clone();
         self.free.push(s);
     }
 
@@ -598,7 +578,7 @@ impl JoinTable {
         let slot = Slot {
             id: id.clone(),
             born: self.births,
-            expires: 0.0,
+            expires: f64::NAN,
             has_pred: false,
             pred_ts: 0.0,
             pred_version: 0,
@@ -661,30 +641,39 @@ impl JoinTable {
     fn schedule(&mut self, s: u32, expires: f64) {
         self.touch(s);
         let slot = &mut self.slots[s as usize];
+        if slot.expires == expires {
+            // A scheduled entry has a current item already (a fresh slot's expiry is NaN).
+            return;
+        }
         slot.expires = expires;
-        self.heap.push(Item { expires, id: slot.id.clone() });
-        // Rescheduling leaves stale items behind; rebuilding at 2x keeps the heap O(entries), amortised
+        self.expiry.push(Item { expires, id: slot.id.clone(), slot: s });
+        // Rescheduling leaves stale items behind; pruning at 2x keeps the queue O(entries), amortised
         // (same bound as the Python table, whose pops it does not change: stale items are no-ops).
-        if self.heap.len() > 2 * self.index.len() + 1024 {
-            self.rebuild_heap();
+        if self.expiry.len() > 2 * self.index.len() + 1024 {
+            self.prune_expiry();
         }
     }
 
-    /// One item per live entry. The slots are read in order, skipping the free ones: walking the index
-    /// instead visits them in hash order, a cache miss per entry (a restore of millions). The heap's pops
-    /// do not depend on the order its items come in.
-    fn rebuild_heap(&mut self) {
+    /// Drops the stale items, and all but one current item per entry (an entry rescheduled back to an
+    /// earlier expiry has two).
+    fn prune_expiry(&mut self) {
+        let (slots, mut seen) = (&self.slots, vec![false; self.slots.len()]);
+        self.expiry.retain(|item| Self::current(slots, item) && !std::mem::replace(&mut seen[item.slot as usize], true));
+    }
+
+    /// One item per live entry, from the slots (a restore). The slots are read in order, skipping the free
+    /// ones: walking the index instead visits them in hash order, a cache miss per entry (a restore of
+    /// millions). The queue's pops do not depend on the order its items come in.
+    fn rebuild_expiry(&mut self) {
         let mut free = vec![false; self.slots.len()];
         for &s in &self.free {
             free[s as usize] = true;
         }
-        self.heap = self
-            .slots
-            .iter()
-            .zip(free)
-            .filter(|(_, free)| !free)
-            .map(|(slot, _)| Item { expires: slot.expires, id: slot.id.clone() })
+        let items = (self.slots.iter().zip(free).enumerate())
+            .filter(|(_, (_, free))| !free)
+            .map(|(s, (slot, _))| Item { expires: slot.expires, id: slot.id.clone(), slot: s as u32 })
             .collect();
+        self.expiry = ExpiryQueue::from_items(items);
     }
 
     fn emit_unpend(&mut self, s: u32) {
@@ -859,7 +848,7 @@ impl JoinTable {
         c
     }
 
-    /// Replaces the entries with a checkpoint's (the heap is rebuilt from `(expires, id)`); the counters
+    /// Replaces the entries with a checkpoint's (the expiry order is rebuilt from `(expires, id)`); the counters
     /// are the caller's to set. Errs on a repeated id or a column of the wrong length.
     pub fn restore(&mut self, mut c: Checkpoint) -> Result<(), String> {
         let (k, n) = (c.ids.len(), self.n_labels);
@@ -894,7 +883,7 @@ impl JoinTable {
         self.births = k as u64;
         self.free.clear();
         (self.scores, self.predicted, self.known, self.actual) = (c.scores, c.predicted, c.known, c.actual);
-        self.rebuild_heap();
+        self.rebuild_expiry();
         self.out = Output::default();
         self.clear_changes();
         Ok(())
@@ -907,7 +896,7 @@ impl JoinTable {
     fn restore_within_budget(&mut self, mut c: Checkpoint) -> Result<(), String> {
         let n = self.n_labels;
         self.clear_changes();
-        (self.index, self.slots, self.free, self.heap) = (IdMap::default(), Vec::new(), Vec::new(), BinaryHeap::new());
+        (self.index, self.slots, self.free, self.expiry) = (IdMap::default(), Vec::new(), Vec::new(), ExpiryQueue::default());
         (self.scores, self.predicted, self.known, self.actual) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let ids = std::mem::take(&mut c.ids);
         let k = ids.len();
@@ -948,7 +937,7 @@ impl JoinTable {
             let vectors = [&c.predicted[at.clone()], &c.known[at.clone()], &c.actual[at.clone()]];
             self.place(c.slot(i, id.clone()), &c.scores[at], vectors);
         }
-        self.rebuild_heap();
+        self.rebuild_expiry();
         self.births = k as u64;
         self.out = Output::default();
         self.clear_changes();
@@ -1074,7 +1063,7 @@ impl JoinTable {
             self.load_hot(&id, arrival, &entry);
         }
         self.births = k as u64;
-        self.rebuild_heap();
+        self.rebuild_expiry();
         self.out = Output::default();
         self.clear_changes();
         Ok(k)
@@ -1298,7 +1287,7 @@ mod tests {
         for i in 0..10_000 {
             truth(&mut t, "a", 1000.0 + i as f64, [i % 2 == 0, false]);
         }
-        assert!(t.heap.len() <= 2 * t.len() + 1025);
+        assert!(t.expiry.len() <= 2 * t.len() + 1025);
         t.watermark = 1e9;
         t.expire();
         assert_eq!(t.counters.expired_ground_truth, 1);

@@ -4,6 +4,7 @@
 
 mod cells;
 mod decode;
+mod expiry;
 mod join;
 mod json;
 mod mapped;
