@@ -14,12 +14,10 @@ use std::sync::Arc;
 use ahash::RandomState;
 
 use crate::expiry::{ExpiryQueue, Item};
+use crate::id_index::IdIndex;
 use crate::restore::{entry_expires, entry_width, ChangelogEntry};
 use crate::store::{expiry_bytes, ColdStore, EPOCH_ENTRIES};
 
-/// Ids come from producers: a seeded hash keeps crafted ids from colliding on purpose (Python's dict
-/// has the same protection with its randomized str hash).
-type IdMap = HashMap<Arc<str>, u32, RandomState>;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Side {
@@ -63,6 +61,8 @@ pub struct Output {
 
 struct Slot {
     id: Arc<str>,
+    /// The id's hash in the index (set when the slot is placed).
+    hash: u64,
     born: u64,
     expires: f64,
     has_pred: bool,
@@ -97,7 +97,7 @@ pub struct JoinTable {
     pub seq: i64,
     pub counters: Counters,
     pub out: Output,
-    index: IdMap,
+    index: IdIndex,
     slots: Vec<Slot>,
     free: Vec<u32>,
     scores: Vec<f64>,
@@ -188,6 +188,7 @@ fn decode(id: Arc<str>, expires: f64, v: &[u8], n: usize) -> Loaded {
     let flags = v[8];
     let slot = Slot {
         id,
+        hash: 0,
         born: u64_at(0),
         expires,
         has_pred: flags & 1 != 0,
@@ -223,7 +224,7 @@ impl JoinTable {
             seq: 0,
             counters: Counters::default(),
             out: Output::default(),
-            index: IdMap::default(),
+            index: IdIndex::default(),
             slots: Vec::new(),
             free: Vec::new(),
             scores: Vec::new(),
@@ -276,7 +277,8 @@ impl JoinTable {
     }
 
     fn prediction_step(&mut self, id: &str, p: &PredIn) -> bool {
-        let found = self.find(id);
+        let hash = self.index.hash(id);
+        let found = self.find(id, hash);
         if let Some(s) = found {
             let slot = &self.slots[s as usize];
             if slot.has_pred && slot.expires >= py_max(self.watermark, p.ts) {
@@ -286,7 +288,7 @@ impl JoinTable {
         }
         self.watermark = py_max(self.watermark, p.ts);
         let s = match self.live(found) {
-            None => self.insert(id),
+            None => self.insert(id, hash),
             Some(s) if self.slots[s as usize].has_pred => {
                 // Unreachable after the check above (an entry that survived `live` passed it), kept
                 // so the table alone behaves as the Python one.
@@ -328,9 +330,10 @@ impl JoinTable {
         self.seq += 1;
         let seq = self.seq;
         let n = self.n_labels;
-        let found = self.find(id);
+        let hash = self.index.hash(id);
+        let found = self.find(id, hash);
         let Some(s) = self.live(found) else {
-            let s = self.insert(id);
+            let s = self.insert(id, hash);
             self.set_truth(s, g, seq);
             self.counters.pending_ground_truth += 1;
             self.schedule(s, g.ts + self.ttl);
@@ -409,9 +412,9 @@ impl JoinTable {
 
     // --- the two tiers -------------------------------------------------------------------------------
 
-    /// The entry's slot, loading it from the store when it is cold.
-    fn find(&mut self, id: &str) -> Option<u32> {
-        if let Some(&s) = self.index.get(id) {
+    /// The entry's slot, loading it from the store when it is cold; `hash` is the index's hash of `id`.
+    fn find(&mut self, id: &str, hash: u64) -> Option<u32> {
+        if let Some(s) = self.index.get_hashed(id, hash) {
             return Some(s);
         }
         let cold = self.cold.as_mut()?;
@@ -508,7 +511,8 @@ impl JoinTable {
             let Some(item) = self.expiry.pop() else {
                 break;
             };
-            let s = self.index.remove(&*item.id).expect("settled");
+            let s = item.slot;
+            self.index.remove(self.slots[s as usize].hash, s);
             let value = self.encode(s);
             if self.dirty.as_ref().is_some_and(|d| d.contains(&*item.id)) {
                 self.cold.as_mut().expect("a budget").changed.insert(item.id.clone(), (item.expires, value.clone()));
@@ -559,7 +563,7 @@ impl JoinTable {
     fn drop_entry(&mut self, s: u32) {
         self.touch(s);
         let slot = &self.slots[s as usize];
-        self.index.remove(&*slot.id);
+        self.index.remove(slot.hash, s);
         if !slot.has_pred {
             self.counters.pending_ground_truth -= 1;
             self.counters.expired_ground_truth += 1;
@@ -573,10 +577,12 @@ impl JoinTable {
         self.free.push(s);
     }
 
-    fn insert(&mut self, id: &str) -> u32 {
+    /// A new, empty entry for an id that is in neither tier; `hash` is the index's hash of `id`.
+    fn insert(&mut self, id: &str, hash: u64) -> u32 {
         let id: Arc<str> = Arc::from(id);
         let slot = Slot {
             id: id.clone(),
+            hash,
             born: self.births,
             expires: f64::NAN,
             has_pred: false,
@@ -589,7 +595,7 @@ impl JoinTable {
         };
         self.births += 1;
         let s = self.insert_slot(slot);
-        self.index.insert(id, s);
+        self.index.insert_new(hash, id, s);
         s
     }
 
@@ -611,17 +617,19 @@ impl JoinTable {
         }
     }
 
-    /// A whole entry into a slot, indexed by its id: the slot's fields, scores and label vectors
-    /// (predicted, known, actual).
-    fn place(&mut self, slot: Slot, scores: &[f64], vectors: [&[bool]; 3]) -> u32 {
+    /// A whole entry into a slot, indexed by its id (which the index must not hold): the slot's fields,
+    /// scores and label vectors (predicted, known, actual).
+    fn place(&mut self, mut slot: Slot, scores: &[f64], vectors: [&[bool]; 3]) -> u32 {
         let id = slot.id.clone();
+        slot.hash = self.index.hash(&id);
+        let hash = slot.hash;
         let s = self.insert_slot(slot);
         let (n, at) = (self.n_labels, s as usize * self.n_labels);
         self.scores[at..at + n].copy_from_slice(scores);
         self.predicted[at..at + n].copy_from_slice(vectors[0]);
         self.known[at..at + n].copy_from_slice(vectors[1]);
         self.actual[at..at + n].copy_from_slice(vectors[2]);
-        self.index.insert(id, s);
+        self.index.insert_new(hash, id, s);
         s
     }
 
@@ -733,8 +741,8 @@ impl JoinTable {
         let mut live = Vec::new();
         let mut gone = Vec::new();
         for id in ids {
-            match self.index.get(&**id) {
-                Some(&s) => live.push(Src::Hot(s)),
+            match self.index.get(id) {
+                Some(s) => live.push(Src::Hot(s)),
                 None => match self.cold_changed(id) {
                     Some(e) => live.push(Src::Cold(Box::new(e))),
                     None => gone.push(id.clone()),
@@ -751,7 +759,7 @@ impl JoinTable {
             return;
         };
         for id in ids {
-            let hot = self.index.get(id.as_str()).copied();
+            let hot = self.index.get(id.as_str());
             let id: Arc<str> = match hot {
                 Some(s) => self.slots[s as usize].id.clone(),
                 None => Arc::from(id.as_str()),
@@ -783,7 +791,7 @@ impl JoinTable {
     /// The entries in insertion order (Python's dict order), label vectors zero where the side is absent.
     pub fn export(&self) -> Checkpoint {
         let mut order: Vec<(u64, Src)> =
-            self.index.values().map(|&s| (self.slots[s as usize].born, Src::Hot(s))).collect();
+            self.index.slots().map(|s| (self.slots[s as usize].born, Src::Hot(s))).collect();
         if let Some(cold) = &self.cold {
             for row in cold.store.scan() {
                 let (id, expires, value) = row.unwrap_or_else(|e| panic!("{e}"));
@@ -869,14 +877,17 @@ impl JoinTable {
         if self.cold.is_some() {
             return self.restore_within_budget(c);
         }
-        let mut index = IdMap::default();
+        let mut index = IdIndex::default();
         index.reserve(k);
         let mut slots = Vec::with_capacity(k);
         for (i, id) in std::mem::take(&mut c.ids).into_iter().enumerate() {
-            if index.insert(id.clone(), i as u32).is_some() {
+            let mut slot = c.slot(i, id.clone());
+            slot.hash = index.hash(&id);
+            if index.get_hashed(&id, slot.hash).is_some() {
                 return Err(format!("prediction id {:?} appears twice", &*id));
             }
-            slots.push(c.slot(i, id));
+            index.insert_new(slot.hash, id, i as u32);
+            slots.push(slot);
         }
         self.index = index;
         self.slots = slots;
@@ -896,7 +907,7 @@ impl JoinTable {
     fn restore_within_budget(&mut self, mut c: Checkpoint) -> Result<(), String> {
         let n = self.n_labels;
         self.clear_changes();
-        (self.index, self.slots, self.free, self.expiry) = (IdMap::default(), Vec::new(), Vec::new(), ExpiryQueue::default());
+        (self.index, self.slots, self.free, self.expiry) = (IdIndex::default(), Vec::new(), Vec::new(), ExpiryQueue::default());
         (self.scores, self.predicted, self.known, self.actual) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let ids = std::mem::take(&mut c.ids);
         let k = ids.len();
@@ -1072,6 +1083,7 @@ impl JoinTable {
     fn loaded_slot(id: Arc<str>, born: u64, e: &ChangelogEntry) -> Slot {
         Slot {
             id,
+            hash: 0,
             born,
             expires: e.expires,
             has_pred: e.has_pred,
@@ -1155,6 +1167,7 @@ impl Checkpoint {
     fn slot(&self, i: usize, id: Arc<str>) -> Slot {
         Slot {
             id,
+            hash: 0,
             born: i as u64,
             expires: self.expires[i],
             has_pred: self.has_pred[i],

@@ -5,6 +5,7 @@
 mod cells;
 mod decode;
 mod expiry;
+mod id_index;
 mod join;
 mod json;
 mod mapped;
