@@ -31,7 +31,11 @@ from monitor.rejections import InputReport, summarize, tell
 
 __all__ = ["EXAMPLE", "read_lines", "replay", "run_replay"]
 
-BATCH = 8192
+# Steps per `Engine.apply`. Each call ends in a flush whose cost is mostly per call (per touched block and
+# model, expiry, numpy set-up), not per event: on the 1M realistic stream 65,536 took the applying stage
+# from 2.0 s to 1.5 s against 8,192, for about 15 MB more peak memory. Figures do not depend on it beyond
+# float rounding of sums (a block's delta is summed per flush before it is added).
+BATCH = 65536
 
 
 @dataclass(frozen=True)
