@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ import orjson
 from monitor import conventions as c
 from monitor import mapping
 from monitor.config import MonitorConfig, format_duration
-from monitor.engine import native
+from monitor.engine import native, parallel
 from monitor.engine.columns import (
     DecodedTopic,
     GroundTruthColumns,
@@ -244,14 +245,25 @@ class Engine:
             self.invalid[(decoded.topic, exc.reason)] += 1
             rejected.append(Rejection(decoded.topic, exc.reason, exc.detail, decoded.raws[i], exc.field,
                                       exc.expression))
+        tasks: list[Callable[[], None]] = []
         for m, state in enumerate(self._states):
             sel = model == m
-            if sel.any():
-                state.apply(sides[sel].astype(np.uint8), row[sel],
-                            predictions.blocks[m] if predictions is not None else None,
-                            ground_truth.blocks[m] if ground_truth is not None else None)
-        self.flush()
+            if not sel.any():
+                tasks.append(state.flush)
+                continue
+            tasks.append(partial(_apply_and_flush, state, sides[sel].astype(np.uint8), row[sel],
+                                 predictions.blocks[m] if predictions is not None else None,
+                                 ground_truth.blocks[m] if ground_truth is not None else None))
+        self._run(tasks)
         return rejected
+
+    def _run(self, tasks: list[Callable[[], None]]) -> None:
+        """Per-model work: on threads with the native core (it releases the GIL), else one after the other."""
+        if self.use_native:
+            parallel.run_all(tasks)
+        else:
+            for task in tasks:
+                task()
 
     def process(self, items: Iterable[tuple[str, bytes]]) -> list[Rejection]:
         """Apply a batch of (topic, raw) in order; returns the rejected events."""
@@ -284,8 +296,7 @@ class Engine:
         return self.process((GROUND_TRUTH, r) for r in raws)
 
     def flush(self) -> None:
-        for state in self._states:
-            state.flush()
+        self._run([state.flush for state in self._states])
 
     @property
     def latest_event_time(self) -> float | None:
@@ -319,6 +330,11 @@ class Engine:
             for reason in c.ALL_REASONS:
                 out.add(c.INVALID_EVENTS_TOTAL, (topic, reason), self.invalid[(topic, reason)])
 
+
+
+def _apply_and_flush(state: ModelState, kinds: np.ndarray, rows: np.ndarray, preds: Any, truths: Any) -> None:
+    state.apply(kinds, rows, preds, truths)
+    state.flush()
 
 
 def topic_steps(n_predictions: int, n_ground_truth: int) -> tuple[np.ndarray, np.ndarray]:

@@ -764,35 +764,45 @@ impl Join {
         let (pred_ts, pred_version, scores, predicted) =
             (flat(&pred_ts), flat(&pred_version), flat(&scores), flat(&predicted));
         let (gt_ts, known, actual, full) = (flat(&gt_ts), flat(&known), flat(&actual), flat(&full));
-        let mut accepted = Vec::new();
-        for (&kind, &row) in kinds.iter().zip(rows.iter()) {
-            let r = row as usize;
-            let labels = r * n..(r + 1) * n;
-            if kind == 0 {
-                let item = pred_ids.get_item(r)?;
-                let id = item.cast::<PyString>()?.to_str()?;
-                let p = PredIn {
-                    ts: pred_ts[r],
-                    version: pred_version[r],
-                    scores: &scores[labels.clone()],
-                    predicted: &predicted[labels],
-                };
-                if self.table.add_prediction(id, &p) {
-                    accepted.push(row);
+        // The ids are read while the GIL is held (the lists keep the strings alive and nothing here changes
+        // them); the steps then run without it, so the engines of other models or partitions can apply at
+        // the same time on other threads.
+        let held = kinds
+            .iter()
+            .zip(rows.iter())
+            .map(|(&kind, &row)| if kind == 0 { pred_ids.get_item(row as usize) } else { gt_ids.get_item(row as usize) })
+            .collect::<PyResult<Vec<_>>>()?;
+        let ids = held.iter().map(|item| Ok(item.cast::<PyString>()?.to_str()?)).collect::<PyResult<Vec<&str>>>()?;
+        let table = &mut self.table;
+        let accepted = py.detach(|| {
+            let mut accepted = Vec::new();
+            for ((&kind, &row), id) in kinds.iter().zip(rows.iter()).zip(ids) {
+                let r = row as usize;
+                let labels = r * n..(r + 1) * n;
+                if kind == 0 {
+                    let p = PredIn {
+                        ts: pred_ts[r],
+                        version: pred_version[r],
+                        scores: &scores[labels.clone()],
+                        predicted: &predicted[labels],
+                    };
+                    if table.add_prediction(id, &p) {
+                        accepted.push(row);
+                    }
+                } else {
+                    let g = TruthIn { ts: gt_ts[r], known: &known[labels.clone()], actual: &actual[labels], full: full[r] };
+                    table.add_ground_truth(id, &g);
                 }
-            } else {
-                let item = gt_ids.get_item(r)?;
-                let id = item.cast::<PyString>()?.to_str()?;
-                let g = TruthIn { ts: gt_ts[r], known: &known[labels.clone()], actual: &actual[labels], full: full[r] };
-                self.table.add_ground_truth(id, &g);
             }
-        }
+            accepted
+        });
         Ok(PyArray1::from_vec(py, accepted))
     }
 
     /// Drops every entry whose TTL passed at the current watermark.
-    fn expire(&mut self) {
-        self.table.expire();
+    fn expire(&mut self, py: Python<'_>) {
+        let table = &mut self.table;
+        py.detach(|| table.expire());
     }
 
     /// Returns and clears what the steps and expiries produced since the last drain.
