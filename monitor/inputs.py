@@ -204,6 +204,8 @@ def load_inputs(config_path: str | None, predictions: str | None, ground_truth: 
                 at: str | None, other_files: bool = False) -> Inputs:
     """No config means the bundled example and its two files; a config needs at least one file of events
     (`other_files`: the caller reads some, e.g. replay's --input for mapped topics)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from monitor.config import ConfigError, load_config
 
     if predictions == STDIN and ground_truth == STDIN:
@@ -218,6 +220,9 @@ def load_inputs(config_path: str | None, predictions: str | None, ground_truth: 
             config = load_config(config_file)
         except ConfigError as exc:
             raise click.ClickException("\n".join([str(exc.source or config_file) + ":", *exc.problems])) from None
-        return Inputs(config, read_lines(pred_file) if pred_file else InputLines(),
-                      read_lines(gt_file) if gt_file else InputLines(),
-                      parse_at(at))
+        # The two files are read side by side: reading, decompressing and splitting lines release the GIL.
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            preds = pool.submit(read_lines, pred_file) if pred_file else None
+            truths = pool.submit(read_lines, gt_file) if gt_file else None
+            return Inputs(config, preds.result() if preds else InputLines(),
+                          truths.result() if truths else InputLines(), parse_at(at))

@@ -138,12 +138,13 @@ def rejection_reports(predictions: list[bytes], ground_truth: list[bytes], preds
 
 def steps_by_time(predictions: DecodedTopic, ground_truth: DecodedTopic,
                   at: float | None) -> tuple[np.ndarray, np.ndarray]:
-    """Both topics' events merged by event time, predictions first on ties and file order after that
-    (`np.lexsort` is stable). Events that could not be decoded come first (they carry no usable time) and
-    are rejected by the engine. With `at`, events after it are left out."""
+    """Both topics' events merged by event time, predictions first on ties and file order after that: the
+    predictions come first in the concatenation and the sort is stable. Events that could not be decoded
+    come first (they carry no usable time) and are rejected by the engine. With `at`, events after it are
+    left out."""
     ts = np.concatenate([predictions.times(), ground_truth.times()])
     sides, index = topic_steps(len(predictions), len(ground_truth))
-    order = np.lexsort((sides, ts))
+    order = np.argsort(ts, kind="stable")
     if at is not None:
         order = order[ts[order] <= at]
     return sides[order], index[order]
