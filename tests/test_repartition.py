@@ -171,6 +171,47 @@ def test_never_refuses_different_partition_counts(kafka_bootstrap: str, tmp_path
 
 
 @kafka_test
+@pytest.mark.timeout(120)
+def test_own_topics_configured_by_hand_are_refused_with_every_problem_named(kafka_bootstrap: str,  # noqa: F811
+                                                                          tmp_path: Path) -> None:
+    """A state topic made by hand without compaction and with a small size limit, and a repartition topic
+    with a retention, would fail every state write or lose copies: the worker refuses to start and names
+    each problem with the setting to change. Fixed by hand, the same topics are taken."""
+    from kafka import KafkaAdminClient
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    from monitor.stream.changelog import MAX_BATCH_BYTES
+    from monitor.stream.kafka_setup import SetupError, ensure_topics, state_topic_name
+    from monitor.stream.repartition import INTERNAL_MAX_MESSAGE_BYTES
+
+    _, config = _config(tmp_path, kafka_bootstrap, "always")
+    state = state_topic_name(config.kafka)
+    copies = f"{config.kafka.group_id}-repartition-predictions"
+    create_topic(kafka_bootstrap, state, partitions=4,
+                 config={"cleanup.policy": "delete", "max.message.bytes": "100000"})
+    create_topic(kafka_bootstrap, copies, partitions=4, config={"retention.ms": "86400000"})
+    with pytest.raises(SetupError) as err:
+        asyncio.run(ensure_topics(config))
+    message = str(err.value)
+    assert f"{state!r} (the state changelog) has cleanup.policy=delete" in message
+    assert "--add-config cleanup.policy=compact" in message
+    assert f"up to 100000 bytes (max.message.bytes); state writes need {MAX_BATCH_BYTES + 1024}" in message
+    assert f"{copies!r} (repartitioned copies) has retention.ms=86400000" in message
+
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="mlmon-tests")
+    try:
+        admin.alter_configs([
+            ConfigResource(ConfigResourceType.TOPIC, state,
+                           configs={"cleanup.policy": "compact", "max.message.bytes": str(1 << 20)}),
+            ConfigResource(ConfigResourceType.TOPIC, copies,
+                           configs={"retention.ms": "-1", "max.message.bytes": str(INTERNAL_MAX_MESSAGE_BYTES)})])
+    finally:
+        admin.close()
+    topics = asyncio.run(ensure_topics(config))
+    assert topics.state == state and topics.partitions == 4
+
+
+@kafka_test
 @pytest.mark.timeout(240)
 def test_3_and_5_partitions_keyed_by_user_kill_9_and_restart_is_exact(kafka_bootstrap: str, tmp_path: Path,  # noqa: F811
                                                                        stream, workers,  # noqa: F811

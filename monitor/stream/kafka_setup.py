@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.helpers import create_ssl_context
 
 from monitor.config import KafkaConfig, MonitorConfig
-from monitor.stream.repartition import SIDES, internal_topic, internal_topic_configs
+from monitor.stream.repartition import INTERNAL_MAX_MESSAGE_BYTES, SIDES, internal_topic, internal_topic_configs
 
 log = logging.getLogger(__name__)
 
@@ -154,10 +155,74 @@ async def ensure_topics(config: MonitorConfig) -> Topics:
                     "it holds data of a differently partitioned stream. Use another kafka.group_id (a fresh "
                     "start) or delete the topic."
                 )
+        await _check_configs(admin, kafka, state, [t for _, t in internal], names)
         return Topics(kafka.predictions_topic, kafka.ground_truth_topic, kafka.dead_letter_topic, state, count,
                       extra, internal)
     finally:
         await admin.close()
+
+
+# Record-batch framing beyond the producer's batch size (the batch header and a record's own header).
+_BATCH_ROOM = 1024
+
+
+async def _check_configs(admin: AIOKafkaAdminClient, kafka: KafkaConfig, state: str, internal: list[str],
+                         inputs: tuple[str, ...]) -> None:
+    """The worker's own topics against what it writes to them. A topic created by the worker is right; one
+    created or changed by hand, or a broker whose limits were lowered, would otherwise fail every state
+    write or copy (counted and retried, but never succeeding), so every such problem is named at once,
+    with the setting to change."""
+    from monitor.stream.changelog import MAX_BATCH_BYTES as STATE_BATCH_BYTES
+
+    configs = await _topic_configs(admin, [state, kafka.dead_letter_topic, *internal, *inputs])
+    unseen = [t for t in (state, *internal) if t not in configs]
+    if unseen:
+        log.warning("cannot read the configs of %s (DescribeConfigs refused?): their cleanup policy, retention "
+                    "and size limits are not checked", ", ".join(map(repr, unseen)))
+    problems = []
+    have = configs.get(state, {"cleanup.policy": "compact"})
+    policy = have.get("cleanup.policy", "")
+    if "compact" not in policy.split(","):
+        problems.append(f"topic {state!r} (the state changelog) has cleanup.policy={policy or '?'}: it must be "
+                        "compact, or old entries and window blocks are deleted and a restore misses them "
+                        f"(kafka-configs.sh --alter --entity-type topics --entity-name {state} --add-config "
+                        "cleanup.policy=compact)")
+    need = STATE_BATCH_BYTES + _BATCH_ROOM
+    limit = int(have.get("max.message.bytes", need))
+    if limit < need:
+        problems.append(f"topic {state!r} (the state changelog) accepts record batches of up to {limit} bytes "
+                        f"(max.message.bytes); state writes need {need}: raise it to at least {need}")
+    for topic in internal:
+        have = configs.get(topic, {})
+        if have.get("retention.ms", "-1") != "-1":
+            problems.append(f"topic {topic!r} (repartitioned copies) has retention.ms={have['retention.ms']}: it "
+                            "must be -1 (copies carry their source's old timestamps, and the worker deletes "
+                            "what its state covers itself)")
+        limit = int(have.get("max.message.bytes", INTERNAL_MAX_MESSAGE_BYTES))
+        if limit < INTERNAL_MAX_MESSAGE_BYTES:
+            problems.append(f"topic {topic!r} (repartitioned copies) accepts record batches of up to {limit} "
+                            f"bytes (max.message.bytes); copies need {INTERNAL_MAX_MESSAGE_BYTES}")
+    if problems:
+        raise SetupError("the worker's own topics cannot hold what it writes:\n- " + "\n- ".join(problems))
+    dead = int(configs.get(kafka.dead_letter_topic, {}).get("max.message.bytes", 0) or 0)
+    largest = max((int(configs.get(t, {}).get("max.message.bytes", 0) or 0) for t in inputs), default=0)
+    if dead and dead < largest:
+        log.warning("topic %r (dead letters) accepts records of up to %d bytes, the input topics up to %d: the "
+                    "dead letter of an event larger than that is refused (logged); raise its max.message.bytes",
+                    kafka.dead_letter_topic, dead, largest)
+
+
+async def _topic_configs(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, dict[str, str]]:
+    """cleanup.policy, retention.ms and max.message.bytes of each topic (the topic's own or the broker's
+    default); a topic the broker does not describe (not authorised, gone) is left out."""
+    wanted = {"cleanup.policy": None, "retention.ms": None, "max.message.bytes": None}
+    resources = [ConfigResource(ConfigResourceType.TOPIC, t, dict(wanted)) for t in dict.fromkeys(topics)]
+    out: dict[str, dict[str, str]] = {}
+    for response in await admin.describe_configs(resources):
+        for error, _message, _kind, name, entries, *_ in response.resources:
+            if error == _NO_ERROR:
+                out[name] = {entry[0]: entry[1] for entry in entries if entry[1] is not None}
+    return out
 
 
 async def _partition_counts(admin: AIOKafkaAdminClient) -> dict[str, int]:
