@@ -32,7 +32,7 @@ class MappingDict(TypedDict):
     features: dict[str, Steps] | None  # per-feature paths, or None (then `fields` may map "features")
 
 class PredictionBlock(TypedDict):
-    ids: list[str]
+    ids: TextSpans  # one buffer of UTF-8 ids, no str per id
     version_names: list[str]
     version_code: npt.NDArray[np.int64]  # [k]
     ts: npt.NDArray[np.float64]  # [k] epoch seconds
@@ -44,7 +44,7 @@ class PredictionBlock(TypedDict):
     categorical: npt.NDArray[np.int64]  # [k, categorical features], -1 when absent
 
 class GroundTruthBlock(TypedDict):
-    ids: list[str]
+    ids: TextSpans
     ts: npt.NDArray[np.float64]  # [k]
     known: npt.NDArray[np.bool_]  # [k, L]
     actual: npt.NDArray[np.bool_]  # [k, L]
@@ -94,9 +94,9 @@ class Join:
         """Entries held in memory (all of them without `memory_entries`)."""
     @property
     def store_dir(self) -> str | None: ...
-    def apply(self, kinds: npt.NDArray[np.uint8], rows: npt.NDArray[np.int64], pred_ids: list[str],
+    def apply(self, kinds: npt.NDArray[np.uint8], rows: npt.NDArray[np.int64], pred_ids: list[str] | TextSpans,
               pred_ts: npt.NDArray[np.float64], pred_version: npt.NDArray[np.int64],
-              scores: npt.NDArray[np.float64], predicted: npt.NDArray[np.bool_], gt_ids: list[str],
+              scores: npt.NDArray[np.float64], predicted: npt.NDArray[np.bool_], gt_ids: list[str] | TextSpans,
               gt_ts: npt.NDArray[np.float64], known: npt.NDArray[np.bool_], actual: npt.NDArray[np.bool_],
               full: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
         """Applies the steps in order; returns the prediction rows accepted (not duplicates)."""

@@ -53,14 +53,23 @@ class Spans(Sequence[bytes | None]):
 
 class TextSpans(Sequence[str]):
     """UTF-8 strings as spans of one buffer (bytes or a uint8 array): item i is data[starts[i]:ends[i]]
-    decoded like `bytes.decode("utf-8", "surrogatepass")`. A changelog restore hands millions of
-    prediction ids this way to the native join (`spans()`), which reads them without a str per id; a
-    `str` is made only when something iterates or indexes."""
+    decoded like `bytes.decode("utf-8", "surrogatepass")`. The native decoder hands a batch's prediction
+    ids this way, and a changelog restore millions of them, to the native join (`spans()`), which reads
+    them without a str per id; a `str` is made only when something iterates or indexes."""
 
     def __init__(self, data: Any, starts: Any, ends: Any) -> None:
         self._data = data
         self._starts = starts
         self._ends = ends
+
+    @staticmethod
+    def concat(a: TextSpans, b: TextSpans) -> TextSpans:
+        """a's strings, then b's, in one buffer."""
+        import numpy as np
+
+        (da, sa, ea), (db, sb, eb) = a.spans(), b.spans()
+        shift = len(da)
+        return TextSpans(np.concatenate([da, db]), np.concatenate([sa, sb + shift]), np.concatenate([ea, eb + shift]))
 
     def spans(self) -> tuple[Any, Any, Any]:
         """(uint8 buffer, starts, ends)."""

@@ -176,7 +176,7 @@ def test_a_large_file_decodes_from_its_buffer_on_threads_exactly(tmp_path: Path,
     two = fast.predictions(list(lines))
     assert one["model"].tolist() == two["model"].tolist() and one["row"].tolist() == two["row"].tolist()
     for a, b in zip(one["blocks"], two["blocks"], strict=True):
-        assert a["ids"] == b["ids"] and a["version_names"] == b["version_names"]
+        assert list(a["ids"]) == list(b["ids"]) and a["version_names"] == b["version_names"]
         assert a["version_code"].tolist() == b["version_code"].tolist()
 
 

@@ -16,11 +16,14 @@ import numpy as np
 
 from monitor.events import GroundTruth, InvalidEvent, Prediction
 from monitor.reference import Reference
+from monitor.spans import TextSpans
 
 
 @dataclass
 class PredictionColumns:
-    ids: list[str]
+    # The native decoder's are spans of one buffer (monitor.spans.TextSpans: no str per id), the exact
+    # decoder's a list.
+    ids: Sequence[str]
     version_names: list[str]  # distinct versions of this batch
     version_code: np.ndarray  # int64[k]: index into version_names
     ts: np.ndarray  # float64[k]
@@ -44,7 +47,7 @@ class PredictionColumns:
 
 @dataclass
 class GroundTruthColumns:
-    ids: list[str]
+    ids: Sequence[str]  # as PredictionColumns.ids
     ts: np.ndarray  # float64[k]
     known: np.ndarray  # bool[k, L]: labels whose truth the event states
     actual: np.ndarray  # bool[k, L]
@@ -117,6 +120,13 @@ def from_ground_truth(events: Sequence[GroundTruth], n_labels: int) -> GroundTru
     )
 
 
+def concat_ids(a: Sequence[str], b: Sequence[str]) -> Sequence[str]:
+    """Both blocks' ids in order: spans stay spans of one buffer, anything else becomes a list."""
+    if isinstance(a, TextSpans) and isinstance(b, TextSpans):
+        return TextSpans.concat(a, b)
+    return [*a, *b]
+
+
 def concat_predictions(a: PredictionColumns, b: PredictionColumns) -> PredictionColumns:
     if not len(b):
         return a
@@ -125,7 +135,7 @@ def concat_predictions(a: PredictionColumns, b: PredictionColumns) -> Prediction
     names = {name: i for i, name in enumerate(a.version_names)}
     remap = np.array([names.setdefault(name, len(names)) for name in b.version_names], dtype=np.int64)
     return PredictionColumns(
-        ids=a.ids + b.ids,
+        ids=concat_ids(a.ids, b.ids),
         version_names=list(names),
         version_code=np.concatenate([a.version_code, remap[b.version_code]]),
         ts=np.concatenate([a.ts, b.ts]),
@@ -146,7 +156,7 @@ def concat_ground_truth(a: GroundTruthColumns, b: GroundTruthColumns) -> GroundT
     if not len(a):
         return b
     return GroundTruthColumns(
-        ids=a.ids + b.ids,
+        ids=concat_ids(a.ids, b.ids),
         ts=np.concatenate([a.ts, b.ts]),
         known=np.concatenate([a.known, b.known]),
         actual=np.concatenate([a.actual, b.actual]),

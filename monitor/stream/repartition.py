@@ -164,7 +164,7 @@ class BatchIds:
         reading = self.fast_readings.get(key)
         if self.fast is not None and (exact.plain or reading is not None):
             decoded = (self.fast.predictions if side == SIDES[0] else self.fast.ground_truth)(raws, reading)
-            blocks = [b["ids"] for b in decoded["blocks"]]
+            blocks = [list(b["ids"]) for b in decoded["blocks"]]  # each block's str made at once
             rest = []
             for i, (m, row) in enumerate(zip(decoded["model"].tolist(), decoded["row"].tolist(), strict=True)):
                 if m >= 0 and row >= 0:

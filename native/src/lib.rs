@@ -378,12 +378,17 @@ impl Decoder {
         let raws = Raws::of(raws)?;
         let slices = raws.slices()?;
         let inner = &self.inner;
-        let batch = py.detach(|| inner.predictions_par(&slices, reading, decode_threads()));
+        let (batch, ids) = py.detach(|| {
+            let batch = inner.predictions_par(&slices, reading, decode_threads());
+            let ids: Vec<IdArena> = batch.blocks.iter().map(|b| IdArena::of(&b.ids)).collect();
+            (batch, ids)
+        });
         let blocks = PyList::empty(py);
-        for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
+        let spans = text_spans(py)?;
+        for ((spec, b), ids) in self.inner.models.iter().zip(batch.blocks).zip(ids) {
             let d = PyDict::new(py);
             let k = b.ids.len();
-            d.set_item("ids", strings(py, &b.ids)?)?;
+            d.set_item("ids", ids.into_spans(py, &spans)?)?;
             d.set_item("version_names", strings(py, &b.version_names)?)?;
             d.set_item("version_code", column(py, b.version_code))?;
             d.set_item("ts", column(py, b.ts))?;
@@ -410,11 +415,16 @@ impl Decoder {
         let raws = Raws::of(raws)?;
         let slices = raws.slices()?;
         let inner = &self.inner;
-        let batch = py.detach(|| inner.ground_truth_par(&slices, reading, decode_threads()));
+        let (batch, ids) = py.detach(|| {
+            let batch = inner.ground_truth_par(&slices, reading, decode_threads());
+            let ids: Vec<IdArena> = batch.blocks.iter().map(|b| IdArena::of(&b.ids)).collect();
+            (batch, ids)
+        });
         let blocks = PyList::empty(py);
-        for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
+        let spans = text_spans(py)?;
+        for ((spec, b), ids) in self.inner.models.iter().zip(batch.blocks).zip(ids) {
             let d = PyDict::new(py);
-            d.set_item("ids", strings(py, &b.ids)?)?;
+            d.set_item("ids", ids.into_spans(py, &spans)?)?;
             d.set_item("ts", column(py, b.ts))?;
             d.set_item("known", rows_of(py, b.known, b.ids.len(), spec.labels.len())?)?;
             d.set_item("actual", rows_of(py, b.actual, b.ids.len(), spec.labels.len())?)?;
@@ -558,6 +568,81 @@ fn span_slices<'a>(buf: &'a [u8], starts: &[i64], ends: &[i64]) -> PyResult<Vec<
 
 fn strings<'py>(py: Python<'py>, values: &[Cow<'_, str>]) -> PyResult<Bound<'py, PyList>> {
     PyList::new(py, values.iter().map(|s| PyString::new(py, s)))
+}
+
+/// A block's ids in one buffer: no Python object per id. They reach Python as a
+/// `monitor.spans.TextSpans` (a sequence of str that makes a str only when indexed), and the join reads
+/// them from the buffer.
+struct IdArena {
+    data: Vec<u8>,
+    starts: Vec<i64>,
+    ends: Vec<i64>,
+}
+
+impl IdArena {
+    fn of(ids: &[Cow<'_, str>]) -> Self {
+        let mut data = Vec::with_capacity(ids.iter().map(|id| id.len()).sum());
+        let (mut starts, mut ends) = (Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
+        for id in ids {
+            starts.push(data.len() as i64);
+            data.extend_from_slice(id.as_bytes());
+            ends.push(data.len() as i64);
+        }
+        IdArena { data, starts, ends }
+    }
+
+    fn into_spans<'py>(self, py: Python<'py>, spans: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        spans.call1((column(py, self.data), column(py, self.starts), column(py, self.ends)))
+    }
+}
+
+/// (buffer, starts, ends) when `ids` are spans (None for a list).
+type SpanColumns<'a> = (&'a [u8], &'a [i64], &'a [i64]);
+
+fn step_spans<'a>(ids: &'a BatchIds<'_>) -> PyResult<Option<SpanColumns<'a>>> {
+    match ids {
+        BatchIds::List(_) => Ok(None),
+        BatchIds::Spans(buf, starts, ends) => Ok(Some((buf.as_slice()?, starts.as_slice()?, ends.as_slice()?))),
+    }
+}
+
+/// Id `row` of span columns, checked against the buffer and as UTF-8.
+fn span_id<'a>((buf, starts, ends): SpanColumns<'a>, row: usize) -> PyResult<&'a str> {
+    let (a, b) = (starts.get(row).copied().unwrap_or(-1), ends.get(row).copied().unwrap_or(-1));
+    let raw = buf.get(a.max(0) as usize..b.max(0) as usize).filter(|_| a >= 0 && b >= a)
+        .ok_or_else(|| value_error("spans: a span outside the buffer"))?;
+    std::str::from_utf8(raw).map_err(|_| value_error("a prediction id is not valid UTF-8"))
+}
+
+/// `monitor.spans.TextSpans`.
+fn text_spans(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+    py.import("monitor.spans")?.getattr("TextSpans")
+}
+
+/// A batch's ids as `Join.apply` takes them: a list of str, or spans of one buffer (`TextSpans`).
+enum BatchIds<'py> {
+    List(Bound<'py, PyList>),
+    Spans(PyReadonlyArray1<'py, u8>, PyReadonlyArray1<'py, i64>, PyReadonlyArray1<'py, i64>),
+}
+
+impl<'py> BatchIds<'py> {
+    fn of(ids: &Bound<'py, PyAny>) -> PyResult<Self> {
+        if let Ok(list) = ids.cast::<PyList>() {
+            return Ok(BatchIds::List(list.clone()));
+        }
+        let (buf, starts, ends) = ids
+            .call_method0("spans")
+            .map_err(|_| PyTypeError::new_err("prediction ids must be a list of str or spans"))?
+            .extract()?;
+        Ok(BatchIds::Spans(buf, starts, ends))
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            BatchIds::List(list) => list.len(),
+            BatchIds::Spans(_, starts, _) => starts.len(),
+        }
+    }
 }
 
 fn batch_dict<'py>(
@@ -714,12 +799,12 @@ impl Join {
         py: Python<'py>,
         kinds: PyReadonlyArray1<'py, u8>,
         rows: PyReadonlyArray1<'py, i64>,
-        pred_ids: &Bound<'py, PyList>,
+        pred_ids: &Bound<'py, PyAny>,
         pred_ts: PyReadonlyArray1<'py, f64>,
         pred_version: PyReadonlyArray1<'py, i64>,
         scores: PyReadonlyArray2<'py, f64>,
         predicted: PyReadonlyArray2<'py, bool>,
-        gt_ids: &Bound<'py, PyList>,
+        gt_ids: &Bound<'py, PyAny>,
         gt_ts: PyReadonlyArray1<'py, f64>,
         known: PyReadonlyArray2<'py, bool>,
         actual: PyReadonlyArray2<'py, bool>,
@@ -727,6 +812,7 @@ impl Join {
     ) -> PyResult<Bound<'py, PyArray1<i64>>> {
         let n = self.table.n_labels;
         let (kinds, rows) = (flat(&kinds), flat(&rows));
+        let (pred_ids, gt_ids) = (BatchIds::of(pred_ids)?, BatchIds::of(gt_ids)?);
         if kinds.len() != rows.len() {
             return Err(value_error("kinds and rows must have the same length"));
         }
@@ -764,15 +850,25 @@ impl Join {
         let (pred_ts, pred_version, scores, predicted) =
             (flat(&pred_ts), flat(&pred_version), flat(&scores), flat(&predicted));
         let (gt_ts, known, actual, full) = (flat(&gt_ts), flat(&known), flat(&actual), flat(&full));
-        // The ids are read while the GIL is held (the lists keep the strings alive and nothing here changes
+        // The ids are read while the GIL is held (the lists or buffers keep them alive and nothing here changes
         // them); the steps then run without it, so the engines of other models or partitions can apply at
         // the same time on other threads.
-        let held = kinds
-            .iter()
-            .zip(rows.iter())
-            .map(|(&kind, &row)| if kind == 0 { pred_ids.get_item(row as usize) } else { gt_ids.get_item(row as usize) })
-            .collect::<PyResult<Vec<_>>>()?;
-        let ids = held.iter().map(|item| Ok(item.cast::<PyString>()?.to_str()?)).collect::<PyResult<Vec<&str>>>()?;
+        let mut held = Vec::new();
+        for (&kind, &row) in kinds.iter().zip(rows.iter()) {
+            if let BatchIds::List(list) = if kind == 0 { &pred_ids } else { &gt_ids } {
+                held.push(list.get_item(row as usize)?);
+            }
+        }
+        let mut listed = held.iter();
+        let (pred_spans, gt_spans) = (step_spans(&pred_ids)?, step_spans(&gt_ids)?);
+        let mut ids: Vec<&str> = Vec::with_capacity(kinds.len());
+        for (&kind, &row) in kinds.iter().zip(rows.iter()) {
+            let found = if kind == 0 { &pred_spans } else { &gt_spans };
+            ids.push(match found {
+                Some(spans) => span_id(*spans, row as usize)?,
+                None => listed.next().expect("one per listed step").cast::<PyString>()?.to_str()?,
+            });
+        }
         let table = &mut self.table;
         let accepted = py.detach(|| {
             let mut accepted = Vec::new();
