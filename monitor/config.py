@@ -193,7 +193,7 @@ class FeaturesConfig(_Strict):
 
 
 class DriftConfig(_Strict):
-    """PSI severity bands (as in DESIGN section 5) and the sample-size guard."""
+    """PSI severity bands (docs/semantics.md) and the sample-size guard."""
 
     moderate: float = Field(0.1, gt=0)
     significant: float = Field(0.25, gt=0)

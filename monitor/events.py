@@ -1,4 +1,4 @@
-"""Decoding and validation of prediction and ground-truth events (DESIGN section 3).
+"""Decoding and validation of prediction and ground-truth events (docs/events.md).
 
 One `Decoder` per config. `decode_prediction` / `decode_ground_truth` take the raw message bytes and
 return a compact, validated event or raise `InvalidEvent` with a machine-readable reason (one of

@@ -112,8 +112,8 @@ def _label_values(values: tuple[str, ...], partition: str | None) -> list[str]:
 
 def prometheus_text(figures: Figures, partitions: PartitionFigures | None = None) -> bytes:
     """Text format 0.0.4. Serve this, never OpenMetrics: in OpenMetrics the counter
-    `mlmon_label_outcomes_total` and the window gauge `mlmon_label_outcomes` (names fixed by DESIGN
-    section 6) would be two families of the same name, and the scrape would fail."""
+    `mlmon_label_outcomes_total` and the window gauge `mlmon_label_outcomes` (names fixed by
+    monitor/conventions.py) would be two families of the same name, and the scrape would fail."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(FiguresCollector(lambda: figures, (lambda: partitions) if partitions is not None else None))
     return generate_latest(registry)

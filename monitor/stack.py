@@ -431,7 +431,7 @@ def _prediction_id(raw: bytes) -> bytes | None:
 
 
 class EventProducer:
-    """Raw JSON events to the predictions or ground-truth topic, keyed by prediction_id (DESIGN section 3),
+    """Raw JSON events to the predictions or ground-truth topic, keyed by prediction_id (docs/events.md),
     so a prediction and its ground truth land in partitions of the same number."""
 
     def __init__(self, bootstrap: str, kafka: KafkaConfig) -> None:

@@ -1,6 +1,6 @@
 """Hostile input: the event decoders, the join's memory bound and the relay's HTTP input under generated abuse.
 
-What must hold whatever arrives (issue 6):
+What must hold whatever arrives:
 - the engine never raises on input: every rejected event is counted under a reason of conventions.ALL_REASONS,
   the batch decoder's reason is the single-event decoder's, and good events interleaved with bad ones give
   exactly the figures they give alone;

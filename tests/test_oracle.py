@@ -2,7 +2,7 @@
 
 The stream has two versions, partial and full ground truth, corrections, served label lists, ground
 truth that arrives before its prediction, and is evaluated at two times; the oracle recomputes every
-figure from the raw events with the rules of DESIGN section 5, never from engine state.
+figure from the raw events with the rules of docs/semantics.md, never from engine state.
 """
 
 from __future__ import annotations

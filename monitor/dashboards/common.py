@@ -363,7 +363,7 @@ def window_variable(config: MonitorConfig, preferred: str) -> db.CustomVariable:
 
 
 def drift_bands(config: MonitorConfig) -> tuple[float, float]:
-    """PSI bands for threshold lines: the models' own if they agree, else the DESIGN defaults."""
+    """PSI bands for threshold lines: the models' own if they agree, else the config's defaults."""
     bands = {(m.drift.moderate, m.drift.significant) for m in config.models}
     return bands.pop() if len(bands) == 1 else (0.1, 0.25)
 

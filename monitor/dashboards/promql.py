@@ -152,7 +152,7 @@ def min_by(by: Sequence[str], expr: str) -> str:
 
 
 def ratio(numerator: str, denominator: str) -> str:
-    # `> 0` drops series whose denominator is zero: an undefined ratio is absent, not 0 or NaN (DESIGN 5).
+    # `> 0` drops series whose denominator is zero: an undefined ratio is absent, not 0 or NaN (docs/semantics.md).
     return f"{numerator} / ({denominator} > 0)"
 
 
@@ -191,7 +191,7 @@ def micro_f1(by: Sequence[str], *filters: Matcher, source: C.MetricDef = R_OUTCO
 
 
 def macro_f1(by: Sequence[str], *filters: Matcher) -> str:
-    """Mean of the per-label F1 over labels with a defined F1 (absent ones do not count, DESIGN 5)."""
+    """Mean of the per-label F1 over labels with a defined F1 (absent ones do not count, docs/semantics.md)."""
     if C.L_LABEL in by:
         raise ValueError("macro F1 averages over labels")
     return agg("avg", by, f1([*by, C.L_LABEL], *filters))
@@ -225,7 +225,7 @@ def total_over_range(rates: C.MetricDef, by: Sequence[str], *filters: Matcher) -
     return f"{sum_by(by, f'avg_over_time({sel(rates, *filters)}[{RANGE}])')} * {RANGE_SECONDS}"
 
 
-# Wilson 95% interval in count form (DESIGN 5): with S successes out of N trials,
+# Wilson 95% interval in count form (docs/semantics.md): with S successes out of N trials,
 # (S + z²/2 ± z·sqrt(S(N-S)/N + z²/4)) / (N + z²). Written over summed counts so it is exact for any
 # number of workers and always brackets the point estimate shown beside it.
 _Z = 1.959963984540054

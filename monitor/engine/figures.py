@@ -1,4 +1,4 @@
-"""Window sums -> the figures of the metric catalogue (DESIGN section 6), as plain samples.
+"""Window sums -> the figures of the metric catalogue (monitor/conventions.py), as plain samples.
 
 The exporter turns samples into Prometheus families and `replay --format json` into JSON; neither
 computes anything. Undefined figures (0/0, PSI below the sample-size guard) are left out, not zero.

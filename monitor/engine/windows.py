@@ -3,7 +3,7 @@
 Every statistic a figure needs is a count or a sum, laid out by `Layout` into one vector, so a window is
 the element-wise sum of its buckets, two engines' states add up to one engine's, and a correction is the
 same vector subtracted. Buckets are 1 minute wide for windows up to 6h and 1 hour wide beyond, so window
-edges are exact to the bucket width (DESIGN section 5). Counts stay exact in float64 up to 2**53.
+edges are exact to the bucket width (docs/semantics.md). Counts stay exact in float64 up to 2**53.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from monitor.relay.server import DEFAULT_PORT, RelaySettings, RelayStartupError,
 async def _serve(config: Path, port: int, bind: str, outbox: Path | None, settings: RelaySettings) -> None:
     cfg = load_config(config)
     if outbox is None and cfg.retraining is not None and cfg.retraining.outbox is not None:
-        # Config paths are relative to the config file (DESIGN section 4); config.py resolves only
+        # Config paths are relative to the config file (docs/configuration.md); config.py resolves only
         # `reference`, so resolve the outbox here.
         outbox = cfg.retraining.outbox
         if not outbox.is_absolute():

@@ -1,4 +1,4 @@
-"""Expected calibration error from reliability-diagram bin sums (DESIGN section 5)."""
+"""Expected calibration error from reliability-diagram bin sums (docs/semantics.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Precision, recall, F1 and friends from TP/FP/FN/TN counts (DESIGN section 5)."""
+"""Precision, recall, F1 and friends from TP/FP/FN/TN counts (docs/semantics.md)."""
 
 from __future__ import annotations
 

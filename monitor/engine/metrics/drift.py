@@ -1,4 +1,4 @@
-"""Population stability index over bins frozen from a reference (DESIGN section 5, docs/semantics.md).
+"""Population stability index over bins frozen from a reference (docs/semantics.md).
 
 Numeric values are binned by the reference deciles (duplicate edges collapse, so a feature with few
 distinct values gets fewer bins); categorical values by the reference's most frequent values plus

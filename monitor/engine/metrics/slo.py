@@ -1,4 +1,4 @@
-"""Error-budget burn rates for label SLOs (DESIGN section 5)."""
+"""Error-budget burn rates for label SLOs (docs/semantics.md)."""
 
 from __future__ import annotations
 
