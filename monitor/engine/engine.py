@@ -245,16 +245,19 @@ class Engine:
             self.invalid[(decoded.topic, exc.reason)] += 1
             rejected.append(Rejection(decoded.topic, exc.reason, exc.detail, decoded.raws[i], exc.field,
                                       exc.expression))
-        tasks: list[Callable[[], None]] = []
+        sized: list[tuple[int, Callable[[], None]]] = []
         for m, state in enumerate(self._states):
-            sel = model == m
-            if not sel.any():
-                tasks.append(state.flush)
+            sel = np.nonzero(model == m)[0]
+            if not sel.size:
+                sized.append((0, state.flush))
                 continue
-            tasks.append(partial(_apply_and_flush, state, sides[sel].astype(np.uint8), row[sel],
-                                 predictions.blocks[m] if predictions is not None else None,
-                                 ground_truth.blocks[m] if ground_truth is not None else None))
-        self._run(tasks)
+            sized.append((sel.size, partial(_apply_and_flush, state, sides[sel].astype(np.uint8), row[sel],
+                                            predictions.blocks[m] if predictions is not None else None,
+                                            ground_truth.blocks[m] if ground_truth is not None else None)))
+        # Largest first (the calling thread takes it, the pool the rest in order): the batch ends when its
+        # largest model does, whichever model the config lists first.
+        sized.sort(key=lambda t: -t[0])
+        self._run([task for _, task in sized])
         return rejected
 
     def _run(self, tasks: list[Callable[[], None]]) -> None:
