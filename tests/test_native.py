@@ -263,3 +263,47 @@ def test_the_native_join_restores_ids_given_as_spans_like_a_list(memory_entries:
     two = {c: v[:2] for c, v in columns.items()}
     with pytest.raises(ValueError, match="not valid UTF-8"):
         _native.Join(3600.0, 100, 2, memory_entries).restore(bad, two, 7, 5.0, **counters)
+
+
+def test_the_native_join_applies_ids_given_as_spans_like_a_list() -> None:
+    """The native decoder hands a batch's ids as spans of one buffer (monitor.spans.TextSpans): the join
+    applies them as it applies a list of str (accepted rows, output and table alike), blocks concatenate
+    as spans, and a span outside the buffer or not UTF-8 is refused before any step runs."""
+    from monitor import _native
+    from monitor.engine.columns import concat_ids
+    from monitor.spans import TextSpans
+
+    def spans_of(ids: list[str]) -> TextSpans:
+        raw = [pid.encode() for pid in ids]
+        ends = np.cumsum([len(r) for r in raw], dtype=np.int64)
+        return TextSpans(np.frombuffer(b"".join(raw), dtype=np.uint8), ends - [len(r) for r in raw], ends)
+
+    preds = ["a", "\u00e9t\u00e9", "\u4e2d\u6587", "a", ""]
+    truths = ["\u4e2d\u6587", "b", "a"]
+    kinds = np.array([0, 0, 1, 0, 1, 0, 1, 0], dtype=np.uint8)
+    rows = np.array([0, 1, 0, 2, 1, 3, 2, 4], dtype=np.int64)
+    columns = (np.arange(5, dtype=np.float64) + 10.0, np.zeros(5, dtype=np.int64), np.full((5, 2), 0.5),
+               np.ones((5, 2), dtype=bool))
+    truth_columns = (np.arange(3, dtype=np.float64) + 20.0, np.ones((3, 2), dtype=bool), np.ones((3, 2), dtype=bool),
+                     np.ones(3, dtype=bool))
+    got = []
+    for form in (list, spans_of):
+        join = _native.Join(3600.0, 100, 2)
+        accepted = join.apply(kinds, rows, form(preds), *columns, form(truths), *truth_columns)
+        drained = join.drain()
+        got.append((accepted.tolist(), {k: v.tolist() for k, v in drained.items()}, join.export()[0], len(join)))
+    assert got[0] == got[1] and got[0][0] == [0, 1, 2, 4]  # the second "a" is a duplicate
+
+    both = concat_ids(spans_of(preds[:2]), spans_of(preds[2:]))
+    assert isinstance(both, TextSpans) and list(both) == preds
+    assert concat_ids(spans_of(preds[:2]), preds[2:]) == preds
+    outside = TextSpans(np.frombuffer(b"ab", dtype=np.uint8), np.array([0], dtype=np.int64),
+                        np.array([5], dtype=np.int64))
+    not_utf8 = TextSpans(np.frombuffer(b"o\xff", dtype=np.uint8), np.array([0], dtype=np.int64),
+                         np.array([2], dtype=np.int64))
+    one = (np.array([0], dtype=np.uint8), np.array([0], dtype=np.int64))
+    for bad, message in ((outside, "outside the buffer"), (not_utf8, "not valid UTF-8")):
+        join = _native.Join(3600.0, 100, 2)
+        with pytest.raises(ValueError, match=message):
+            join.apply(*one, bad, *(c[:1] for c in columns), [], *(c[:0] for c in truth_columns))
+        assert len(join) == 0
