@@ -198,13 +198,20 @@ def test_own_topics_configured_by_hand_are_refused_with_every_problem_named(kafk
     assert f"up to 100000 bytes (max.message.bytes); state writes need {MAX_BATCH_BYTES + 1024}" in message
     assert f"{copies!r} (repartitioned copies) has retention.ms=86400000" in message
 
+    fixed = {state: {"cleanup.policy": "compact", "max.message.bytes": str(1 << 20)},
+             copies: {"retention.ms": "-1", "max.message.bytes": str(INTERNAL_MAX_MESSAGE_BYTES)}}
     admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, client_id="mlmon-tests")
     try:
-        admin.alter_configs([
-            ConfigResource(ConfigResourceType.TOPIC, state,
-                           configs={"cleanup.policy": "compact", "max.message.bytes": str(1 << 20)}),
-            ConfigResource(ConfigResourceType.TOPIC, copies,
-                           configs={"retention.ms": "-1", "max.message.bytes": str(INTERNAL_MAX_MESSAGE_BYTES)})])
+        admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, t, configs=c) for t, c in fixed.items()])
+        # The broker applies a config change a moment after acknowledging it: wait until it reports it.
+        deadline = time.monotonic() + 30
+        while True:
+            described = admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, t) for t in fixed])["topic"]
+            seen = {t: {k: entry["value"] for k, entry in described.get(t, {}).items()} for t in fixed}
+            if all(seen[t].get(k) == v for t, c in fixed.items() for k, v in c.items()):
+                break
+            assert time.monotonic() < deadline, f"the broker did not apply the configs: {seen}"
+            time.sleep(0.2)
     finally:
         admin.close()
     topics = asyncio.run(ensure_topics(config))
