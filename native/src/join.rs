@@ -891,12 +891,9 @@ impl JoinTable {
         }
         self.index = index;
         self.slots = slots;
-        self.births = k as u64;
         self.free.clear();
         (self.scores, self.predicted, self.known, self.actual) = (c.scores, c.predicted, c.known, c.actual);
-        self.rebuild_expiry();
-        self.out = Output::default();
-        self.clear_changes();
+        self.loaded(k);
         Ok(())
     }
 
@@ -948,11 +945,18 @@ impl JoinTable {
             let vectors = [&c.predicted[at.clone()], &c.known[at.clone()], &c.actual[at.clone()]];
             self.place(c.slot(i, id.clone()), &c.scores[at], vectors);
         }
-        self.rebuild_expiry();
+        self.loaded(k);
+        Ok(())
+    }
+
+    /// What every fill of an empty table ends with, once its `k` entries are in their slots (and the
+    /// store): births continue after them, the expiry order comes from the slots, nothing is pending
+    /// output or recorded as changed.
+    fn loaded(&mut self, k: usize) {
         self.births = k as u64;
+        self.rebuild_expiry();
         self.out = Output::default();
         self.clear_changes();
-        Ok(())
     }
 }
 
@@ -1073,10 +1077,7 @@ impl JoinTable {
             entry.read(&value)?;
             self.load_hot(&id, arrival, &entry);
         }
-        self.births = k as u64;
-        self.rebuild_expiry();
-        self.out = Output::default();
-        self.clear_changes();
+        self.loaded(k);
         Ok(k)
     }
 

@@ -552,18 +552,20 @@ impl<'py> Raws<'py> {
 
 /// buf[starts[i]..ends[i]] for every i, checked against the buffer.
 fn span_slices<'a>(buf: &'a [u8], starts: &[i64], ends: &[i64]) -> PyResult<Vec<&'a [u8]>> {
+    check_span_lengths(starts, ends)?;
+    starts.iter().zip(ends).map(|(&a, &b)| span(buf, a, b)).collect()
+}
+
+fn check_span_lengths(starts: &[i64], ends: &[i64]) -> PyResult<()> {
     if starts.len() != ends.len() {
         return Err(value_error("spans: starts and ends differ in length"));
     }
-    starts
-        .iter()
-        .zip(ends)
-        .map(|(&a, &b)| {
-            buf.get(a as usize..b as usize)
-                .filter(|_| a >= 0)
-                .ok_or_else(|| value_error("spans: a span outside the buffer"))
-        })
-        .collect()
+    Ok(())
+}
+
+/// buf[a..b], checked against the buffer.
+fn span(buf: &[u8], a: i64, b: i64) -> PyResult<&[u8]> {
+    buf.get(a as usize..b as usize).filter(|_| a >= 0).ok_or_else(|| value_error("spans: a span outside the buffer"))
 }
 
 fn strings<'py>(py: Python<'py>, values: &[Cow<'_, str>]) -> PyResult<Bound<'py, PyList>> {
@@ -599,18 +601,10 @@ impl IdArena {
 /// (buffer, starts, ends) when `ids` are spans (None for a list).
 type SpanColumns<'a> = (&'a [u8], &'a [i64], &'a [i64]);
 
-fn step_spans<'a>(ids: &'a BatchIds<'_>) -> PyResult<Option<SpanColumns<'a>>> {
-    match ids {
-        BatchIds::List(_) => Ok(None),
-        BatchIds::Spans(buf, starts, ends) => Ok(Some((buf.as_slice()?, starts.as_slice()?, ends.as_slice()?))),
-    }
-}
-
-/// Id `row` of span columns, checked against the buffer and as UTF-8.
+/// Id `row` of span columns, checked against the buffer and as UTF-8 (what PyString::to_str refuses too:
+/// ids with lone surrogates are refused either way).
 fn span_id<'a>((buf, starts, ends): SpanColumns<'a>, row: usize) -> PyResult<&'a str> {
-    let (a, b) = (starts.get(row).copied().unwrap_or(-1), ends.get(row).copied().unwrap_or(-1));
-    let raw = buf.get(a.max(0) as usize..b.max(0) as usize).filter(|_| a >= 0 && b >= a)
-        .ok_or_else(|| value_error("spans: a span outside the buffer"))?;
+    let raw = span(buf, starts.get(row).copied().unwrap_or(-1), ends.get(row).copied().unwrap_or(-1))?;
     std::str::from_utf8(raw).map_err(|_| value_error("a prediction id is not valid UTF-8"))
 }
 
@@ -619,7 +613,9 @@ fn text_spans(py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
     py.import("monitor.spans")?.getattr("TextSpans")
 }
 
-/// A batch's ids as `Join.apply` takes them: a list of str, or spans of one buffer (`TextSpans`).
+/// Prediction ids as the join takes them: a list of str, or an object whose `spans()` gives (uint8 buffer,
+/// starts, ends) of UTF-8 ids (`monitor.spans.TextSpans`: a decoded batch's ids, a changelog's keys), with
+/// no str per id.
 enum BatchIds<'py> {
     List(Bound<'py, PyList>),
     Spans(PyReadonlyArray1<'py, u8>, PyReadonlyArray1<'py, i64>, PyReadonlyArray1<'py, i64>),
@@ -630,11 +626,35 @@ impl<'py> BatchIds<'py> {
         if let Ok(list) = ids.cast::<PyList>() {
             return Ok(BatchIds::List(list.clone()));
         }
-        let (buf, starts, ends) = ids
+        let (buf, starts, ends): (PyReadonlyArray1<'py, u8>, PyReadonlyArray1<'py, i64>, PyReadonlyArray1<'py, i64>) = ids
             .call_method0("spans")
             .map_err(|_| PyTypeError::new_err("prediction ids must be a list of str or spans"))?
             .extract()?;
+        check_span_lengths(starts.as_slice()?, ends.as_slice()?)?;
         Ok(BatchIds::Spans(buf, starts, ends))
+    }
+
+    /// The span columns (None for a list).
+    fn columns(&self) -> PyResult<Option<SpanColumns<'_>>> {
+        match self {
+            BatchIds::List(_) => Ok(None),
+            BatchIds::Spans(buf, starts, ends) => Ok(Some((buf.as_slice()?, starts.as_slice()?, ends.as_slice()?))),
+        }
+    }
+
+    /// Every id, owned (a checkpoint's).
+    fn owned(&self) -> PyResult<Vec<Arc<str>>> {
+        if let Some(cols) = self.columns()? {
+            return (0..self.len()).map(|r| span_id(cols, r).map(Arc::from)).collect();
+        }
+        let mut out = Vec::with_capacity(self.len());
+        if let BatchIds::List(list) = self {
+            for id in list.iter() {
+                let id = id.cast::<PyString>().map_err(|_| PyTypeError::new_err("prediction ids must be strings"))?;
+                out.push(Arc::from(id.to_str()?));
+            }
+        }
+        Ok(out)
     }
 
     fn len(&self) -> usize {
@@ -659,27 +679,6 @@ fn batch_dict<'py>(
 }
 
 // --- Join -------------------------------------------------------------------------------------------
-
-/// A checkpoint's prediction ids: a list of str, or an object whose `spans()` gives (uint8 buffer,
-/// starts, ends) of UTF-8 ids (monitor.spans.TextSpans: a changelog's keys, with no str per id).
-fn checkpoint_ids(ids: &Bound<'_, PyAny>) -> PyResult<Vec<Arc<str>>> {
-    if let Ok(list) = ids.cast::<PyList>() {
-        let mut out = Vec::with_capacity(list.len());
-        for id in list.iter() {
-            let id = id.cast::<PyString>().map_err(|_| PyTypeError::new_err("prediction ids must be strings"))?;
-            out.push(Arc::from(id.to_str()?));
-        }
-        return Ok(out);
-    }
-    let (buf, starts, ends): (PyReadonlyArray1<'_, u8>, PyReadonlyArray1<'_, i64>, PyReadonlyArray1<'_, i64>) =
-        ids.call_method0("spans").map_err(|_| PyTypeError::new_err("prediction ids must be a list of str or spans"))?
-            .extract()?;
-    span_slices(buf.as_slice()?, starts.as_slice()?, ends.as_slice()?)?
-        .into_iter()
-        // What PyString::to_str refuses too: ids with lone surrogates cannot be restored either way.
-        .map(|raw| std::str::from_utf8(raw).map(Arc::from).map_err(|_| value_error("a prediction id is not valid UTF-8")))
-        .collect()
-}
 
 #[pyclass(module = "monitor._native")]
 struct Join {
@@ -860,7 +859,7 @@ impl Join {
             }
         }
         let mut listed = held.iter();
-        let (pred_spans, gt_spans) = (step_spans(&pred_ids)?, step_spans(&gt_ids)?);
+        let (pred_spans, gt_spans) = (pred_ids.columns()?, gt_ids.columns()?);
         let mut ids: Vec<&str> = Vec::with_capacity(kinds.len());
         for (&kind, &row) in kinds.iter().zip(rows.iter()) {
             let found = if kind == 0 { &pred_spans } else { &gt_spans };
@@ -1088,7 +1087,7 @@ impl Join {
                 a.as_array().iter().copied().collect::<Vec<$t>>()
             }};
         }
-        let id_list = checkpoint_ids(ids)?;
+        let id_list = BatchIds::of(ids)?.owned()?;
         let checkpoint = Checkpoint {
             ids: id_list,
             has_pred: vector!("has_pred", bool),
