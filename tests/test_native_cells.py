@@ -137,6 +137,18 @@ def test_native_deltas_equal_the_numpy_deltas(index: int, seed: int, sizes: tupl
     assert got == want
 
 
+@pytest.mark.parametrize("index", [0, 1, 2])
+def test_a_large_flush_filled_on_several_threads_equals_the_numpy_deltas(
+        index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A flush of at least 32,768 contributions has its blocks filled on several threads (each with its
+    own accumulators): still the numpy deltas to the last bit, whatever the number of threads."""
+    for threads in ("1", "3"):
+        monkeypatch.setenv("MLMON_APPLY_THREADS", threads)
+        fast, slow, cohorts = states(CONFIG, index, 11)
+        preds, out = flush_inputs(fast, np.random.default_rng(11), (30_000, 12_000, 20_000), cohorts)
+        assert recorded_apply(fast, preds, out) == recorded_apply(slow, preds, out), f"{threads} threads"
+
+
 def plain_store(size: int, spans: tuple[int, int], calls: list[tuple[int, list[tuple[int, int, np.ndarray]]]]
                 ) -> tuple[dict, dict, dict]:
     """The definition: per call, a total (a kept hourly block) gets the sum of its rows taken in order, a

@@ -9,6 +9,8 @@
 //! row, then joins by row; a segment's copy of a row goes to a block of its own), so every cell gets the
 //! same additions in the same order and the deltas are identical to the last bit, not merely close.
 
+use std::ops::Range;
+
 use rustc_hash::FxHashMap;
 
 /// Positions in the "scalars" field (windows.S_*), in this order.
@@ -123,6 +125,43 @@ pub struct Deltas {
     pub values: Vec<f64>,
     pub late_predictions: i64,
     pub late_ground_truth: i64,
+}
+
+/// Fewest contributions a thread fills blocks for: below this a thread costs more than it saves.
+pub const MIN_ITEMS_PER_THREAD: usize = 16_384;
+
+/// A flush's rows, by section (predictions, pending removals, joins).
+struct Rows<'r, 'a> {
+    preds: Option<&'r Predictions<'a>>,
+    unpend: Option<&'r Unpended<'a>>,
+    joins: Option<&'r Joins<'a>>,
+}
+
+/// Consecutive blocks' sparse rows: block k of the range ends at `ends[k]` in `cells`/`values`.
+struct Filled {
+    ends: Vec<i64>,
+    cells: Vec<i64>,
+    values: Vec<f64>,
+}
+
+/// Up to `k` consecutive ranges of blocks with about equal numbers of contributions (`starts` is the
+/// prefix sum of each block's contributions); never an empty range unless there are no blocks.
+fn block_ranges(starts: &[usize], k: usize) -> Vec<Range<usize>> {
+    let nb = starts.len() - 1;
+    let total = starts[nb];
+    let mut out = Vec::with_capacity(k);
+    let mut from = 0;
+    for part in 1..k.min(nb) {
+        let goal = total * part / k;
+        let to = starts.partition_point(|&s| s < goal).clamp(from + 1, nb);
+        if to >= nb {
+            break;
+        }
+        out.push(from..to);
+        from = to;
+    }
+    out.push(from..nb);
+    out
 }
 
 /// One block's accumulators, kept between blocks and flushes so that a block costs its contributions, not
@@ -242,9 +281,8 @@ impl Layout {
         unpend: Option<&Unpended>,
         joins: Option<&Joins>,
         retention: &Retention,
-        scratch: &mut Scratch,
+        scratch: &mut [Scratch],
     ) -> Deltas {
-        let nl = self.labels;
         let copies = cohorts.copies;
         let pred_min: Vec<i64> = preds.map_or_else(Vec::new, |p| p.ts.iter().map(|&t| minute(t)).collect());
         let unpend_min: Vec<i64> = unpend.map_or_else(Vec::new, |u| u.ts.iter().map(|&t| minute(t)).collect());
@@ -263,7 +301,6 @@ impl Layout {
             }
         }
         let mut blocks = Blocks::new(all);
-        let size = self.size;
         let nb = blocks.keys.len();
         // Each (section, row, copy) in list order with its block, then ordered by block, stably: a block's
         // contributions are then added one block at a time (its accumulators stay in the first-level cache)
@@ -292,15 +329,59 @@ impl Layout {
         }
         let late_predictions = pred_min.iter().filter(|&&m| retention.late(m)).count() as i64;
         let late_ground_truth = join_min.iter().filter(|&&m| retention.late(m)).count() as i64;
-        scratch.begin_flush(size);
+        let rows = Rows { preds, unpend, joins };
+        // Blocks are independent: a large flush's blocks are cut into consecutive ranges of about equal
+        // contributions, each filled on its own thread with its own accumulators, and the ranges' rows are
+        // joined in block order. Every block is filled exactly as on one thread.
+        let ranges = block_ranges(&starts, scratch.len().min(items.len() / MIN_ITEMS_PER_THREAD).max(1));
+        let mut parts: Vec<Filled> = Vec::with_capacity(ranges.len());
+        std::thread::scope(|scope| {
+            let (first, others) = scratch.split_first_mut().expect("at least one scratch");
+            let handles: Vec<_> = ranges[1..]
+                .iter()
+                .zip(others.iter_mut())
+                .map(|(range, sc)| {
+                    let (rows, starts, order) = (&rows, &starts, &order);
+                    let range = range.clone();
+                    scope.spawn(move || self.fill(range, starts, order, rows, sc))
+                })
+                .collect();
+            parts.push(self.fill(ranges[0].clone(), &starts, &order, &rows, first));
+            parts.extend(handles.into_iter().map(|h| h.join().expect("a thread filling blocks panicked")));
+        });
         let mut ptr = Vec::with_capacity(nb + 1);
         ptr.push(0_i64);
         let (mut cells, mut values) = (Vec::new(), Vec::new());
-        for b in 0..nb {
+        for part in parts {
+            let base = cells.len() as i64;
+            ptr.extend(part.ends.iter().map(|&e| base + e));
+            if cells.is_empty() {
+                (cells, values) = (part.cells, part.values);
+            } else {
+                cells.extend(part.cells);
+                values.extend(part.values);
+            }
+        }
+        Deltas { keys: blocks.keys, ptr, cells, values, late_predictions, late_ground_truth }
+    }
+
+    /// The blocks of `range`, each from its contributions `order[starts[b]..starts[b + 1]]`.
+    fn fill(
+        &self,
+        range: Range<usize>,
+        starts: &[usize],
+        order: &[(u8, u32)],
+        rows: &Rows,
+        scratch: &mut Scratch,
+    ) -> Filled {
+        let nl = self.labels;
+        scratch.begin_flush(self.size);
+        let mut out = Filled { ends: Vec::with_capacity(range.len()), cells: Vec::new(), values: Vec::new() };
+        for b in range {
             scratch.begin_block();
             for &(section, i) in &order[starts[b]..starts[b + 1]] {
                 let i = i as usize;
-                match (section, preds, unpend, joins) {
+                match (section, rows.preds, rows.unpend, rows.joins) {
                     (0, Some(p), _, _) => self.prediction_cells(scratch, p, i),
                     (1, _, Some(u), _) => {
                         let labels = i * nl..(i + 1) * nl;
@@ -311,13 +392,13 @@ impl Layout {
                 }
             }
             for &c in &scratch.touched {
-                cells.push(c as i64);
-                values.push(std::mem::take(&mut scratch.sums[c]));
+                out.cells.push(c as i64);
+                out.values.push(std::mem::take(&mut scratch.sums[c]));
             }
-            ptr.push(cells.len() as i64);
+            out.ends.push(out.cells.len() as i64);
         }
         scratch.dirty = false;
-        Deltas { keys: blocks.keys, ptr, cells, values, late_predictions, late_ground_truth }
+        out
     }
 
     /// _prediction_cells for one row into its block `b`.
