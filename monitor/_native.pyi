@@ -4,6 +4,7 @@ The module exists only when the extension was built; `monitor.engine.native` imp
 the pure-Python engine without it.
 """
 
+import os
 from collections.abc import Iterable
 from typing import Any, TypedDict
 
@@ -80,7 +81,8 @@ class Decoder:
     def split_lines(data: bytes, start: int = 0) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64],
                                                           npt.NDArray[np.int64] | None]:
         """Non-blank lines of a JSON-lines buffer from `start`: start and end offsets (without LF/CRLF),
-        and the kept lines' 1-based numbers when blank lines were left out."""
+        and the kept lines' 1-based numbers when blank lines were left out. A large buffer is cut on
+        several threads, the GIL released."""
 
 class Join:
     """The join table of `monitor.engine.join.JoinTable` (with ModelState's duplicate check)."""
@@ -238,3 +240,8 @@ def add_rows(out: npt.NDArray[np.float64], rows: npt.NDArray[np.int64], ptr: npt
     """`out[rows[b], cells[e]] += values[e]` for each entry e in ptr[b]:ptr[b+1] of each block b with
     rows[b] >= 0, one after the other in block order (`BlockStore.add_sparse`). `out` must be
     C-contiguous; indexes are checked before anything is added."""
+
+def read_file(path: str | os.PathLike[str]) -> bytes | None:
+    """The bytes of a regular file, read on several threads with the GIL released. None when the path is
+    not a regular file or the file changed size while it was read (read it the ordinary way then);
+    OSError when it cannot be opened."""

@@ -124,7 +124,7 @@ def read_bytes(path: str | Path) -> bytes:
     """The decompressed content of a file (or of standard input for '-')."""
     name = display_name(path)
     try:
-        raw = sys.stdin.buffer.read() if str(path) == STDIN else Path(path).read_bytes()
+        raw = sys.stdin.buffer.read() if str(path) == STDIN else _read_file(Path(path))
     except OSError as exc:
         raise InputError(f"{name}: cannot read: {exc.strerror}") from None
     return decompress(raw, name)
@@ -170,6 +170,21 @@ def split_lines(data: bytes, source: str) -> InputLines:
         return InputLines(kept, source)
     numbers = [i + 1 for i, line in enumerate(kept) if line.strip()]
     return InputLines([kept[n - 1] for n in numbers], source, numbers)
+
+
+def _read_file(path: Path) -> bytes:
+    """A regular file is read by the native core on several threads (docs/native.md); anything else, or a
+    file that changed size while being read, the ordinary way."""
+    if os.environ.get("MLMON_NATIVE", "1") != "0":
+        try:
+            from monitor._native import read_file
+        except ImportError:
+            pass
+        else:
+            data = read_file(path)
+            if data is not None:
+                return data
+    return path.read_bytes()
 
 
 def _native_split() -> Callable[[bytes, int], tuple[Any, Any, Any]] | None:

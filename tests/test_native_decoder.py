@@ -7,6 +7,7 @@ what it accepts; the hand-written cases below check it does accept the common sh
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +194,28 @@ def test_native_line_spans_are_the_lines_of_bytes_split(data: bytes, monkeypatch
     assert plain.spans() is None
     assert list(spans) == list(plain) and spans[:] == plain[:]
     assert [spans.line_number(i) for i in range(len(spans))] == [plain.line_number(i) for i in range(len(plain))]
+
+
+def test_a_large_file_is_read_and_split_on_threads_as_python_reads_it(tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file of 16 MiB or more is read and cut into lines on several threads: the same bytes, lines and
+    line numbers as Python's own read and bytes.split, with blank and CRLF lines scattered over it."""
+    rng = np.random.default_rng(5)
+    kinds = [b"\n", b"  \t\n", b'{"id": "crlf"}\r\n', b'{"prediction_id": "p-%d", "x": [1, 2, 3]}\n']
+    picks = rng.choice(4, 700_000, p=[0.05, 0.05, 0.1, 0.8])
+    data = b"\xef\xbb\xbf" + b"".join(kinds[k] % i if k == 3 else kinds[k] for i, k in enumerate(picks.tolist()))
+    assert len(data) > 24 << 20, "large enough for three threads' ranges"
+    path = tmp_path / "big.jsonl"
+    path.write_bytes(data + b'{"last": "no line feed"}')
+    monkeypatch.setenv("MLMON_DECODE_THREADS", "3")
+    assert _native.read_file(path) == path.read_bytes()
+    assert _native.read_file(os.devnull) is None, "not a regular file: read the ordinary way"
+    fast = read_lines(path)
+    monkeypatch.setenv("MLMON_NATIVE", "0")
+    plain = read_lines(path)
+    assert fast.spans() is not None and plain.spans() is None
+    assert len(fast) == len(plain) and list(fast) == list(plain)
+    assert [fast.line_number(i) for i in range(len(fast))] == [plain.line_number(i) for i in range(len(plain))]
 
 
 # --- hand-written edges: accepted, and identical ------------------------------------------------------------

@@ -10,6 +10,7 @@ mod join;
 mod json;
 mod mapped;
 mod produce;
+mod read;
 mod records;
 mod restore;
 mod store;
@@ -47,6 +48,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(name_groups, m)?)?;
     m.add_class::<Cells>()?;
     m.add_function(wrap_pyfunction!(add_rows, m)?)?;
+    m.add_function(wrap_pyfunction!(read_file, m)?)?;
     Ok(())
 }
 
@@ -444,7 +446,8 @@ impl Decoder {
         start: usize,
     ) -> (Bound<'py, PyArray1<i64>>, Bound<'py, PyArray1<i64>>, Option<Bound<'py, PyArray1<i64>>>) {
         let buf = data.as_bytes();
-        let (starts, ends, numbers) = py.detach(|| decode::split_lines(buf, start));
+        let threads = decode_threads();
+        let (starts, ends, numbers) = py.detach(|| read::split_lines(buf, start, threads));
         (column(py, starts), column(py, ends), numbers.map(|n| column(py, n)))
     }
 }
@@ -509,6 +512,42 @@ fn decode_threads() -> usize {
     std::env::var("MLMON_DECODE_THREADS")
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
+        .max(1)
+}
+
+/// The bytes of a regular file, read on `decode_threads()` threads (read.rs). None when the path is not a
+/// regular file or the file changed size while it was read: the caller then reads it the ordinary way.
+#[pyfunction]
+fn read_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Option<Bound<'_, PyBytes>>> {
+    let file = std::fs::File::open(&path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    let n = usize::try_from(meta.len()).map_err(|_| value_error("a file larger than memory"))?;
+    // A bytes object left uninitialised by CPython, filled below before any Python code can see it.
+    let bytes = unsafe {
+        let ptr = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), n as pyo3::ffi::Py_ssize_t);
+        Bound::from_owned_ptr_or_err(py, ptr)?.cast_into::<PyBytes>()?
+    };
+    // SAFETY: the object is ours alone until returned, and its buffer holds n bytes.
+    let buf = unsafe { std::slice::from_raw_parts_mut(pyo3::ffi::PyBytes_AsString(bytes.as_ptr()).cast::<u8>(), n) };
+    let threads = decode_threads();
+    match py.detach(|| read::read_into(&file, buf, threads)) {
+        Ok(()) if file.metadata()?.len() == meta.len() => Ok(Some(bytes)),
+        Ok(()) => Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Threads a model's flush may use (the GIL released meanwhile): MLMON_APPLY_THREADS, as for the models
+/// themselves (monitor.engine.parallel), else the machine's cores, at most 4.
+fn apply_threads() -> usize {
+    std::env::var("MLMON_APPLY_THREADS")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
         .max(1)
 }
@@ -1149,7 +1188,8 @@ impl Join {
 #[pyclass(module = "monitor._native", frozen)]
 struct Cells {
     layout: cells::Layout,
-    scratch: std::sync::Mutex<cells::Scratch>,
+    /// One set of accumulators per thread a flush's blocks are filled on (`apply_threads`).
+    scratch: std::sync::Mutex<Vec<cells::Scratch>>,
 }
 
 fn offset(offsets: &HashMap<String, usize>, name: &str) -> PyResult<usize> {
@@ -1249,7 +1289,8 @@ impl Cells {
             multiclass,
             advised_slot,
         };
-        Ok(Cells { layout, scratch: Default::default() })
+        let scratch = (0..apply_threads()).map(|_| cells::Scratch::default()).collect();
+        Ok(Cells { layout, scratch: std::sync::Mutex::new(scratch) })
     }
 
     /// One delta per touched (store key, minute) block as sparse rows: (keys, ptr, cells, values, late
