@@ -1,12 +1,19 @@
 """The one entry point, `monitor`. Thin: each verb lives in the module that does the work.
 
-Sub-commands are imported only when invoked, so `monitor replay` never pays for faust, aiokafka or
+Sub-commands are imported only when invoked, so `monitor replay` never pays for aiokafka or
 grafana-foundation-sdk at start-up.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+
+# numpy's OpenBLAS starts a thread per core when it is loaded, and those threads spin for a while after
+# start-up and after each BLAS call. Nothing this tool computes is a large matrix product, and the
+# spinning takes CPU from the threads that decode and apply events. Set before anything loads numpy; a
+# value the user set is kept.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import click
 
