@@ -89,5 +89,14 @@ def main() -> None:
     """Streaming quality monitor for classification models."""
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The `monitor` console script and `python -m monitor.cli`: `main` in a process of its own, which a
+    one-shot command may end without tearing it down once its output is written (monitor.fast_exit)."""
+    from monitor.fast_exit import claim_process
+
+    claim_process()
     main()
+
+
+if __name__ == "__main__":
+    run()

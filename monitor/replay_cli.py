@@ -1,7 +1,7 @@
 """The `monitor replay` command line; the replay itself is monitor/replay.py.
 
-Only click and monitor.inputs at import time: `monitor replay --help` must not pay for numpy, pydantic
-or the engine (about 0.3 s). The replay, the config and the output format's own dependencies
+Only click, monitor.inputs and monitor.fast_exit at import time: `monitor replay --help` must not pay
+for numpy, pydantic or the engine (about 0.3 s). The replay, the config and the output format's own dependencies
 (prometheus_client for the exposition, rich for the table) are imported when the command runs.
 """
 
@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from monitor.fast_exit import exit_now
 from monitor.gc_pause import collector_paused
 from monitor.inputs import input_options, load_inputs, read_lines
 
@@ -73,6 +74,10 @@ def replay_command(config_path: str | None, predictions: str | None, ground_trut
             from monitor.exporter import prometheus_text
 
         sys.stdout.buffer.write(prometheus_text(result.figures))
+    # Output written: the process may end here rather than free the replay's state object by object.
+    # Not while a join holds an on-disk store (join.memory_entries): dropping it removes its directory.
+    if not any(getattr(m.join, "store_dir", None) for m in result.engine.models.values()):
+        exit_now()
 
 def _topic_files(config: MonitorConfig, specs: tuple[str, ...]) -> dict[str, list[bytes]]:
     """--input TOPIC=FILE options: every topic must be one the config reads; every problem named at once."""

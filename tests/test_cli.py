@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,38 @@ def test_replay_imports_what_its_output_format_needs(tmp_path: Path) -> None:
         assert own is None or own in imported, (fmt, imported)
         others = {other} if other else {"prometheus_client", "rich"}
         assert not imported & others, (fmt, imported)
+
+
+def test_replay_ends_its_own_process_with_every_byte_written(tmp_path: Path) -> None:
+    """`monitor replay` in a process of its own ends without tearing the interpreter down once its output
+    is written (monitor.fast_exit): every format still arrives whole, through a pipe and into a file,
+    with exit status 0, and equals the output of the command run in-process (a library caller's, where
+    the command returns as before)."""
+    from click.testing import CliRunner
+
+    from monitor.cli import main
+
+    for fmt in ("prometheus", "json", "table"):
+        inproc = CliRunner().invoke(main, ["replay", "--format", fmt])
+        assert inproc.exit_code == 0, inproc.output
+        assert monitor("replay", "--format", fmt).stdout == inproc.output, fmt
+        out = tmp_path / f"out.{fmt}"
+        with out.open("w") as f:
+            done = subprocess.run([sys.executable, "-m", "monitor.cli", "replay", "--format", fmt], stdout=f,
+                                  cwd=ROOT, timeout=120)
+        assert done.returncode == 0 and out.read_text() == inproc.output, fmt
+
+
+def test_replay_with_on_disk_join_stores_still_removes_them(tmp_path: Path) -> None:
+    """With join.memory_entries the joins keep entries in on-disk stores that are deleted when dropped:
+    such a replay ends the ordinary way, and leaves no store behind."""
+    state = tmp_path / "state"
+    state.mkdir()
+    shutil.copytree(EXAMPLE / "reference", tmp_path / "reference")  # the config names it relatively
+    config = tmp_path / "config.yaml"
+    config.write_text(EXAMPLE_CONFIG.read_text().replace(
+        "join: {ttl: 72h}", f"join: {{ttl: 72h, memory_entries: 50, state_dir: {json.dumps(str(state))}}}"))
+    res = monitor("replay", "--config", str(config), "--predictions", str(EXAMPLE / "predictions.jsonl"),
+                  "--ground-truth", str(EXAMPLE / "ground_truth.jsonl"))
+    assert "mlmon_label_f1" in res.stdout
+    assert list(state.iterdir()) == []
