@@ -90,12 +90,14 @@ class Join:
     def __init__(self, ttl: float, max_entries: int, n_labels: int, memory_entries: int | None = None,
                  state_dir: str | None = None) -> None:
         """With `memory_entries`, entries beyond it live in an embedded store in a fresh directory under
-        `state_dir` (the system temp directory when None), removed with the table."""
+        `state_dir` (the system temp directory when None), made when the first entry moves there and
+        removed with the table. OSError when `state_dir` cannot be created or written to."""
     @property
     def memory_len(self) -> int:
         """Entries held in memory (all of them without `memory_entries`)."""
     @property
-    def store_dir(self) -> str | None: ...
+    def store_dir(self) -> str | None:
+        """The store's directory once an entry moved there; None before, and without a budget."""
     def apply(self, kinds: npt.NDArray[np.uint8], rows: npt.NDArray[np.int64], pred_ids: list[str] | TextSpans,
               pred_ts: npt.NDArray[np.float64], pred_version: npt.NDArray[np.int64],
               scores: npt.NDArray[np.float64], predicted: npt.NDArray[np.bool_], gt_ids: list[str] | TextSpans,

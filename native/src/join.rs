@@ -265,7 +265,7 @@ impl JoinTable {
 
     /// The store's directory, with a budget.
     pub fn store_dir(&self) -> Option<&Path> {
-        self.cold.as_ref().map(|c| c.store.dir.as_path())
+        self.cold.as_ref().and_then(|c| c.store.dir())
     }
 
     /// A prediction step: the duplicate check of `ModelState.add_prediction`, then

@@ -822,7 +822,7 @@ impl Join {
         self.table.hot_len()
     }
 
-    /// The directory of the store, with `memory_entries`.
+    /// The directory of the store, with `memory_entries`, once it took an entry (it is made then).
     #[getter]
     fn store_dir(&self) -> Option<String> {
         self.table.store_dir().map(|p| p.display().to_string())

@@ -139,6 +139,15 @@ pub fn open_fresh(parent: Option<&Path>, kind: &str) -> Result<(Database, PathBu
     Ok((db, dir))
 }
 
+/// Creates `dir` if missing and writes (and removes) a file in it: what a store opened there later needs.
+fn check_writable(dir: &Path) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("join store directory {}: {e}", dir.display());
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let probe = dir.join(format!(".mlmon-probe-{}-{}", std::process::id(), OPENED.fetch_add(1, AtomicOrdering::Relaxed)));
+    std::fs::write(&probe, b"").map_err(fail)?;
+    std::fs::remove_file(&probe).map_err(fail)
+}
+
 /// Bits per id and probes of the in-memory filter in front of the store.
 const BLOOM_BITS: usize = 12;
 const BLOOM_PROBES: u32 = 6;
@@ -201,10 +210,36 @@ impl Bloom {
     }
 }
 
-pub struct ColdStore {
+/// The store's database and keyspaces, opened with its first entry.
+struct Tables {
+    /// Kept open for the keyspaces; dropping it (temporary) deletes the directory.
     db: Database,
     expiry: Keyspace,
     ids: Keyspace,
+    dir: PathBuf,
+}
+
+impl Tables {
+    fn open(parent: Option<&Path>) -> Result<Self, String> {
+        let (db, dir) = open_fresh(parent, "join")?;
+        let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
+        // Every `expiry` read is of a key the index just named: its filters would only cost memory.
+        let expiry = db.keyspace("expiry", || opts().expect_point_read_hits(true)).map_err(err)?;
+        // Small index tables, merged eight spills at a time: a merge rewrites only the tables of the
+        // current epoch, so the less of an epoch one table spans, the less is rewritten.
+        let index_compaction = std::sync::Arc::new(
+            fjall::compaction::Leveled::default().with_table_target_size(INDEX_TABLE_BYTES).with_l0_threshold(8),
+        );
+        let ids = db.keyspace("ids", || opts().compaction_strategy(index_compaction.clone())).map_err(err)?;
+        Ok(Tables { db, expiry, ids, dir })
+    }
+}
+
+/// A join's entries beyond its memory budget. The database is opened with the first entry stored, so a
+/// table that never goes over its budget costs no directory, files or background thread.
+pub struct ColdStore {
+    parent: Option<PathBuf>,
+    tables: Option<Tables>,
     len: usize,
     /// No key is below this one: scans for the smallest start here instead of walking over the
     /// tombstones the front of the store collects as entries expire.
@@ -218,27 +253,19 @@ pub struct ColdStore {
     epoch: u32,
     epoch_filled: usize,
     epoch_entries: usize,
-    pub dir: PathBuf,
 }
 
 impl ColdStore {
-    /// A new, empty store in a fresh directory under `parent` (the system temp directory when None),
-    /// removed when the store is dropped.
+    /// An empty store whose directory will be a fresh one under `parent` (the system temp directory when
+    /// None), made when the first entry is stored and removed when the store is dropped. `parent` is
+    /// checked now (created if missing, written to), so a directory that cannot hold the store is an
+    /// error here rather than at the first spill.
     pub fn open(parent: Option<&Path>) -> Result<Self, String> {
-        let (db, dir) = open_fresh(parent, "join")?;
-        let opts = || KeyspaceCreateOptions::default().max_memtable_size(MEMTABLE_BYTES);
-        // Every `expiry` read is of a key the index just named: its filters would only cost memory.
-        let expiry = db.keyspace("expiry", || opts().expect_point_read_hits(true)).map_err(err)?;
-        // Small index tables, merged eight spills at a time: a merge rewrites only the tables of the
-        // current epoch, so the less of an epoch one table spans, the less is rewritten.
-        let index_compaction = std::sync::Arc::new(
-            fjall::compaction::Leveled::default().with_table_target_size(INDEX_TABLE_BYTES).with_l0_threshold(8),
-        );
-        let ids = db.keyspace("ids", || opts().compaction_strategy(index_compaction.clone())).map_err(err)?;
+        let dir = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        check_writable(&dir)?;
         Ok(ColdStore {
-            db,
-            expiry,
-            ids,
+            parent: parent.map(Path::to_path_buf),
+            tables: None,
             len: 0,
             floor: Vec::new(),
             first: None,
@@ -247,8 +274,25 @@ impl ColdStore {
             epoch: 0,
             epoch_filled: 0,
             epoch_entries: EPOCH_ENTRIES,
-            dir,
         })
+    }
+
+    /// The store's directory, once it holds (or held) an entry.
+    pub fn dir(&self) -> Option<&Path> {
+        self.tables.as_ref().map(|t| t.dir.as_path())
+    }
+
+    /// The tables, opened on first use.
+    fn tables(&mut self) -> Result<&Tables, String> {
+        if self.tables.is_none() {
+            self.tables = Some(Tables::open(self.parent.as_deref())?);
+        }
+        Ok(self.tables.as_ref().expect("just opened"))
+    }
+
+    /// The tables of a store that holds entries (only writes open them).
+    fn opened(&self) -> Result<&Tables, String> {
+        self.tables.as_ref().ok_or_else(|| "join store: entries counted but no store opened".to_string())
     }
 
     pub fn len(&self) -> usize {
@@ -290,11 +334,12 @@ impl ColdStore {
         for (id, _, _) in &entries {
             self.bloom.insert(id);
         }
+        let t = self.tables()?;
         if n < INGEST_MIN {
-            let mut batch = self.db.batch();
+            let mut batch = t.db.batch();
             for ((id, expires, value), key) in entries.iter().zip(keys) {
-                batch.insert(&self.ids, id_key(epoch, id), expiry_bytes(*expires).to_vec());
-                batch.insert(&self.expiry, key, stored_value(epoch, value));
+                batch.insert(&t.ids, id_key(epoch, id), expiry_bytes(*expires).to_vec());
+                batch.insert(&t.expiry, key, stored_value(epoch, value));
             }
             batch.commit().map_err(err)?;
         } else {
@@ -302,8 +347,8 @@ impl ColdStore {
                 let (id, expires, _) = &entries[i as usize];
                 (id_key(epoch, id), expiry_bytes(*expires).to_vec())
             });
-            ingest(&self.ids, index)?;
-            ingest(&self.expiry, keys.into_iter().zip(&entries).map(|(key, (_, _, value))| (key, stored_value(epoch, value))))?;
+            ingest(&t.ids, index)?;
+            ingest(&t.expiry, keys.into_iter().zip(&entries).map(|(key, (_, _, value))| (key, stored_value(epoch, value))))?;
         }
         self.len += n;
         *self.epochs.entry(epoch).or_default() += n;
@@ -331,8 +376,9 @@ impl ColdStore {
     /// A filter sized for twice the ids stored now, from the ids keyspace (keys only).
     fn rebuild_bloom(&mut self) -> Result<(), String> {
         let mut bloom = Bloom::new(2 * self.len);
+        let ids = &self.opened()?.ids;
         for &epoch in self.epochs.keys() {
-            for guard in self.ids.prefix(epoch.to_be_bytes()) {
+            for guard in ids.prefix(epoch.to_be_bytes()) {
                 bloom.insert(&guard.key().map_err(err)?[4..]);
             }
         }
@@ -352,8 +398,9 @@ impl ColdStore {
         if self.len == 0 || !self.bloom.may_contain(id) {
             return Ok(None);
         }
+        let t = self.opened()?;
         for &epoch in self.epochs.keys().rev() {
-            let Some(e) = self.ids.get(id_key(epoch, id)).map_err(err)? else {
+            let Some(e) = t.ids.get(id_key(epoch, id)).map_err(err)? else {
                 continue;
             };
             let mut key = e.to_vec();
@@ -361,7 +408,7 @@ impl ColdStore {
             if key < self.floor {
                 continue;
             }
-            match self.expiry.get(&key).map_err(err)? {
+            match t.expiry.get(&key).map_err(err)? {
                 Some(stored) if epoch_of(&stored) == epoch => {
                     return Ok(Some((expiry_from(&e), epoch, stored.to_vec())));
                 }
@@ -387,7 +434,7 @@ impl ColdStore {
             self.first = None;
             self.floor = key.clone();
         }
-        self.expiry.remove(key).map_err(err)?;
+        self.opened()?.expiry.remove(key).map_err(err)?;
         self.len -= 1;
         let live = self.epochs.get_mut(&epoch).ok_or("join store: an entry of an unknown epoch")?;
         *live -= 1;
@@ -402,7 +449,7 @@ impl ColdStore {
     fn drop_epoch(&mut self, epoch: u32) -> Result<(), String> {
         self.epochs.remove(&epoch);
         let (lo, hi) = (epoch.to_be_bytes(), (epoch + 1).to_be_bytes());
-        self.ids.tree.drop_range::<&[u8], _>(&lo[..]..&hi[..]).map_err(|e| format!("join store: {e}"))
+        self.opened()?.ids.tree.drop_range::<&[u8], _>(&lo[..]..&hi[..]).map_err(|e| format!("join store: {e}"))
     }
 
     /// The smallest `(expires, id)` stored.
@@ -411,7 +458,8 @@ impl ColdStore {
             return Ok(None);
         }
         if self.first.is_none() {
-            let guard = self.expiry.range(self.floor.as_slice()..).next().ok_or("join store: entries missing")?;
+            let t = self.opened()?;
+            let guard = t.expiry.range(self.floor.as_slice()..).next().ok_or("join store: entries missing")?;
             let (k, v) = guard.into_inner().map_err(err)?;
             self.floor = k.to_vec();
             self.first = Some((k.to_vec(), v.to_vec()));
@@ -433,7 +481,7 @@ impl ColdStore {
 
     /// Every entry, in `(expires, id)` order: (id, expires, encoded value).
     pub fn scan(&self) -> impl Iterator<Item = Result<(Vec<u8>, f64, Vec<u8>), String>> + '_ {
-        let it = if self.len == 0 { None } else { Some(self.expiry.range(self.floor.as_slice()..)) };
+        let it = self.tables.as_ref().filter(|_| self.len > 0).map(|t| t.expiry.range(self.floor.as_slice()..));
         it.into_iter().flatten().map(|guard| {
             let (k, v) = guard.into_inner().map_err(err)?;
             Ok((k[8..].to_vec(), expiry_from(&k), v[4..].to_vec()))
@@ -452,13 +500,14 @@ impl ColdStore {
         self.clear()?;
         // One epoch for all of them: it is written once, sorted, and never overlaps a later one.
         let epoch = self.epoch;
+        let t = self.tables()?;
         let n = ingest(
-            &self.expiry,
+            &t.expiry,
             by_expiry.map(|(id, expires, value)| (expiry_key(expires, id), stored_value(epoch, &value))),
         )?;
         let mut bloom = Bloom::new(2 * n);
         ingest(
-            &self.ids,
+            &t.ids,
             by_id.map(|(id, expires)| {
                 bloom.insert(id);
                 (id_key(epoch, id), expiry_bytes(expires).to_vec())
@@ -477,8 +526,10 @@ impl ColdStore {
 
     /// Drops every entry.
     pub fn clear(&mut self) -> Result<(), String> {
-        self.expiry.clear().map_err(err)?;
-        self.ids.clear().map_err(err)?;
+        if let Some(t) = &self.tables {
+            t.expiry.clear().map_err(err)?;
+            t.ids.clear().map_err(err)?;
+        }
         (self.len, self.floor, self.first, self.bloom) = (0, Vec::new(), None, Bloom::new(0));
         self.epochs.clear();
         // Epoch numbers are not reused, so no index entry left anywhere can pass for a new one.
@@ -506,9 +557,15 @@ mod tests {
     #[test]
     fn first_follows_puts_and_removals() {
         let mut s = ColdStore::open(None).unwrap();
-        let dir = s.dir.clone();
+        // Nothing on disk until the first entry; reads of the empty store open nothing either.
+        assert!(s.dir().is_none() && s.get(b"a").unwrap().is_none() && s.first().unwrap().is_none());
+        assert_eq!(s.scan().count(), 0);
+        s.clear().unwrap();
+        assert!(s.dir().is_none());
         let e = |id: &str, x: f64| (id.as_bytes().to_vec(), x, id.as_bytes().to_vec());
         s.put_many(vec![e("b", 2.0), e("a", 2.0), e("c", 1.0), e("ab", 2.0)]).unwrap();
+        let dir = s.dir().expect("opened by the first entries").to_path_buf();
+        assert!(dir.exists());
         assert_eq!(s.first().unwrap(), Some((1.0, &b"c"[..])));
         assert_eq!(s.take(b"c").unwrap(), Some((1.0, b"c".to_vec())));
         assert_eq!(s.first().unwrap(), Some((2.0, &b"a"[..])));
