@@ -18,8 +18,9 @@ For each N (a fresh consumer group and topics of one partition each):
    starts another on the same state dir: the time it takes to load the local state is the restart from
    the local store.
 
-The worker runs with the config's join settings (no memory budget by default: everything in memory);
-`--memory-entries B` sets `join.memory_entries` (the rest of the entries in the embedded store).
+The worker runs with the config's join settings (the default memory budget, 500,000 entries in memory
+and the rest in the embedded store); `--memory-entries B` sets `join.memory_entries`, and
+`--memory-entries 0` sets it to null: everything in memory.
 
 `--join-only` measures the native join alone, without Kafka, each budget in its own process: N pending
 predictions (fill rate), then a probe of P new predictions and P ground truths for random pending ids
@@ -199,8 +200,9 @@ def write_config(tmp: Path, bootstrap: str, name: str, max_pending: int, memory_
     config = yaml.safe_load((ROOT / "monitor" / "examples" / "config.yaml").read_text())
     config["kafka"] = {"bootstrap_servers": bootstrap, "predictions_topic": f"{name}-p", "ground_truth_topic":
                        f"{name}-g", "dead_letter_topic": f"{name}-dlq", "group_id": f"{name}-group", "partitions": 1}
-    config["join"] = {"ttl": "72h", "max_pending": max_pending,
-                      **({"memory_entries": memory_entries} if memory_entries else {})}
+    config["join"] = {"ttl": "72h", "max_pending": max_pending}
+    if memory_entries is not None:  # else the default budget; 0: none, everything in memory
+        config["join"]["memory_entries"] = memory_entries or None
     for key in ("reference", "features", "slos"):
         config["models"][0].pop(key, None)
     config.pop("retraining", None)
@@ -352,7 +354,8 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000000,5000000,10000000", help="pending predictions, comma-separated")
     ap.add_argument("--probe", type=int, default=100_000, help="predictions (and as many ground truths) timed")
     ap.add_argument("--memory-entries", type=int, default=None,
-                    help="the worker's join.memory_entries (default: the config's, no budget: all in memory)")
+                    help="the worker's join.memory_entries (default: the config's default, 500,000; "
+                         "0: none, all in memory)")
     ap.add_argument("--settle", action="store_true",
                     help="before each probe, wait until the worker is idle (the store's compactions of the fill "
                          "done), so the probe measures its own cost only")
@@ -369,7 +372,8 @@ def main() -> None:
         broker = start_broker()  # stock settings: message.max.bytes 1 MB, socket.request.max.bytes 100 MB
         args.bootstrap = broker.bootstrap
     entry = entry_dtype(len(LABELS)).itemsize + 16 + 36  # value, key prefix and model name, UUID id
-    budget = f"join.memory_entries {args.memory_entries:,}" if args.memory_entries else "no join memory budget"
+    budget = ("the default join memory budget" if args.memory_entries is None else
+              f"join.memory_entries {args.memory_entries:,}" if args.memory_entries else "no join memory budget")
     print(f"one partition, 6 labels, UUID ids, stock broker, {budget}; probe: {args.probe:,} predictions + "
           f"{args.probe:,} ground truths; encoded entry with its key: about {entry} bytes")
     print(f"{'pending':>11} {'fill ev/s':>10} {'probe ev/s':>11} {'ev/CPU s':>10} {'vs empty':>9} {'RSS MB':>8} "

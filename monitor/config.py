@@ -33,6 +33,9 @@ HOUR = 3600
 DAY = 86400
 # Windows up to this length are assembled from 1-minute buckets, longer ones from 1-hour buckets.
 FINE_WINDOW_LIMIT = 6 * HOUR
+# Join entries held in memory per model and partition engine unless join.memory_entries says otherwise:
+# about 140 MB of them (about 280 bytes each). Pending predictions beyond it live on local disk.
+DEFAULT_MEMORY_ENTRIES = 500_000
 
 _UNITS = {"s": 1, "m": MINUTE, "h": HOUR, "d": DAY, "w": 7 * DAY}
 _DURATION_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
@@ -151,13 +154,23 @@ class JoinConfig(_Strict):
     # pending join and dropping every window block. None (the default) trusts producers' clocks.
     max_clock_skew: Duration | None = None
     # Join entries kept in memory per model and partition engine (native core); the rest spill to an
-    # embedded store on local disk, so memory stays flat however many are pending. None: all in memory
-    # (the default: spilled entries cost a random disk read when their ground truth arrives, see
-    # docs/benchmarks.md, so the budget is a choice between memory and speed).
-    memory_entries: int | None = Field(None, ge=1)
+    # embedded store on local disk, so memory stays flat however many are pending (a spilled entry costs
+    # a random disk read when its ground truth arrives, see docs/benchmarks.md). None: all in memory.
+    # Unset, it is DEFAULT_MEMORY_ENTRIES, or join.max_pending when that is lower.
+    memory_entries: int | None = Field(DEFAULT_MEMORY_ENTRIES, ge=1)
     # Where the stores go (a fresh directory per table, removed with it): the store is a cache of the
     # worker's changelog, never read back after a restart. None: the system temp directory.
     state_dir: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_budget_within_cap(cls, data: Any) -> Any:
+        # Only a budget the config sets is refused above join.max_pending; the default yields to it.
+        if isinstance(data, dict) and "memory_entries" not in data:
+            cap = data.get("max_pending", cls.model_fields["max_pending"].default)
+            if isinstance(cap, int) and not isinstance(cap, bool) and cap >= 1:
+                data = {**data, "memory_entries": min(DEFAULT_MEMORY_ENTRIES, cap)}
+        return data
 
     @model_validator(mode="after")
     def _budget_within_cap(self) -> JoinConfig:

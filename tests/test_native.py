@@ -9,13 +9,17 @@ exact decoder can judge (partial labels, served lists, multiclass, epoch times, 
 
 from __future__ import annotations
 
+import gc
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.config import MonitorConfig, parse_config
+from monitor.config import DEFAULT_MEMORY_ENTRIES, MonitorConfig, parse_config
 from monitor.engine import model_state, native, snapshot
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
 from monitor.engine.figures import Figures
@@ -230,7 +234,40 @@ def test_a_budget_above_the_cap_is_refused_naming_both() -> None:
     assert "join.memory_entries" in str(info.value.problems) and "join.max_pending" in str(info.value.problems)
     # The worker's --state-dir goes to the join settings; the budget stays what the config says.
     worker = parse_config({"models": [{"name": "m", "labels": ["a"]}]}).join.for_worker("/tmp/x")
-    assert worker.memory_entries is None and worker.state_dir == "/tmp/x"
+    assert worker.memory_entries == DEFAULT_MEMORY_ENTRIES and worker.state_dir == "/tmp/x"
+
+
+def test_the_default_budget_yields_to_a_lower_cap_and_null_keeps_everything_in_memory() -> None:
+    def join(**keys: object) -> Any:
+        return parse_config({"join": keys, "models": [{"name": "m", "labels": ["a"]}]}).join
+
+    assert join().memory_entries == DEFAULT_MEMORY_ENTRIES
+    assert join(max_pending=1000).memory_entries == 1000  # not an error: the config set no budget
+    assert join(memory_entries=None).memory_entries is None
+    assert join(memory_entries=7, max_pending=1000).memory_entries == 7
+
+
+def test_a_join_under_its_budget_makes_no_store(tmp_path: Path) -> None:
+    """The store is opened when the first entry moves there: an engine under its budget makes no directory
+    (a worker has a join per model and partition); the first spill makes one, and dropping the join
+    removes it. A state dir that cannot be written to is refused when the join is made."""
+    config = with_budget(4).model_copy(update={"join": with_budget(4).join.model_copy(
+        update={"state_dir": str(tmp_path)})})
+    engine = Engine(config, use_native=True)
+    preds = [(PREDICTIONS, orjson.dumps({"prediction_id": f"id{i}", "model": "k", "timestamp": stamp(i),
+                                         "scores": {"x": 0.7, "y": 0.3}})) for i in range(6)]
+    engine.process(preds[:4])
+    join = engine.models["k"].join
+    assert join.store_dir is None and list(tmp_path.iterdir()) == []
+    engine.process(preds[4:])
+    assert join.store_dir is not None and Path(join.store_dir).parent == tmp_path and len(join) == 6
+    del engine, join
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    with pytest.raises(OSError, match="join store directory"):
+        native._native.Join(3600.0, 100, 2, 5, str(blocked / "sub"))
 
 
 @pytest.mark.parametrize("memory_entries", [None, 3])

@@ -531,9 +531,12 @@ class PartitionRecords:
 @dataclass(frozen=True)
 class Staging:
     """Read join entries into a staging store under `state_dir` (the system temp directory when None)
-    rather than memory: for joins with a memory budget, whose restore then holds at most the budget."""
+    rather than memory: for joins with a memory budget, whose restore then holds at most the budget.
+    Only partitions whose changelog spans more than `above` offsets are staged: fewer records cannot
+    hold more join entries than a budget of `above`, and a read into memory is faster."""
 
     state_dir: str | None = None
+    above: int = 0
 
 
 async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list[int], timeout: float = 600.0,
@@ -554,20 +557,23 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
     starts = await reader.beginning_offsets(tps)
     todo = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
     if raw and raw_fetch.available():
-        latest = {tp: raw_fetch.latest() if staging is None else _native.Staged(staging.state_dir) for tp in tps}
+        staged = {tp for tp in tps if staging is not None and ends[tp] - starts[tp] > staging.above}
+        latest = {tp: _native.Staged(staging.state_dir) if staging is not None and tp in staged else raw_fetch.latest()
+                  for tp in tps}
         if todo:
             # The reader's own client: its connections and metadata, no group, nothing assigned.
             fetcher = raw_fetch.RawReader(reader._client, raw_fetch.READ_COMMITTED)
             async for tp, cols in fetcher.read({tp: starts[tp] for tp in todo}, todo, timeout):
                 # Inline, not in a thread: measured slower in a thread on this 2-core machine under load.
                 latest[tp].add(cols.data, cols.key_start, cols.key_end, cols.value_start, cols.value_end)
-        if staging is not None:
-            out = {}
-            for tp in tps:
+        out = {}
+        for tp in tps:
+            if tp in staged:
                 latest[tp].finish()
                 out[tp.partition] = PartitionRecords(StateRecords(*latest[tp].take_others()), ends[tp], latest[tp])
-            return out
-        return {tp.partition: PartitionRecords(StateRecords(*latest[tp].take_columns()), ends[tp]) for tp in tps}
+            else:
+                out[tp.partition] = PartitionRecords(StateRecords(*latest[tp].take_columns()), ends[tp])
+        return out
     state: dict[TopicPartition, dict[bytes, bytes]] = {tp: {} for tp in tps}
     if todo:
         await _read_getmany(reader, starts, todo, state, timeout)

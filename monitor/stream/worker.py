@@ -632,8 +632,10 @@ class Worker:
         fenced = time.monotonic()
         local = await self._local_states(todo)
         unread = [p for p in todo if p not in local]
-        # A join with a memory budget restores within it: its entries are staged on disk while read.
-        staging = Staging(self.config.join.state_dir) if self.config.join.memory_entries is not None else None
+        # A join with a memory budget restores within it: the entries of a partition whose changelog could
+        # hold more than the budget are staged on disk while read.
+        budget = self.config.join.memory_entries
+        staging = Staging(self.config.join.state_dir, above=budget) if budget is not None else None
         read = await read_partitions(self.reader, self.topics.state, unread, staging=staging)
         if unread:
             how = "native reader" if raw_fetch.available() else "aiokafka consumer"
