@@ -345,6 +345,14 @@ class Worker:
         for s in self.partitions.values():
             if s.dirty or s.state_end is None:
                 continue  # the changelog is behind this state (or unknown): a restart must read it
+            spilled = sum(len(m.join) - m.join.memory_len for m in s.engine.models.values()
+                          if hasattr(m.join, "memory_len"))
+            if spilled:
+                # A state file holds the whole state, and writing (and loading) it takes all of it into
+                # memory: beyond the join's memory budget that would undo the budget at every restart.
+                log.info("partition %d: local state not written (%d join entries on disk beyond the memory "
+                         "budget); a restart restores it from the changelog", s.partition, spilled)
+                continue
             started = time.monotonic()
             try:
                 size = local_state.save(self.local_dir, s.partition, s.state_end, s.engine,
