@@ -75,8 +75,8 @@ def replay(config: MonitorConfig, predictions: list[bytes], ground_truth: list[b
             truths = engine.decode(GROUND_TRUTH, ground_truth)
         reports = rejection_reports(predictions, ground_truth, preds, truths)
         sides, index = steps_by_time(preds, truths, at)
-        for start in range(0, len(sides), BATCH):
-            engine.apply(preds, truths, sides[start:start + BATCH], index[start:start + BATCH])
+        engine.apply_batches(preds, truths, [(sides[start:start + BATCH], index[start:start + BATCH])
+                                             for start in range(0, len(sides), BATCH)])
     finally:
         if was_enabled:
             gc.enable()

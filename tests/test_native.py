@@ -19,13 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.config import DEFAULT_MEMORY_ENTRIES, MonitorConfig, parse_config
+from monitor.config import DEFAULT_MEMORY_ENTRIES, MonitorConfig, SegmentConfig, parse_config
 from monitor.engine import model_state, native, snapshot
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
 from monitor.engine.figures import Figures
 from monitor.engine.merge import merged_engine
+from monitor.exporter import prometheus_text
 from monitor.inputs import load_inputs
-from monitor.replay import run_replay
+from monitor.replay import run_replay, steps_by_time
 from tests.events import BASE
 
 pytestmark = pytest.mark.skipif(native._native is None,
@@ -178,6 +179,34 @@ def test_bundled_example_gives_identical_figures() -> None:
     assert fast.use_native and not slow.use_native
     assert figures_map(figures_fast) == figures_map(figures_slow)
     assert join_state(fast) == join_state(slow)
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_batches_applied_with_folds_on_another_thread_equal_one_apply_per_batch(
+        threads: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Engine.apply_batches applies a model's batches on one thread while the previous batch's statistics
+    are folded into its blocks on another: the same figures, join and blocks, to the bit, as one
+    `apply` (apply, then flush) per batch, with segments (cohort keys handed over by `take`) and a
+    budget that spills."""
+    monkeypatch.setenv("MLMON_APPLY_THREADS", threads)
+    inputs = load_inputs(None, None, None, None)
+    config = inputs.config.model_copy(update={
+        "join": inputs.config.join.model_copy(update={"memory_entries": 300}),
+        "models": [m.model_copy(update={"segments": [SegmentConfig(name="lang", feature="lang")]})
+                   for m in inputs.config.models]})
+    engines = [Engine(config, use_native=True) for _ in range(2)]
+    decoded = [(e.decode(PREDICTIONS, inputs.predictions), e.decode(GROUND_TRUTH, inputs.ground_truth))
+               for e in engines]
+    sides, index = steps_by_time(*decoded[0], None)
+    batches = [(sides[s:s + 1000], index[s:s + 1000]) for s in range(0, len(sides), 1000)]
+    for sides_b, index_b in batches:
+        engines[0].apply(*decoded[0], sides_b, index_b)
+    engines[1].apply_batches(*decoded[1], batches)
+    assert len(engines[1].models["moderation"].join) > engines[1].models["moderation"].join.memory_len
+    assert engines[1].models["moderation"].segment_values[0], "segments were filled"
+    assert join_state(engines[0]) == join_state(engines[1])
+    assert snapshot.dump(engines[0]) == snapshot.dump(engines[1])
+    assert prometheus_text(engines[0].evaluate()) == prometheus_text(engines[1].evaluate())
 
 
 def test_a_budget_spills_and_loads_back_in_expiry_order() -> None:

@@ -100,8 +100,11 @@ def recorded_apply(state: ModelState, preds: list[AcceptedPredictions], out: dic
         calls.append((v.tolist(), m.tolist(), dense.tobytes()))
 
     state.store.add_sparse = record  # type: ignore[method-assign,assignment]
-    state._preds = list(preds)
-    state._apply(out)
+    table = None
+    if state.cfg.segments:
+        state.cohort_keys(np.zeros(0, dtype=np.int64))  # what `take` hands over
+        table = state._cohort_keys
+    state._apply(out, list(preds), table)
     return [calls, dict(state.tallies.late)]
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -226,36 +227,46 @@ class Engine:
               index: np.ndarray) -> list[Rejection]:
         """Apply steps in order: step i is event `index[i]` of `predictions` (sides[i] == 0) or of
         `ground_truth` (1). Invalid events are counted and returned; then the batch is flushed."""
+        return self.apply_batches(predictions, ground_truth, [(sides, index)])
+
+    def apply_batches(self, predictions: DecodedTopic | None, ground_truth: DecodedTopic | None,
+                      batches: Sequence[tuple[np.ndarray, np.ndarray]]) -> list[Rejection]:
+        """`apply` of each (sides, index) batch in turn, each flushed after it: the figures of one `apply`
+        call per batch. With the native core each model's batches are applied on one thread while the
+        previous batch's statistics go into its blocks on another (`ModelState.take` and `fold`)."""
         topics = (predictions, ground_truth)
-        model = np.full(len(sides), -1, dtype=np.int64)
-        row = np.full(len(sides), -1, dtype=np.int64)
-        for side, decoded in enumerate(topics):
-            if decoded is not None:
-                sel = np.nonzero(sides == side)[0]
-                model[sel] = decoded.model[index[sel]]
-                row[sel] = decoded.row[index[sel]]
         rejected: list[Rejection] = []
-        for step in np.nonzero(model < 0)[0].tolist():
-            decoded = topics[sides[step]]
-            assert decoded is not None
-            i = int(index[step])
-            exc = decoded.rejected.get(i)
-            if exc is None:  # skipped by a mapping's `when`: not an event
-                continue
-            self.invalid[(decoded.topic, exc.reason)] += 1
-            rejected.append(Rejection(decoded.topic, exc.reason, exc.detail, decoded.raws[i], exc.field,
-                                      exc.expression))
+        per_model: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in self._states]
+        for sides, index in batches:
+            model = np.full(len(sides), -1, dtype=np.int64)
+            row = np.full(len(sides), -1, dtype=np.int64)
+            for side, decoded in enumerate(topics):
+                if decoded is not None:
+                    sel = np.nonzero(sides == side)[0]
+                    model[sel] = decoded.model[index[sel]]
+                    row[sel] = decoded.row[index[sel]]
+            for step in np.nonzero(model < 0)[0].tolist():
+                decoded = topics[sides[step]]
+                assert decoded is not None
+                i = int(index[step])
+                exc = decoded.rejected.get(i)
+                if exc is None:  # skipped by a mapping's `when`: not an event
+                    continue
+                self.invalid[(decoded.topic, exc.reason)] += 1
+                rejected.append(Rejection(decoded.topic, exc.reason, exc.detail, decoded.raws[i], exc.field,
+                                          exc.expression))
+            for m, steps in enumerate(per_model):
+                sel = np.nonzero(model == m)[0]
+                steps.append((sides[sel].astype(np.uint8), row[sel]))
+        folds = parallel.folds() if self.use_native and len(batches) > 1 and parallel.threads() > 1 else None
         sized: list[tuple[int, Callable[[], None]]] = []
         for m, state in enumerate(self._states):
-            sel = np.nonzero(model == m)[0]
-            if not sel.size:
-                sized.append((0, state.flush))
-                continue
-            sized.append((sel.size, partial(_apply_and_flush, state, sides[sel].astype(np.uint8), row[sel],
-                                            predictions.blocks[m] if predictions is not None else None,
-                                            ground_truth.blocks[m] if ground_truth is not None else None)))
-        # Largest first (the calling thread takes it, the pool the rest in order): the batch ends when its
-        # largest model does, whichever model the config lists first.
+            steps = per_model[m]
+            sized.append((sum(rows.size for _, rows in steps), partial(
+                _apply_model, state, steps, predictions.blocks[m] if predictions is not None else None,
+                ground_truth.blocks[m] if ground_truth is not None else None, folds)))
+        # Largest first (the calling thread takes it, the pool the rest in order): the batches end when
+        # their largest model does, whichever model the config lists first.
         sized.sort(key=lambda t: -t[0])
         self._run([task for _, task in sized])
         return rejected
@@ -335,9 +346,27 @@ class Engine:
 
 
 
-def _apply_and_flush(state: ModelState, kinds: np.ndarray, rows: np.ndarray, preds: Any, truths: Any) -> None:
-    state.apply(kinds, rows, preds, truths)
-    state.flush()
+def _apply_model(state: ModelState, batches: list[tuple[np.ndarray, np.ndarray]], preds: Any, truths: Any,
+                 folds: ThreadPoolExecutor | None) -> None:
+    """One model's batches, each applied and flushed. With `folds`, a batch's statistics are folded into
+    the blocks on a thread of that pool while the next batch is applied (one fold at a time, in order)."""
+    pending: Future[None] | None = None
+    try:
+        for kinds, rows in batches:
+            if rows.size:
+                state.apply(kinds, rows, preds, truths)
+            taken = state.take()
+            if folds is None:
+                state.fold(taken)
+                continue
+            if pending is not None:
+                pending.result()
+            pending = folds.submit(state.fold, taken)
+        if pending is not None:
+            pending.result()
+    finally:
+        if pending is not None:
+            wait([pending])  # a failed apply leaves no fold of this model running
 
 
 def topic_steps(n_predictions: int, n_ground_truth: int) -> tuple[np.ndarray, np.ndarray]:

@@ -66,6 +66,15 @@ def segment_key(segment: int, value: int) -> int:
     return SEGMENT_KEY_BASE + segment * SEGMENT_KEY_STRIDE + value
 
 
+class Taken(NamedTuple):
+    """What `ModelState.take` hands to `ModelState.fold`: the join's output since the last take."""
+
+    minute: int | None  # the watermark's minute bucket (None before any event time)
+    out: dict[str, np.ndarray]  # the join's drained columns
+    preds: list[AcceptedPredictions]  # accepted predictions queued since the last take
+    cohort_table: np.ndarray | None  # store keys per cohort (with segments and the native core)
+
+
 class AcceptedPredictions(NamedTuple):
     """The rows of accepted predictions that the statistics need, queued until the next flush."""
 
@@ -257,18 +266,37 @@ class ModelState:
     # --- batch -> block deltas ---------------------------------------------------------------------
     def flush(self) -> None:
         """Expire old joins, then apply everything produced since the last flush to the blocks."""
+        self.fold(self.take())
+
+    def take(self) -> Taken:
+        """The join's half of a flush: expire old joins and hand over everything produced since the last
+        take. `fold` adds it to the blocks; between the two only the join and the counters of `apply`
+        are touched, so a take's fold may run on another thread while the next steps are applied."""
         self.join.expire()
-        if self.join.watermark > float("-inf"):
-            self.store.advance(int(self.join.watermark // 60))
+        watermark = self.join.watermark
         out = self.join.drain()
+        preds, self._preds = self._preds, []
+        table = None
+        if self.cfg.segments and self._cells is not None:
+            self.cohort_keys(np.zeros(0, dtype=np.int64))  # brings the table up to date: a new array
+            table = self._cohort_keys
+        return Taken(int(watermark // 60) if watermark > float("-inf") else None, out, preds, table)
+
+    def fold(self, taken: Taken) -> None:
+        """The statistics' half of a flush: what `take` handed over, added to the window blocks. Folds of
+        one model must run in the order of their takes."""
+        if taken.minute is not None:
+            self.store.advance(taken.minute)
+        out = taken.out
         if out["delay"].size:
             self.tallies.delay.observe(out["delay"])
-        if self._preds or out["unpend_ts"].size or out["join_obs"].size:
-            self._apply(out)
+        if taken.preds or out["unpend_ts"].size or out["join_obs"].size:
+            self._apply(out, taken.preds, taken.cohort_table)
 
-    def _apply(self, out: dict[str, np.ndarray]) -> None:
+    def _apply(self, out: dict[str, np.ndarray], queued: list[AcceptedPredictions],
+               cohort_table: np.ndarray | None) -> None:
         if self._cells is not None:
-            self._apply_native(out)
+            self._apply_native(out, queued, cohort_table)
             return
         # Each contribution goes to the block of its (version, minute): predictions and pending-score
         # removals at prediction time, joins at observation time. One np.unique over all of them numbers
@@ -276,9 +304,8 @@ class ModelState:
         # contribution also goes to the block of each of its segment values (cohort_keys).
         parts: list[tuple[np.ndarray, np.ndarray]] = []  # (cohorts, minutes) per kind of contribution
         p = None
-        if self._preds:
-            p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*self._preds, strict=True)))
-            self._preds = []
+        if queued:
+            p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*queued, strict=True)))
             parts.append((p.version, fine_bucket(p.ts)))
         unpend = out["unpend_ts"].size > 0
         if unpend:
@@ -312,20 +339,17 @@ class ModelState:
         deltas = np.bincount(np.concatenate(idx), weights=np.concatenate(w), minlength=len(blocks) * size)
         self.store.add_many(blocks >> 32, blocks & 0xFFFFFFFF, deltas.reshape(len(blocks), size))
 
-    def _apply_native(self, out: dict[str, np.ndarray]) -> None:
+    def _apply_native(self, out: dict[str, np.ndarray], queued: list[AcceptedPredictions],
+                      table: np.ndarray | None) -> None:
         # What `_apply` does, with the cells computed in the native core from the same columns and handed
-        # over as the nonzero cells of each block (add_sparse), not as dense rows.
+        # over as the nonzero cells of each block (add_sparse), not as dense rows. `table`: the cohort
+        # keys as `take` found them (with segments).
         preds = None
-        if self._preds:
-            p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*self._preds, strict=True)))
-            self._preds = []
+        if queued:
+            p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*queued, strict=True)))
             preds = (p.version, p.ts, p.scores, p.predicted, p.numeric, p.categorical)
         if preds is None and not out["unpend_ts"].size and not out["join_obs"].size:
             return
-        table = None
-        if self.cfg.segments:
-            self.cohort_keys(np.zeros(0, dtype=np.int64))  # brings the table up to date
-            table = self._cohort_keys
         st = self.store
         blocks, ptr, cells, values, late_p, late_g = self._cells.deltas(  # type: ignore[union-attr]
             table, preds, out, st.newest_fine, st.fine_span, st.coarse_span)

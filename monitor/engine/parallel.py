@@ -20,7 +20,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 _PREFIX = "mlmon-apply"
+_FOLD_PREFIX = "mlmon-fold"
 _pool: ThreadPoolExecutor | None = None
+_folds: ThreadPoolExecutor | None = None
 _lock = threading.Lock()
 
 
@@ -56,6 +58,17 @@ def run_all(tasks: Sequence[Callable[[], T]]) -> list[T]:
     if failure is not None:
         raise failure
     return results
+
+
+def folds() -> ThreadPoolExecutor:
+    """The process-wide pool that folds a model's applied batch into its window blocks while the model's
+    next batch is applied (`Engine.apply_batches`). Apart from the model tasks' pool, so a fold never
+    waits behind another model's whole task; each model has at most one fold in flight."""
+    global _folds
+    with _lock:
+        if _folds is None:
+            _folds = ThreadPoolExecutor(max_workers=4, thread_name_prefix=_FOLD_PREFIX)
+        return _folds
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
