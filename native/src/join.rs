@@ -1138,7 +1138,7 @@ impl JoinTable {
                 (std::mem::take(&mut r.2), r.3, std::mem::take(&mut r.4))
             })
             .collect();
-        cold.store.put_sorted(sorted, &by_id)
+        cold.store.put_sorted(sorted, &by_id, true)
     }
 }
 

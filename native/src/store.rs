@@ -143,7 +143,8 @@ pub fn open_fresh(parent: Option<&Path>, kind: &str) -> Result<(Database, PathBu
 fn check_writable(dir: &Path) -> Result<(), String> {
     let fail = |e: std::io::Error| format!("join store directory {}: {e}", dir.display());
     std::fs::create_dir_all(dir).map_err(fail)?;
-    let probe = dir.join(format!(".mlmon-probe-{}-{}", std::process::id(), OPENED.fetch_add(1, AtomicOrdering::Relaxed)));
+    let probe =
+        dir.join(format!(".mlmon-probe-{}-{}", std::process::id(), OPENED.fetch_add(1, AtomicOrdering::Relaxed)));
     std::fs::write(&probe, b"").map_err(fail)?;
     std::fs::remove_file(&probe).map_err(fail)
 }
@@ -314,12 +315,21 @@ impl ColdStore {
             entries.sort_by(|a, b| expiry_bytes(a.1).cmp(&expiry_bytes(b.1)).then_with(|| a.0.cmp(&b.0)));
             by_id.sort_unstable_by(|&a, &b| entries[a as usize].0.cmp(&entries[b as usize].0));
         }
-        self.put_sorted(entries, &by_id)
+        self.put_sorted(entries, &by_id, false)
     }
 
     /// `put_many` of entries already in `(expires, id)` order, `by_id` listing them in id order (both
-    /// orders only matter from INGEST_MIN entries on).
-    pub fn put_sorted(&mut self, entries: Vec<(Vec<u8>, f64, Vec<u8>)>, by_id: &[u32]) -> Result<(), String> {
+    /// orders only matter from INGEST_MIN entries on). `side_by_side` writes the two keyspaces on two
+    /// threads: for a restore, where the worker waits on the wall time (measured: a 2M-entry staged
+    /// restore 8-10% faster); the spills of a running join keep one thread, as the second costs CPU
+    /// that the other partitions and models would use (measured: 0.69x against 0.72-0.81x of the
+    /// empty state's events per CPU second at 10M pending).
+    pub fn put_sorted(
+        &mut self,
+        entries: Vec<(Vec<u8>, f64, Vec<u8>)>,
+        by_id: &[u32],
+        side_by_side: bool,
+    ) -> Result<(), String> {
         if entries.is_empty() {
             return Ok(());
         }
@@ -351,8 +361,21 @@ impl ColdStore {
                 let (id, expires, _) = &entries[i as usize];
                 (id_key(epoch, id), expiry_bytes(*expires).to_vec())
             });
-            ingest(&t.ids, index)?;
-            ingest(&t.expiry, keys.into_iter().zip(&entries).map(|(key, (_, _, value))| (key, stored_value(epoch, value))))?;
+            let rows = keys.into_iter().zip(&entries).map(|(key, (_, _, value))| (key, stored_value(epoch, value)));
+            if side_by_side {
+                // Each ingestion builds its own tables, so the two keyspaces can be written at once.
+                let (ids, expiry) = (&t.ids, &t.expiry);
+                let (a, b) = std::thread::scope(|scope| {
+                    let other = scope.spawn(move || ingest(ids, index));
+                    let b = ingest(expiry, rows);
+                    (other.join().expect("an ingesting thread panicked"), b)
+                });
+                a?;
+                b?;
+            } else {
+                ingest(&t.ids, index)?;
+                ingest(&t.expiry, rows)?;
+            }
         }
         self.len += n;
         *self.epochs.entry(epoch).or_default() += n;
