@@ -13,6 +13,8 @@ use std::ops::Range;
 
 use rustc_hash::FxHashMap;
 
+use crate::threads;
+
 /// Positions in the "scalars" field (windows.S_*), in this order.
 #[derive(Clone, Copy)]
 pub struct Scalars {
@@ -334,21 +336,14 @@ impl Layout {
         // contributions, each filled on its own thread with its own accumulators, and the ranges' rows are
         // joined in block order. Every block is filled exactly as on one thread.
         let ranges = block_ranges(&starts, scratch.len().min(items.len() / MIN_ITEMS_PER_THREAD).max(1));
-        let mut parts: Vec<Filled> = Vec::with_capacity(ranges.len());
-        std::thread::scope(|scope| {
-            let (first, others) = scratch.split_first_mut().expect("at least one scratch");
-            let handles: Vec<_> = ranges[1..]
-                .iter()
-                .zip(others.iter_mut())
-                .map(|(range, sc)| {
-                    let (rows, starts, order) = (&rows, &starts, &order);
-                    let range = range.clone();
-                    scope.spawn(move || self.fill(range, starts, order, rows, sc))
-                })
-                .collect();
-            parts.push(self.fill(ranges[0].clone(), &starts, &order, &rows, first));
-            parts.extend(handles.into_iter().map(|h| h.join().expect("a thread filling blocks panicked")));
-        });
+        debug_assert!(ranges.len() <= scratch.len(), "a set of accumulators per range");
+        let (rows, starts, order) = (&rows, &starts, &order);
+        let parts = threads::run_all(
+            ranges
+                .into_iter()
+                .zip(scratch.iter_mut())
+                .map(|(range, sc)| move || self.fill(range, starts, order, rows, sc)),
+        );
         let mut ptr = Vec::with_capacity(nb + 1);
         ptr.push(0_i64);
         let (mut cells, mut values) = (Vec::new(), Vec::new());

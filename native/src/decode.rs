@@ -10,6 +10,7 @@ use rustc_hash::FxHashMap;
 
 use crate::json::{read_event, Kind, Labels, Scalar, Scratch, Top};
 use crate::mapped::Reading;
+use crate::threads;
 use crate::timestamp;
 
 const MAX_ID_BYTES: usize = 256;
@@ -556,11 +557,6 @@ fn repeats<V>(pairs: &[(Cow<'_, str>, V)], at: &[usize]) -> bool {
 /// Fewest events per chunk: below this a thread costs more than it saves.
 pub const MIN_CHUNK: usize = 16_384;
 
-fn chunk_bounds(n: usize, threads: usize) -> Vec<(usize, usize)> {
-    let k = threads.min(n / MIN_CHUNK).max(1);
-    (0..k).map(|i| (n * i / k, n * (i + 1) / k)).collect()
-}
-
 impl Decoder {
     /// `predictions` over up to `threads` cores; the same batch.
     pub fn predictions_par<'a>(
@@ -587,19 +583,10 @@ fn run_chunks<'a, B: Send, F>(raws: &[&'a [u8]], threads: usize, decode: F) -> V
 where
     F: Fn(&[&'a [u8]]) -> Batch<B> + Sync,
 {
-    let bounds = chunk_bounds(raws.len(), threads);
-    if bounds.len() == 1 {
-        return vec![decode(raws)];
-    }
     let decode = &decode;
-    std::thread::scope(|scope| {
-        // The first chunk on this thread, the others on their own.
-        let handles: Vec<_> =
-            bounds[1..].iter().map(|&(a, b)| scope.spawn(move || decode(&raws[a..b]))).collect();
-        let mut out = vec![decode(&raws[bounds[0].0..bounds[0].1])];
-        out.extend(handles.into_iter().map(|h| h.join().expect("a decoding thread panicked")));
-        out
-    })
+    threads::run_all(
+        threads::even_ranges(raws.len(), threads, MIN_CHUNK).into_iter().map(|(a, b)| move || decode(&raws[a..b])),
+    )
 }
 
 /// The chunks' batches as one, in chunk order.
@@ -657,15 +644,17 @@ fn blank(line: &[u8]) -> bool {
     line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0b | 0x0c))
 }
 
-/// The lines of a JSON-lines buffer as (start, end) byte offsets, without their LF or CRLF end, blank
-/// lines left out, and, when some were left out, each kept line's 1-based number in the file. The same
-/// lines as monitor.inputs.split_lines makes with `bytes.split`.
+/// The lines of a JSON-lines buffer in one pass (read::split_lines cuts it on threads): the reference
+/// the tests compare with.
+#[cfg(test)]
 pub fn split_lines(buf: &[u8], from: usize) -> (Vec<i64>, Vec<i64>, Option<Vec<i64>>) {
     let lines = split_range(buf, from.min(buf.len()), buf.len());
     (lines.starts, lines.ends, lines.numbers)
 }
 
-/// The lines of `buf[from..to]` (offsets into `buf`, numbers counted from `from`).
+/// The lines of `buf[from..to]` as (start, end) byte offsets into `buf`, without their LF or CRLF end,
+/// blank lines left out, and, when some were left out, each kept line's 1-based number counted from
+/// `from`: the lines monitor.inputs.split_lines makes with `bytes.split`.
 pub struct Lines {
     pub starts: Vec<i64>,
     pub ends: Vec<i64>,
@@ -675,7 +664,7 @@ pub struct Lines {
     pub count: i64,
 }
 
-/// `split_lines` of the range `from..to` of `buf`.
+/// The `Lines` of the range `from..to` of `buf`.
 pub fn split_range(buf: &[u8], from: usize, to: usize) -> Lines {
     let buf = &buf[..to];
     let mut starts = Vec::with_capacity((to - from) / 256 + 1);
@@ -957,7 +946,7 @@ mod tests {
         for (a, b) in one.blocks.iter().zip(&par.blocks) {
             assert_eq!((&a.ids, &a.ts, &a.known, &a.actual, &a.full), (&b.ids, &b.ts, &b.known, &b.actual, &b.full));
         }
-        assert_eq!(chunk_bounds(MIN_CHUNK * 2 - 1, 8).len(), 1);
+        assert_eq!(threads::even_ranges(MIN_CHUNK * 2 - 1, 8, MIN_CHUNK).len(), 1);
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod read;
 mod records;
 mod restore;
 mod store;
+mod threads;
 mod timestamp;
 
 use std::borrow::Cow;
@@ -509,11 +510,7 @@ fn mapping_in(d: &Bound<'_, PyDict>) -> PyResult<MappingIn> {
 /// Threads a large batch is decoded on (the GIL released meanwhile): the machine's cores, at most 4,
 /// or MLMON_DECODE_THREADS. Batches under decode::MIN_CHUNK events per thread use fewer.
 fn decode_threads() -> usize {
-    std::env::var("MLMON_DECODE_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
-        .max(1)
+    threads::from_env("MLMON_DECODE_THREADS")
 }
 
 /// The bytes of a regular file, read on `decode_threads()` threads (read.rs). None when the path is not a
@@ -545,11 +542,7 @@ fn read_file(py: Python<'_>, path: std::path::PathBuf) -> PyResult<Option<Bound<
 /// Threads a model's flush may use (the GIL released meanwhile): MLMON_APPLY_THREADS, as for the models
 /// themselves (monitor.engine.parallel), else the machine's cores, at most 4.
 fn apply_threads() -> usize {
-    std::env::var("MLMON_APPLY_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(4)))
-        .max(1)
+    threads::from_env("MLMON_APPLY_THREADS")
 }
 
 /// A batch's messages: a list of bytes (or any iterable of bytes), or an object whose `spans()` gives

@@ -10,60 +10,33 @@ use std::io;
 use std::os::unix::fs::FileExt;
 
 use crate::decode::{self, Lines};
+use crate::threads;
 
 /// Fewest bytes per thread: below this a thread costs more than it saves.
 pub const MIN_BYTES_PER_THREAD: usize = 8 << 20;
 
-/// `k` consecutive ranges of about equal length covering `0..n` (fewer when `n` is small).
-fn ranges(n: usize, threads: usize) -> Vec<(usize, usize)> {
-    let k = threads.min(n / MIN_BYTES_PER_THREAD).max(1);
-    (0..k).map(|i| (n * i / k, n * (i + 1) / k)).collect()
-}
-
 /// Fills `buf` with the file's bytes from offset 0, each range on its own thread. A file shorter than
 /// `buf` is an `UnexpectedEof` error: the caller then reads it the ordinary way.
 pub fn read_into(file: &File, buf: &mut [u8], threads: usize) -> io::Result<()> {
-    let bounds = ranges(buf.len(), threads);
-    let mut parts: Vec<(usize, &mut [u8])> = Vec::with_capacity(bounds.len());
+    let mut parts: Vec<(usize, &mut [u8])> = Vec::new();
     let mut rest = buf;
-    for &(a, b) in &bounds {
+    for (a, b) in threads::even_ranges(rest.len(), threads, MIN_BYTES_PER_THREAD) {
         let (head, tail) = rest.split_at_mut(b - a);
         parts.push((a, head));
         rest = tail;
     }
-    std::thread::scope(|scope| {
-        let mut parts = parts.into_iter();
-        let (a0, first) = parts.next().expect("at least one range");
-        let handles: Vec<_> = parts.map(|(a, part)| scope.spawn(move || file.read_exact_at(part, a as u64))).collect();
-        let mut result = file.read_exact_at(first, a0 as u64);
-        for h in handles {
-            let r = h.join().expect("a reading thread panicked");
-            result = result.and(r);
-        }
-        result
-    })
+    threads::run_all(parts.into_iter().map(|(a, part)| move || file.read_exact_at(part, a as u64)))
+        .into_iter()
+        .collect()
 }
 
-/// `decode::split_lines` of `buf`, each range (cut just after a line feed) on its own thread: the same
-/// spans and line numbers as one pass.
+/// The lines (`decode::Lines`) of `buf` from `from`, each range (cut just after a line feed) on its own
+/// thread: the same spans and line numbers as one pass.
 pub fn split_lines(buf: &[u8], from: usize, threads: usize) -> (Vec<i64>, Vec<i64>, Option<Vec<i64>>) {
     let from = from.min(buf.len());
-    let cuts = cuts(buf, from, ranges(buf.len() - from, threads).len());
-    if cuts.len() == 2 {
-        return decode::split_lines(buf, from);
-    }
-    let parts: Vec<Lines> = std::thread::scope(|scope| {
-        let handles: Vec<_> = cuts
-            .windows(2)
-            .skip(1)
-            .map(|w| (w[0], w[1]))
-            .map(|(a, b)| scope.spawn(move || decode::split_range(buf, a, b)))
-            .collect();
-        let mut out = vec![decode::split_range(buf, cuts[0], cuts[1])];
-        out.extend(handles.into_iter().map(|h| h.join().expect("a line-splitting thread panicked")));
-        out
-    });
-    merge(parts)
+    let k = threads::even_ranges(buf.len() - from, threads, MIN_BYTES_PER_THREAD).len();
+    let cuts = cuts(buf, from, k);
+    merge(threads::run_all(cuts.windows(2).map(|w| (w[0], w[1])).map(|(a, b)| move || decode::split_range(buf, a, b))))
 }
 
 /// Offsets cutting `buf[from..]` into up to `k` ranges of about equal length, each but the last ending
