@@ -104,7 +104,7 @@ def recorded_apply(state: ModelState, preds: list[AcceptedPredictions], out: dic
     if state.cfg.segments:
         state.cohort_keys(np.zeros(0, dtype=np.int64))  # what `take` hands over
         table = state._cohort_keys
-    state._apply(out, list(preds), table)
+    state._apply(out, AcceptedPredictions.concat(list(preds)), table)
     return [calls, dict(state.tallies.late)]
 
 

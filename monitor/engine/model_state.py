@@ -85,6 +85,13 @@ class AcceptedPredictions(NamedTuple):
     numeric: np.ndarray
     categorical: np.ndarray
 
+    @staticmethod
+    def concat(queued: list[AcceptedPredictions]) -> AcceptedPredictions | None:
+        """The queued chunks as one (None when nothing is queued)."""
+        if not queued:
+            return None
+        return AcceptedPredictions(*(np.concatenate(col) for col in zip(*queued, strict=True)))
+
 
 def make_join(config: MonitorConfig, n_labels: int, use_native: bool) -> JoinTable:
     j = config.join
@@ -291,21 +298,21 @@ class ModelState:
         if out["delay"].size:
             self.tallies.delay.observe(out["delay"])
         if taken.preds or out["unpend_ts"].size or out["join_obs"].size:
-            self._apply(out, taken.preds, taken.cohort_table)
+            self._apply(out, AcceptedPredictions.concat(taken.preds), taken.cohort_table)
 
-    def _apply(self, out: dict[str, np.ndarray], queued: list[AcceptedPredictions],
+    def _apply(self, out: dict[str, np.ndarray], p: AcceptedPredictions | None,
                cohort_table: np.ndarray | None) -> None:
+        """A flush's contributions into the blocks: `p` the accepted predictions (None: none), `out` the
+        join's drained columns."""
         if self._cells is not None:
-            self._apply_native(out, queued, cohort_table)
+            self._apply_native(out, p, cohort_table)
             return
         # Each contribution goes to the block of its (version, minute): predictions and pending-score
         # removals at prediction time, joins at observation time. One np.unique over all of them numbers
         # the blocks, one bincount makes every block's delta, one add_many applies them. With segments a
         # contribution also goes to the block of each of its segment values (cohort_keys).
         parts: list[tuple[np.ndarray, np.ndarray]] = []  # (cohorts, minutes) per kind of contribution
-        p = None
-        if queued:
-            p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*queued, strict=True)))
+        if p is not None:
             parts.append((p.version, fine_bucket(p.ts)))
         unpend = out["unpend_ts"].size > 0
         if unpend:
@@ -339,15 +346,12 @@ class ModelState:
         deltas = np.bincount(np.concatenate(idx), weights=np.concatenate(w), minlength=len(blocks) * size)
         self.store.add_many(blocks >> 32, blocks & 0xFFFFFFFF, deltas.reshape(len(blocks), size))
 
-    def _apply_native(self, out: dict[str, np.ndarray], queued: list[AcceptedPredictions],
+    def _apply_native(self, out: dict[str, np.ndarray], p: AcceptedPredictions | None,
                       table: np.ndarray | None) -> None:
         # What `_apply` does, with the cells computed in the native core from the same columns and handed
         # over as the nonzero cells of each block (add_sparse), not as dense rows. `table`: the cohort
         # keys as `take` found them (with segments).
-        preds = None
-        if queued:
-            p = AcceptedPredictions(*(np.concatenate(col) for col in zip(*queued, strict=True)))
-            preds = (p.version, p.ts, p.scores, p.predicted, p.numeric, p.categorical)
+        preds = None if p is None else (p.version, p.ts, p.scores, p.predicted, p.numeric, p.categorical)
         if preds is None and not out["unpend_ts"].size and not out["join_obs"].size:
             return
         st = self.store
