@@ -558,8 +558,8 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
     todo = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
     if raw and raw_fetch.available():
         staged = {tp for tp in tps if staging is not None and ends[tp] - starts[tp] > staging.above}
-        latest = {tp: _native.Staged(staging.state_dir) if staging is not None and tp in staged else raw_fetch.latest()
-                  for tp in tps}
+        state_dir = staging.state_dir if staging is not None else None
+        latest = {tp: _native.Staged(state_dir) if tp in staged else raw_fetch.latest() for tp in tps}
         if todo:
             # The reader's own client: its connections and metadata, no group, nothing assigned.
             fetcher = raw_fetch.RawReader(reader._client, raw_fetch.READ_COMMITTED)

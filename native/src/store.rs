@@ -243,7 +243,8 @@ impl Tables {
 /// A join's entries beyond its memory budget. The database is opened with the first entry stored, so a
 /// table that never goes over its budget costs no directory, files or background thread.
 pub struct ColdStore {
-    parent: Option<PathBuf>,
+    /// Where the store's directory goes (checked when the store was made).
+    parent: PathBuf,
     tables: Option<Tables>,
     len: usize,
     /// No key is below this one: scans for the smallest start here instead of walking over the
@@ -266,10 +267,10 @@ impl ColdStore {
     /// checked now (created if missing, written to), so a directory that cannot hold the store is an
     /// error here rather than at the first spill.
     pub fn open(parent: Option<&Path>) -> Result<Self, String> {
-        let dir = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
-        check_writable(&dir)?;
+        let parent = parent.map(Path::to_path_buf).unwrap_or_else(std::env::temp_dir);
+        check_writable(&parent)?;
         Ok(ColdStore {
-            parent: parent.map(Path::to_path_buf),
+            parent,
             tables: None,
             len: 0,
             floor: Vec::new(),
@@ -290,7 +291,7 @@ impl ColdStore {
     /// The tables, opened on first use.
     fn tables(&mut self) -> Result<&Tables, String> {
         if self.tables.is_none() {
-            self.tables = Some(Tables::open(self.parent.as_deref())?);
+            self.tables = Some(Tables::open(Some(&self.parent))?);
         }
         Ok(self.tables.as_ref().expect("just opened"))
     }
