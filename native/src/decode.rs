@@ -102,10 +102,49 @@ impl ModelSpec {
     }
 }
 
+/// A block's ids in one UTF-8 buffer with their spans, written as each event is decoded (while its line
+/// is in cache). Python takes them as they are (monitor.spans.TextSpans), without a str per id; building
+/// this from a list of ids afterwards was a cache miss per id, on one thread.
+#[derive(Default, Debug, PartialEq)]
+pub struct Ids {
+    pub data: Vec<u8>,
+    pub starts: Vec<i64>,
+    pub ends: Vec<i64>,
+}
+
+impl Ids {
+    pub fn push(&mut self, id: &str) {
+        self.starts.push(self.data.len() as i64);
+        self.data.extend_from_slice(id.as_bytes());
+        self.ends.push(self.data.len() as i64);
+    }
+
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    fn reserve(&mut self, n: usize) {
+        self.starts.reserve(n);
+        self.ends.reserve(n);
+    }
+
+    /// `more`'s ids after these.
+    fn extend(&mut self, more: Ids) {
+        let base = self.data.len() as i64;
+        self.data.extend_from_slice(&more.data);
+        self.starts.extend(more.starts.iter().map(|&a| a + base));
+        self.ends.extend(more.ends.iter().map(|&b| b + base));
+    }
+}
+
 /// Accepted predictions of one model, as columns (row-major matrices).
 #[derive(Default)]
 pub struct PredBlock<'a> {
-    pub ids: Vec<Cow<'a, str>>,
+    pub ids: Ids,
     pub version_names: Vec<Cow<'a, str>>,
     // Versions and feature names come from producers: seeded hashing (config lookups use FxHash).
     version_index: AHashMap<Cow<'a, str>, i64>,
@@ -157,8 +196,8 @@ impl<'a> PredBlock<'a> {
 }
 
 #[derive(Default)]
-pub struct TruthBlock<'a> {
-    pub ids: Vec<Cow<'a, str>>,
+pub struct TruthBlock {
+    pub ids: Ids,
     pub ts: Vec<f64>,
     pub known: Vec<bool>,
     pub actual: Vec<bool>,
@@ -226,7 +265,7 @@ impl Decoder {
                     }
                     batch.model.push(m as i32);
                     batch.row.push(block.ids.len() as i64);
-                    block.ids.push(top.id.unwrap_or_default());
+                    block.ids.push(top.id.as_deref().unwrap_or_default());
                     let version = top.version.unwrap_or(Cow::Borrowed("unknown"));
                     let code = block.code_of(version);
                     block.version_code.push(code);
@@ -247,7 +286,7 @@ impl Decoder {
         batch
     }
 
-    pub fn ground_truth<'a>(&'a self, raws: &[&'a [u8]], reading: Option<&'a Reading>) -> Batch<TruthBlock<'a>> {
+    pub fn ground_truth<'a>(&'a self, raws: &[&'a [u8]], reading: Option<&'a Reading>) -> Batch<TruthBlock> {
         let mut batch = Batch {
             model: Vec::with_capacity(raws.len()),
             row: Vec::with_capacity(raws.len()),
@@ -261,7 +300,7 @@ impl Decoder {
                     let block = &mut batch.blocks[m];
                     batch.model.push(m as i32);
                     batch.row.push(block.ids.len() as i64);
-                    block.ids.push(id);
+                    block.ids.push(&id);
                     block.ts.push(ts);
                     block.known.extend_from_slice(&work.seen);
                     block.actual.extend_from_slice(&work.predicted);
@@ -565,7 +604,7 @@ impl Decoder {
         reading: Option<&'a Reading>,
         threads: usize,
     ) -> Batch<PredBlock<'a>> {
-        joined(run_chunks(raws, threads, |chunk| self.predictions(chunk, reading)), append_predictions)
+        joined(run_chunks(raws, threads, |chunk| self.predictions(chunk, reading)), threads, append_predictions)
     }
 
     /// `ground_truth` over up to `threads` cores; the same batch.
@@ -574,8 +613,8 @@ impl Decoder {
         raws: &[&'a [u8]],
         reading: Option<&'a Reading>,
         threads: usize,
-    ) -> Batch<TruthBlock<'a>> {
-        joined(run_chunks(raws, threads, |chunk| self.ground_truth(chunk, reading)), append_truths)
+    ) -> Batch<TruthBlock> {
+        joined(run_chunks(raws, threads, |chunk| self.ground_truth(chunk, reading)), threads, append_truths)
     }
 }
 
@@ -589,52 +628,82 @@ where
     )
 }
 
-/// The chunks' batches as one, in chunk order.
-fn joined<B>(parts: Vec<Batch<B>>, append: impl Fn(&mut Batch<B>, Batch<B>)) -> Batch<B> {
+/// The chunks' batches as one, in chunk order. Each later chunk's columns are appended on `threads`
+/// threads: a 1M-event batch's columns are hundreds of megabytes, and one thread copying them was a
+/// tenth of its decoding.
+fn joined<B>(parts: Vec<Batch<B>>, threads: usize, append: impl Fn(&mut Batch<B>, Batch<B>, usize)) -> Batch<B> {
     let mut parts = parts.into_iter();
     let mut out = parts.next().expect("at least one chunk");
     for part in parts {
-        append(&mut out, part);
+        append(&mut out, part, threads);
     }
     out
 }
 
-/// Rows of `part` (their model's rows numbered from 0) renumbered after `out`'s.
-fn append_rows<B>(out: &mut Batch<B>, part: &Batch<B>, len: impl Fn(&B) -> usize) {
-    let offsets: Vec<i64> = out.blocks.iter().map(|b| len(b) as i64).collect();
-    out.model.extend_from_slice(&part.model);
-    out.row.extend(part.model.iter().zip(&part.row).map(|(&m, &r)| if m < 0 { r } else { r + offsets[m as usize] }));
+/// `dst.extend(src)` as a job weighing the bytes it copies.
+fn extend_job<'a, T: Copy + Send + Sync + 'a>(dst: &'a mut Vec<T>, src: Vec<T>) -> threads::Weighted<'a> {
+    (src.len() * std::mem::size_of::<T>(), Box::new(move || dst.extend_from_slice(&src)))
 }
 
-fn append_predictions<'a>(out: &mut Batch<PredBlock<'a>>, part: Batch<PredBlock<'a>>) {
-    append_rows(out, &part, |b| b.ids.len());
+fn ids_job(dst: &mut Ids, src: Ids) -> threads::Weighted<'_> {
+    (src.data.len() + 16 * src.len(), Box::new(move || dst.extend(src)))
+}
+
+/// Rows of `part` (their model's rows numbered from 0) renumbered after `out`'s: a job, run with the rest.
+fn rows_job<'a>(
+    model: &'a mut Vec<i32>,
+    row: &'a mut Vec<i64>,
+    offsets: Vec<i64>,
+    part_model: Vec<i32>,
+    part_row: Vec<i64>,
+) -> threads::Weighted<'a> {
+    (
+        12 * part_model.len(),
+        Box::new(move || {
+            model.extend_from_slice(&part_model);
+            row.extend(
+                part_model.iter().zip(&part_row).map(|(&m, &r)| if m < 0 { r } else { r + offsets[m as usize] }),
+            );
+        }),
+    )
+}
+
+fn append_predictions<'a>(out: &mut Batch<PredBlock<'a>>, part: Batch<PredBlock<'a>>, threads: usize) {
+    let offsets: Vec<i64> = out.blocks.iter().map(|b| b.ids.len() as i64).collect();
+    let mut jobs = vec![rows_job(&mut out.model, &mut out.row, offsets, part.model, part.row)];
     for (block, more) in out.blocks.iter_mut().zip(part.blocks) {
         if more.ids.is_empty() {
             continue;
         }
         // The part's versions in its own first-appearance order: new ones take the next codes.
         let lut: Vec<i64> = more.version_names.into_iter().map(|name| block.code_for(name)).collect();
-        block.version_code.extend(more.version_code.iter().map(|&c| lut[c as usize]));
-        block.ids.extend(more.ids);
-        block.ts.extend(more.ts);
-        block.scores.extend(more.scores);
-        block.predicted.extend(more.predicted);
-        block.latency.extend(more.latency);
-        block.ignored.extend(more.ignored);
-        block.numeric.extend(more.numeric);
-        block.categorical.extend(more.categorical);
+        let PredBlock { ids, version_code, ts, scores, predicted, latency, ignored, numeric, categorical, .. } = block;
+        let codes = more.version_code;
+        jobs.push((8 * codes.len(), Box::new(move || version_code.extend(codes.iter().map(|&c| lut[c as usize])))));
+        jobs.push(ids_job(ids, more.ids));
+        jobs.push(extend_job(ts, more.ts));
+        jobs.push(extend_job(scores, more.scores));
+        jobs.push(extend_job(predicted, more.predicted));
+        jobs.push(extend_job(latency, more.latency));
+        jobs.push(extend_job(ignored, more.ignored));
+        jobs.push(extend_job(numeric, more.numeric));
+        jobs.push(extend_job(categorical, more.categorical));
     }
+    threads::run_weighted(jobs, threads);
 }
 
-fn append_truths<'a>(out: &mut Batch<TruthBlock<'a>>, part: Batch<TruthBlock<'a>>) {
-    append_rows(out, &part, |b| b.ids.len());
+fn append_truths(out: &mut Batch<TruthBlock>, part: Batch<TruthBlock>, threads: usize) {
+    let offsets: Vec<i64> = out.blocks.iter().map(|b| b.ids.len() as i64).collect();
+    let mut jobs = vec![rows_job(&mut out.model, &mut out.row, offsets, part.model, part.row)];
     for (block, more) in out.blocks.iter_mut().zip(part.blocks) {
-        block.ids.extend(more.ids);
-        block.ts.extend(more.ts);
-        block.known.extend(more.known);
-        block.actual.extend(more.actual);
-        block.full.extend(more.full);
+        let TruthBlock { ids, ts, known, actual, full } = block;
+        jobs.push(ids_job(ids, more.ids));
+        jobs.push(extend_job(ts, more.ts));
+        jobs.push(extend_job(known, more.known));
+        jobs.push(extend_job(actual, more.actual));
+        jobs.push(extend_job(full, more.full));
     }
+    threads::run_weighted(jobs, threads);
 }
 
 // --- Lines of a file --------------------------------------------------------------------------------

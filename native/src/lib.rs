@@ -381,17 +381,13 @@ impl Decoder {
         let raws = Raws::of(raws)?;
         let slices = raws.slices()?;
         let inner = &self.inner;
-        let (batch, ids) = py.detach(|| {
-            let batch = inner.predictions_par(&slices, reading, decode_threads());
-            let ids: Vec<IdArena> = batch.blocks.iter().map(|b| IdArena::of(&b.ids)).collect();
-            (batch, ids)
-        });
+        let batch = py.detach(|| inner.predictions_par(&slices, reading, decode_threads()));
         let blocks = PyList::empty(py);
         let spans = text_spans(py)?;
-        for ((spec, b), ids) in self.inner.models.iter().zip(batch.blocks).zip(ids) {
+        for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
             let d = PyDict::new(py);
             let k = b.ids.len();
-            d.set_item("ids", ids.into_spans(py, &spans)?)?;
+            d.set_item("ids", id_spans(py, b.ids, &spans)?)?;
             d.set_item("version_names", strings(py, &b.version_names)?)?;
             d.set_item("version_code", column(py, b.version_code))?;
             d.set_item("ts", column(py, b.ts))?;
@@ -418,19 +414,16 @@ impl Decoder {
         let raws = Raws::of(raws)?;
         let slices = raws.slices()?;
         let inner = &self.inner;
-        let (batch, ids) = py.detach(|| {
-            let batch = inner.ground_truth_par(&slices, reading, decode_threads());
-            let ids: Vec<IdArena> = batch.blocks.iter().map(|b| IdArena::of(&b.ids)).collect();
-            (batch, ids)
-        });
+        let batch = py.detach(|| inner.ground_truth_par(&slices, reading, decode_threads()));
         let blocks = PyList::empty(py);
         let spans = text_spans(py)?;
-        for ((spec, b), ids) in self.inner.models.iter().zip(batch.blocks).zip(ids) {
+        for (spec, b) in self.inner.models.iter().zip(batch.blocks) {
             let d = PyDict::new(py);
-            d.set_item("ids", ids.into_spans(py, &spans)?)?;
+            let k = b.ids.len();
+            d.set_item("ids", id_spans(py, b.ids, &spans)?)?;
             d.set_item("ts", column(py, b.ts))?;
-            d.set_item("known", rows_of(py, b.known, b.ids.len(), spec.labels.len())?)?;
-            d.set_item("actual", rows_of(py, b.actual, b.ids.len(), spec.labels.len())?)?;
+            d.set_item("known", rows_of(py, b.known, k, spec.labels.len())?)?;
+            d.set_item("actual", rows_of(py, b.actual, k, spec.labels.len())?)?;
             d.set_item("full", column(py, b.full))?;
             blocks.append(d)?;
         }
@@ -604,30 +597,10 @@ fn strings<'py>(py: Python<'py>, values: &[Cow<'_, str>]) -> PyResult<Bound<'py,
     PyList::new(py, values.iter().map(|s| PyString::new(py, s)))
 }
 
-/// A block's ids in one buffer: no Python object per id. They reach Python as a
-/// `monitor.spans.TextSpans` (a sequence of str that makes a str only when indexed), and the join reads
-/// them from the buffer.
-struct IdArena {
-    data: Vec<u8>,
-    starts: Vec<i64>,
-    ends: Vec<i64>,
-}
-
-impl IdArena {
-    fn of(ids: &[Cow<'_, str>]) -> Self {
-        let mut data = Vec::with_capacity(ids.iter().map(|id| id.len()).sum());
-        let (mut starts, mut ends) = (Vec::with_capacity(ids.len()), Vec::with_capacity(ids.len()));
-        for id in ids {
-            starts.push(data.len() as i64);
-            data.extend_from_slice(id.as_bytes());
-            ends.push(data.len() as i64);
-        }
-        IdArena { data, starts, ends }
-    }
-
-    fn into_spans<'py>(self, py: Python<'py>, spans: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
-        spans.call1((column(py, self.data), column(py, self.starts), column(py, self.ends)))
-    }
+/// A block's ids (decode::Ids) as a `monitor.spans.TextSpans`: a sequence of str that makes a str only
+/// when indexed; the join reads them from the buffer.
+fn id_spans<'py>(py: Python<'py>, ids: decode::Ids, spans: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    spans.call1((column(py, ids.data), column(py, ids.starts), column(py, ids.ends)))
 }
 
 /// (buffer, starts, ends) when `ids` are spans (None for a list).

@@ -33,6 +33,26 @@ pub fn run_all<T: Send, F: FnOnce() -> T + Send>(jobs: impl IntoIterator<Item = 
     })
 }
 
+/// A job that `run_weighted` places by its weight (e.g. the bytes it copies).
+pub type Weighted<'a> = (usize, Box<dyn FnOnce() + Send + 'a>);
+
+/// Runs every job on up to `threads` threads, the heaviest first, each onto the least loaded thread: for
+/// many small jobs of known sizes, such as appending a batch's columns.
+pub fn run_weighted(mut jobs: Vec<Weighted<'_>>, threads: usize) {
+    jobs.sort_by_key(|&(weight, _)| std::cmp::Reverse(weight));
+    let mut groups: Vec<(usize, Vec<Box<dyn FnOnce() + Send + '_>>)> = Vec::new();
+    for (weight, job) in jobs {
+        if groups.len() < threads.max(1) {
+            groups.push((weight, vec![job]));
+        } else {
+            let lightest = groups.iter_mut().min_by_key(|(load, _)| *load).expect("a group");
+            lightest.0 += weight;
+            lightest.1.push(job);
+        }
+    }
+    run_all(groups.into_iter().map(|(_, group)| move || group.into_iter().for_each(|job| job())));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -45,5 +65,17 @@ mod tests {
         let out = run_all((0..5).map(|i| move || i * i));
         assert_eq!(out, [0, 1, 4, 9, 16]);
         assert!(run_all(Vec::<fn() -> u8>::new()).is_empty());
+    }
+
+    #[test]
+    fn weighted_jobs_all_run() {
+        let mut cells = vec![0usize; 7];
+        for threads in [1, 2, 3, 10] {
+            let jobs: Vec<Weighted> =
+                cells.iter_mut().enumerate().map(|(i, c)| (i % 3, Box::new(move || *c += i) as _)).collect();
+            run_weighted(jobs, threads);
+        }
+        assert_eq!(cells, (0..7).map(|i| 4 * i).collect::<Vec<_>>());
+        run_weighted(Vec::new(), 2);
     }
 }
