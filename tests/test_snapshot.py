@@ -18,12 +18,13 @@ import orjson
 import pytest
 
 from monitor.config import MonitorConfig, load_config, parse_config
-from monitor.engine import snapshot
+from monitor.engine import model_state, snapshot
 from monitor.engine.engine import Engine
 from monitor.engine.figures import Figures
 from monitor.engine.join import Entry, JoinTable, Pred, Truth
 from monitor.engine.merge import merged_engine, merged_figures
 from monitor.engine.model_state import ModelState
+from monitor.engine.tallies import StateError
 from monitor.engine.windows import BlockStore
 from monitor.reference import load_reference
 from monitor.replay import merge_by_time, run_replay
@@ -134,13 +135,13 @@ def test_snapshot_keeps_the_invalid_counts_and_an_empty_engine_round_trips(examp
 
 
 def test_fields_of_the_engine_classes_are_all_known_to_the_snapshot(example) -> None:
-    """A field added to the engine state must be added to the snapshot too (or listed as derived)."""
+    """A field added to the engine state must be added to its dump, load and add too (or listed as derived)."""
     config, _, _ = example
     state = Engine(config, use_native=False).models["moderation"]  # the native join exports the same columns
     assert isinstance(state, ModelState)
-    assert set(vars(state)) == snapshot.MODEL_STATE_FIELDS
-    assert isinstance(state.join, JoinTable) and set(vars(state.join)) == snapshot.JOIN_FIELDS
-    assert isinstance(state.store, BlockStore) and set(vars(state.store)) == snapshot.STORE_FIELDS
+    assert set(vars(state)) == model_state.MODEL_STATE_FIELDS
+    assert isinstance(state.join, JoinTable) and set(vars(state.join)) == model_state.JOIN_FIELDS
+    assert isinstance(state.store, BlockStore) and set(vars(state.store)) == model_state.STORE_FIELDS
     assert set(Pred.__slots__) == {"predicted", "scores", "ts", "version"}
     assert set(Truth.__slots__) == {"actual", "full", "known", "seq", "ts"}
     assert set(Entry.__slots__) == {"expires", "pred", "truth"}
@@ -213,6 +214,9 @@ def test_partition_engines_merged_equal_one_engine(example) -> None:
     # The view is built fresh: evaluating it leaves the partition engines untouched.
     assert len(merged_engine(config, refs, engines).models["moderation"].join) == 0
     assert len(engines[0].models["moderation"].join) > 0
+    # Adding is for views: a state holding join entries does not take another's statistics.
+    with pytest.raises(StateError, match="without join entries"):
+        engines[0].add(engines[1])
 
 
 def test_merged_view_of_no_engines_reports_zero_counters(example) -> None:

@@ -14,7 +14,7 @@ from monitor.config import MonitorConfig
 from monitor.conventions import GROUND_TRUTH_DELAY_BUCKETS, LATENCY_BUCKETS
 from monitor.engine import native, snapshot
 from monitor.engine.engine import Engine
-from monitor.engine.join import JoinTable
+from monitor.engine.join import JoinTable, empty_join_columns
 from monitor.engine.tallies import (
     Count,
     Histogram,
@@ -120,7 +120,7 @@ def test_both_joins_give_back_each_counter_they_are_restored_with(use_native: bo
                         duplicates={"prediction": 8, "ground_truth": 9}, corrections=10, joined=11)
     join = make_join(use_native)
     assert JoinCounters.of(join) == JoinCounters.zero()
-    want.restore(join, [], snapshot.empty_join_columns(2), 0, 123.0)
+    want.restore(join, [], empty_join_columns(2), 0, 123.0)
     assert JoinCounters.of(join) == want and join.watermark == 123.0
     assert JoinCounters.load(want.dump()[0]) == want
 

@@ -312,6 +312,15 @@ class Engine:
     def flush(self) -> None:
         self._run([state.flush for state in self._states])
 
+    def add(self, other: Engine) -> None:
+        """Add `other`'s statistics, model by model (`ModelState.add`: both flushed, this one without join
+        entries), and its invalid-event counts: the merged view of partition engines (monitor.engine.merge)."""
+        for name, state in self.models.items():
+            theirs = other.models.get(name)
+            if theirs is not None:
+                state.add(theirs)
+        self.invalid.update(other.invalid)
+
     @property
     def latest_event_time(self) -> float | None:
         marks = [s.join.watermark for s in self.models.values() if s.join.watermark > float("-inf")]

@@ -29,6 +29,14 @@ EXPORT_COLUMNS: dict[str, type] = {
     "predicted": np.bool_, "has_truth": np.bool_, "truth_ts": np.float64, "known": np.bool_, "actual": np.bool_,
     "full": np.bool_, "seq": np.int64, "expires": np.float64,
 }
+# The columns with a value per label (n, labels); the others have one per entry.
+MATRIX_COLUMNS = frozenset({"scores", "predicted", "known", "actual"})
+
+
+def empty_join_columns(n_labels: int) -> dict[str, np.ndarray]:
+    """The export columns of a table without entries."""
+    return {name: np.zeros((0, n_labels) if name in MATRIX_COLUMNS else 0, dtype=dtype)
+            for name, dtype in EXPORT_COLUMNS.items()}
 
 
 class Pred:

@@ -10,7 +10,9 @@ event in Python.
 from __future__ import annotations
 
 import itertools
-from typing import TYPE_CHECKING, NamedTuple
+from collections.abc import Callable, Mapping
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
@@ -30,10 +32,10 @@ from monitor.engine.columns import (
     from_ground_truth,
     from_predictions,
 )
-from monitor.engine.join import JoinTable
+from monitor.engine.join import EXPORT_COLUMNS, MATRIX_COLUMNS, JoinTable, empty_join_columns
 from monitor.engine.metrics import drift
 from monitor.engine.metrics.calibration import score_bins
-from monitor.engine.tallies import ModelTallies
+from monitor.engine.tallies import JoinCounters, ModelTallies, StateError, TalliesError
 from monitor.engine.windows import (
     S_CARD_ACTUAL,
     S_CARD_ACTUAL_N,
@@ -49,6 +51,7 @@ from monitor.engine.windows import (
     fine_bucket,
 )
 from monitor.reference import Reference
+from monitor.spans import TextSpans
 
 if TYPE_CHECKING:
     from monitor._native import Cells
@@ -64,6 +67,27 @@ SEGMENT_KEY_STRIDE = 1 << 16
 
 def segment_key(segment: int, value: int) -> int:
     return SEGMENT_KEY_BASE + segment * SEGMENT_KEY_STRIDE + value
+
+
+# The attributes `ModelState.dump`, `load` and `add` carry or knowingly rebuild, and those of the join and
+# the block store. Tests compare them with the live objects, so a field added to the state cannot be left
+# out of checkpoints, the changelog or the merged view without a test failing.
+MODEL_STATE_FIELDS = frozenset({
+    "cfg", "reference", "n_labels", "multiclass", "features", "n_numeric", "feature_spec", "pair_labels",
+    "layout", "store", "join", "versions", "version_names", "tallies", "_preds", "_pairs", "no_predictions",
+    "no_ground_truth", "exported_pairs", "advised", "advised_slot",
+    "segment_values", "_segment_index", "cohorts", "_cohort_rows",
+    "_cohort_keys",  # derived from _cohort_rows (a cache)
+    "_cells",  # derived from the layout and the reference (the native cell computation), rebuilt on load
+})
+# The Python join's fields; the native join exports the same state through the same export()/restore(),
+# its counters as JoinCounters fields.
+JOIN_FIELDS = frozenset({
+    "ttl", "max_entries", "n_labels", "entries", "_heap", "seq", "watermark", "_unpend", "_joins", "_delays",
+    "_dirty",  # change tracking for the worker's changelog (monitor.stream.changelog), not state
+}) | {f.name for f in fields(JoinCounters)}
+# `_rings` is derived: the fine blocks it holds are the same arrays as in `fine` (a load refills it).
+STORE_FIELDS = frozenset({"size", "fine_span", "coarse_span", "fine", "coarse", "total", "newest_fine", "_rings"})
 
 
 class Taken(NamedTuple):
@@ -213,6 +237,134 @@ class ModelState:
             self._cohort_keys = np.array(self._cohort_rows, dtype=np.int64).reshape(len(self._cohort_rows), -1)
         return self._cohort_keys[cohorts]
 
+    # --- the state as a value ------------------------------------------------------------------------
+    def add(self, other: ModelState) -> None:
+        """Add `other`'s statistics (the same model, both flushed): versions and segment values by name,
+        window blocks, counters and the join's counters. Join entries are not added: this is for a view
+        over several partitions' states (monitor.engine.merge), which holds none and takes no events."""
+        if other.layout.size != self.layout.size:
+            raise StateError(f"model {self.cfg.name!r}: states with different statistics layouts cannot be added")
+        if len(self.join) or self._preds or other._preds:
+            raise StateError(f"model {self.cfg.name!r}: only flushed states add, into one without join entries")
+        vmap = [self.version_index(name) for name in other.version_names]
+        # Block keys: versions by name, segment values by name (admitted under this state's cap).
+        keymap = dict(enumerate(vmap))
+        for seg, values in enumerate(other.segment_values):
+            for i, value in enumerate(values):
+                keymap[segment_key(seg, i)] = segment_key(seg, self.segment_value_index(seg, value))
+        self.tallies.add(other.tallies, vmap)
+        self.store.add_store(other.store, keymap)
+        mine = JoinCounters.of(self.join)
+        mine.add(JoinCounters.of(other.join))
+        mine.restore(self.join, [], empty_join_columns(self.n_labels), 0,
+                     max(self.join.watermark, other.join.watermark))
+
+    def dump(self, prefix: str, arrays: dict[str, np.ndarray], entries: bool = True) -> dict[str, Any]:
+        """The state as JSON-able metadata (returned) and arrays named `<prefix>.*` (added to `arrays`):
+        the parts of a checkpoint (monitor.engine.snapshot). `entries=False` leaves out the window blocks
+        and the join entries, which the worker's changelog keeps as records of their own."""
+        if self._preds:
+            raise StateError("model state has unflushed statistics")
+        tallies, tally_arrays = self.tallies.dump()
+        for name, arr in tally_arrays.items():
+            arrays[f"{prefix}.{name}"] = arr
+        (self.store if entries else BlockStore(self.store.size, [])).dump(prefix, arrays)
+        join = self.join
+        ids, columns = join.export() if entries else ([], empty_join_columns(self.n_labels))
+        for name, col in columns.items():
+            arrays[f"{prefix}.join.{name}"] = col
+        return {
+            "name": self.cfg.name,
+            "labels": list(self.cfg.labels),
+            "task": self.cfg.task,
+            "block_size": self.layout.size,
+            "versions": list(self.version_names),
+            "segments": [seg.name for seg in self.cfg.segments],
+            "segment_values": [list(values) for values in self.segment_values],
+            "cohorts": [list(key) for key in self.cohorts],  # in index order (a dict keeps insertion order)
+            **tallies,
+            "newest_fine": self.store.newest_fine,
+            "join": {
+                "ids": ids,
+                "seq": join.seq,
+                "watermark": None if join.watermark == float("-inf") else join.watermark,
+                **JoinCounters.of(join).dump()[0],
+            },
+        }
+
+    def load(self, m: Mapping[str, Any], prefix: str, arrays: Mapping[str, np.ndarray]) -> None:
+        """What `dump` gave, into this fresh state; StateError when it was dumped under another
+        configuration or does not fit (KeyError, TypeError or ValueError when it is malformed)."""
+        self._check(m)
+        for name in m["versions"]:
+            self.version_index(name)
+        for seg, values in enumerate(m.get("segment_values", [])):
+            for value in values:  # loaded as they are: the dumped values were admitted under the cap
+                self._segment_index[seg][value] = len(self.segment_values[seg])
+                self.segment_values[seg].append(value)
+        sizes = [len(m["versions"]), *(len(values) for values in self.segment_values)]
+        for key in m.get("cohorts", []):
+            if len(key) != len(sizes) or not all(0 <= int(x) < n for x, n in zip(key, sizes, strict=True)):
+                raise StateError("a cohort names an unknown model version or segment value")
+            self.cohort_index(tuple(int(x) for x in key))
+        mine = f"{prefix}."
+        own = {name[len(mine):]: a for name, a in arrays.items() if name.startswith(mine)}
+        try:
+            # One value per version the state registered: a dump with more (max_versions lowered since)
+            # does not fit.
+            self.tallies = ModelTallies.load(m, own, len(self.version_names))
+        except TalliesError as exc:
+            raise StateError(f"model {self.cfg.name!r}: {exc}") from None
+        self.store.load(int(m["newest_fine"]), prefix, arrays, self._key_check(len(m["versions"])))
+        # The join keeps cohort indexes (cohort_index), which are version indexes without segments.
+        n_cohorts = len(self.cohorts) if self.cfg.segments else len(m["versions"])
+        self._load_join(m["join"], n_cohorts, prefix, arrays)
+
+    def _check(self, m: Mapping[str, Any]) -> None:
+        cfg = self.cfg
+        problems = []
+        if m["labels"] != list(cfg.labels):
+            problems.append(f"labels {m['labels']} became {list(cfg.labels)}")
+        if m["task"] != cfg.task:
+            problems.append(f"task {m['task']} became {cfg.task}")
+        if m["block_size"] != self.layout.size:
+            problems.append("the statistics layout changed (features, reference bins or co-occurrence labels)")
+        segments = [seg.name for seg in cfg.segments]
+        if m.get("segments", []) != segments:
+            problems.append(f"segments {m.get('segments', [])} became {segments}")
+        if problems:
+            raise StateError(f"model {cfg.name!r}: the snapshot was taken under another configuration: "
+                             + "; ".join(problems))
+
+    def _key_check(self, n_versions: int) -> Callable[[int], None]:
+        """A check that a block key names a known version or segment value."""
+        known = set(range(n_versions)) | {segment_key(s, i) for s, values in enumerate(self.segment_values)
+                                          for i in range(len(values))}
+
+        def check(key: int) -> None:
+            if key not in known:
+                raise StateError("a block names an unknown model version or segment value")
+        return check
+
+    def _load_join(self, m: Mapping[str, Any], n_versions: int, prefix: str, arrays: Mapping[str, np.ndarray]) -> None:
+        ids = m["ids"]
+        n = len(ids)
+        col: dict[str, np.ndarray] = {name: np.ascontiguousarray(arrays[f"{prefix}.join.{name}"], dtype=dtype)
+                                     for name, dtype in EXPORT_COLUMNS.items()}
+        shapes = {name: (n, self.n_labels) for name in MATRIX_COLUMNS}
+        for name, arr in col.items():
+            if arr.shape != shapes.get(name, (n,)):
+                raise StateError(f"join column {name} has the wrong shape")
+        versions = col["pred_version"][col["has_pred"]]
+        if n and ((versions < 0) | (versions >= n_versions)).any():
+            raise StateError("a pending prediction names an unknown model version")
+        # TextSpans (a changelog's keys) are str by construction; a list is checked in one C loop.
+        if not isinstance(ids, TextSpans) and not all(map(isinstance, ids, itertools.repeat(str))):
+            raise StateError("prediction ids must be strings")
+        JoinCounters.load(m).restore(self.join, ids, col, int(m["seq"]),
+                                     float("-inf") if m["watermark"] is None else float(m["watermark"]))
+
+    # --- events in (continued) -----------------------------------------------------------------------
     def apply(self, kinds: np.ndarray, rows: np.ndarray, preds: PredictionColumns | None,
               truths: GroundTruthColumns | None) -> None:
         """Apply steps in order: kind 0 is row `rows[i]` of `preds`, kind 1 a row of `truths`."""

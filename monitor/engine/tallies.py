@@ -35,8 +35,13 @@ Meta = dict[str, Any]
 Arrays = dict[str, np.ndarray]
 
 
-class TalliesError(ValueError):
-    """A dumped value that does not fit (wrong shape, wrong length); snapshot.py reports it as malformed."""
+class StateError(ValueError):
+    """A dumped state that does not fit the state loading it (another configuration, a wrong shape, an
+    unknown version); checkpoints and the changelog report it with their own error type."""
+
+
+class TalliesError(StateError):
+    """A dumped value that does not fit (wrong shape, wrong length)."""
 
 
 class Histogram:

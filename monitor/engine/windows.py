@@ -8,7 +8,7 @@ edges are exact to the bucket width (docs/semantics.md). Counts stay exact in fl
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +16,7 @@ import numpy as np
 from monitor.config import FINE_WINDOW_LIMIT, HOUR, MINUTE
 from monitor.conventions import CALIBRATION_BINS, THRESHOLD_BINS
 from monitor.engine.metrics.estimation import PENDING_STATS
+from monitor.engine.tallies import StateError
 
 SCORE_BINS = 10  # reference deciles give at most 10 bins
 
@@ -243,6 +244,62 @@ class BlockStore:
 
     def versions(self) -> Iterable[int]:
         return self.total.keys()
+
+    # --- the store as a value ---------------------------------------------------------------------
+    def add_store(self, other: BlockStore, keymap: Mapping[int, int]) -> None:
+        """Add `other`'s blocks, its keys (versions, segment values) mapped to this store's by `keymap`."""
+        self.newest_fine = max(self.newest_fine, other.newest_fine)
+        for target, blocks in ((self.fine, other.fine), (self.coarse, other.coarse)):
+            for key, per_version in blocks.items():
+                dest = target.setdefault(keymap[key], {})
+                for bucket, block in per_version.items():
+                    have = dest.get(bucket)
+                    if have is None:
+                        dest[bucket] = block.copy()
+                    else:
+                        have += block
+        for key, block in other.total.items():
+            have = self.total.get(keymap[key])
+            if have is None:
+                self.total[keymap[key]] = block.copy()
+            else:
+                have += block
+
+    def dump(self, prefix: str, arrays: dict[str, np.ndarray]) -> None:
+        """Every block as `<prefix>.<fine|coarse|total>.keys` and `.blocks` (keys and stacked vectors)."""
+        for name, blocks in (("fine", self.fine), ("coarse", self.coarse)):
+            keys = [(v, b) for v, per_version in blocks.items() for b in per_version]
+            arrays[f"{prefix}.{name}.keys"] = np.array(keys, dtype=np.int64).reshape(len(keys), 2)
+            arrays[f"{prefix}.{name}.blocks"] = (np.stack([blocks[v][b] for v, b in keys]) if keys
+                                                else np.zeros((0, self.size)))
+        versions = list(self.total)
+        arrays[f"{prefix}.total.keys"] = np.array(versions, dtype=np.int64)
+        arrays[f"{prefix}.total.blocks"] = (np.stack([self.total[v] for v in versions]) if versions
+                                            else np.zeros((0, self.size)))
+
+    def load(self, newest_fine: int, prefix: str, arrays: Mapping[str, np.ndarray],
+             key_ok: Callable[[int], None]) -> None:
+        """The blocks `dump` wrote, into this (empty) store; `key_ok` raises for a key the state does not
+        know. Blocks a shorter window list no longer reaches are dropped now rather than at the next event."""
+        self.newest_fine = newest_fine
+        for name, target in (("fine", self.fine), ("coarse", self.coarse)):
+            keys = arrays[f"{prefix}.{name}.keys"]
+            for (v, b), block in zip(keys.tolist(), self._rows(arrays[f"{prefix}.{name}.blocks"], len(keys)),
+                                     strict=True):
+                key_ok(v)
+                target.setdefault(v, {})[b] = block
+        keys = arrays[f"{prefix}.total.keys"]
+        for v, block in zip(keys.tolist(), self._rows(arrays[f"{prefix}.total.blocks"], len(keys)), strict=True):
+            key_ok(v)
+            self.total[v] = block
+        self.newest_fine -= 1
+        self.advance(newest_fine)
+
+    def _rows(self, stacked: np.ndarray, n: int) -> list[np.ndarray]:
+        if stacked.dtype != np.float64 or stacked.shape != (n, self.size):
+            raise StateError("window blocks have the wrong shape")
+        # Separate writable vectors: the store adds into them in place.
+        return [row.copy() for row in stacked]
 
     def window_sums(self, version: int, windows: list[int], at: float) -> dict[int, np.ndarray]:
         """Element-wise sums of the blocks in each window ending at `at` (window -> vector)."""

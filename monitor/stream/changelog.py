@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from monitor.config import MonitorConfig
 from monitor.engine import snapshot
 from monitor.engine.engine import Engine
-from monitor.engine.join import EXPORT_COLUMNS
+from monitor.engine.join import EXPORT_COLUMNS, empty_join_columns
 from monitor.engine.windows import BlockStore
 from monitor.reference import Reference
 from monitor.spans import TextSpans
@@ -497,7 +497,7 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
         arrays[f"{prefix}.total.blocks"] = (np.stack([total[(v, 0)] for v in versions]) if versions
                                             else np.zeros((0, size)))
         ids: TextSpans | list[str] = []
-        columns = snapshot.empty_join_columns(labels[name])
+        columns = empty_join_columns(labels[name])
         if name in entries:
             ids, rows = entries[name]
             columns = decode_rows(rows, labels[name])
