@@ -485,17 +485,14 @@ def rebuild(config: MonitorConfig, references: dict[str, Reference | None],
     for name, (prefix, m) in prefixes.items():
         if name not in sizes:
             continue
-        size = sizes[name]
-        for kind in ("fine", "coarse"):
-            got = blocks.get(name, {}).get(kind, {})
-            keys = sorted(got)
-            arrays[f"{prefix}.{kind}.keys"] = np.array(keys, dtype=np.int64).reshape(len(keys), 2)
-            arrays[f"{prefix}.{kind}.blocks"] = (np.stack([got[k] for k in keys]) if keys else np.zeros((0, size)))
-        total = blocks.get(name, {}).get("total", {})
-        versions = sorted(v for v, _ in total)
-        arrays[f"{prefix}.total.keys"] = np.array(versions, dtype=np.int64)
-        arrays[f"{prefix}.total.blocks"] = (np.stack([total[(v, 0)] for v in versions]) if versions
-                                            else np.zeros((0, size)))
+        # The blocks as the store's own dump: the snapshot's load then checks and keeps them.
+        store, got = BlockStore(sizes[name], []), blocks.get(name, {})
+        for kind, target in (("fine", store.fine), ("coarse", store.coarse)):
+            for (v, b), block in sorted(got.get(kind, {}).items()):
+                target.setdefault(v, {})[b] = block
+        for (v, _), block in sorted(got.get("total", {}).items()):
+            store.total[v] = block
+        store.dump(prefix, arrays)
         ids: TextSpans | list[str] = []
         columns = empty_join_columns(labels[name])
         if name in entries:
