@@ -127,8 +127,8 @@ impl Ids {
         self.starts.is_empty()
     }
 
-    /// Room for `n` more ids of about `len` bytes: the buffer grown by doubling instead held the bytes of
-    /// every smaller copy too (replay's peak memory +15-20 MB).
+    /// Room for `n` more ids of about `len` bytes (the first one's), as a block's other columns are
+    /// reserved for the rest of its chunk; longer ids grow the buffer as usual.
     fn reserve(&mut self, n: usize, len: usize) {
         self.data.reserve(n * len);
         self.starts.reserve(n);
