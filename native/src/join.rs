@@ -962,63 +962,86 @@ impl JoinTable {
 
 /// Entries on their way into a table with a budget, keeping those that expire last. The loader reads ids
 /// in ascending order, so an entry's arrival number orders ties on the expiry as its id does and
-/// entries compare as integers. Up to twice the budget are held; then a selection (linear, in
-/// sequential memory, unlike a heap's pops at this size) keeps the budget's worth that expire last and
-/// hands over the rest. Ids and changelog values wait in reused slots.
+/// entries compare as integers. Up to twice the budget are held; then a selection (linear) picks the
+/// budget's worth that expire last, and one pass in row order hands over the others and moves the kept
+/// ones to the front. Rows are appended end to end and only ever read in row order: visiting them in
+/// expiry order (slots reused at random) was a cache miss or two per entry, most of a restore's own time.
 struct Candidates {
-    keys: Vec<(u64, u64, u32)>,
-    ids: Vec<Vec<u8>>,
+    /// Per row: its expiry as ordered bits, and its arrival.
+    keys: Vec<(u64, u64)>,
+    /// Where each row's id ends in `ids`.
+    id_ends: Vec<usize>,
+    ids: Vec<u8>,
+    /// The rows' changelog values, `width` bytes each.
     values: Vec<u8>,
-    free: Vec<u32>,
     width: usize,
 }
 
 impl Candidates {
-    fn push(&mut self, expires: f64, arrival: u64, id: &[u8], value: &[u8]) {
-        let slot = self.free.pop().unwrap_or_else(|| {
-            self.ids.push(Vec::new());
-            self.values.resize(self.values.len() + self.width, 0);
-            (self.ids.len() - 1) as u32
-        });
-        let s = slot as usize;
-        self.ids[s].clear();
-        self.ids[s].extend_from_slice(id);
-        self.values[s * self.width..(s + 1) * self.width].copy_from_slice(value);
-        self.keys.push((u64::from_be_bytes(expiry_bytes(expires)), arrival, slot));
+    /// Room for `n` rows with ids of about `id_len` bytes: the columns of a million rows copied at each
+    /// doubling were a restore's largest copy.
+    fn new(width: usize, n: usize, id_len: usize) -> Self {
+        Candidates {
+            keys: Vec::with_capacity(n),
+            id_ends: Vec::with_capacity(n),
+            ids: Vec::with_capacity(n * id_len),
+            values: Vec::with_capacity(n * width),
+            width,
+        }
     }
 
-    /// Keeps the `keep` that expire last; `f` gets each of the others, in the table's expiry order, as
-    /// (arrival, id, changelog value).
-    fn keep_last(&mut self, keep: usize, mut f: impl FnMut(u64, &[u8], &[u8]) -> Result<(), String>) -> Result<(), String> {
-        if self.keys.len() <= keep {
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn push(&mut self, expires: f64, arrival: u64, id: &[u8], value: &[u8]) {
+        self.keys.push((u64::from_be_bytes(expiry_bytes(expires)), arrival));
+        self.ids.extend_from_slice(id);
+        self.id_ends.push(self.ids.len());
+        self.values.extend_from_slice(value);
+    }
+
+    /// Row `i`: (arrival, id, changelog value).
+    fn row(&self, i: usize) -> (u64, &[u8], &[u8]) {
+        let start = if i == 0 { 0 } else { self.id_ends[i - 1] };
+        (self.keys[i].1, &self.ids[start..self.id_ends[i]], &self.values[i * self.width..(i + 1) * self.width])
+    }
+
+    /// Keeps the `keep` that expire last; `f` gets each of the others, in row order, as (arrival, id,
+    /// changelog value).
+    fn keep_last(
+        &mut self,
+        keep: usize,
+        mut f: impl FnMut(u64, &[u8], &[u8]) -> Result<(), String>,
+    ) -> Result<(), String> {
+        let n = self.len();
+        if n <= keep {
             return Ok(());
         }
-        let cut = self.keys.len() - keep;
+        let cut = n - keep;
+        let mut leaving = vec![true; n];
         if keep > 0 {
-            self.keys.select_nth_unstable(cut);
+            let mut order: Vec<(u64, u64, u32)> =
+                self.keys.iter().enumerate().map(|(i, &(key, arrival))| (key, arrival, i as u32)).collect();
+            order.select_nth_unstable(cut);
+            for &(_, _, i) in &order[cut..] {
+                leaving[i as usize] = false;
+            }
         }
-        let mut out: Vec<(u64, u64, u32)> = self.keys.drain(..cut).collect();
-        out.sort_unstable();
-        for (_, arrival, slot) in out {
-            let s = slot as usize;
-            f(arrival, &self.ids[s], &self.values[s * self.width..(s + 1) * self.width])?;
-            self.free.push(slot);
+        let mut kept = Candidates::new(self.width, self.keys.capacity(), self.ids.len() / n + 1);
+        for (i, &leaves) in leaving.iter().enumerate() {
+            let (arrival, id, value) = self.row(i);
+            if leaves {
+                f(arrival, id, value)?;
+            } else {
+                kept.keys.push(self.keys[i]);
+                kept.ids.extend_from_slice(id);
+                kept.id_ends.push(kept.ids.len());
+                kept.values.extend_from_slice(value);
+            }
         }
+        *self = kept;
         Ok(())
-    }
-
-    fn into_rows(self) -> impl Iterator<Item = (u64, Vec<u8>, Vec<u8>)> {
-        let width = self.width;
-        let (mut ids, values) = (self.ids, self.values);
-        let rows: Vec<_> = self
-            .keys
-            .into_iter()
-            .map(|(_, arrival, slot)| {
-                let s = slot as usize;
-                (arrival, std::mem::take(&mut ids[s]), values[s * width..(s + 1) * width].to_vec())
-            })
-            .collect();
-        rows.into_iter()
     }
 }
 
@@ -1042,7 +1065,7 @@ impl JoinTable {
             cold.store.expect(expected);
         }
         let mut entry = ChangelogEntry::new(n);
-        let mut kept = Candidates { keys: Vec::new(), ids: Vec::new(), values: Vec::new(), free: Vec::new(), width };
+        let mut kept = Candidates::new(width, 0, 0);
         let mut out: Vec<Spilled> = Vec::new();
         let mut k = 0u64;
         let mut previous: Option<K> = None;
@@ -1062,8 +1085,11 @@ impl JoinTable {
                 entry.read(value)?;
                 self.load_hot(id_bytes, arrival, &entry);
             } else {
+                if kept.keys.capacity() == 0 {
+                    kept = Candidates::new(width, 2 * budget.max(1 << 16) + 1, id_bytes.len());
+                }
                 kept.push(entry_expires(value), arrival, id_bytes, value);
-                if kept.keys.len() >= 2 * budget.max(1 << 16) {
+                if kept.len() >= 2 * budget.max(1 << 16) {
                     kept.keep_last(budget, |arrival, id, value| self.spill_loaded(arrival, id, value, &mut entry, &mut out))?;
                 }
             }
@@ -1073,9 +1099,10 @@ impl JoinTable {
         let hot = if k <= budget { k } else { budget - budget / 16 };
         kept.keep_last(hot, |arrival, id, value| self.spill_loaded(arrival, id, value, &mut entry, &mut out))?;
         self.put_loaded(std::mem::take(&mut out))?;
-        for (arrival, id, value) in kept.into_rows() {
-            entry.read(&value)?;
-            self.load_hot(&id, arrival, &entry);
+        for i in 0..kept.len() {
+            let (arrival, id, value) = kept.row(i);
+            entry.read(value)?;
+            self.load_hot(id, arrival, &entry);
         }
         self.loaded(k);
         Ok(k)
