@@ -158,14 +158,28 @@ fn encode_entry(slot: &Slot, scores: &[f64], predicted: &[bool], known: &[bool],
     encode_fields(slot.born, flags, fields, scores, [predicted, known, actual])
 }
 
-/// `encode_entry` of an entry read from the changelog.
-fn encode_loaded(born: u64, e: &ChangelogEntry) -> Vec<u8> {
+/// `encode_entry` of an entry read from the changelog, appended to `v`.
+fn encode_loaded_into(v: &mut Vec<u8>, born: u64, e: &ChangelogEntry) {
     let flags = e.has_pred as u8 | (e.has_truth as u8) << 1 | (e.full as u8) << 2;
-    encode_fields(born, flags, (e.pred_ts, e.pred_version, e.truth_ts, e.seq), &e.scores, [&e.predicted, &e.known, &e.actual])
+    let fields = (e.pred_ts, e.pred_version, e.truth_ts, e.seq);
+    encode_fields_into(v, born, flags, fields, &e.scores, [&e.predicted, &e.known, &e.actual]);
 }
 
 fn encode_fields(born: u64, flags: u8, fields: (f64, i64, f64, i64), scores: &[f64], vectors: [&[bool]; 3]) -> Vec<u8> {
     let mut v = Vec::with_capacity(41 + scores.len() * 11);
+    encode_fields_into(&mut v, born, flags, fields, scores, vectors);
+    v
+}
+
+/// `encode_fields`, appended to `v`.
+fn encode_fields_into(
+    v: &mut Vec<u8>,
+    born: u64,
+    flags: u8,
+    fields: (f64, i64, f64, i64),
+    scores: &[f64],
+    vectors: [&[bool]; 3],
+) {
     v.extend_from_slice(&born.to_le_bytes());
     v.push(flags);
     v.extend_from_slice(&fields.0.to_le_bytes());
@@ -178,7 +192,6 @@ fn encode_fields(born: u64, flags: u8, fields: (f64, i64, f64, i64), scores: &[f
     for flags in vectors {
         v.extend(flags.iter().map(|&b| b as u8));
     }
-    v
 }
 
 /// A stored value back into a slot and label vectors (`encode_entry`'s layout).
@@ -1066,7 +1079,7 @@ impl JoinTable {
         }
         let mut entry = ChangelogEntry::new(n);
         let mut kept = Candidates::new(width, 0, 0);
-        let mut out: Vec<Spilled> = Vec::new();
+        let mut out = Spills::default();
         let mut k = 0u64;
         let mut previous: Option<K> = None;
         for row in rows {
@@ -1136,41 +1149,57 @@ impl JoinTable {
         id: &[u8],
         value: &[u8],
         entry: &mut ChangelogEntry,
-        out: &mut Vec<Spilled>,
+        out: &mut Spills,
     ) -> Result<(), String> {
         entry.read(value)?;
-        let key = u64::from_be_bytes(expiry_bytes(entry.expires));
-        out.push((key, arrival, id.to_vec(), entry.expires, encode_loaded(arrival, entry)));
-        if out.len() >= EPOCH_ENTRIES {
+        out.rows.push((u64::from_be_bytes(expiry_bytes(entry.expires)), arrival, entry.expires));
+        out.ids.extend_from_slice(id);
+        out.id_ends.push(out.ids.len());
+        encode_loaded_into(&mut out.values, arrival, entry);
+        out.value_ends.push(out.values.len());
+        if out.rows.len() >= EPOCH_ENTRIES {
             self.put_loaded(std::mem::take(out))?;
         }
         Ok(())
     }
 
     /// Spilled entries into the store, put in its two orders by integer keys: arrival is id order.
-    fn put_loaded(&mut self, mut out: Vec<Spilled>) -> Result<(), String> {
+    fn put_loaded(&mut self, out: Spills) -> Result<(), String> {
         let Some(cold) = &mut self.cold else {
             return Ok(());
         };
         // Sorting positions, not the entries: moving each entry's 72 bytes around took more than the rest.
-        let mut order: Vec<(u64, u64, u32)> = out.iter().enumerate().map(|(i, r)| (r.0, r.1, i as u32)).collect();
+        let mut order: Vec<(u64, u64, u32)> =
+            out.rows.iter().enumerate().map(|(i, r)| (r.0, r.1, i as u32)).collect();
         order.sort_unstable();
         let mut by_id: Vec<(u64, u32)> = order.iter().enumerate().map(|(at, &(_, arrival, _))| (arrival, at as u32)).collect();
         by_id.sort_unstable();
         let by_id: Vec<u32> = by_id.into_iter().map(|(_, at)| at).collect();
-        let sorted = order
-            .into_iter()
-            .map(|(_, _, i)| {
-                let r = &mut out[i as usize];
-                (std::mem::take(&mut r.2), r.3, std::mem::take(&mut r.4))
-            })
-            .collect();
-        cold.store.put_sorted(sorted, &by_id, true)
+        let sorted: Vec<(&[u8], f64, &[u8])> = order.into_iter().map(|(_, _, i)| out.get(i as usize)).collect();
+        cold.store.put_sorted(&sorted, &by_id, true)
     }
 }
 
-/// An entry on its way to the store: its expiry as ordered bits, arrival, id, expiry, encoded value.
-type Spilled = (u64, u64, Vec<u8>, f64, Vec<u8>);
+/// Entries on their way to the store, end to end: per entry its expiry as ordered bits, arrival and
+/// expiry, its id and its encoded value. One buffer each rather than two allocations per entry, which a
+/// million spilled entries then freed one by one.
+#[derive(Default)]
+struct Spills {
+    rows: Vec<(u64, u64, f64)>,
+    id_ends: Vec<usize>,
+    ids: Vec<u8>,
+    value_ends: Vec<usize>,
+    values: Vec<u8>,
+}
+
+impl Spills {
+    /// Entry `i`: (id, expires, encoded value).
+    fn get(&self, i: usize) -> (&[u8], f64, &[u8]) {
+        let id = if i == 0 { 0 } else { self.id_ends[i - 1] }..self.id_ends[i];
+        let value = if i == 0 { 0 } else { self.value_ends[i - 1] }..self.value_ends[i];
+        (&self.ids[id], self.rows[i].2, &self.values[value])
+    }
+}
 
 /// The table's entries as columns, one row per entry (the layout of the Python engine's checkpoints).
 #[derive(Default, Debug, Clone)]

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 use ahash::RandomState;
-use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions};
+use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, Slice, UserKey, UserValue};
 
 /// Block cache of each store: lookups of recent spills hit it; beyond that the OS page cache helps.
 const CACHE_BYTES: u64 = 32 << 20;
@@ -82,7 +82,10 @@ pub fn err(e: fjall::Error) -> String {
 
 /// Writes `rows`, in strictly ascending key order, as new tables of `keyspace` (fjall's ingestion of
 /// sorted runs: no journal, no memtable); returns how many.
-pub fn ingest(keyspace: &Keyspace, rows: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Result<usize, String> {
+pub fn ingest<K: Into<UserKey>, V: Into<UserValue>>(
+    keyspace: &Keyspace,
+    rows: impl IntoIterator<Item = (K, V)>,
+) -> Result<usize, String> {
     let mut ingestion = keyspace.start_ingestion().map_err(err)?;
     let mut n = 0;
     for (key, value) in rows {
@@ -316,7 +319,9 @@ impl ColdStore {
             entries.sort_by(|a, b| expiry_bytes(a.1).cmp(&expiry_bytes(b.1)).then_with(|| a.0.cmp(&b.0)));
             by_id.sort_unstable_by(|&a, &b| entries[a as usize].0.cmp(&entries[b as usize].0));
         }
-        self.put_sorted(entries, &by_id, false)
+        let refs: Vec<(&[u8], f64, &[u8])> =
+            entries.iter().map(|(id, e, v)| (id.as_slice(), *e, v.as_slice())).collect();
+        self.put_sorted(&refs, &by_id, false)
     }
 
     /// `put_many` of entries already in `(expires, id)` order, `by_id` listing them in id order (both
@@ -327,7 +332,7 @@ impl ColdStore {
     /// empty state's events per CPU second at 10M pending).
     pub fn put_sorted(
         &mut self,
-        entries: Vec<(Vec<u8>, f64, Vec<u8>)>,
+        entries: &[(&[u8], f64, &[u8])],
         by_id: &[u32],
         side_by_side: bool,
     ) -> Result<(), String> {
@@ -336,33 +341,46 @@ impl ColdStore {
         }
         let epoch = self.epoch;
         let n = entries.len();
-        // Each `expiry` key is built once: a spill's keys are its largest cost after the store's own.
-        let keys: Vec<Vec<u8>> = entries.iter().map(|(id, expires, _)| expiry_key(*expires, id)).collect();
-        if let Some(smallest) = keys.iter().min() {
-            if *smallest < self.floor {
-                self.floor.clone_from(smallest);
-            }
-            if self.first.as_ref().is_some_and(|(first, _)| smallest < first) {
-                self.first = None;
-            }
+        // A key is the expiry's 8 ordered bytes then the id, so comparing the pairs compares the keys.
+        let (bytes, id) = entries.iter().map(|&(id, expires, _)| (expiry_bytes(expires), id)).min().expect("entries");
+        let smallest = [&bytes[..], id].concat();
+        if smallest < self.floor {
+            self.floor.clone_from(&smallest);
         }
-        for (id, _, _) in &entries {
+        if self.first.as_ref().is_some_and(|(first, _)| smallest < *first) {
+            self.first = None;
+        }
+        for (id, _, _) in entries {
             self.bloom.insert(id);
         }
         let t = self.tables()?;
         if n < INGEST_MIN {
             let mut batch = t.db.batch();
-            for ((id, expires, value), key) in entries.iter().zip(keys) {
-                batch.insert(&t.ids, id_key(epoch, id), expiry_bytes(*expires).to_vec());
-                batch.insert(&t.expiry, key, stored_value(epoch, value));
+            for &(id, expires, value) in entries {
+                batch.insert(&t.ids, id_key(epoch, id), expiry_bytes(expires).to_vec());
+                batch.insert(&t.expiry, expiry_key(expires, id), stored_value(epoch, value));
             }
             batch.commit().map_err(err)?;
         } else {
-            let index = by_id.iter().map(|&i| {
-                let (id, expires, _) = &entries[i as usize];
-                (id_key(epoch, id), expiry_bytes(*expires).to_vec())
+            // Keys and values are built in scratch buffers: fjall copies each into a view of its own, so a
+            // vector per key and value was only allocated and freed (a million of each per epoch).
+            let stamp = epoch.to_be_bytes();
+            let index = by_id.iter().scan(Vec::new(), |key, &i| {
+                let (id, expires, _) = entries[i as usize];
+                key.clear();
+                key.extend_from_slice(&stamp);
+                key.extend_from_slice(id);
+                Some((Slice::from(&key[..]), Slice::from(&expiry_bytes(expires)[..])))
             });
-            let rows = keys.into_iter().zip(&entries).map(|(key, (_, _, value))| (key, stored_value(epoch, value)));
+            let rows = entries.iter().scan((Vec::new(), Vec::new()), |(key, value), &(id, expires, v)| {
+                key.clear();
+                key.extend_from_slice(&expiry_bytes(expires));
+                key.extend_from_slice(id);
+                value.clear();
+                value.extend_from_slice(&stamp);
+                value.extend_from_slice(v);
+                Some((Slice::from(&key[..]), Slice::from(&value[..])))
+            });
             if side_by_side {
                 // Each ingestion builds its own tables, so the two keyspaces can be written at once.
                 let (ids, expiry) = (&t.ids, &t.expiry);
