@@ -14,20 +14,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from monitor.config import ModelConfig, MonitorConfig
+from monitor.config import MonitorConfig
 from monitor.engine.engine import Engine
 from monitor.engine.figures import Figures
-from monitor.engine.model_state import ModelState
 from monitor.reference import Reference
-
-
-def merge_model_states(config: MonitorConfig, cfg: ModelConfig, reference: Reference | None,
-                       states: Sequence[ModelState]) -> ModelState:
-    """A fresh ModelState whose statistics are the sums of `states` (all of the same model)."""
-    out = ModelState(config, cfg, reference)
-    for s in states:
-        out.add(s)
-    return out
 
 
 def merged_engine(config: MonitorConfig, references: dict[str, Reference | None],
