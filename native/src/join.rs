@@ -982,9 +982,7 @@ impl JoinTable {
 struct Candidates {
     /// Per row: its expiry as ordered bits, and its arrival.
     keys: Vec<(u64, u64)>,
-    /// Where each row's id ends in `ids`.
-    id_ends: Vec<usize>,
-    ids: Vec<u8>,
+    ids: Packed,
     /// The rows' changelog values, `width` bytes each.
     values: Vec<u8>,
     width: usize,
@@ -996,8 +994,7 @@ impl Candidates {
     fn new(width: usize, n: usize, id_len: usize) -> Self {
         Candidates {
             keys: Vec::with_capacity(n),
-            id_ends: Vec::with_capacity(n),
-            ids: Vec::with_capacity(n * id_len),
+            ids: Packed::with_capacity(n, n * id_len),
             values: Vec::with_capacity(n * width),
             width,
         }
@@ -1008,16 +1005,18 @@ impl Candidates {
     }
 
     fn push(&mut self, expires: f64, arrival: u64, id: &[u8], value: &[u8]) {
-        self.keys.push((u64::from_be_bytes(expiry_bytes(expires)), arrival));
-        self.ids.extend_from_slice(id);
-        self.id_ends.push(self.ids.len());
+        self.push_row((u64::from_be_bytes(expiry_bytes(expires)), arrival), id, value);
+    }
+
+    fn push_row(&mut self, key: (u64, u64), id: &[u8], value: &[u8]) {
+        self.keys.push(key);
+        self.ids.push(id);
         self.values.extend_from_slice(value);
     }
 
     /// Row `i`: (arrival, id, changelog value).
     fn row(&self, i: usize) -> (u64, &[u8], &[u8]) {
-        let start = if i == 0 { 0 } else { self.id_ends[i - 1] };
-        (self.keys[i].1, &self.ids[start..self.id_ends[i]], &self.values[i * self.width..(i + 1) * self.width])
+        (self.keys[i].1, self.ids.get(i), &self.values[i * self.width..(i + 1) * self.width])
     }
 
     /// Keeps the `keep` that expire last; `f` gets each of the others, in row order, as (arrival, id,
@@ -1041,20 +1040,43 @@ impl Candidates {
                 leaving[i as usize] = false;
             }
         }
-        let mut kept = Candidates::new(self.width, self.keys.capacity(), self.ids.len() / n + 1);
+        let mut kept = Candidates::new(self.width, self.keys.capacity(), self.ids.bytes() / n + 1);
         for (i, &leaves) in leaving.iter().enumerate() {
             let (arrival, id, value) = self.row(i);
             if leaves {
                 f(arrival, id, value)?;
             } else {
-                kept.keys.push(self.keys[i]);
-                kept.ids.extend_from_slice(id);
-                kept.id_ends.push(kept.ids.len());
-                kept.values.extend_from_slice(value);
+                kept.push_row(self.keys[i], id, value);
             }
         }
         *self = kept;
         Ok(())
+    }
+}
+
+/// Byte strings end to end in one buffer: rows of a restore, without an allocation per string.
+#[derive(Default)]
+struct Packed {
+    data: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+impl Packed {
+    fn with_capacity(n: usize, bytes: usize) -> Self {
+        Packed { data: Vec::with_capacity(bytes), ends: Vec::with_capacity(n) }
+    }
+
+    fn push(&mut self, s: &[u8]) {
+        self.data.extend_from_slice(s);
+        self.ends.push(self.data.len());
+    }
+
+    fn get(&self, i: usize) -> &[u8] {
+        &self.data[if i == 0 { 0 } else { self.ends[i - 1] }..self.ends[i]]
+    }
+
+    fn bytes(&self) -> usize {
+        self.data.len()
     }
 }
 
@@ -1074,6 +1096,8 @@ impl JoinTable {
         }
         let (n, width) = (self.n_labels, entry_width(self.n_labels));
         let budget = self.cold.as_ref().map_or(usize::MAX, |c| c.budget);
+        // Candidates held before the ones that expire first are handed over (unbounded without a store).
+        let window = budget.max(1 << 16).saturating_mul(2);
         if let Some(cold) = &mut self.cold {
             cold.store.expect(expected);
         }
@@ -1099,10 +1123,10 @@ impl JoinTable {
                 self.load_hot(id_bytes, arrival, &entry);
             } else {
                 if kept.keys.capacity() == 0 {
-                    kept = Candidates::new(width, 2 * budget.max(1 << 16) + 1, id_bytes.len());
+                    kept = Candidates::new(width, window, id_bytes.len());
                 }
                 kept.push(entry_expires(value), arrival, id_bytes, value);
-                if kept.len() >= 2 * budget.max(1 << 16) {
+                if kept.len() >= window {
                     kept.keep_last(budget, |arrival, id, value| self.spill_loaded(arrival, id, value, &mut entry, &mut out))?;
                 }
             }
@@ -1153,10 +1177,9 @@ impl JoinTable {
     ) -> Result<(), String> {
         entry.read(value)?;
         out.rows.push((u64::from_be_bytes(expiry_bytes(entry.expires)), arrival, entry.expires));
-        out.ids.extend_from_slice(id);
-        out.id_ends.push(out.ids.len());
-        encode_loaded_into(&mut out.values, arrival, entry);
-        out.value_ends.push(out.values.len());
+        out.ids.push(id);
+        encode_loaded_into(&mut out.values.data, arrival, entry);
+        out.values.ends.push(out.values.data.len());
         if out.rows.len() >= EPOCH_ENTRIES {
             self.put_loaded(std::mem::take(out))?;
         }
@@ -1168,11 +1191,11 @@ impl JoinTable {
         let Some(cold) = &mut self.cold else {
             return Ok(());
         };
-        // Sorting positions, not the entries: moving each entry's 72 bytes around took more than the rest.
-        let mut order: Vec<(u64, u64, u32)> =
-            out.rows.iter().enumerate().map(|(i, r)| (r.0, r.1, i as u32)).collect();
+        // Sorting positions: the entries stay where they were written, and the store reads them in place.
+        let mut order: Vec<(u64, u64, u32)> = out.rows.iter().enumerate().map(|(i, r)| (r.0, r.1, i as u32)).collect();
         order.sort_unstable();
-        let mut by_id: Vec<(u64, u32)> = order.iter().enumerate().map(|(at, &(_, arrival, _))| (arrival, at as u32)).collect();
+        let mut by_id: Vec<(u64, u32)> =
+            order.iter().enumerate().map(|(at, &(_, arrival, _))| (arrival, at as u32)).collect();
         by_id.sort_unstable();
         let by_id: Vec<u32> = by_id.into_iter().map(|(_, at)| at).collect();
         let sorted: Vec<(&[u8], f64, &[u8])> = order.into_iter().map(|(_, _, i)| out.get(i as usize)).collect();
@@ -1186,18 +1209,14 @@ impl JoinTable {
 #[derive(Default)]
 struct Spills {
     rows: Vec<(u64, u64, f64)>,
-    id_ends: Vec<usize>,
-    ids: Vec<u8>,
-    value_ends: Vec<usize>,
-    values: Vec<u8>,
+    ids: Packed,
+    values: Packed,
 }
 
 impl Spills {
     /// Entry `i`: (id, expires, encoded value).
     fn get(&self, i: usize) -> (&[u8], f64, &[u8]) {
-        let id = if i == 0 { 0 } else { self.id_ends[i - 1] }..self.id_ends[i];
-        let value = if i == 0 { 0 } else { self.value_ends[i - 1] }..self.value_ends[i];
-        (&self.ids[id], self.rows[i].2, &self.values[value])
+        (self.ids.get(i), self.rows[i].2, self.values.get(i))
     }
 }
 
