@@ -299,9 +299,14 @@ STATE_WRITE_WAITS = _m(
     "Times consumption paused for the state write in flight: the input outran the changelog and the "
     "changes not yet written reached their bound.",
 )
+LOCAL_STORE_FAILURES = _m(
+    "local_store_failures_total", "counter", (),
+    "Writes to a partition's local copy of its changelog that failed: the copy is dropped (/healthz names "
+    "the partition), and that partition's next restore reads its whole changelog. Figures are unaffected.",
+)
 # Exported by the worker only (not by replay): its Kafka and state health.
 WORKER_ONLY: Final = frozenset(m.name for m in (CONSUMER_LAG, STATE_WRITE_FAILURES, STATE_RECORDS_WRITTEN,
-                                                STATE_BYTES_WRITTEN, STATE_WRITE_WAITS))
+                                                STATE_BYTES_WRITTEN, STATE_WRITE_WAITS, LOCAL_STORE_FAILURES))
 BUILD_INFO = _m("build_info", "info", ("version", "python"), "Build information.")
 LAST_EVENT_TIMESTAMP = _m(
     "last_event_timestamp_seconds", "gauge", (L_MODEL, L_TOPIC),

@@ -19,7 +19,6 @@ from monitor.stream.changelog import (
     ChangelogError,
     ChangeTracker,
     StateRecords,
-    block_values,
     decode_rows,
     encode_rows,
     entry_dtype,
@@ -138,49 +137,79 @@ def test_checkpoints_written_while_the_engine_goes_on_and_failing_lose_nothing(j
     assert len([k for k in topic if k.startswith(b"e")]) == len(engine.models["m"].join)
 
 
-@pytest.mark.parametrize("use_native", ENGINES)
-def test_a_local_state_file_continues_like_the_changelog(use_native: bool, tmp_path) -> None:
-    """A worker restarted with a state dir loads the local file its graceful stop wrote (when the changelog
-    still ends where the file says) instead of reading the changelog. Taken every third batch, with TTL
-    expiry and the pending cap: the figures equal an uninterrupted engine bit for bit, and so does the
-    changelog written all along, so the tracker rebuilt from the file knew every block the changelog
-    holds (a block missing from it would leave a stale block behind, no tombstone). A file for another
-    end offset or other topics is not used, and is gone once looked at."""
-    from monitor.stream import local_state
+@pytest.mark.skipif(not native.enabled(), reason="native core not built")
+@pytest.mark.parametrize("join", [{"ttl": "2h", "max_pending": 150},
+                                  {"ttl": "2h", "max_pending": 150, "memory_entries": 7}])
+def test_a_local_copy_plus_the_changelog_tail_continues_like_an_uninterrupted_run(join: dict, tmp_path, monkeypatch,
+                                                                                  caplog) -> None:
+    """A worker with a state dir feeds each committed checkpoint to a local copy of its changelog, seals it
+    now and then, and on a restart reads only the changelog after the copy's mark into it. Restarted every
+    third batch, alternately after a seal (a graceful stop) and without one (a kill -9, which loses the
+    copy's unsealed records but not the runs it wrote since the seal, here a run per 2 KB): the figures
+    equal an uninterrupted engine bit for bit, with TTL expiry, the pending cap and a memory budget."""
+    from monitor.stream import local_store
 
-    config = oracle_config(ttl="2h", max_pending=150)
+    monkeypatch.setattr(local_store, "WINDOW_BYTES", 2000)
+    config = oracle_config(**join)
     raw_p, raw_g = to_raw(*make_stream(seed=12, n=1500))
     items = list(merge_by_time(raw_p, raw_g, None))
-    whole = Engine(config, use_native=use_native)
-    engine = Engine(config, use_native=use_native)
+    whole = Engine(oracle_config(ttl="2h", max_pending=150), use_native=True)
+    engine = Engine(config, use_native=True)
     track(engine)
     tracker = ChangeTracker()
-    topic: dict[bytes, bytes] = {}
-    expect = {"partition": 3, "topics": {"predictions": "p"}}
+    log: list[tuple[bytes, bytes | None]] = []  # the changelog before compaction, offset = index
+    inputs = {"predictions": "p"}
+    copy, start = local_store.open_copy(tmp_path, "state", 3, inputs, 0, 0, 86_400_000)
+    assert start == 0
+    tails = []
     for i, batch in enumerate(batches(items, 257)):
         whole.process(batch)
         engine.process(batch)
-        changes = tracker.take(engine, {"offsets": {"predictions": i}})
-        apply(topic, list(changes.records()), changes.meta)
+        changes = tracker.take(engine, {"offsets": {"predictions": i}, "partition": 3, "topics": inputs})
+        changes.keep = True
+        list(changes.parts(changelog.MAX_BATCH_BYTES))
+        log.extend([*changes.records(), (KEY_META, changes.meta), (b"", b"")])  # the last: its commit marker
         tracker.committed(changes)
+        copy.feed(changes, len(log))
         if i % 3 == 2:
-            local_state.save(tmp_path, 3, 100 + i, engine, {**expect, "offsets": {"predictions": i}})
-            assert local_state.take(tmp_path, 3, 100 + i, config, None, {**expect, "partition": 4}) is None
-            local_state.save(tmp_path, 3, 100 + i, engine, {**expect, "offsets": {"predictions": i}})
-            assert local_state.take(tmp_path, 3, 101 + i, config, None, expect) is None  # the changelog moved on
-            local_state.save(tmp_path, 3, 100 + i, engine, {**expect, "offsets": {"predictions": i}})
-            loaded = local_state.take(tmp_path, 3, 100 + i, config, None, expect)
-            assert loaded is not None and loaded.extra["offsets"] == {"predictions": i}
-            assert not list(tmp_path.iterdir())
-            engine = loaded.engine
-            track(engine)
-            tracker = ChangeTracker(block_values(engine))
+            if i % 2:
+                copy.seal()
+            copy.close()
+            copy, start = local_store.open_copy(tmp_path, "state", 3, inputs, 0, len(log), 86_400_000)
+            tails.append(len(log) - start)
+            for key, value in log[start:]:
+                if key:
+                    copy.store.put(key, value)
+            copy.end = len(log)
+            copy.store.finish()
+            copy.seal()
+            restored = rebuild(config, None, StateRecords(*copy.store.take_others()), copy.store)
+            assert restored is not None and restored.extra["offsets"] == {"predictions": i}
+            engine, tracker = restored.engine, restored.tracker
     assert_figures_equal(engine.evaluate(), whole.evaluate(), rel=0, abs_=0)
-    restored = rebuild(config, None, dict(topic))
-    assert restored is not None
-    assert_figures_equal(restored.engine.evaluate(), whole.evaluate(), rel=0, abs_=0)
-    # Blocks left retention over the 8 hours, after files were loaded: each left a tombstone.
-    assert {k for k in topic if k != KEY_META and not k.startswith(b"e")} == set(block_values(engine))
+    # After a seal nothing was read again; after a crash, the records since the last seal (at most 60 s
+    # old: here the first seal, or the one at the last restart) were.
+    assert tails[1::2] == [0] * len(tails[1::2]) and all(t > 0 for t in tails[::2])
+    # A copy sealed for other topics, at an offset beyond the changelog's end, or longer ago than the state
+    # topic keeps tombstones is not used: it is wiped and read from the beginning.
+    copy.close()
+    for args, why in [((inputs | {"predictions": "q"}, 0, len(log), 86_400_000), "it holds"),
+                      ((inputs, 0, len(log) - 1, 86_400_000), "outside the changelog"),
+                      ((inputs, 0, len(log), 1), "delete.retention.ms")]:
+        caplog.clear()
+        with caplog.at_level("INFO", logger=local_store.__name__):
+            reopened, start = local_store.open_copy(tmp_path, "state", 3, *args)
+        assert start == 0 and reopened.store.mark is None and not reopened.store.staged, why
+        assert why in caplog.text
+        reopened.close()
+        copy, start = local_store.open_copy(tmp_path, "state", 3, inputs, 0, len(log), 86_400_000)
+        assert start == 0
+        for key, value in log:
+            if key:
+                copy.store.put(key, value)
+        copy.end = len(log)
+        copy.seal()
+        copy.close()
 
 
 def test_a_checkpoint_writes_what_changed_not_the_whole_table() -> None:

@@ -29,6 +29,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from monitor import conventions as c
 from monitor.config import MonitorConfig, load_config
+from monitor.engine import native
 from monitor.exporter import prometheus_text
 from monitor.replay import run_replay
 from monitor.simulate import TrafficSpec, generate
@@ -258,12 +259,21 @@ def test_worker_metrics_equal_replay(kafka_bootstrap: str, tmp_path: Path, strea
 @kafka_test
 @pytest.mark.timeout(240)
 # With a memory budget most entries live in the join's store, and the restart restores through a staging
-# store (monitor._native.Staged) rather than memory.
-@pytest.mark.parametrize("join", [None, pytest.param({"memory_entries": 40}, id="budget")])
+# store (monitor._native.Staged) rather than memory. With a state dir, each partition's local copy of its
+# changelog, sealed every half second, is where the restart starts: it reads only the changelog after it.
+@pytest.mark.parametrize(("join", "local"), [
+    (None, False), pytest.param({"memory_entries": 40}, False, id="budget"),
+    pytest.param(None, True, id="local-store"),
+    pytest.param({"memory_entries": 40}, True, id="budget-local-store",
+                 marks=pytest.mark.skipif(not native.enabled(), reason="native core not built"))])
 def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path: Path, stream, workers,  # noqa: F811
-                                                  join: dict | None) -> None:
+                                                  join: dict | None, local: bool) -> None:
+    if local and not native.enabled():
+        pytest.skip("local copies of the changelog need the native core")
     preds, truths, at = stream
     path, config = write_config(tmp_path, kafka_bootstrap, join=join)
+    state_dir = tmp_path / "state" if local else None
+    env = {"MLMON_LOCAL_SEAL_SECONDS": "0.5"}
     expected = replay_series(config, preds, truths, at)
     kafka = config.kafka
     # Ground truth is produced in event-time order with its predictions, as in production.
@@ -271,11 +281,13 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     for topic in (kafka.predictions_topic, kafka.ground_truth_topic):
         create_topic(kafka_bootstrap, topic, partitions=kafka.partitions)
     produce(kafka_bootstrap, kafka.predictions_topic, preds[:cut])
-    first = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3)
+    first = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3, state_dir=state_dir, env=env)
     workers.append(first)
     wait_for("the first half", lambda: total(first.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == cut,
              workers=workers)
     wait_for("a checkpoint of the first half", state_settled(first), workers=workers)
+    if local:
+        time.sleep(1.5)  # the copies are sealed meanwhile (idle, after the half second): the restart reads less
 
     # The rest arrives in small slices while the worker runs; it is killed in the middle of it.
     done = threading.Event()
@@ -300,7 +312,7 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
             or total(before, c.GROUND_TRUTH_TOTAL.name) < len(truths))  # killed mid-stream
 
     started = time.monotonic()
-    second = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3)
+    second = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3, state_dir=state_dir, env=env)
     workers.append(second)
     feeder.join(120)
     assert done.is_set()
@@ -311,7 +323,11 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     resumed = [orjson.loads(line.split("resuming at ")[1].replace("'", '"')) for line in out.splitlines()
                if "resuming at " in line]
     assert len(resumed) == kafka.partitions, out[-2000:]  # every partition restored state, none started over
-    assert ("join entries staged on disk" in out) == (join is not None), out[-2000:]
+    assert ("join entries staged on disk" in out) == (join is not None and not local), out[-2000:]
+    if local:  # every partition from its copy, sealed after the first half, and the changelog after that
+        tails = re.findall(r"state restored from the local store and the (\d+) changelog records after offset "
+                           r"(\d+)", out)
+        assert len(tails) == kafka.partitions and all(int(at_) > 0 for _, at_ in tails), out[-2000:]
     covered = sum(r["predictions"] for r in resumed)  # topics start at offset 0
     applied = total(before, c.PREDICTIONS_TOTAL.name)
     assert covered <= applied
@@ -359,11 +375,12 @@ def test_unwritten_changes_are_bounded_and_checkpointed_by_size(kafka_bootstrap:
 
 @kafka_test
 @pytest.mark.timeout(240)
-# With join entries on disk beyond the memory budget no state file is written (writing and loading one
-# would take the whole state into memory): the restart reads the changelog, as exactly.
+@pytest.mark.skipif(not native.enabled(), reason="local copies of the changelog need the native core")
 @pytest.mark.parametrize("join", [None, pytest.param({"memory_entries": 40}, id="beyond-budget")])
-def test_graceful_restart_loads_the_local_state(kafka_bootstrap: str, tmp_path: Path, stream, workers,  # noqa: F811
-                                                join: dict | None) -> None:
+def test_graceful_restart_reads_only_the_local_store(kafka_bootstrap: str, tmp_path: Path, stream, workers,  # noqa: F811
+                                                     join: dict | None) -> None:
+    """A graceful stop seals each partition's local copy at its final checkpoint: the restart reads no
+    changelog record at all, and goes on exactly (with most entries in the join's store, too)."""
     preds, truths, at = stream
     path, config = write_config(tmp_path, kafka_bootstrap, join=join)
     expected = replay_series(config, preds, truths, at)
@@ -377,8 +394,7 @@ def test_graceful_restart_loads_the_local_state(kafka_bootstrap: str, tmp_path: 
     wait_for("the first half", lambda: total(first.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == cut,
              workers=workers)
     assert first.stop() == 0
-    written = "local state written" if join is None else "local state not written"
-    assert first.output().count(written) == kafka.partitions, first.output()[-2000:]
+    assert len(list((state_dir / "local" / kafka.group_id).iterdir())) == kafka.partitions
 
     produce(kafka_bootstrap, kafka.predictions_topic, preds[cut:])
     produce(kafka_bootstrap, kafka.ground_truth_topic, truths)
@@ -387,12 +403,8 @@ def test_graceful_restart_loads_the_local_state(kafka_bootstrap: str, tmp_path: 
     wait_for("the restarted worker to drain", drained([second], expected), workers=[second])
     assert_series_equal(second.scrape(), expected)
     out = second.output()
-    assert not list((state_dir / "local").rglob("*.state"))
-    if join is None:  # every partition came from the local files, none from reading the changelog
-        assert out.count("loaded from the local state dir") == kafka.partitions, out[-2000:]
-        assert "restored from" not in out
-    else:
-        assert out.count("restored from") == kafka.partitions and "local state dir" not in out, out[-2000:]
+    assert out.count("state restored from the local store and the 0 changelog records after offset") \
+        == kafka.partitions, out[-2000:]
 
 
 @kafka_test

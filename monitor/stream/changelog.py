@@ -216,6 +216,9 @@ class Changes:
     written: dict[bytes, bytes]  # block key -> raw bytes (the tracker's view once committed)
     count: int = 0  # records (meta included) and their key + value bytes, once `records()` ran through
     size: int = 0
+    # Keep what `parts()` encodes for `copy_to` (for a partition with a local copy of its changelog).
+    keep: bool = False
+    _kept: list[tuple[Any, ...]] = field(default_factory=list)
 
     @property
     def entries(self) -> int:
@@ -240,19 +243,40 @@ class Changes:
         """The records of `records()`, in the same order: the blocks as records, the join entries as
         natively encoded batches of at most `max_bytes` (monitor.stream.encoded) when that is supported,
         else as records too."""
+        self._kept = []
         if not encoded.supported():
-            yield list(self.records())
+            records = list(self.records())
+            if self.keep:
+                self._kept = records
+            yield records
             return
         self.count, self.size = 1 + len(self.blocks), len(KEY_META) + len(self.meta)
         self.size += sum(len(k) + len(v or b"") for k, v in self.blocks)
+        if self.keep:
+            self._kept = list(self.blocks)
         yield self.blocks
         for j in self.joins:
             prefix = entry_key(j.model, "")
             for ids, rows, width in j.chunks():
-                batches, size = encoded.entry_batches(prefix, ids, rows, width, max_bytes)
+                blob, ends = encoded.id_bytes(ids)
+                batches, size = encoded.entry_batches(prefix, blob, ends, rows, width, max_bytes)
+                if self.keep:
+                    self._kept.append((prefix, blob, ends, rows, width))
                 self.count += len(ids)
                 self.size += size
                 yield batches
+
+    def copy_to(self, store: Any) -> None:
+        """Give a local copy of the changelog (monitor.stream.local_store) the records `parts()` made, in the
+        same order, the meta record last: once they are committed. Needs `keep`."""
+        assert self.keep
+        for item in self._kept:
+            if len(item) == 2:
+                store.put(*item)
+            else:
+                store.add_entries(*item)
+        store.put(KEY_META, self.meta)
+        self._kept = []
 
 
 @dataclass
@@ -537,7 +561,8 @@ class Staging:
 
 
 async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list[int], timeout: float = 600.0,
-                          raw: bool = True, staging: Staging | None = None) -> dict[int, PartitionRecords]:
+                          raw: bool = True, staging: Staging | None = None,
+                          into: dict[int, tuple[Any, int]] | None = None) -> dict[int, PartitionRecords]:
     """The newest value of every key in each state partition, read from the beginning to the last
     committed offset (`reader` reads committed records only). Tombstones remove their key.
 
@@ -546,17 +571,27 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
     natively (monitor._native.Latest), without a Python object per record; else aiokafka's getmany, which
     builds a ConsumerRecord per record, fills a dict. Both skip the same control and aborted records.
     With `staging` as well, the join entries go to a staging store as they are read (monitor._native.Staged),
-    so memory stays flat however many the partition holds."""
+    so memory stays flat however many the partition holds. With `into` (native only), partition p is read
+    from offset into[p][1] into the store into[p][0], a local copy of its changelog
+    (monitor.stream.local_store), which then holds the newest value of every key."""
     if not partitions:
         return {}
     tps = [TopicPartition(topic, p) for p in partitions]
     ends = await reader.end_offsets(tps)  # the last stable offset under read_committed
     starts = await reader.beginning_offsets(tps)
+    into = into or {}
+    if into and not (raw and raw_fetch.available()):
+        raise ValueError("local copies of the changelog are read natively only")
+    for tp in tps:
+        if tp.partition in into:
+            starts[tp] = into[tp.partition][1]
     todo = {tp: ends[tp] for tp in tps if ends[tp] > starts[tp]}
     if raw and raw_fetch.available():
-        staged = {tp for tp in tps if staging is not None and ends[tp] - starts[tp] > staging.above}
+        staged = {tp for tp in tps if tp.partition in into
+                  or (staging is not None and ends[tp] - starts[tp] > staging.above)}
         state_dir = staging.state_dir if staging is not None else None
-        latest = {tp: _native.Staged(state_dir) if tp in staged else raw_fetch.latest() for tp in tps}
+        latest = {tp: into[tp.partition][0] if tp.partition in into
+                  else _native.Staged(state_dir) if tp in staged else raw_fetch.latest() for tp in tps}
         if todo:
             # The reader's own client: its connections and metadata, no group, nothing assigned.
             fetcher = raw_fetch.RawReader(reader._client, raw_fetch.READ_COMMITTED)

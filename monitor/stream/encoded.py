@@ -69,13 +69,16 @@ class EncodedBatch(BatchBuilder):
         return self._count
 
 
-def entry_batches(prefix: bytes, ids: list[str], rows: bytes | None, width: int,
+def id_bytes(ids: list[str]) -> tuple[bytes, np.ndarray]:
+    """The ids UTF-8 encoded end to end, and where each ends."""
+    keys = [pid.encode("utf-8", "surrogatepass") for pid in ids]
+    return b"".join(keys), np.cumsum(np.fromiter(map(len, keys), dtype=np.int64, count=len(keys)))
+
+
+def entry_batches(prefix: bytes, blob: bytes, ends: np.ndarray, rows: bytes | None, width: int,
                   max_bytes: int) -> tuple[list[EncodedBatch], int]:
     """Batches of records `prefix + id` -> the id's `width`-byte row of `rows` (tombstones when `rows` is
-    None), and their key and value bytes."""
-    keys = [pid.encode("utf-8", "surrogatepass") for pid in ids]
-    ends = np.cumsum(np.fromiter(map(len, keys), dtype=np.int64, count=len(keys)))
-    blob = b"".join(keys)
+    None), id i being blob[ends[i-1]:ends[i]] (`id_bytes`), and their key and value bytes."""
     raw = _native.encode_record_batches(prefix, blob, ends, rows, width, max_bytes, int(time.time() * 1000))
-    size = len(prefix) * len(ids) + len(blob) + (len(rows) if rows is not None else 0)
+    size = len(prefix) * len(ends) + len(blob) + (len(rows) if rows is not None else 0)
     return [EncodedBatch(b, n) for b, n in raw], size

@@ -65,6 +65,10 @@ def _secret(env_name: str | None, key: str) -> str:
     return value
 
 
+# Kafka's default delete.retention.ms (24 h), assumed when the state topic's is not described.
+DEFAULT_TOMBSTONE_MS = 24 * 3600 * 1000
+
+
 @dataclass(frozen=True)
 class Topics:
     predictions: str
@@ -76,6 +80,9 @@ class Topics:
     extra: tuple[tuple[str, str], ...] = ()
     # (side, internal topic) when the inputs are repartitioned: the join stage reads these instead.
     internal: tuple[tuple[str, str], ...] = ()
+    # How long the state topic keeps a tombstone once its segment is compacted (delete.retention.ms): a
+    # local copy of the changelog older than that may miss removals (monitor.stream.local_store).
+    state_tombstone_ms: int = DEFAULT_TOMBSTONE_MS
 
     @property
     def sources(self) -> list[tuple[str, str]]:
@@ -155,9 +162,9 @@ async def ensure_topics(config: MonitorConfig) -> Topics:
                     "it holds data of a differently partitioned stream. Use another kafka.group_id (a fresh "
                     "start) or delete the topic."
                 )
-        await _check_configs(admin, kafka, state, [t for _, t in internal], names)
+        tombstone_ms = await _check_configs(admin, kafka, state, [t for _, t in internal], names)
         return Topics(kafka.predictions_topic, kafka.ground_truth_topic, kafka.dead_letter_topic, state, count,
-                      extra, internal)
+                      extra, internal, tombstone_ms)
     finally:
         await admin.close()
 
@@ -167,11 +174,11 @@ _BATCH_ROOM = 1024
 
 
 async def _check_configs(admin: AIOKafkaAdminClient, kafka: KafkaConfig, state: str, internal: list[str],
-                         inputs: tuple[str, ...]) -> None:
+                         inputs: tuple[str, ...]) -> int:
     """The worker's own topics against what it writes to them. A topic created by the worker is right; one
     created or changed by hand, or a broker whose limits were lowered, would otherwise fail every state
     write or copy (counted and retried, but never succeeding), so every such problem is named at once,
-    with the setting to change."""
+    with the setting to change. Returns the state topic's delete.retention.ms."""
     from monitor.stream.changelog import MAX_BATCH_BYTES as STATE_BATCH_BYTES
 
     configs = await _topic_configs(admin, [state, kafka.dead_letter_topic, *internal, *inputs])
@@ -210,12 +217,13 @@ async def _check_configs(admin: AIOKafkaAdminClient, kafka: KafkaConfig, state: 
         log.warning("topic %r (dead letters) accepts records of up to %d bytes, the input topics up to %d: the "
                     "dead letter of an event larger than that is refused (logged); raise its max.message.bytes",
                     kafka.dead_letter_topic, dead, largest)
+    return int(configs.get(state, {}).get("delete.retention.ms", DEFAULT_TOMBSTONE_MS))
 
 
 async def _topic_configs(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, dict[str, str]]:
-    """cleanup.policy, retention.ms and max.message.bytes of each topic (the topic's own or the broker's
-    default); a topic the broker does not describe (not authorised, gone) is left out."""
-    wanted = {"cleanup.policy": None, "retention.ms": None, "max.message.bytes": None}
+    """cleanup.policy, retention.ms, delete.retention.ms and max.message.bytes of each topic (the topic's own
+    or the broker's default); a topic the broker does not describe (not authorised, gone) is left out."""
+    wanted = {"cleanup.policy": None, "retention.ms": None, "delete.retention.ms": None, "max.message.bytes": None}
     resources = [ConfigResource(ConfigResourceType.TOPIC, t, dict(wanted)) for t in dict.fromkeys(topics)]
     out: dict[str, dict[str, str]] = {}
     for response in await admin.describe_configs(resources):

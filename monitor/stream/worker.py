@@ -39,14 +39,13 @@ from monitor.events import InvalidEvent, parse_timestamp
 from monitor.exporter import FiguresCollector
 from monitor.mapping import RecordMeta
 from monitor.reference import Reference, load_reference
-from monitor.stream import fetched, local_state, raw_fetch
+from monitor.stream import fetched, local_store, raw_fetch
 from monitor.stream.changelog import (
     ChangelogError,
     Changes,
     ChangeTracker,
     Staging,
     StateWriter,
-    block_values,
     read_partitions,
     rebuild,
     track,
@@ -114,6 +113,7 @@ class PartitionState:
     failures: int = 0  # consecutive failed state writes
     last_error: str | None = None
     retry_at: float = 0.0
+    local: local_store.LocalCopy | None = None  # the local copy of its changelog, with a state dir
 
 
 @dataclass
@@ -140,6 +140,8 @@ class Stats:
     restored_bytes: int = 0
     restored_records: int = 0
     restore_seconds: float = 0.0
+    local_store_failures: int = 0
+    local_dropped: set[int] = field(default_factory=set)  # partitions whose local copy a failed write dropped
     started: float = field(default_factory=time.monotonic)
 
 
@@ -151,9 +153,9 @@ class Worker:
         self.partitions: dict[int, PartitionState] = {}
         # Revoked partitions kept in memory: reused when they come back and nobody checkpointed them since.
         self.parked: dict[int, PartitionState] = {}
-        # Where a graceful stop leaves each partition's state for a restart here (None: no state dir).
-        self.local_dir = (local_state.directory(config.join.state_dir, config.kafka.group_id)
-                          if config.join.state_dir else None)
+        # Where each partition's local copy of its changelog lives (None: no state dir, or no native core).
+        self.local_dir = (local_store.directory(config.join.state_dir, config.kafka.group_id)
+                          if config.join.state_dir and local_store.supported() else None)
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.fatal: BaseException | None = None
@@ -218,7 +220,10 @@ class Worker:
             first = next(iter(failing.values()))
             return False, (f"degraded: state writes failing for partitions {sorted(failing)} "
                            f"({first.failures} in a row; last: {first.last_error}); consuming on, retrying")
-        return True, f"consuming {len(self.partitions)} partitions"
+        dropped = sorted(self.stats.local_dropped & set(self.partitions))
+        note = (f"; local stores of partitions {dropped} dropped after a failed write (their next restore reads "
+                "the whole changelog)") if dropped else ""
+        return True, f"consuming {len(self.partitions)} partitions{note}"
 
     # --- lifecycle -----------------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -308,7 +313,6 @@ class Worker:
         if self.consumer is not None and self.fatal is None and self.topics is not None:
             async with self.lock:
                 await self._checkpoint(list(self.partitions.values()), force=True)
-            self._save_local()
         elif self._writing is not None:
             try:
                 await self._settle()
@@ -316,6 +320,7 @@ class Worker:
                 log.exception("the checkpoint being written failed")
         for state in [*self.partitions.values(), *self.parked.values()]:
             await state.writer.close()
+        await self._close_local([*self.partitions.values(), *self.parked.values()])
         self.stopping.set()
         if self._repartition_task is not None:
             await asyncio.gather(self._repartition_task, return_exceptions=True)
@@ -337,31 +342,26 @@ class Worker:
                  self.stats.checkpoint_records, self.stats.checkpoint_bytes / 1e6, self.stats.checkpoint_seconds,
                  self.stats.state_write_failures)
 
-    def _save_local(self) -> None:
-        """After the final checkpoint: each partition whose state the changelog holds in full goes to the
-        state dir too, so a restart here can skip reading the changelog (monitor.stream.local_state)."""
-        if self.local_dir is None:
-            return
-        for s in self.partitions.values():
-            if s.dirty or s.state_end is None:
-                continue  # the changelog is behind this state (or unknown): a restart must read it
-            spilled = sum(len(m.join) - m.join.memory_len for m in s.engine.models.values()
-                          if hasattr(m.join, "memory_len"))
-            if spilled:
-                # A state file holds the whole state, and writing (and loading) it takes all of it into
-                # memory: beyond the join's memory budget that would undo the budget at every restart.
-                log.info("partition %d: local state not written (%d join entries on disk beyond the memory "
-                         "budget); a restart restores it from the changelog", s.partition, spilled)
-                continue
-            started = time.monotonic()
+    async def _close_local(self, states: list[PartitionState]) -> None:
+        """Seal and close the local copies of `states`: a restart here then reads only what others write
+        to the changelog after this."""
+        for s in states:
+            await self._seal_local(s)
+            copy, s.local = s.local, None
+            if copy is not None:
+                await asyncio.to_thread(copy.close)
+
+    async def _seal_all(self, states: list[PartitionState]) -> None:
+        for s in states:
+            await self._seal_local(s)
+
+    async def _seal_local(self, s: PartitionState) -> None:
+        if s.local is not None:
             try:
-                size = local_state.save(self.local_dir, s.partition, s.state_end, s.engine,
-                                        {"partition": s.partition, "topics": dict(self.inputs), "offsets": s.offsets})
-            except OSError as exc:  # only a slower restart is lost
-                log.warning("partition %d: local state not written (%s)", s.partition, exc)
-                continue
-            log.info("partition %d: local state written (%.1f MB in %.2f s)", s.partition, size / 1e6,
-                     time.monotonic() - started)
+                await asyncio.to_thread(s.local.seal)
+            except (OSError, ValueError) as exc:
+                copy, s.local = s.local, None
+                await self._drop_local(s.partition, copy, exc)
 
     # --- the loop ------------------------------------------------------------------------------------------
     async def _consume(self) -> None:
@@ -415,6 +415,9 @@ class Worker:
                     checkpoint = self._take(list(self.partitions.values()), force=False)
                 if checkpoint is None:
                     self._next_checkpoint = started + self.options.checkpoint_interval
+                    idle = [s for s in self.partitions.values() if s.local is not None and s.local.due()]
+                    if idle:  # nothing to write, but records since the last seal: sealed like the rest
+                        self._writing = asyncio.create_task(self._seal_all(idle))
                     continue
                 # Written while the loop consumes on: the taken changes and offsets are a value, and the
                 # next checkpoint starts after this one ends, so checkpoints commit in order.
@@ -519,7 +522,9 @@ class Worker:
             extra = {"partition": s.partition, "offsets": dict(s.offsets), "topics": dict(self.inputs),
                      "written_at": time.time()}
             offsets = {TopicPartition(topic, s.partition): s.offsets[key] for key, topic in self.inputs}
-            taken.append((s, s.tracker.take(s.engine, extra), offsets))
+            changes = s.tracker.take(s.engine, extra)
+            changes.keep = s.local is not None
+            taken.append((s, changes, offsets))
             s.dirty = False
         futures, self._dead_letter_futures = self._dead_letter_futures, []
         return Checkpoint(taken, futures, now)
@@ -565,11 +570,34 @@ class Worker:
         s.tracker.committed(changes)
         s.failures, s.last_error = 0, None
         s.state_end = meta_offset + 2  # the meta record, then the transaction's commit marker
+        if s.local is not None:
+            await self._copy_locally(s, changes, s.state_end)
         if self.purger is not None:
             self.purger.covered(offsets)
         self.stats.checkpoints += 1
         self.stats.checkpoint_records += changes.count
         self.stats.checkpoint_bytes += changes.size
+
+    async def _copy_locally(self, s: PartitionState, changes: Changes, end: int) -> None:
+        """A committed checkpoint into the partition's local copy, off the event loop. A copy that failed a
+        write may miss records: it is dropped, and the partition's next restore reads the changelog."""
+        copy = s.local
+        assert copy is not None
+        try:
+            await asyncio.to_thread(copy.feed, changes, end)
+        except (OSError, ValueError) as exc:
+            s.local = None
+            await self._drop_local(s.partition, copy, exc)
+
+    async def _drop_local(self, partition: int, copy: local_store.LocalCopy | None, exc: Exception) -> None:
+        """A write to a partition's local copy failed: only a slower restart is lost (the changelog has
+        everything), but the copy may now miss records, so it goes (the caller no longer holds it)."""
+        self.stats.local_store_failures += 1
+        self.stats.local_dropped.add(partition)
+        log.warning("partition %d: local store write failed (%s); dropped, so the next restore of this partition "
+                    "reads its whole changelog", partition, exc)
+        if copy is not None:
+            await asyncio.to_thread(copy.discard)
 
     async def _poll_end_offsets(self) -> None:
         """The inputs' end offsets from the broker every few seconds, so the lag gauge grows while the
@@ -594,6 +622,8 @@ class Worker:
                     # in-memory state is ahead of the changelog: never reuse it.
                     log.error("partition %d: state not written on revocation (%s)", s.partition, s.last_error)
                     s.state_end = None
+                # Whoever restores it next here reads the changelog from this copy's end on.
+                await self._seal_local(s)
             for s in states:
                 self.parked[s.partition] = self.partitions.pop(s.partition)
             self.joined = False
@@ -630,6 +660,7 @@ class Worker:
                 log.info("partition %d: kept in memory (nothing written to its state since ours)", p)
             elif parked is not None:
                 await parked.writer.close()
+                await self._close_local([parked])  # sealed on revocation: opened again below
         started = time.monotonic()
         todo = [p for p in parts if p not in states]
         writers = {p: StateWriter(self.topics.state, p, self.config.kafka.group_id, self._client_options)
@@ -638,37 +669,40 @@ class Worker:
         # open, so the changelog read next is final.
         await asyncio.gather(*(w.start() for w in writers.values()))
         fenced = time.monotonic()
-        local = await self._local_states(todo)
-        unread = [p for p in todo if p not in local]
+        copies = await self._open_local(todo)
         # A join with a memory budget restores within it: the entries of a partition whose changelog could
-        # hold more than the budget are staged on disk while read.
+        # hold more than the budget are staged on disk while read (or into the local copy, with one).
         budget = self.config.join.memory_entries
         staging = Staging(self.config.join.state_dir, above=budget) if budget is not None else None
-        read = await read_partitions(self.reader, self.topics.state, unread, staging=staging)
-        if unread:
+        read = await read_partitions(self.reader, self.topics.state, todo, staging=staging,
+                                     into={p: (copy.store, start) for p, (copy, start) in copies.items()})
+        if todo:
             how = "native reader" if raw_fetch.available() else "aiokafka consumer"
-            staged = any(r.staged is not None for r in read.values())
-            log.info("state partitions %s: fenced in %.2f s, changelog read in %.2f s (%s%s)", unread,
+            staged = any(r.staged is not None for r in read.values()) and not copies
+            log.info("state partitions %s: fenced in %.2f s, changelog read in %.2f s (%s%s)", todo,
                      fenced - started, time.monotonic() - fenced, how,
-                     ", join entries staged on disk" if staged else "")
+                     ", join entries staged on disk" if staged else
+                     ", into the local stores" if copies else "")
         fresh = []
         for p in todo:
-            if p in local:
-                loaded, end = local[p]
-                track(loaded.engine)
-                states[p] = PartitionState(p, loaded.engine, {k: int(v) for k, v in loaded.extra["offsets"].items()},
-                                           ChangeTracker(block_values(loaded.engine)), writers[p], state_end=end)
-                self.stats.restored_bytes += loaded.bytes
-                log.info("partition %d: state loaded from the local state dir (%.1f MB; the changelog ends where "
-                         "it was written) in %.2f s, resuming at %s", p, loaded.bytes / 1e6,
-                         time.monotonic() - started, states[p].offsets)
-                continue
+            copy, start = copies.get(p, (None, 0))
+            sealed: Exception | None = None
+            if copy is not None:
+                copy.end = read[p].end
+                try:
+                    await asyncio.to_thread(copy.seal)
+                except (OSError, ValueError) as exc:  # still readable for the rebuild; dropped after it
+                    sealed = exc
             try:
                 restored = rebuild(self.config, self.references, read[p].records, read[p].staged)
             except ChangelogError as exc:
                 raise WorkerError(f"the state topic {self.topics.state!r}, partition {p}: {exc}. It holds state "
                                   "this worker cannot restore: use another kafka.group_id (a fresh start) or "
                                   "delete the state topic") from None
+            if sealed is not None:
+                await self._drop_local(p, copy, sealed)
+                copies.pop(p)
+                copy = None
             if restored is None:
                 fresh.append(p)
                 continue
@@ -678,11 +712,13 @@ class Worker:
                                   "use another kafka.group_id for other topics")
             offsets = {k: int(v) for k, v in restored.extra["offsets"].items()}
             states[p] = PartitionState(p, restored.engine, offsets, restored.tracker, writers[p],
-                                       state_end=read[p].end)
+                                       state_end=read[p].end, local=copy)
             self.stats.restored_bytes += restored.bytes
             self.stats.restored_records += restored.records
-            log.info("partition %d: state restored from %d changelog records (%.1f MB) in %.2f s, resuming at %s",
-                     p, restored.records, restored.bytes / 1e6, time.monotonic() - started, offsets)
+            source = (f"the local store and the {restored.records} changelog records after offset {start}"
+                      if copy is not None and start > 0 else f"{restored.records} changelog records")
+            log.info("partition %d: state restored from %s (%.1f MB) in %.2f s, resuming at %s",
+                     p, source, restored.bytes / 1e6, time.monotonic() - started, offsets)
         # One offsets request for all fresh partitions: this callback must end well within the session
         # timeout, or the coordinator drops the member before its first heartbeat.
         tps = [TopicPartition(topic, p) for p in fresh for _, topic in self.inputs]
@@ -691,7 +727,8 @@ class Worker:
             engine = Engine(self.config, self.references)
             track(engine)
             states[p] = PartitionState(p, engine, {key: starts[TopicPartition(topic, p)] for key, topic in self.inputs},
-                                       ChangeTracker(), writers[p], state_end=read[p].end)
+                                       ChangeTracker(), writers[p], state_end=read[p].end,
+                                       local=copies[p][0] if p in copies else None)
             log.info("partition %d: no state yet, starting at %s", p, states[p].offsets)
         self.stats.restore_seconds += time.monotonic() - started
         for p, state in sorted(states.items()):
@@ -701,22 +738,23 @@ class Worker:
         # Whatever was parked and not given back now belongs to another worker.
         for state in self.parked.values():
             await state.writer.close()
+        await self._close_local(list(self.parked.values()))
         self.parked.clear()
 
 
-    async def _local_states(self, parts: list[int]) -> dict[int, tuple[local_state.LocalState, int]]:
-        """The partitions whose local state matches their changelog (read after fencing: an abort marker
-        the fence wrote moves the end, and the file is then not used), with that end offset."""
+    async def _open_local(self, parts: list[int]) -> dict[int, tuple[local_store.LocalCopy, int]]:
+        """Each partition's local copy and the changelog offset to read it from (read after fencing, so the
+        changelog's end is final): its mark, or the beginning for a copy made anew."""
         if self.local_dir is None or not parts or self.reader is None or self.topics is None:
             return {}
         tps = [TopicPartition(self.topics.state, p) for p in parts]
-        ends = {tp.partition: off for tp, off in (await self.reader.end_offsets(tps)).items()}
+        ends = await self.reader.end_offsets(tps)
+        starts = await self.reader.beginning_offsets(tps)
         out = {}
-        for p in parts:
-            found = local_state.take(self.local_dir, p, ends[p], self.config, self.references,
-                                     {"partition": p, "topics": dict(self.inputs)})
-            if found is not None:
-                out[p] = (found, ends[p])
+        for tp in tps:
+            out[tp.partition] = await asyncio.to_thread(
+                local_store.open_copy, self.local_dir, self.topics.state, tp.partition, dict(self.inputs),
+                starts[tp], ends[tp], self.topics.state_tombstone_ms)
         return out
 
 
@@ -780,6 +818,7 @@ class _StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         st = self.worker.stats
         for metric, value in ((c.STATE_WRITE_FAILURES, st.state_write_failures),
+                              (c.LOCAL_STORE_FAILURES, st.local_store_failures),
                               (c.STATE_RECORDS_WRITTEN, st.checkpoint_records),
                               (c.STATE_BYTES_WRITTEN, st.checkpoint_bytes),
                               (c.STATE_WRITE_WAITS, st.write_waits)):

@@ -249,10 +249,22 @@ impl Latest {
 }
 
 /// A state partition's changelog read into bounded memory (restore.rs `Staged`): join entries into sorted
-/// runs of a staging store, the other records into memory.
+/// runs of a staging store, the other records into memory. Or, made with `local`, the worker's local copy
+/// of a partition's changelog, kept on disk across restarts.
 #[pyclass(module = "monitor._native")]
 struct Staged {
-    inner: restore::Staged,
+    /// None once closed.
+    inner: Option<restore::Staged>,
+}
+
+impl Staged {
+    fn get(&self) -> PyResult<&restore::Staged> {
+        self.inner.as_ref().ok_or_else(|| value_error("the store is closed"))
+    }
+
+    fn get_mut(&mut self) -> PyResult<&mut restore::Staged> {
+        self.inner.as_mut().ok_or_else(|| value_error("the store is closed"))
+    }
 }
 
 #[pymethods]
@@ -260,7 +272,14 @@ impl Staged {
     #[new]
     #[pyo3(signature = (state_dir=None, window_bytes=restore::WINDOW_BYTES))]
     fn new(state_dir: Option<std::path::PathBuf>, window_bytes: usize) -> PyResult<Self> {
-        Ok(Staged { inner: restore::Staged::open(state_dir.as_deref(), window_bytes).map_err(value_error)? })
+        Ok(Staged { inner: Some(restore::Staged::open(state_dir.as_deref(), window_bytes).map_err(value_error)?) })
+    }
+
+    #[staticmethod]
+    #[pyo3(signature = (dir, window_bytes=restore::WINDOW_BYTES))]
+    fn local(py: Python<'_>, dir: std::path::PathBuf, window_bytes: usize) -> PyResult<Self> {
+        let inner = py.detach(|| restore::Staged::open_local(&dir, window_bytes)).map_err(value_error)?;
+        Ok(Staged { inner: Some(inner) })
     }
 
     fn add<'py>(
@@ -272,38 +291,79 @@ impl Staged {
         value_start: PyReadonlyArray1<'py, i64>,
         value_end: PyReadonlyArray1<'py, i64>,
     ) -> PyResult<()> {
-        let inner = &mut self.inner;
+        let inner = self.get_mut()?;
         RecordsIn { data, ks: key_start, ke: key_end, vs: value_start, ve: value_end }
             .with(py, |data, ks, ke, vs, ve| inner.add(data, ks, ke, vs, ve))
     }
 
+    #[pyo3(signature = (key, value))]
+    fn put(&mut self, key: &[u8], value: Option<&[u8]>) -> PyResult<()> {
+        self.get_mut()?.put(key, value).map_err(value_error)
+    }
+
+    #[pyo3(signature = (prefix, ids, ends, rows, width))]
+    fn add_entries<'py>(
+        &mut self,
+        py: Python<'py>,
+        prefix: &[u8],
+        ids: &[u8],
+        ends: PyReadonlyArray1<'py, i64>,
+        rows: Option<&[u8]>,
+        width: usize,
+    ) -> PyResult<()> {
+        let ends = ends.as_slice()?;
+        let inner = self.get_mut()?;
+        py.detach(|| inner.add_entries(prefix, ids, ends, rows, width)).map_err(value_error)
+    }
+
     fn finish(&mut self, py: Python<'_>) -> PyResult<()> {
-        let inner = &mut self.inner;
+        let inner = self.get_mut()?;
         py.detach(|| inner.finish()).map_err(value_error)
     }
 
-    fn take_others<'py>(&mut self, py: Python<'py>) -> RecordArrays<'py> {
-        record_arrays(py, self.inner.take_others())
+    fn seal(&mut self, py: Python<'_>, mark: &[u8]) -> PyResult<()> {
+        let inner = self.get_mut()?;
+        py.detach(|| inner.seal(mark)).map_err(value_error)
+    }
+
+    /// Closes the store (a local copy stays on disk; a staging store is deleted).
+    fn close(&mut self, py: Python<'_>) {
+        let inner = self.inner.take();
+        py.detach(|| drop(inner));
+    }
+
+    fn take_others<'py>(&mut self, py: Python<'py>) -> PyResult<RecordArrays<'py>> {
+        Ok(record_arrays(py, self.get_mut()?.take_others()))
     }
 
     #[getter]
-    fn records(&self) -> usize {
-        self.inner.records
+    fn mark<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        Ok(self.get()?.mark().map(|m| PyBytes::new(py, m)))
     }
 
     #[getter]
-    fn bytes(&self) -> usize {
-        self.inner.bytes
+    fn pending_bytes(&self) -> PyResult<usize> {
+        Ok(self.get()?.pending_bytes())
     }
 
     #[getter]
-    fn staged(&self) -> usize {
-        self.inner.staged
+    fn records(&self) -> PyResult<usize> {
+        Ok(self.get()?.records)
     }
 
     #[getter]
-    fn dir(&self) -> String {
-        self.inner.dir.display().to_string()
+    fn bytes(&self) -> PyResult<usize> {
+        Ok(self.get()?.bytes)
+    }
+
+    #[getter]
+    fn staged(&self) -> PyResult<usize> {
+        Ok(self.get()?.staged)
+    }
+
+    #[getter]
+    fn dir(&self) -> PyResult<String> {
+        Ok(self.get()?.dir.display().to_string())
     }
 }
 
@@ -1043,7 +1103,7 @@ impl Join {
     /// Fills the (empty) table with `model`'s entries of a finished staged changelog read; returns how
     /// many.
     fn load_staged(&mut self, py: Python<'_>, staged: PyRef<'_, Staged>, model: &str) -> PyResult<usize> {
-        let (table, staged) = (&mut self.table, &staged.inner);
+        let (table, staged) = (&mut self.table, staged.get()?);
         py.detach(|| table.load_staged(staged.entries(model), staged.staged)).map_err(value_error)
     }
 

@@ -246,13 +246,50 @@ impl Latest {
         self.live
     }
 
+    /// The value `key` has now (None: it has none).
+    pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
+        let hash = FxBuildHasher.hash_one(key);
+        let (keys, slots) = (&self.keys, &self.slots);
+        let &j = self.index.find(hash, |&j| &keys[slots[j].key.0..slots[j].key.1] == key)?;
+        Some(&self.values[slots[j].value.0..slots[j].value.1])
+    }
+
+    /// The live keys and their values, in dict order.
+    pub fn live(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.slots
+            .iter()
+            .filter(|s| s.live)
+            .map(|s| (&self.keys[s.key.0..s.key.1], &self.values[s.value.0..s.value.1]))
+    }
+
+    /// `take_columns` without taking: a copy.
+    pub fn columns(&self) -> KeyValueColumns {
+        let (mut keys, mut values) = (Vec::new(), Vec::new());
+        let (mut ks, mut ke, mut vs, mut ve) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (key, value) in self.live() {
+            ks.push(keys.len() as i64);
+            keys.extend_from_slice(key);
+            ke.push(keys.len() as i64);
+            vs.push(values.len() as i64);
+            values.extend_from_slice(value);
+            ve.push(values.len() as i64);
+        }
+        (keys, ks, ke, values, vs, ve)
+    }
+
+    /// The same live keys and values, without the space of replaced or removed ones.
+    pub fn compact(&mut self) {
+        let mut fresh = Latest::default();
+        for (key, value) in self.live() {
+            fresh.put(key, Some(value));
+        }
+        *self = fresh;
+    }
+
     /// (keys, key starts, key ends, values, value starts, value ends) of the live keys in dict order,
     /// the values contiguous in that order; leaves this empty. When no key was replaced or removed (a
     /// restore of a well-compacted log) the arenas already are that, and are handed over without a copy.
     pub fn take_columns(&mut self) -> KeyValueColumns {
-        let cap = self.live;
-        let (mut ks, mut ke, mut vs, mut ve) =
-            (Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap));
         let taken = std::mem::take(self);
         let clean = taken.live == taken.slots.len()
             && taken
@@ -265,6 +302,9 @@ impl Latest {
                 })
                 .all(|ok| ok);
         if clean {
+            let cap = taken.live;
+            let (mut ks, mut ke, mut vs, mut ve) =
+                (Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap), Vec::with_capacity(cap));
             for slot in &taken.slots {
                 ks.push(slot.key.0 as i64);
                 ke.push(slot.key.1 as i64);
@@ -273,15 +313,6 @@ impl Latest {
             }
             return (taken.keys, ks, ke, taken.values, vs, ve);
         }
-        let (mut keys, mut values) = (Vec::with_capacity(taken.keys.len()), Vec::new());
-        for slot in taken.slots.iter().filter(|s| s.live) {
-            ks.push(keys.len() as i64);
-            keys.extend_from_slice(&taken.keys[slot.key.0..slot.key.1]);
-            ke.push(keys.len() as i64);
-            vs.push(values.len() as i64);
-            values.extend_from_slice(&taken.values[slot.value.0..slot.value.1]);
-            ve.push(values.len() as i64);
-        }
-        (keys, ks, ke, values, vs, ve)
+        taken.columns()
     }
 }

@@ -9,19 +9,26 @@
 //! later runs winning over earlier ones, and the store's read path yields the newest live value of
 //! every key, in key order, without ever holding them all. The join then loads them from there
 //! (`JoinTable::load_staged`). The other records are few and stay in memory.
+//!
+//! The same store, opened in a fixed directory (`Staged::open_local`), is the worker's local copy of a
+//! partition's changelog: fed the records of each committed transaction, `seal`ed now and then with a
+//! mark saying up to which changelog offset it holds them all. A restart then reads only the changelog
+//! after that offset into it, and loads the join from there, instead of reading the whole changelog.
 
 use std::path::{Path, PathBuf};
 
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode};
 
 use crate::records::{columns, KeyValueColumns, Latest};
-use crate::store::{err, open_fresh};
+use crate::store::{err, open_fresh, CACHE_BYTES};
 
 /// The first byte of a join entry's key: b"e", the model name's length (u16, big-endian), the name,
 /// the prediction id.
 const ENTRY: u8 = b'e';
 /// Keys and values held before they are written as a run: a few hundred thousand entries.
 pub const WINDOW_BYTES: usize = 64 << 20;
+/// The key of a local copy's mark (in its own keyspace, apart from the changelog's keys).
+const MARK: &[u8] = b"mark";
 
 /// Entry records read since the last run, in arrival order; the last one of a key wins.
 #[derive(Default)]
@@ -32,15 +39,21 @@ struct Window {
 }
 
 impl Window {
-    fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
+    /// A record whose key is `prefix` then `id`.
+    fn push_parts(&mut self, prefix: &[u8], id: &[u8], value: Option<&[u8]>) {
         let start = self.data.len();
-        self.data.extend_from_slice(key);
+        self.data.extend_from_slice(prefix);
+        self.data.extend_from_slice(id);
         let key_end = self.data.len();
         let value_end = value.map(|v| {
             self.data.extend_from_slice(v);
             self.data.len()
         });
         self.records.push((start, key_end, value_end));
+    }
+
+    fn push(&mut self, key: &[u8], value: Option<&[u8]>) {
+        self.push_parts(key, &[], value);
     }
 
     fn key(&self, i: u32) -> &[u8] {
@@ -78,17 +91,27 @@ impl Window {
 /// keyspace, the others into memory. `finish` once the read is complete, then read the entries of each
 /// model with `entries`.
 pub struct Staged {
-    _db: Database,
+    db: Database,
     entries: Keyspace,
+    /// Set for a local copy kept across restarts; None for a staging store, deleted when dropped.
+    local: Option<Local>,
     window: Window,
     others: Latest,
     runs: usize,
     window_bytes: usize,
-    /// Entry records staged (each key counted once per run): at least the live entries.
+    /// Entry records staged (each key counted once per run): at least the live entries. For a local
+    /// copy, what it held when opened (approximately) plus what was staged since.
     pub staged: usize,
     pub records: usize,
     pub bytes: usize,
     pub dir: PathBuf,
+}
+
+/// What a local copy keeps besides the entries: the other records' newest values, and its mark.
+struct Local {
+    others: Keyspace,
+    marks: Keyspace,
+    mark: Option<Vec<u8>>,
 }
 
 impl Staged {
@@ -102,9 +125,39 @@ impl Staged {
         let entries = db
             .keyspace("entries", || KeyspaceCreateOptions::default().expect_point_read_hits(true).compaction_strategy(keep.clone()))
             .map_err(err)?;
-        Ok(Staged {
-            _db: db,
+        Ok(Self::new(db, entries, None, window_bytes, dir))
+    }
+
+    /// The local copy in `dir`, created empty if there is none: what it held when last sealed (and
+    /// possibly some runs after that, which are a prefix of what followed the mark in the changelog),
+    /// with its mark (`mark`). Unlike a staging store it stays on disk, and its runs are compacted as
+    /// they pile up, since it lives as long as the partition.
+    pub fn open_local(dir: &Path, window_bytes: usize) -> Result<Self, String> {
+        let fail = |e: std::io::Error| format!("local store {}: {e}", dir.display());
+        std::fs::create_dir_all(dir).map_err(fail)?;
+        let db = Database::builder(dir).cache_size(CACHE_BYTES).worker_threads(1).open().map_err(err)?;
+        let entries = db.keyspace("entries", KeyspaceCreateOptions::default).map_err(err)?;
+        let others = db.keyspace("others", KeyspaceCreateOptions::default).map_err(err)?;
+        let marks = db.keyspace("marks", KeyspaceCreateOptions::default).map_err(err)?;
+        let mark = marks.get(MARK).map_err(err)?.map(|v| v.to_vec());
+        let held = entries.approximate_len();
+        let mut staged = Self::new(db, entries, None, window_bytes, dir.to_path_buf());
+        for guard in others.iter() {
+            let (key, value) = guard.into_inner().map_err(err)?;
+            staged.others.put(&key, Some(&value));
+        }
+        // Tombstones must be kept from the first run on: older runs may hold their keys.
+        staged.runs = usize::from(held > 0);
+        staged.staged = held;
+        staged.local = Some(Local { others, marks, mark });
+        Ok(staged)
+    }
+
+    fn new(db: Database, entries: Keyspace, local: Option<Local>, window_bytes: usize, dir: PathBuf) -> Self {
+        Staged {
+            db,
             entries,
+            local,
             window: Window::default(),
             others: Latest::default(),
             runs: 0,
@@ -113,26 +166,60 @@ impl Staged {
             records: 0,
             bytes: 0,
             dir,
-        })
+        }
     }
 
     /// Records in the layout of `records::Latest::add` (-1: no value, a tombstone).
     pub fn add(&mut self, data: &[u8], ks: &[i64], ke: &[i64], vs: &[i64], ve: &[i64]) -> Result<(), String> {
         for record in columns(data, ks, ke, vs, ve)? {
             let (key, value) = record?;
-            self.records += 1;
-            self.bytes += key.len() + value.map_or(0, <[u8]>::len);
-            if key.first() == Some(&ENTRY) {
-                if model_of(key).is_none() {
-                    return Err("a join entry key without its model name".into());
-                }
-                self.window.push(key, value);
-                if self.window.data.len() >= self.window_bytes {
-                    self.write_run()?;
-                }
-            } else {
-                self.others.put(key, value);
+            self.put(key, value)?;
+        }
+        Ok(())
+    }
+
+    /// One record (a tombstone when `value` is None).
+    pub fn put(&mut self, key: &[u8], value: Option<&[u8]>) -> Result<(), String> {
+        self.records += 1;
+        self.bytes += key.len() + value.map_or(0, <[u8]>::len);
+        if key.first() == Some(&ENTRY) {
+            if model_of(key).is_none() {
+                return Err("a join entry key without its model name".into());
             }
+            self.window.push(key, value);
+            self.written()
+        } else {
+            self.others.put(key, value);
+            Ok(())
+        }
+    }
+
+    /// Join entry records `prefix + id` -> the id's `width`-byte row of `rows` (tombstones when `rows`
+    /// is None), id i being ids[ends[i-1]..ends[i]]: a checkpoint's entries as its writer encodes them
+    /// (monitor.stream.encoded.entry_batches).
+    pub fn add_entries(&mut self, prefix: &[u8], ids: &[u8], ends: &[i64], rows: Option<&[u8]>, width: usize) -> Result<(), String> {
+        if model_of(prefix).is_none_or(|name| prefix.len() != 3 + name.len()) || prefix.first() != Some(&ENTRY) {
+            return Err("an entry key prefix is b'e', the model name's length and the name".into());
+        }
+        if rows.is_some_and(|r| r.len() != width * ends.len()) {
+            return Err(format!("{} ids but {} bytes of {width}-byte rows", ends.len(), rows.map_or(0, <[u8]>::len)));
+        }
+        let mut start = 0usize;
+        for (i, &end) in ends.iter().enumerate() {
+            let end = usize::try_from(end).ok().filter(|&e| e >= start && e <= ids.len()).ok_or("bad id ends")?;
+            let value = rows.map(|r| &r[i * width..(i + 1) * width]);
+            self.records += 1;
+            self.bytes += prefix.len() + end - start + value.map_or(0, <[u8]>::len);
+            self.window.push_parts(prefix, &ids[start..end], value);
+            start = end;
+        }
+        self.written()
+    }
+
+    /// A full window becomes a run.
+    fn written(&mut self) -> Result<(), String> {
+        if self.window.data.len() >= self.window_bytes {
+            self.write_run()?;
         }
         Ok(())
     }
@@ -166,8 +253,56 @@ impl Staged {
         Ok(())
     }
 
-    /// The other records' newest values (`records::Latest::take_columns`); leaves them empty.
+    /// Bytes of entry records not yet in a run.
+    pub fn pending_bytes(&self) -> usize {
+        self.window.data.len()
+    }
+
+    /// A local copy's mark, as last sealed (None: never sealed, or not a local copy).
+    pub fn mark(&self) -> Option<&[u8]> {
+        self.local.as_ref().and_then(|l| l.mark.as_deref())
+    }
+
+    /// A local copy now holds every record it was given: the window becomes a run, then the other
+    /// records and `mark` (what the caller needs to know of where these records end in the changelog)
+    /// are written in one batch, synced to disk. A crash in between leaves runs beyond the old mark,
+    /// which the records after that mark, read again, rewrite in the same order.
+    pub fn seal(&mut self, mark: &[u8]) -> Result<(), String> {
+        if self.local.is_none() {
+            return Err("only a local copy is sealed".into());
+        }
+        self.write_run()?;
+        let local = self.local.as_mut().expect("checked above");
+        let mut batch = self.db.batch().durability(Some(PersistMode::SyncAll));
+        let mut held = std::collections::HashSet::new();
+        for guard in local.others.iter() {
+            let (key, value) = guard.into_inner().map_err(err)?;
+            match self.others.get(&key) {
+                None => batch.remove(&local.others, key.clone()),
+                Some(now) if now != &value[..] => batch.insert(&local.others, key.clone(), now),
+                Some(_) => {}
+            }
+            held.insert(key);
+        }
+        for (key, value) in self.others.live() {
+            if !held.contains(key) {
+                batch.insert(&local.others, key, value);
+            }
+        }
+        batch.insert(&local.marks, MARK, mark);
+        batch.commit().map_err(err)?;
+        local.mark = Some(mark.to_vec());
+        // Replaced values pile up in the arena of a copy that lives for days: keep only the live ones.
+        self.others.compact();
+        Ok(())
+    }
+
+    /// The other records' newest values (`records::Latest::take_columns`); leaves them empty, except in
+    /// a local copy, which goes on holding them (a copy is handed out).
     pub fn take_others(&mut self) -> KeyValueColumns {
+        if self.local.is_some() {
+            return self.others.columns();
+        }
         self.others.take_columns()
     }
 
@@ -378,6 +513,52 @@ pub mod tests {
             assert_eq!((&keys[ks[0] as usize..ke[0] as usize], &values[vs[0] as usize..ve[0] as usize]), (&b"m"[..], &[10u8; 4][..]));
             assert_eq!(ks.len(), 1);
         }
+    }
+
+    #[test]
+    fn a_local_copy_holds_what_was_sealed_across_reopens() {
+        let dir = std::env::temp_dir().join(format!("mlmon-local-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let v = |x: u8| Some(vec![x; 4]);
+        {
+            let mut s = Staged::open_local(&dir, 1 << 20).unwrap();
+            assert!(s.mark().is_none());
+            for (k, val) in [(key("m", "a"), v(1)), (key("m", "b"), v(2)), (b"m".to_vec(), v(9)), (b"b1".to_vec(), v(3))] {
+                s.put(&k, val.as_deref()).unwrap();
+            }
+            s.seal(b"at 4").unwrap();
+            // After the seal: a tombstone, an entry given as a checkpoint's chunk, and a removed block.
+            s.put(&key("m", "a"), None).unwrap();
+            s.add_entries(&entry_prefix("m"), b"cd", &[1, 2], Some(&[7u8; 8]), 4).unwrap();
+            s.put(b"b1", None).unwrap();
+            s.put(b"m", v(10).as_deref()).unwrap();
+            s.seal(b"at 9").unwrap();
+            // Not sealed: lost with the process, to be read again from the changelog.
+            s.put(b"m", v(11).as_deref()).unwrap();
+        }
+        let mut s = Staged::open_local(&dir, 1 << 20).unwrap();
+        assert_eq!(s.mark(), Some(&b"at 9"[..]));
+        let got = read(&s, "m");
+        assert_eq!(got, [("b".to_string(), vec![2; 4]), ("c".to_string(), vec![7; 4]), ("d".to_string(), vec![7; 4])]);
+        let (keys, ks, ke, values, vs, ve) = s.take_others();
+        assert_eq!(ks.len(), 1);
+        assert_eq!((&keys[ks[0] as usize..ke[0] as usize], &values[vs[0] as usize..ve[0] as usize]), (&b"m"[..], &[10u8; 4][..]));
+        // A local copy keeps its other records when they are handed out.
+        assert_eq!(s.take_others().1.len(), 1);
+        // A tombstone in the first run after a reopen still hides the older run's entry.
+        s.put(&key("m", "b"), None).unwrap();
+        s.finish().unwrap();
+        assert_eq!(read(&s, "m").len(), 2);
+        assert!(s.add_entries(b"e\x00\x05m", b"c", &[1], None, 4).unwrap_err().contains("prefix"));
+        assert!(s.add_entries(&entry_prefix("m"), b"c", &[1], Some(&[1u8; 3]), 4).unwrap_err().contains("rows"));
+        drop(s);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_staging_store_is_not_sealed() {
+        let mut s = Staged::open(None, 1 << 20).unwrap();
+        assert!(s.seal(b"x").unwrap_err().contains("local"));
     }
 
     #[test]

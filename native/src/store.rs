@@ -22,7 +22,7 @@ use ahash::RandomState;
 use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, Slice, UserKey, UserValue};
 
 /// Block cache of each store: lookups of recent spills hit it; beyond that the OS page cache helps.
-const CACHE_BYTES: u64 = 32 << 20;
+pub const CACHE_BYTES: u64 = 32 << 20;
 /// Memtable size per keyspace (fjall's default is 64 MiB; two keyspaces per table, one table per model
 /// and partition).
 const MEMTABLE_BYTES: u64 = 16 << 20;
