@@ -11,13 +11,12 @@ For each N (a fresh consumer group and topics of one partition each):
    from the start of producing is shown too (a worker on a small state keeps up with the producer);
 3. reads the worker's resident set (now and peak, /proc), and the changelog bytes it wrote per input event
    (mlmon_state_bytes_written_total);
-4. kill -9s it and starts a new worker process: the time until it is healthy and has every event
-   counted again is the restore from the changelog (after a kill -9 nothing local is reused), and its
-   peak resident set is the restore's;
-5. stops that one gracefully and starts another on the same state dir: the time that one takes to get
-   its state is the graceful restart. A partition whose join entries all fit in the memory budget leaves
-   its state in the state dir (monitor/stream/local_state.py) and the restart loads it; one with entries
-   on disk leaves none and the restart reads the changelog again (marked `*`).
+4. kill -9s it and starts a new worker process on the same state dir: it restores from its local copy of
+   the changelog (monitor/stream/local_store.py) plus the changelog records after the copy's last seal;
+5. stops that one gracefully and starts another on a fresh state dir (a new machine): it restores from
+   the changelog alone, and its peak resident set is the restore's.
+Both restore times are the worker's own log's (from fencing to the state rebuilt): start-up and the dead
+member's session timeout before the group hands the partition over are not the restore's cost.
 
 The worker runs with the config's join settings (the default memory budget, 500,000 entries in memory
 and the rest in the embedded store); `--memory-entries B` sets `join.memory_entries`, and
@@ -71,11 +70,11 @@ class Row:
     rss_mb: float
     peak_mb: float
     bytes_per_event: float
-    restore_s: float
+    restore_s: float  # from the changelog alone
     restore_rate: float  # changelog records (entries and blocks) per second
     restore_peak_mb: float  # the restoring worker's peak resident set
-    local_s: float  # the graceful restart: loading the local state, or reading the changelog again
-    local_from_file: bool  # the graceful restart loaded a local state file
+    local_s: float  # after kill -9, from the local copy and the changelog after its last seal
+    local_tail: int  # changelog records read after that seal
 
 
 def free_port() -> int:
@@ -126,10 +125,10 @@ async def create_topics(bootstrap: str, names: list[str]) -> None:
 
 
 class WorkerProc:
-    def __init__(self, config: Path, port: int, log: Path) -> None:
+    def __init__(self, config: Path, port: int, log: Path, state_dir: Path) -> None:
         self.port = port
         self.out = open(log, "ab")  # noqa: SIM115 (closed in kill)
-        env = {**os.environ, "MLMON_WORKER_AT": str(T0 + 3600), "MLMON_STATE_DIR": str(log.with_suffix(".state"))}
+        env = {**os.environ, "MLMON_WORKER_AT": str(T0 + 3600), "MLMON_STATE_DIR": str(state_dir)}
         self.proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "worker", "--config", str(config),
                                       "--metrics-port", str(port)], cwd=ROOT, env=env, stdout=self.out,
                                      stderr=subprocess.STDOUT)
@@ -192,7 +191,7 @@ class WorkerProc:
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGTERM)
         try:
-            self.proc.wait(900)  # a graceful stop writes the whole state to the state dir: minutes at 10M
+            self.proc.wait(900)
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.out.close()
@@ -235,7 +234,8 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, mem
             yield pid.encode(), prediction(pid, T0 + i * 1e-4, i)
 
     asyncio.run(produce(bootstrap, f"{name}-p", fill()))
-    worker = WorkerProc(config, free_port(), tmp / f"{name}.log")
+    log, here, elsewhere = tmp / f"{name}.log", tmp / f"{name}.state", tmp / f"{name}.new-machine"
+    worker = WorkerProc(config, free_port(), log, here)
     try:
         worker.wait("the worker's start", worker.healthy, timeout=300)
         fill_s = worker.wait(f"{pending:,} pending predictions",
@@ -261,42 +261,27 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, mem
         written = worker.metrics()["mlmon_state_bytes_written_total"]
         events = pending + 2 * probe
         worker.kill()
-        again = WorkerProc(config, free_port(), tmp / f"{name}.log")
-        try:
-            again.wait("the restore", lambda: again.healthy() and (
-                again.metrics().get("mlmon_ground_truth_total") == probe), timeout=1800)
-            restore_peak = again.memory()[1]
-        finally:
-            again.stop()  # graceful: leaves its state in the state dir (if its entries fit in memory)
-        log = tmp / f"{name}.log"
-        mark = log.stat().st_size
-        local = WorkerProc(config, free_port(), log)
-        try:
-            local.wait("the local load", lambda: local.healthy() and (
-                local.metrics().get("mlmon_ground_truth_total") == probe), timeout=1800)
-        finally:
-            local.stop()
-        # The restore itself (the log's own timing): start-up and the dead member's session timeout before
-        # the group hands the partition over are not the changelog's cost.
-        text = log.read_bytes()
-        killed, graceful = text[:mark].decode(), text[mark:].decode()
-        restored_re = r"state restored from (\d+) changelog records \(.*?\) in ([\d.]+) s"
-        found = re.findall(restored_re, killed)
-        if not found:
-            raise SystemExit(f"the restarted worker did not restore state: see {log}")
-        restored, restore_s = int(found[-1][0]), float(found[-1][1])
-        loaded = [float(x) for x in re.findall(r"state loaded from the local state dir \(.*?\) in ([\d.]+) s",
-                                               graceful)]
-        reread = [float(t) for _, t in re.findall(restored_re, graceful)]
-        if not loaded and not reread:  # reported as missing, not fatal: the other figures still stand
-            print(f"the last worker neither loaded its local state nor read the changelog: see {log}",
-                  file=sys.stderr)
+        for state_dir in (here, elsewhere):  # after kill -9 on the same machine, then on a new one
+            again = WorkerProc(config, free_port(), log, state_dir)
+            try:
+                again.wait("the restore", lambda w=again: w.healthy() and (
+                    w.metrics().get("mlmon_ground_truth_total") == probe), timeout=1800)
+                restore_peak = again.memory()[1]
+            finally:
+                again.stop()
     finally:
         if worker.proc.poll() is None:
             worker.stop()
+    text = log.read_text()
+    found = re.findall(r"state restored from (\d+) changelog records \(.*?\) in ([\d.]+) s", text)
+    local = re.findall(r"state restored from the local store and the (\d+) changelog records after offset \d+ "
+                       r"\(.*?\) in ([\d.]+) s", text)
+    if not found or not local:
+        raise SystemExit(f"a restarted worker did not restore state as expected: see {log}")
+    restored, restore_s = int(found[-1][0]), float(found[-1][1])
     return Row(pending, pending / fill_s if pending else 0.0, 2 * probe / probe_s, 2 * probe / probe_cpu, rss, peak,
-               written / events, restore_s, restored / restore_s, restore_peak,
-               (loaded or reread or [float("nan")])[-1], bool(loaded))
+               written / events, restore_s, restored / restore_s, restore_peak, float(local[-1][1]),
+               int(local[-1][0]))
 
 
 def join_row(pending: int, probe: int, budget: int | None) -> str:
@@ -386,10 +371,10 @@ def main() -> None:
           f"{args.probe:,} ground truths; encoded entry with its key: about {entry} bytes")
     print(f"{'pending':>11} {'fill ev/s':>10} {'probe ev/s':>11} {'ev/CPU s':>10} {'vs empty':>9} {'RSS MB':>8} "
           f"{'peak MB':>8} "
-          f"{'state B/event':>14} {'restore s':>10} {'records/s':>10} {'restore peak MB':>16} {'graceful s':>10}",
-          flush=True)
-    print("(graceful s: the restart after a graceful stop; * where it read the changelog because the partition "
-          "had join entries on disk and so no local state file)", flush=True)
+          f"{'state B/event':>14} {'restore s':>10} {'records/s':>10} {'restore peak MB':>16} {'local s':>8} "
+          f"{'tail':>8}", flush=True)
+    print("(restore: from the changelog alone, on a new machine; local: after kill -9, from the local store and "
+          "the tail of the changelog after its last seal)", flush=True)
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
@@ -406,8 +391,7 @@ def show(r: Row, empty: Row) -> None:
     print(f"{r.pending:>11,} {r.fill_rate:>10,.0f} {r.probe_rate:>11,.0f} {r.probe_cpu_rate:>10,.0f} "
           f"{r.probe_cpu_rate / empty.probe_cpu_rate:>9.2f} "
           f"{r.rss_mb:>8.0f} {r.peak_mb:>8.0f} {r.bytes_per_event:>14.0f} {r.restore_s:>10.1f} "
-          f"{r.restore_rate:>10,.0f} {r.restore_peak_mb:>16.0f} {r.local_s:>9.1f}{' ' if r.local_from_file else '*'}",
-          flush=True)
+          f"{r.restore_rate:>10,.0f} {r.restore_peak_mb:>16.0f} {r.local_s:>8.1f} {r.local_tail:>8,}", flush=True)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,8 @@
    - worker: the real Worker in this process, from its first applied event to its last, then a scrape
      of /metrics, and the same figures as replay (checked);
    - restart: a second Worker on the same group after a graceful stop: time until it has restored every
-     partition from its changelog; then a third with the state dir the first one wrote its local state
-     to (monitor/stream/local_state.py), which loads it instead;
+     partition from its changelog; then a third with the state dir where the first one kept its local
+     copies of the changelog (monitor/stream/local_store.py), which reads only what follows their seals;
    - repartitioned: a Worker with `kafka.repartition: always` (another group) on the same topics: the
      repartition stage copies every event to the internal topics in transactions and the join stage
      reads the copies, both in this one process, from the first event to the last applied (checked
@@ -286,8 +286,8 @@ def main() -> None:
         preds, truths, config_path = events_of(args.mix, args.events)
         total = len(preds) + len(truths)
         config = bench_config(args.bootstrap, args.partitions, config_path)
-        # The workers run with a state dir, so the first one's graceful stop leaves local state for the last
-        # restart.
+        # The workers run with a state dir, so they keep local copies of their changelogs, which the first
+        # one's graceful stop seals for the last restart.
         state_dirs = [tempfile.mkdtemp(prefix="mlmon-bench-state-") for _ in range(args.repeat)]
         with_dir = with_state_dir(config, state_dirs[0])
         produce_s = asyncio.run(produce(config, preds, truths))
@@ -374,8 +374,9 @@ def main() -> None:
                 print(f"repartition stage: {rst.copied} copied in {rst.transactions} transactions, "
                       f"{rst.seconds:.2f} s inside them, summed over source partitions (they overlap)")
         rs = restarted.stats
-        print(f"restart after graceful stop, local state: {local_s:.2f} s to joined and loaded "
-              f"({loaded.stats.restored_bytes / 1e6:.1f} MB of local files in {loaded.stats.restore_seconds:.2f} s)")
+        print(f"restart after graceful stop, local store: {local_s:.2f} s to joined and restored "
+              f"({loaded.stats.restored_records} changelog records read after the local stores' seals; restore "
+              f"{loaded.stats.restore_seconds:.2f} s)")
         print(f"restart after graceful stop, changelog: {restart_s:.2f} s to joined and restored "
               f"({rs.restored_bytes / 1e6:.1f} MB of checkpoints read in {rs.restore_seconds:.2f} s)")
         for name, (mem, snap) in memory.items():

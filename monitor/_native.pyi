@@ -188,23 +188,48 @@ class Staged:
     time, into sorted runs of a staging store in a fresh directory under `state_dir` (the system temp
     directory when None; deleted with this object), later runs winning; the other records are kept like
     `Latest`. Call `finish` once the read is complete. A run is written per `window_bytes` of entry
-    records (64 MiB by default)."""
+    records (64 MiB by default).
+
+    Made with `local`, the same store in a fixed directory that outlives the object: a worker's local copy
+    of a partition's changelog (monitor.stream.local_store), fed committed records and `seal`ed with a mark."""
     def __init__(self, state_dir: str | None = None, window_bytes: int = ...) -> None: ...
+    @staticmethod
+    def local(dir: str, window_bytes: int = ...) -> Staged:
+        """The local copy in `dir` (made empty when there is none), holding what it held when last sealed
+        (and possibly runs written after that) and its `mark`. ValueError when it cannot be opened."""
     def add(self, data: bytes, key_start: Int64s, key_end: Int64s, value_start: Int64s, value_end: Int64s) -> None:
         """Records as unpack_records returns them; ValueError on a record without a key or an entry key
         too short for its model name."""
+    def put(self, key: bytes, value: bytes | None) -> None:
+        """One record (None: a tombstone)."""
+    def add_entries(self, prefix: bytes, ids: bytes, ends: Int64s, rows: bytes | None, width: int) -> None:
+        """Entry records `prefix + id` -> the id's `width`-byte row of `rows` (tombstones when None), id i
+        being ids[ends[i-1]:ends[i]], as `encode_record_batches` takes them."""
     def finish(self) -> None: ...
+    def seal(self, mark: bytes) -> None:
+        """A local copy only: everything added becomes a run, then the other records and `mark` are written
+        in one batch synced to disk."""
+    def close(self) -> None:
+        """Releases the store (a staging store's directory is deleted, a local copy's kept); every other
+        call then raises ValueError."""
     def take_others(self) -> tuple[Bytes, Int64s, Int64s, Bytes, Int64s, Int64s]:
-        """The records other than join entries, as `Latest.take_columns`."""
+        """The records other than join entries, as `Latest.take_columns` (a local copy keeps them)."""
+    @property
+    def mark(self) -> bytes | None:
+        """A local copy's mark as last sealed (None: never sealed)."""
+    @property
+    def pending_bytes(self) -> int:
+        """Entry record bytes added and not yet in a run."""
     @property
     def records(self) -> int:
-        """Records read, tombstones included."""
+        """Records added since opened, tombstones included."""
     @property
     def bytes(self) -> int:
         """Their key and value bytes."""
     @property
     def staged(self) -> int:
-        """Entry values written to the staging store (a key once per run): at least the live entries."""
+        """Entry values written to the store (a key once per run): at least the live entries; for a local
+        copy, plus about what it held when opened."""
     @property
     def dir(self) -> str: ...
 

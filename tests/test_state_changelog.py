@@ -145,11 +145,11 @@ def test_a_local_copy_plus_the_changelog_tail_continues_like_an_uninterrupted_ru
     """A worker with a state dir feeds each committed checkpoint to a local copy of its changelog, seals it
     now and then, and on a restart reads only the changelog after the copy's mark into it. Restarted every
     third batch, alternately after a seal (a graceful stop) and without one (a kill -9, which loses the
-    copy's unsealed records but not the runs it wrote since the seal, here a run per 2 KB): the figures
+    copy's unsealed records but not the runs it wrote since the seal, here a run per 2 KB of entries): the figures
     equal an uninterrupted engine bit for bit, with TTL expiry, the pending cap and a memory budget."""
     from monitor.stream import local_store
 
-    monkeypatch.setattr(local_store, "WINDOW_BYTES", 2000)
+    monkeypatch.setattr(local_store, "RUN_BYTES", 2000)
     config = oracle_config(**join)
     raw_p, raw_g = to_raw(*make_stream(seed=12, n=1500))
     items = list(merge_by_time(raw_p, raw_g, None))

@@ -41,11 +41,14 @@ except ImportError:  # the pure-Python install: no local copies
 
 log = logging.getLogger(__name__)
 
-# Entry records held in memory before they are written as a run: a partition's copy costs about this much
-# memory, and a run of this size is written in a fraction of a second.
-WINDOW_BYTES = 16 << 20
-# A copy is sealed at least this often while records arrive, and whenever WINDOW_BYTES of them are held, so
-# a restart after a crash reads about this long of the changelog at most, or WINDOW_BYTES of records.
+# Records given to a copy between seals, at most: the entries among them wait in memory (a partition's copy
+# costs about this much) and are written as one sorted run when it is sealed, in a fraction of a second.
+SEAL_BYTES = 16 << 20
+# Entry records held in memory before they are written as a run, sealed or not (a restore's read of a
+# long tail, or a checkpoint larger than SEAL_BYTES).
+RUN_BYTES = 32 << 20
+# A copy is sealed at least this often while records arrive, and whenever SEAL_BYTES of them are held, so
+# a restart after a crash reads about this long of the changelog at most, or SEAL_BYTES of records.
 SEAL_SECONDS = float(os.environ.get("MLMON_LOCAL_SEAL_SECONDS", "60"))
 
 
@@ -93,20 +96,21 @@ class LocalCopy:
         self.inputs = inputs
         self.end: int | None = None  # the changelog offset after the records given so far
         self.sealed_at = time.monotonic()
-        self.unsealed = False  # given records since the last seal
+        self.unsealed = 0  # key and value bytes given since the last seal
+        self.reused = False  # opened with a usable mark (not made anew)
 
     def feed(self, changes: Changes, end: int) -> None:
         """A committed checkpoint's records, then `end`, the changelog offset after its transaction; seals
         when the window is full or the last seal is old. Blocking (disk): run it off the event loop."""
         changes.copy_to(self.store)
         self.end = end
-        self.unsealed = True
-        if self.store.pending_bytes >= WINDOW_BYTES or self.due():
+        self.unsealed += max(changes.size, 1)
+        if self.unsealed >= SEAL_BYTES or self.due():
             self.seal()
 
     def due(self) -> bool:
         """Records given since a seal SEAL_SECONDS ago or more (an idle partition's copy is sealed too)."""
-        return self.unsealed and time.monotonic() - self.sealed_at >= SEAL_SECONDS
+        return self.unsealed > 0 and time.monotonic() - self.sealed_at >= SEAL_SECONDS
 
     def seal(self) -> None:
         """Everything given so far, marked as the changelog up to `end` (blocking)."""
@@ -114,7 +118,7 @@ class LocalCopy:
             return
         self.store.seal(Mark(self.end, time.time(), self.topic, self.partition, self.inputs).encode())
         self.sealed_at = time.monotonic()
-        self.unsealed = False
+        self.unsealed = 0
 
     def close(self) -> None:
         self.store.close()
@@ -133,7 +137,7 @@ def open_copy(folder: Path, topic: str, partition: int, inputs: dict[str, str], 
     path = folder / f"partition-{partition}"
     now = time.time() if now is None else now
     try:
-        store = _native.Staged.local(str(path), WINDOW_BYTES)
+        store = _native.Staged.local(str(path), RUN_BYTES)
     except (OSError, ValueError) as exc:  # a damaged copy: the changelog has everything
         log.warning("partition %d: local store %s not usable (%s); rebuilding it from the changelog", partition,
                     path, exc)
@@ -145,13 +149,13 @@ def open_copy(folder: Path, topic: str, partition: int, inputs: dict[str, str], 
         why = _unusable(mark, topic, partition, inputs, start, end, tombstone_ms, now)
         if why is None:
             assert mark is not None
-            copy.end = mark.offset
+            copy.end, copy.reused = mark.offset, True
             return copy, mark.offset
         if mark is not None or store.staged:
             log.info("partition %d: local store not used (%s); rebuilding it from the changelog", partition, why)
         copy.discard()
     path.parent.mkdir(parents=True, exist_ok=True)
-    return LocalCopy(_native.Staged.local(str(path), WINDOW_BYTES), path, topic, partition, inputs), start
+    return LocalCopy(_native.Staged.local(str(path), RUN_BYTES), path, topic, partition, inputs), start
 
 
 def _unusable(mark: Mark | None, topic: str, partition: int, inputs: dict[str, str], start: int, end: int,

@@ -716,7 +716,7 @@ class Worker:
             self.stats.restored_bytes += restored.bytes
             self.stats.restored_records += restored.records
             source = (f"the local store and the {restored.records} changelog records after offset {start}"
-                      if copy is not None and start > 0 else f"{restored.records} changelog records")
+                      if copy is not None and copy.reused else f"{restored.records} changelog records")
             log.info("partition %d: state restored from %s (%.1f MB) in %.2f s, resuming at %s",
                      p, source, restored.bytes / 1e6, time.monotonic() - started, offsets)
         # One offsets request for all fresh partitions: this callback must end well within the session
