@@ -161,6 +161,8 @@ def test_a_local_copy_plus_the_changelog_tail_continues_like_an_uninterrupted_ru
     inputs = {"predictions": "p"}
     copy, start = local_store.open_copy(tmp_path, "state", 3, inputs, 0, 0, 86_400_000)
     assert start == 0
+    # Open elsewhere (another worker on the same state dir): left alone, not wiped.
+    assert local_store.open_copy(tmp_path, "state", 3, inputs, 0, 0, 86_400_000) is None
     tails = []
     for i, batch in enumerate(batches(items, 257)):
         whole.process(batch)

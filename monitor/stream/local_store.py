@@ -50,6 +50,8 @@ RUN_BYTES = 32 << 20
 # A copy is sealed at least this often while records arrive, and whenever SEAL_BYTES of them are held, so
 # a restart after a crash reads about this long of the changelog at most, or SEAL_BYTES of records.
 SEAL_SECONDS = float(os.environ.get("MLMON_LOCAL_SEAL_SECONDS", "60"))
+# What the native store says when the copy is open elsewhere (restore.rs IN_USE).
+IN_USE = "in use by another worker"
 
 
 @dataclass(frozen=True)
@@ -130,15 +132,21 @@ class LocalCopy:
 
 
 def open_copy(folder: Path, topic: str, partition: int, inputs: dict[str, str], start: int, end: int,
-              tombstone_ms: int, now: float | None = None) -> tuple[LocalCopy, int]:
+              tombstone_ms: int, now: float | None = None) -> tuple[LocalCopy, int] | None:
     """The partition's copy and the changelog offset to read it from: its mark's offset when the copy is
-    usable (see the module doc), else `start` after wiping it. Raises OSError or ValueError when not even
+    usable (see the module doc), else `start` after wiping it. None when another worker (process) holds
+    the copy open: it is left alone, and this one goes without. Raises OSError or ValueError when not even
     an empty copy can be made there."""
     path = folder / f"partition-{partition}"
     now = time.time() if now is None else now
     try:
         store = _native.Staged.local(str(path), RUN_BYTES)
-    except (OSError, ValueError) as exc:  # a damaged copy: the changelog has everything
+    except (OSError, ValueError) as exc:
+        if IN_USE in str(exc):
+            log.warning("partition %d: local store %s is in use by another worker on this state dir; going "
+                        "without one", partition, path)
+            return None
+        # A damaged copy: the changelog has everything.
         log.warning("partition %d: local store %s not usable (%s); rebuilding it from the changelog", partition,
                     path, exc)
         shutil.rmtree(path, ignore_errors=True)

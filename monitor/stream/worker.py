@@ -752,9 +752,10 @@ class Worker:
         starts = await self.reader.beginning_offsets(tps)
         out = {}
         for tp in tps:
-            out[tp.partition] = await asyncio.to_thread(
-                local_store.open_copy, self.local_dir, self.topics.state, tp.partition, dict(self.inputs),
-                starts[tp], ends[tp], self.topics.state_tombstone_ms)
+            got = await asyncio.to_thread(local_store.open_copy, self.local_dir, self.topics.state, tp.partition,
+                                          dict(self.inputs), starts[tp], ends[tp], self.topics.state_tombstone_ms)
+            if got is not None:
+                out[tp.partition] = got
         return out
 
 

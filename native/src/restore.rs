@@ -27,6 +27,10 @@ use crate::store::{err, open_fresh, CACHE_BYTES};
 const ENTRY: u8 = b'e';
 /// Keys and values held before they are written as a run: a few hundred thousand entries.
 pub const WINDOW_BYTES: usize = 64 << 20;
+/// Runs a local copy keeps before fjall merges them.
+const LOCAL_RUNS: u8 = 64;
+/// What opening a local copy that is open elsewhere says.
+pub const IN_USE: &str = "in use by another worker";
 /// The key of a local copy's mark (in its own keyspace, apart from the changelog's keys).
 const MARK: &[u8] = b"mark";
 
@@ -135,8 +139,19 @@ impl Staged {
     pub fn open_local(dir: &Path, window_bytes: usize) -> Result<Self, String> {
         let fail = |e: std::io::Error| format!("local store {}: {e}", dir.display());
         std::fs::create_dir_all(dir).map_err(fail)?;
-        let db = Database::builder(dir).cache_size(CACHE_BYTES).worker_threads(1).open().map_err(err)?;
-        let entries = db.keyspace("entries", KeyspaceCreateOptions::default).map_err(err)?;
+        let db = Database::builder(dir).cache_size(CACHE_BYTES).worker_threads(1).open().map_err(|e| match e {
+            // Another process (or handle) has it open: the caller must not wipe it.
+            fjall::Error::Locked => format!("local store {}: {IN_USE}", dir.display()),
+            e => err(e),
+        })?;
+        // Entry keys are random ids, so every run overlaps everything below it, and fjall's default (a
+        // merge per 4 runs into levels ten times larger) rewrites the whole copy again and again: at 10M
+        // entries that took most of a core from the worker. Runs are read back only at a restart, merged, so
+        // up to LOCAL_RUNS of them are left as they are (about 1 GB at the worker's 16 MiB seals), then
+        // merged at once.
+        let runs = std::sync::Arc::new(fjall::compaction::Leveled::default().with_l0_threshold(LOCAL_RUNS));
+        let entries =
+            db.keyspace("entries", || KeyspaceCreateOptions::default().compaction_strategy(runs.clone())).map_err(err)?;
         let others = db.keyspace("others", KeyspaceCreateOptions::default).map_err(err)?;
         let marks = db.keyspace("marks", KeyspaceCreateOptions::default).map_err(err)?;
         let mark = marks.get(MARK).map_err(err)?.map(|v| v.to_vec());
@@ -537,6 +552,7 @@ pub mod tests {
             s.put(b"m", v(11).as_deref()).unwrap();
         }
         let mut s = Staged::open_local(&dir, 1 << 20).unwrap();
+        assert!(Staged::open_local(&dir, 1 << 20).err().unwrap().contains(IN_USE));
         assert_eq!(s.mark(), Some(&b"at 9"[..]));
         let got = read(&s, "m");
         assert_eq!(got, [("b".to_string(), vec![2; 4]), ("c".to_string(), vec![7; 4]), ("d".to_string(), vec![7; 4])]);
