@@ -13,8 +13,9 @@
    - worker: the real Worker in this process, from its first applied event to its last, then a scrape
      of /metrics, and the same figures as replay (checked);
    - restart: a second Worker on the same group after a graceful stop: time until it has restored every
-     partition from its changelog; then a third with the state dir where the first one kept its local
-     copies of the changelog (monitor/stream/local_store.py), which reads only what follows their seals;
+     partition from its changelog; then two with `--local-store` on one state dir: the first reads the
+     changelog into local copies (monitor/stream/local_store.py), the second reads only what follows
+     their seals (timed);
    - repartitioned: a Worker with `kafka.repartition: always` (another group) on the same topics: the
      repartition stage copies every event to the internal topics in transactions and the join stage
      reads the copies, both in this one process, from the first event to the last applied (checked
@@ -159,9 +160,9 @@ async def run_worker(config: MonitorConfig, total: int, at: float, profile: cPro
     return elapsed, worker, body
 
 
-async def restart(config: MonitorConfig, at: float) -> tuple[float, Worker]:
+async def restart(config: MonitorConfig, at: float, local_store: bool = False) -> tuple[float, Worker]:
     worker = Worker(config, WorkerOptions(metrics_port=0, metrics_bind="127.0.0.1", at=at,
-                                          session_timeout_ms=6000))
+                                          session_timeout_ms=6000, local_store=local_store))
     started = time.perf_counter()
     task = asyncio.create_task(worker.run())
     while not worker.joined:
@@ -286,8 +287,7 @@ def main() -> None:
         preds, truths, config_path = events_of(args.mix, args.events)
         total = len(preds) + len(truths)
         config = bench_config(args.bootstrap, args.partitions, config_path)
-        # The workers run with a state dir, so they keep local copies of their changelogs, which the first
-        # one's graceful stop seals for the last restart.
+        # The workers run with a state dir (for the join's store); the last restarts keep local copies there.
         state_dirs = [tempfile.mkdtemp(prefix="mlmon-bench-state-") for _ in range(args.repeat)]
         with_dir = with_state_dir(config, state_dirs[0])
         produce_s = asyncio.run(produce(config, preds, truths))
@@ -304,7 +304,8 @@ def main() -> None:
         cpu = {name: {**used, "worker": statistics.median([r.cpu[name]["worker"] or 0.0 for r in rounds])}
                for name, used in first.cpu.items()}
         restart_s, restarted = asyncio.run(restart(config, at))  # no state dir: reads the changelog
-        local_s, loaded = asyncio.run(restart(with_dir, at))
+        asyncio.run(restart(with_dir, at, local_store=True))  # reads the changelog into new local copies
+        local_s, loaded = asyncio.run(restart(with_dir, at, local_store=True))
         for state_dir in state_dirs:
             shutil.rmtree(state_dir, ignore_errors=True)
         repartitioned = None

@@ -259,7 +259,7 @@ def test_worker_metrics_equal_replay(kafka_bootstrap: str, tmp_path: Path, strea
 @kafka_test
 @pytest.mark.timeout(240)
 # With a memory budget most entries live in the join's store, and the restart restores through a staging
-# store (monitor._native.Staged) rather than memory. With a state dir, each partition's local copy of its
+# store (monitor._native.Staged) rather than memory. With --local-store, each partition's local copy of its
 # changelog, sealed every half second, is where the restart starts: it reads only the changelog after it.
 @pytest.mark.parametrize(("join", "local"), [
     (None, False), pytest.param({"memory_entries": 40}, False, id="budget"),
@@ -273,7 +273,7 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     preds, truths, at = stream
     path, config = write_config(tmp_path, kafka_bootstrap, join=join)
     state_dir = tmp_path / "state" if local else None
-    env = {"MLMON_LOCAL_SEAL_SECONDS": "0.5"}
+    env = {"MLMON_LOCAL_SEAL_SECONDS": "0.5", "MLMON_LOCAL_STORE": "1" if local else "0"}
     expected = replay_series(config, preds, truths, at)
     kafka = config.kafka
     # Ground truth is produced in event-time order with its predictions, as in production.
@@ -389,7 +389,7 @@ def test_graceful_restart_reads_only_the_local_store(kafka_bootstrap: str, tmp_p
         create_topic(kafka_bootstrap, topic, partitions=kafka.partitions)
     cut = len(preds) // 2
     produce(kafka_bootstrap, kafka.predictions_topic, preds[:cut])
-    first = WorkerProcess(path, at, tmp_path, state_dir=state_dir)
+    first = WorkerProcess(path, at, tmp_path, state_dir=state_dir, env={"MLMON_LOCAL_STORE": "1"})
     workers.append(first)
     wait_for("the first half", lambda: total(first.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == cut,
              workers=workers)
@@ -398,7 +398,7 @@ def test_graceful_restart_reads_only_the_local_store(kafka_bootstrap: str, tmp_p
 
     produce(kafka_bootstrap, kafka.predictions_topic, preds[cut:])
     produce(kafka_bootstrap, kafka.ground_truth_topic, truths)
-    second = WorkerProcess(path, at, tmp_path, state_dir=state_dir)
+    second = WorkerProcess(path, at, tmp_path, state_dir=state_dir, env={"MLMON_LOCAL_STORE": "1"})
     workers.append(second)
     wait_for("the restarted worker to drain", drained([second], expected), workers=[second])
     assert_series_equal(second.scrape(), expected)

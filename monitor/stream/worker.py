@@ -96,6 +96,8 @@ class WorkerOptions:
     max_batch: int | None = None
     # Plain inputs read as columns (monitor.stream.fetched); False: aiokafka's getmany, kept to compare.
     columns: bool = True
+    # Keep a local copy of each partition's changelog in the state dir (monitor.stream.local_store).
+    local_store: bool = False
     connect_timeout: float = 120.0
 
 
@@ -153,9 +155,11 @@ class Worker:
         self.partitions: dict[int, PartitionState] = {}
         # Revoked partitions kept in memory: reused when they come back and nobody checkpointed them since.
         self.parked: dict[int, PartitionState] = {}
-        # Where each partition's local copy of its changelog lives (None: no state dir, or no native core).
+        # Where each partition's local copy of its changelog lives (None: not asked for, or no native core).
         self.local_dir = (local_store.directory(config.join.state_dir, config.kafka.group_id)
-                          if config.join.state_dir and local_store.supported() else None)
+                          if options.local_store and config.join.state_dir and local_store.supported() else None)
+        if options.local_store and self.local_dir is None:
+            log.warning("--local-store needs a state dir and the native core: no local copies are kept")
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.fatal: BaseException | None = None
@@ -870,10 +874,14 @@ async def run_worker(config: MonitorConfig, options: WorkerOptions) -> None:
 @click.option("--state-dir", type=click.Path(file_okay=False), envvar="MLMON_STATE_DIR",
               help="Directory for the join's on-disk stores, a cache of the state changelog (default: the "
                    "system temp directory).")
+@click.option("--local-store/--no-local-store", default=False, show_default=True, envvar="MLMON_LOCAL_STORE",
+              help="Keep a local copy of each partition's changelog in the state dir, so a restart here reads "
+                   "only what was written after it (needs --state-dir or join.state_dir).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def worker_command(config_path: str, metrics_port: int | None, checkpoint_interval: float, max_unwritten: int,
-                   session_timeout_ms: int, at: str | None, state_dir: str | None, log_level: str) -> None:
+                   session_timeout_ms: int, at: str | None, state_dir: str | None, local_store: bool,
+                   log_level: str) -> None:
     """Consume predictions and ground truth from Kafka and serve the metrics on /metrics.
 
     Scale out by starting more workers with the same config: they share the partitions of one consumer
@@ -888,10 +896,12 @@ def worker_command(config_path: str, metrics_port: int | None, checkpoint_interv
         raise click.ClickException("\n".join([str(exc.source or config_path) + ":", *exc.problems])) from None
     # Where a join memory budget (join.memory_entries) puts the entries beyond it.
     config = config.model_copy(update={"join": config.join.for_worker(state_dir)})
+    if local_store and not config.join.state_dir:
+        raise click.UsageError("--local-store needs a state dir: --state-dir (MLMON_STATE_DIR) or join.state_dir")
     options = WorkerOptions(
         metrics_port=config.metrics.port if metrics_port is None else metrics_port,
         metrics_bind=config.metrics.bind, at=_parse_at(at), checkpoint_interval=checkpoint_interval,
-        max_unwritten=max_unwritten, session_timeout_ms=session_timeout_ms,
+        max_unwritten=max_unwritten, session_timeout_ms=session_timeout_ms, local_store=local_store,
     )
     try:
         asyncio.run(run_worker(config, options))
