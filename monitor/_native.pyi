@@ -218,9 +218,6 @@ class Staged:
     def mark(self) -> bytes | None:
         """A local copy's mark as last sealed (None: never sealed)."""
     @property
-    def pending_bytes(self) -> int:
-        """Entry record bytes added and not yet in a run."""
-    @property
     def records(self) -> int:
         """Records added since opened, tombstones included."""
     @property
@@ -232,6 +229,9 @@ class Staged:
         copy, plus about what it held when opened."""
     @property
     def dir(self) -> str: ...
+
+LOCAL_STORE_IN_USE: str
+"""What the ValueError of `Staged.local` says when another process (or handle) holds the copy open."""
 
 def name_groups(data: Bytes, starts: Int64s, ends: Int64s) -> tuple[list[bytes], Int64s]:
     """Groups keys by the name at byte 1 (big-endian u16 length, then the name): (names in order of first

@@ -264,8 +264,7 @@ def test_worker_metrics_equal_replay(kafka_bootstrap: str, tmp_path: Path, strea
 @pytest.mark.parametrize(("join", "local"), [
     (None, False), pytest.param({"memory_entries": 40}, False, id="budget"),
     pytest.param(None, True, id="local-store"),
-    pytest.param({"memory_entries": 40}, True, id="budget-local-store",
-                 marks=pytest.mark.skipif(not native.enabled(), reason="native core not built"))])
+    pytest.param({"memory_entries": 40}, True, id="budget-local-store")])
 def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path: Path, stream, workers,  # noqa: F811
                                                   join: dict | None, local: bool) -> None:
     if local and not native.enabled():

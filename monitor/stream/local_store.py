@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from monitor.stream import raw_fetch
 from monitor.stream.changelog import Changes
 
 try:
@@ -50,8 +51,6 @@ RUN_BYTES = 32 << 20
 # A copy is sealed at least this often while records arrive, and whenever SEAL_BYTES of them are held, so
 # a restart after a crash reads about this long of the changelog at most, or SEAL_BYTES of records.
 SEAL_SECONDS = float(os.environ.get("MLMON_LOCAL_SEAL_SECONDS", "60"))
-# What the native store says when the copy is open elsewhere (restore.rs IN_USE).
-IN_USE = "in use by another worker"
 
 
 @dataclass(frozen=True)
@@ -82,9 +81,8 @@ def directory(state_dir: str, group: str) -> Path:
 
 
 def supported() -> bool:
-    from monitor.stream import raw_fetch
-
-    return _native is not None and raw_fetch.available()
+    """Copies need the native core (its store, and the native changelog reader that fills them)."""
+    return raw_fetch.available()
 
 
 class LocalCopy:
@@ -142,7 +140,7 @@ def open_copy(folder: Path, topic: str, partition: int, inputs: dict[str, str], 
     try:
         store = _native.Staged.local(str(path), RUN_BYTES)
     except (OSError, ValueError) as exc:
-        if IN_USE in str(exc):
+        if _native.LOCAL_STORE_IN_USE in str(exc):
             log.warning("partition %d: local store %s is in use by another worker on this state dir; going "
                         "without one", partition, path)
             return None

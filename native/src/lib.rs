@@ -46,6 +46,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_producer_state, m)?)?;
     m.add_class::<Latest>()?;
     m.add_class::<Staged>()?;
+    m.add("LOCAL_STORE_IN_USE", restore::IN_USE)?;
     m.add_function(wrap_pyfunction!(name_groups, m)?)?;
     m.add_class::<Cells>()?;
     m.add_function(wrap_pyfunction!(add_rows, m)?)?;
@@ -339,11 +340,6 @@ impl Staged {
     #[getter]
     fn mark<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
         Ok(self.get()?.mark().map(|m| PyBytes::new(py, m)))
-    }
-
-    #[getter]
-    fn pending_bytes(&self) -> PyResult<usize> {
-        Ok(self.get()?.pending_bytes())
     }
 
     #[getter]

@@ -127,9 +127,11 @@ impl Staged {
         // for nothing, so they stay in level 0 (a threshold of 255 runs, 16 GB at a run per window).
         let keep = std::sync::Arc::new(fjall::compaction::Leveled::default().with_l0_threshold(u8::MAX));
         let entries = db
-            .keyspace("entries", || KeyspaceCreateOptions::default().expect_point_read_hits(true).compaction_strategy(keep.clone()))
+            .keyspace("entries", || {
+                KeyspaceCreateOptions::default().expect_point_read_hits(true).compaction_strategy(keep.clone())
+            })
             .map_err(err)?;
-        Ok(Self::new(db, entries, None, window_bytes, dir))
+        Ok(Self::new(db, entries, window_bytes, dir))
     }
 
     /// The local copy in `dir`, created empty if there is none: what it held when last sealed (and
@@ -150,13 +152,14 @@ impl Staged {
         // up to LOCAL_RUNS of them are left as they are (about 1 GB at the worker's 16 MiB seals), then
         // merged at once.
         let runs = std::sync::Arc::new(fjall::compaction::Leveled::default().with_l0_threshold(LOCAL_RUNS));
-        let entries =
-            db.keyspace("entries", || KeyspaceCreateOptions::default().compaction_strategy(runs.clone())).map_err(err)?;
+        let entries = db
+            .keyspace("entries", || KeyspaceCreateOptions::default().compaction_strategy(runs.clone()))
+            .map_err(err)?;
         let others = db.keyspace("others", KeyspaceCreateOptions::default).map_err(err)?;
         let marks = db.keyspace("marks", KeyspaceCreateOptions::default).map_err(err)?;
         let mark = marks.get(MARK).map_err(err)?.map(|v| v.to_vec());
         let held = entries.approximate_len();
-        let mut staged = Self::new(db, entries, None, window_bytes, dir.to_path_buf());
+        let mut staged = Self::new(db, entries, window_bytes, dir.to_path_buf());
         for guard in others.iter() {
             let (key, value) = guard.into_inner().map_err(err)?;
             staged.others.put(&key, Some(&value));
@@ -168,11 +171,11 @@ impl Staged {
         Ok(staged)
     }
 
-    fn new(db: Database, entries: Keyspace, local: Option<Local>, window_bytes: usize, dir: PathBuf) -> Self {
+    fn new(db: Database, entries: Keyspace, window_bytes: usize, dir: PathBuf) -> Self {
         Staged {
             db,
             entries,
-            local,
+            local: None,
             window: Window::default(),
             others: Latest::default(),
             runs: 0,
@@ -212,7 +215,14 @@ impl Staged {
     /// Join entry records `prefix + id` -> the id's `width`-byte row of `rows` (tombstones when `rows`
     /// is None), id i being ids[ends[i-1]..ends[i]]: a checkpoint's entries as its writer encodes them
     /// (monitor.stream.encoded.entry_batches).
-    pub fn add_entries(&mut self, prefix: &[u8], ids: &[u8], ends: &[i64], rows: Option<&[u8]>, width: usize) -> Result<(), String> {
+    pub fn add_entries(
+        &mut self,
+        prefix: &[u8],
+        ids: &[u8],
+        ends: &[i64],
+        rows: Option<&[u8]>,
+        width: usize,
+    ) -> Result<(), String> {
         if model_of(prefix).is_none_or(|name| prefix.len() != 3 + name.len()) || prefix.first() != Some(&ENTRY) {
             return Err("an entry key prefix is b'e', the model name's length and the name".into());
         }
@@ -266,11 +276,6 @@ impl Staged {
         self.write_run()?;
         self.window = Window::default();
         Ok(())
-    }
-
-    /// Bytes of entry records not yet in a run.
-    pub fn pending_bytes(&self) -> usize {
-        self.window.data.len()
     }
 
     /// A local copy's mark, as last sealed (None: never sealed, or not a local copy).
@@ -525,7 +530,10 @@ pub mod tests {
             assert_eq!(s.records, records.len());
             assert!(s.staged >= 3);
             let (keys, ks, ke, values, vs, ve) = s.take_others();
-            assert_eq!((&keys[ks[0] as usize..ke[0] as usize], &values[vs[0] as usize..ve[0] as usize]), (&b"m"[..], &[10u8; 4][..]));
+            assert_eq!(
+                (&keys[ks[0] as usize..ke[0] as usize], &values[vs[0] as usize..ve[0] as usize]),
+                (&b"m"[..], &[10u8; 4][..])
+            );
             assert_eq!(ks.len(), 1);
         }
     }
@@ -538,7 +546,9 @@ pub mod tests {
         {
             let mut s = Staged::open_local(&dir, 1 << 20).unwrap();
             assert!(s.mark().is_none());
-            for (k, val) in [(key("m", "a"), v(1)), (key("m", "b"), v(2)), (b"m".to_vec(), v(9)), (b"b1".to_vec(), v(3))] {
+            for (k, val) in
+                [(key("m", "a"), v(1)), (key("m", "b"), v(2)), (b"m".to_vec(), v(9)), (b"b1".to_vec(), v(3))]
+            {
                 s.put(&k, val.as_deref()).unwrap();
             }
             s.seal(b"at 4").unwrap();
@@ -558,7 +568,10 @@ pub mod tests {
         assert_eq!(got, [("b".to_string(), vec![2; 4]), ("c".to_string(), vec![7; 4]), ("d".to_string(), vec![7; 4])]);
         let (keys, ks, ke, values, vs, ve) = s.take_others();
         assert_eq!(ks.len(), 1);
-        assert_eq!((&keys[ks[0] as usize..ke[0] as usize], &values[vs[0] as usize..ve[0] as usize]), (&b"m"[..], &[10u8; 4][..]));
+        assert_eq!(
+            (&keys[ks[0] as usize..ke[0] as usize], &values[vs[0] as usize..ve[0] as usize]),
+            (&b"m"[..], &[10u8; 4][..])
+        );
         // A local copy keeps its other records when they are handed out.
         assert_eq!(s.take_others().1.len(), 1);
         // A tombstone in the first run after a reopen still hides the older run's entry.
