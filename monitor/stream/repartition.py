@@ -44,6 +44,7 @@ from monitor.engine import native
 from monitor.events import MAX_ID_LENGTH, Decoder, InvalidEvent
 from monitor.mapping import RecordMeta, TopicReader, cloudevent, kafka_record, readers
 from monitor.reference import Reference
+from monitor.stream import fetched
 from monitor.stream.rebalance import Listener
 
 log = logging.getLogger(__name__)
@@ -400,7 +401,7 @@ class Repartitioner:
             s.next_offset = int(off) if off is not None else starts[s.tp]
             s.fetched = s.next_offset
             s.queue.clear()
-            consumer.seek(s.tp, s.next_offset)
+            fetched.seek(consumer, s.tp, s.next_offset)
             s.resync = False
 
     async def _retry_failed(self) -> None:

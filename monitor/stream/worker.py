@@ -182,6 +182,11 @@ class Worker:
         self.end_offsets: dict[TopicPartition, int] = {}
         self._client_options: dict[str, Any] = {}
         self.joined = False
+        # Clear while newly assigned partitions are restored: aiokafka fetches for them meanwhile, and what
+        # it fetched stays buffered until they are positioned (see fetched.seek), rather than being taken
+        # first and fetched again after the seek.
+        self.restored = asyncio.Event()
+        self.restored.set()
         self.last_poll = 0.0
         self._dead_letter_futures: list[asyncio.Future[Any]] = []
         self._next_checkpoint = 0.0
@@ -397,8 +402,10 @@ class Worker:
             if self.fatal is not None:
                 return
             if self.columns:
-                batch = await fetched.take(self.consumer, timeout_ms=200, max_records=self.max_batch)
+                batch = await fetched.take(self.consumer, timeout_ms=200, max_records=self.max_batch,
+                                           hold=self.restored)
             else:
+                await self.restored.wait()
                 got = await self.consumer.getmany(timeout_ms=200, max_records=self.max_batch)
                 batch = [PartitionBatch.of_records(tp, records) for tp, records in got.items() if records]
             self.last_poll = time.monotonic()
@@ -633,6 +640,7 @@ class Worker:
             self.joined = False
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        self.restored.clear()
         async with self.lock:
             try:
                 await self._assign(assigned)
@@ -641,6 +649,8 @@ class Worker:
                 self.fatal = exc
                 self.stop()
                 return
+            finally:
+                self.restored.set()
             self.joined = True
             # What was just assigned is what its changelog holds: the first checkpoint is an interval away.
             if self._writing is None:
@@ -737,7 +747,7 @@ class Worker:
         self.stats.restore_seconds += time.monotonic() - started
         for p, state in sorted(states.items()):
             for key, topic in self.inputs:
-                self.consumer.seek(TopicPartition(topic, p), state.offsets[key])
+                fetched.seek(self.consumer, TopicPartition(topic, p), state.offsets[key])
             self.partitions[p] = state
         # Whatever was parked and not given back now belongs to another worker.
         for state in self.parked.values():
