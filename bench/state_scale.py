@@ -12,7 +12,7 @@ For each N (a fresh consumer group and topics of one partition each):
 3. reads the worker's resident set (now and peak, /proc), and the changelog bytes it wrote per input event
    (mlmon_state_bytes_written_total);
 4. kill -9s it and starts a new worker process on the same state dir: it restores from its local copy of
-   the changelog (`--local-store`, monitor/stream/local_store.py, on in every worker of this bench) plus
+   the changelog (monitor/stream/local_store.py, on by default, so in every worker of this bench) plus
    the changelog records after the copy's last seal;
 5. stops that one gracefully and starts another on a fresh state dir (a new machine): it restores from
    the changelog alone, and its peak resident set is the restore's.
@@ -129,8 +129,7 @@ class WorkerProc:
     def __init__(self, config: Path, port: int, log: Path, state_dir: Path) -> None:
         self.port = port
         self.out = open(log, "ab")  # noqa: SIM115 (closed in kill)
-        env = {**os.environ, "MLMON_WORKER_AT": str(T0 + 3600), "MLMON_STATE_DIR": str(state_dir),
-               "MLMON_LOCAL_STORE": "1"}
+        env = {**os.environ, "MLMON_WORKER_AT": str(T0 + 3600), "MLMON_STATE_DIR": str(state_dir)}
         self.proc = subprocess.Popen([sys.executable, "-m", "monitor.cli", "worker", "--config", str(config),
                                       "--metrics-port", str(port)], cwd=ROOT, env=env, stdout=self.out,
                                      stderr=subprocess.STDOUT)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import tempfile
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -159,7 +160,9 @@ class JoinConfig(_Strict):
     # Unset, it is DEFAULT_MEMORY_ENTRIES, or join.max_pending when that is lower.
     memory_entries: int | None = Field(DEFAULT_MEMORY_ENTRIES, ge=1)
     # Where the stores go (a fresh directory per table, removed with it): the store is a cache of the
-    # worker's changelog, never read back after a restart. None: the system temp directory.
+    # worker's changelog, never read back after a restart. The worker also keeps its local copies of the
+    # changelog there (monitor.stream.local_store). None: the system temp directory, and for the worker
+    # WORKER_STATE_DIR.
     state_dir: str | None = None
 
     @model_validator(mode="before")
@@ -181,8 +184,14 @@ class JoinConfig(_Strict):
         return self
 
     def for_worker(self, state_dir: str | None) -> JoinConfig:
-        """The worker's join settings: the state directory (`--state-dir`) when given."""
-        return self.model_copy(update={"state_dir": state_dir or self.state_dir})
+        """The worker's join settings: the state directory `--state-dir` when given, else join.state_dir,
+        else WORKER_STATE_DIR (one fixed place, so a restarted worker finds its local copies there)."""
+        return self.model_copy(update={"state_dir": state_dir or self.state_dir or WORKER_STATE_DIR})
+
+
+# As Kafka Streams' state.dir (`<java.io.tmpdir>/kafka-streams`): a worker restarted on the same machine
+# reuses what it kept there without being told where.
+WORKER_STATE_DIR = str(Path(tempfile.gettempdir()) / "mlmon-state")
 
 
 class FeaturesConfig(_Strict):

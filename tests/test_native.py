@@ -10,6 +10,7 @@ exact decoder can judge (partial labels, served lists, multiclass, epoch times, 
 from __future__ import annotations
 
 import gc
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from monitor.config import DEFAULT_MEMORY_ENTRIES, MonitorConfig, SegmentConfig, parse_config
+from monitor.config import DEFAULT_MEMORY_ENTRIES, WORKER_STATE_DIR, MonitorConfig, SegmentConfig, parse_config
 from monitor.engine import model_state, native, snapshot
 from monitor.engine.engine import GROUND_TRUTH, PREDICTIONS, Engine
 from monitor.engine.figures import Figures
@@ -264,6 +265,12 @@ def test_a_budget_above_the_cap_is_refused_naming_both() -> None:
     # The worker's --state-dir goes to the join settings; the budget stays what the config says.
     worker = parse_config({"models": [{"name": "m", "labels": ["a"]}]}).join.for_worker("/tmp/x")
     assert worker.memory_entries == DEFAULT_MEMORY_ENTRIES and worker.state_dir == "/tmp/x"
+    # Else join.state_dir, else one fixed place, where a restarted worker finds its local copies.
+    configured = parse_config({"join": {"state_dir": "/srv/s"}, "models": [{"name": "m", "labels": ["a"]}]}).join
+    assert configured.for_worker(None).state_dir == "/srv/s" and configured.state_dir == "/srv/s"
+    unset = parse_config({"models": [{"name": "m", "labels": ["a"]}]}).join
+    assert unset.state_dir is None and unset.for_worker(None).state_dir == WORKER_STATE_DIR
+    assert Path(WORKER_STATE_DIR).parent == Path(tempfile.gettempdir())
 
 
 def test_the_default_budget_yields_to_a_lower_cap_and_null_keeps_everything_in_memory() -> None:

@@ -113,11 +113,13 @@ def produce(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | 
 
 class WorkerProcess:
     def __init__(self, config_path: Path, at: float, tmp_path: Path, checkpoint_interval: float = 0.5,
-                 state_dir: Path | None = None, env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.log = tmp_path / f"worker-{self.port}.log"
+        # The workers of a test share one state dir, as workers on one machine do (never the default in
+        # the system temp directory, which would outlive the test).
         env = {**os.environ, "MLMON_SESSION_TIMEOUT_MS": "3000", "MLMON_CHECKPOINT_INTERVAL": str(checkpoint_interval),
-               **({"MLMON_STATE_DIR": str(state_dir)} if state_dir is not None else {}), **(env or {})}
+               "MLMON_STATE_DIR": str(tmp_path / "state"), **(env or {})}
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor.cli", "worker", "--config", str(config_path),
@@ -259,10 +261,11 @@ def test_worker_metrics_equal_replay(kafka_bootstrap: str, tmp_path: Path, strea
 @kafka_test
 @pytest.mark.timeout(240)
 # With a memory budget most entries live in the join's store, and the restart restores through a staging
-# store (monitor._native.Staged) rather than memory. With --local-store, each partition's local copy of its
-# changelog, sealed every half second, is where the restart starts: it reads only the changelog after it.
+# store (monitor._native.Staged) rather than memory. With the local store (the default), each partition's
+# local copy of its changelog, sealed every half second, is where the restart starts: it reads only the
+# changelog after it; with --no-local-store the restart reads the whole changelog.
 @pytest.mark.parametrize(("join", "local"), [
-    (None, False), pytest.param({"memory_entries": 40}, False, id="budget"),
+    pytest.param(None, False, id="no-local-store"), pytest.param({"memory_entries": 40}, False, id="budget"),
     pytest.param(None, True, id="local-store"),
     pytest.param({"memory_entries": 40}, True, id="budget-local-store")])
 def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path: Path, stream, workers,  # noqa: F811
@@ -271,7 +274,6 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
         pytest.skip("local copies of the changelog need the native core")
     preds, truths, at = stream
     path, config = write_config(tmp_path, kafka_bootstrap, join=join)
-    state_dir = tmp_path / "state" if local else None
     env = {"MLMON_LOCAL_SEAL_SECONDS": "0.5", "MLMON_LOCAL_STORE": "1" if local else "0"}
     expected = replay_series(config, preds, truths, at)
     kafka = config.kafka
@@ -280,7 +282,7 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
     for topic in (kafka.predictions_topic, kafka.ground_truth_topic):
         create_topic(kafka_bootstrap, topic, partitions=kafka.partitions)
     produce(kafka_bootstrap, kafka.predictions_topic, preds[:cut])
-    first = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3, state_dir=state_dir, env=env)
+    first = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3, env=env)
     workers.append(first)
     wait_for("the first half", lambda: total(first.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == cut,
              workers=workers)
@@ -311,7 +313,7 @@ def test_kill_9_mid_stream_then_restart_is_exact(kafka_bootstrap: str, tmp_path:
             or total(before, c.GROUND_TRUTH_TOTAL.name) < len(truths))  # killed mid-stream
 
     started = time.monotonic()
-    second = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3, state_dir=state_dir, env=env)
+    second = WorkerProcess(path, at, tmp_path, checkpoint_interval=0.3, env=env)
     workers.append(second)
     feeder.join(120)
     assert done.is_set()
@@ -388,7 +390,7 @@ def test_graceful_restart_reads_only_the_local_store(kafka_bootstrap: str, tmp_p
         create_topic(kafka_bootstrap, topic, partitions=kafka.partitions)
     cut = len(preds) // 2
     produce(kafka_bootstrap, kafka.predictions_topic, preds[:cut])
-    first = WorkerProcess(path, at, tmp_path, state_dir=state_dir, env={"MLMON_LOCAL_STORE": "1"})
+    first = WorkerProcess(path, at, tmp_path)
     workers.append(first)
     wait_for("the first half", lambda: total(first.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == cut,
              workers=workers)
@@ -397,7 +399,7 @@ def test_graceful_restart_reads_only_the_local_store(kafka_bootstrap: str, tmp_p
 
     produce(kafka_bootstrap, kafka.predictions_topic, preds[cut:])
     produce(kafka_bootstrap, kafka.ground_truth_topic, truths)
-    second = WorkerProcess(path, at, tmp_path, state_dir=state_dir, env={"MLMON_LOCAL_STORE": "1"})
+    second = WorkerProcess(path, at, tmp_path)
     workers.append(second)
     wait_for("the restarted worker to drain", drained([second], expected), workers=[second])
     assert_series_equal(second.scrape(), expected)

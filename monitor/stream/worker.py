@@ -96,8 +96,9 @@ class WorkerOptions:
     max_batch: int | None = None
     # Plain inputs read as columns (monitor.stream.fetched); False: aiokafka's getmany, kept to compare.
     columns: bool = True
-    # Keep a local copy of each partition's changelog in the state dir (monitor.stream.local_store).
-    local_store: bool = False
+    # Keep a local copy of each partition's changelog in the state dir, when there is one
+    # (monitor.stream.local_store).
+    local_store: bool = True
     connect_timeout: float = 120.0
 
 
@@ -155,11 +156,12 @@ class Worker:
         self.partitions: dict[int, PartitionState] = {}
         # Revoked partitions kept in memory: reused when they come back and nobody checkpointed them since.
         self.parked: dict[int, PartitionState] = {}
-        # Where each partition's local copy of its changelog lives (None: not asked for, or no native core).
+        # Where each partition's local copy of its changelog lives (None: turned off, no state dir, or no
+        # native core).
         self.local_dir = (local_store.directory(config.join.state_dir, config.kafka.group_id)
                           if options.local_store and config.join.state_dir and local_store.supported() else None)
-        if options.local_store and self.local_dir is None:
-            log.warning("--local-store needs a state dir and the native core: no local copies are kept")
+        if options.local_store and config.join.state_dir and self.local_dir is None:
+            log.warning("no local copies of the changelog are kept: they need the native core")
         self.lock = asyncio.Lock()
         self.stopping = asyncio.Event()
         self.fatal: BaseException | None = None
@@ -882,11 +884,11 @@ async def run_worker(config: MonitorConfig, options: WorkerOptions) -> None:
               help="Fixed evaluation time for /metrics, RFC 3339 or epoch seconds (tests and benchmarks only; "
                    "default: now).")
 @click.option("--state-dir", type=click.Path(file_okay=False), envvar="MLMON_STATE_DIR",
-              help="Directory for the join's on-disk stores, a cache of the state changelog (default: the "
-                   "system temp directory).")
-@click.option("--local-store/--no-local-store", default=False, show_default=True, envvar="MLMON_LOCAL_STORE",
+              help="Directory for the join's on-disk stores and the local copies of the state changelog "
+                   "(default: join.state_dir, else mlmon-state in the system temp directory).")
+@click.option("--local-store/--no-local-store", default=True, show_default=True, envvar="MLMON_LOCAL_STORE",
               help="Keep a local copy of each partition's changelog in the state dir, so a restart here reads "
-                   "only what was written after it (needs --state-dir or join.state_dir).")
+                   "only what was written after it.")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
               show_default=True)
 def worker_command(config_path: str, metrics_port: int | None, checkpoint_interval: float, max_unwritten: int,
@@ -904,10 +906,8 @@ def worker_command(config_path: str, metrics_port: int | None, checkpoint_interv
         config = load_config(config_path)
     except ConfigError as exc:
         raise click.ClickException("\n".join([str(exc.source or config_path) + ":", *exc.problems])) from None
-    # Where a join memory budget (join.memory_entries) puts the entries beyond it.
+    # Where a join memory budget (join.memory_entries) puts the entries beyond it, and the local copies.
     config = config.model_copy(update={"join": config.join.for_worker(state_dir)})
-    if local_store and not config.join.state_dir:
-        raise click.UsageError("--local-store needs a state dir: --state-dir (MLMON_STATE_DIR) or join.state_dir")
     options = WorkerOptions(
         metrics_port=config.metrics.port if metrics_port is None else metrics_port,
         metrics_bind=config.metrics.bind, at=_parse_at(at), checkpoint_interval=checkpoint_interval,
