@@ -1,7 +1,9 @@
 """More than 2M pending predictions in one partition, on a broker with its STOCK settings (message.max.bytes
 1 MB, socket.request.max.bytes 100 MB): the worker stays healthy, writes its state as small changelog
-records, survives kill -9 and restores from the changelog, and ends exactly where `monitor replay` of the
-same events ends. (The whole-state checkpoint this replaced stopped consuming at about 700k.)
+records, survives kill -9 and restores from its local copy of the changelog plus the records after its
+last seal, and ends exactly where `monitor replay` of the same events ends; a worker on a new machine then
+restores the whole changelog to the same figures. (The whole-state checkpoint this replaced stopped
+consuming at about 700k.)
 """
 
 from __future__ import annotations
@@ -154,9 +156,22 @@ def _run(kafka_bootstrap: str, name: str, path: Path, tmp_path: Path, workers: l
     wait_for("the restarted worker to drain", drained([second], expected), timeout=400, workers=[second])
     assert_series_equal(second.scrape(), expected)
     out = second.output()
-    restored = re.findall(r"state restored from (\d+) changelog records .* in ([\d.]+) s", out)
-    assert restored and int(restored[0][0]) >= PENDING, out[-2000:]
+    # On the same machine: the local copy of the changelog, and only the records after its last seal.
+    local = re.findall(r"state restored from the local store and the (\d+) changelog records after offset (\d+) "
+                       r".* in ([\d.]+) s", out)
+    assert local and int(local[0][1]) > 0 and int(local[0][0]) < PENDING, out[-2000:]
     assert "state write failed" not in first.output() + out
     assert second.get("/healthz")[0] == 200
-    print(f"restored {int(restored[0][0]):,} records in {restored[0][1]} s; drained {time.monotonic() - started:.0f} s "
-          "after the restart")
+    drain_s = time.monotonic() - started
+    assert second.stop() == 0, second.output()[-3000:]
+
+    # On a new machine (another state dir): the whole changelog, to the same figures.
+    third = WorkerProcess(path, T0 + PENDING * 0.01 + 600, tmp_path, env={"MLMON_STATE_DIR": str(tmp_path / "new")})
+    workers.append(third)
+    wait_for("the worker on a new machine to restore", drained([third], expected), timeout=400, workers=[third])
+    assert_series_equal(third.scrape(), expected)
+    restored = re.findall(r"state restored from (\d+) changelog records .* in ([\d.]+) s", third.output())
+    assert restored and int(restored[0][0]) >= PENDING, third.output()[-2000:]
+    print(f"after kill -9: {int(local[0][0]):,} changelog records on top of the local copy in {local[0][2]} s, "
+          f"drained {drain_s:.0f} s after the restart; on a new machine {int(restored[0][0]):,} records in "
+          f"{restored[0][1]} s")

@@ -184,6 +184,7 @@ class Worker:
         self.end_offsets: dict[TopicPartition, int] = {}
         self._client_options: dict[str, Any] = {}
         self.joined = False
+        self.closed = False  # the partitions' state written and closed on the way out
         # Clear while newly assigned partitions are restored: aiokafka fetches for them meanwhile, and what
         # it fetched stays buffered until they are positioned (see fetched.seek), rather than being taken
         # first and fetched again after the seek.
@@ -321,17 +322,20 @@ class Worker:
                  "native" if native.enabled() else "pure-Python (monitor._native not built, or MLMON_NATIVE=0)")
 
     async def _shutdown(self) -> None:
-        if self.consumer is not None and self.fatal is None and self.topics is not None:
-            async with self.lock:
+        # Under the lock: a rebalance callback (the group may still rebalance until the consumer stops)
+        # seals and closes the same partitions' copies.
+        async with self.lock:
+            if self.consumer is not None and self.fatal is None and self.topics is not None:
                 await self._checkpoint(list(self.partitions.values()), force=True)
-        elif self._writing is not None:
-            try:
-                await self._settle()
-            except Exception:  # already failing: the reason that stops the worker is reported elsewhere
-                log.exception("the checkpoint being written failed")
-        for state in [*self.partitions.values(), *self.parked.values()]:
-            await state.writer.close()
-        await self._close_local([*self.partitions.values(), *self.parked.values()])
+            elif self._writing is not None:
+                try:
+                    await self._settle()
+                except Exception:  # already failing: the reason that stops the worker is reported elsewhere
+                    log.exception("the checkpoint being written failed")
+            for state in [*self.partitions.values(), *self.parked.values()]:
+                await state.writer.close()
+            await self._close_local([*self.partitions.values(), *self.parked.values()])
+            self.closed = True
         self.stopping.set()
         if self._repartition_task is not None:
             await asyncio.gather(self._repartition_task, return_exceptions=True)
@@ -627,6 +631,8 @@ class Worker:
     # --- rebalances ----------------------------------------------------------------------------------------
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         async with self.lock:
+            if self.closed:  # a rebalance finished while the consumer stops: the state is already written
+                return
             states = [self.partitions[p] for p in sorted({tp.partition for tp in revoked}) if p in self.partitions]
             await self._checkpoint(states, force=True)
             for s in states:
@@ -643,20 +649,23 @@ class Worker:
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         self.restored.clear()
-        async with self.lock:
-            try:
-                await self._assign(assigned)
-            except Exception as exc:
-                log.exception("cannot take over partitions %s", sorted(tp.partition for tp in assigned))
-                self.fatal = exc
-                self.stop()
-                return
-            finally:
-                self.restored.set()
-            self.joined = True
-            # What was just assigned is what its changelog holds: the first checkpoint is an interval away.
-            if self._writing is None:
-                self._next_checkpoint = time.monotonic() + self.options.checkpoint_interval
+        try:
+            async with self.lock:
+                if self.closed:  # a rebalance finished while the consumer stops
+                    return
+                try:
+                    await self._assign(assigned)
+                except Exception as exc:
+                    log.exception("cannot take over partitions %s", sorted(tp.partition for tp in assigned))
+                    self.fatal = exc
+                    self.stop()
+                    return
+                self.joined = True
+                # What was just assigned is what its changelog holds: the first checkpoint is an interval away.
+                if self._writing is None:
+                    self._next_checkpoint = time.monotonic() + self.options.checkpoint_interval
+        finally:
+            self.restored.set()
 
     async def _assign(self, assigned: set[TopicPartition]) -> None:
         assert self.reader is not None and self.consumer is not None and self.topics is not None
