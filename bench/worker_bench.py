@@ -1,7 +1,7 @@
 """Broker -> worker -> metrics, beside `monitor replay` and a bare aiokafka consumer, on the same events.
 
     python -m bench.worker_bench [--mix example|realistic] [--events N] [--partitions P] [--bootstrap HOST:PORT]
-                                 [--profile FILE] [--no-repartition] [--repeat R]
+                                 [--profile FILE] [--no-repartition] [--repeat R] [--no-local-store]
 
 1. Generates N predictions and their ground truth: of the 6-label example model (monitor.simulate), or with
    `--mix realistic` bench/make_stream.py's mix (three models; served lists, partial ground truth,
@@ -10,12 +10,13 @@
 3. Produces both topics keyed by prediction_id (P partitions each), then times, in this one run:
    - bare: one aiokafka consumer reading both topics with getmany and orjson-decoding every value;
    - replay: `run_replay` on the same bytes (the engine alone, files already in memory);
-   - worker: the real Worker in this process, from its first applied event to its last, then a scrape
-     of /metrics, and the same figures as replay (checked);
-   - restart: a second Worker on the same group after a graceful stop: time until it has restored every
-     partition from its changelog; then two with `--local-store` on one state dir: the first reads the
-     changelog into local copies (monitor/stream/local_store.py), the second reads only what follows
-     their seals (timed);
+   - worker: the real Worker in this process, with a state dir (so, as by default, it keeps a local copy
+     of each partition's changelog: monitor/stream/local_store.py), from the end of its assignment to its
+     last applied event, then a scrape of /metrics, and the same figures as replay (checked); and the
+     same reading through aiokafka's getmany (--no-local-store: both workers without copies);
+   - restart: a second Worker on the same group after a graceful stop, without a state dir: time until
+     it has restored every partition from its changelog; then one on the first worker's state dir, which
+     reads only what follows its local copies' seals;
    - repartitioned: a Worker with `kafka.repartition: always` (another group) on the same topics: the
      repartition stage copies every event to the internal topics in transactions and the join stage
      reads the copies, both in this one process, from the first event to the last applied (checked
@@ -128,25 +129,39 @@ def _cpu_of(pid: int | None) -> float | None:
 # first event to its last. On a shared machine wall time follows the other jobs; CPU time much less.
 LAST_CPU: dict[str, float | None] = {}
 BROKER_PID: list[int | None] = [None]
+# Whether the workers keep local copies of their changelogs (the default; --no-local-store: the peer).
+LOCAL_STORE = [True]
 
 
 async def run_worker(config: MonitorConfig, total: int, at: float, profile: cProfile.Profile | None,
                      columns: bool = True) -> tuple[float, Worker, bytes]:
     worker = Worker(config, WorkerOptions(metrics_port=0, metrics_bind="127.0.0.1", at=at,
-                                          session_timeout_ms=6000, columns=columns))
+                                          session_timeout_ms=6000, columns=columns,
+                                          local_store=LOCAL_STORE[0]))
     # A profile covers start-up too: enabling it mid-flight loses the frames already running.
     if profile is not None:
         profile.enable()
+    # The clock starts once the worker owns its partitions (group joined, nothing applied yet), taken as
+    # its assignment ends: at this loop's next turn, a getmany building records may have held the loop.
+    owned: list[tuple[float, float, float | None]] = []
+    assign = worker.on_assigned
+
+    async def on_assigned(assigned: set[TopicPartition]) -> None:
+        await assign(assigned)
+        if not owned and worker.joined:
+            owned.append((time.perf_counter(), time.process_time(), _cpu_of(BROKER_PID[0])))
+
+    worker.on_assigned = on_assigned  # type: ignore[method-assign]
     task = asyncio.create_task(worker.run())
-    # The clock starts once the worker owns its partitions (group joined, nothing applied yet).
     first = None
     while worker.stats.events < total:
         if task.done():
             task.result()
         stage = worker.repartitioner
-        if first is None and worker.joined and (stage is None or stage.joined):
-            first = time.perf_counter()
-            cpu0, broker0 = time.process_time(), _cpu_of(BROKER_PID[0])
+        if first is None and owned and (stage is None or stage.joined):
+            # With a repartition stage, the later of the two (its join is seen here, a little late).
+            first, cpu0, broker0 = owned[0] if stage is None else (time.perf_counter(), time.process_time(),
+                                                                   _cpu_of(BROKER_PID[0]))
         await asyncio.sleep(0.001 if first is None else 0.01)
     elapsed = time.perf_counter() - (first or time.perf_counter())
     broker1 = _cpu_of(BROKER_PID[0])
@@ -160,9 +175,9 @@ async def run_worker(config: MonitorConfig, total: int, at: float, profile: cPro
     return elapsed, worker, body
 
 
-async def restart(config: MonitorConfig, at: float, local_store: bool = False) -> tuple[float, Worker]:
+async def restart(config: MonitorConfig, at: float) -> tuple[float, Worker]:
     worker = Worker(config, WorkerOptions(metrics_port=0, metrics_bind="127.0.0.1", at=at,
-                                          session_timeout_ms=6000, local_store=local_store))
+                                          session_timeout_ms=6000))
     started = time.perf_counter()
     task = asyncio.create_task(worker.run())
     while not worker.joined:
@@ -257,7 +272,7 @@ def one_round(config: MonitorConfig, with_dir: MonitorConfig, preds: list[bytes]
                                                "worker": dict(LAST_CPU)}
     # The same worker reading its inputs through aiokafka's getmany (a ConsumerRecord per record), on
     # another group: the peer of the columnar read.
-    getmany_s, _, getmany_body = asyncio.run(run_worker(group(config, "-getmany"), total, at, None, columns=False))
+    getmany_s, _, getmany_body = asyncio.run(run_worker(group(with_dir, "-getmany"), total, at, None, columns=False))
     cpu["worker, getmany"] = dict(LAST_CPU)
     seconds = {"bare": bare_s, "replay": replay_s, "worker": worker_s, "worker, getmany": getmany_s}
     return Round(seconds, cpu, at, replay_figures, worker, body, getmany_body)
@@ -272,9 +287,12 @@ def main() -> None:
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     ap.add_argument("--profile", help="write the worker's cProfile stats here and print the top entries")
     ap.add_argument("--no-repartition", action="store_true", help="skip the repartitioned worker's run")
+    ap.add_argument("--no-local-store", action="store_true",
+                    help="the workers keep no local copies of their changelogs (to compare with the default)")
     ap.add_argument("--repeat", type=int, default=1,
                     help="rounds of bare, replay and both workers (fresh groups each); medians are reported")
     args = ap.parse_args()
+    LOCAL_STORE[0] = not args.no_local_store
 
     broker = None
     if not args.bootstrap:
@@ -287,7 +305,7 @@ def main() -> None:
         preds, truths, config_path = events_of(args.mix, args.events)
         total = len(preds) + len(truths)
         config = bench_config(args.bootstrap, args.partitions, config_path)
-        # The workers run with a state dir (for the join's store); the last restarts keep local copies there.
+        # The workers run with a state dir (the join's store and the local copies of the changelog).
         state_dirs = [tempfile.mkdtemp(prefix="mlmon-bench-state-") for _ in range(args.repeat)]
         with_dir = with_state_dir(config, state_dirs[0])
         produce_s = asyncio.run(produce(config, preds, truths))
@@ -304,8 +322,8 @@ def main() -> None:
         cpu = {name: {**used, "worker": statistics.median([r.cpu[name]["worker"] or 0.0 for r in rounds])}
                for name, used in first.cpu.items()}
         restart_s, restarted = asyncio.run(restart(config, at))  # no state dir: reads the changelog
-        asyncio.run(restart(with_dir, at, local_store=True))  # reads the changelog into new local copies
-        local_s, loaded = asyncio.run(restart(with_dir, at, local_store=True))
+        # The first round's worker sealed its copies there.
+        local = asyncio.run(restart(with_dir, at)) if LOCAL_STORE[0] else None
         for state_dir in state_dirs:
             shutil.rmtree(state_dir, ignore_errors=True)
         repartitioned = None
@@ -375,9 +393,11 @@ def main() -> None:
                 print(f"repartition stage: {rst.copied} copied in {rst.transactions} transactions, "
                       f"{rst.seconds:.2f} s inside them, summed over source partitions (they overlap)")
         rs = restarted.stats
-        print(f"restart after graceful stop, local store: {local_s:.2f} s to joined and restored "
-              f"({loaded.stats.restored_records} changelog records read after the local stores' seals; restore "
-              f"{loaded.stats.restore_seconds:.2f} s)")
+        if local is not None:
+            local_s, loaded = local
+            print(f"restart after graceful stop, local store: {local_s:.2f} s to joined and restored "
+                  f"({loaded.stats.restored_records} changelog records read after the local stores' seals; "
+                  f"restore {loaded.stats.restore_seconds:.2f} s)")
         print(f"restart after graceful stop, changelog: {restart_s:.2f} s to joined and restored "
               f"({rs.restored_bytes / 1e6:.1f} MB of checkpoints read in {rs.restore_seconds:.2f} s)")
         for name, (mem, snap) in memory.items():

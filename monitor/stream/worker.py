@@ -89,8 +89,8 @@ class WorkerOptions:
     state_retry_base: float = 1.0
     # Records per fetch round (None: 200,000 with the native core, 20,000 without). A round is applied with
     # one flush per partition engine, and a flush costs mostly per call, so a worker catching up on a
-    # backlog runs faster in large rounds: on the realistic mix 60,000 gave 1.3x the events/s of 20,000 and
-    # 200,000 about 1.7x that (bench/worker_bench.py). Bounded so one round never blocks the loop
+    # backlog runs faster in large rounds: on the realistic mix 200,000 gave about 1.05x the events/s of
+    # 60,000 (bench/worker_bench.py). Bounded so one round never blocks the loop
     # (heartbeats, scrapes) for long: about 0.2-0.3 s of applying either way. Memory is bounded by the
     # fetch sizes, not by this.
     max_batch: int | None = None
