@@ -72,6 +72,7 @@ class Row:
     peak_mb: float
     bytes_per_event: float
     restore_s: float  # from the changelog alone
+    read_s: float  # of which reading the changelog (into the new local copy); the rest is loading the join
     restore_rate: float  # changelog records (entries and blocks) per second
     restore_peak_mb: float  # the restoring worker's peak resident set
     local_s: float  # after kill -9, from the local copy and the changelog after its last seal
@@ -275,14 +276,15 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, mem
             worker.stop()
     text = log.read_text()
     found = re.findall(r"state restored from (\d+) changelog records \(.*?\) in ([\d.]+) s", text)
+    reads = re.findall(r"changelog read in ([\d.]+) s", text)  # the last one is the new machine's
     local = re.findall(r"state restored from the local store and the (\d+) changelog records after offset \d+ "
                        r"\(.*?\) in ([\d.]+) s", text)
     if not found or not local:
         raise SystemExit(f"a restarted worker did not restore state as expected: see {log}")
     restored, restore_s = int(found[-1][0]), float(found[-1][1])
     return Row(pending, pending / fill_s if pending else 0.0, 2 * probe / probe_s, 2 * probe / probe_cpu, rss, peak,
-               written / events, restore_s, restored / restore_s, restore_peak, float(local[-1][1]),
-               int(local[-1][0]))
+               written / events, restore_s, float(reads[-1]), restored / restore_s, restore_peak,
+               float(local[-1][1]), int(local[-1][0]))
 
 
 def join_row(pending: int, probe: int, budget: int | None) -> str:
@@ -372,10 +374,12 @@ def main() -> None:
           f"{args.probe:,} ground truths; encoded entry with its key: about {entry} bytes")
     print(f"{'pending':>11} {'fill ev/s':>10} {'probe ev/s':>11} {'ev/CPU s':>10} {'vs empty':>9} {'RSS MB':>8} "
           f"{'peak MB':>8} "
-          f"{'state B/event':>14} {'restore s':>10} {'records/s':>10} {'restore peak MB':>16} {'local s':>8} "
+          f"{'state B/event':>14} {'restore s':>10} {'read s':>7} {'records/s':>10} {'restore peak MB':>16} "
+          f"{'local s':>8} "
           f"{'tail':>8}", flush=True)
-    print("(restore: from the changelog alone, on a new machine; local: after kill -9, from the local store and "
-          "the tail of the changelog after its last seal)", flush=True)
+    print("(restore: from the changelog alone, on a new machine, of which read: reading it from the broker, the "
+          "rest loading the join; local: after kill -9, from the local store and the tail of the changelog after "
+          "its last seal)", flush=True)
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
@@ -391,7 +395,7 @@ def main() -> None:
 def show(r: Row, empty: Row) -> None:
     print(f"{r.pending:>11,} {r.fill_rate:>10,.0f} {r.probe_rate:>11,.0f} {r.probe_cpu_rate:>10,.0f} "
           f"{r.probe_cpu_rate / empty.probe_cpu_rate:>9.2f} "
-          f"{r.rss_mb:>8.0f} {r.peak_mb:>8.0f} {r.bytes_per_event:>14.0f} {r.restore_s:>10.1f} "
+          f"{r.rss_mb:>8.0f} {r.peak_mb:>8.0f} {r.bytes_per_event:>14.0f} {r.restore_s:>10.1f} {r.read_s:>7.1f} "
           f"{r.restore_rate:>10,.0f} {r.restore_peak_mb:>16.0f} {r.local_s:>8.1f} {r.local_tail:>8,}", flush=True)
 
 
