@@ -175,3 +175,44 @@ def test_taken_fetch_results_are_freed_without_the_cyclic_collector(
         gc.enable()
     assert taken and len(refs) > 2 * PARTITIONS  # not vacuous: several fetch results per partition
     assert alive <= PARTITIONS  # at most the ones still buffered when the consumer stopped
+
+
+@pytest.mark.kafka
+def test_a_seek_to_the_held_position_keeps_what_was_fetched_and_hold_takes_nothing(
+        filled: tuple[str, str, int]) -> None:
+    """What the worker does on assignment: nothing is taken while its restore holds the loop, and the
+    partitions are then positioned where aiokafka already is, so the prefetched records are not fetched
+    again; a seek elsewhere still drops them and reads from there."""
+    bootstrap, topic, _ = filled
+
+    async def run() -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                    isolation_level="read_committed", auto_offset_reset="earliest")
+        await consumer.start()
+        tp = TopicPartition(topic, 0)
+        try:
+            consumer.assign([tp])
+            held = asyncio.Event()
+            records = consumer._fetcher._records  # type: ignore[attr-defined]
+            for _ in range(100):  # the fetcher fetches on its own once the partition has a position
+                assert await fetched.take(consumer, timeout_ms=50, max_records=500, hold=held) == []
+                if tp in records:
+                    break
+            buffered = records[tp]
+            assert await consumer.position(tp) == 0  # nothing taken: the position did not move
+            fetched.seek(consumer, tp, 0)
+            assert records.get(tp) is buffered  # kept: no second fetch of the same records
+            held.set()
+            got = await fetched.take(consumer, timeout_ms=2000, max_records=500, hold=held)
+            assert got and got[0].offsets[0] == 0
+            fetched.seek(consumer, tp, 5)  # elsewhere: a real seek
+            assert tp not in records and await consumer.position(tp) == 5
+            for _ in range(50):
+                got = await fetched.take(consumer, timeout_ms=200, max_records=500)
+                if got:
+                    break
+            assert got[0].offsets[0] == 5
+        finally:
+            await consumer.stop()
+
+    asyncio.run(run())
