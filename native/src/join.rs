@@ -973,11 +973,18 @@ impl JoinTable {
     }
 }
 
+/// The fewest candidates `load_staged` holds before handing the ones that expire first over (halved):
+/// small budgets still hand over in large batches. Small in tests, so that they hand over many times.
+#[cfg(not(test))]
+const MIN_LOAD_WINDOW: usize = 1 << 16;
+#[cfg(test)]
+const MIN_LOAD_WINDOW: usize = 64;
+
 /// Entries on their way into a table with a budget, keeping those that expire last. The loader reads ids
 /// in ascending order, so an entry's arrival number orders ties on the expiry as its id does and
 /// entries compare as integers. Up to twice the budget are held; then a selection (linear) picks the
 /// budget's worth that expire last, and one pass in row order hands over the others and moves the kept
-/// ones to the front. Rows are appended end to end and only ever read in row order: visiting them in
+/// ones to the front, in place. Rows are appended end to end and only ever read in row order: visiting them in
 /// expiry order (slots reused at random) was a cache miss or two per entry, most of a restore's own time.
 struct Candidates {
     /// Per row: its expiry as ordered bits, and its arrival.
@@ -1005,11 +1012,7 @@ impl Candidates {
     }
 
     fn push(&mut self, expires: f64, arrival: u64, id: &[u8], value: &[u8]) {
-        self.push_row((u64::from_be_bytes(expiry_bytes(expires)), arrival), id, value);
-    }
-
-    fn push_row(&mut self, key: (u64, u64), id: &[u8], value: &[u8]) {
-        self.keys.push(key);
+        self.keys.push((u64::from_be_bytes(expiry_bytes(expires)), arrival));
         self.ids.push(id);
         self.values.extend_from_slice(value);
     }
@@ -1040,16 +1043,29 @@ impl Candidates {
                 leaving[i as usize] = false;
             }
         }
-        let mut kept = Candidates::new(self.width, self.keys.capacity(), self.ids.bytes() / n + 1);
+        // The kept rows move to the front in place (row w <= row i, and its bytes start no later): a
+        // fresh set of columns per call was hundreds of megabytes of new pages to fault in each time.
+        let (width, mut w, mut w_bytes) = (self.width, 0, 0);
         for (i, &leaves) in leaving.iter().enumerate() {
-            let (arrival, id, value) = self.row(i);
             if leaves {
+                let (arrival, id, value) = self.row(i);
                 f(arrival, id, value)?;
-            } else {
-                kept.push_row(self.keys[i], id, value);
+                continue;
             }
+            // Row i's start is still its own: rows before it were either all kept in place, or fewer
+            // than i were written.
+            let (start, end) = (if i == 0 { 0 } else { self.ids.ends[i - 1] }, self.ids.ends[i]);
+            self.ids.data.copy_within(start..end, w_bytes);
+            w_bytes += end - start;
+            self.ids.ends[w] = w_bytes;
+            self.values.copy_within(i * width..(i + 1) * width, w * width);
+            self.keys[w] = self.keys[i];
+            w += 1;
         }
-        *self = kept;
+        self.keys.truncate(w);
+        self.ids.ends.truncate(w);
+        self.ids.data.truncate(w_bytes);
+        self.values.truncate(w * width);
         Ok(())
     }
 }
@@ -1075,8 +1091,9 @@ impl Packed {
         &self.data[if i == 0 { 0 } else { self.ends[i - 1] }..self.ends[i]]
     }
 
-    fn bytes(&self) -> usize {
-        self.data.len()
+    fn clear(&mut self) {
+        self.data.clear();
+        self.ends.clear();
     }
 }
 
@@ -1097,7 +1114,7 @@ impl JoinTable {
         let (n, width) = (self.n_labels, entry_width(self.n_labels));
         let budget = self.cold.as_ref().map_or(usize::MAX, |c| c.budget);
         // Candidates held before the ones that expire first are handed over (unbounded without a store).
-        let window = budget.max(1 << 16).saturating_mul(2);
+        let window = budget.max(MIN_LOAD_WINDOW).saturating_mul(2);
         if let Some(cold) = &mut self.cold {
             cold.store.expect(expected);
         }
@@ -1135,7 +1152,7 @@ impl JoinTable {
         let k = k as usize;
         let hot = if k <= budget { k } else { budget - budget / 16 };
         kept.keep_last(hot, |arrival, id, value| self.spill_loaded(arrival, id, value, &mut entry, &mut out))?;
-        self.put_loaded(std::mem::take(&mut out))?;
+        self.put_loaded(&mut out)?;
         for i in 0..kept.len() {
             let (arrival, id, value) = kept.row(i);
             entry.read(value)?;
@@ -1181,13 +1198,14 @@ impl JoinTable {
         encode_loaded_into(&mut out.values.data, arrival, entry);
         out.values.ends.push(out.values.data.len());
         if out.rows.len() >= EPOCH_ENTRIES {
-            self.put_loaded(std::mem::take(out))?;
+            self.put_loaded(out)?;
         }
         Ok(())
     }
 
-    /// Spilled entries into the store, put in its two orders by integer keys: arrival is id order.
-    fn put_loaded(&mut self, out: Spills) -> Result<(), String> {
+    /// Spilled entries into the store, put in its two orders by integer keys: arrival is id order. `out`
+    /// is emptied, keeping its buffers for the next epoch (growing fresh ones faulted in new pages).
+    fn put_loaded(&mut self, out: &mut Spills) -> Result<(), String> {
         let Some(cold) = &mut self.cold else {
             return Ok(());
         };
@@ -1199,7 +1217,9 @@ impl JoinTable {
         by_id.sort_unstable();
         let by_id: Vec<u32> = by_id.into_iter().map(|(_, at)| at).collect();
         let sorted: Vec<(&[u8], f64, &[u8])> = order.into_iter().map(|(_, _, i)| out.get(i as usize)).collect();
-        cold.store.put_sorted(&sorted, &by_id, true)
+        cold.store.put_sorted(&sorted, &by_id, true)?;
+        out.clear();
+        Ok(())
     }
 }
 
@@ -1217,6 +1237,12 @@ impl Spills {
     /// Entry `i`: (id, expires, encoded value).
     fn get(&self, i: usize) -> (&[u8], f64, &[u8]) {
         (self.ids.get(i), self.rows[i].2, self.values.get(i))
+    }
+
+    fn clear(&mut self) {
+        self.rows.clear();
+        self.ids.clear();
+        self.values.clear();
     }
 }
 
