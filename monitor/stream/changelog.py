@@ -595,9 +595,19 @@ async def read_partitions(reader: AIOKafkaConsumer, topic: str, partitions: list
         if todo:
             # The reader's own client: its connections and metadata, no group, nothing assigned.
             fetcher = raw_fetch.RawReader(reader._client, raw_fetch.READ_COMMITTED)
-            async for tp, cols in fetcher.read({tp: starts[tp] for tp in todo}, todo, timeout):
-                # Inline, not in a thread: measured slower in a thread on this 2-core machine under load.
-                latest[tp].add(cols.data, cols.key_start, cols.key_end, cols.value_start, cols.value_end)
+            # Each fetch result is added on a thread (the native add lets go of the GIL) while the loop
+            # receives and unpacks the next; a partition's results are added one after the other, in order.
+            adding: dict[TopicPartition, asyncio.Future[None]] = {}
+            try:
+                async for tp, cols in fetcher.read({tp: starts[tp] for tp in todo}, todo, timeout):
+                    if tp in adding:
+                        await adding[tp]
+                    adding[tp] = asyncio.ensure_future(asyncio.to_thread(
+                        latest[tp].add, cols.data, cols.key_start, cols.key_end, cols.value_start, cols.value_end))
+            finally:
+                await asyncio.gather(*adding.values(), return_exceptions=True)
+            for added in adding.values():
+                added.result()
         out = {}
         for tp in tps:
             if tp in staged:
