@@ -120,6 +120,7 @@ class WorkerProcess:
         # the system temp directory, which would outlive the test).
         env = {**os.environ, "MLMON_SESSION_TIMEOUT_MS": "3000", "MLMON_CHECKPOINT_INTERVAL": str(checkpoint_interval),
                "MLMON_STATE_DIR": str(tmp_path / "state"), **(env or {})}
+        self.state_dir = Path(env["MLMON_STATE_DIR"])
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "monitor.cli", "worker", "--config", str(config_path),
@@ -385,7 +386,7 @@ def test_graceful_restart_reads_only_the_local_store(kafka_bootstrap: str, tmp_p
     preds, truths, at = stream
     path, config = write_config(tmp_path, kafka_bootstrap, join=join)
     expected = replay_series(config, preds, truths, at)
-    kafka, state_dir = config.kafka, tmp_path / "state"
+    kafka = config.kafka
     for topic in (kafka.predictions_topic, kafka.ground_truth_topic):
         create_topic(kafka_bootstrap, topic, partitions=kafka.partitions)
     cut = len(preds) // 2
@@ -395,7 +396,7 @@ def test_graceful_restart_reads_only_the_local_store(kafka_bootstrap: str, tmp_p
     wait_for("the first half", lambda: total(first.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == cut,
              workers=workers)
     assert first.stop() == 0
-    assert len(list((state_dir / "local" / kafka.group_id).iterdir())) == kafka.partitions
+    assert len(list((first.state_dir / "local" / kafka.group_id).iterdir())) == kafka.partitions
 
     produce(kafka_bootstrap, kafka.predictions_topic, preds[cut:])
     produce(kafka_bootstrap, kafka.ground_truth_topic, truths)

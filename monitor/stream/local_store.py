@@ -1,8 +1,8 @@
 """A local copy of each state partition's changelog, so a restarted worker reads only its tail.
 
 The changelog is the state's source of truth, and restoring a big partition from it reads every record
-(seconds per million pending predictions). With `--local-store` and a state dir, the worker also keeps,
-per partition, an embedded store (`monitor._native.Staged.local`, fjall) under
+(seconds per million pending predictions). So the worker also keeps (unless `--no-local-store`; the
+native core is needed), per partition, an embedded store (`monitor._native.Staged.local`, fjall) under
 `<state dir>/local/<group>/partition-<p>` holding the newest value of every changelog key. It is fed the
 records of each checkpoint only after the checkpoint's transaction commits, so it never holds state the
 changelog does not, and it is sealed now and then with a mark: the changelog offset up to which it holds
