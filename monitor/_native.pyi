@@ -139,7 +139,8 @@ class Join:
     def clear_changes(self) -> None: ...
     @property
     def changed(self) -> int:
-        """How many ids changed (or left) since tracking started or `clear_changes`."""
+        """How many ids changed (or left) since tracking started or `clear_changes`, at most: an id
+        that left the table and came back may count twice (`changes` lists it once)."""
     def mark_changed(self, ids: list[str]) -> None:
         """Records `ids` as changed again (a checkpoint that took them was not written)."""
     # `ids`: a list of str, or an object whose spans() gives (uint8 buffer, starts, ends) of UTF-8 ids

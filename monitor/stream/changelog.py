@@ -307,7 +307,8 @@ class ChangeTracker:
 
     @staticmethod
     def unwritten(engine: Engine) -> int:
-        """Join entries changed since the last checkpoint taken: what the next one would write."""
+        """Join entries changed since the last checkpoint taken: what the next one would write (at most;
+        the native join counts an id that left its table and came back twice)."""
         return sum(state.join.changed for state in engine.models.values())
 
     def committed(self, changes: Changes) -> None:

@@ -98,6 +98,12 @@ impl ExpiryQueue {
         }
     }
 
+    /// The run's `k`-th item: most often what the `k`-th pop from now returns (a hint for prefetching,
+    /// never for order).
+    pub fn run_ahead(&self, k: usize) -> Option<&Item> {
+        self.run.get(k)
+    }
+
     pub fn len(&self) -> usize {
         self.run.len() + self.heap.len()
     }

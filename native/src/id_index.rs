@@ -1,20 +1,27 @@
 //! The join's index: prediction id -> slot.
 //!
-//! A hash table of (id, slot) whose hash the caller computes once per step and keeps in the slot, so a
-//! step hashes its id once (a new entry used to hash it again to insert), and dropping an entry finds its
-//! bucket by hash and slot number, without hashing or comparing the id.
+//! A hash table of slot numbers alone: each slot keeps its id and the id's hash (`Keys`), which the
+//! caller computes once per step. A bucket is 4 bytes rather than an id's pointer and length as well
+//! (24 bytes): at 500,000 entries in memory the table is 5 MB instead of 25, and far more of it stays
+//! in the CPU's cache. A lookup compares the id of the slot a bucket names (a step reads that slot
+//! anyway); dropping an entry finds its bucket by hash and slot number, without reading the id.
 //!
 //! Ids come from producers: a seeded hash keeps crafted ids from colliding on purpose (Python's dict has
 //! the same protection with its randomized str hash).
 
-use std::sync::Arc;
-
 use ahash::RandomState;
 use hashbrown::HashTable;
 
+/// What the index reads of the table's slots: the id of each indexed slot and the hash it was indexed
+/// by. Every slot in the index must answer both until it is removed.
+pub trait Keys {
+    fn id(&self, slot: u32) -> &str;
+    fn hash(&self, slot: u32) -> u64;
+}
+
 #[derive(Default)]
 pub struct IdIndex {
-    table: HashTable<(Arc<str>, u32)>,
+    table: HashTable<u32>,
     hasher: RandomState,
 }
 
@@ -23,31 +30,29 @@ impl IdIndex {
         self.hasher.hash_one(id)
     }
 
-    pub fn get(&self, id: &str) -> Option<u32> {
-        self.get_hashed(id, self.hash(id))
+    pub fn get(&self, id: &str, keys: &(impl Keys + ?Sized)) -> Option<u32> {
+        self.get_hashed(id, self.hash(id), keys)
     }
 
     /// `hash` is `self.hash(id)`.
-    pub fn get_hashed(&self, id: &str, hash: u64) -> Option<u32> {
-        self.table.find(hash, |(k, _)| **k == *id).map(|&(_, s)| s)
+    pub fn get_hashed(&self, id: &str, hash: u64, keys: &(impl Keys + ?Sized)) -> Option<u32> {
+        self.table.find(hash, |&s| keys.id(s) == id).copied()
     }
 
-    /// Adds an id that is not in the index; `hash` is `self.hash(&id)`.
-    pub fn insert_new(&mut self, hash: u64, id: Arc<str>, slot: u32) {
-        let hasher = &self.hasher;
-        self.table.insert_unique(hash, (id, slot), |(k, _)| hasher.hash_one(&**k));
+    /// Adds a slot whose id is not in the index; `hash` is `self.hash` of its id, which `keys` gives too.
+    pub fn insert_new(&mut self, hash: u64, slot: u32, keys: &(impl Keys + ?Sized)) {
+        self.table.insert_unique(hash, slot, |&s| keys.hash(s));
     }
 
     /// Removes the entry of `slot`, whose id hashed to `hash`.
     pub fn remove(&mut self, hash: u64, slot: u32) {
-        if let Ok(bucket) = self.table.find_entry(hash, |&(_, s)| s == slot) {
+        if let Ok(bucket) = self.table.find_entry(hash, |&s| s == slot) {
             bucket.remove();
         }
     }
 
-    pub fn reserve(&mut self, additional: usize) {
-        let hasher = &self.hasher;
-        self.table.reserve(additional, |(k, _)| hasher.hash_one(&**k));
+    pub fn reserve(&mut self, additional: usize, keys: &(impl Keys + ?Sized)) {
+        self.table.reserve(additional, |&s| keys.hash(s));
     }
 
     pub fn len(&self) -> usize {
@@ -60,7 +65,7 @@ impl IdIndex {
 
     /// The slots, in no particular order.
     pub fn slots(&self) -> impl Iterator<Item = u32> + '_ {
-        self.table.iter().map(|&(_, s)| s)
+        self.table.iter().copied()
     }
 }
 
@@ -68,20 +73,40 @@ impl IdIndex {
 mod tests {
     use super::*;
 
+    struct Ids(Vec<(&'static str, u64)>);
+
+    impl Keys for Ids {
+        fn id(&self, slot: u32) -> &str {
+            self.0[slot as usize].0
+        }
+        fn hash(&self, slot: u32) -> u64 {
+            self.0[slot as usize].1
+        }
+    }
+
     #[test]
     fn finds_inserts_and_removes_by_slot() {
         let mut index = IdIndex::default();
+        let mut ids = Ids(Vec::new());
         for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
-            index.insert_new(index.hash(id), Arc::from(id), i as u32);
+            ids.0.push((id, index.hash(id)));
+            index.insert_new(index.hash(id), i as u32, &ids);
         }
-        assert_eq!(index.get("b"), Some(1));
+        assert_eq!(index.get("b", &ids), Some(1));
         let h = index.hash("b");
         index.remove(h, 7); // not b's slot: nothing happens
-        assert_eq!(index.get("b"), Some(1));
+        assert_eq!(index.get("b", &ids), Some(1));
         index.remove(h, 1);
-        assert_eq!((index.get("b"), index.get("a"), index.get("c")), (None, Some(0), Some(2)));
+        assert_eq!((index.get("b", &ids), index.get("a", &ids), index.get("c", &ids)), (None, Some(0), Some(2)));
         let mut slots: Vec<u32> = index.slots().collect();
         slots.sort_unstable();
         assert_eq!((slots, index.len()), (vec![0, 2], 2));
+        // Growing rehashes by the hashes the slots keep: everything is still found.
+        for i in 3..1000u32 {
+            let id: &'static str = Box::leak(format!("id-{i}").into_boxed_str());
+            ids.0.push((id, index.hash(id)));
+            index.insert_new(index.hash(id), i, &ids);
+        }
+        assert!((3..1000u32).all(|i| index.get(ids.0[i as usize].0, &ids) == Some(i)));
     }
 }

@@ -308,14 +308,12 @@ impl ColdStore {
         self.len
     }
 
-    /// Stores entries (id, expires, encoded value) that are not in the store yet. A spill of many goes
-    /// straight into new tables (fjall's ingestion of sorted runs): no journal, and no memtable, whose
-    /// skiplist inserts cost more than the join step itself. A few go through one write batch, as a
-    /// table per handful of keys would cost more in compactions than it saves.
+    /// `put_sorted` of entries (id, expires, encoded value) in any order (the tests' way in; the join
+    /// spills through `put_sorted`).
+    #[cfg(test)]
     pub fn put_many(&mut self, mut entries: Vec<(Vec<u8>, f64, Vec<u8>)>) -> Result<(), String> {
         let mut by_id: Vec<u32> = (0..entries.len() as u32).collect();
         if entries.len() >= INGEST_MIN {
-            // A spill pops the join's heap in key order already; the sort is then one linear pass.
             entries.sort_by(|a, b| expiry_bytes(a.1).cmp(&expiry_bytes(b.1)).then_with(|| a.0.cmp(&b.0)));
             by_id.sort_unstable_by(|&a, &b| entries[a as usize].0.cmp(&entries[b as usize].0));
         }
@@ -324,12 +322,16 @@ impl ColdStore {
         self.put_sorted(&refs, &by_id, false)
     }
 
-    /// `put_many` of entries already in `(expires, id)` order, `by_id` listing them in id order (both
-    /// orders only matter from INGEST_MIN entries on). `side_by_side` writes the two keyspaces on two
-    /// threads: for a restore, where the worker waits on the wall time (measured: a 2M-entry staged
-    /// restore 8-10% faster); the spills of a running join keep one thread, as the second costs CPU
-    /// that the other partitions and models would use (measured: 0.69x against 0.72-0.81x of the
-    /// empty state's events per CPU second at 10M pending).
+    /// Stores entries (id, expires, encoded value) that are not in the store yet, given in `(expires,
+    /// id)` order, `by_id` listing them in id order (both orders only matter from INGEST_MIN entries
+    /// on). A spill of many goes straight into new tables (fjall's ingestion of sorted runs): no
+    /// journal, and no memtable, whose skiplist inserts cost more than the join step itself. A few go
+    /// through one write batch, as a table per handful of keys would cost more in compactions than it
+    /// saves. `side_by_side` writes the two keyspaces on two threads: for a restore, where the worker
+    /// waits on the wall time (measured: a 2M-entry staged restore 8-10% faster); the spills of a
+    /// running join keep one thread, as the second costs CPU that the other partitions and models would
+    /// use (measured: 0.69x against 0.72-0.81x of the empty state's events per CPU second at 10M
+    /// pending).
     pub fn put_sorted(
         &mut self,
         entries: &[(&[u8], f64, &[u8])],
