@@ -7,6 +7,8 @@ that was never checkpointed (bit for bit after the same batches) and `run_replay
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -264,22 +266,33 @@ def test_a_state_topic_of_another_format_is_refused_with_the_reason() -> None:
 
 
 @pytest.mark.skipif(not native.enabled(), reason="native core not built")
-def test_both_joins_report_the_same_changes() -> None:
+@pytest.mark.parametrize("memory_entries", [None, 20])
+def test_both_joins_report_the_same_changes(memory_entries: int | None, tmp_path: Path) -> None:
+    """The Python join is the oracle of the native one's changes, also with entries moving between the
+    native join's memory and its store all the time, and with checkpoints that were not written (their
+    entries marked changed again, as `ChangeTracker.failed` does)."""
     config = oracle_config(ttl="1h", max_pending=300)
+    budgeted = config.model_copy(update={"join": config.join.model_copy(
+        update={"memory_entries": memory_entries, "state_dir": str(tmp_path)})})
     raw_p, raw_g = to_raw(*make_stream(seed=5, n=1200))
     items = list(merge_by_time(raw_p, raw_g, None))
-    engines = [Engine(config, use_native=False), Engine(config, use_native=True)]
+    engines = [Engine(config, use_native=False), Engine(budgeted, use_native=True)]
     for e in engines:
         track(e)
-    for batch in batches(items, 100):
+    for i, batch in enumerate(batches(items, 100)):
         got = []
         for e in engines:
             e.process(batch)
             e.flush()
-            ids, cols, gone = e.models["m"].join.changes()
+            join = e.models["m"].join
+            ids, cols, gone = join.changes()
             got.append((ids, {k: v.tolist() for k, v in cols.items()}, gone))
-            e.models["m"].join.clear_changes()
+            join.clear_changes()
+            if i % 3 == 2:
+                join.mark_changed([*ids, *gone])
         assert got[0] == got[1]
+        if memory_entries is not None:
+            assert engines[1].models["m"].join.memory_len <= memory_entries + 1
 
 
 @pytest.mark.parametrize("use_native", ENGINES)
