@@ -5,17 +5,19 @@
 For each N (a fresh consumer group and topics of one partition each):
 1. produces N predictions that never get ground truth (UUID ids, the 6-label example model), and starts
    `monitor worker` as a sub-process: the time until all N are applied gives the fill rate;
-2. produces a probe of P predictions plus P ground truths for them and measures the worker's CPU time
-   from then until all are applied (probe events per CPU second), with N pending; the same
-   probe on an empty state (its own group, measured first in the same run) is the peer. The wall time
-   from the start of producing is shown too (a worker on a small state keeps up with the producer);
+2. once the fill is checkpointed and the worker idle, a probe with N pending: P new predictions, then P
+   ground truths for them. The worker's CPU time from the first probe event until the probe's changes
+   are in the changelog (probe events per CPU second) is the compared figure; the wall time until the
+   last is applied, from the start of producing, is shown beside it. The same probe on an empty state
+   (its own group, measured first in the same run) is the peer;
 3. reads the worker's resident set (now and peak, /proc), and the changelog bytes it wrote per input event
    (mlmon_state_bytes_written_total);
 4. kill -9s it and starts a new worker process on the same state dir: it restores from its local copy of
    the changelog (monitor/stream/local_store.py, on by default, so in every worker of this bench) plus
    the changelog records after the copy's last seal;
 5. stops that one gracefully and starts another on a fresh state dir (a new machine): it restores from
-   the changelog alone, and its peak resident set is the restore's.
+   the changelog alone, and its peak resident set is the restore's. Each restart, like the probe, waits
+   for the disk to be idle first.
 Both restore times are the worker's own log's (from fencing to the state rebuilt): start-up and the dead
 member's session timeout before the group hands the partition over are not the restore's cost.
 
@@ -154,14 +156,15 @@ class WorkerProc:
         except OSError:
             return False
 
-    def wait(self, what: str, done: callable, timeout: float = 3600) -> float:  # type: ignore[valid-type]
+    def wait(self, what: str, done: callable, timeout: float = 3600,  # type: ignore[valid-type]
+             poll: float = 0.1) -> float:
         started = time.perf_counter()
         while not done():
             if self.proc.poll() is not None:
                 raise SystemExit(f"the worker exited ({self.proc.returncode}) while waiting for {what}")
             if time.perf_counter() - started > timeout:
                 raise SystemExit(f"timed out waiting for {what}")
-            time.sleep(0.1)  # each poll is a scrape, which costs the worker CPU
+            time.sleep(poll)  # each poll is a scrape, which costs the worker CPU
         return time.perf_counter() - started
 
     def cpu(self) -> float:
@@ -224,8 +227,7 @@ def probe_events(n: int, start: int) -> tuple[list[tuple[bytes, bytes]], list[tu
     return preds, truths
 
 
-def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, memory_entries: int | None,
-            settle: bool = False) -> Row:
+def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, memory_entries: int | None) -> Row:
     name = f"scale-{label}-{uuid.uuid4().hex[:6]}"
     config = write_config(tmp, bootstrap, name, max_pending=max(2_000_000, 2 * (pending + probe)),
                           memory_entries=memory_entries)
@@ -242,28 +244,31 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, mem
         worker.wait("the worker's start", worker.healthy, timeout=300)
         fill_s = worker.wait(f"{pending:,} pending predictions",
                              lambda: worker.metrics().get("mlmon_predictions_total") == pending)
-        if settle:  # the store's flushes and compactions of the fill done first: the probe's own cost only
-            quiet = worker.settle()
-            print(f"  {pending:,} pending: the worker was busy {quiet:.0f} s after the fill", file=sys.stderr)
+        # The fill's last changes checkpointed and the worker idle (the store's flushes and compactions,
+        # the local copy's seal done) before the probe: it pays for its own work only.
+        worker.wait("the checkpoint of the fill",
+                    lambda: worker.metrics().get("mlmon_state_records_written_total", 0) >= pending)
+        quiet = worker.settle()
+        os.sync()
+        print(f"  {pending:,} pending: the worker was busy {quiet:.0f} s after the fill", file=sys.stderr)
         preds, truths = probe_events(probe, pending)
-        # The worker keeps up with the producer on a small state, so the time after producing would time
-        # only the tail: the worker's CPU time from the first probe event to the last one applied is the
-        # measure, the wall time from the start of producing is shown beside it. (Not until the probe's
-        # checkpoint: with millions pending the next one can be 20 s away, and this bench's own scrapes
-        # in the meantime would be most of the CPU.)
+        # The worker's CPU time from the first probe event until the probe's changes are in the changelog:
+        # its share of the state writes included, as the fill's are left out above.
         cpu_before, started = worker.cpu(), time.perf_counter()
         asyncio.run(produce(bootstrap, f"{name}-p", preds))
         asyncio.run(produce(bootstrap, f"{name}-g", truths))
         worker.wait("the probe", lambda: worker.metrics().get("mlmon_ground_truth_total") == probe)
-        probe_s, probe_cpu = time.perf_counter() - started, worker.cpu() - cpu_before
-        # Every pending entry and every probe entry written at least once: a checkpoint covers the probe.
+        probe_s = time.perf_counter() - started
         worker.wait("the checkpoint of the probe",
-                    lambda: worker.metrics().get("mlmon_state_records_written_total", 0) >= pending + probe)
+                    lambda: worker.metrics().get("mlmon_state_records_written_total", 0) >= pending + probe,
+                    poll=0.5)
+        probe_cpu = worker.cpu() - cpu_before
         rss, peak = worker.memory()
         written = worker.metrics()["mlmon_state_bytes_written_total"]
         events = pending + 2 * probe
         worker.kill()
         for state_dir in (here, elsewhere):  # after kill -9 on the same machine, then on a new one
+            os.sync()  # each restore starts with the disk idle, as the probe does
             again = WorkerProc(config, free_port(), log, state_dir)
             try:
                 again.wait("the restore", lambda w=again: w.healthy() and (
@@ -352,9 +357,6 @@ def main() -> None:
     ap.add_argument("--memory-entries", type=int, default=None,
                     help="the worker's join.memory_entries (default: the config's default, 500,000; "
                          "0: none, all in memory)")
-    ap.add_argument("--settle", action="store_true",
-                    help="before each probe, wait until the worker is idle (the store's compactions of the fill "
-                         "done), so the probe measures its own cost only")
     ap.add_argument("--bootstrap", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     args = ap.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -383,10 +385,10 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as d:
             tmp = Path(d)
-            empty = run_one(tmp, args.bootstrap, 0, args.probe, "empty", args.memory_entries, args.settle)
+            empty = run_one(tmp, args.bootstrap, 0, args.probe, "empty", args.memory_entries)
             show(empty, empty)
             for n in sizes:  # each row as soon as it is measured: a long run that fails later keeps them
-                show(run_one(tmp, args.bootstrap, n, args.probe, str(n), args.memory_entries, args.settle), empty)
+                show(run_one(tmp, args.bootstrap, n, args.probe, str(n), args.memory_entries), empty)
     finally:
         if broker is not None:
             broker.stop()
