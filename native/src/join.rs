@@ -579,8 +579,8 @@ impl JoinTable {
                 let value = out.values.data[start..].to_vec();
                 self.cold.as_mut().expect("a budget").changed.insert(item.id.clone(), (item.expires, value));
             }
-            let seq = out.rows.len() as u64;
-            out.rows.push((u64::from_be_bytes(expiry_bytes(item.expires)), seq, item.expires));
+            let popped = out.rows.len() as u64;
+            out.rows.push((u64::from_be_bytes(expiry_bytes(item.expires)), popped, item.expires));
             out.ids.push(item.id.as_bytes());
             self.slots[s as usize].id = self.vacant.clone();
             self.free.push(s);
@@ -1308,9 +1308,9 @@ impl JoinTable {
     }
 }
 
-/// Entries on their way to the store, end to end: per entry its expiry as ordered bits, arrival and
-/// expiry, its id and its encoded value. One buffer each rather than two allocations per entry, which a
-/// million spilled entries then freed one by one.
+/// Entries on their way to the store, end to end: per entry its expiry as ordered bits, its arrival
+/// (a staged load's id order; a spill's pop order) and expiry, its id and its encoded value. One buffer
+/// each rather than two allocations per entry, which a million spilled entries then freed one by one.
 #[derive(Default)]
 struct Spills {
     rows: Vec<(u64, u64, f64)>,
