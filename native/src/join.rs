@@ -302,7 +302,8 @@ impl JoinTable {
     ) -> Result<Self, String> {
         let mut t = JoinTable::new(ttl, max_entries, n_labels);
         let store = ColdStore::open(dir)?;
-        t.cold = Some(Cold { store, budget: memory_entries.max(1), changed: HashMap::default(), spills: Spills::default() });
+        t.cold =
+            Some(Cold { store, budget: memory_entries.max(1), changed: HashMap::default(), spills: Spills::default() });
         Ok(t)
     }
 
