@@ -175,9 +175,16 @@ fn side_of(slot: &Slot) -> Side {
 /// An entry's value in the store (its id and expiry are the key): born, flags, the sides' fields and
 /// label vectors, little-endian, floats bit for bit.
 fn encode_entry(slot: &Slot, scores: &[f64], predicted: &[bool], known: &[bool], actual: &[bool]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(41 + scores.len() * 11);
+    encode_entry_into(&mut v, slot, scores, [predicted, known, actual]);
+    v
+}
+
+/// `encode_entry`, appended to `v`; `vectors` are predicted, known and actual.
+fn encode_entry_into(v: &mut Vec<u8>, slot: &Slot, scores: &[f64], vectors: [&[bool]; 3]) {
     let flags = slot.has_pred as u8 | (slot.has_truth as u8) << 1 | (slot.full as u8) << 2;
     let fields = (slot.pred_ts, slot.pred_version, slot.truth_ts, slot.truth_seq);
-    encode_fields(slot.born, flags, fields, scores, [predicted, known, actual])
+    encode_fields_into(v, slot.born, flags, fields, scores, vectors);
 }
 
 /// `encode_entry` of an entry read from the changelog, appended to `v`.
@@ -187,13 +194,7 @@ fn encode_loaded_into(v: &mut Vec<u8>, born: u64, e: &ChangelogEntry) {
     encode_fields_into(v, born, flags, fields, &e.scores, [&e.predicted, &e.known, &e.actual]);
 }
 
-fn encode_fields(born: u64, flags: u8, fields: (f64, i64, f64, i64), scores: &[f64], vectors: [&[bool]; 3]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(41 + scores.len() * 11);
-    encode_fields_into(&mut v, born, flags, fields, scores, vectors);
-    v
-}
-
-/// `encode_fields`, appended to `v`.
+/// The store's value layout (`encode_entry`), appended to `v`.
 fn encode_fields_into(
     v: &mut Vec<u8>,
     born: u64,
@@ -608,11 +609,8 @@ impl JoinTable {
     /// Slot `s`'s value in the store (`encode_entry`), appended to `v`.
     fn encode_into(&self, s: u32, v: &mut Vec<u8>) {
         let (n, at) = (self.n_labels, s as usize * self.n_labels);
-        let slot = &self.slots[s as usize];
-        let flags = slot.has_pred as u8 | (slot.has_truth as u8) << 1 | (slot.full as u8) << 2;
-        let fields = (slot.pred_ts, slot.pred_version, slot.truth_ts, slot.truth_seq);
         let vectors = [&self.predicted[at..at + n], &self.known[at..at + n], &self.actual[at..at + n]];
-        encode_fields_into(v, slot.born, flags, fields, &self.scores[at..at + n], vectors);
+        encode_entry_into(v, &self.slots[s as usize], &self.scores[at..at + n], vectors);
     }
 
     /// Pops the smallest expiry item and drops its entry unless the item is stale (the entry was
@@ -1331,35 +1329,13 @@ impl Spills {
         self.values.clear();
     }
 
-    /// A spill (entries pushed in the order they left the expiry queue, `(expires, id)`, the store's key
-    /// order) into the store, and emptied.
+    /// A spill (entries pushed in the order they left the expiry queue) into the store, and emptied.
     fn put_spilled(&mut self, store: &mut ColdStore) -> Result<(), String> {
-        let n = self.rows.len();
-        let mut sorted: Vec<(&[u8], f64, &[u8])> = (0..n).map(|i| self.get(i)).collect();
-        let order = |a: &(&[u8], f64, &[u8]), b: &(&[u8], f64, &[u8])| {
-            expiry_bytes(a.1).cmp(&expiry_bytes(b.1)).then_with(|| a.0.cmp(b.0))
-        };
-        if !sorted.windows(2).all(|w| order(&w[0], &w[1]) == Ordering::Less) {
-            sorted.sort_unstable_by(order); // not expected: the queue pops in this order
-        }
-        // Id order, mostly from the ids' first 8 bytes (one integer compare rather than a string compare
-        // per step of the sort).
-        let mut by_id: Vec<(u64, u32)> = (0..n as u32).map(|i| (id_prefix(sorted[i as usize].0), i)).collect();
-        by_id.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| sorted[a.1 as usize].0.cmp(sorted[b.1 as usize].0)));
-        let by_id: Vec<u32> = by_id.into_iter().map(|(_, i)| i).collect();
-        store.put_sorted(&sorted, &by_id, false)?;
+        let mut entries: Vec<(&[u8], f64, &[u8])> = (0..self.rows.len()).map(|i| self.get(i)).collect();
+        store.put_many(&mut entries)?;
         self.clear();
         Ok(())
     }
-}
-
-/// The first 8 bytes of an id, zero-padded, as a big-endian integer: ids in this order are in byte
-/// order, except that ids equal here need their bytes compared.
-fn id_prefix(id: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let k = id.len().min(8);
-    b[..k].copy_from_slice(&id[..k]);
-    u64::from_be_bytes(b)
 }
 
 /// The table's entries as columns, one row per entry (the layout of the Python engine's checkpoints).
