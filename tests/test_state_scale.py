@@ -161,7 +161,8 @@ def _run(kafka_bootstrap: str, name: str, path: Path, tmp_path: Path, workers: l
                        r".* in ([\d.]+) s", out)
     assert local and int(local[0][1]) > 0 and int(local[0][0]) < PENDING, out[-2000:]
     assert "state write failed" not in first.output() + out
-    assert second.get("/healthz")[0] == 200
+    status, body = second.get("/healthz")
+    assert status == 200, body  # the reason, when not healthy
     drain_s = time.monotonic() - started
     assert second.stop() == 0, second.output()[-3000:]
 
