@@ -5,9 +5,10 @@
 For each N (a fresh consumer group and topics of one partition each):
 1. produces N predictions that never get ground truth (UUID ids, the 6-label example model), and starts
    `monitor worker` as a sub-process: the time until all N are applied gives the fill rate;
-2. once the fill is checkpointed and the worker idle, a probe with N pending: P new predictions, then P
-   ground truths for them. The worker's CPU time from the first probe event until the probe's changes
-   are in the changelog (probe events per CPU second) is the compared figure; the wall time until the
+2. once the fill is checkpointed, the local copy sealed and the worker idle, a probe with N pending: P new
+   predictions, then P ground truths for them. The worker's CPU time from the first probe event until
+   the probe's changes are in the changelog and the local copy has sealed them (the seal that follows a
+   pause in the input) is the compared figure (probe events per CPU second); the wall time until the
    last is applied, from the start of producing, is shown beside it. The same probe on an empty state
    (its own group, measured first in the same run) is the peer;
 3. reads the worker's resident set (now and peak, /proc), and the changelog bytes it wrote per input event
@@ -57,6 +58,7 @@ import yaml
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from monitor.stream import local_store
 from monitor.stream.changelog import entry_dtype
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -145,9 +147,15 @@ class WorkerProc:
             return {}
         out: dict[str, float] = {}
         for name in ("mlmon_predictions_total", "mlmon_ground_truth_total", "mlmon_state_bytes_written_total",
-                     "mlmon_state_records_written_total"):
+                     "mlmon_state_records_written_total", "mlmon_local_store_unsealed_bytes"):
             out[name] = sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.MULTILINE))
         return out
+
+    def sealed(self) -> bool:
+        """The local copy holds less unsealed than a pause in the input seals (what it holds then waits for
+        its 60 s deadline)."""
+        held = self.metrics().get("mlmon_local_store_unsealed_bytes")
+        return held is not None and held < local_store.IDLE_SEAL_BYTES
 
     def healthy(self) -> bool:
         try:
@@ -244,16 +252,17 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, mem
         worker.wait("the worker's start", worker.healthy, timeout=300)
         fill_s = worker.wait(f"{pending:,} pending predictions",
                              lambda: worker.metrics().get("mlmon_predictions_total") == pending)
-        # The fill's last changes checkpointed and the worker idle (the store's flushes and compactions,
-        # the local copy's seal done) before the probe: it pays for its own work only.
+        # The fill's last changes checkpointed, the local copy sealed (the input paused) and the worker idle
+        # (the stores' flushes and compactions done) before the probe: it pays for its own work only.
         worker.wait("the checkpoint of the fill",
                     lambda: worker.metrics().get("mlmon_state_records_written_total", 0) >= pending)
+        worker.wait("the local copy's seal after the fill", worker.sealed)
         quiet = worker.settle()
         os.sync()
         print(f"  {pending:,} pending: the worker was busy {quiet:.0f} s after the fill", file=sys.stderr)
         preds, truths = probe_events(probe, pending)
-        # The worker's CPU time from the first probe event until the probe's changes are in the changelog:
-        # its share of the state writes included, as the fill's are left out above.
+        # The worker's CPU time from the first probe event until the probe's changes are in the changelog and
+        # in the local copy's next seal: its state writes included, as the fill's are left out above.
         cpu_before, started = worker.cpu(), time.perf_counter()
         asyncio.run(produce(bootstrap, f"{name}-p", preds))
         asyncio.run(produce(bootstrap, f"{name}-g", truths))
@@ -262,6 +271,7 @@ def run_one(tmp: Path, bootstrap: str, pending: int, probe: int, label: str, mem
         worker.wait("the checkpoint of the probe",
                     lambda: worker.metrics().get("mlmon_state_records_written_total", 0) >= pending + probe,
                     poll=0.5)
+        worker.wait("the local copy's seal after the probe", worker.sealed, poll=0.5)
         probe_cpu = worker.cpu() - cpu_before
         rss, peak = worker.memory()
         written = worker.metrics()["mlmon_state_bytes_written_total"]

@@ -304,9 +304,16 @@ LOCAL_STORE_FAILURES = _m(
     "Writes to a partition's local copy of its changelog that failed: the copy is dropped (/healthz names "
     "the partition), and that partition's next restore reads its whole changelog. Figures are unaffected.",
 )
+LOCAL_STORE_UNSEALED = _m(
+    "local_store_unsealed_bytes", "gauge", (L_PARTITION,),
+    "Key and value bytes of changelog records a partition's local copy holds unsealed: a restart after a "
+    "crash reads them from the changelog. At most 16 MiB; sealed every 60 s while records arrive, and when "
+    "the input pauses with 1 MiB or more held.",
+)
 # Exported by the worker only (not by replay): its Kafka and state health.
 WORKER_ONLY: Final = frozenset(m.name for m in (CONSUMER_LAG, STATE_WRITE_FAILURES, STATE_RECORDS_WRITTEN,
-                                                STATE_BYTES_WRITTEN, STATE_WRITE_WAITS, LOCAL_STORE_FAILURES))
+                                                STATE_BYTES_WRITTEN, STATE_WRITE_WAITS, LOCAL_STORE_FAILURES,
+                                                LOCAL_STORE_UNSEALED))
 BUILD_INFO = _m("build_info", "info", ("version", "python"), "Build information.")
 LAST_EVENT_TIMESTAMP = _m(
     "last_event_timestamp_seconds", "gauge", (L_MODEL, L_TOPIC),

@@ -409,6 +409,54 @@ def test_graceful_restart_reads_only_the_local_store(kafka_bootstrap: str, tmp_p
         == kafka.partitions, out[-2000:]
 
 
+def unsealed(worker: WorkerProcess) -> dict[str, float] | None:
+    """`mlmon_local_store_unsealed_bytes` by partition; None while /metrics does not answer."""
+    try:
+        status, body = worker.get("/metrics")
+    except OSError:
+        return None
+    if status != 200:
+        return None
+    found = re.findall(rf'^{c.LOCAL_STORE_UNSEALED.name}{{partition="(\d+)"}} (\S+)$', body.decode(), re.MULTILINE)
+    return {p: float(v) for p, v in found}
+
+
+@kafka_test
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not native.enabled(), reason="local copies of the changelog need the native core")
+def test_a_pause_in_the_input_seals_the_local_copies_holding_enough(kafka_bootstrap: str, tmp_path: Path, stream,  # noqa: F811
+                                                                     workers) -> None:
+    """With the 60 s deadline far away, a copy holding at least the idle floor is sealed as soon as a
+    checkpoint finds nothing to write; one holding less waits for its deadline."""
+    preds, _, at = stream
+    path, config = write_config(tmp_path, kafka_bootstrap)
+    kafka = config.kafka
+    for topic in (kafka.predictions_topic, kafka.ground_truth_topic):
+        create_topic(kafka_bootstrap, topic, partitions=kafka.partitions)
+    floor = 20_000
+    w = WorkerProcess(path, at, tmp_path, env={"MLMON_LOCAL_IDLE_SEAL_BYTES": str(floor)})
+    workers.append(w)
+    wait_for("the copies' gauge", lambda: len(unsealed(w) or {}) == kafka.partitions, workers=workers)
+    started = time.monotonic()
+    produce(kafka_bootstrap, kafka.predictions_topic, preds[:1500])  # tens of KB of changelog per partition
+    wait_for("the first slice", lambda: total(w.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == 1500,
+             workers=workers)
+    # The state counters move after the copies are fed: once they stop, a zero gauge means a seal.
+    wait_for("the first slice's checkpoints", state_settled(w), workers=workers)
+    wait_for("every copy sealed after the pause", lambda: set((unsealed(w) or {"": 1}).values()) == {0.0},
+             timeout=30, workers=workers)
+    assert time.monotonic() - started < 50  # long before the 60 s deadline of any copy
+
+    produce(kafka_bootstrap, kafka.predictions_topic, preds[1500:1510])  # far less than the floor
+    wait_for("the second slice", lambda: total(w.try_scrape() or {}, c.PREDICTIONS_TOTAL.name) == 1510,
+             workers=workers)
+    wait_for("its checkpoint", state_settled(w), workers=workers)
+    time.sleep(2.0)  # four checkpoint intervals, every one of them idle
+    held = unsealed(w) or {}
+    assert 0 < sum(held.values()) < floor * kafka.partitions, held
+    assert time.monotonic() - started < 55, "the 60 s deadline may have passed: the check above proved nothing"
+
+
 @kafka_test
 @pytest.mark.timeout(240)
 def test_two_workers_share_the_partitions_and_add_up(kafka_bootstrap: str, tmp_path: Path, stream, workers) -> None:  # noqa: F811

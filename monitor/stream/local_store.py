@@ -51,6 +51,11 @@ RUN_BYTES = 32 << 20
 # A copy is sealed at least this often while records arrive, and whenever SEAL_BYTES of them are held, so
 # a restart after a crash reads about this long of the changelog at most, or SEAL_BYTES of records.
 SEAL_SECONDS = float(os.environ.get("MLMON_LOCAL_SEAL_SECONDS", "60"))
+# When the input pauses (a checkpoint finds nothing to write), a copy holding at least this much is sealed
+# then rather than at its next deadline: the pause is spare time, and a restart after it reads no tail. The
+# floor keeps an input that pauses every few seconds from leaving a run per pause (runs are merged only
+# when many have piled up, a rewrite of the whole copy).
+IDLE_SEAL_BYTES = int(os.environ.get("MLMON_LOCAL_IDLE_SEAL_BYTES", str(1 << 20)))
 
 
 @dataclass(frozen=True)
@@ -108,8 +113,11 @@ class LocalCopy:
         if self.unsealed >= SEAL_BYTES or self.due():
             self.seal()
 
-    def due(self) -> bool:
-        """Records given since a seal SEAL_SECONDS ago or more (an idle partition's copy is sealed too)."""
+    def due(self, idle: bool = False) -> bool:
+        """Records given since a seal SEAL_SECONDS ago or more; when the input is `idle`, also at least
+        IDLE_SEAL_BYTES of records, however recent the last seal."""
+        if idle and self.unsealed >= IDLE_SEAL_BYTES:
+            return True
         return self.unsealed > 0 and time.monotonic() - self.sealed_at >= SEAL_SECONDS
 
     def seal(self) -> None:

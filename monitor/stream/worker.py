@@ -432,8 +432,8 @@ class Worker:
                     checkpoint = self._take(list(self.partitions.values()), force=False)
                 if checkpoint is None:
                     self._next_checkpoint = started + self.options.checkpoint_interval
-                    idle = [s for s in self.partitions.values() if s.local is not None and s.local.due()]
-                    if idle:  # nothing to write, but records since the last seal: sealed like the rest
+                    idle = [s for s in self.partitions.values() if s.local is not None and s.local.due(idle=True)]
+                    if idle:  # the input paused: copies holding enough records (or old ones) are sealed now
                         self._writing = asyncio.create_task(self._seal_all(idle))
                     continue
                 # Written while the loop consumes on: the taken changes and offsets are a value, and the
@@ -835,8 +835,8 @@ class _LagCollector(Collector):
 
 
 class _StateCollector(Collector):
-    """The state changelog's health: failed writes (each one also logged), records and bytes written, and
-    the times consumption waited for a write."""
+    """The state changelog's health: failed writes (each one also logged), records and bytes written, the
+    times consumption waited for a write, and what the local copies hold unsealed."""
 
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
@@ -851,6 +851,12 @@ class _StateCollector(Collector):
             fam = CounterMetricFamily(metric.name.removesuffix("_total"), metric.help)
             fam.add_metric([], value)
             yield fam
+        unsealed = GaugeMetricFamily(c.LOCAL_STORE_UNSEALED.name, c.LOCAL_STORE_UNSEALED.help,
+                                     labels=list(c.LOCAL_STORE_UNSEALED.labels))
+        for p, state in sorted(self.worker.partitions.items()):
+            if state.local is not None:
+                unsealed.add_metric([str(p)], state.local.unsealed)
+        yield unsealed
 
 
 # --- command line ------------------------------------------------------------------------------------------
