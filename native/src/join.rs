@@ -15,9 +15,9 @@ use ahash::RandomState;
 
 use crate::expiry::{ExpiryQueue, Item};
 use crate::id_index::{IdIndex, Keys};
+use crate::prefetch::prefetch;
 use crate::restore::{entry_expires, entry_width, ChangelogEntry};
 use crate::store::{expiry_bytes, ColdStore, EPOCH_ENTRIES};
-
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Side {
@@ -172,10 +172,13 @@ fn side_of(slot: &Slot) -> Side {
     }
 }
 
-/// An entry's value in the store (its id and expiry are the key): born, flags, the sides' fields and
-/// label vectors, little-endian, floats bit for bit.
+/// An entry's value in the store (its id and expiry are the key), exact and small, since every spilled
+/// entry is written to disk: born, version and sequence as LEB128 varints (the signed ones zigzagged), a
+/// flags byte, the two times bit for bit (a time whose bits are all zero only as a flag: a pending
+/// prediction has no ground-truth time), the scores bit for bit, and the three label vectors as bits.
+/// Under 70 bytes for a pending 6-label prediction, against 107 with fixed-width fields and a byte a label.
 fn encode_entry(slot: &Slot, scores: &[f64], predicted: &[bool], known: &[bool], actual: &[bool]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(41 + scores.len() * 11);
+    let mut v = Vec::with_capacity(48 + scores.len() * 9);
     encode_entry_into(&mut v, slot, scores, [predicted, known, actual]);
     v
 }
@@ -194,6 +197,26 @@ fn encode_loaded_into(v: &mut Vec<u8>, born: u64, e: &ChangelogEntry) {
     encode_fields_into(v, born, flags, fields, &e.scores, [&e.predicted, &e.known, &e.actual]);
 }
 
+/// Flag bits of a stored value beyond has_pred, has_truth and full: which time is left out (all bits 0).
+const NO_PRED_TS: u8 = 8;
+const NO_TRUTH_TS: u8 = 16;
+
+fn put_varint(v: &mut Vec<u8>, mut x: u64) {
+    while x >= 0x80 {
+        v.push(x as u8 | 0x80);
+        x >>= 7;
+    }
+    v.push(x as u8);
+}
+
+fn zigzag(x: i64) -> u64 {
+    ((x << 1) ^ (x >> 63)) as u64
+}
+
+fn unzigzag(x: u64) -> i64 {
+    (x >> 1) as i64 ^ -((x & 1) as i64)
+}
+
 /// The store's value layout (`encode_entry`), appended to `v`.
 fn encode_fields_into(
     v: &mut Vec<u8>,
@@ -203,59 +226,99 @@ fn encode_fields_into(
     scores: &[f64],
     vectors: [&[bool]; 3],
 ) {
-    v.extend_from_slice(&born.to_le_bytes());
+    let (pred_ts, pred_version, truth_ts, truth_seq) = fields;
+    let flags = flags
+        | if pred_ts.to_bits() == 0 { NO_PRED_TS } else { 0 }
+        | if truth_ts.to_bits() == 0 { NO_TRUTH_TS } else { 0 };
+    put_varint(v, born);
     v.push(flags);
-    v.extend_from_slice(&fields.0.to_le_bytes());
-    v.extend_from_slice(&fields.1.to_le_bytes());
-    v.extend_from_slice(&fields.2.to_le_bytes());
-    v.extend_from_slice(&fields.3.to_le_bytes());
+    if flags & NO_PRED_TS == 0 {
+        v.extend_from_slice(&pred_ts.to_le_bytes());
+    }
+    put_varint(v, zigzag(pred_version));
+    if flags & NO_TRUTH_TS == 0 {
+        v.extend_from_slice(&truth_ts.to_le_bytes());
+    }
+    put_varint(v, zigzag(truth_seq));
     for x in scores {
         v.extend_from_slice(&x.to_le_bytes());
     }
-    for flags in vectors {
-        v.extend(flags.iter().map(|&b| b as u8));
+    let mut byte = 0u8;
+    for (k, &b) in vectors.iter().flat_map(|bools| bools.iter()).enumerate() {
+        byte |= (b as u8) << (k % 8);
+        if k % 8 == 7 {
+            v.push(byte);
+            byte = 0;
+        }
+    }
+    if (3 * scores.len()) % 8 != 0 {
+        v.push(byte);
+    }
+}
+
+/// Reads `encode_entry`'s layout front to back.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn byte(&mut self) -> u8 {
+        let (&b, rest) = self.0.split_first().expect("a stored value cut short");
+        self.0 = rest;
+        b
+    }
+
+    fn varint(&mut self) -> u64 {
+        let (mut x, mut shift) = (0u64, 0);
+        loop {
+            let b = self.byte();
+            x |= u64::from(b & 0x7f) << shift;
+            if b < 0x80 {
+                return x;
+            }
+            shift += 7;
+        }
+    }
+
+    fn f64(&mut self) -> f64 {
+        let (bytes, rest) = self.0.split_at(8);
+        self.0 = rest;
+        f64::from_le_bytes(bytes.try_into().expect("8 bytes"))
     }
 }
 
 /// A stored value back into a slot and label vectors (`encode_entry`'s layout).
 fn decode(id: Arc<str>, expires: f64, v: &[u8], n: usize) -> Loaded {
-    let u64_at = |i: usize| u64::from_le_bytes(v[i..i + 8].try_into().expect("8 bytes"));
-    let f64_at = |i: usize| f64::from_bits(u64_at(i));
-    let flags = v[8];
+    let mut r = Reader(v);
+    let born = r.varint();
+    let flags = r.byte();
+    let pred_ts = if flags & NO_PRED_TS == 0 { r.f64() } else { 0.0 };
+    let pred_version = unzigzag(r.varint());
+    let truth_ts = if flags & NO_TRUTH_TS == 0 { r.f64() } else { 0.0 };
+    let truth_seq = unzigzag(r.varint());
     let slot = Slot {
         id,
         hash: 0,
-        born: u64_at(0),
+        born,
         expires,
         has_pred: flags & 1 != 0,
-        pred_ts: f64_at(9),
-        pred_version: u64_at(17) as i64,
+        pred_ts,
+        pred_version,
         has_truth: flags & 2 != 0,
-        truth_ts: f64_at(25),
-        truth_seq: u64_at(33) as i64,
+        truth_ts,
+        truth_seq,
         full: flags & 4 != 0,
         changed: 0,
     };
-    let scores = (0..n).map(|j| f64_at(41 + 8 * j)).collect();
-    let at = 41 + 8 * n;
-    let bools = |k: usize| v[at + k * n..at + (k + 1) * n].iter().map(|&b| b != 0).collect();
+    let scores = (0..n).map(|_| r.f64()).collect();
+    let bits = r.0;
+    let bit = |k: usize| bits[k / 8] & (1 << (k % 8)) != 0;
+    let bools = |vector: usize| (0..n).map(|j| bit(vector * n + j)).collect();
     Loaded { slot, scores, predicted: bools(0), known: bools(1), actual: bools(2) }
 }
 
-/// How many entries ahead of the one it moves a spill prefetches (`JoinTable::prefetch_entry`).
+/// How many entries ahead of the one it moves a spill asks for the entry's index bucket; it asks for the
+/// entry's slot, label vectors and id (`JoinTable::prefetch_entry`) twice as far ahead, since the bucket's
+/// address comes from the slot.
 const SPILL_AHEAD: usize = 8;
-
-/// A hint to load the cache line holding `p` (no effect on what the program computes).
-#[inline(always)]
-fn prefetch<T>(p: *const T) {
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: a prefetch never faults and reads nothing the program sees, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8);
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = p;
-}
 
 /// Python's `max(a, b)`: `b` only when strictly greater.
 fn py_max(a: f64, b: f64) -> f64 {
@@ -371,6 +434,15 @@ impl JoinTable {
         self.schedule(s, p.ts + self.ttl);
         self.enforce_cap();
         true
+    }
+
+    /// Asks the CPU for what a step for `id` reads first: its bucket in the index and, when it is not
+    /// there, its bits in the store's filter (`crate::prefetch`). For a step a few events ahead.
+    pub fn prefetch(&self, id: &str) {
+        self.index.prefetch(self.index.hash(id));
+        if let Some(cold) = &self.cold {
+            cold.store.prefetch(id.as_bytes());
+        }
     }
 
     /// A ground-truth step: `JoinTable.add_ground_truth`.
@@ -566,8 +638,12 @@ impl JoinTable {
         let mut out = std::mem::take(&mut self.cold.as_mut().expect("a budget").spills);
         while self.index.len() > target {
             self.settle_expiry();
-            if let Some(ahead) = self.expiry.run_ahead(SPILL_AHEAD) {
+            if let Some(ahead) = self.expiry.run_ahead(2 * SPILL_AHEAD) {
                 self.prefetch_entry(ahead);
+            }
+            if let Some(ahead) = self.expiry.run_ahead(SPILL_AHEAD) {
+                // Its slot was asked for SPILL_AHEAD entries ago: its hash is likely at hand.
+                self.index.prefetch(self.slots[ahead.slot as usize].hash);
             }
             let Some(item) = self.expiry.pop() else {
                 break;
@@ -1396,6 +1472,53 @@ mod tests {
 
     fn truth(t: &mut JoinTable, id: &str, ts: f64, actual: [bool; 2]) {
         t.add_ground_truth(id, &TruthIn { ts, known: &[true, true], actual: &actual, full: true });
+    }
+
+    #[test]
+    fn stored_values_decode_to_what_was_encoded() {
+        let slot = |born, pred_ts, version, truth_ts, seq, flags: u8| Slot {
+            id: Arc::from("x"),
+            hash: 0,
+            born,
+            expires: 5.0,
+            has_pred: flags & 1 != 0,
+            pred_ts,
+            pred_version: version,
+            has_truth: flags & 2 != 0,
+            truth_ts,
+            truth_seq: seq,
+            full: flags & 4 != 0,
+            changed: 0,
+        };
+        let cases = [
+            (slot(0, 1.5e9, 0, 0.0, 0, 1), 6),
+            (slot(u64::MAX, -0.0, i64::MIN, 0.0, i64::MAX, 7), 1),
+            (slot(300, 0.0, -1, -0.0, -300, 6), 8),
+            (slot(1 << 40, f64::MIN_POSITIVE, 127, 1.7e9 + 0.25, 128, 3), 11),
+        ];
+        for (s, n) in cases {
+            let scores: Vec<f64> = (0..n).map(|j| j as f64 / 7.0 - 0.5).collect();
+            let bools = |k: usize| (0..n).map(|j| (j * 5 + k) % 3 == 0).collect::<Vec<bool>>();
+            let (p, k, a) = (bools(0), bools(1), bools(2));
+            let v = encode_entry(&s, &scores, &p, &k, &a);
+            let e = decode(Arc::from("x"), 5.0, &v, n);
+            let got = (e.slot.born, e.slot.pred_ts.to_bits(), e.slot.pred_version, e.slot.truth_ts.to_bits());
+            assert_eq!(got, (s.born, s.pred_ts.to_bits(), s.pred_version, s.truth_ts.to_bits()));
+            assert_eq!(
+                (e.slot.truth_seq, e.slot.has_pred, e.slot.has_truth, e.slot.full),
+                (s.truth_seq, s.has_pred, s.has_truth, s.full)
+            );
+            assert_eq!(
+                e.scores.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                scores.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+            );
+            assert_eq!((e.predicted, e.known, e.actual), (p, k, a));
+        }
+        // A pending 6-label prediction: varint born, flags, prediction time, version and sequence, six
+        // scores, 18 bits.
+        let pending =
+            encode_entry(&slot(10_000_000, 1.79e9, 0, 0.0, 0, 1), &[0.5; 6], &[true; 6], &[false; 6], &[false; 6]);
+        assert_eq!(pending.len(), 4 + 1 + 8 + 1 + 1 + 48 + 3);
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod id_index;
 mod join;
 mod json;
 mod mapped;
+mod prefetch;
 mod produce;
 mod read;
 mod records;
@@ -778,6 +779,9 @@ fn read_sides(d: &Bound<'_, PyDict>, what: &str, sides: &[&str]) -> PyResult<Vec
     Ok(sides.iter().map(|s| map.get(*s).copied().unwrap_or(0)).collect())
 }
 
+/// How many events ahead of its step `Join.apply` asks for an id's memory (`JoinTable::prefetch`).
+const STEP_AHEAD: usize = 8;
+
 const CHECKPOINT_COLUMNS: [&str; 12] = [
     "has_pred",
     "pred_ts",
@@ -932,7 +936,11 @@ impl Join {
         let table = &mut self.table;
         let accepted = py.detach(|| {
             let mut accepted = Vec::new();
-            for ((&kind, &row), id) in kinds.iter().zip(rows.iter()).zip(ids) {
+            for (i, (&kind, &row)) in kinds.iter().zip(rows.iter()).enumerate() {
+                if let Some(ahead) = ids.get(i + STEP_AHEAD) {
+                    table.prefetch(ahead);
+                }
+                let id = ids[i];
                 let r = row as usize;
                 let labels = r * n..(r + 1) * n;
                 if kind == 0 {
@@ -946,7 +954,8 @@ impl Join {
                         accepted.push(row);
                     }
                 } else {
-                    let g = TruthIn { ts: gt_ts[r], known: &known[labels.clone()], actual: &actual[labels], full: full[r] };
+                    let g =
+                        TruthIn { ts: gt_ts[r], known: &known[labels.clone()], actual: &actual[labels], full: full[r] };
                     table.add_ground_truth(id, &g);
                 }
             }

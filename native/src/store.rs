@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use ahash::RandomState;
 use fjall::{AbstractTree, Database, Keyspace, KeyspaceCreateOptions, Slice, UserKey, UserValue};
 
+use crate::prefetch::prefetch;
+
 /// Block cache of each store: lookups of recent spills hit it; beyond that the OS page cache helps.
 pub const CACHE_BYTES: u64 = 32 << 20;
 /// Memtable size per keyspace (fjall's default is 64 MiB; two keyspaces per table, one table per model
@@ -200,13 +202,36 @@ impl Bloom {
     }
 
     fn insert(&mut self, id: &[u8]) {
-        let (b, bits) = self.locate(id);
+        self.set(self.locate(id));
+        self.added += 1;
+    }
+
+    /// Sets the bits `locate` found.
+    fn set(&mut self, (b, bits): (usize, u64)) {
         let block = &mut self.blocks[b].0;
         for i in 0..BLOOM_PROBES {
             let bit = (bits >> (9 * i)) & 511;
             block[(bit / 64) as usize] |= 1 << (bit % 64);
         }
-        self.added += 1;
+    }
+
+    /// Asks the CPU for the block holding `id`'s bits.
+    fn prefetch(&self, id: &[u8]) {
+        let (b, _) = self.locate(id);
+        prefetch(self.blocks.as_ptr().wrapping_add(b));
+    }
+
+    /// `insert` of each id, the blocks of those a few ahead asked for meanwhile (each is a cache miss).
+    fn insert_all<'a>(&mut self, ids: impl Iterator<Item = &'a [u8]>) {
+        const AHEAD: usize = 8;
+        let located: Vec<(usize, u64)> = ids.map(|id| self.locate(id)).collect();
+        for (i, &at) in located.iter().enumerate() {
+            if let Some(&(ahead, _)) = located.get(i + AHEAD) {
+                prefetch(self.blocks.as_ptr().wrapping_add(ahead));
+            }
+            self.set(at);
+        }
+        self.added += located.len();
     }
 
     fn may_contain(&self, id: &[u8]) -> bool {
@@ -369,9 +394,7 @@ impl ColdStore {
         if self.first.as_ref().is_some_and(|(first, _)| smallest < *first) {
             self.first = None;
         }
-        for (id, _, _) in entries {
-            self.bloom.insert(id);
-        }
+        self.bloom.insert_all(entries.iter().map(|e| e.0));
         let t = self.tables()?;
         if n < INGEST_MIN {
             let mut batch = t.db.batch();
@@ -450,6 +473,13 @@ impl ColdStore {
         bloom.added = self.len;
         self.bloom = bloom;
         Ok(())
+    }
+
+    /// Asks the CPU for the memory a lookup of `id` reads first (its bits in the filter).
+    pub fn prefetch(&self, id: &[u8]) {
+        if self.len > 0 {
+            self.bloom.prefetch(id);
+        }
     }
 
     /// The entry stored for `id`: its expiry and encoded value.
