@@ -25,6 +25,9 @@ pub trait Keys {
 pub struct IdIndex {
     table: HashTable<u32>,
     hasher: RandomState,
+    /// Where the table's control bytes were at the last insert (0: none yet), for `prefetch`; stale after
+    /// a reallocation until the next insert, which only makes prefetches miss.
+    ctrl: usize,
 }
 
 impl IdIndex {
@@ -43,7 +46,8 @@ impl IdIndex {
 
     /// Adds a slot whose id is not in the index; `hash` is `self.hash` of its id, which `keys` gives too.
     pub fn insert_new(&mut self, hash: u64, slot: u32, keys: &(impl Keys + ?Sized)) {
-        self.table.insert_unique(hash, slot, |&s| keys.hash(s));
+        let entry = self.table.insert_unique(hash, slot, |&s| keys.hash(s));
+        self.ctrl = entry.get() as *const u32 as usize + (entry.bucket_index() + 1) * BUCKET;
     }
 
     /// Removes the entry of `slot`, whose id hashed to `hash`.
@@ -73,16 +77,13 @@ impl IdIndex {
     /// Asks the CPU for the memory a lookup of `hash` reads first: the control bytes at its first probe
     /// position and the group of buckets beside them. hashbrown keeps bucket i just below its control
     /// bytes, at `ctrl - (i + 1) * 4` (`RawTable::data_end`), so the control bytes' address follows from
-    /// any occupied bucket's. That layout is hashbrown's, not its API: a test checks it, and were it to
-    /// change, these prefetches would load the wrong lines and nothing else would differ.
+    /// the bucket an insert took. That layout is hashbrown's, not its API: a test checks it, and were it
+    /// to change, these prefetches would load the wrong lines and nothing else would differ.
     pub fn prefetch(&self, hash: u64) {
-        let Some(j) = self.table.iter_buckets().next() else {
+        if self.ctrl == 0 {
             return;
-        };
-        let Some(at) = self.table.get_bucket(j) else {
-            return;
-        };
-        let ctrl = (at as *const u32).cast::<u8>().wrapping_add((j + 1) * BUCKET);
+        }
+        let ctrl = self.ctrl as *const u8;
         let i = hash as usize & (self.table.num_buckets() - 1);
         prefetch(ctrl.wrapping_add(i));
         prefetch(ctrl.wrapping_sub((i + 1) * BUCKET));
@@ -145,10 +146,8 @@ mod tests {
             index.insert_new(index.hash(id), i, &ids);
         }
         let table = &index.table;
-        let first = table.iter_buckets().next().unwrap();
-        let end = table.get_bucket(first).unwrap() as *const u32 as usize + (first + 1) * BUCKET;
         for j in table.iter_buckets() {
-            assert_eq!(table.get_bucket(j).unwrap() as *const u32 as usize, end - (j + 1) * BUCKET);
+            assert_eq!(table.get_bucket(j).unwrap() as *const u32 as usize, index.ctrl - (j + 1) * BUCKET);
         }
         index.prefetch(index.hash("id-7")); // a hint only: nothing to observe but that it runs
     }

@@ -641,9 +641,9 @@ impl JoinTable {
             if let Some(ahead) = self.expiry.run_ahead(2 * SPILL_AHEAD) {
                 self.prefetch_entry(ahead);
             }
-            if let Some(ahead) = self.expiry.run_ahead(SPILL_AHEAD) {
-                // Its slot was asked for SPILL_AHEAD entries ago: its hash is likely at hand.
-                self.index.prefetch(self.slots[ahead.slot as usize].hash);
+            if let Some(slot) = self.expiry.run_ahead(SPILL_AHEAD).and_then(|a| self.slots.get(a.slot as usize)) {
+                // Asked for SPILL_AHEAD entries ago: its hash is likely at hand.
+                self.index.prefetch(slot.hash);
             }
             let Some(item) = self.expiry.pop() else {
                 break;
