@@ -185,15 +185,14 @@ class WorkerProc:
         except OSError:
             return False
 
-    def wait(self, what: str, done: callable, timeout: float = 3600,  # type: ignore[valid-type]
-             poll: float = 0.1) -> float:
+    def wait(self, what: str, done: callable, timeout: float = 3600) -> float:  # type: ignore[valid-type]
         started = time.perf_counter()
         while not done():
             if self.proc.poll() is not None:
                 raise SystemExit(f"the worker exited ({self.proc.returncode}) while waiting for {what}")
             if time.perf_counter() - started > timeout:
                 raise SystemExit(f"timed out waiting for {what}")
-            time.sleep(poll)  # each poll is a scrape, which costs the worker CPU
+            time.sleep(0.1)  # each poll is a scrape, which costs the worker CPU
         return time.perf_counter() - started
 
     def cpu(self) -> float:

@@ -385,16 +385,21 @@ impl JoinTable {
         self.cold.as_ref().and_then(|c| c.store.dir())
     }
 
+    /// The hash a step and a prefetch take with `id` (the index's, seeded per table).
+    pub fn hash(&self, id: &str) -> u64 {
+        self.index.hash(id)
+    }
+
     /// A prediction step: the duplicate check of `ModelState.add_prediction`, then
-    /// `JoinTable.add_prediction`. True when the prediction was accepted (counted by the model).
-    pub fn add_prediction(&mut self, id: &str, p: &PredIn) -> bool {
-        let accepted = self.prediction_step(id, p);
+    /// `JoinTable.add_prediction`; `hash` is `self.hash(id)`. True when the prediction was accepted
+    /// (counted by the model).
+    pub fn add_prediction(&mut self, id: &str, hash: u64, p: &PredIn) -> bool {
+        let accepted = self.prediction_step(id, hash, p);
         self.enforce_budget();
         accepted
     }
 
-    fn prediction_step(&mut self, id: &str, p: &PredIn) -> bool {
-        let hash = self.index.hash(id);
+    fn prediction_step(&mut self, id: &str, hash: u64, p: &PredIn) -> bool {
         let found = self.find(id, hash);
         if let Some(s) = found {
             let slot = &self.slots[s as usize];
@@ -437,26 +442,26 @@ impl JoinTable {
     }
 
     /// Asks the CPU for what a step for `id` reads first: its bucket in the index and, when it is not
-    /// there, its bits in the store's filter (`crate::prefetch`). For a step a few events ahead.
-    pub fn prefetch(&self, id: &str) {
-        self.index.prefetch(self.index.hash(id));
+    /// there, its bits in the store's filter (`crate::prefetch`). For a step a few events ahead; `hash`
+    /// is `self.hash(id)`.
+    pub fn prefetch(&self, id: &str, hash: u64) {
+        self.index.prefetch(hash);
         if let Some(cold) = &self.cold {
             cold.store.prefetch(id.as_bytes());
         }
     }
 
-    /// A ground-truth step: `JoinTable.add_ground_truth`.
-    pub fn add_ground_truth(&mut self, id: &str, g: &TruthIn) {
-        self.truth_step(id, g);
+    /// A ground-truth step: `JoinTable.add_ground_truth`; `hash` is `self.hash(id)`.
+    pub fn add_ground_truth(&mut self, id: &str, hash: u64, g: &TruthIn) {
+        self.truth_step(id, hash, g);
         self.enforce_budget();
     }
 
-    fn truth_step(&mut self, id: &str, g: &TruthIn) {
+    fn truth_step(&mut self, id: &str, hash: u64, g: &TruthIn) {
         self.watermark = py_max(self.watermark, g.ts);
         self.seq += 1;
         let seq = self.seq;
         let n = self.n_labels;
-        let hash = self.index.hash(id);
         let found = self.find(id, hash);
         let Some(s) = self.live(found) else {
             let s = self.insert(id, hash);
@@ -1463,7 +1468,7 @@ mod tests {
     }
 
     fn pred(t: &mut JoinTable, id: &str, ts: f64) -> bool {
-        t.add_prediction(id, &PredIn { ts, version: 0, scores: &[0.9, 0.1], predicted: &[true, false] })
+        t.add_prediction(id, t.hash(id), &PredIn { ts, version: 0, scores: &[0.9, 0.1], predicted: &[true, false] })
     }
 
     fn ids(t: &JoinTable) -> Vec<String> {
@@ -1471,7 +1476,7 @@ mod tests {
     }
 
     fn truth(t: &mut JoinTable, id: &str, ts: f64, actual: [bool; 2]) {
-        t.add_ground_truth(id, &TruthIn { ts, known: &[true, true], actual: &actual, full: true });
+        t.add_ground_truth(id, t.hash(id), &TruthIn { ts, known: &[true, true], actual: &actual, full: true });
     }
 
     #[test]

@@ -936,11 +936,13 @@ impl Join {
         let table = &mut self.table;
         let accepted = py.detach(|| {
             let mut accepted = Vec::new();
+            // Each id hashed once, for its prefetch STEP_AHEAD events before its step and for the step.
+            let hashes: Vec<u64> = ids.iter().map(|id| table.hash(id)).collect();
             for (i, (&kind, &row)) in kinds.iter().zip(rows.iter()).enumerate() {
-                if let Some(ahead) = ids.get(i + STEP_AHEAD) {
-                    table.prefetch(ahead);
+                if let (Some(ahead), Some(&h)) = (ids.get(i + STEP_AHEAD), hashes.get(i + STEP_AHEAD)) {
+                    table.prefetch(ahead, h);
                 }
-                let id = ids[i];
+                let (id, hash) = (ids[i], hashes[i]);
                 let r = row as usize;
                 let labels = r * n..(r + 1) * n;
                 if kind == 0 {
@@ -950,13 +952,13 @@ impl Join {
                         scores: &scores[labels.clone()],
                         predicted: &predicted[labels],
                     };
-                    if table.add_prediction(id, &p) {
+                    if table.add_prediction(id, hash, &p) {
                         accepted.push(row);
                     }
                 } else {
                     let g =
                         TruthIn { ts: gt_ts[r], known: &known[labels.clone()], actual: &actual[labels], full: full[r] };
-                    table.add_ground_truth(id, &g);
+                    table.add_ground_truth(id, hash, &g);
                 }
             }
             accepted
